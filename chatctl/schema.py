@@ -1,0 +1,355 @@
+"""The wire types of the Chat API, shared by the client and the server.
+
+One declaration per endpoint says which fields its request takes, their JSON types, which
+are required (and m3o's detail when one is missing), and which limit bounds their length.
+The CLI validates its input with it before sending anything; the server validates every
+request with it and builds ``/openapi.json`` from it, so the two cannot drift apart.
+
+Stdlib only: the CLI imports this on every call.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Literal, TypedDict
+
+__all__ = [
+    "ENDPOINTS",
+    "EVENT_TYPES",
+    "Endpoint",
+    "Event",
+    "Field",
+    "Limits",
+    "MESSAGE_FIELDS",
+    "Message",
+    "ROOM_FIELDS",
+    "Room",
+    "ValidationError",
+    "endpoint_for",
+    "validate_request",
+]
+
+
+class Room(TypedDict):
+    id: str
+    name: str
+    description: str
+    created_at: str
+    user_ids: list[str]
+    private: bool
+
+
+class Message(TypedDict):
+    id: str
+    client: str
+    room_id: str
+    user_id: str
+    sent_at: str
+    subject: str
+    text: str
+
+
+class Event(TypedDict):
+    """A membership event, sent on Join only when the request asks for ``events``."""
+
+    type: str  # one of EVENT_TYPES
+    room_id: str
+    user_id: str
+    at: str
+
+
+#: Field order of a Room and a Message, as m3o wrote them.
+ROOM_FIELDS: tuple[str, ...] = ("id", "name", "description", "created_at", "user_ids", "private")
+MESSAGE_FIELDS: tuple[str, ...] = (
+    "id",
+    "client",
+    "room_id",
+    "user_id",
+    "sent_at",
+    "subject",
+    "text",
+)
+EVENT_TYPES: tuple[str, ...] = ("joined", "left", "kicked", "invited", "deleted")
+
+Kind = Literal["string", "boolean", "integer", "string_list"]
+_DEFAULTS: dict[str, Any] = {"string": "", "boolean": False, "integer": 0, "string_list": []}
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Size limits the server enforces; each is a ``chatctl serve`` flag."""
+
+    max_body_bytes: int = 1024 * 1024
+    max_text_bytes: int = 64 * 1024
+    max_name_bytes: int = 256
+    max_description_bytes: int = 4096
+    max_subject_bytes: int = 1024
+    max_user_id_bytes: int = 256
+    max_client_bytes: int = 256
+    max_rooms_per_tenant: int = 10_000
+    max_members_per_room: int = 10_000
+    max_history_page: int = 1000
+    max_replay: int = 10_000
+
+
+@dataclass(frozen=True)
+class Field:
+    name: str
+    kind: Kind
+    description: str
+    #: m3o's detail when the field is missing or empty, e.g. "missing room id".
+    required: str | None = None
+    #: the attribute of Limits that bounds its length in UTF-8 bytes (or each item's).
+    limit: str | None = None
+    #: True for chatctl's extensions beyond m3o (ignored by m3o's own clients).
+    extension: bool = False
+
+    @property
+    def default(self) -> Any:
+        value = _DEFAULTS[self.kind]
+        return list(value) if isinstance(value, list) else value
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    name: str
+    summary: str
+    request: tuple[Field, ...]
+    #: the key of the response object: room, rooms, message or messages.
+    response: Literal["room", "rooms", "message", "messages"]
+    #: True when a call changes something (so an Idempotency-Key makes sense).
+    mutating: bool
+
+    @property
+    def id(self) -> str:
+        """The m3o error id for this endpoint, e.g. ``chat.send``."""
+        return f"chat.{self.name.lower()}"
+
+    def field(self, name: str) -> Field | None:
+        for f in self.request:
+            if f.name == name:
+                return f
+        return None
+
+
+_ROOM_ID = Field("room_id", "string", "The id of the room.", "missing room id")
+_USER_ID = Field("user_id", "string", "The id of the user.", "missing user id", "max_user_id_bytes")
+
+ENDPOINTS: dict[str, Endpoint] = {
+    e.name: e
+    for e in (
+        Endpoint(
+            "Create",
+            "Create a new chat room",
+            (
+                Field("name", "string", "The name of the room.", None, "max_name_bytes"),
+                Field(
+                    "description",
+                    "string",
+                    "A description of the room.",
+                    None,
+                    "max_description_bytes",
+                ),
+                Field(
+                    "user_ids",
+                    "string_list",
+                    "The users allowed in the room.",
+                    None,
+                    "max_user_id_bytes",
+                ),
+                Field("private", "boolean", "Whether the room is private (invite only)."),
+            ),
+            "room",
+            True,
+        ),
+        Endpoint("Delete", "Delete a chat room and all its messages", (_ROOM_ID,), "room", True),
+        Endpoint("Invite", "Invite a user to a chat room", (_ROOM_ID, _USER_ID), "room", True),
+        Endpoint(
+            "Send",
+            "Send a message to a chat room",
+            (
+                _ROOM_ID,
+                _USER_ID,
+                Field("text", "string", "The text of the message.", "missing text", "max_text_bytes"),
+                Field("subject", "string", "The subject of the message.", None, "max_subject_bytes"),
+                Field(
+                    "client",
+                    "string",
+                    "A free label of the sending client, e.g. web.",
+                    None,
+                    "max_client_bytes",
+                ),
+            ),
+            "message",
+            True,
+        ),
+        Endpoint(
+            "History",
+            "List the messages of a chat room, oldest first",
+            (
+                _ROOM_ID,
+                Field(
+                    "user_id",
+                    "string",
+                    "The reading user; required for a private room.",
+                    None,
+                    "max_user_id_bytes",
+                    extension=True,
+                ),
+                Field(
+                    "limit",
+                    "integer",
+                    "At most this many messages (the latest ones, unless after is given).",
+                    extension=True,
+                ),
+                Field("before", "string", "Only messages before this message id.", extension=True),
+                Field("after", "string", "Only messages after this message id.", extension=True),
+            ),
+            "messages",
+            False,
+        ),
+        Endpoint("Kick", "Kick a user from a chat room", (_ROOM_ID, _USER_ID), "room", True),
+        Endpoint(
+            "List",
+            "List chat rooms",
+            (
+                Field(
+                    "user_id",
+                    "string",
+                    "Only rooms whose members include this user.",
+                    None,
+                    "max_user_id_bytes",
+                ),
+            ),
+            "rooms",
+            False,
+        ),
+        Endpoint(
+            "Join",
+            "Join a chat room and stream its messages",
+            (
+                _ROOM_ID,
+                _USER_ID,
+                Field(
+                    "since",
+                    "string",
+                    "Replay every message after this message id, then go live.",
+                    extension=True,
+                ),
+                Field(
+                    "history",
+                    "integer",
+                    "Replay the last N messages first, then go live.",
+                    extension=True,
+                ),
+                Field(
+                    "events",
+                    "boolean",
+                    'Also stream membership events as {"event": {...}} frames.',
+                    extension=True,
+                ),
+            ),
+            "message",
+            False,
+        ),
+        Endpoint("Leave", "Leave a chat room", (_ROOM_ID, _USER_ID), "room", True),
+    )
+}
+
+_BY_LOWER = {name.lower(): e for name, e in ENDPOINTS.items()}
+
+
+def endpoint_for(name: str) -> Endpoint | None:
+    """The endpoint for a path segment, matched case-insensitively as m3o's gateway did."""
+    return _BY_LOWER.get(name.lower())
+
+
+class ValidationError(Exception):
+    """A request that does not fit its endpoint; ``code`` is 400 or 413."""
+
+    def __init__(self, detail: str, code: int = 400) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.code = code
+
+
+def _check_kind(f: Field, value: Any) -> Any:
+    ok: bool
+    if f.kind == "string":
+        ok = isinstance(value, str)
+    elif f.kind == "boolean":
+        ok = isinstance(value, bool)
+    elif f.kind == "integer":
+        # JSON numbers only; proto3 JSON also accepts integers written as strings.
+        if isinstance(value, str) and value.lstrip("-").isdigit():
+            value = int(value)
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    else:
+        ok = isinstance(value, list) and all(isinstance(v, str) for v in value)
+    if not ok:
+        wanted = {
+            "string": "a string",
+            "boolean": "true or false",
+            "integer": "an integer",
+            "string_list": "a list of strings",
+        }[f.kind]
+        raise ValidationError(f"{f.name} must be {wanted}")
+    return value
+
+
+def _check_length(f: Field, value: Any, limits: Limits) -> None:
+    if f.limit is None:
+        return
+    bound: int = getattr(limits, f.limit)
+    items = value if isinstance(value, list) else [value]
+    for item in items:
+        if len(item.encode("utf-8", "surrogatepass")) > bound:
+            raise ValidationError(f"{f.name} is longer than the limit of {bound} bytes ({f.limit})")
+
+
+def validate_request(
+    endpoint: Endpoint,
+    body: Any,
+    limits: Limits | None = None,
+    *,
+    fill_defaults: bool = True,
+) -> dict[str, Any]:
+    """Check a request body against its endpoint and return it normalised.
+
+    Unknown fields are dropped, as m3o's gateway ignored them. With ``fill_defaults`` every
+    field is present (the server's view); without, only the fields given (the client's
+    view, which sends exactly what the user asked for). Raises ValidationError with
+    m3o's detail ("missing room id") or a detail naming the field and the limit.
+    """
+    if body is None:
+        body = {}
+    if not isinstance(body, dict):
+        raise ValidationError("request body must be a JSON object")
+    out: dict[str, Any] = {}
+    for f in endpoint.request:
+        if f.name in body and body[f.name] is not None:
+            out[f.name] = _check_kind(f, body[f.name])
+        elif fill_defaults:
+            out[f.name] = f.default
+    for f in endpoint.request:
+        if f.required and not out.get(f.name):
+            raise ValidationError(f.required)
+    if limits is not None:
+        for f in endpoint.request:
+            if f.name in out:
+                _check_length(f, out[f.name], limits)
+        for name in ("limit", "history"):
+            value = out.get(name)
+            if isinstance(value, int) and value < 0:
+                raise ValidationError(f"{name} must not be negative")
+    return out
+
+
+def field_names(endpoint: Endpoint) -> list[str]:
+    return [f.name for f in endpoint.request]
+
+
+def replace_limits(limits: Limits, **changes: int) -> Limits:
+    """A copy of ``limits`` with some values changed (for ``chatctl serve`` flags)."""
+    return dataclasses.replace(limits, **changes)
