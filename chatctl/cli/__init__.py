@@ -1,0 +1,1 @@
+"""The chatctl command line: one module per family of commands, joined in ``main``."""

@@ -1,0 +1,156 @@
+"""``chatctl join``: tail a room live, resuming after drops without loss or repeats."""
+
+import random
+import sys
+import time
+from datetime import UTC, datetime
+from typing import Annotated, Any, Optional
+
+import typer
+
+from chatctl.cli import run
+from chatctl.cli.options import common, with_common_options
+from chatctl.errors import ConnectError, StreamClosed, UsageError
+from chatctl.ids import cursor_for_time, parse_cursor
+
+app = typer.Typer()
+
+#: The backoff between reconnects is capped here (seconds), with jitter.
+MAX_BACKOFF = 5.0
+
+
+@app.command()
+@with_common_options(exclude=("timeout",))
+def join(
+    room: Annotated[Optional[str], typer.Argument(help="The room, by id or name.", show_default=False)] = None,
+    user: Annotated[
+        Optional[str], typer.Option("--user", "-u", help="Who joins (default: you).", show_default=False)
+    ] = None,
+    history: Annotated[
+        Optional[int],
+        typer.Option("--history", "-n", help="Print the last N messages first.", min=0, show_default=False),
+    ] = None,
+    since: Annotated[
+        Optional[str],
+        typer.Option(
+            "--since",
+            help="Print every message after this message id or time (e.g. 2026-11-25T09:00:00Z), then go live.",
+            show_default=False,
+        ),
+    ] = None,
+    count: Annotated[
+        Optional[int], typer.Option("--count", "-c", help="Exit 0 after N messages.", min=1, show_default=False)
+    ] = None,
+    idle: Annotated[
+        Optional[float],
+        typer.Option("--timeout", help="Exit 0 after SECONDS without a message.", min=0.001, show_default=False, metavar="SECONDS"),
+    ] = None,
+    no_reconnect: Annotated[
+        bool, typer.Option("--no-reconnect", help="Exit 3 when the connection drops instead of resuming.")
+    ] = False,
+    include_own: Annotated[
+        bool, typer.Option("--include-own", help="Also print the messages this user sends.")
+    ] = False,
+    events: Annotated[
+        bool, typer.Option("--events", help="Also print joins, leaves, kicks, invites and deletion.")
+    ] = False,
+) -> None:
+    """Join a room and print its messages as they arrive, until Ctrl-C.
+
+    On a terminal each message is one line; in a pipe, one JSON object per line. A dropped
+    connection or a server restart is resumed after the last printed message, so every
+    message is printed exactly once, in order.
+
+    Example: chatctl join general --history 10
+    Example: chatctl join general --count 1 -o jsonl | jq -r .text
+    """
+    cursor: Optional[str] = None
+    if since is not None:
+        cursor = parse_cursor(since)
+        if cursor is None:
+            raise UsageError(f"--since takes a message id or a time, not {since!r}")
+    request: dict[str, Any] = {"user_id": user, "events": events or None}
+    if include_own:
+        request["include_own"] = True
+    defaults = {"user_id": run.acting_user(None)}
+    body = run.build_requests("Join", request, defaults, room=room)[0]
+    if history and cursor is None:
+        body["history"] = history
+
+    from chatctl.output import TailPrinter
+
+    printer = TailPrinter(fmt=_tail_format())
+    client = run.client()
+    printed = 0
+    first_replay = False
+    last_frame = time.monotonic()
+    attempt = 0
+    while True:
+        # After the first connection, resume from the last printed message; before any
+        # was printed, from the moment we first joined (never replaying --history twice).
+        if cursor is not None:
+            body.pop("history", None)
+            body["since"] = cursor
+        try:
+            stream = client.join(body)
+        except ConnectError:
+            if attempt == 0 or no_reconnect:
+                raise
+            _notice(f"reconnect failed; retrying in {_backoff(attempt):.1f}s")
+            time.sleep(_backoff(attempt))
+            attempt += 1
+            continue
+        if attempt:
+            _notice("reconnected; resuming after the last message printed")
+        if cursor is None:
+            # Nothing printed yet: a resume must start from the moment we joined. Replayed
+            # --history messages move the cursor back to themselves as they are printed.
+            cursor = cursor_for_time(datetime.now(UTC))
+            first_replay = "history" in body
+        attempt = 0
+        try:
+            while True:
+                left = None if idle is None else idle - (time.monotonic() - last_frame)
+                if left is not None and left <= 0:
+                    return
+                try:
+                    frame = stream.next(timeout=left)
+                except TimeoutError:
+                    return
+                last_frame = time.monotonic()
+                printer.frame(frame)
+                message = frame.get("message")
+                if isinstance(message, dict) and "id" in message:
+                    if first_replay or str(message["id"]) > (cursor or ""):
+                        cursor = str(message["id"])
+                    first_replay = False
+                    printed += 1
+                    if count is not None and printed >= count:
+                        return
+        except StreamClosed as e:
+            if e.close_code != 4008 or no_reconnect:
+                raise
+            _notice("this reader fell behind and was cut off; resuming")
+        except ConnectError as e:
+            if no_reconnect:
+                raise
+            _notice(f"{e.message}; reconnecting in {_backoff(attempt):.1f}s")
+            time.sleep(_backoff(attempt))
+        finally:
+            stream.close()
+        attempt += 1
+
+
+def _backoff(attempt: int) -> float:
+    return min(MAX_BACKOFF, 0.1 * 2**attempt) * (0.5 + random.random() / 2)
+
+
+def _notice(text: str) -> None:
+    print(f"chatctl: {text}", file=sys.stderr, flush=True)
+
+
+def _tail_format() -> Optional[str]:
+    fmt = common.output
+    if fmt == "table":
+        return "line"
+    return fmt

@@ -1,0 +1,71 @@
+"""Membership commands: invite, kick, leave."""
+
+from typing import Annotated, Optional
+
+import typer
+
+from chatctl.cli import run
+from chatctl.cli.options import with_common_options
+
+app = typer.Typer()
+
+RoomArg = Annotated[
+    Optional[str], typer.Argument(help="The room, by id or name.", show_default=False)
+]
+UsersArg = Annotated[
+    Optional[list[str]], typer.Argument(help="One or more user ids.", show_default=False)
+]
+
+
+def _per_user(endpoint: str, room: Optional[str], users: Optional[list[str]]) -> list[dict[str, object]]:
+    requests: list[dict[str, object]] = []
+    for user in users or [None]:  # type: ignore[list-item]
+        requests += run.build_requests(endpoint, {"user_id": user}, room=room)
+    return requests
+
+
+@app.command()
+@with_common_options
+def invite(room: RoomArg = None, users: UsersArg = None) -> None:
+    """Invite users to a room (one call per user).
+
+    Example: chatctl invite general alice bob
+    """
+    requests = _per_user("Invite", room, users)
+    run.call_all("Invite", requests, total=len(requests))
+
+
+@app.command()
+@with_common_options
+def kick(
+    room: RoomArg = None,
+    users: UsersArg = None,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+) -> None:
+    """Kick users from a room (one call per user); their live streams end at once.
+
+    Example: chatctl kick general mallory --yes
+    """
+    requests = _per_user("Kick", room, users)
+    who = ", ".join(str(r.get("user_id")) for r in requests)
+    run.confirm_destruction(f"kick {who} from {room or 'the room'}", yes)
+    run.call_all("Kick", requests, total=len(requests))
+
+
+@app.command()
+@with_common_options
+def leave(
+    room: RoomArg = None,
+    user: Annotated[
+        Optional[str],
+        typer.Option("--user", "-u", help="Who leaves (default: you).", show_default=False),
+    ] = None,
+) -> None:
+    """Leave a room.
+
+    Example: chatctl leave general --user alice
+    """
+    requests = run.build_requests(
+        "Leave", {"user_id": user}, {"user_id": run.acting_user(None)}, room=room
+    )
+    run.call_all("Leave", requests, total=len(requests))

@@ -1,0 +1,163 @@
+"""Options every command shares, defined once, accepted before or after the subcommand.
+
+``chatctl --url U list`` and ``chatctl list --url U`` mean the same, as gh and kubectl
+users expect: the root callback records the options given before the subcommand, and
+``@with_common_options`` adds the same options to each subcommand's signature and merges
+what was given there (the later one wins).
+"""
+
+import functools
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Annotated, Any, Optional, TypeVar
+
+import typer
+
+from chatctl.output import FORMATS
+
+_CONN = "Connection and output"
+
+
+def _check_format(value: Optional[str]) -> Optional[str]:
+    if value is not None and value not in FORMATS:
+        raise typer.BadParameter(f"must be one of: {', '.join(FORMATS)}")
+    return value
+
+
+UrlOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        "--url",
+        help="Server URL (or unix:/path/to/socket). Default: the profile's, else a local "
+        "server started on demand.",
+        rich_help_panel=_CONN,
+        show_default=False,
+    ),
+]
+TokenOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        "--token",
+        help="API token (beats CHATCTL_TOKEN, the profile and M3O_API_TOKEN). Never printed.",
+        rich_help_panel=_CONN,
+        show_default=False,
+    ),
+]
+ProfileOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        "--profile",
+        help="Config profile to use (or CHATCTL_PROFILE).",
+        rich_help_panel=_CONN,
+        show_default=False,
+    ),
+]
+OutputOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        "--output",
+        "-o",
+        help="table, json, jsonl, tsv or id. Default: table on a terminal, json in a pipe.",
+        rich_help_panel=_CONN,
+        callback=_check_format,
+        show_default=False,
+        metavar="FORMAT",
+    ),
+]
+InputOpt = Annotated[
+    Optional[Path],
+    typer.Option(
+        "--input",
+        "-i",
+        help="Read the request as JSON from FILE (- for stdin); one object per line makes "
+        "one call per line. Flags override its fields.",
+        rich_help_panel=_CONN,
+        show_default=False,
+        metavar="FILE",
+        allow_dash=True,
+    ),
+]
+VerboseOpt = Annotated[
+    Optional[bool],
+    typer.Option(
+        "--verbose",
+        "-v",
+        help="Log each request (method, URL, status, time) to stderr; tokens redacted.",
+        rich_help_panel=_CONN,
+        show_default=False,
+    ),
+]
+TimeoutOpt = Annotated[
+    Optional[float],
+    typer.Option(
+        "--timeout",
+        help="Seconds to wait for the server (default 30).",
+        rich_help_panel=_CONN,
+        show_default=False,
+        min=0.001,
+    ),
+]
+
+
+@dataclass
+class Common:
+    """The shared options as finally given (None: not given)."""
+
+    url: Optional[str] = None
+    token: Optional[str] = None
+    profile: Optional[str] = None
+    output: Optional[str] = None
+    input: Optional[Path] = None
+    verbose: Optional[bool] = None
+    timeout: Optional[float] = None
+
+    def merge(self, **given: Any) -> None:
+        for key, value in given.items():
+            if value is not None:
+                setattr(self, key, value)
+
+
+#: The options of this process's command line (one CLI run is one process).
+common = Common()
+
+_ANNOTATIONS: dict[str, Any] = {
+    "url": UrlOpt,
+    "token": TokenOpt,
+    "profile": ProfileOpt,
+    "output": OutputOpt,
+    "input": InputOpt,
+    "verbose": VerboseOpt,
+    "timeout": TimeoutOpt,
+}
+_NAMES = tuple(f.name for f in fields(Common))
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def with_common_options(
+    fn: Optional[F] = None, *, exclude: tuple[str, ...] = ()
+) -> Any:
+    """Add the shared options to a command's signature; record them in ``common``.
+
+    Use as ``@with_common_options``, or ``@with_common_options(exclude=("timeout",))``
+    for a command that gives one of the names its own meaning.
+    """
+    if fn is None:
+        return lambda f: with_common_options(f, exclude=exclude)
+    names = [n for n in _NAMES if n not in exclude]
+    sig = inspect.signature(fn)
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        common.merge(**{name: kwargs.pop(name, None) for name in names})
+        return fn(*args, **kwargs)
+
+    extra = [
+        inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=_ANNOTATIONS[name])
+        for name in names
+    ]
+    wrapper.__signature__ = sig.replace(parameters=[*sig.parameters.values(), *extra])  # type: ignore[attr-defined]
+    wrapper.__annotations__ = {**fn.__annotations__, **{n: _ANNOTATIONS[n] for n in names}}
+    return wrapper
