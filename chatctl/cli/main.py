@@ -77,8 +77,6 @@ def main(argv: Optional[list[str]] = None) -> None:
 
 
 def run_cli(argv: Optional[list[str]] = None) -> int:
-    import click
-
     common.__init__()  # type: ignore[misc]  # a fresh start for each in-process run
     try:
         try:
@@ -90,20 +88,26 @@ def run_cli(argv: Optional[list[str]] = None) -> int:
     except ChatctlError as e:
         _error(e.message, e.hint)
         return int(e.exit_status)
-    except click.exceptions.Abort as e:
+    except typer.Abort as e:
         if isinstance(e.__context__, KeyboardInterrupt):
             return _interrupted()
         return int(ExitStatus.API_ERROR)
     except KeyboardInterrupt:
         return _interrupted()
-    except click.ClickException as e:
+    except _ClickException as e:
         e.show()
         return e.exit_code
-    except click.exceptions.Exit as e:
+    except typer.Exit as e:
         return e.exit_code
     except BrokenPipeError:
         return _closed_pipe()
     return result if isinstance(result, int) else 0
+
+
+# Typer 0.28 vendors click; find its ClickException without naming a private module.
+_ClickException: type[Exception] = next(
+    c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException"
+)
 
 
 def _error(message: str, hint: Optional[str]) -> None:
