@@ -1,0 +1,174 @@
+"""``chatctl serve``: run the chat server, or look after the embedded local one.
+
+Cheap to import (the root app imports it on every run): the server, uvicorn and
+Starlette are imported only inside the command, when it serves.
+"""
+
+from __future__ import annotations
+
+import enum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from chatctl.errors import ExitStatus, UsageError
+
+__all__ = ["serve"]
+
+_LISTEN = "Listening and access"
+
+
+class LogLevel(enum.StrEnum):
+    critical = "critical"
+    error = "error"
+    warning = "warning"
+    info = "info"
+    debug = "debug"
+
+
+def serve(
+    host: Annotated[
+        str,
+        typer.Option(
+            help="Address to listen on. Anything but loopback needs --token or --tokens-file.",
+            rich_help_panel=_LISTEN,
+        ),
+    ] = "127.0.0.1",
+    port: Annotated[
+        int, typer.Option(help="TCP port to listen on.", min=0, max=65535, rich_help_panel=_LISTEN)
+    ] = 8080,
+    uds: Annotated[
+        Path | None,
+        typer.Option(
+            help="Listen on this Unix socket instead of TCP (made mode 0600).",
+            metavar="PATH",
+            show_default=False,
+            rich_help_panel=_LISTEN,
+        ),
+    ] = None,
+    db: Annotated[
+        Path | None,
+        typer.Option(
+            help="SQLite database file, created mode 0600. Default: chat.db in the user's "
+            "data dir (~/.local/share/chatctl on Linux).",
+            metavar="PATH",
+            show_default=False,
+        ),
+    ] = None,
+    token: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--token",
+            help="Accept this bearer token (repeatable); each token is its own tenant. "
+            "Prefer --tokens-file: a command line is visible to other users.",
+            show_default=False,
+            rich_help_panel=_LISTEN,
+        ),
+    ] = None,
+    tokens_file: Annotated[
+        Path | None,
+        typer.Option(
+            help="Accept the tokens in this file: one per line, # starts a comment.",
+            metavar="PATH",
+            show_default=False,
+            rich_help_panel=_LISTEN,
+        ),
+    ] = None,
+    log_level: Annotated[
+        LogLevel, typer.Option(help="How much to log to stderr. Tokens are never logged.")
+    ] = LogLevel.info,
+    status: Annotated[
+        bool,
+        typer.Option(
+            "--status",
+            help="Say whether the embedded local server runs (exit 0) or not (exit 3), "
+            "with its pid, socket, database and log.",
+            rich_help_panel="Embedded local server",
+        ),
+    ] = False,
+    stop: Annotated[
+        bool,
+        typer.Option(
+            "--stop",
+            help="Stop the embedded local server; its streams close with 1001 so clients resume.",
+            rich_help_panel="Embedded local server",
+        ),
+    ] = False,
+    idle_exit: Annotated[
+        float | None,
+        typer.Option(
+            help="Exit after this many seconds with nothing open.", hidden=True, min=0.001
+        ),
+    ] = None,
+    pid_file: Annotated[
+        Path | None, typer.Option(help="Write the server's pid here.", hidden=True)
+    ] = None,
+) -> None:
+    """Serve the m3o Chat API over HTTP and WebSocket until SIGTERM or Ctrl-C.
+
+    Any m3o client works against it with only its base URL changed.
+
+    On 127.0.0.1 no token is needed; elsewhere give tokens, one tenant each.
+
+    On SIGTERM it closes live streams with 1001 (clients resume) and exits 0.
+
+    Without --url, the other commands start a private local server themselves;
+    --status and --stop look after that one.
+
+    Example: chatctl serve --host 0.0.0.0 --tokens-file ~/.config/chatctl/tokens
+    """
+    if status and stop:
+        raise UsageError("--status and --stop cannot be used together")
+    if status:
+        _print_status()
+        return
+    if stop:
+        _stop()
+        return
+
+    from chatctl.local import default_db_path
+    from chatctl.server.config import ServerConfig
+    from chatctl.server.serve import read_tokens_file, run_server
+
+    tokens = set(token or ())
+    if tokens_file is not None:
+        tokens |= read_tokens_file(tokens_file)
+    if "" in tokens:
+        raise UsageError("--token cannot be empty")
+    config = ServerConfig(
+        db=str(db if db is not None else default_db_path()),
+        tokens=frozenset(tokens),
+        idle_exit=idle_exit,
+    )
+    run_server(
+        config,
+        host=host,
+        port=port,
+        uds=None if uds is None else str(uds),
+        log_level=log_level.value,
+        pid_file=None if pid_file is None else str(pid_file),
+    )
+
+
+def _print_status() -> None:
+    from chatctl.local import local_server_status
+
+    found = local_server_status()
+    state = f"running (pid {found.pid})" if found.running else "not running"
+    typer.echo(f"local server: {state}")
+    typer.echo(f"socket: {found.socket}")
+    typer.echo(f"db: {found.db}")
+    typer.echo(f"log: {found.log}")
+    if not found.running:
+        raise typer.Exit(int(ExitStatus.UNREACHABLE))
+
+
+def _stop() -> None:
+    from chatctl.local import stop_local_server
+
+    pid = stop_local_server()
+    if pid is None:
+        typer.echo("the local server was not running", err=True)
+    else:
+        typer.echo(f"stopped the local server (pid {pid})", err=True)

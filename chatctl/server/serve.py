@@ -1,0 +1,307 @@
+"""Run the chat server as a process: sockets, logging, signals and idle exit around uvicorn.
+
+``chatctl serve`` builds a :class:`~chatctl.server.config.ServerConfig` from its flags and
+calls :func:`run_server`. What this module adds to uvicorn, and why:
+
+- It refuses to listen beyond loopback without a token: an open server on a network
+  address would let anyone read and write every room.
+- A Unix socket is bound here, not by uvicorn, so it is born mode 0600 (uvicorn would
+  chmod it to 0666); the whole process runs under umask 077, so the database and its
+  journal files are private too.
+- On SIGTERM/SIGINT the app's ``ChatServer`` ends live streams with 1001 (going away), so
+  clients resume, before uvicorn stops accepting and finishes in-flight requests; the
+  process then exits 0 (uvicorn re-raises the signal afterwards, which would otherwise
+  kill the process with it).
+- Tokens never reach the log: uvicorn's access log is off, its per-WebSocket line (which
+  carries the query string) is dropped, and every line is scrubbed of the configured
+  tokens and of anything after ``Bearer``.
+- With ``ServerConfig.idle_exit`` set (the embedded local server), the process exits by
+  itself after that long with no open request or stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import os
+import re
+import signal
+import socket
+import stat
+import sys
+from collections.abc import Iterable
+from pathlib import Path
+
+import uvicorn
+
+from chatctl.errors import ChatctlError, UsageError
+from chatctl.local import socket_answers
+from chatctl.server.app import ChatServer, create_app, uvicorn_config
+from chatctl.server.config import ServerConfig
+from chatctl.server.hub import Hub
+
+__all__ = [
+    "DEFAULT_HOST",
+    "DEFAULT_PORT",
+    "LOG_LEVELS",
+    "is_loopback",
+    "read_tokens_file",
+    "run_server",
+]
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8080
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
+
+#: how long in-flight requests get to finish at shutdown; then their tasks are cancelled.
+GRACEFUL_SHUTDOWN_SECONDS = 5
+
+log = logging.getLogger("chatctl.server")
+
+
+def is_loopback(host: str) -> bool:
+    """True for ``localhost``, 127.0.0.0/8 and ::1: addresses only this machine reaches."""
+    if host.lower().rstrip(".") == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def read_tokens_file(path: str | os.PathLike[str]) -> frozenset[str]:
+    """The tokens in a file: one per line; blank lines and ``#`` comments are skipped.
+
+    A comment may also follow a token after whitespace (``tok-1  # alice``): a bearer token
+    cannot contain whitespace, so the first word is the token.
+    """
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise UsageError(f"cannot read tokens file {os.fspath(path)}: {exc.strerror}") from exc
+    tokens = set()
+    for line in text.splitlines():
+        words = line.split()
+        if words and not words[0].startswith("#"):
+            tokens.add(words[0])
+    return frozenset(tokens)
+
+
+def check_exposure(config: ServerConfig, host: str, uds: str | None) -> None:
+    """Refuse an open (tokenless) server on an address other machines can reach."""
+    if uds is None and config.open and not is_loopback(host):
+        raise UsageError(
+            f"refusing to serve {host} without a token (anyone who can reach it could read "
+            "every room): pass --token TOKEN or --tokens-file FILE, or listen on 127.0.0.1"
+        )
+
+
+def run_server(
+    config: ServerConfig,
+    *,
+    host: str = DEFAULT_HOST,
+    port: int = DEFAULT_PORT,
+    uds: str | None = None,
+    log_level: str = "info",
+    pid_file: str | None = None,
+) -> None:
+    """Serve the Chat API until SIGTERM/SIGINT (or idle exit); return normally after.
+
+    Raises UsageError before anything is bound when the options are unsafe or unusable.
+    """
+    check_exposure(config, host, uds)
+    os.umask(0o077)
+    _configure_logging(log_level, config.tokens)
+    _prepare_db(config.db)
+
+    # Bound before the app opens the database: a second server on the same socket fails
+    # here, having touched nothing.
+    sockets: list[socket.socket] | None = None
+    bound: os.stat_result | None = None
+    if uds is not None:
+        sockets = [_bind_unix(uds)]
+        bound = os.stat(uds)
+    try:
+        app = create_app(config)
+        server = _Server(
+            uvicorn_config(
+                app,
+                config,
+                host=host,
+                port=port,
+                loop="uvloop" if _has_module("uvloop") else "asyncio",
+                http="httptools" if _has_module("httptools") else "h11",
+                # On the websockets package, without its deprecated legacy layer.
+                ws="websockets-sansio",
+                # Logging is configured above; the app logs one line per request itself,
+                # and uvicorn's access line would carry query strings.
+                log_config=None,
+                access_log=False,
+                # Nothing proxies for us: a client must not be able to claim another address.
+                proxy_headers=False,
+                server_header=False,
+                timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
+            )
+        )
+        if pid_file is not None:
+            _write_pid_file(pid_file)
+        _run(server, app.state.hub, sockets, config.idle_exit)
+    finally:
+        if uds is not None and bound is not None:
+            _unlink_if_same(uds, bound)
+        if pid_file is not None:
+            _remove_pid_file(pid_file)
+
+
+def _run(
+    server: uvicorn.Server, hub: Hub, sockets: list[socket.socket] | None, idle: float | None
+) -> None:
+    async def main() -> None:
+        watchdog = None
+        if idle is not None:
+            watchdog = asyncio.create_task(_exit_when_idle(server, hub, idle))
+        try:
+            await server.serve(sockets=sockets)
+        finally:
+            if watchdog is not None:
+                watchdog.cancel()
+
+    # uvicorn restores the handlers it found and re-raises the signal once it has shut down
+    # gracefully; with Python's defaults that would kill the process by SIGTERM or raise
+    # KeyboardInterrupt. A stop we asked for is a clean exit, so let the re-raise land here.
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, _ignore_signal)
+    with asyncio.Runner(loop_factory=server.config.get_loop_factory()) as runner:
+        runner.run(main())
+
+
+def _ignore_signal(signum: int, frame: object) -> None:
+    """Installed under uvicorn's own handlers; see ``_run``."""
+
+
+class _Server(ChatServer):
+    """The app's server (streams end with 1001 before uvicorn shuts down), announcing a
+    Unix socket, since uvicorn announces only the sockets it binds itself."""
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets=sockets)
+        for sock in sockets or ():
+            log.info("listening on unix socket %s", sock.getsockname())
+
+
+async def _exit_when_idle(server: uvicorn.Server, hub: Hub, idle: float) -> None:
+    # Look a few times per idle period: exiting up to a quarter late is fine, and an idle
+    # server then wakes rarely.
+    tick = min(1.0, idle / 4)
+    while not server.should_exit:
+        await asyncio.sleep(tick)
+        if hub.idle_for() >= idle:
+            log.info("nothing open for %g s; exiting", idle)
+            server.should_exit = True
+
+
+def _bind_unix(path: str) -> socket.socket:
+    """A Unix socket bound at ``path``, mode 0600, in a directory created 0700 if missing.
+
+    Not listening yet: uvicorn listens once the app has started, so a client that connects
+    is served rather than queued behind a start-up that may fail.
+    """
+    target = Path(path)
+    target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    with contextlib.suppress(FileNotFoundError):
+        if not stat.S_ISSOCK(target.lstat().st_mode):
+            raise UsageError(f"{path} exists and is not a socket; not replacing it")
+        if socket_answers(path):
+            raise ChatctlError(f"another server is already listening on {path}")
+        # A socket file nobody answers on is left over from a server that died.
+        target.unlink()
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old = os.umask(0o177)
+    try:
+        sock.bind(path)
+    except OSError as exc:
+        sock.close()
+        raise ChatctlError(f"cannot listen on {path}: {exc.strerror}") from exc
+    finally:
+        os.umask(old)
+    os.chmod(path, 0o600)
+    return sock
+
+
+def _unlink_if_same(path: str, bound: os.stat_result) -> None:
+    # Only our own socket: a new server may already have replaced it at this path.
+    with contextlib.suppress(OSError):
+        now = os.stat(path)
+        if (now.st_dev, now.st_ino) == (bound.st_dev, bound.st_ino):
+            os.unlink(path)
+
+
+def _write_pid_file(path: str) -> None:
+    # Written whole, then renamed, so a reader never sees half a number.
+    tmp = f"{path}.{os.getpid()}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as file:
+        file.write(f"{os.getpid()}\n")
+    os.replace(tmp, path)
+
+
+def _remove_pid_file(path: str) -> None:
+    with contextlib.suppress(OSError, ValueError):
+        if int(Path(path).read_text().strip()) == os.getpid():
+            os.unlink(path)
+
+
+def _prepare_db(path: str) -> None:
+    """Create the database file 0600 (and missing directories 0700) before SQLite does."""
+    db = Path(path)
+    db.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    with contextlib.suppress(FileExistsError):
+        os.close(os.open(db, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+
+
+class _RedactingFormatter(logging.Formatter):
+    """Scrubs tokens from every formatted line, tracebacks included."""
+
+    def __init__(self, fmt: str, tokens: Iterable[str]) -> None:
+        super().__init__(fmt)
+        secrets = sorted((re.escape(t) for t in tokens if t), key=len, reverse=True)
+        patterns = [
+            r"(?i:(?<=bearer )\S+)",
+            r"(?i:(?<=[?&]token=)[^&\s\"']+)",
+            r"(?i:(?<=[?&]access_token=)[^&\s\"']+)",
+            *secrets,
+        ]
+        self._secrets = re.compile("|".join(patterns))
+
+    def format(self, record: logging.LogRecord) -> str:
+        return self._secrets.sub("[redacted]", super().format(record))
+
+
+def _drop_websocket_lines(record: logging.LogRecord) -> bool:
+    # uvicorn logs '<client> - "WebSocket <path?query>" [accepted]' on its error logger;
+    # the app logs its own line without the query string.
+    return not str(record.msg).startswith('%s - "WebSocket')
+
+
+def _configure_logging(level: str, tokens: Iterable[str]) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        _RedactingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s", tokens)
+    )
+    handler.addFilter(_drop_websocket_lines)
+    root = logging.getLogger()
+    root.handlers = [handler]
+    root.setLevel(level.upper())
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.asgi"):
+        logging.getLogger(name).setLevel(level.upper())
+    # websockets' debug log spells out every header and frame; it is not ours to show.
+    logging.getLogger("websockets").setLevel(max(logging.INFO, root.level))
+    logging.getLogger("uvicorn.access").disabled = True
+
+
+def _has_module(name: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(name) is not None
