@@ -1,0 +1,212 @@
+"""Live fan-out: who is streaming which room, and handing each of them the next frames.
+
+A ``Subscriber`` is one Join stream (WebSocket or NDJSON). Publishing never waits: a frame
+is appended to each subscriber's bounded queue, and the stream's own task writes it out. A
+subscriber whose queue is full is ended with close code 4008 instead of holding up the
+room; it resumes with ``since``. Frames are encoded once by the publisher and the same
+``str`` goes to every subscriber.
+
+The hub also counts open connections and remembers when the server last did anything,
+for the idle-exit watchdog of the embedded local server (``active``, ``last_activity``,
+``idle_for()``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+
+__all__ = [
+    "CLOSE_GOING_AWAY",
+    "CLOSE_TOO_SLOW",
+    "Hub",
+    "StreamEnded",
+    "Subscriber",
+]
+
+#: server shutting down (the WebSocket standard code).
+CLOSE_GOING_AWAY = 1001
+#: the reader fell behind its queue; resume with ``since``.
+CLOSE_TOO_SLOW = 4008
+
+#: an item of a subscriber's queue: the message's seq (0 for events) and the encoded frame.
+Item = tuple[int, str]
+
+
+class StreamEnded(Exception):
+    """The stream must end: ``code`` is the close code, ``frame`` an optional final frame.
+
+    ``code`` is None when the client went away (nothing left to send).
+    """
+
+    def __init__(self, code: int | None, frame: str | None = None, reason: str = "") -> None:
+        super().__init__(code)
+        self.code = code
+        self.frame = frame
+        self.reason = reason
+
+
+class Subscriber:
+    """One live stream of a room."""
+
+    __slots__ = ("_ended", "_items", "_wake", "events", "maxsize", "room_id", "tenant", "user_id")
+
+    def __init__(self, tenant: str, room_id: str, user_id: str, events: bool, maxsize: int) -> None:
+        self.tenant = tenant
+        self.room_id = room_id
+        self.user_id = user_id
+        self.events = events
+        self.maxsize = maxsize
+        self._items: deque[Item] = deque()
+        self._wake = asyncio.Event()
+        self._ended: StreamEnded | None = None
+
+    @property
+    def ended(self) -> bool:
+        return self._ended is not None
+
+    def push(self, item: Item) -> bool:
+        """Queue a frame; False when the queue is full (the caller ends the stream)."""
+        if self._ended is not None:
+            return True
+        if len(self._items) >= self.maxsize:
+            return False
+        self._items.append(item)
+        self._wake.set()
+        return True
+
+    def end(self, ended: StreamEnded, *, drop_pending: bool = False) -> None:
+        """End the stream; the first reason wins. Pending frames are still delivered first
+        unless ``drop_pending`` (a reader too slow to take them)."""
+        if self._ended is not None:
+            return
+        self._ended = ended
+        if drop_pending:
+            self._items.clear()
+        self._wake.set()
+
+    async def next_batch(self) -> list[Item]:
+        """Wait for frames; raises StreamEnded once the queue is drained after an end."""
+        while not self._items:
+            if self._ended is not None:
+                raise self._ended
+            self._wake.clear()
+            await self._wake.wait()
+        batch = list(self._items)
+        self._items.clear()
+        return batch
+
+
+class Hub:
+    """Every live stream, grouped by (tenant, room id)."""
+
+    def __init__(self, queue_size: int = 1000) -> None:
+        self.queue_size = queue_size
+        self._rooms: dict[tuple[str, str], set[Subscriber]] = {}
+        self._streams = 0
+        #: open connections and in-flight requests, streams included (the app counts).
+        self.active = 0
+        self.last_activity = time.monotonic()
+        self.closed = False
+
+    # -- idle tracking ------------------------------------------------------------------
+
+    @property
+    def streams(self) -> int:
+        """Open Join streams."""
+        return self._streams
+
+    def touch(self) -> None:
+        self.last_activity = time.monotonic()
+
+    def idle_for(self) -> float:
+        """Seconds with nothing open and nothing done; 0 while anything is open."""
+        if self.active:
+            return 0.0
+        return time.monotonic() - self.last_activity
+
+    # -- subscribing --------------------------------------------------------------------
+
+    def subscribe(self, tenant: str, room_id: str, user_id: str, events: bool) -> Subscriber:
+        sub = Subscriber(tenant, room_id, user_id, events, self.queue_size)
+        if self.closed:
+            sub.end(StreamEnded(CLOSE_GOING_AWAY, reason="server shutting down"))
+            return sub
+        self._rooms.setdefault((tenant, room_id), set()).add(sub)
+        self._streams += 1
+        self.touch()
+        return sub
+
+    def unsubscribe(self, sub: Subscriber) -> None:
+        key = (sub.tenant, sub.room_id)
+        subs = self._rooms.get(key)
+        if subs is None or sub not in subs:
+            return
+        subs.discard(sub)
+        self._streams -= 1
+        if not subs:
+            del self._rooms[key]
+        self.touch()
+
+    def subscribers(self, tenant: str, room_id: str) -> tuple[Subscriber, ...]:
+        return tuple(self._rooms.get((tenant, room_id), ()))
+
+    # -- publishing ---------------------------------------------------------------------
+
+    def publish_message(self, tenant: str, room_id: str, seq: int, frame: str, sender: str) -> None:
+        """Hand a stored message to every stream of the room but the sender's own."""
+        subs = self._rooms.get((tenant, room_id))
+        if not subs:
+            return
+        item = (seq, frame)
+        for sub in tuple(subs):
+            if sub.user_id != sender and not sub.push(item):
+                self._too_slow(sub)
+
+    def publish_event(self, tenant: str, room_id: str, frame: str, skip_user: str = "") -> None:
+        """Hand a membership event to the streams that asked for events."""
+        subs = self._rooms.get((tenant, room_id))
+        if not subs:
+            return
+        item = (0, frame)
+        for sub in tuple(subs):
+            if sub.events and sub.user_id != skip_user and not sub.push(item):
+                self._too_slow(sub)
+
+    def _too_slow(self, sub: Subscriber) -> None:
+        self.unsubscribe(sub)
+        sub.end(
+            StreamEnded(CLOSE_TOO_SLOW, reason="too slow: resume with since"), drop_pending=True
+        )
+
+    # -- ending streams -----------------------------------------------------------------
+
+    def end_user(
+        self, tenant: str, room_id: str, user_id: str, code: int, frame: str, reason: str = ""
+    ) -> int:
+        """End one user's streams in a room (kicked, left); returns how many."""
+        ended = 0
+        for sub in self.subscribers(tenant, room_id):
+            if sub.user_id == user_id:
+                self.unsubscribe(sub)
+                sub.end(StreamEnded(code, frame, reason))
+                ended += 1
+        return ended
+
+    def end_room(self, tenant: str, room_id: str, code: int, frame: str, reason: str = "") -> int:
+        """End every stream of a room (deleted); returns how many."""
+        subs = self.subscribers(tenant, room_id)
+        for sub in subs:
+            self.unsubscribe(sub)
+            sub.end(StreamEnded(code, frame, reason))
+        return len(subs)
+
+    def end_all(self, code: int = CLOSE_GOING_AWAY, reason: str = "server shutting down") -> int:
+        """End every stream (shutdown) and refuse new ones; returns how many."""
+        self.closed = True
+        subs = [sub for room in self._rooms.values() for sub in room]
+        for sub in subs:
+            self.unsubscribe(sub)
+            sub.end(StreamEnded(code, reason=reason))
+        return len(subs)

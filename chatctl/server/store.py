@@ -1,0 +1,496 @@
+"""The server's storage: rooms, members, messages and idempotency keys in one SQLite file.
+
+``Store`` is the interface the rules are written against (a PostgreSQL store may implement
+it later); ``SQLiteStore`` is the implementation. The store knows nothing of HTTP or of the
+chat rules: it answers questions and applies changes, and the caller groups changes into a
+transaction with ``with store.transaction():``.
+
+Durability: WAL with ``synchronous=NORMAL``. A commit is in the WAL (the OS page cache)
+before ``commit`` returns, so it survives ``kill -9`` of the process; it may not survive a
+power loss, which the server does not promise.
+
+Schema versions: ``PRAGMA user_version`` holds how many entries of ``MIGRATIONS`` have been
+applied; opening an older file applies the rest, in order, in one transaction each.
+
+Calls are synchronous: on the server they run on the event loop thread, where each is well
+under a millisecond, so a thread hop would cost more than it saves.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sqlite3
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+__all__ = [
+    "MIGRATIONS",
+    "IdempotencyRecord",
+    "MessageRow",
+    "RoomRow",
+    "SQLiteStore",
+    "Store",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class RoomRow:
+    #: the store's own key of the room; messages and members refer to it.
+    pk: int
+    tenant: str
+    id: str
+    name: str
+    description: str
+    created_at: str
+    private: bool
+
+
+@dataclass(frozen=True, slots=True)
+class MessageRow:
+    #: the message's position in the total order of its room (and of the whole store).
+    seq: int
+    id: str
+    client: str
+    user_id: str
+    sent_at: str
+    subject: str
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class IdempotencyRecord:
+    endpoint: str
+    request_hash: str
+    response: str
+    created_at: float
+
+
+class Store(Protocol):
+    """What the chat rules need from storage."""
+
+    def transaction(self) -> contextlib.AbstractContextManager[None]: ...
+    def close(self) -> None: ...
+
+    def get_room(self, tenant: str, room_id: str) -> RoomRow | None: ...
+    def create_room(
+        self,
+        tenant: str,
+        room_id: str,
+        name: str,
+        description: str,
+        created_at: str,
+        private: bool,
+        user_ids: Sequence[str],
+    ) -> RoomRow: ...
+    def delete_room(self, room: RoomRow) -> None: ...
+    def count_rooms(self, tenant: str) -> int: ...
+    def list_rooms(
+        self, tenant: str, user_id: str | None = None
+    ) -> list[tuple[RoomRow, list[str]]]: ...
+
+    def members(self, room: RoomRow) -> list[str]: ...
+    def is_member(self, room: RoomRow, user_id: str) -> bool: ...
+    def count_members(self, room: RoomRow) -> int: ...
+    def add_member(self, room: RoomRow, user_id: str) -> bool: ...
+    def remove_member(self, room: RoomRow, user_id: str) -> bool: ...
+    def is_barred(self, room: RoomRow, user_id: str) -> bool: ...
+    def set_barred(self, room: RoomRow, user_id: str, barred: bool) -> None: ...
+
+    def add_message(
+        self,
+        room: RoomRow,
+        message_id: str,
+        client: str,
+        user_id: str,
+        sent_at: str,
+        subject: str,
+        text: str,
+    ) -> int: ...
+    def message_seq(self, room: RoomRow, message_id: str) -> int | None: ...
+    def messages(
+        self,
+        room: RoomRow,
+        *,
+        after_seq: int | None = None,
+        before_seq: int | None = None,
+        limit: int | None = None,
+        latest: bool = False,
+    ) -> list[MessageRow]: ...
+    def count_messages_after(self, room: RoomRow, after_seq: int, cap: int) -> int: ...
+
+    def get_idempotency(
+        self, tenant: str, key: str, not_before: float
+    ) -> IdempotencyRecord | None: ...
+    def put_idempotency(
+        self,
+        tenant: str,
+        key: str,
+        endpoint: str,
+        request_hash: str,
+        response: str,
+        created_at: float,
+    ) -> None: ...
+    def purge_idempotency(self, older_than: float) -> int: ...
+
+
+#: Each entry brings a file from version i to i + 1. Never edit a released entry: append.
+#: Statements are split on ";", so comments inside must not contain one.
+MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE rooms (
+        pk          INTEGER PRIMARY KEY,
+        tenant      TEXT NOT NULL,
+        id          TEXT NOT NULL,
+        name        TEXT NOT NULL,
+        description TEXT NOT NULL,
+        created_at  TEXT NOT NULL,
+        private     INTEGER NOT NULL,
+        UNIQUE (tenant, id)
+    );
+    -- position is the rowid: members are listed in the order they were added.
+    CREATE TABLE members (
+        position INTEGER PRIMARY KEY,
+        tenant   TEXT NOT NULL,
+        room_pk  INTEGER NOT NULL REFERENCES rooms (pk),
+        user_id  TEXT NOT NULL,
+        UNIQUE (room_pk, user_id)
+    );
+    CREATE INDEX members_by_user ON members (tenant, user_id, room_pk);
+    -- A user kicked from a room may not Join it again until invited.
+    CREATE TABLE barred (
+        room_pk INTEGER NOT NULL REFERENCES rooms (pk),
+        user_id TEXT NOT NULL,
+        PRIMARY KEY (room_pk, user_id)
+    ) WITHOUT ROWID;
+    -- seq is the total order, AUTOINCREMENT so a seq is never reused, even after a room
+    -- (and its latest messages) is deleted.
+    CREATE TABLE messages (
+        seq      INTEGER PRIMARY KEY AUTOINCREMENT,
+        room_pk  INTEGER NOT NULL REFERENCES rooms (pk),
+        id       TEXT NOT NULL,
+        client   TEXT NOT NULL,
+        user_id  TEXT NOT NULL,
+        sent_at  TEXT NOT NULL,
+        subject  TEXT NOT NULL,
+        text     TEXT NOT NULL
+    );
+    CREATE INDEX messages_by_room ON messages (room_pk, seq);
+    CREATE UNIQUE INDEX messages_by_id ON messages (id);
+    CREATE TABLE idempotency (
+        tenant       TEXT NOT NULL,
+        key          TEXT NOT NULL,
+        endpoint     TEXT NOT NULL,
+        request_hash TEXT NOT NULL,
+        response     TEXT NOT NULL,
+        created_at   REAL NOT NULL,
+        PRIMARY KEY (tenant, key)
+    ) WITHOUT ROWID;
+    CREATE INDEX idempotency_by_age ON idempotency (created_at);
+    """,
+)
+
+_ROOM_COLUMNS = "pk, tenant, id, name, description, created_at, private"
+_MESSAGE_COLUMNS = "seq, id, client, user_id, sent_at, subject, text"
+
+
+def _room(row: tuple[int, str, str, str, str, str, int]) -> RoomRow:
+    return RoomRow(row[0], row[1], row[2], row[3], row[4], row[5], bool(row[6]))
+
+
+def _create_private_file(path: str) -> None:
+    """Create ``path`` with mode 0600 unless it exists: messages are nobody else's to read."""
+    if path == ":memory:" or path.startswith("file:"):
+        return
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return
+    os.close(fd)
+
+
+class SQLiteStore:
+    """The SQLite implementation of ``Store``; one connection, used from one thread at a time."""
+
+    def __init__(self, path: str) -> None:
+        _create_private_file(path)
+        # isolation_level=None: no implicit transactions; transaction() says BEGIN itself.
+        # check_same_thread=False: a test (or serve) may build the app on one thread and
+        # run the event loop on another; calls never overlap.
+        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._depth = 0
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute("PRAGMA foreign_keys=OFF")
+        # Another process on the same file (a second server, a backup) waits, not fails.
+        self._db.execute("PRAGMA busy_timeout=5000")
+        self._migrate()
+
+    # -- housekeeping -------------------------------------------------------------------
+
+    def _migrate(self) -> None:
+        (version,) = self._db.execute("PRAGMA user_version").fetchone()
+        if version > len(MIGRATIONS):
+            raise RuntimeError(
+                f"database schema version {version} is newer than this chatctl "
+                f"(knows {len(MIGRATIONS)}); upgrade chatctl"
+            )
+        for number in range(version, len(MIGRATIONS)):
+            with self.transaction():
+                for statement in MIGRATIONS[number].split(";"):
+                    if statement.strip():
+                        self._db.execute(statement)
+                # PRAGMA takes no parameters; number is an int we control.
+                self._db.execute(f"PRAGMA user_version = {number + 1}")
+
+    @property
+    def schema_version(self) -> int:
+        (version,) = self._db.execute("PRAGMA user_version").fetchone()
+        return int(version)
+
+    def close(self) -> None:
+        self._db.close()
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[None]:
+        """Group changes; nested uses join the outermost transaction."""
+        if self._depth:
+            self._depth += 1
+            try:
+                yield
+            finally:
+                self._depth -= 1
+            return
+        # IMMEDIATE: take the write lock now, so a busy file fails here and not mid-way.
+        self._db.execute("BEGIN IMMEDIATE")
+        self._depth = 1
+        try:
+            yield
+        except BaseException:
+            self._depth = 0
+            self._db.execute("ROLLBACK")
+            raise
+        self._depth = 0
+        self._db.execute("COMMIT")
+
+    # -- rooms --------------------------------------------------------------------------
+
+    def get_room(self, tenant: str, room_id: str) -> RoomRow | None:
+        row = self._db.execute(
+            f"SELECT {_ROOM_COLUMNS} FROM rooms WHERE tenant = ? AND id = ?", (tenant, room_id)
+        ).fetchone()
+        return _room(row) if row else None
+
+    def create_room(
+        self,
+        tenant: str,
+        room_id: str,
+        name: str,
+        description: str,
+        created_at: str,
+        private: bool,
+        user_ids: Sequence[str],
+    ) -> RoomRow:
+        with self.transaction():
+            cursor = self._db.execute(
+                "INSERT INTO rooms (tenant, id, name, description, created_at, private)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (tenant, room_id, name, description, created_at, int(private)),
+            )
+            pk = cursor.lastrowid
+            assert pk is not None
+            room = RoomRow(pk, tenant, room_id, name, description, created_at, private)
+            for user_id in user_ids:
+                self.add_member(room, user_id)
+        return room
+
+    def delete_room(self, room: RoomRow) -> None:
+        with self.transaction():
+            self._db.execute("DELETE FROM messages WHERE room_pk = ?", (room.pk,))
+            self._db.execute("DELETE FROM members WHERE room_pk = ?", (room.pk,))
+            self._db.execute("DELETE FROM barred WHERE room_pk = ?", (room.pk,))
+            self._db.execute("DELETE FROM rooms WHERE pk = ?", (room.pk,))
+
+    def count_rooms(self, tenant: str) -> int:
+        (n,) = self._db.execute("SELECT COUNT(*) FROM rooms WHERE tenant = ?", (tenant,)).fetchone()
+        return int(n)
+
+    def list_rooms(
+        self, tenant: str, user_id: str | None = None
+    ) -> list[tuple[RoomRow, list[str]]]:
+        """Rooms in creation order, each with its members; only ``user_id``'s when given."""
+        if user_id is None:
+            rows = self._db.execute(
+                f"SELECT {_ROOM_COLUMNS} FROM rooms WHERE tenant = ? ORDER BY pk", (tenant,)
+            ).fetchall()
+            member_rows = self._db.execute(
+                "SELECT room_pk, user_id FROM members WHERE tenant = ? ORDER BY position",
+                (tenant,),
+            ).fetchall()
+        else:
+            rows = self._db.execute(
+                f"SELECT {', '.join('r.' + c for c in _ROOM_COLUMNS.split(', '))}"
+                " FROM members m JOIN rooms r ON r.pk = m.room_pk"
+                " WHERE m.tenant = ? AND m.user_id = ? ORDER BY r.pk",
+                (tenant, user_id),
+            ).fetchall()
+            member_rows = self._db.execute(
+                "SELECT m.room_pk, m.user_id FROM members m"
+                " WHERE m.room_pk IN (SELECT room_pk FROM members WHERE tenant = ? AND user_id = ?)"
+                " ORDER BY m.position",
+                (tenant, user_id),
+            ).fetchall()
+        by_room: dict[int, list[str]] = {}
+        for room_pk, member in member_rows:
+            by_room.setdefault(room_pk, []).append(member)
+        return [(_room(row), by_room.get(row[0], [])) for row in rows]
+
+    # -- members ------------------------------------------------------------------------
+
+    def members(self, room: RoomRow) -> list[str]:
+        rows = self._db.execute(
+            "SELECT user_id FROM members WHERE room_pk = ? ORDER BY position", (room.pk,)
+        ).fetchall()
+        return [r[0] for r in rows]
+
+    def is_member(self, room: RoomRow, user_id: str) -> bool:
+        row = self._db.execute(
+            "SELECT 1 FROM members WHERE room_pk = ? AND user_id = ?", (room.pk, user_id)
+        ).fetchone()
+        return row is not None
+
+    def count_members(self, room: RoomRow) -> int:
+        (n,) = self._db.execute(
+            "SELECT COUNT(*) FROM members WHERE room_pk = ?", (room.pk,)
+        ).fetchone()
+        return int(n)
+
+    def add_member(self, room: RoomRow, user_id: str) -> bool:
+        """Add at the end of the member list; False when already a member."""
+        cursor = self._db.execute(
+            "INSERT OR IGNORE INTO members (tenant, room_pk, user_id) VALUES (?, ?, ?)",
+            (room.tenant, room.pk, user_id),
+        )
+        return cursor.rowcount > 0
+
+    def remove_member(self, room: RoomRow, user_id: str) -> bool:
+        cursor = self._db.execute(
+            "DELETE FROM members WHERE room_pk = ? AND user_id = ?", (room.pk, user_id)
+        )
+        return cursor.rowcount > 0
+
+    def is_barred(self, room: RoomRow, user_id: str) -> bool:
+        row = self._db.execute(
+            "SELECT 1 FROM barred WHERE room_pk = ? AND user_id = ?", (room.pk, user_id)
+        ).fetchone()
+        return row is not None
+
+    def set_barred(self, room: RoomRow, user_id: str, barred: bool) -> None:
+        if barred:
+            self._db.execute(
+                "INSERT OR IGNORE INTO barred (room_pk, user_id) VALUES (?, ?)", (room.pk, user_id)
+            )
+        else:
+            self._db.execute(
+                "DELETE FROM barred WHERE room_pk = ? AND user_id = ?", (room.pk, user_id)
+            )
+
+    # -- messages -----------------------------------------------------------------------
+
+    def add_message(
+        self,
+        room: RoomRow,
+        message_id: str,
+        client: str,
+        user_id: str,
+        sent_at: str,
+        subject: str,
+        text: str,
+    ) -> int:
+        """Store a message; returns its seq. Durable once the transaction commits."""
+        cursor = self._db.execute(
+            "INSERT INTO messages (room_pk, id, client, user_id, sent_at, subject, text)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (room.pk, message_id, client, user_id, sent_at, subject, text),
+        )
+        seq = cursor.lastrowid
+        assert seq is not None
+        return seq
+
+    def message_seq(self, room: RoomRow, message_id: str) -> int | None:
+        row = self._db.execute(
+            "SELECT seq FROM messages WHERE id = ? AND room_pk = ?", (message_id, room.pk)
+        ).fetchone()
+        return int(row[0]) if row else None
+
+    def messages(
+        self,
+        room: RoomRow,
+        *,
+        after_seq: int | None = None,
+        before_seq: int | None = None,
+        limit: int | None = None,
+        latest: bool = False,
+    ) -> list[MessageRow]:
+        """Messages strictly between the bounds, oldest first.
+
+        With ``limit``: the first ``limit`` of them, or the last ``limit`` when ``latest``.
+        Every variant walks the ``(room_pk, seq)`` index from one end; none scans the room.
+        """
+        where = "room_pk = ?"
+        args: list[object] = [room.pk]
+        if after_seq is not None:
+            where += " AND seq > ?"
+            args.append(after_seq)
+        if before_seq is not None:
+            where += " AND seq < ?"
+            args.append(before_seq)
+        order = "DESC" if latest else "ASC"
+        sql = f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE {where} ORDER BY seq {order}"
+        if limit is not None:
+            sql += " LIMIT ?"
+            args.append(limit)
+        rows = [MessageRow(*row) for row in self._db.execute(sql, args)]
+        if latest:
+            rows.reverse()
+        return rows
+
+    def count_messages_after(self, room: RoomRow, after_seq: int, cap: int) -> int:
+        """How many messages follow ``after_seq``, counting no further than ``cap``."""
+        (n,) = self._db.execute(
+            "SELECT COUNT(*) FROM (SELECT 1 FROM messages WHERE room_pk = ? AND seq > ? LIMIT ?)",
+            (room.pk, after_seq, cap),
+        ).fetchone()
+        return int(n)
+
+    # -- idempotency keys ---------------------------------------------------------------
+
+    def get_idempotency(self, tenant: str, key: str, not_before: float) -> IdempotencyRecord | None:
+        row = self._db.execute(
+            "SELECT endpoint, request_hash, response, created_at FROM idempotency"
+            " WHERE tenant = ? AND key = ? AND created_at >= ?",
+            (tenant, key, not_before),
+        ).fetchone()
+        return IdempotencyRecord(*row) if row else None
+
+    def put_idempotency(
+        self,
+        tenant: str,
+        key: str,
+        endpoint: str,
+        request_hash: str,
+        response: str,
+        created_at: float,
+    ) -> None:
+        # REPLACE: an expired record of the same key may still be there until purged.
+        self._db.execute(
+            "INSERT OR REPLACE INTO idempotency"
+            " (tenant, key, endpoint, request_hash, response, created_at)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            (tenant, key, endpoint, request_hash, response, created_at),
+        )
+
+    def purge_idempotency(self, older_than: float) -> int:
+        cursor = self._db.execute("DELETE FROM idempotency WHERE created_at < ?", (older_than,))
+        return cursor.rowcount

@@ -1,0 +1,114 @@
+"""Shared fixtures for the server tests: a real server on a real socket.
+
+``live_server(**overrides)`` starts the app under uvicorn in a thread (as httpx's own test
+suite does) with a temporary SQLite file and returns its base URL; keyword arguments
+override ``ServerConfig`` fields (``tokens=frozenset({"t1"})``, ``stream_queue=5``...).
+Other test packages may reuse it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from starlette.applications import Starlette
+
+from chatctl.server.app import ChatServer, create_app, uvicorn_config
+from chatctl.server.config import ServerConfig
+
+
+@dataclass
+class LiveServer:
+    url: str
+    ws_url: str
+    app: Starlette
+    config: ServerConfig
+    server: ChatServer
+    thread: threading.Thread
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(10)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_until(condition: Callable[[], Any], timeout: float = 5.0, interval: float = 0.005) -> Any:
+    """Poll ``condition`` until it is truthy; fail the test after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout} s")
+        time.sleep(interval)
+
+
+def start_server(db: str, **overrides: Any) -> LiveServer:
+    config = dataclasses.replace(ServerConfig(db=db), **overrides)
+    app = create_app(config)
+    port = free_port()
+    server = ChatServer(
+        uvicorn_config(
+            app, config, host="127.0.0.1", port=port, log_level="warning", loop="asyncio"
+        )
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    wait_until(lambda: server.started or not thread.is_alive(), 10)
+    assert server.started, "server did not start"
+    return LiveServer(
+        f"http://127.0.0.1:{port}", f"ws://127.0.0.1:{port}", app, config, server, thread
+    )
+
+
+@pytest.fixture
+def live_server(tmp_path: Path) -> Iterator[Callable[..., LiveServer]]:
+    """A factory: ``live_server(**config_overrides)`` -> a running LiveServer."""
+    started: list[LiveServer] = []
+    count = 0
+
+    def start(**overrides: Any) -> LiveServer:
+        nonlocal count
+        count += 1
+        overrides.setdefault("db", str(tmp_path / f"chat{count}.db"))
+        srv = start_server(**overrides)
+        started.append(srv)
+        return srv
+
+    yield start
+    for srv in started:
+        srv.stop()
+
+
+@pytest.fixture(scope="session")
+def shared_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    """One open (single-tenant) server with default config, shared by every test that does
+    not depend on what others stored (each makes its own rooms), to keep the run short."""
+    srv = start_server(db=str(tmp_path_factory.mktemp("shared") / "chat.db"))
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture
+def server(shared_server: LiveServer) -> LiveServer:
+    return shared_server
+
+
+@pytest.fixture
+def client(server: LiveServer) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=server.url, timeout=10) as c:
+        yield c
