@@ -265,7 +265,9 @@ class JoinStream:
             except ConnectionClosed as e:
                 raise _closed_error(self.client, e) from None
             except OSError as e:
-                raise ConnectError(f"connection to {self.client.where} lost: {_reason(e)}") from None
+                raise ConnectError(
+                    f"connection to {self.client.where} lost: {_reason(e)}"
+                ) from None
             try:
                 frame = json.loads(raw)
             except ValueError:
@@ -353,4 +355,3 @@ def _reason(e: BaseException) -> str:
     if "no such file" in lower:
         return "no such socket"
     return text.splitlines()[0][:200]
-

@@ -56,7 +56,7 @@ def load(path: Path | None = None) -> dict[str, Any]:
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise UsageError(
             f"config file {path} is not valid TOML: {e}",
-            hint=f"fix it by hand, or remove it and run: chatctl config set url URL",
+            hint="fix it by hand, or remove it and run: chatctl config set url URL",
         ) from None
 
 

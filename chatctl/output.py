@@ -16,6 +16,7 @@ Data goes to stdout, diagnostics to stderr. NO_COLOR is honoured (by rich).
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import sys
 from collections.abc import Callable, Iterable, Iterator
@@ -118,18 +119,21 @@ class JSONRenderer(Renderer):
             self._line(json.dumps(response, indent=2, ensure_ascii=False))
 
     def stream(self, key: str, items: Iterable[dict[str, Any]]) -> None:
-        # Written as it comes, so exporting a large room runs in constant memory.
-        indent = None if self.batch else 2
-        self.out.write("{\n  " + json.dumps(key) + ": [" if indent else "{" + json.dumps(key) + ": [")
-        first = True
-        for item in items:
-            text = json.dumps(item, ensure_ascii=False, indent=indent)
-            if indent:
+        # Written as it comes, so exporting a large room runs in constant memory; the
+        # first page is fetched before anything is written, so an error leaves no stub.
+        rest = iter(items)
+        first = next(rest, None)
+        pretty = not self.batch
+        self.out.write(f'{{\n  "{key}": [' if pretty else f'{{"{key}": [')
+        count = 0
+        for item in itertools.chain([first] if first is not None else [], rest):
+            text = json.dumps(item, ensure_ascii=False, indent=2 if pretty else None)
+            if pretty:
                 text = "\n    " + text.replace("\n", "\n    ")
-            self.out.write(("" if first else ",") + text)
-            first = False
-        if indent:
-            self.out.write("\n  ]\n}\n" if not first else "]\n}\n")
+            self.out.write(("," if count else "") + text)
+            count += 1
+        if pretty:
+            self.out.write("\n  ]\n}\n" if count else "]\n}\n")
         else:
             self.out.write("]}\n")
         self.out.flush()

@@ -17,13 +17,13 @@ from typing import Any, Literal, TypedDict
 __all__ = [
     "ENDPOINTS",
     "EVENT_TYPES",
+    "MESSAGE_FIELDS",
+    "ROOM_FIELDS",
     "Endpoint",
     "Event",
     "Field",
     "Limits",
-    "MESSAGE_FIELDS",
     "Message",
-    "ROOM_FIELDS",
     "Room",
     "ValidationError",
     "endpoint_for",
@@ -171,8 +171,12 @@ ENDPOINTS: dict[str, Endpoint] = {
             (
                 _ROOM_ID,
                 _USER_ID,
-                Field("text", "string", "The text of the message.", "missing text", "max_text_bytes"),
-                Field("subject", "string", "The subject of the message.", None, "max_subject_bytes"),
+                Field(
+                    "text", "string", "The text of the message.", "missing text", "max_text_bytes"
+                ),
+                Field(
+                    "subject", "string", "The subject of the message.", None, "max_subject_bytes"
+                ),
                 Field(
                     "client",
                     "string",

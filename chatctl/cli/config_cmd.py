@@ -1,6 +1,6 @@
 """``chatctl config``: profiles in the config file (url, token, user)."""
 
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -14,8 +14,10 @@ app = typer.Typer(
 )
 
 ProfileOpt = Annotated[
-    Optional[str],
-    typer.Option("--profile", "-p", help="The profile (default: the current one).", show_default=False),
+    str | None,
+    typer.Option(
+        "--profile", "-p", help="The profile (default: the current one).", show_default=False
+    ),
 ]
 
 
@@ -50,7 +52,9 @@ def set_(
 def get(
     key: Annotated[str, typer.Argument(help="url, token or user.")],
     profile: ProfileOpt = None,
-    show_token: Annotated[bool, typer.Option("--show-token", help="Print the token itself.")] = False,
+    show_token: Annotated[
+        bool, typer.Option("--show-token", help="Print the token itself.")
+    ] = False,
 ) -> None:
     """Print a key of a profile (the token only with --show-token).
 
@@ -92,7 +96,9 @@ def list_() -> None:
         typer.echo(f"no profiles yet in {config.config_path()}", err=True)
     for name in sorted(profiles):
         mark = "*" if name == current else " "
-        keys = " ".join(f"{k}={_redact(k, v)}" for k, v in sorted(config.profile(data, name).items()))
+        keys = " ".join(
+            f"{k}={_redact(k, v)}" for k, v in sorted(config.profile(data, name).items())
+        )
         typer.echo(f"{mark} {name}\t{keys}")
 
 
@@ -104,7 +110,10 @@ def use(name: Annotated[str, typer.Argument(help="The profile to make current.")
     """
     data = config.load()
     if name != config.DEFAULT_PROFILE and not config.profile(data, name):
-        raise UsageError(f"no profile named {name!r}", hint="create it with: chatctl config set url URL --profile NAME")
+        raise UsageError(
+            f"no profile named {name!r}",
+            hint="create it with: chatctl config set url URL --profile NAME",
+        )
     data["current"] = name
     config.save(data)
 

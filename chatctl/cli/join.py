@@ -4,7 +4,7 @@ import random
 import sys
 import time
 from datetime import UTC, datetime
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 
@@ -22,37 +22,54 @@ MAX_BACKOFF = 5.0
 @app.command()
 @with_common_options(exclude=("timeout",))
 def join(
-    room: Annotated[Optional[str], typer.Argument(help="The room, by id or name.", show_default=False)] = None,
+    room: Annotated[
+        str | None, typer.Argument(help="The room, by id or name.", show_default=False)
+    ] = None,
     user: Annotated[
-        Optional[str], typer.Option("--user", "-u", help="Who joins (default: you).", show_default=False)
+        str | None,
+        typer.Option("--user", "-u", help="Who joins (default: you).", show_default=False),
     ] = None,
     history: Annotated[
-        Optional[int],
-        typer.Option("--history", "-n", help="Print the last N messages first.", min=0, show_default=False),
+        int | None,
+        typer.Option(
+            "--history", "-n", help="Print the last N messages first.", min=0, show_default=False
+        ),
     ] = None,
     since: Annotated[
-        Optional[str],
+        str | None,
         typer.Option(
             "--since",
-            help="Print every message after this message id or time (e.g. 2026-11-25T09:00:00Z), then go live.",
+            help="Print every message after this message id or time "
+            "(e.g. 2026-11-25T09:00:00Z), then go live.",
             show_default=False,
         ),
     ] = None,
     count: Annotated[
-        Optional[int], typer.Option("--count", "-c", help="Exit 0 after N messages.", min=1, show_default=False)
+        int | None,
+        typer.Option("--count", "-c", help="Exit 0 after N messages.", min=1, show_default=False),
     ] = None,
     idle: Annotated[
-        Optional[float],
-        typer.Option("--timeout", help="Exit 0 after SECONDS without a message.", min=0.001, show_default=False, metavar="SECONDS"),
+        float | None,
+        typer.Option(
+            "--timeout",
+            help="Exit 0 after SECONDS without a message.",
+            min=0.001,
+            show_default=False,
+            metavar="SECONDS",
+        ),
     ] = None,
     no_reconnect: Annotated[
-        bool, typer.Option("--no-reconnect", help="Exit 3 when the connection drops instead of resuming.")
+        bool,
+        typer.Option(
+            "--no-reconnect", help="Exit 3 when the connection drops instead of resuming."
+        ),
     ] = False,
     include_own: Annotated[
         bool, typer.Option("--include-own", help="Also print the messages this user sends.")
     ] = False,
     events: Annotated[
-        bool, typer.Option("--events", help="Also print joins, leaves, kicks, invites and deletion.")
+        bool,
+        typer.Option("--events", help="Also print joins, leaves, kicks, invites and deletion."),
     ] = False,
 ) -> None:
     """Join a room and print its messages as they arrive, until Ctrl-C.
@@ -64,7 +81,7 @@ def join(
     Example: chatctl join general --history 10
     Example: chatctl join general --count 1 -o jsonl | jq -r .text
     """
-    cursor: Optional[str] = None
+    cursor: str | None = None
     if since is not None:
         cursor = parse_cursor(since)
         if cursor is None:
@@ -142,14 +159,14 @@ def join(
 
 
 def _backoff(attempt: int) -> float:
-    return min(MAX_BACKOFF, 0.1 * 2**attempt) * (0.5 + random.random() / 2)
+    return float(min(MAX_BACKOFF, 0.1 * 2**attempt) * (0.5 + random.random() / 2))
 
 
 def _notice(text: str) -> None:
     print(f"chatctl: {text}", file=sys.stderr, flush=True)
 
 
-def _tail_format() -> Optional[str]:
+def _tail_format() -> str | None:
     fmt = common.output
     if fmt == "table":
         return "line"

@@ -6,9 +6,10 @@ Ctrl-C and closed pipe into one line on stderr and a documented exit status (see
 and hand responses to a renderer.
 """
 
+import contextlib
 import os
 import sys
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -56,8 +57,10 @@ def root(
     verbose: VerboseOpt = None,
     timeout: TimeoutOpt = None,
     version: Annotated[
-        Optional[bool],
-        typer.Option("--version", help="Print the version and exit.", callback=_version, is_eager=True),
+        bool | None,
+        typer.Option(
+            "--version", help="Print the version and exit.", callback=_version, is_eager=True
+        ),
     ] = None,
 ) -> None:
     """Administer m3o-compatible chat rooms from the shell, and serve them.
@@ -67,16 +70,22 @@ def root(
     Example: chatctl create general && chatctl send general "hello" && chatctl history general
     """
     common.merge(
-        url=url, token=token, profile=profile, output=output, input=input, verbose=verbose, timeout=timeout
+        url=url,
+        token=token,
+        profile=profile,
+        output=output,
+        input=input,
+        verbose=verbose,
+        timeout=timeout,
     )
 
 
-def main(argv: Optional[list[str]] = None) -> None:
+def main(argv: list[str] | None = None) -> None:
     """Run chatctl and exit with its status."""
     sys.exit(run_cli(argv))
 
 
-def run_cli(argv: Optional[list[str]] = None) -> int:
+def run_cli(argv: list[str] | None = None) -> int:
     common.__init__()  # type: ignore[misc]  # a fresh start for each in-process run
     try:
         try:
@@ -95,8 +104,8 @@ def run_cli(argv: Optional[list[str]] = None) -> int:
     except KeyboardInterrupt:
         return _interrupted()
     except _ClickException as e:
-        e.show()
-        return e.exit_code
+        e.show()  # type: ignore[attr-defined]
+        return int(e.exit_code)  # type: ignore[attr-defined]
     except typer.Exit as e:
         return e.exit_code
     except BrokenPipeError:
@@ -110,7 +119,7 @@ _ClickException: type[Exception] = next(
 )
 
 
-def _error(message: str, hint: Optional[str]) -> None:
+def _error(message: str, hint: str | None) -> None:
     try:
         print(f"error: {message}", file=sys.stderr)
         if hint:
@@ -121,10 +130,8 @@ def _error(message: str, hint: Optional[str]) -> None:
 
 
 def _interrupted() -> int:
-    try:
+    with contextlib.suppress(OSError):
         sys.stderr.write("\n")
-    except OSError:
-        pass
     return int(ExitStatus.INTERRUPTED)
 
 

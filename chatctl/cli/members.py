@@ -1,6 +1,6 @@
 """Membership commands: invite, kick, leave."""
 
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -9,15 +9,13 @@ from chatctl.cli.options import with_common_options
 
 app = typer.Typer()
 
-RoomArg = Annotated[
-    Optional[str], typer.Argument(help="The room, by id or name.", show_default=False)
-]
+RoomArg = Annotated[str | None, typer.Argument(help="The room, by id or name.", show_default=False)]
 UsersArg = Annotated[
-    Optional[list[str]], typer.Argument(help="One or more user ids.", show_default=False)
+    list[str] | None, typer.Argument(help="One or more user ids.", show_default=False)
 ]
 
 
-def _per_user(endpoint: str, room: Optional[str], users: Optional[list[str]]) -> list[dict[str, object]]:
+def _per_user(endpoint: str, room: str | None, users: list[str] | None) -> list[dict[str, object]]:
     requests: list[dict[str, object]] = []
     for user in users or [None]:  # type: ignore[list-item]
         requests += run.build_requests(endpoint, {"user_id": user}, room=room)
@@ -57,7 +55,7 @@ def kick(
 def leave(
     room: RoomArg = None,
     user: Annotated[
-        Optional[str],
+        str | None,
         typer.Option("--user", "-u", help="Who leaves (default: you).", show_default=False),
     ] = None,
 ) -> None:

@@ -2,12 +2,12 @@
 
 import sys
 from collections.abc import Iterator
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 
 from chatctl.cli import run
-from chatctl.cli.options import with_common_options
+from chatctl.cli.options import common, with_common_options
 from chatctl.errors import UsageError
 from chatctl.ids import START
 
@@ -20,17 +20,24 @@ PAGE = 1000
 @app.command()
 @with_common_options
 def send(
-    room: Annotated[Optional[str], typer.Argument(help="The room, by id or name.", show_default=False)] = None,
+    room: Annotated[
+        str | None, typer.Argument(help="The room, by id or name.", show_default=False)
+    ] = None,
     text: Annotated[
-        Optional[str], typer.Argument(help="The message; - reads it from stdin.", show_default=False)
+        str | None, typer.Argument(help="The message; - reads it from stdin.", show_default=False)
     ] = None,
     user: Annotated[
-        Optional[str], typer.Option("--user", "-u", help="Who sends (default: you).", show_default=False)
+        str | None,
+        typer.Option("--user", "-u", help="Who sends (default: you).", show_default=False),
     ] = None,
-    subject: Annotated[Optional[str], typer.Option("--subject", "-s", help="Subject line.", show_default=False)] = None,
+    subject: Annotated[
+        str | None, typer.Option("--subject", "-s", help="Subject line.", show_default=False)
+    ] = None,
     client_label: Annotated[
-        Optional[str],
-        typer.Option("--client", help='A free label of the sender, e.g. "web".', show_default=False),
+        str | None,
+        typer.Option(
+            "--client", help='A free label of the sender, e.g. "web".', show_default=False
+        ),
     ] = None,
     lines: Annotated[
         bool, typer.Option("--lines", help="Send each line of stdin as its own message, in order.")
@@ -46,12 +53,11 @@ def send(
     if lines:
         if text is not None:
             raise UsageError("give either TEXT or --lines, not both")
-        if run.common.input is not None:
+        if common.input is not None:
             raise UsageError("--lines reads stdin; it cannot be combined with --input")
         template = run.build_requests("Send", {**flags, "text": "-"}, defaults, room=room)[0]
         # Streamed, not slurped: `tail -f log | chatctl send ROOM --lines` sends as lines come.
-        requests = _line_requests(template)
-        run.call_all("Send", requests, total=None)
+        run.call_all("Send", _line_requests(template), total=None)
         return
     else:
         if text == "-":
@@ -72,16 +78,32 @@ def _line_requests(template: dict[str, Any]) -> Iterator[dict[str, Any]]:
 @app.command()
 @with_common_options
 def history(
-    room: Annotated[Optional[str], typer.Argument(help="The room, by id or name.", show_default=False)] = None,
-    limit: Annotated[
-        Optional[int],
-        typer.Option("--limit", "-n", help="At most N messages: the latest N, or the first N after --after.", min=1, show_default=False),
+    room: Annotated[
+        str | None, typer.Argument(help="The room, by id or name.", show_default=False)
     ] = None,
-    before: Annotated[Optional[str], typer.Option("--before", help="Only messages before this message id.", show_default=False)] = None,
-    after: Annotated[Optional[str], typer.Option("--after", help="Only messages after this message id.", show_default=False)] = None,
+    limit: Annotated[
+        int | None,
+        typer.Option(
+            "--limit",
+            "-n",
+            help="At most N messages: the latest N, or the first N after --after.",
+            min=1,
+            show_default=False,
+        ),
+    ] = None,
+    before: Annotated[
+        str | None,
+        typer.Option("--before", help="Only messages before this message id.", show_default=False),
+    ] = None,
+    after: Annotated[
+        str | None,
+        typer.Option("--after", help="Only messages after this message id.", show_default=False),
+    ] = None,
     user: Annotated[
-        Optional[str],
-        typer.Option("--user", "-u", help="The reading user (needed for a private room).", show_default=False),
+        str | None,
+        typer.Option(
+            "--user", "-u", help="The reading user (needed for a private room).", show_default=False
+        ),
     ] = None,
 ) -> None:
     """Print a room's messages, oldest first, paging through large rooms by itself.
@@ -110,7 +132,7 @@ def _page(request: dict[str, Any], **cursor: Any) -> list[dict[str, Any]]:
     return messages if isinstance(messages, list) else []
 
 
-def _messages(request: dict[str, Any], limit: Optional[int]) -> Iterator[dict[str, Any]]:
+def _messages(request: dict[str, Any], limit: int | None) -> Iterator[dict[str, Any]]:
     """Every message the request selects, oldest first, a page at a time.
 
     Forward from a cursor streams in constant memory; the latest N (with or without

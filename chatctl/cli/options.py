@@ -11,7 +11,7 @@ import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Annotated, Any, Optional, TypeVar
+from typing import Annotated, Any, TypeVar, overload
 
 import typer
 
@@ -20,14 +20,14 @@ from chatctl.output import FORMATS
 _CONN = "Connection and output"
 
 
-def _check_format(value: Optional[str]) -> Optional[str]:
+def _check_format(value: str | None) -> str | None:
     if value is not None and value not in FORMATS:
         raise typer.BadParameter(f"must be one of: {', '.join(FORMATS)}")
     return value
 
 
 UrlOpt = Annotated[
-    Optional[str],
+    str | None,
     typer.Option(
         "--url",
         help="Server URL (or unix:/path/to/socket). Default: the profile's, else a local "
@@ -37,7 +37,7 @@ UrlOpt = Annotated[
     ),
 ]
 TokenOpt = Annotated[
-    Optional[str],
+    str | None,
     typer.Option(
         "--token",
         help="API token (beats CHATCTL_TOKEN, the profile and M3O_API_TOKEN). Never printed.",
@@ -46,7 +46,7 @@ TokenOpt = Annotated[
     ),
 ]
 ProfileOpt = Annotated[
-    Optional[str],
+    str | None,
     typer.Option(
         "--profile",
         help="Config profile to use (or CHATCTL_PROFILE).",
@@ -55,7 +55,7 @@ ProfileOpt = Annotated[
     ),
 ]
 OutputOpt = Annotated[
-    Optional[str],
+    str | None,
     typer.Option(
         "--output",
         "-o",
@@ -67,7 +67,7 @@ OutputOpt = Annotated[
     ),
 ]
 InputOpt = Annotated[
-    Optional[Path],
+    Path | None,
     typer.Option(
         "--input",
         "-i",
@@ -80,7 +80,7 @@ InputOpt = Annotated[
     ),
 ]
 VerboseOpt = Annotated[
-    Optional[bool],
+    bool | None,
     typer.Option(
         "--verbose",
         "-v",
@@ -90,7 +90,7 @@ VerboseOpt = Annotated[
     ),
 ]
 TimeoutOpt = Annotated[
-    Optional[float],
+    float | None,
     typer.Option(
         "--timeout",
         help="Seconds to wait for the server (default 30).",
@@ -105,13 +105,13 @@ TimeoutOpt = Annotated[
 class Common:
     """The shared options as finally given (None: not given)."""
 
-    url: Optional[str] = None
-    token: Optional[str] = None
-    profile: Optional[str] = None
-    output: Optional[str] = None
-    input: Optional[Path] = None
-    verbose: Optional[bool] = None
-    timeout: Optional[float] = None
+    url: str | None = None
+    token: str | None = None
+    profile: str | None = None
+    output: str | None = None
+    input: Path | None = None
+    verbose: bool | None = None
+    timeout: float | None = None
 
     def merge(self, **given: Any) -> None:
         for key, value in given.items():
@@ -136,16 +136,22 @@ _NAMES = tuple(f.name for f in fields(Common))
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-def with_common_options(
-    fn: Optional[F] = None, *, exclude: tuple[str, ...] = ()
-) -> Any:
+@overload
+def with_common_options(fn: F) -> F: ...
+@overload
+def with_common_options(*, exclude: tuple[str, ...]) -> Callable[[F], F]: ...
+def with_common_options(fn: F | None = None, *, exclude: tuple[str, ...] = ()) -> Any:
     """Add the shared options to a command's signature; record them in ``common``.
 
     Use as ``@with_common_options``, or ``@with_common_options(exclude=("timeout",))``
     for a command that gives one of the names its own meaning.
     """
     if fn is None:
-        return lambda f: with_common_options(f, exclude=exclude)
+        return functools.partial(_add_common_options, exclude=exclude)
+    return _add_common_options(fn, exclude)
+
+
+def _add_common_options(fn: F, exclude: tuple[str, ...] = ()) -> F:
     names = [n for n in _NAMES if n not in exclude]
     sig = inspect.signature(fn)
 
@@ -155,9 +161,11 @@ def with_common_options(
         return fn(*args, **kwargs)
 
     extra = [
-        inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=_ANNOTATIONS[name])
+        inspect.Parameter(
+            name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=_ANNOTATIONS[name]
+        )
         for name in names
     ]
     wrapper.__signature__ = sig.replace(parameters=[*sig.parameters.values(), *extra])  # type: ignore[attr-defined]
     wrapper.__annotations__ = {**fn.__annotations__, **{n: _ANNOTATIONS[n] for n in names}}
-    return wrapper
+    return wrapper  # type: ignore[return-value]

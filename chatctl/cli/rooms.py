@@ -1,6 +1,6 @@
 """Room commands: create, delete, list."""
 
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -13,16 +13,25 @@ app = typer.Typer()
 @app.command()
 @with_common_options
 def create(
-    name: Annotated[Optional[str], typer.Argument(help="Name of the new room.", show_default=False)] = None,
+    name: Annotated[
+        str | None, typer.Argument(help="Name of the new room.", show_default=False)
+    ] = None,
     description: Annotated[
-        Optional[str], typer.Option("--description", "-d", help="What the room is for.")
+        str | None, typer.Option("--description", "-d", help="What the room is for.")
     ] = None,
     user: Annotated[
-        Optional[list[str]],
-        typer.Option("--user", "-u", help="A user allowed in the room (repeatable).", show_default=False),
+        list[str] | None,
+        typer.Option(
+            "--user", "-u", help="A user allowed in the room (repeatable).", show_default=False
+        ),
     ] = None,
     private: Annotated[
-        Optional[bool], typer.Option("--private", help="Invite only: Join, Send and History need membership.", show_default=False)
+        bool | None,
+        typer.Option(
+            "--private",
+            help="Invite only: Join, Send and History need membership.",
+            show_default=False,
+        ),
     ] = None,
 ) -> None:
     """Create a room.
@@ -40,7 +49,7 @@ def create(
 @with_common_options
 def delete(
     rooms: Annotated[
-        Optional[list[str]], typer.Argument(help="Rooms to delete, by id or name.", show_default=False)
+        list[str] | None, typer.Argument(help="Rooms to delete, by id or name.", show_default=False)
     ] = None,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
 ) -> None:
@@ -55,7 +64,10 @@ def delete(
     what = f"delete {len(requests)} rooms" if len(requests) > 1 else "delete the room"
     if len(requests) == 1:
         what = f"delete room {rooms[0] if rooms else requests[0].get('room_id')}"
-    run.confirm_destruction(what + " and all their messages" if len(requests) > 1 else what + " and all its messages", yes)
+    run.confirm_destruction(
+        what + " and all their messages" if len(requests) > 1 else what + " and all its messages",
+        yes,
+    )
     run.call_all("Delete", requests, total=len(requests))
 
 
@@ -63,8 +75,10 @@ def delete(
 @with_common_options
 def list_rooms(
     user: Annotated[
-        Optional[str],
-        typer.Option("--user", "-u", help="Only rooms this user is a member of.", show_default=False),
+        str | None,
+        typer.Option(
+            "--user", "-u", help="Only rooms this user is a member of.", show_default=False
+        ),
     ] = None,
 ) -> None:
     """List rooms.

@@ -28,7 +28,7 @@ _ROOM_PLACEHOLDER = "\0room"
 _client: Optional["Client"] = None
 
 
-def settings(user: Optional[str] = None) -> config.Settings:
+def settings(user: str | None = None) -> config.Settings:
     return config.resolve(common.url, common.token, user, common.profile)
 
 
@@ -55,7 +55,7 @@ def close_client() -> None:
         _client = None
 
 
-def acting_user(flag: Optional[str]) -> str:
+def acting_user(flag: str | None) -> str:
     return settings(flag).user
 
 
@@ -76,22 +76,28 @@ def read_input(path: Path) -> list[dict[str, Any]]:
     try:
         whole = json.loads(text)
     except json.JSONDecodeError as e:
-        lines = [(n, line) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
-        if not _is_object(lines[0][1]):
-            raise _malformed(name, e.lineno, e.colno, e.msg) from None
-        objects = []
-        for lineno, line in lines:
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as le:
-                raise _malformed(name, lineno, le.colno, le.msg) from None
-            if not isinstance(obj, dict):
-                raise UsageError(f"line {lineno} of {name} is not a JSON object", hint=_INPUT_HINT)
-            objects.append(obj)
-        return objects
+        return _ndjson(text, name, e)
     if not isinstance(whole, dict):
         raise UsageError(f"{name} holds JSON but not an object", hint=_INPUT_HINT)
     return [whole]
+
+
+def _ndjson(text: str, name: str, whole_error: json.JSONDecodeError) -> list[dict[str, Any]]:
+    """One object per line; if the first line is no object, the whole text was meant."""
+    lines = [(n, line) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
+    if not _is_object(lines[0][1]):
+        e = whole_error
+        raise _malformed(name, e.lineno, e.colno, e.msg)
+    objects = []
+    for lineno, line in lines:
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as le:
+            raise _malformed(name, lineno, le.colno, le.msg) from None
+        if not isinstance(obj, dict):
+            raise UsageError(f"line {lineno} of {name} is not a JSON object", hint=_INPUT_HINT)
+        objects.append(obj)
+    return objects
 
 
 _INPUT_HINT = 'give one object, e.g. {"room_id": "…", "text": "hi"}, or one object per line'
@@ -111,9 +117,9 @@ def _malformed(name: str, line: int, col: int, msg: str) -> UsageError:
 def build_requests(
     endpoint: str,
     flags: dict[str, Any],
-    defaults: Optional[dict[str, Any]] = None,
+    defaults: dict[str, Any] | None = None,
     *,
-    room: Optional[str] = None,
+    room: str | None = None,
 ) -> list[dict[str, Any]]:
     """Input objects (or one empty object), flags over them, defaults under them.
 
@@ -146,7 +152,7 @@ def check_request(endpoint: str, request: dict[str, Any], n: int = 1, total: int
         raise UsageError(f"{e.detail}{where}", hint=_missing_hint(e.detail)) from None
 
 
-def _missing_hint(detail: str) -> Optional[str]:
+def _missing_hint(detail: str) -> str | None:
     if detail == "missing room id":
         return "name the room as an argument, or give room_id in --input"
     if detail == "missing text":
@@ -163,12 +169,14 @@ def resolve_room(room: str) -> str:
     if len(matches) == 1:
         return str(matches[0]["id"])
     if not matches:
-        similar = [str(r.get("name")) for r in rooms if room.lower() in str(r.get("name", "")).lower()]
-        hint = f"did you mean: {', '.join(similar[:5])}" if similar else "see them with: chatctl list"
+        similar = [
+            str(r.get("name")) for r in rooms if room.lower() in str(r.get("name", "")).lower()
+        ]
+        hint = (
+            f"did you mean: {', '.join(similar[:5])}" if similar else "see them with: chatctl list"
+        )
         raise APIError(404, f"no room named {room!r}", "chatctl", hint=hint)
-    listing = "; ".join(
-        f"{r['id']} ({r.get('description') or 'no description'})" for r in matches
-    )
+    listing = "; ".join(f"{r['id']} ({r.get('description') or 'no description'})" for r in matches)
     raise UsageError(
         f"{len(matches)} rooms are named {room!r}: {listing}",
         hint="name the room by its id instead",
@@ -190,9 +198,7 @@ def renderer(*, batch: bool) -> "Renderer":
     return make_renderer(output_format(), batch=batch)
 
 
-def call_all(
-    endpoint: str, requests: Iterable[dict[str, Any]], *, total: Optional[int]
-) -> None:
+def call_all(endpoint: str, requests: Iterable[dict[str, Any]], *, total: int | None) -> None:
     """Make each call in order and render each response as it arrives.
 
     ``total`` is None for a stream of unknown length (``send --lines``): a batch.
@@ -206,7 +212,7 @@ def call_all(
 
 
 def _calls(
-    endpoint: str, requests: Iterable[dict[str, Any]], total: Optional[int]
+    endpoint: str, requests: Iterable[dict[str, Any]], total: int | None
 ) -> Iterator[dict[str, Any]]:
     from chatctl.output import progress
 

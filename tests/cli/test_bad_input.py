@@ -24,9 +24,11 @@ def assert_clean_error(stderr: str) -> None:
     assert stderr.startswith("error: ")
 
 
-def test_malformed_json_names_line_and_column_and_sends_nothing(cli: Run, httpx_mock: HTTPXMock) -> None:
+def test_malformed_json_names_line_and_column_and_sends_nothing(
+    cli: Run, httpx_mock: HTTPXMock
+) -> None:
     good = json.dumps({"room_id": ROOM, "user_id": "u", "text": "ok"})
-    r = cli("send", "-i", "-", input=f"{good}\n{good}\n{{\"room_id\": \"x\" \"text\": 1}}\n")
+    r = cli("send", "-i", "-", input=f'{good}\n{good}\n{{"room_id": "x" "text": 1}}\n')
     assert r.code == 2
     assert_clean_error(r.stderr)
     assert "line 3, column 17" in r.stderr
@@ -41,7 +43,10 @@ def test_malformed_single_object(cli: Run, httpx_mock: HTTPXMock) -> None:
 
 
 def test_wrong_type_in_input_is_refused_before_sending(cli: Run, httpx_mock: HTTPXMock) -> None:
-    lines = [{"room_id": ROOM, "user_id": "u", "text": "fine"}, {"room_id": ROOM, "user_id": "u", "text": 5}]
+    lines = [
+        {"room_id": ROOM, "user_id": "u", "text": "fine"},
+        {"room_id": ROOM, "user_id": "u", "text": 5},
+    ]
     r = cli("send", "-i", "-", input="\n".join(json.dumps(x) for x in lines))
     assert r.code == 2
     assert "text must be a string (request 2 of 2)" in r.stderr
@@ -90,7 +95,9 @@ def test_unknown_room_name(cli: Run, httpx_mock: HTTPXMock) -> None:
     assert "no room named 'genral'" in r.stderr
 
 
-def test_unreachable_server_exits_3_with_one_line(cli: Run, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_unreachable_server_exits_3_with_one_line(
+    cli: Run, monkeypatch: pytest.MonkeyPatch
+) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]  # bound but not listening: connection refused
@@ -98,12 +105,19 @@ def test_unreachable_server_exits_3_with_one_line(cli: Run, monkeypatch: pytest.
         r = cli("list")
     assert r.code == 3
     assert_clean_error(r.stderr)
-    assert r.stderr.splitlines()[0] == f"error: cannot reach http://127.0.0.1:{port}: connection refused"
+    assert (
+        r.stderr.splitlines()[0]
+        == f"error: cannot reach http://127.0.0.1:{port}: connection refused"
+    )
 
 
 @pytest.mark.parametrize(
     ("status", "detail", "code"),
-    [(401, "Unauthorized", 4), (403, "user is not allowed in this private room", 4), (404, "room not found", 5)],
+    [
+        (401, "Unauthorized", 4),
+        (403, "user is not allowed in this private room", 4),
+        (404, "room not found", 5),
+    ],
 )
 def test_error_answers_map_to_exit_statuses(
     cli: Run, httpx_mock: HTTPXMock, status: int, detail: str, code: int
@@ -120,7 +134,12 @@ def test_error_answers_map_to_exit_statuses(
 def test_not_in_room_gives_a_hint(cli: Run, httpx_mock: HTTPXMock) -> None:
     httpx_mock.add_response(
         status_code=400,
-        json={"id": "chat.send", "code": 400, "detail": "user is not in the room", "status": "Bad Request"},
+        json={
+            "id": "chat.send",
+            "code": 400,
+            "detail": "user is not in the room",
+            "status": "Bad Request",
+        },
     )
     r = cli("send", ROOM, "hi")
     assert r.code == 1
@@ -131,7 +150,9 @@ def test_not_in_room_gives_a_hint(cli: Run, httpx_mock: HTTPXMock) -> None:
 
 
 def test_retries_503_with_the_same_idempotency_key(cli: Run, httpx_mock: HTTPXMock) -> None:
-    httpx_mock.add_response(status_code=503, json={"id": "chat.send", "code": 503, "detail": "busy", "status": "x"})
+    httpx_mock.add_response(
+        status_code=503, json={"id": "chat.send", "code": 503, "detail": "busy", "status": "x"}
+    )
     httpx_mock.add_response(json={"message": {"id": "m"}})
     r = cli("send", ROOM, "hi")
     assert r.code == 0, r.stderr

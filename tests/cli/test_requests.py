@@ -65,7 +65,11 @@ def test_create_private_with_users(cli: Run, httpx_mock: HTTPXMock) -> None:
     httpx_mock.add_response(json={"room": ROOM_OBJ})
     r = cli("create", "ops", "-u", "a", "-u", "b", "--private")
     assert r.code == 0, r.stderr
-    check(httpx_mock.get_requests()[0], "Create", {"name": "ops", "user_ids": ["a", "b"], "private": True})
+    check(
+        httpx_mock.get_requests()[0],
+        "Create",
+        {"name": "ops", "user_ids": ["a", "b"], "private": True},
+    )
 
 
 def test_invite_seed_payload_one_call_per_user(cli: Run, httpx_mock: HTTPXMock) -> None:
@@ -119,10 +123,21 @@ def test_history_seed_payload(cli: Run, httpx_mock: HTTPXMock) -> None:
     r = cli("history", ROOM, "-o", "json")
     assert r.code == 0, r.stderr
     first, second = httpx_mock.get_requests()
-    check(first, "History", {"room_id": ROOM, "user_id": "user-1", "limit": 1000,
-                             "after": "00000000-0000-0000-0000-000000000000"})
-    check(second, "History", {"room_id": ROOM, "user_id": "user-1", "limit": 1000,
-                              "after": MESSAGE["id"]})
+    check(
+        first,
+        "History",
+        {
+            "room_id": ROOM,
+            "user_id": "user-1",
+            "limit": 1000,
+            "after": "00000000-0000-0000-0000-000000000000",
+        },
+    )
+    check(
+        second,
+        "History",
+        {"room_id": ROOM, "user_id": "user-1", "limit": 1000, "after": MESSAGE["id"]},
+    )
     assert json.loads(r.stdout) == {"messages": [MESSAGE]}
 
 
@@ -130,11 +145,15 @@ def test_history_limit_is_latest(cli: Run, httpx_mock: HTTPXMock) -> None:
     httpx_mock.add_response(json={"messages": [MESSAGE]})
     r = cli("history", ROOM, "--limit", "1", "-o", "jsonl")
     assert r.code == 0, r.stderr
-    check(httpx_mock.get_requests()[0], "History", {"room_id": ROOM, "user_id": "user-1", "limit": 1})
+    check(
+        httpx_mock.get_requests()[0], "History", {"room_id": ROOM, "user_id": "user-1", "limit": 1}
+    )
     assert [json.loads(line) for line in r.stdout.splitlines()] == [MESSAGE]
 
 
-def test_list_seed_payload(cli: Run, httpx_mock: HTTPXMock, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_list_seed_payload(
+    cli: Run, httpx_mock: HTTPXMock, monkeypatch: pytest.MonkeyPatch
+) -> None:
     httpx_mock.add_response(json={"rooms": [ROOM_OBJ]})
     r = cli("list", "-o", "json")
     assert r.code == 0, r.stderr
@@ -154,7 +173,9 @@ def test_kick_and_leave_seed_payload(cli: Run, httpx_mock: HTTPXMock, command: s
     args = [command, ROOM] + (["user-1", "--yes"] if command == "kick" else [])
     r = cli(*args)
     assert r.code == 0, r.stderr
-    check(httpx_mock.get_requests()[0], command.capitalize(), {"room_id": ROOM, "user_id": "user-1"})
+    check(
+        httpx_mock.get_requests()[0], command.capitalize(), {"room_id": ROOM, "user_id": "user-1"}
+    )
 
 
 def test_delete_seed_payload(cli: Run, httpx_mock: HTTPXMock) -> None:
@@ -245,7 +266,9 @@ def test_table_output(cli: Run, httpx_mock: HTTPXMock) -> None:
     assert "general" in r.stdout and "NAME" in r.stdout
 
 
-def test_m3o_token_used_when_nothing_else(cli: Run, httpx_mock: HTTPXMock, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_m3o_token_used_when_nothing_else(
+    cli: Run, httpx_mock: HTTPXMock, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.delenv("CHATCTL_TOKEN")
     monkeypatch.setenv("M3O_API_TOKEN", "m3o-tok")
     httpx_mock.add_response(json={"rooms": []})

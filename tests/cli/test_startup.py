@@ -13,7 +13,8 @@ PROBE = """
 import sys
 from chatctl.cli.main import run_cli
 code = run_cli({args!r})
-heavy = sorted({{m.split('.')[0] for m in sys.modules}} & {{'httpx', 'websockets', 'rich', 'uvicorn', 'starlette', 'pydantic', 'httptools', 'uvloop'}})
+watched = {{'httpx', 'websockets', 'rich', 'uvicorn', 'starlette', 'pydantic', 'httptools'}}
+heavy = sorted({{m.split('.')[0] for m in sys.modules}} & watched)
 server = sorted(m for m in sys.modules if m.startswith('chatctl.server'))
 sys.stdout.flush()
 print('\\n' + __import__('json').dumps({{'code': code, 'heavy': heavy, 'server': server}}))

@@ -1,0 +1,156 @@
+"""A real `chatctl serve` process for end-to-end tests, and a way to run the real CLI.
+
+Everything here is real: a subprocess server on a Unix socket (or a TCP port), a SQLite
+file in a temporary directory, the CLI as a subprocess. Waits are on conditions with a
+deadline, never blind sleeps.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+
+def wait_for(condition: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.01)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class ServerProcess:
+    """``python -m chatctl serve`` on a socket in ``workdir``, restartable on the same db."""
+
+    def __init__(
+        self,
+        workdir: Path,
+        *,
+        tcp: bool = False,
+        tokens: Sequence[str] = (),
+        extra: Sequence[str] = (),
+    ) -> None:
+        self.workdir = workdir
+        self.db = workdir / "chat.db"
+        self.sock = workdir / "chat.sock"
+        self.port = free_port() if tcp else None
+        self.tokens = list(tokens)
+        self.extra = list(extra)
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log = workdir / "server.log"
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}" if self.port else f"unix:{self.sock}"
+
+    def http(self, token: str | None = None) -> httpx.Client:
+        """An httpx client for raw API calls (tests that bypass the CLI)."""
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        if self.port:
+            return httpx.Client(base_url=self.url, headers=headers, timeout=10)
+        transport = httpx.HTTPTransport(uds=str(self.sock))
+        return httpx.Client(
+            base_url="http://localhost", transport=transport, headers=headers, timeout=10
+        )
+
+    def start(self) -> ServerProcess:
+        args = [
+            sys.executable,
+            "-m",
+            "chatctl",
+            "serve",
+            "--db",
+            str(self.db),
+            "--log-level",
+            "warning",
+        ]
+        args += ["--port", str(self.port)] if self.port else ["--uds", str(self.sock)]
+        for t in self.tokens:
+            args += ["--token", t]
+        args += self.extra
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(args, stdout=log, stderr=log, start_new_session=True)
+        wait_for(self._healthy, 15, "the server to answer /health")
+        return self
+
+    def _healthy(self) -> bool:
+        if self.proc is not None and self.proc.poll() is not None:
+            raise AssertionError(
+                f"server exited {self.proc.returncode}: {self.log.read_text()[-2000:]}"
+            )
+        # Probe the listener with a plain socket first: httpx leaks the socket of a
+        # refused Unix-socket connect, which the warnings-as-errors run would report.
+        family = socket.AF_INET if self.port else socket.AF_UNIX
+        address: Any = ("127.0.0.1", self.port) if self.port else str(self.sock)
+        with socket.socket(family) as probe:
+            try:
+                probe.connect(address)
+            except OSError:
+                return False
+        with self.http() as c:
+            return c.get("/health").status_code == 200
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        code = self.proc.wait(timeout)
+        self.proc = None
+        return code
+
+    def kill9(self) -> None:
+        self.stop(signal.SIGKILL)
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def __enter__(self) -> ServerProcess:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        if self.proc is not None:
+            self.stop(signal.SIGKILL)
+
+
+def cli_env(server: ServerProcess | None = None, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CHATCTL_", "M3O_"))}
+    if server is not None:
+        env["CHATCTL_URL"] = server.url
+    env.update(extra)
+    return env
+
+
+def chatctl(
+    *args: str,
+    env: dict[str, str],
+    input: str | None = None,
+    timeout: float = 60,
+) -> subprocess.CompletedProcess[str]:
+    """Run the real CLI as a subprocess."""
+    return subprocess.run(
+        [sys.executable, "-m", "chatctl", *args],
+        env=env,
+        input=input,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
