@@ -316,6 +316,12 @@ class _NDJSONStream(Response):
 
     def __init__(self, edge: _Edge, admission: Admission, sub: Subscriber) -> None:
         super().__init__(status_code=200, media_type=self.media_type)
+        # Streamed: no Content-Length; and ask proxies not to buffer lines.
+        self.raw_headers = [
+            (b"content-type", b"application/x-ndjson"),
+            (b"cache-control", b"no-cache"),
+            (b"x-accel-buffering", b"no"),
+        ]
         self.edge = edge
         self.admission = admission
         self.sub = sub
@@ -449,6 +455,9 @@ async def _wait_for(condition: Callable[[], bool], timeout: float) -> None:
 def uvicorn_config(app: Starlette, config: ServerConfig, **options: Any) -> uvicorn.Config:
     """A uvicorn config for the app with the keep-alive pings of ``config``."""
     options.setdefault("ws", "websockets-sansio")
+    # No permessage-deflate: it would compress every fanned-out frame once per stream,
+    # undoing encode-once, for text frames that are small anyway.
+    options.setdefault("ws_per_message_deflate", False)
     options.setdefault("lifespan", "on")
     return uvicorn.Config(
         app,
