@@ -196,13 +196,17 @@ def _server_command(sock: Path) -> list[str]:
         str(_pid_path()),
         "--idle-exit",
         str(IDLE_EXIT_SECONDS),
+        # Nobody reads a background server's log line by line: keep only what went wrong.
+        "--log-level",
+        "warning",
     ]
 
 
 # Started through a short-lived middle process, so the server is nobody's child: no zombie
 # to reap and no "still running" warning in this process, and it outlives the CLI.
 _DETACH = """\
-import subprocess, sys
+import os, subprocess, sys
+os.umask(0o077)
 with open(sys.argv[1], "ab") as log:
     server = subprocess.Popen(
         sys.argv[2:], stdin=subprocess.DEVNULL, stdout=log, stderr=log,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import stat
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -90,6 +91,12 @@ def test_two_clis_start_one_server_that_status_sees_and_stop_ends(
 
     (pid,) = servers_on(str(sock))
     assert int((sock.parent / "server.pid").read_text()) == pid
+    for private in (
+        sock,
+        tmp_path / "home" / "data" / "chatctl" / "chat.db",
+        tmp_path / "home" / "state" / "chatctl" / "server.log",
+    ):
+        assert stat.S_IMODE(private.stat().st_mode) == 0o600, private
 
     status = subprocess.run(
         chatctl("serve", "--status"), env=fresh_user, capture_output=True, text=True, timeout=30
