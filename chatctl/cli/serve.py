@@ -6,17 +6,75 @@ Starlette are imported only inside the command, when it serves.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
+import functools
+import inspect
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from chatctl.errors import ExitStatus, UsageError
+from chatctl.schema import Limits
 
 __all__ = ["serve"]
 
 _LISTEN = "Listening and access"
+
+
+_LIMIT_HELP = {
+    "max_body_bytes": "Largest request body, in bytes (413 above).",
+    "max_text_bytes": "Longest message text, in UTF-8 bytes.",
+    "max_name_bytes": "Longest room name, in UTF-8 bytes.",
+    "max_description_bytes": "Longest room description, in UTF-8 bytes.",
+    "max_subject_bytes": "Longest message subject, in UTF-8 bytes.",
+    "max_user_id_bytes": "Longest user id, in UTF-8 bytes.",
+    "max_client_bytes": "Longest client label, in UTF-8 bytes.",
+    "max_rooms_per_tenant": "Most rooms one token may hold.",
+    "max_members_per_room": "Most users one room may hold.",
+    "max_history_page": "Most messages one History call returns.",
+    "max_replay": "Most messages a Join replays before going live.",
+}
+
+
+def _with_limit_options(command: Callable[..., None]) -> Callable[..., None]:
+    """Give the command one ``--max-…`` option per field of ``Limits``, gathered into the
+    ``limits`` argument: a new limit in the schema becomes a flag with nothing else to do."""
+    defaults = Limits()
+    options = [
+        inspect.Parameter(
+            field.name,
+            inspect.Parameter.KEYWORD_ONLY,
+            default=None,
+            annotation=Annotated[
+                int | None,
+                typer.Option(
+                    "--" + field.name.replace("_", "-"),
+                    help=_LIMIT_HELP.get(field.name, field.name.replace("_", " ").capitalize())
+                    + f" Default: {getattr(defaults, field.name)}.",
+                    min=1,
+                    metavar="N",
+                    show_default=False,
+                    rich_help_panel="Limits",
+                ),
+            ],
+        )
+        for field in dataclasses.fields(Limits)
+    ]
+    names = [option.name for option in options]
+
+    @functools.wraps(command)
+    def with_limits(**given: Any) -> None:
+        chosen = {name: value for name in names if (value := given.pop(name)) is not None}
+        command(**given, limits=dataclasses.replace(defaults, **chosen))
+
+    own = inspect.signature(command, eval_str=True).parameters.values()
+    with_limits.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+        [p for p in own if p.name != "limits"] + options
+    )
+    return with_limits
 
 
 class LogLevel(enum.StrEnum):
@@ -27,6 +85,7 @@ class LogLevel(enum.StrEnum):
     debug = "debug"
 
 
+@_with_limit_options
 def serve(
     host: Annotated[
         str,
@@ -104,6 +163,7 @@ def serve(
     pid_file: Annotated[
         Path | None, typer.Option(help="Write the server's pid here.", hidden=True)
     ] = None,
+    limits: Limits | None = None,
 ) -> None:
     """Serve the m3o Chat API over HTTP and WebSocket until SIGTERM or Ctrl-C.
 
@@ -139,6 +199,7 @@ def serve(
     config = ServerConfig(
         db=str(db if db is not None else default_db_path()),
         tokens=frozenset(tokens),
+        limits=limits or Limits(),
         idle_exit=idle_exit,
     )
     run_server(

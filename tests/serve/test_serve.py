@@ -167,3 +167,15 @@ def test_exits_by_itself_when_idle(serve: Serve) -> None:
         served.proc.wait(timeout=1.5)
     assert served.proc.wait(timeout=10) == 0
     assert served.uds is not None and not served.uds.exists()
+
+
+def test_limits_are_flags(serve: Serve) -> None:
+    served = serve("--max-text-bytes", "5", "--max-rooms-per-tenant", "1")
+    with served.http() as http:
+        room = http.post("/v1/chat/Create", json={"name": "general", "user_ids": ["alice"]})
+        assert room.status_code == 200, room.text
+        assert http.post("/v1/chat/Create", json={"name": "second"}).status_code >= 400
+        send = {"room_id": room.json()["room"]["id"], "user_id": "alice"}
+        assert http.post("/v1/chat/Send", json={**send, "text": "hi"}).status_code == 200
+        too_long = http.post("/v1/chat/Send", json={**send, "text": "hello world"})
+        assert too_long.status_code in (400, 413), too_long.text
