@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
-from chatctl.cli import run
+from chatctl.cli import complete, run
 from chatctl.cli.options import common, with_common_options
 from chatctl.errors import ConnectError, StreamClosed, UsageError
 from chatctl.ids import cursor_for_time, parse_cursor
@@ -23,7 +23,10 @@ MAX_BACKOFF = 5.0
 @with_common_options(exclude=("timeout",))
 def join(
     room: Annotated[
-        str | None, typer.Argument(help="The room, by id or name.", show_default=False)
+        str | None,
+        typer.Argument(
+            help="The room, by id or name.", show_default=False, autocompletion=complete.rooms
+        ),
     ] = None,
     user: Annotated[
         str | None,

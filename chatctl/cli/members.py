@@ -4,14 +4,28 @@ from typing import Annotated
 
 import typer
 
-from chatctl.cli import run
+from chatctl.cli import complete, run
 from chatctl.cli.options import with_common_options
 
 app = typer.Typer()
 
-RoomArg = Annotated[str | None, typer.Argument(help="The room, by id or name.", show_default=False)]
+RoomArg = Annotated[
+    str | None,
+    typer.Argument(
+        help="The room, by id or name.", show_default=False, autocompletion=complete.rooms
+    ),
+]
 UsersArg = Annotated[
-    list[str] | None, typer.Argument(help="One or more user ids.", show_default=False)
+    list[str] | None,
+    typer.Argument(
+        help="One or more user ids.", show_default=False, autocompletion=complete.members
+    ),
+]
+NewUsersArg = Annotated[
+    list[str] | None,
+    typer.Argument(
+        help="One or more user ids.", show_default=False, autocompletion=complete.non_members
+    ),
 ]
 
 
@@ -24,7 +38,7 @@ def _per_user(endpoint: str, room: str | None, users: list[str] | None) -> list[
 
 @app.command()
 @with_common_options
-def invite(room: RoomArg = None, users: UsersArg = None) -> None:
+def invite(room: RoomArg = None, users: NewUsersArg = None) -> None:
     """Invite users to a room (one call per user).
 
     Example: chatctl invite general alice bob
@@ -56,7 +70,13 @@ def leave(
     room: RoomArg = None,
     user: Annotated[
         str | None,
-        typer.Option("--user", "-u", help="Who leaves (default: you).", show_default=False),
+        typer.Option(
+            "--user",
+            "-u",
+            help="Who leaves (default: you).",
+            show_default=False,
+            autocompletion=complete.members,
+        ),
     ] = None,
 ) -> None:
     """Leave a room.

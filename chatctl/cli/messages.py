@@ -6,7 +6,7 @@ from typing import Annotated, Any
 
 import typer
 
-from chatctl.cli import run
+from chatctl.cli import complete, run
 from chatctl.cli.options import common, with_common_options
 from chatctl.errors import UsageError
 from chatctl.ids import START
@@ -21,7 +21,10 @@ PAGE = 1000
 @with_common_options
 def send(
     room: Annotated[
-        str | None, typer.Argument(help="The room, by id or name.", show_default=False)
+        str | None,
+        typer.Argument(
+            help="The room, by id or name.", show_default=False, autocompletion=complete.rooms
+        ),
     ] = None,
     text: Annotated[
         str | None, typer.Argument(help="The message; - reads it from stdin.", show_default=False)
@@ -79,7 +82,10 @@ def _line_requests(template: dict[str, Any]) -> Iterator[dict[str, Any]]:
 @with_common_options
 def history(
     room: Annotated[
-        str | None, typer.Argument(help="The room, by id or name.", show_default=False)
+        str | None,
+        typer.Argument(
+            help="The room, by id or name.", show_default=False, autocompletion=complete.rooms
+        ),
     ] = None,
     limit: Annotated[
         int | None,

@@ -4,7 +4,7 @@ from typing import Annotated
 
 import typer
 
-from chatctl.cli import run
+from chatctl.cli import complete, run
 from chatctl.cli.options import with_common_options
 
 app = typer.Typer()
@@ -49,7 +49,12 @@ def create(
 @with_common_options
 def delete(
     rooms: Annotated[
-        list[str] | None, typer.Argument(help="Rooms to delete, by id or name.", show_default=False)
+        list[str] | None,
+        typer.Argument(
+            help="Rooms to delete, by id or name.",
+            show_default=False,
+            autocompletion=complete.rooms,
+        ),
     ] = None,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
 ) -> None:
