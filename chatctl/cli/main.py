@@ -110,6 +110,12 @@ def run_cli(argv: list[str] | None = None) -> int:
         return e.exit_code
     except BrokenPipeError:
         return _closed_pipe()
+    except SystemExit as e:
+        # click turns a write to a closed pipe into exit 1; for a CLI in a pipeline that
+        # is the reader being done (`| head`), which is success.
+        if isinstance(e.__context__, BrokenPipeError):
+            return _closed_pipe()
+        raise
     return result if isinstance(result, int) else 0
 
 

@@ -25,8 +25,10 @@ Rules beyond m3o (contract part 2), and the choices this server makes where it i
   one total order per room (the store's seq); History oldest first.
 - History pagination: ``limit`` alone gives the latest N; with ``after``, the first N after
   it; with ``before``, the latest N before it. ``limit`` above ``max_history_page`` is
-  lowered to it; 0 means no limit. A cursor (``before``, ``after``, Join's ``since``) that
-  is not a message of the room is 400: the request is wrong, the room is still there.
+  lowered to it; 0 means no limit. A cursor (``before``, ``after``, Join's ``since``) is a
+  message id, and an id is a position: a UUID that is no message of the room resolves by
+  id order (UUIDv7 sorts in time), so the nil UUID means "from the start" and a time can
+  be a cursor. Anything but a UUID is 400.
 - Join's ``since`` wins over ``history`` when both are given. A replay includes the
   joiner's own messages (it is the room's history); only live frames skip them. More than
   ``max_replay`` messages after ``since`` is 400: read them with History instead.
@@ -43,6 +45,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -68,6 +71,8 @@ IDEMPOTENCY_TTL = 24 * 3600.0
 #: close code for kicked/left (4000 + 403) and room deleted (4000 + 404).
 CLOSE_FORBIDDEN = 4403
 CLOSE_DELETED = 4404
+_UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
+
 #: messages read from the store per step of a ``since`` replay.
 REPLAY_CHUNK = 500
 
@@ -340,7 +345,7 @@ class ChatService:
         if room.private and not (req["user_id"] and self.store.is_member(room, req["user_id"])):
             raise RulesError(403, "private room: user_id must name a member of the room")
         after = self._cursor(room, "after", req["after"])
-        before = self._cursor(room, "before", req["before"])
+        before = self._cursor(room, "before", req["before"], before=True)
         limit: int | None = min(req["limit"], self.limits.max_history_page) or None
         rows = self.store.messages(
             room,
@@ -423,13 +428,25 @@ class ChatService:
             raise RulesError(404, "room not found")
         return room
 
-    def _cursor(self, room: RoomRow, name: str, message_id: str) -> int | None:
+    def _cursor(
+        self, room: RoomRow, name: str, message_id: str, *, before: bool = False
+    ) -> int | None:
+        """A cursor as a seq bound: messages after it (or, with ``before``, before it).
+
+        An id is a position: a UUID that is no message of the room (a time turned into a
+        UUIDv7, or the nil UUID for "from the start") falls between the messages whose
+        ids sort around it.
+        """
         if not message_id:
             return None
-        seq = self.store.message_seq(room, message_id)
-        if seq is None:
-            raise RulesError(400, f"{name} is not the id of a message in this room")
-        return seq
+        if not _UUID.match(message_id):
+            raise RulesError(400, f"{name} must be a message id (a UUID)")
+        cursor = message_id.lower()
+        seq = self.store.message_seq(room, cursor)
+        if seq is not None:
+            return seq
+        position = self.store.message_position(room, cursor)
+        return position + 1 if before else position
 
     def _check_room_size(self, room: RoomRow) -> None:
         bound = self.limits.max_members_per_room

@@ -109,6 +109,7 @@ class Store(Protocol):
         text: str,
     ) -> int: ...
     def message_seq(self, room: RoomRow, message_id: str) -> int | None: ...
+    def message_position(self, room: RoomRow, cursor: str) -> int: ...
     def messages(
         self,
         room: RoomRow,
@@ -188,6 +189,11 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (tenant, key)
     ) WITHOUT ROWID;
     CREATE INDEX idempotency_by_age ON idempotency (created_at);
+    """,
+    # v2: message ids are positions too (UUIDv7 sorts in time order), so a cursor that
+    # is not itself a message of the room (a time, the nil UUID) resolves by id order.
+    """
+    CREATE INDEX messages_by_room_id ON messages (room_pk, id);
     """,
 )
 
@@ -423,6 +429,14 @@ class SQLiteStore:
             "SELECT seq FROM messages WHERE id = ? AND room_pk = ?", (message_id, room.pk)
         ).fetchone()
         return int(row[0]) if row else None
+
+    def message_position(self, room: RoomRow, cursor: str) -> int:
+        """The seq of the last message whose id sorts at or before ``cursor``; 0 if none."""
+        row = self._db.execute(
+            "SELECT seq FROM messages WHERE room_pk = ? AND id <= ? ORDER BY id DESC LIMIT 1",
+            (room.pk, cursor),
+        ).fetchone()
+        return int(row[0]) if row else 0
 
     def messages(
         self,

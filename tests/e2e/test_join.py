@@ -1,0 +1,211 @@
+"""`chatctl join` as a user runs it: a subprocess, piped, against a real server that is
+stopped and restarted under it. Every exit path has a test."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import ServerProcess, chatctl, cli_env, wait_for
+
+
+@pytest.fixture
+def tcp_server(tmp_path: Path) -> Iterator[ServerProcess]:
+    with ServerProcess(tmp_path, tcp=True) as s:
+        yield s
+
+
+def make_room(server: ServerProcess, *members: str) -> str:
+    env = cli_env(server)
+    args = ["create", "tail", "-o", "json"]
+    for m in members:
+        args += ["-u", m]
+    r = chatctl(*args, env=env)
+    assert r.returncode == 0, r.stderr
+    return str(json.loads(r.stdout)["room"]["id"])
+
+
+class Tail:
+    """A running `chatctl join`, its stdout read line by line in a thread."""
+
+    def __init__(self, server: ServerProcess, room: str, *args: str, user: str = "watcher") -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "chatctl", "join", room, "--user", user, *args],
+            env=cli_env(server),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self.lines: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        self.room = room
+        self.server = server
+        self.user = user
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.append(line)
+
+    def wait_joined(self) -> None:
+        env = cli_env(self.server)
+
+        def joined() -> bool:
+            out = chatctl("list", "--user", self.user, "-o", "id", env=env).stdout.split()
+            return self.room in out
+
+        wait_for(joined, 20, f"{self.user} to join")
+
+    def finish(self, timeout: float = 30) -> tuple[int, str]:
+        code = self.proc.wait(timeout)
+        self._reader.join(5)
+        assert self.proc.stderr is not None and self.proc.stdout is not None
+        err = self.proc.stderr.read()
+        self.proc.stderr.close()
+        self.proc.stdout.close()
+        return code, err
+
+    def messages(self) -> list[dict[str, object]]:
+        return [json.loads(line) for line in self.lines]
+
+
+def send(server: ServerProcess, room: str, *texts: str, user: str = "sender") -> None:
+    r = chatctl(
+        "send", room, "--lines", "--user", user, env=cli_env(server), input="\n".join(texts) + "\n"
+    )
+    assert r.returncode == 0, r.stderr
+
+
+def test_count_exits_zero_after_n_messages(tcp_server: ServerProcess) -> None:
+    room = make_room(tcp_server, "sender")
+    tail = Tail(tcp_server, room, "--count", "2")
+    tail.wait_joined()
+    send(tcp_server, room, "one", "two", "three")
+    code, err = tail.finish()
+    assert code == 0, err
+    assert [m["text"] for m in tail.messages()] == ["one", "two"]
+
+
+def test_timeout_exits_zero_after_silence(tcp_server: ServerProcess) -> None:
+    room = make_room(tcp_server)
+    started = time.monotonic()
+    tail = Tail(tcp_server, room, "--timeout", "1")
+    code, err = tail.finish()
+    assert code == 0, err
+    assert 1 <= time.monotonic() - started < 15
+    assert tail.lines == []
+
+
+def test_history_then_live_own_messages_hidden(tcp_server: ServerProcess) -> None:
+    room = make_room(tcp_server, "sender", "watcher")
+    send(tcp_server, room, "old-1", "old-2", "old-3")
+    tail = Tail(tcp_server, room, "--history", "2", "--count", "3")
+    tail.wait_joined()
+    send(tcp_server, room, "mine", user="watcher")  # not echoed to its own stream
+    send(tcp_server, room, "new")
+    code, err = tail.finish()
+    assert code == 0, err
+    assert [m["text"] for m in tail.messages()] == ["old-2", "old-3", "new"]
+
+
+def test_since_replays_then_goes_live(tcp_server: ServerProcess) -> None:
+    room = make_room(tcp_server, "sender")
+    send(tcp_server, room, "a", "b", "c")
+    history = json.loads(chatctl("history", room, "-o", "json", env=cli_env(tcp_server)).stdout)
+    first = history["messages"][0]["id"]
+    tail = Tail(tcp_server, room, "--since", first, "--count", "3")
+    tail.wait_joined()
+    send(tcp_server, room, "d")
+    code, err = tail.finish()
+    assert code == 0, err
+    assert [m["text"] for m in tail.messages()] == ["b", "c", "d"]
+
+
+@pytest.mark.parametrize(
+    ("action", "status", "reason"), [("kick", 4, "kicked"), ("delete", 5, "deleted")]
+)
+def test_kick_and_delete_end_the_tail(
+    tcp_server: ServerProcess, action: str, status: int, reason: str
+) -> None:
+    room = make_room(tcp_server)
+    tail = Tail(tcp_server, room)
+    tail.wait_joined()
+    env = cli_env(tcp_server)
+    args = ["kick", room, "watcher", "--yes"] if action == "kick" else ["delete", room, "--yes"]
+    assert chatctl(*args, env=env).returncode == 0
+    code, err = tail.finish(15)
+    assert code == status, err
+    assert err.startswith("error: ") and reason in err.lower()
+    assert "Traceback" not in err
+
+
+def test_no_reconnect_exits_3_when_the_server_goes(tcp_server: ServerProcess) -> None:
+    room = make_room(tcp_server)
+    tail = Tail(tcp_server, room, "--no-reconnect")
+    tail.wait_joined()
+    tcp_server.stop()
+    code, err = tail.finish(15)
+    assert code == 3, err
+    assert err.startswith("error: ") and "Traceback" not in err
+
+
+def test_ctrl_c_exits_130_without_traceback(tcp_server: ServerProcess) -> None:
+    room = make_room(tcp_server)
+    tail = Tail(tcp_server, room)
+    tail.wait_joined()
+    tail.proc.send_signal(signal.SIGINT)
+    code, err = tail.finish(15)
+    assert code == 130
+    assert "Traceback" not in err
+
+
+def test_closed_pipe_exits_zero_quietly(tcp_server: ServerProcess) -> None:
+    room = make_room(tcp_server, "sender")
+    env = cli_env(tcp_server)
+    pipeline = subprocess.Popen(
+        [
+            "bash",
+            "-c",
+            f"{sys.executable} -m chatctl join {room} --user watcher | head -n 3; "
+            'echo "join=${PIPESTATUS[0]}" >&2',
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    Tail.wait_joined(type("T", (), {"server": tcp_server, "room": room, "user": "watcher"})())  # type: ignore[arg-type]
+    # Keep sending until the pipeline ends: join notices the closed pipe on its next write.
+    n = 0
+    while pipeline.poll() is None and n < 200:
+        send(tcp_server, room, f"m{n}")
+        n += 1
+    out, err = pipeline.communicate(timeout=30)
+    assert out.splitlines()[:3] and len(out.splitlines()) == 3
+    assert err.strip().splitlines()[-1] == "join=0"
+    assert "Traceback" not in err and "Broken pipe" not in err
+
+
+def test_restarts_lose_and_repeat_nothing(tcp_server: ServerProcess) -> None:
+    """500 messages, the server stopped and restarted 3 times: each printed once, in order."""
+    room = make_room(tcp_server, "sender")
+    tail = Tail(tcp_server, room, "--count", "500")
+    tail.wait_joined()
+    texts = [f"msg-{i:03d}" for i in range(500)]
+    for chunk in range(4):
+        send(tcp_server, room, *texts[chunk * 125 : (chunk + 1) * 125])
+        if chunk < 3:
+            tcp_server.restart()
+    code, err = tail.finish(90)
+    assert code == 0, err
+    assert [m["text"] for m in tail.messages()] == texts
+    assert "reconnect" in err  # the user was told, on stderr
