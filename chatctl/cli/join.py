@@ -8,8 +8,8 @@ from typing import Annotated, Any
 
 import typer
 
-from chatctl.cli import complete, run
-from chatctl.cli.options import common, with_common_options
+from chatctl.cli import run
+from chatctl.cli.options import RoomArg, common, with_common_options
 from chatctl.errors import ConnectError, StreamClosed, UsageError
 from chatctl.ids import cursor_for_time, parse_cursor
 
@@ -22,12 +22,7 @@ MAX_BACKOFF = 5.0
 @app.command()
 @with_common_options(exclude=("timeout",))
 def join(
-    room: Annotated[
-        str | None,
-        typer.Argument(
-            help="The room, by id or name.", show_default=False, autocompletion=complete.rooms
-        ),
-    ] = None,
+    room: RoomArg = None,
     user: Annotated[
         str | None,
         typer.Option("--user", "-u", help="Who joins (default: you).", show_default=False),

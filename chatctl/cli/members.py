@@ -5,16 +5,10 @@ from typing import Annotated
 import typer
 
 from chatctl.cli import complete, run
-from chatctl.cli.options import with_common_options
+from chatctl.cli.options import RoomArg, with_common_options
 
 app = typer.Typer()
 
-RoomArg = Annotated[
-    str | None,
-    typer.Argument(
-        help="The room, by id or name.", show_default=False, autocompletion=complete.rooms
-    ),
-]
 UsersArg = Annotated[
     list[str] | None,
     typer.Argument(

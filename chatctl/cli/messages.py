@@ -6,8 +6,8 @@ from typing import Annotated, Any
 
 import typer
 
-from chatctl.cli import complete, run
-from chatctl.cli.options import common, with_common_options
+from chatctl.cli import run
+from chatctl.cli.options import RoomArg, common, with_common_options
 from chatctl.errors import UsageError
 from chatctl.ids import START
 
@@ -20,12 +20,7 @@ PAGE = 1000
 @app.command()
 @with_common_options
 def send(
-    room: Annotated[
-        str | None,
-        typer.Argument(
-            help="The room, by id or name.", show_default=False, autocompletion=complete.rooms
-        ),
-    ] = None,
+    room: RoomArg = None,
     text: Annotated[
         str | None, typer.Argument(help="The message; - reads it from stdin.", show_default=False)
     ] = None,
@@ -81,12 +76,7 @@ def _line_requests(template: dict[str, Any]) -> Iterator[dict[str, Any]]:
 @app.command()
 @with_common_options
 def history(
-    room: Annotated[
-        str | None,
-        typer.Argument(
-            help="The room, by id or name.", show_default=False, autocompletion=complete.rooms
-        ),
-    ] = None,
+    room: RoomArg = None,
     limit: Annotated[
         int | None,
         typer.Option(

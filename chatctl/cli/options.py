@@ -15,6 +15,7 @@ from typing import Annotated, Any, TypeVar, overload
 
 import typer
 
+from chatctl.cli import complete
 from chatctl.output import FORMATS
 
 _CONN = "Connection and output"
@@ -26,6 +27,12 @@ def _check_format(value: str | None) -> str | None:
     return value
 
 
+RoomArg = Annotated[
+    str | None,
+    typer.Argument(
+        help="The room, by id or name.", show_default=False, autocompletion=complete.rooms
+    ),
+]
 UrlOpt = Annotated[
     str | None,
     typer.Option(
