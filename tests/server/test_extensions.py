@@ -1,0 +1,150 @@
+"""Part 2 of the contract over HTTP: pagination, idempotency, limits."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import pytest
+
+from chatctl.schema import Limits
+from tests.server.conftest import LiveServer
+from tests.server.test_unary import assert_error, call, ok
+
+
+def make_room(client: httpx.Client, n: int) -> tuple[str, list[dict[str, Any]]]:
+    room_id = ok(client, "Create", {"name": "p", "user_ids": ["a"]})["room"]["id"]
+    sent = [
+        ok(client, "Send", {"room_id": room_id, "user_id": "a", "text": f"m{i}"})["message"]
+        for i in range(n)
+    ]
+    return room_id, sent
+
+
+def texts(client: httpx.Client, body: dict[str, Any]) -> list[str]:
+    return [m["text"] for m in ok(client, "History", body)["messages"]]
+
+
+def test_history_pagination(client: httpx.Client) -> None:
+    room_id, sent = make_room(client, 10)
+    ids = [m["id"] for m in sent]
+    assert ids == sorted(ids)  # UUIDv7: time-ordered
+    every = [f"m{i}" for i in range(10)]
+    assert texts(client, {"room_id": room_id}) == every
+    assert texts(client, {"room_id": room_id, "limit": 3}) == ["m7", "m8", "m9"]
+    assert texts(client, {"room_id": room_id, "limit": "3"}) == ["m7", "m8", "m9"]  # proto3 JSON
+    assert texts(client, {"room_id": room_id, "after": ids[2], "limit": 3}) == ["m3", "m4", "m5"]
+    assert texts(client, {"room_id": room_id, "after": ids[7]}) == ["m8", "m9"]
+    assert texts(client, {"room_id": room_id, "before": ids[5], "limit": 2}) == ["m3", "m4"]
+    assert texts(client, {"room_id": room_id, "before": ids[2]}) == ["m0", "m1"]
+    assert texts(client, {"room_id": room_id, "after": ids[1], "before": ids[4]}) == ["m2", "m3"]
+    assert texts(client, {"room_id": room_id, "after": ids[9]}) == []
+    # Walking back page by page from the end visits every message once.
+    pages: list[str] = []
+    before = ""
+    while True:
+        page = ok(client, "History", {"room_id": room_id, "limit": 4, "before": before})
+        if not page["messages"]:
+            break
+        pages = [m["text"] for m in page["messages"]] + pages
+        before = page["messages"][0]["id"]
+    assert pages == every
+
+
+def test_history_cursors_are_positions(client: httpx.Client) -> None:
+    room_id, sent = make_room(client, 3)
+    _, other = make_room(client, 1)  # its id sorts after every message of room_id
+    for cursor in ("after", "before"):
+        r = call(client, "History", {"room_id": room_id, cursor: "nope"})
+        assert_error(r, 400, "chat.history")
+        assert cursor in r.json()["detail"]
+    # A UUID that is no message of the room is a position in id (time) order.
+    assert texts(client, {"room_id": room_id, "after": other[0]["id"]}) == []
+    assert texts(client, {"room_id": room_id, "before": other[0]["id"]}) == ["m0", "m1", "m2"]
+    nil = "00000000-0000-0000-0000-000000000000"
+    assert texts(client, {"room_id": room_id, "after": nil, "limit": 2}) == ["m0", "m1"]
+    assert texts(client, {"room_id": room_id, "before": nil}) == []
+    upper = sent[1]["id"].upper()
+    assert texts(client, {"room_id": room_id, "after": upper}) == ["m2"]
+    assert_error(call(client, "History", {"room_id": room_id, "limit": -1}), 400, "chat.history")
+    assert_error(call(client, "History", {"room_id": room_id, "limit": 1.5}), 400, "chat.history")
+    # limit over max_history_page is lowered to it, not refused
+    assert len(ok(client, "History", {"room_id": room_id, "limit": 10**30})["messages"]) == 3
+
+
+def test_idempotency(live_server: Callable[..., LiveServer]) -> None:
+    srv = live_server(tokens=frozenset({"t1", "t2"}))
+    with httpx.Client(base_url=srv.url) as client:
+        t1 = {"Authorization": "Bearer t1"}
+        room_id = ok(client, "Create", {"name": "i", "user_ids": ["a"]}, headers=t1)["room"]["id"]
+        body = {"room_id": room_id, "user_id": "a", "text": "once"}
+        key = {**t1, "Idempotency-Key": "k-1"}
+        first = client.post("/v1/chat/Send", json=body, headers=key)
+        again = client.post("/v1/chat/Send", json=body, headers=key)
+        assert first.status_code == again.status_code == 200
+        assert again.content == first.content
+        assert len(ok(client, "History", {"room_id": room_id}, headers=t1)["messages"]) == 1
+        # the same key with another body, or on another endpoint: 409, nothing changes
+        other = client.post("/v1/chat/Send", json={**body, "text": "twice"}, headers=key)
+        assert_error(other, 409, "chat.send")
+        assert_error(client.post("/v1/chat/Create", json={}, headers=key), 409, "chat.create")
+        assert len(ok(client, "History", {"room_id": room_id}, headers=t1)["messages"]) == 1
+        # a Create repeated with its key makes one room
+        create_key = {**t1, "Idempotency-Key": "create-1"}
+        rooms = {
+            ok(client, "Create", {"name": "x"}, headers=create_key)["room"]["id"] for _ in "ab"
+        }
+        assert len(rooms) == 1
+        assert len(ok(client, "List", {}, headers=t1)["rooms"]) == 2
+        # keys are per tenant
+        t2_key = {"Authorization": "Bearer t2", "Idempotency-Key": "k-1"}
+        assert ok(client, "Create", {"name": "t2"}, headers=t2_key)["room"]["name"] == "t2"
+        # an error is not remembered: after the fix, the same key works
+        fix_key = {**t1, "Idempotency-Key": "k-2"}
+        bad = {"room_id": room_id, "user_id": "b", "text": "x"}
+        assert_error(client.post("/v1/chat/Send", json=bad, headers=fix_key), 400, "chat.send")
+        ok(client, "Invite", {"room_id": room_id, "user_id": "b"}, headers=t1)
+        ok(client, "Send", bad, headers=fix_key)
+        # read-only endpoints ignore the header
+        ok(client, "List", {}, headers={**t1, "Idempotency-Key": "k-1"})
+        too_long = {**t1, "Idempotency-Key": "k" * 300}
+        assert_error(client.post("/v1/chat/Send", json=body, headers=too_long), 400, "chat.send")
+
+
+def test_limits(live_server: Callable[..., LiveServer]) -> None:
+    limits = Limits(
+        max_text_bytes=10,
+        max_name_bytes=5,
+        max_rooms_per_tenant=2,
+        max_members_per_room=2,
+    )
+    srv = live_server(limits=limits)
+    with httpx.Client(base_url=srv.url) as client:
+        r = call(client, "Create", {"name": "toolong"})
+        assert_error(r, 400, "chat.create")
+        assert "max_name_bytes" in r.json()["detail"]
+        r = call(client, "Create", {"user_ids": ["a", "b", "c"]})
+        assert "max_members_per_room" in r.json()["detail"]
+        room_id = ok(client, "Create", {"user_ids": ["a", "b"]})["room"]["id"]
+        r = call(client, "Invite", {"room_id": room_id, "user_id": "c"})
+        assert_error(r, 400, "chat.invite")
+        assert "max_members_per_room" in r.json()["detail"]
+        ok(client, "Invite", {"room_id": room_id, "user_id": "a"})  # already in: fine
+        r = call(client, "Send", {"room_id": room_id, "user_id": "a", "text": "é" * 6})
+        assert_error(r, 400, "chat.send")
+        assert "max_text_bytes" in r.json()["detail"]
+        ok(client, "Send", {"room_id": room_id, "user_id": "a", "text": "é" * 5})
+        ok(client, "Create", {})
+        r = call(client, "Create", {})
+        assert_error(r, 400, "chat.create")
+        assert "max_rooms_per_tenant" in r.json()["detail"]
+
+
+@pytest.mark.parametrize("endpoint", ["Send", "Create", "Invite"])
+def test_idempotency_key_is_per_endpoint(client: httpx.Client, endpoint: str) -> None:
+    key = {"Idempotency-Key": f"per-endpoint-{endpoint}"}
+    r = client.post(
+        f"/v1/chat/{endpoint}", json={"room_id": "x", "user_id": "u", "text": "t"}, headers=key
+    )
+    assert r.status_code in (200, 404)
