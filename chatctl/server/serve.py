@@ -43,17 +43,11 @@ from chatctl.server.config import ServerConfig
 from chatctl.server.hub import Hub
 
 __all__ = [
-    "DEFAULT_HOST",
-    "DEFAULT_PORT",
-    "LOG_LEVELS",
+    "check_exposure",
     "is_loopback",
     "read_tokens_file",
     "run_server",
 ]
-
-DEFAULT_HOST = "127.0.0.1"
-DEFAULT_PORT = 8080
-LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
 
 #: how long in-flight requests get to finish at shutdown; then their tasks are cancelled.
 GRACEFUL_SHUTDOWN_SECONDS = 5
@@ -101,8 +95,8 @@ def check_exposure(config: ServerConfig, host: str, uds: str | None) -> None:
 def run_server(
     config: ServerConfig,
     *,
-    host: str = DEFAULT_HOST,
-    port: int = DEFAULT_PORT,
+    host: str,
+    port: int,
     uds: str | None = None,
     log_level: str = "info",
     pid_file: str | None = None,
@@ -170,15 +164,12 @@ def _run(
 
     # uvicorn restores the handlers it found and re-raises the signal once it has shut down
     # gracefully; with Python's defaults that would kill the process by SIGTERM or raise
-    # KeyboardInterrupt. A stop we asked for is a clean exit, so let the re-raise land here.
+    # KeyboardInterrupt, yet a stop we asked for is a clean exit. So the handlers it finds
+    # are its own: the re-raise is a no-op, and a signal before it starts still stops it.
     for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, _ignore_signal)
+        signal.signal(signum, server.handle_exit)
     with asyncio.Runner(loop_factory=server.config.get_loop_factory()) as runner:
         runner.run(main())
-
-
-def _ignore_signal(signum: int, frame: object) -> None:
-    """Installed under uvicorn's own handlers; see ``_run``."""
 
 
 class _Server(ChatServer):
