@@ -14,7 +14,7 @@ from typing import Annotated
 import typer
 
 from chatctl import __version__
-from chatctl.cli import config_cmd, join, members, messages, rooms
+from chatctl.cli import completion, config_cmd, join, members, messages, rooms
 from chatctl.cli.options import (
     InputOpt,
     OutputOpt,
@@ -38,6 +38,7 @@ app = typer.Typer(
 for family in (rooms, members, messages, join):
     app.registered_commands += family.app.registered_commands
 app.command("serve")(serve)
+app.command("completion")(completion.completion)
 app.add_typer(config_cmd.app, name="config")
 
 
