@@ -158,8 +158,11 @@ class Client:
                 raise self._final(error)
             self._sleep(min(2.0, 0.05 * 2 ** min(attempt, 6)) * (0.5 + random.random()))
             if status == 0:
-                # A fresh connection: the old one may be half-dead after a server restart.
+                # A fresh connection: the old one may be half-dead after a server restart,
+                # and the local server may have exited idle since we looked (start it again).
                 self.close()
+                if self._local:
+                    self._uds = None
 
     def _final(self, error: Exception) -> Exception:
         if isinstance(error, APIError):
@@ -240,10 +243,9 @@ class JoinStream:
         }
         try:
             uds = client._socket()
-            if uds:
-                self.ws = unix_connect(uds, uri, **options)
-            else:
-                self.ws = connect(uri, **options)
+            # Entered as a context manager: websockets 17.1+ deprecates a bare connect().
+            self._opened = unix_connect(uds, uri, **options) if uds else connect(uri, **options)
+            self.ws = self._opened.__enter__()
         except Exception as e:
             client._log("JOIN", "/v1/chat/Join", "unreachable", started)
             raise _join_connect_error(client, e) from None
@@ -282,7 +284,7 @@ class JoinStream:
             yield self.next()
 
     def close(self) -> None:
-        self.ws.close()
+        self._opened.__exit__(None, None, None)
 
 
 def _join_connect_error(client: Client, e: Exception) -> Exception:
