@@ -237,6 +237,8 @@ class _Edge:
                 for _seq, frame in chunk:
                     await write(frame)
                 last = chunk[-1][0]
+                if sub.ended:
+                    break  # kicked, deleted or too slow meanwhile: stop replaying
             while True:
                 for seq, frame in await sub.next_batch():
                     # seq 0 is an event; a message at or before `last` was replayed.

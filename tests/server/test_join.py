@@ -46,6 +46,9 @@ def test_ws_join_streams_others_messages_not_own(server: LiveServer) -> None:
             room = (await call(http, "List", {"user_id": "user-2"}))["rooms"]
             assert [r["id"] for r in room] == [room_id]  # Join added user-2, as on m3o
             sent = [await send(http, room_id, "user-1", f"m{i}") for i in range(3)]
+            # the server answers the client's pings
+            pong = await ws.ping()
+            await asyncio.wait_for(pong, 5)
             await send(http, room_id, "user-2", "my own")  # not echoed
             sent.append(await send(http, room_id, "user-1", "after"))
             for expected in sent:

@@ -262,3 +262,19 @@ def test_wrong_types(client: httpx.Client, body: Any) -> None:
         assert r.status_code == 200
         return
     assert_error(r, 400, "chat.create")
+
+
+def test_a_bug_is_a_500_in_m3o_shape(
+    live_server: Callable[..., LiveServer], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    srv = live_server()
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise ZeroDivisionError("a bug")
+
+    monkeypatch.setattr(srv.app.state.service, "call", broken)
+    # The traceback is logged (that is the point of a 500); keep it out of the test output.
+    monkeypatch.setattr("chatctl.server.app.log.disabled", True)
+    with httpx.Client(base_url=srv.url) as c:
+        r = c.post("/v1/chat/List")
+    assert_error(r, 500, "v1", "internal server error")

@@ -1,0 +1,93 @@
+"""The store and the rules' small parts, without a server: schema versions, file mode,
+index use, ids and timestamps."""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+import stat
+import uuid
+from pathlib import Path
+
+import pytest
+
+from chatctl.server.rules import UUIDv7, rfc3339
+from chatctl.server.store import MIGRATIONS, SQLiteStore
+
+
+def test_new_file_is_private_and_current(tmp_path: Path) -> None:
+    path = tmp_path / "new.db"
+    store = SQLiteStore(str(path))
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert store.schema_version == len(MIGRATIONS)
+    store.close()
+
+
+def test_older_file_is_migrated(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    db = sqlite3.connect(path)
+    for statement in MIGRATIONS[0].split(";"):
+        db.execute(statement)
+    db.execute(
+        "INSERT INTO rooms (tenant, id, name, description, created_at, private)"
+        " VALUES ('', 'r1', 'kept', '', '2022-02-17T16:12:43.942557998Z', 0)"
+    )
+    db.execute("PRAGMA user_version = 1")
+    db.commit()
+    db.close()
+    store = SQLiteStore(str(path))
+    assert store.schema_version == len(MIGRATIONS)
+    room = store.get_room("", "r1")
+    assert room is not None and room.name == "kept"
+    store.close()
+
+
+def test_newer_file_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "future.db"
+    db = sqlite3.connect(path)
+    db.execute(f"PRAGMA user_version = {len(MIGRATIONS) + 1}")
+    db.close()
+    with pytest.raises(RuntimeError, match="newer"):
+        SQLiteStore(str(path))
+
+
+def test_reads_never_scan_a_table(tmp_path: Path) -> None:
+    store = SQLiteStore(str(tmp_path / "plan.db"))
+    db = store._db
+    queries = [
+        ("SELECT seq FROM messages WHERE room_pk = 1 ORDER BY seq DESC LIMIT 50", ()),
+        ("SELECT seq FROM messages WHERE room_pk = 1 AND seq > 5 ORDER BY seq LIMIT 50", ()),
+        ("SELECT seq FROM messages WHERE room_pk = 1 AND seq < 5 ORDER BY seq DESC LIMIT 50", ()),
+        ("SELECT seq FROM messages WHERE id = 'x' AND room_pk = 1", ()),
+        ("SELECT seq FROM messages WHERE room_pk = 1 AND id <= 'x' ORDER BY id DESC LIMIT 1", ()),
+        ("SELECT pk FROM rooms WHERE tenant = '' AND id = 'x'", ()),
+        ("SELECT pk FROM rooms WHERE tenant = '' ORDER BY pk", ()),
+        ("SELECT room_pk FROM members WHERE tenant = '' AND user_id = 'u'", ()),
+        ("SELECT user_id FROM members WHERE room_pk = 1 ORDER BY position", ()),
+        ("SELECT 1 FROM idempotency WHERE tenant = '' AND key = 'k'", ()),
+    ]
+    for sql, args in queries:
+        plan = " | ".join(row[3] for row in db.execute("EXPLAIN QUERY PLAN " + sql, args))
+        assert "USING" in plan and not re.search(
+            r"SCAN (rooms|members|messages)\b(?! USING)", plan
+        ), (
+            sql,
+            plan,
+        )
+    store.close()
+
+
+def test_uuid7_is_monotonic_and_well_formed() -> None:
+    make = UUIDv7()
+    ids = [make(1_700_000_000_000_000_000) for _ in range(5000)]  # one millisecond, 5000 ids
+    assert ids == sorted(ids) and len(set(ids)) == len(ids)
+    for text in ids[:10] + ids[-10:]:
+        u = uuid.UUID(text)
+        assert u.version == 7 and u.variant == uuid.RFC_4122
+    later = make(1_600_000_000_000_000_000)  # the clock stepped back
+    assert later > ids[-1]
+
+
+def test_rfc3339_nanoseconds() -> None:
+    assert rfc3339(1645114363942557998) == "2022-02-17T16:12:43.942557998Z"
+    assert rfc3339(1645114363000000001) == "2022-02-17T16:12:43.000000001Z"
