@@ -1,0 +1,35 @@
+"""The whole suite: each section in turn, against servers it starts itself on loopback."""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from tests.bench import client_bench, server_bench
+from tests.bench.harness import Mode, Row, mode_from, raise_fd_limit, table
+
+SECTIONS: dict[str, Callable[[Mode, Path], list[Row]]] = {
+    "startup": client_bench.startup,
+    "batch": client_bench.batch,
+    "server": server_bench.server,
+}
+
+
+def run(argv: Sequence[str] = (), only: Sequence[str] | None = None) -> tuple[list[Row], str]:
+    mode = mode_from(argv)
+    raise_fd_limit()
+    rows: list[Row] = []
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="chatctl-bench-") as tmp:
+        for name, section in SECTIONS.items():
+            if only and name not in only:
+                continue
+            t = time.monotonic()
+            print(f"bench: {name} …", file=sys.stderr, flush=True)
+            rows += section(mode, Path(tmp))
+            print(f"bench: {name} done in {time.monotonic() - t:.0f} s", file=sys.stderr)
+    text = table(rows, mode) + f"\n\ntotal {time.monotonic() - started:.0f} s"
+    return rows, text
