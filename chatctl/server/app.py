@@ -33,6 +33,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import sqlite3
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -64,6 +65,8 @@ _METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 _CHAT_PREFIX = "/v1/chat/"
 _JOIN = ENDPOINTS["Join"]
 _MAX_IDEMPOTENCY_KEY = 255
+#: scope key under which the access log leaves the server's own send for the Join writer.
+_RAW_SEND = "chatctl.raw_send"
 
 
 class _Refused(Exception):
@@ -113,6 +116,13 @@ def _parse_json(raw: bytes | str, limit: int) -> Any:
         raise _Refused("v1", 400, "request body is nested too deeply") from None
     except ValueError as exc:
         raise _Refused("v1", 400, f"request body is not valid JSON: {exc}") from None
+
+
+def _storage_unavailable(endpoint_id: str, exc: sqlite3.OperationalError) -> _Refused:
+    # Disk full, read-only or locked: the transaction rolled back, so nothing changed and
+    # the same request (same Idempotency-Key) may be retried once the store is writable.
+    log.warning("%s: storage unavailable: %s", endpoint_id, exc)
+    return _Refused(endpoint_id, 503, f"storage unavailable ({exc}); nothing was changed")
 
 
 def _validate(endpoint: Endpoint, body: Any, config: ServerConfig) -> dict[str, Any]:
@@ -194,6 +204,8 @@ class _Edge:
             return _json(self.service.call(endpoint.name, tenant, req, key))
         except RulesError as exc:
             raise _Refused(endpoint.id, exc.code, exc.detail) from None
+        except sqlite3.OperationalError as exc:
+            raise _storage_unavailable(endpoint.id, exc) from None
 
     async def _read_body(self, request: Request) -> bytes:
         limit = self.config.limits.max_body_bytes
@@ -218,6 +230,8 @@ class _Edge:
             admission = self.service.join(tenant, req)
         except RulesError as exc:
             raise _Refused(_JOIN.id, exc.code, exc.detail) from None
+        except sqlite3.OperationalError as exc:
+            raise _storage_unavailable(_JOIN.id, exc) from None
         # Subscribe before anything is replayed (and before any await), so a message
         # stored meanwhile is in the live queue, at worst twice, never missing.
         sub = self.hub.subscribe(tenant, admission.room.id, admission.user_id, admission.events)
@@ -286,17 +300,26 @@ class _Edge:
             return
         except WebSocketDisconnect:
             return
+        raw_send: Send | None = ws.scope.get(_RAW_SEND)
+        write: Callable[[str], Awaitable[None]] = ws.send_text
+        if raw_send is not None:
+            # Frames go straight to the server's send: Starlette's WebSocket and exception
+            # wrappers add a few calls per frame, and a fan-out multiplies them by every
+            # stream of the room. accept() and close() still go through Starlette.
+            async def write(frame: str) -> None:
+                await raw_send({"type": "websocket.send", "text": frame})
+
         watcher = asyncio.create_task(_watch_disconnect(ws, sub))
         try:
-            await self.stream(admission, sub, ws.send_text)
+            await self.stream(admission, sub, write)
         except StreamEnded as end:
             if end.code is not None:
                 with contextlib.suppress(WebSocketDisconnect, RuntimeError):
                     if end.frame:
                         await ws.send_text(end.frame)
                     await ws.close(end.code, end.reason[:120])
-        except WebSocketDisconnect:
-            pass
+        except (WebSocketDisconnect, OSError):
+            pass  # the client went away (uvicorn's ClientDisconnected is an OSError)
         finally:
             watcher.cancel()
 
@@ -369,6 +392,8 @@ class _AccessLog:
         if scope["type"] == "lifespan":
             await self.app(scope, receive, send)
             return
+        if scope["type"] == "websocket":
+            scope[_RAW_SEND] = send
         hub = self.hub
         hub.active += 1
         started = time.perf_counter()
