@@ -8,13 +8,15 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from tests.bench import client_bench, server_bench
+from tests.bench import client_bench, fanout_bench, server_bench
 from tests.bench.harness import Mode, Row, mode_from, raise_fd_limit, table
 
 SECTIONS: dict[str, Callable[[Mode, Path], list[Row]]] = {
     "startup": client_bench.startup,
     "batch": client_bench.batch,
     "server": server_bench.server,
+    "fanout": fanout_bench.fanout,
+    "capacity": fanout_bench.capacity,
 }
 
 
