@@ -71,6 +71,10 @@ def _given(ctx: typer.Context, name: str) -> list[str]:
 def _room_named(ctx: typer.Context, listed: list[dict[str, Any]]) -> dict[str, Any] | None:
     wanted = ctx.params.get("room")
     if not wanted:
+        # While an option's value is being completed (leave ROOM --user <TAB>), click
+        # leaves the arguments before it unparsed, in ctx.args.
+        wanted = next((a for a in ctx.args if not a.startswith("-")), None)
+    if not wanted:
         return None
     matches = [r for r in listed if wanted in (r.get("id"), r.get("name"))]
     return matches[0] if len(matches) == 1 else None
