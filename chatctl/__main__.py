@@ -1,6 +1,6 @@
 """``python -m chatctl``."""
 
-from chatctl.cli.main import main
+from chatctl.cli import main
 
 if __name__ == "__main__":
     main()
