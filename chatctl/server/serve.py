@@ -126,7 +126,7 @@ def run_server(
                 host=host,
                 port=port,
                 loop="uvloop" if _has_module("uvloop") else "asyncio",
-                http="httptools" if _has_module("httptools") else "h11",
+                http=_http_protocol(),
                 # On the websockets package, without its deprecated legacy layer.
                 ws="websockets-sansio",
                 # Logging is configured above; the app logs one line per request itself,
@@ -290,6 +290,56 @@ def _configure_logging(level: str, tokens: Iterable[str]) -> None:
     # websockets' debug log spells out every header and frame; it is not ours to show.
     logging.getLogger("websockets").setLevel(max(logging.INFO, root.level))
     logging.getLogger("uvicorn.access").disabled = True
+
+
+def _http_protocol() -> type[asyncio.Protocol] | str:
+    """uvicorn's httptools protocol with a deadline for each request head.
+
+    uvicorn arms its keep-alive timer only after a response, so a connection that never
+    sends a byte, or dribbles its headers (slowloris), would hold a socket for ever. Here
+    a request head must be complete within ``timeout_keep_alive`` (5 s) of the connection
+    opening or of the previous response; the body and WebSocket streams are not limited.
+    """
+    if not _has_module("httptools"):
+        return "h11"
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+    class HeadDeadlineProtocol(HttpToolsProtocol):
+        _head_timer: asyncio.TimerHandle | None = None
+
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            self._arm_head_timer()
+
+        def on_headers_complete(self) -> None:
+            self._cancel_head_timer()
+            super().on_headers_complete()
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            # A pipelined request already has its head; otherwise wait for the next one.
+            if not self.pipeline and not self.transport.is_closing():
+                self._arm_head_timer()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._cancel_head_timer()
+            super().connection_lost(exc)
+
+        def _arm_head_timer(self) -> None:
+            self._cancel_head_timer()
+            self._head_timer = self.loop.call_later(self.timeout_keep_alive, self._head_late)
+
+        def _cancel_head_timer(self) -> None:
+            if self._head_timer is not None:
+                self._head_timer.cancel()
+                self._head_timer = None
+
+        def _head_late(self) -> None:
+            self._head_timer = None
+            if not self.transport.is_closing():
+                self.transport.close()
+
+    return HeadDeadlineProtocol
 
 
 def _has_module(name: str) -> bool:
