@@ -186,7 +186,9 @@ def crash_drill(tmp_path: Path, *, kills: int, writers: int, seed: int) -> None:
 
 
 def _seed() -> int:
-    return int(os.environ.get("CHATCTL_DRILL_SEED") or random.SystemRandom().randrange(1 << 30))
+    # Not CHATCTL_*: the autouse fixture clears those before each test.
+
+    return int(os.environ.get("FAULT_DRILL_SEED") or random.SystemRandom().randrange(1 << 30))
 
 
 def test_kill9_under_load_loses_and_doubles_nothing(tmp_path: Path) -> None:
