@@ -187,7 +187,6 @@ def crash_drill(tmp_path: Path, *, kills: int, writers: int, seed: int) -> None:
 
 def _seed() -> int:
     # Not CHATCTL_*: the autouse fixture clears those before each test.
-
     return int(os.environ.get("FAULT_DRILL_SEED") or random.SystemRandom().randrange(1 << 30))
 
 
