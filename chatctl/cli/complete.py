@@ -13,9 +13,12 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
+
+if TYPE_CHECKING:
+    from chatctl.client import Client
 
 __all__ = ["TIMEOUT", "members", "non_members", "rooms"]
 
@@ -82,25 +85,29 @@ def _room_named(ctx: typer.Context, listed: list[dict[str, Any]]) -> dict[str, A
 
 def _rooms(ctx: typer.Context) -> list[dict[str, Any]]:
     """The rooms List returns, or none when the server cannot answer in time."""
+    try:
+        url, token = _connection(ctx)
+        if url is None:
+            return []
+        from chatctl.client import Client  # imported outside the server's time budget
+
+        client = Client(url, token, timeout=TIMEOUT, retries=0)
+    except Exception:  # a completion offers nothing rather than an error
+        return []
     answer: list[list[dict[str, Any]]] = []
     # A thread with a deadline, because httpx's timeout applies to each phase of a request
     # (connect, write, read) and a dripping server could stretch them past our budget.
-    worker = threading.Thread(target=lambda: answer.append(_list_rooms(ctx)), daemon=True)
+    worker = threading.Thread(target=lambda: answer.append(_list_rooms(client)), daemon=True)
     worker.start()
     worker.join(TIMEOUT)
     return answer[0] if answer else []
 
 
-def _list_rooms(ctx: typer.Context) -> list[dict[str, Any]]:
+def _list_rooms(client: Client) -> list[dict[str, Any]]:
     try:
-        url, token = _connection(ctx)
-        if url is None:
-            return []
-        from chatctl.client import Client
-
-        with Client(url, token, timeout=TIMEOUT, retries=0) as client:
+        with client:
             listed = client.call("List", {}).get("rooms")
-    except Exception:  # a completion offers nothing rather than an error
+    except Exception:
         return []
     return [r for r in listed if isinstance(r, dict)] if isinstance(listed, list) else []
 

@@ -13,7 +13,7 @@ import shutil
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -79,6 +79,16 @@ def zsh_complete(*words: str, env: dict[str, str], autoload: Path | None = None)
     return out.stdout
 
 
+def from_server(complete: Callable[[], list[str]]) -> list[str]:
+    """A completion that needs the server's answer. It offers nothing when the server misses
+    the 300 ms budget (a loaded CI machine), so ask again, as a user would press TAB again."""
+    for _ in range(4):
+        offered = complete()
+        if offered:
+            break
+    return offered
+
+
 needs_fish = pytest.mark.skipif(not shutil.which("fish"), reason="fish is not installed")
 needs_zsh = pytest.mark.skipif(not shutil.which("zsh"), reason="zsh is not installed")
 
@@ -97,35 +107,45 @@ def test_bash_completes_options() -> None:
 
 def test_bash_completes_room_names_from_the_server(chat_server: ServerProcess) -> None:
     room = make_room(chat_server, description="for the completion test")
-    offered = bash_complete("chatctl", "send", room.name[:9], env=shell_env(chat_server))
+    offered = from_server(
+        lambda: bash_complete("chatctl", "send", room.name[:9], env=shell_env(chat_server))
+    )
     assert room.name in offered
     assert all(o.startswith(room.name[:9]) for o in offered)
 
 
 def test_bash_completes_room_ids_when_one_is_begun(chat_server: ServerProcess) -> None:
     room = make_room(chat_server)
-    offered = bash_complete("chatctl", "join", room.id[:8], env=shell_env(chat_server))
+    offered = from_server(
+        lambda: bash_complete("chatctl", "join", room.id[:8], env=shell_env(chat_server))
+    )
     assert offered == [room.id]
 
 
 def test_bash_uses_the_url_on_the_command_line(chat_server: ServerProcess) -> None:
     room = make_room(chat_server)
     words = ("chatctl", "--url", chat_server.url, "delete", "other-room", "")
-    assert room.name in bash_complete(*words, env=shell_env())
+    assert room.name in from_server(lambda: bash_complete(*words, env=shell_env()))
 
 
 def test_bash_completes_the_rooms_members(chat_server: ServerProcess) -> None:
     room = make_room(chat_server, "alice", "bob", "carol")
     env = shell_env(chat_server)
-    assert bash_complete("chatctl", "kick", room.name, "", env=env) == ["alice", "bob", "carol"]
-    assert bash_complete("chatctl", "kick", room.name, "bob", "", env=env) == ["alice", "carol"]
-    assert bash_complete("chatctl", "leave", room.name, "--user", "c", env=env) == ["carol"]
+
+    def offered(*words: str) -> list[str]:
+        return from_server(lambda: bash_complete("chatctl", *words, env=env))
+
+    assert offered("kick", room.name, "") == ["alice", "bob", "carol"]
+    assert offered("kick", room.name, "bob", "") == ["alice", "carol"]
+    assert offered("leave", room.name, "--user", "c") == ["carol"]
 
 
 def test_bash_invite_offers_users_not_yet_in_the_room(chat_server: ServerProcess) -> None:
     make_room(chat_server, "dora-4fd1", "ezra-4fd1")
     room = make_room(chat_server, "dora-4fd1")
-    offered = bash_complete("chatctl", "invite", room.name, "", env=shell_env(chat_server))
+    offered = from_server(
+        lambda: bash_complete("chatctl", "invite", room.name, "", env=shell_env(chat_server))
+    )
     assert "ezra-4fd1" in offered and "dora-4fd1" not in offered
 
 
@@ -161,8 +181,8 @@ def test_fish_completes_commands_options_and_rooms(chat_server: ServerProcess) -
     env = shell_env(chat_server)
     assert fish_complete("chatctl jo", env) == ["join"]
     assert {"--subject", "--lines"} <= set(fish_complete("chatctl send --", env))
-    assert room.name in fish_complete("chatctl send ", env)
-    assert fish_complete(f"chatctl kick {room.name} ", env) == ["alice", "bob"]
+    assert room.name in from_server(lambda: fish_complete("chatctl send ", env))
+    assert from_server(lambda: fish_complete(f"chatctl kick {room.name} ", env)) == ["alice", "bob"]
 
 
 @needs_zsh
@@ -170,7 +190,14 @@ def test_zsh_completes_commands_and_rooms(chat_server: ServerProcess) -> None:
     room = make_room(chat_server, description="zsh test room")
     env = shell_env(chat_server)
     assert '"join":"Join a room' in zsh_complete("chatctl", "jo", env=env)
-    assert f'"{room.name}":"zsh test room"' in zsh_complete("chatctl", "history", "", env=env)
+    offered = from_server(
+        lambda: [
+            ln
+            for ln in zsh_complete("chatctl", "history", "", env=env).splitlines()
+            if ln != "_files"
+        ]  # what Typer's script falls back to when nothing is offered
+    )
+    assert f'"{room.name}":"zsh test room"' in offered[0]
 
 
 @needs_zsh
