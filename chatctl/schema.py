@@ -308,7 +308,8 @@ def _check_length(f: Field, value: Any, limits: Limits) -> None:
     bound: int = getattr(limits, f.limit)
     items = value if isinstance(value, list) else [value]
     for item in items:
-        if len(item.encode("utf-8", "surrogatepass")) > bound:
+        # n code points are at most 4n bytes of UTF-8: most values need no encoding to pass.
+        if len(item) * 4 > bound and len(item.encode("utf-8", "surrogatepass")) > bound:
             raise ValidationError(f"{f.name} is longer than the limit of {bound} bytes ({f.limit})")
 
 

@@ -61,7 +61,6 @@ __all__ = ["ChatServer", "create_app", "uvicorn_config"]
 log = logging.getLogger("chatctl.server")
 
 _encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
-_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 _CHAT_PREFIX = "/v1/chat/"
 _JOIN = ENDPOINTS["Join"]
 _MAX_IDEMPOTENCY_KEY = 255
@@ -87,8 +86,28 @@ class _Refused(Exception):
         }
 
 
+class _JSONResponse(Response):
+    """A JSON answer with its two headers made directly: Starlette's generic header
+    building is a measurable part of a Send."""
+
+    def __init__(self, body: bytes, status_code: int = 200) -> None:
+        self.status_code = status_code
+        self.body = body
+        self.background = None
+        self.raw_headers = [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+        ]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send(
+            {"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers}
+        )
+        await send({"type": "http.response.body", "body": self.body})
+
+
 def _json(obj: object, status: int = 200) -> Response:
-    return Response(_encode(obj).encode("utf-8"), status, media_type="application/json")
+    return _JSONResponse(_encode(obj).encode("utf-8"), status)
 
 
 def _error(refused: _Refused) -> Response:
@@ -125,12 +144,18 @@ def _storage_unavailable(endpoint_id: str, exc: sqlite3.OperationalError) -> _Re
     return _Refused(endpoint_id, 503, f"storage unavailable ({exc}); nothing was changed")
 
 
-def _validate(endpoint: Endpoint, body: Any, config: ServerConfig) -> dict[str, Any]:
+def _validate(
+    endpoint: Endpoint, body: Any, config: ServerConfig, raw: bytes | str
+) -> dict[str, Any]:
     try:
         request = validate_request(endpoint, body, config.limits)
     except ValidationError as exc:
         raise _Refused(endpoint.id, exc.code, exc.detail) from None
     # JSON may carry lone surrogates ("\ud800"), which no UTF-8 store or client can take.
+    # Only a \u escape can make one (UTF-8 bytes cannot), so most bodies skip the check.
+    escaped = b"\\u" in raw if isinstance(raw, bytes) else "\\u" in raw
+    if not escaped:
+        return request
     for name, value in request.items():
         items = value if isinstance(value, list) else [value]
         for item in items:
@@ -166,16 +191,19 @@ class _Edge:
 
     # -- HTTP ---------------------------------------------------------------------------
 
-    async def http(self, request: Request) -> Response:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Every HTTP request, as a plain ASGI app: Starlette's request/response wrapper
+        would add a layer of exception handling this edge already does."""
         try:
-            return await self._http(request)
+            response = await self._http(Request(scope, receive))
         except _Refused as refused:
-            return _error(refused)
+            response = _error(refused)
         except ClientDisconnect:
-            return Response(status_code=400)  # nobody is left to read it
+            return  # nobody is left to read an answer
+        await response(scope, receive, send)
 
     async def _http(self, request: Request) -> Response:
-        path = request.url.path
+        path = request.scope["path"]  # not request.url: building a URL costs more than the insert
         method = request.method
         lowered = path.lower()
         if not lowered.startswith(_CHAT_PREFIX):
@@ -191,8 +219,9 @@ class _Edge:
         tenant = self.tenant_of(request.headers.get("authorization"))
         if tenant is None:
             raise _Refused("v1", 401, "Unauthorized")
-        body = _parse_json(await self._read_body(request), self.config.limits.max_body_bytes)
-        req = _validate(endpoint, body, self.config)
+        raw = await self._read_body(request)
+        body = _parse_json(raw, self.config.limits.max_body_bytes)
+        req = _validate(endpoint, body, self.config, raw)
         if endpoint is _JOIN:
             return self._ndjson(tenant, req)
         key = request.headers.get("idempotency-key") if endpoint.mutating else None
@@ -216,14 +245,23 @@ class _Edge:
         if length is not None and length.isdigit() and int(length) > limit:
             raise too_large
         # Content-Length may be absent (chunked) or wrong: count what actually arrives.
+        # Read from receive() directly: a body is almost always one message, and
+        # Starlette's stream() generator costs more than the read itself.
         chunks: list[bytes] = []
         size = 0
-        async for chunk in request.stream():
+        receive = request.receive
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise ClientDisconnect()
+            chunk = message.get("body", b"")
             size += len(chunk)
             if size > limit:
                 raise too_large
             chunks.append(chunk)
-        return b"".join(chunks)
+            if not message.get("more_body", False):
+                break
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
     def _admit(self, tenant: str, req: dict[str, Any]) -> tuple[Admission, Subscriber]:
         try:
@@ -280,7 +318,7 @@ class _Edge:
                         break
         await ws.accept(subprotocol=subprotocol)
         try:
-            if ws.url.path.lower() != _CHAT_PREFIX + "join":
+            if ws.scope["path"].lower() != _CHAT_PREFIX + "join":
                 raise _no_such_api()
             if tenant is None:
                 raise _Refused("v1", 401, "Unauthorized")
@@ -291,7 +329,7 @@ class _Edge:
             if raw is None:
                 raw = first.get("bytes") or b""
             body = _parse_json(raw, self.config.limits.max_body_bytes)
-            req = _validate(_JOIN, body, self.config)
+            req = _validate(_JOIN, body, self.config, raw)
             admission, sub = self._admit(tenant, req)
         except _Refused as refused:
             with contextlib.suppress(WebSocketDisconnect, RuntimeError):
@@ -459,7 +497,8 @@ def create_app(config: ServerConfig) -> Starlette:
 
     app = Starlette(
         routes=[
-            Route("/{path:path}", edge.http, methods=_METHODS),
+            # An ASGI app as endpoint: every method reaches it (unknown ones get 404).
+            Route("/{path:path}", edge),
             WebSocketRoute("/{path:path}", edge.websocket),
         ],
         middleware=[Middleware(_AccessLog, hub=hub)],

@@ -149,6 +149,9 @@ class Hub:
             del self._rooms[key]
         self.touch()
 
+    def has_subscribers(self, tenant: str, room_id: str) -> bool:
+        return (tenant, room_id) in self._rooms
+
     def subscribers(self, tenant: str, room_id: str) -> tuple[Subscriber, ...]:
         return tuple(self._rooms.get((tenant, room_id), ()))
 

@@ -178,6 +178,14 @@ class ChatService:
         if handler is None:
             raise RulesError(404, f"{endpoint} is not a unary endpoint")
         effects: _Effects = []
+        if idempotency_key is None and endpoint == "Send":
+            # The hot path: a Send writes one row, and SQLite's autocommit makes a single
+            # statement atomic and durable by itself; BEGIN/COMMIT around it would only
+            # cost two more trips through the library.
+            response = handler(tenant, request, effects)
+            for effect in effects:
+                effect()
+            return response
         with self.store.transaction():
             if idempotency_key is None:
                 response = handler(tenant, request, effects)
@@ -304,8 +312,10 @@ class ChatService:
         response = {"message": message}
 
         def fan_out() -> None:
-            # Encoded once; every subscriber gets the same str.
-            self.hub.publish_message(tenant, room.id, seq, _encode(response), user_id)
+            # Encoded once, and only when someone is listening; every subscriber gets the
+            # same str.
+            if self.hub.has_subscribers(tenant, room.id):
+                self.hub.publish_message(tenant, room.id, seq, _encode(response), user_id)
 
         effects.append(fan_out)
         return response

@@ -195,6 +195,29 @@ MIGRATIONS: tuple[str, ...] = (
     """
     CREATE INDEX messages_by_room_id ON messages (room_pk, id);
     """,
+    # v3: a cheaper Send. AUTOINCREMENT wrote sqlite_sequence on every insert, and the
+    # global index on id was one more B-tree per insert that (room_pk, id) makes
+    # redundant (UUIDv7's random tail keeps ids unique). Without AUTOINCREMENT a new row
+    # still gets a seq above every row present, which is all a room's order needs.
+    """
+    CREATE TABLE messages_v3 (
+        seq      INTEGER PRIMARY KEY,
+        room_pk  INTEGER NOT NULL REFERENCES rooms (pk),
+        id       TEXT NOT NULL,
+        client   TEXT NOT NULL,
+        user_id  TEXT NOT NULL,
+        sent_at  TEXT NOT NULL,
+        subject  TEXT NOT NULL,
+        text     TEXT NOT NULL
+    );
+    INSERT INTO messages_v3 (seq, room_pk, id, client, user_id, sent_at, subject, text)
+        SELECT seq, room_pk, id, client, user_id, sent_at, subject, text FROM messages;
+    DROP TABLE messages;
+    ALTER TABLE messages_v3 RENAME TO messages;
+    CREATE INDEX messages_by_room ON messages (room_pk, seq);
+    CREATE INDEX messages_by_room_id ON messages (room_pk, id);
+    DELETE FROM sqlite_sequence WHERE name = 'messages';
+    """,
 )
 
 _ROOM_COLUMNS = "pk, tenant, id, name, description, created_at, private"
