@@ -5,17 +5,20 @@ the same protocol): on TAB the shell runs ``chatctl`` with ``_CHATCTL_COMPLETE``
 ``complete_bash`` (``complete_zsh``, ``complete_fish``) and the command line in the
 environment, and the app prints the candidates instead of running a command. The root app
 has ``add_completion=False`` (no ``--install-completion`` clutter in the help), so Typer
-does not register its completion classes itself: this module does, and only when the shell
-is asking, to keep start-up cheap.
+does not register its completion classes itself: this module does, when the app is built
+(the shell's request is answered before any command runs; Typer has imported the classes
+already, so this costs nothing at start-up).
 """
 
 from __future__ import annotations
 
 import enum
-import os
 from typing import TYPE_CHECKING, Annotated
 
 import typer
+
+# Private to Typer, which is pinned below 0.29 in pyproject.toml.
+from typer._completion_classes import completion_init
 
 if TYPE_CHECKING:
     from typer._click import Command
@@ -34,16 +37,8 @@ class Shell(enum.StrEnum):
     fish = "fish"
 
 
-def _register() -> None:
-    # Private to Typer, which is pinned below 0.29 in pyproject.toml.
-    from typer._completion_classes import completion_init
-
-    completion_init()
-
-
-if os.environ.get(COMPLETE_VAR):
-    # The shell is asking for candidates: the app answers before any command runs.
-    _register()
+# What Typer does itself only with add_completion=True (see the module docstring).
+completion_init()
 
 
 def completion(
@@ -65,7 +60,6 @@ def completion(
 
 def script(cli: Command, shell: Shell | str) -> str:
     """The completion script for ``shell``; its first lines say how it was made."""
-    _register()
     from typer._click.shell_completion import get_completion_class
 
     cls = get_completion_class(str(shell))
