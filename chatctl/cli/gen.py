@@ -24,7 +24,7 @@ from chatctl.errors import ExitStatus
 if TYPE_CHECKING:
     from typer._click import Command, Context, Parameter
 
-__all__ = ["completions", "generate", "main", "man_pages"]
+__all__ = ["completions", "generate", "main", "man_pages", "stale"]
 
 #: The man pages' date: bump it with the version (a build date would make them differ
 #: on every run, and the freshness test would always fail).

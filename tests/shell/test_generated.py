@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from chatctl.cli import gen
-from chatctl.cli.completion import Shell
+from chatctl.cli.completion import REGENERATE, Shell
 from tests.shell.conftest import ROOT, Run
 
 COMMANDS = [
@@ -22,7 +22,7 @@ COMMANDS = [
 
 def test_committed_files_are_fresh() -> None:
     stale = gen.stale(ROOT, gen.generate())
-    assert stale == [], f"stale generated files {stale}; regenerate with: {gen.REGENERATE}"
+    assert stale == [], f"stale generated files {stale}; regenerate with: {REGENERATE}"
 
 
 def test_check_mode_names_a_stale_file(tmp_path: Path) -> None:
