@@ -253,6 +253,12 @@ ENDPOINTS: dict[str, Endpoint] = {
                     'Also stream membership events as {"event": {...}} frames.',
                     extension=True,
                 ),
+                Field(
+                    "include_own",
+                    "boolean",
+                    "Also stream the joiner's own messages live.",
+                    extension=True,
+                ),
             ),
             "message",
             False,

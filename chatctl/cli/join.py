@@ -133,15 +133,21 @@ def join(
                 except TimeoutError:
                     return
                 last_frame = time.monotonic()
-                printer.frame(frame)
                 message = frame.get("message")
-                if isinstance(message, dict) and "id" in message:
-                    if first_replay or str(message["id"]) > (cursor or ""):
-                        cursor = str(message["id"])
-                    first_replay = False
-                    printed += 1
-                    if count is not None and printed >= count:
-                        return
+                if not isinstance(message, dict):
+                    printer.frame(frame)
+                    continue
+                if first_replay or str(message.get("id", "")) > (cursor or ""):
+                    cursor = str(message.get("id", ""))
+                first_replay = False
+                # Replays carry the joiner's own messages while live frames do not: hide
+                # them everywhere, so a resumed tail prints what an unbroken one would.
+                if not include_own and message.get("user_id") == body["user_id"]:
+                    continue
+                printer.frame(frame)
+                printed += 1
+                if count is not None and printed >= count:
+                    return
         except StreamClosed as e:
             if e.close_code != 4008 or no_reconnect:
                 raise

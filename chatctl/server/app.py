@@ -272,7 +272,9 @@ class _Edge:
             raise _storage_unavailable(_JOIN.id, exc) from None
         # Subscribe before anything is replayed (and before any await), so a message
         # stored meanwhile is in the live queue, at worst twice, never missing.
-        sub = self.hub.subscribe(tenant, admission.room.id, admission.user_id, admission.events)
+        sub = self.hub.subscribe(
+            tenant, admission.room.id, admission.user_id, admission.events, admission.include_own
+        )
         return admission, sub
 
     def _ndjson(self, tenant: str, req: dict[str, Any]) -> Response:

@@ -50,10 +50,29 @@ class StreamEnded(Exception):
 class Subscriber:
     """One live stream of a room."""
 
-    __slots__ = ("_ended", "_items", "_wake", "events", "maxsize", "room_id", "tenant", "user_id")
+    __slots__ = (
+        "_ended",
+        "_items",
+        "_wake",
+        "events",
+        "include_own",
+        "maxsize",
+        "room_id",
+        "tenant",
+        "user_id",
+    )
 
-    def __init__(self, tenant: str, room_id: str, user_id: str, events: bool, maxsize: int) -> None:
+    def __init__(
+        self,
+        tenant: str,
+        room_id: str,
+        user_id: str,
+        events: bool,
+        maxsize: int,
+        include_own: bool = False,
+    ) -> None:
         self.tenant = tenant
+        self.include_own = include_own
         self.room_id = room_id
         self.user_id = user_id
         self.events = events
@@ -128,8 +147,10 @@ class Hub:
 
     # -- subscribing --------------------------------------------------------------------
 
-    def subscribe(self, tenant: str, room_id: str, user_id: str, events: bool) -> Subscriber:
-        sub = Subscriber(tenant, room_id, user_id, events, self.queue_size)
+    def subscribe(
+        self, tenant: str, room_id: str, user_id: str, events: bool, include_own: bool = False
+    ) -> Subscriber:
+        sub = Subscriber(tenant, room_id, user_id, events, self.queue_size, include_own)
         if self.closed:
             sub.end(StreamEnded(CLOSE_GOING_AWAY, reason="server shutting down"))
             return sub
@@ -164,7 +185,7 @@ class Hub:
             return
         item = (seq, frame)
         for sub in tuple(subs):
-            if sub.user_id != sender and not sub.push(item):
+            if (sub.user_id != sender or sub.include_own) and not sub.push(item):
                 self._too_slow(sub)
 
     def publish_event(self, tenant: str, room_id: str, frame: str, skip_user: str = "") -> None:

@@ -136,6 +136,8 @@ class Admission:
     since_seq: int | None
     #: ... or else the last N messages (``history``); 0 for none.
     history: int
+    #: live frames include the joiner's own messages (``include_own``).
+    include_own: bool = False
 
 
 #: deferred fan-out, run only after the transaction that stored the change committed.
@@ -407,6 +409,7 @@ class ChatService:
             bool(req["events"]),
             since_seq,
             min(req["history"], self.limits.max_replay),
+            bool(req.get("include_own")),
         )
 
     def replay(self, admission: Admission) -> Iterator[list[tuple[int, str]]]:

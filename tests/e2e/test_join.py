@@ -117,6 +117,18 @@ def test_history_then_live_own_messages_hidden(tcp_server: ServerProcess) -> Non
     assert [m["text"] for m in tail.messages()] == ["old-2", "old-3", "new"]
 
 
+def test_include_own_shows_the_joiners_messages(tcp_server: ServerProcess) -> None:
+    room = make_room(tcp_server, "sender", "watcher")
+    send(tcp_server, room, "mine-before", user="watcher")
+    tail = Tail(tcp_server, room, "--history", "1", "--include-own", "--count", "3")
+    tail.wait_joined()
+    send(tcp_server, room, "mine-live", user="watcher")
+    send(tcp_server, room, "theirs")
+    code, err = tail.finish()
+    assert code == 0, err
+    assert [m["text"] for m in tail.messages()] == ["mine-before", "mine-live", "theirs"]
+
+
 def test_since_replays_then_goes_live(tcp_server: ServerProcess) -> None:
     room = make_room(tcp_server, "sender")
     send(tcp_server, room, "a", "b", "c")
