@@ -9,8 +9,8 @@ import socket
 import pytest
 from pytest_httpx import HTTPXMock
 
-from tests.cli.conftest import Run
 from tests.cli.test_requests import ROOM, ROOM_OBJ
+from tests.conftest import Run
 
 
 @pytest.fixture(autouse=True)

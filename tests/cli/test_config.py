@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from pytest_httpx import HTTPXMock
 
-from tests.cli.conftest import Run
+from tests.conftest import Run
 
 
 def test_set_get_list_use_path(cli: Run, isolated_env: Path) -> None:

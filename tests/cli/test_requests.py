@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from pytest_httpx import HTTPXMock
 
-from tests.cli.conftest import Run
+from tests.conftest import Run
 
 URL = "http://chat.test"
 ROOM = "d8057208-f81a-4e14-ad7f-c29daa2bb910"

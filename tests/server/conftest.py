@@ -9,9 +9,7 @@ Other test packages may reuse it.
 from __future__ import annotations
 
 import dataclasses
-import socket
 import threading
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +21,7 @@ from starlette.applications import Starlette
 
 from chatctl.server.app import ChatServer, create_app, uvicorn_config
 from chatctl.server.config import ServerConfig
+from tests.helpers import free_port, wait_for
 
 
 @dataclass
@@ -39,24 +38,6 @@ class LiveServer:
         self.thread.join(10)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_until(condition: Callable[[], Any], timeout: float = 5.0, interval: float = 0.005) -> Any:
-    """Poll ``condition`` until it is truthy; fail the test after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout} s")
-        time.sleep(interval)
-
-
 def start_server(db: str, **overrides: Any) -> LiveServer:
     config = dataclasses.replace(ServerConfig(db=db), **overrides)
     app = create_app(config)
@@ -68,7 +49,7 @@ def start_server(db: str, **overrides: Any) -> LiveServer:
     )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
-    wait_until(lambda: server.started or not thread.is_alive(), 10)
+    wait_for(lambda: server.started or not thread.is_alive(), 10)
     assert server.started, "server did not start"
     return LiveServer(
         f"http://127.0.0.1:{port}", f"ws://127.0.0.1:{port}", app, config, server, thread

@@ -8,7 +8,6 @@ as an interactive shell would, without forking the (possibly threaded) test proc
 from __future__ import annotations
 
 import fcntl
-import io
 import os
 import select
 import struct
@@ -17,43 +16,18 @@ import sys
 import termios
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from chatctl.cli.main import run_cli
 from tests.helpers import ServerProcess, cli_env
 
 #: the repository: the committed completions/ and man/ live here.
 ROOT = Path(__file__).resolve().parents[2]
 #: where the `chatctl` entry point is installed (the shells run it by name).
 BIN = Path(sys.executable).parent
-
-
-@dataclass
-class Result:
-    code: int
-    stdout: str
-    stderr: str
-
-
-Run = Callable[..., Result]
-
-
-@pytest.fixture
-def cli(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> Run:
-    """The real CLI in-process: arguments in, exit status and both streams out."""
-
-    def run(*args: str) -> Result:
-        monkeypatch.setattr(sys, "stdin", io.StringIO(""))
-        capsys.readouterr()
-        code = run_cli(list(args))
-        out, err = capsys.readouterr()
-        return Result(code, out, err)
-
-    return run
 
 
 @pytest.fixture(scope="session")

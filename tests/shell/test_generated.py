@@ -12,7 +12,8 @@ import pytest
 
 from chatctl.cli import gen
 from chatctl.cli.completion import REGENERATE, Shell
-from tests.shell.conftest import ROOT, Run
+from tests.conftest import Run
+from tests.shell.conftest import ROOT
 
 COMMANDS = [
     "create", "delete", "invite", "send", "history", "kick", "list",

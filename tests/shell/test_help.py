@@ -7,7 +7,7 @@ import pytest
 import typer.main
 
 from chatctl.cli.main import app
-from tests.shell.conftest import Run
+from tests.conftest import Run
 
 
 def command_paths() -> list[list[str]]:
