@@ -7,6 +7,7 @@ measured side by side mean anything.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -180,6 +181,18 @@ def table(rows: Sequence[Row], mode: Mode) -> str:
 
 
 # -- processes --------------------------------------------------------------------------
+
+
+def run_client(main: Any) -> None:
+    """Run a load client's ``main()`` coroutine on uvloop where installed; print its JSON."""
+    raise_fd_limit()
+    try:
+        import uvloop
+
+        runner: Any = uvloop.run
+    except ImportError:
+        runner = asyncio.run
+    print(json.dumps(runner(main)), flush=True)
 
 
 def raise_fd_limit() -> None:

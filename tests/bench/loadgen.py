@@ -15,10 +15,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import time
 
-from tests.bench.harness import percentile, raise_fd_limit
+from tests.bench.harness import percentile, run_client
 
 
 async def _read_response(reader: asyncio.StreamReader) -> int:
@@ -100,14 +99,7 @@ def run() -> None:
     p.add_argument("--warmup", type=float, default=1)
     p.add_argument("--rate", type=float, default=0)
     args = p.parse_args()
-    raise_fd_limit()
-    try:
-        import uvloop
-
-        runner = uvloop.run
-    except ImportError:
-        runner = asyncio.run
-    print(json.dumps(runner(main(args))))
+    run_client(main(args))
 
 
 if __name__ == "__main__":

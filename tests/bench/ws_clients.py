@@ -19,7 +19,7 @@ from collections import defaultdict
 
 from websockets.asyncio.client import connect
 
-from tests.bench.harness import percentile, raise_fd_limit
+from tests.bench.harness import percentile, run_client
 
 
 async def main(args: argparse.Namespace) -> dict[str, dict[str, float]]:
@@ -81,14 +81,7 @@ def run() -> None:
     p.add_argument("--conns", type=int, default=200)
     p.add_argument("--ack", action="store_true")
     args = p.parse_args()
-    raise_fd_limit()
-    try:
-        import uvloop
-
-        runner = uvloop.run
-    except ImportError:
-        runner = asyncio.run
-    print(json.dumps(runner(main(args))), flush=True)
+    run_client(main(args))
 
 
 if __name__ == "__main__":
