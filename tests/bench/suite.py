@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from tests.bench import client_bench, fanout_bench, server_bench
+from tests.bench import client_bench, fanout_bench, server_bench, tail_bench
 from tests.bench.harness import Mode, Row, mode_from, raise_fd_limit, table
 
 SECTIONS: dict[str, Callable[[Mode, Path], list[Row]]] = {
@@ -17,6 +17,7 @@ SECTIONS: dict[str, Callable[[Mode, Path], list[Row]]] = {
     "server": server_bench.server,
     "fanout": fanout_bench.fanout,
     "capacity": fanout_bench.capacity,
+    "tail": tail_bench.tail,
 }
 
 
