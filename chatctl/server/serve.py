@@ -246,6 +246,8 @@ def _remove_pid_file(path: str) -> None:
 
 def _prepare_db(path: str) -> None:
     """Create the database file 0600 (and missing directories 0700) before SQLite does."""
+    if path.startswith(("postgresql://", "postgres://")):
+        return  # a PostgreSQL database: nothing on this machine to prepare
     db = Path(path)
     db.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     with contextlib.suppress(FileExistsError):

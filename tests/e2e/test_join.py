@@ -34,7 +34,8 @@ def make_room(server: ServerProcess, *members: str) -> str:
 
 
 class Tail:
-    """A running `chatctl join`, its stdout read line by line in a thread."""
+    """A running `chatctl join`; its stdout and stderr read line by line in threads, each
+    stderr line stamped with the moment it arrived."""
 
     def __init__(self, server: ServerProcess, room: str, *args: str, user: str = "watcher") -> None:
         self.proc = subprocess.Popen(
@@ -45,8 +46,13 @@ class Tail:
             text=True,
         )
         self.lines: list[str] = []
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
+        self.errors: list[tuple[float, str]] = []
+        self._readers = [
+            threading.Thread(target=self._read, daemon=True),
+            threading.Thread(target=self._read_errors, daemon=True),
+        ]
+        for reader in self._readers:
+            reader.start()
         self.room = room
         self.server = server
         self.user = user
@@ -55,6 +61,11 @@ class Tail:
         assert self.proc.stdout is not None
         for line in self.proc.stdout:
             self.lines.append(line)
+
+    def _read_errors(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.errors.append((time.monotonic(), line))
 
     def wait_joined(self) -> None:
         env = cli_env(self.server)
@@ -67,12 +78,12 @@ class Tail:
 
     def finish(self, timeout: float = 30) -> tuple[int, str]:
         code = self.proc.wait(timeout)
-        self._reader.join(5)
+        for reader in self._readers:
+            reader.join(5)
         assert self.proc.stderr is not None and self.proc.stdout is not None
-        err = self.proc.stderr.read()
         self.proc.stderr.close()
         self.proc.stdout.close()
-        return code, err
+        return code, "".join(line for _, line in self.errors)
 
     def messages(self) -> list[dict[str, object]]:
         return [json.loads(line) for line in self.lines]
@@ -221,3 +232,27 @@ def test_restarts_lose_and_repeat_nothing(tcp_server: ServerProcess) -> None:
     assert code == 0, err
     assert [m["text"] for m in tail.messages()] == texts
     assert "reconnect" in err  # the user was told, on stderr
+
+
+def test_a_silent_dead_connection_is_noticed_within_30s(tcp_server: ServerProcess) -> None:
+    """The server freezes (SIGSTOP): no close frame ever comes. Pings notice within 30 s,
+    and once the server thaws the tail resumes with nothing lost."""
+    room = make_room(tcp_server, "sender")
+    tail = Tail(tcp_server, room, "--count", "2")
+    tail.wait_joined()
+    send(tcp_server, room, "before")
+    wait_for(lambda: tail.lines, 10, "the first message")
+    assert tcp_server.proc is not None
+    frozen = time.monotonic()
+    tcp_server.proc.send_signal(signal.SIGSTOP)
+    try:
+        noticed = wait_for(
+            lambda: [t for t, line in tail.errors if "reconnecting" in line], 40, "a notice"
+        )[0]
+    finally:
+        tcp_server.proc.send_signal(signal.SIGCONT)
+    assert noticed - frozen <= 30
+    send(tcp_server, room, "after")
+    code, err = tail.finish(60)
+    assert code == 0, err
+    assert [m["text"] for m in tail.messages()] == ["before", "after"]
