@@ -107,11 +107,12 @@ def serve(
         ),
     ] = None,
     db: Annotated[
-        Path | None,
+        str | None,
         typer.Option(
-            help="SQLite database file, created mode 0600. Default: chat.db in the user's "
+            help="SQLite database file, created mode 0600, or a postgresql:// URL shared by "
+            "several replicas (needs chatctl[postgres]). Default: chat.db in the user's "
             "data dir (~/.local/share/chatctl on Linux).",
-            metavar="PATH",
+            metavar="PATH|URL",
             show_default=False,
         ),
     ] = None,
@@ -197,7 +198,7 @@ def serve(
     if "" in tokens:
         raise UsageError("--token cannot be empty")
     config = ServerConfig(
-        db=str(db if db is not None else default_db_path()),
+        db=db if db is not None else str(default_db_path()),
         tokens=frozenset(tokens),
         limits=limits or Limits(),
         idle_exit=idle_exit,

@@ -33,7 +33,6 @@ import contextlib
 import hashlib
 import json
 import logging
-import sqlite3
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -48,13 +47,13 @@ from starlette.routing import Route, WebSocketRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from chatctl.errors import reason_phrase
+from chatctl.errors import ChatctlError, reason_phrase
 from chatctl.schema import ENDPOINTS, Endpoint, ValidationError, endpoint_for, validate_request
 from chatctl.server.config import ServerConfig
 from chatctl.server.hub import Hub, StreamEnded, Subscriber
 from chatctl.server.openapi import openapi_document
 from chatctl.server.rules import Admission, ChatService, RulesError
-from chatctl.server.store import SQLiteStore
+from chatctl.server.store import SQLiteStore, Store
 
 __all__ = ["ChatServer", "create_app", "uvicorn_config"]
 
@@ -137,7 +136,7 @@ def _parse_json(raw: bytes | str, limit: int) -> Any:
         raise _Refused("v1", 400, f"request body is not valid JSON: {exc}") from None
 
 
-def _storage_unavailable(endpoint_id: str, exc: sqlite3.OperationalError) -> _Refused:
+def _storage_unavailable(endpoint_id: str, exc: Exception) -> _Refused:
     # Disk full, read-only or locked: the transaction rolled back, so nothing changed and
     # the same request (same Idempotency-Key) may be retried once the store is writable.
     log.warning("%s: storage unavailable: %s", endpoint_id, exc)
@@ -174,6 +173,8 @@ class _Edge:
         self.config = config
         self.service = service
         self.hub = hub
+        #: the store's "database unavailable" errors, answered with 503.
+        self.storage_errors = service.store.unavailable
         # Tenant keys are hashes, so the database never holds a token.
         self.tenants = {t: hashlib.sha256(t.encode()).hexdigest() for t in config.tokens}
         self.openapi = _encode(openapi_document(config.limits)).encode("utf-8")
@@ -233,7 +234,7 @@ class _Edge:
             return _json(self.service.call(endpoint.name, tenant, req, key))
         except RulesError as exc:
             raise _Refused(endpoint.id, exc.code, exc.detail) from None
-        except sqlite3.OperationalError as exc:
+        except self.storage_errors as exc:
             raise _storage_unavailable(endpoint.id, exc) from None
 
     async def _read_body(self, request: Request) -> bytes:
@@ -268,7 +269,7 @@ class _Edge:
             admission = self.service.join(tenant, req)
         except RulesError as exc:
             raise _Refused(_JOIN.id, exc.code, exc.detail) from None
-        except sqlite3.OperationalError as exc:
+        except self.storage_errors as exc:
             raise _storage_unavailable(_JOIN.id, exc) from None
         # Subscribe before anything is replayed (and before any await), so a message
         # stored meanwhile is in the live queue, at worst twice, never missing.
@@ -482,19 +483,20 @@ async def _crash(request: Request, exc: Exception) -> Response:
 def create_app(config: ServerConfig) -> Starlette:
     """The chat server as an ASGI app; ``app.state`` holds ``config``, ``store``, ``hub``,
     ``service``."""
-    store = SQLiteStore(config.db)
-    hub = Hub(config.stream_queue)
+    store, hub = _open_store(config)
     service = ChatService(store, hub, config.limits)
     edge = _Edge(config, service, hub)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await hub.start()
         try:
             yield
         finally:
             hub.end_all()
             # Let stream handlers write their close frames before the store goes away.
             await _wait_for(lambda: hub.active == 0, 1.0)
+            await hub.stop()
             store.close()
 
     app = Starlette(
@@ -512,6 +514,23 @@ def create_app(config: ServerConfig) -> Starlette:
     app.state.hub = hub
     app.state.service = service
     return app
+
+
+def _open_store(config: ServerConfig) -> tuple[Store, Hub]:
+    """SQLite for a path; PostgreSQL (shared by replicas) for a ``postgresql://`` URL,
+    imported only then, since psycopg is an optional extra."""
+    if config.db.startswith(("postgresql://", "postgres://")):
+        try:
+            from chatctl.server.hub_pg import PostgresHub
+            from chatctl.server.store_pg import PostgresStore
+        except ImportError as exc:
+            raise ChatctlError(
+                f"serving from PostgreSQL needs psycopg ({exc}): pip install 'chatctl[postgres]'"
+            ) from None
+
+        pg = PostgresStore(config.db)
+        return pg, PostgresHub(pg, config.stream_queue)
+    return SQLiteStore(config.db), Hub(config.stream_queue)
 
 
 async def _wait_for(condition: Callable[[], bool], timeout: float) -> None:

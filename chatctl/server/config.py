@@ -11,7 +11,8 @@ __all__ = ["ServerConfig"]
 
 @dataclass
 class ServerConfig:
-    #: path of the SQLite database file (created with mode 0600 if missing).
+    #: path of the SQLite database file (created with mode 0600 if missing), or a
+    #: ``postgresql://`` URL of a database several replicas share.
     db: str
     #: accepted bearer tokens; each is its own tenant. Empty: open, single tenant.
     tokens: frozenset[str] = frozenset()

@@ -129,6 +129,15 @@ class Hub:
         self.last_activity = time.monotonic()
         self.closed = False
 
+    # -- running ------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Begin fan-out before the server takes requests (a replica's hub listens to
+        the others here); this one, local to the process, has nothing to start."""
+
+    async def stop(self) -> None:
+        """Stop what ``start`` began."""
+
     # -- idle tracking ------------------------------------------------------------------
 
     @property

@@ -1,9 +1,9 @@
 """The server's storage: rooms, members, messages and idempotency keys in one SQLite file.
 
-``Store`` is the interface the rules are written against (a PostgreSQL store may implement
-it later); ``SQLiteStore`` is the implementation. The store knows nothing of HTTP or of the
-chat rules: it answers questions and applies changes, and the caller groups changes into a
-transaction with ``with store.transaction():``.
+``Store`` is the interface the rules are written against; ``SQLiteStore`` implements it
+here, and ``store_pg.PostgresStore`` for replicas sharing a PostgreSQL database. The store
+knows nothing of HTTP or of the chat rules: it answers questions and applies changes, and
+the caller groups changes into a transaction with ``with store.transaction():``.
 
 Durability: WAL with ``synchronous=NORMAL``. A commit is in the WAL (the OS page cache)
 before ``commit`` returns, so it survives ``kill -9`` of the process; it may not survive a
@@ -69,6 +69,10 @@ class IdempotencyRecord:
 
 class Store(Protocol):
     """What the chat rules need from storage."""
+
+    #: errors that mean "storage is unavailable" (full, read-only, locked, unreachable):
+    #: nothing was changed, and the edge answers 503.
+    unavailable: tuple[type[Exception], ...]
 
     def transaction(self) -> contextlib.AbstractContextManager[None]: ...
     def close(self) -> None: ...
@@ -241,6 +245,8 @@ def _create_private_file(path: str) -> None:
 
 class SQLiteStore:
     """The SQLite implementation of ``Store``; one connection, used from one thread at a time."""
+
+    unavailable: tuple[type[Exception], ...] = (sqlite3.OperationalError,)
 
     def __init__(self, path: str) -> None:
         _create_private_file(path)
