@@ -63,6 +63,8 @@ def test_tenants_cannot_see_each_other(tmp_path: Path) -> None:
         for args in (
             ["history", room, "--limit", "1"],
             ["send", room, "x", "--user", "u"],
+            ["join", room, "--user", "u", "--no-reconnect"],
+            ["invite", room, "v"],
             ["kick", room, "u", "--yes"],
             ["delete", room, "--yes"],
         ):
@@ -147,3 +149,39 @@ def test_a_send_whose_answer_is_lost_is_retried_and_stored_once(tmp_path: Path) 
         history = json.loads(chatctl("history", room, "-o", "json", env=env).stdout)["messages"]
         assert [m["text"] for m in history] == ["exactly once"]
         assert [m["id"] for m in history] == r.stdout.split()
+
+
+def test_limits_and_server_clock_through_the_cli(tmp_path: Path) -> None:
+    with ServerProcess(tmp_path, extra=["--max-text-bytes", "10"]) as server:
+        env = cli_env(server, CHATCTL_USER="u")
+        room = chatctl("create", "r", "-u", "u", "-o", "id", env=env).stdout.strip()
+        r = chatctl("send", room, "x" * 11, env=env)
+        assert r.returncode == 1
+        assert "max_text_bytes" in r.stderr.splitlines()[0]
+        assert "(chat.send, HTTP 400)" in r.stderr.splitlines()[0]
+        # A client cannot date its own message: sent_at in the request is ignored.
+        forged = json.dumps({"room_id": room, "text": "hi", "sent_at": "2000-01-01T00:00:00Z"})
+        sent = json.loads(chatctl("send", "-i", "-", "-o", "json", env=env, input=forged).stdout)
+        a_minute_ago = time.strftime("%Y-%m-%dT%H:%M", time.gmtime(time.time() - 60))
+        assert sent["message"]["sent_at"] > a_minute_ago
+
+
+def test_membership_events_in_a_pipe(tmp_path: Path) -> None:
+    with ServerProcess(tmp_path, tcp=True) as server:
+        env = cli_env(server)
+        room = make_room(server)
+        tail = Tail(server, room, "--events", "--count", "1")
+        tail.wait_joined()
+        assert chatctl("invite", room, "bob", env=env).returncode == 0
+        assert chatctl("kick", room, "bob", "--yes", env=env).returncode == 0
+        assert chatctl("invite", room, "carol", env=env).returncode == 0
+        assert chatctl("send", room, "hello", "--user", "carol", env=env).returncode == 0
+        code, err = tail.finish()
+        assert code == 0, err
+        lines = tail.messages()
+        assert [(e.get("type"), e.get("user_id")) for e in lines[:-1]] == [
+            ("invited", "bob"),
+            ("kicked", "bob"),
+            ("invited", "carol"),
+        ]
+        assert lines[-1]["text"] == "hello"

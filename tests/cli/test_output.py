@@ -1,0 +1,67 @@
+"""How a live tail reads on a terminal: one line per message, a stable colour per user."""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+
+from chatctl.output import TailPrinter
+
+MESSAGE = {
+    "id": "m1",
+    "client": "web",
+    "room_id": "r",
+    "user_id": "user-1",
+    "sent_at": "2022-02-17T16:18:35.683008885Z",
+    "subject": "Random",
+    "text": "Hey whats up?",
+}
+
+
+def test_terminal_lines_for_messages_and_events() -> None:
+    out = io.StringIO()
+    printer = TailPrinter(out, fmt="line")
+    printer.frame({"message": MESSAGE})
+    printer.frame({"message": {**MESSAGE, "subject": "", "text": "no subject"}})
+    printer.frame(
+        {
+            "event": {
+                "type": "kicked",
+                "user_id": "bob",
+                "room_id": "r",
+                "at": "2022-02-17T16:19:00.000000000Z",
+            }
+        }
+    )
+    assert out.getvalue().splitlines() == [
+        "16:18:35 user-1: [Random] Hey whats up?",
+        "16:18:35 user-1: no subject",
+        "16:19:00 * bob kicked",
+    ]
+
+
+def test_pipe_lines_are_json_objects() -> None:
+    out = io.StringIO()
+    printer = TailPrinter(out)  # not a terminal: JSONL
+    printer.frame({"message": MESSAGE})
+    printer.frame({"event": {"type": "joined", "user_id": "bob", "room_id": "r", "at": "t"}})
+    assert out.getvalue().splitlines()[1] == (
+        '{"type": "joined", "user_id": "bob", "room_id": "r", "at": "t"}'
+    )
+
+
+def test_a_users_colour_is_the_same_in_every_run() -> None:
+    probe = "from chatctl.output import user_style; print(user_style('alice'), user_style('bob'))"
+    colours = {
+        subprocess.run(
+            [sys.executable, "-c", probe],
+            env={**os.environ, "PYTHONHASHSEED": seed},
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        for seed in ("1", "2", "3")
+    }
+    assert len(colours) == 1
