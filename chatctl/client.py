@@ -21,7 +21,7 @@ import json
 import random
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any, TextIO
 
 import httpx
@@ -280,10 +280,6 @@ class JoinStream:
             # that follows says the same, with its code.
             if isinstance(frame, dict) and ("message" in frame or "event" in frame):
                 return frame
-
-    def __iter__(self) -> Iterator[dict[str, Any]]:
-        while True:
-            yield self.next()
 
     def close(self) -> None:
         self._opened.__exit__(None, None, None)

@@ -10,7 +10,6 @@ Stdlib only: the CLI imports this on every call.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import Any, Literal, TypedDict
 
@@ -355,12 +354,3 @@ def validate_request(
             if isinstance(value, int) and value < 0:
                 raise ValidationError(f"{name} must not be negative")
     return out
-
-
-def field_names(endpoint: Endpoint) -> list[str]:
-    return [f.name for f in endpoint.request]
-
-
-def replace_limits(limits: Limits, **changes: int) -> Limits:
-    """A copy of ``limits`` with some values changed (for ``chatctl serve`` flags)."""
-    return dataclasses.replace(limits, **changes)

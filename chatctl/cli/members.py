@@ -1,6 +1,6 @@
 """Membership commands: invite, kick, leave."""
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -23,11 +23,8 @@ NewUsersArg = Annotated[
 ]
 
 
-def _per_user(endpoint: str, room: str | None, users: list[str] | None) -> list[dict[str, object]]:
-    requests: list[dict[str, object]] = []
-    for user in users or [None]:  # type: ignore[list-item]
-        requests += run.build_requests(endpoint, {"user_id": user}, room=room)
-    return requests
+def _per_user(endpoint: str, room: str | None, users: list[str] | None) -> list[dict[str, Any]]:
+    return run.build_requests(endpoint, {}, room=room, each=("user_id", users or []))
 
 
 @app.command()

@@ -62,17 +62,12 @@ def delete(
 
     Example: chatctl list -o id | xargs chatctl delete --yes
     """
-    rooms = rooms or []
-    requests = []
-    for room in rooms or [None]:  # type: ignore[list-item]
-        requests += run.build_requests("Delete", {}, room=room)
-    what = f"delete {len(requests)} rooms" if len(requests) > 1 else "delete the room"
+    requests = run.build_requests("Delete", {}, each=("room_id", rooms or []))
     if len(requests) == 1:
-        what = f"delete room {rooms[0] if rooms else requests[0].get('room_id')}"
-    run.confirm_destruction(
-        what + " and all their messages" if len(requests) > 1 else what + " and all its messages",
-        yes,
-    )
+        what = f"delete room {rooms[0] if rooms else requests[0]['room_id']} and all its messages"
+    else:
+        what = f"delete {len(requests)} rooms and all their messages"
+    run.confirm_destruction(what, yes)
     run.call_all("Delete", requests, total=len(requests))
 
 

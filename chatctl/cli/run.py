@@ -5,10 +5,11 @@ Heavy modules (httpx through the client, rich through the renderers) are importe
 only when a command actually runs, never when the app is built for ``--help``.
 """
 
+import functools
 import json
 import re
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
@@ -50,6 +51,7 @@ def client() -> "Client":
 
 def close_client() -> None:
     global _client
+    _listed_rooms.cache_clear()
     if _client is not None:
         _client.close()
         _client = None
@@ -120,26 +122,36 @@ def build_requests(
     defaults: dict[str, Any] | None = None,
     *,
     room: str | None = None,
+    each: tuple[str, Sequence[str | None]] | None = None,
 ) -> list[dict[str, Any]]:
     """Input objects (or one empty object), flags over them, defaults under them.
 
+    ``each=("user_id", users)`` makes one request per value for every input object
+    (``invite ROOM USER...``); with the key ``room_id`` the values are rooms, ids or names.
     Everything is validated before the first request is sent: bad input exits 2 and
-    nothing reaches the server. ROOM (an id or a name) is resolved last.
+    nothing reaches the server. ROOM names are resolved last, with one List at most.
     """
     inputs = read_input(common.input) if common.input is not None else [{}]
+    key, values = each if each and each[1] else ("", [None])
     over = {k: v for k, v in flags.items() if v is not None}
-    if room is not None:
-        over["room_id"] = _ROOM_PLACEHOLDER
     under = {k: v for k, v in (defaults or {}).items() if v is not None}
-    requests = []
-    for n, given in enumerate(inputs, 1):
-        request = {**under, **given, **over}
-        check_request(endpoint, request, n, len(inputs))
-        requests.append(request)
-    if room is not None:
-        room_id = resolve_room(room)
-        for request in requests:
-            request["room_id"] = room_id
+    requests: list[dict[str, Any]] = []
+    rooms: list[str | None] = []  # the ROOM each request names, resolved after validation
+    total = len(inputs) * len(values)
+    for given in inputs:
+        for value in values:
+            request = {**under, **given, **over}
+            named = value if key == "room_id" else room
+            if value is not None:
+                request[key] = value
+            if named is not None:
+                request["room_id"] = _ROOM_PLACEHOLDER
+            check_request(endpoint, request, len(requests) + 1, total)
+            requests.append(request)
+            rooms.append(named)
+    for request, named in zip(requests, rooms, strict=True):
+        if named is not None:
+            request["room_id"] = resolve_room(named)
     return requests
 
 
@@ -160,11 +172,18 @@ def _missing_hint(detail: str) -> str | None:
     return None
 
 
+@functools.cache
+def _listed_rooms() -> list[dict[str, Any]]:
+    """The rooms List answers, asked once per process however many names need it."""
+    rooms = client().call("List", {}).get("rooms", [])
+    return rooms if isinstance(rooms, list) else []
+
+
 def resolve_room(room: str) -> str:
     """A room id as is; a room name through List. Unknown or ambiguous names are errors."""
     if _UUID.match(room):
         return room
-    rooms = client().call("List", {}).get("rooms", [])
+    rooms = _listed_rooms()
     matches = [r for r in rooms if r.get("name") == room]
     if len(matches) == 1:
         return str(matches[0]["id"])

@@ -274,3 +274,26 @@ def test_m3o_token_used_when_nothing_else(
     httpx_mock.add_response(json={"rooms": []})
     assert cli("list").code == 0
     assert httpx_mock.get_requests()[0].headers["Authorization"] == "Bearer m3o-tok"
+
+
+def test_names_are_resolved_with_one_list(cli: Run, httpx_mock: HTTPXMock) -> None:
+    other = {**ROOM_OBJ, "id": "11111111-2222-3333-4444-555555555555", "name": "random"}
+    httpx_mock.add_response(
+        url=f"{URL}/v1/chat/List", json={"rooms": [ROOM_OBJ, other]}, is_reusable=True
+    )
+    httpx_mock.add_response(url=f"{URL}/v1/chat/Invite", json={"room": ROOM_OBJ}, is_reusable=True)
+    httpx_mock.add_response(url=f"{URL}/v1/chat/Delete", json={"room": ROOM_OBJ}, is_reusable=True)
+    assert cli("invite", "general", "a", "b").code == 0
+    assert cli("delete", "general", "random", "--yes", "-o", "id").code == 0
+    sent = [
+        (q.url.path.rsplit("/", 1)[1], body(q).get("room_id"), body(q).get("user_id"))
+        for q in httpx_mock.get_requests()
+    ]
+    assert sent == [
+        ("List", None, None),
+        ("Invite", ROOM, "a"),
+        ("Invite", ROOM, "b"),
+        ("List", None, None),
+        ("Delete", ROOM, None),
+        ("Delete", other["id"], None),
+    ]
