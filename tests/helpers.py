@@ -53,9 +53,11 @@ class ServerProcess:
         tcp: bool = False,
         tokens: Sequence[str] = (),
         extra: Sequence[str] = (),
+        db: str | None = None,
     ) -> None:
         self.workdir = workdir
-        self.db = workdir / "chat.db"
+        #: the SQLite file in ``workdir``, unless ``db`` names another (or a postgresql:// URL).
+        self.db: Path | str = workdir / "chat.db" if db is None else db
         self.sock = workdir / "chat.sock"
         self.port = free_port() if tcp else None
         self.tokens = list(tokens)
