@@ -21,6 +21,7 @@ from starlette.applications import Starlette
 
 from chatctl.server.app import ChatServer, create_app, uvicorn_config
 from chatctl.server.config import ServerConfig
+from tests import postgres
 from tests.helpers import free_port, wait_for
 
 
@@ -75,13 +76,18 @@ def live_server(tmp_path: Path) -> Iterator[Callable[..., LiveServer]]:
         srv.stop()
 
 
-@pytest.fixture(scope="session")
-def shared_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+@pytest.fixture(scope="session", params=postgres.BACKENDS)
+def shared_server(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[LiveServer]:
     """One open (single-tenant) server with default config, shared by every test that does
-    not depend on what others stored (each makes its own rooms), to keep the run short."""
-    srv = start_server(db=str(tmp_path_factory.mktemp("shared") / "chat.db"))
-    yield srv
-    srv.stop()
+    not depend on what others stored (each makes its own rooms), to keep the run short;
+    one on SQLite and one on PostgreSQL (``tests/postgres.py``)."""
+    sqlite_path = str(tmp_path_factory.mktemp("shared") / "chat.db")
+    with postgres.database_for(request.param, sqlite_path) as db:
+        srv = start_server(db=db)
+        yield srv
+        srv.stop()
 
 
 @pytest.fixture
