@@ -97,7 +97,6 @@ def join(
     printer = TailPrinter(fmt=_tail_format())
     client = run.client()
     printed = 0
-    first_replay = False
     last_frame = time.monotonic()
     attempt = 0
     while True:
@@ -111,17 +110,14 @@ def join(
         except ConnectError:
             if attempt == 0 or no_reconnect:
                 raise
-            _notice(f"reconnect failed; retrying in {_backoff(attempt):.1f}s")
-            time.sleep(_backoff(attempt))
+            _pause(attempt, "reconnect failed")
             attempt += 1
             continue
         if attempt:
             _notice("reconnected; resuming after the last message printed")
         if cursor is None:
-            # Nothing printed yet: a resume must start from the moment we joined. Replayed
-            # --history messages move the cursor back to themselves as they are printed.
+            # Nothing received yet: a resume must start from the moment we joined.
             cursor = cursor_for_time(datetime.now(UTC))
-            first_replay = "history" in body
         attempt = 0
         try:
             while True:
@@ -137,9 +133,9 @@ def join(
                 if not isinstance(message, dict):
                     printer.frame(frame)
                     continue
-                if first_replay or str(message.get("id", "")) > (cursor or ""):
-                    cursor = str(message.get("id", ""))
-                first_replay = False
+                # Frames come in the room's order: the last one received is where a
+                # resume starts (replayed --history messages included).
+                cursor = str(message.get("id", ""))
                 # Replays carry the joiner's own messages while live frames do not: hide
                 # them everywhere, so a resumed tail prints what an unbroken one would.
                 if not include_own and message.get("user_id") == body["user_id"]:
@@ -155,8 +151,7 @@ def join(
         except ConnectError as e:
             if no_reconnect:
                 raise
-            _notice(f"{e.message}; reconnecting in {_backoff(attempt):.1f}s")
-            time.sleep(_backoff(attempt))
+            _pause(attempt, e.message)
         finally:
             stream.close()
         attempt += 1
@@ -164,6 +159,12 @@ def join(
 
 def _backoff(attempt: int) -> float:
     return float(min(MAX_BACKOFF, 0.1 * 2**attempt) * (0.5 + random.random() / 2))
+
+
+def _pause(attempt: int, why: str) -> None:
+    delay = _backoff(attempt)
+    _notice(f"{why}; reconnecting in {delay:.1f}s")
+    time.sleep(delay)
 
 
 def _notice(text: str) -> None:
