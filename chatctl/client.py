@@ -266,6 +266,8 @@ class JoinStream:
         while True:
             try:
                 raw = self.ws.recv(timeout=timeout)
+            except TimeoutError:
+                raise  # no frame in time: the caller's idle timeout, not a dead connection
             except ConnectionClosed as e:
                 raise _closed_error(self.client, e) from None
             except OSError as e:

@@ -5,6 +5,7 @@ The exception tree::
     ChatctlError                 exit status 1 unless a subclass says otherwise
     ├── UsageError               2  bad flags or bad input; nothing was sent
     ├── ConnectError             3  the server could not be reached (refused, DNS, timeout)
+    ├── NotFoundError            5  nothing by that name (found out by the client itself)
     ├── APIError                 from the HTTP code: 401/403 -> 4, 404 -> 5, other -> 1
     └── StreamClosed             the server ended a Join stream on purpose (kicked,
                                  room deleted, too slow); exit from the close code
@@ -23,6 +24,7 @@ __all__ = [
     "ChatctlError",
     "ConnectError",
     "ExitStatus",
+    "NotFoundError",
     "StreamClosed",
     "UsageError",
     "exit_status_for_http",
@@ -85,6 +87,12 @@ class ConnectError(ChatctlError):
     """The server could not be reached, or did not answer in time."""
 
     exit_status = ExitStatus.UNREACHABLE
+
+
+class NotFoundError(ChatctlError):
+    """No room by the name given (the server, asked by id, answers 404 instead)."""
+
+    exit_status = ExitStatus.NOT_FOUND
 
 
 class APIError(ChatctlError):

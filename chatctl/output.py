@@ -168,12 +168,14 @@ class TableRenderer(Renderer):
     def close(self) -> None:
         from rich.table import Table
 
-        console = _console(self.out)
+        # Like kubectl: columns take their natural width and nothing is cut or folded
+        # (ids are copied whole); a line longer than the terminal wraps as text does.
+        console = _console(self.out, width=1_000_000)
         for kind, rows in self.rows.items():
             table = Table(box=None, header_style="bold", pad_edge=False)
             if kind == "room":
                 for col in ("ID", "NAME", "DESCRIPTION", "MEMBERS", "PRIVATE", "CREATED"):
-                    table.add_column(col, overflow="fold")
+                    table.add_column(col)
                 for r in rows:
                     table.add_row(
                         str(r.get("id", "")),
@@ -185,7 +187,7 @@ class TableRenderer(Renderer):
                     )
             elif kind == "message":
                 for col in ("TIME", "USER", "SUBJECT", "TEXT", "ID"):
-                    table.add_column(col, overflow="fold")
+                    table.add_column(col)
                 for m in rows:
                     table.add_row(
                         _short_time(str(m.get("sent_at", ""))),
@@ -219,10 +221,10 @@ def make_renderer(fmt: str, stream: TextIO | None = None, *, batch: bool = False
     return _RENDERERS[fmt](stream or sys.stdout, batch=batch)
 
 
-def _console(stream: TextIO) -> Console:
+def _console(stream: TextIO, width: int | None = None) -> Console:
     from rich.console import Console
 
-    return Console(file=stream, highlight=False, soft_wrap=False)
+    return Console(file=stream, highlight=False, soft_wrap=False, width=width)
 
 
 def _short_time(stamp: str) -> str:
@@ -292,7 +294,8 @@ def message_line(m: dict[str, Any]) -> Any:
     from rich.text import Text
 
     user = str(m.get("user_id", ""))
-    line = Text(_clock(str(m.get("sent_at", ""))) + " ", style="dim")
+    line = Text()
+    line.append(_clock(str(m.get("sent_at", ""))) + " ", style="dim")
     line.append(user, style=f"bold {user_style(user)}")
     line.append(": ")
     subject = str(m.get("subject", ""))

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Optional
 
 from chatctl import config
 from chatctl.cli.options import common
-from chatctl.errors import APIError, UsageError
+from chatctl.errors import NotFoundError, UsageError
 from chatctl.schema import ENDPOINTS, ValidationError, validate_request
 
 if TYPE_CHECKING:
@@ -194,7 +194,7 @@ def resolve_room(room: str) -> str:
         hint = (
             f"did you mean: {', '.join(similar[:5])}" if similar else "see them with: chatctl list"
         )
-        raise APIError(404, f"no room named {room!r}", "chatctl", hint=hint)
+        raise NotFoundError(f"no room named {room!r}", hint=hint)
     listing = "; ".join(f"{r['id']} ({r.get('description') or 'no description'})" for r in matches)
     raise UsageError(
         f"{len(matches)} rooms are named {room!r}: {listing}",

@@ -92,7 +92,7 @@ def test_unknown_room_name(cli: Run, httpx_mock: HTTPXMock) -> None:
     httpx_mock.add_response(json={"rooms": [ROOM_OBJ]})
     r = cli("send", "genral", "hi")
     assert r.code == 5
-    assert "no room named 'genral'" in r.stderr
+    assert r.stderr.splitlines()[0] == "error: no room named 'genral'"
 
 
 def test_unreachable_server_exits_3_with_one_line(

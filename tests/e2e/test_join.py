@@ -114,6 +114,7 @@ def test_timeout_exits_zero_after_silence(tcp_server: ServerProcess) -> None:
     assert code == 0, err
     assert 1 <= time.monotonic() - started < 15
     assert tail.lines == []
+    assert err == ""  # silence is not a dropped connection: no reconnect notice
 
 
 def test_history_then_live_own_messages_hidden(tcp_server: ServerProcess) -> None:
