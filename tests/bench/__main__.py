@@ -1,7 +1,8 @@
 """``python -m tests.bench [--quick|--full] [--only NAME,...]``: run the suite, print one table.
 
-Sections: startup, batch, server, fanout, capacity. The mode also comes from
-``CHATCTL_BENCH=quick|full`` (default full).
+Sections: startup, batch, server, fanout, capacity, tail; and postgres (PostgreSQL beside
+SQLite, one and two replicas; needs CHATCTL_TEST_POSTGRES), which runs only when named with
+--only. The mode also comes from ``CHATCTL_BENCH=quick|full`` (default full).
 """
 
 from __future__ import annotations
