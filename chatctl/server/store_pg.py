@@ -45,7 +45,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 import psycopg
-from psycopg_pool import ConnectionPool
+from psycopg_pool import ConnectionPool, PoolTimeout
 
 from chatctl.server.rules import RulesError
 from chatctl.server.store import IdempotencyRecord, MessageRow, RoomRow
@@ -56,6 +56,8 @@ __all__ = ["CHANNEL", "MIGRATIONS", "NOTIFY_LIMIT", "PostgresStore", "is_postgre
 CHANNEL = "chatctl"
 #: PostgreSQL refuses a NOTIFY payload of 8000 bytes or more; stay a little under.
 NOTIFY_LIMIT = 7900
+#: seconds a call waits for a connection when it has none (PostgreSQL down or restarting).
+_CONNECT_TIMEOUT = 1.0
 #: advisory lock key held while migrating ("chatctl" in ASCII).
 _MIGRATION_LOCK = 0x63686174_63746C
 
@@ -163,7 +165,7 @@ class PostgresStore:
     """The PostgreSQL implementation of ``Store``; used from one thread at a time."""
 
     #: errors that mean "the database is unavailable", answered with 503.
-    unavailable: tuple[type[Exception], ...] = (psycopg.OperationalError,)
+    unavailable: tuple[type[Exception], ...] = (psycopg.OperationalError, PoolTimeout)
 
     def __init__(self, url: str, *, pool_size: int = 4) -> None:
         self.url = url
@@ -191,7 +193,8 @@ class PostgresStore:
         if conn is None or conn.broken or conn.closed:
             if conn is not None:
                 self._pool.putconn(conn)
-            conn = self._conn = self._pool.getconn()
+            # Briefly: the event loop waits meanwhile; a database that is down is a 503.
+            conn = self._conn = self._pool.getconn(timeout=_CONNECT_TIMEOUT)
         return conn
 
     def _execute(self, sql: str, args: Sequence[Any] | dict[str, Any] = ()) -> psycopg.Cursor[Any]:

@@ -193,3 +193,48 @@ def test_a_send_retried_on_the_other_replica_is_not_doubled(replicas: Replicas) 
     assert ids[0::2] == ids[1::2]
     history = replicas.call(replicas.http_b, "History", {"room_id": room})["messages"]
     assert len(history) == 1 + len(keys)
+
+
+def test_a_lost_database_connection_is_a_503_then_service_and_streams_resume(
+    replicas: Replicas,
+) -> None:
+    """PostgreSQL drops every connection (a restart, a failover): streams end with 1001 so
+    clients resume, a call answers 503 or succeeds, and both replicas recover by themselves."""
+    import psycopg
+
+    room = replicas.create("sender")
+    with ws_join(replicas.b, {"room_id": room, "user_id": "watcher"}) as ws:
+        wait_for(lambda: "watcher" in replicas.members(replicas.http_a, room), 20, "the join")
+        first = replicas.call(
+            replicas.http_a, "Send", {"room_id": room, "user_id": "sender", "text": "before"}
+        )
+        assert json.loads(ws.recv(timeout=5))["message"]["id"] == first["message"]["id"]
+        assert isinstance(replicas.a.db, str)
+        with psycopg.connect(postgres.URL, autocommit=True) as admin:
+            admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE datname = %s AND pid <> pg_backend_pid()",
+                (replicas.a.db.rsplit("/", 1)[1],),
+            )
+        with pytest.raises(ConnectionClosed):
+            ws.recv(timeout=5)
+    assert ws.close_code == 1001
+
+    def sent() -> bool:
+        body = {"room_id": room, "user_id": "sender", "text": "after"}
+        r = replicas.http_a.post("/v1/chat/Send", json=body, headers={"Idempotency-Key": "x"})
+        assert r.status_code in (200, 503), r.text
+        return r.status_code == 200
+
+    wait_for(sent, 10, "Send to work again")
+    since = {"room_id": room, "user_id": "watcher", "since": first["message"]["id"]}
+
+    def resumed() -> list[str]:
+        with ws_join(replicas.b, since) as again:
+            try:
+                frame = json.loads(again.recv(timeout=5))
+            except ConnectionClosed:
+                return []  # B is not listening again yet: 1001, resume later
+        return [frame["message"]["text"]] if "message" in frame else []
+
+    assert wait_for(resumed, 10, "a resumed stream on B") == ["after"]
