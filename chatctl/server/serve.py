@@ -33,6 +33,7 @@ import stat
 import sys
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import uvicorn
 
@@ -315,7 +316,10 @@ def _http_protocol() -> type[asyncio.Protocol] | str:
 
         def on_headers_complete(self) -> None:
             self._cancel_head_timer()
+            before = self.cycle
             super().on_headers_complete()
+            if self.cycle is not before:  # a new request (an upgrade makes none)
+                self.cycle.transport = _OneWrite(self.transport, self.loop)  # type: ignore[assignment]
 
         def on_response_complete(self) -> None:
             super().on_response_complete()
@@ -342,6 +346,55 @@ def _http_protocol() -> type[asyncio.Protocol] | str:
                 self.transport.close()
 
     return HeadDeadlineProtocol
+
+
+class _OneWrite:
+    """A response's transport that sends its head and body in one write.
+
+    uvicorn writes the status line and headers as soon as the app sends
+    ``http.response.start``, then the body: two syscalls and two TCP segments for every
+    small JSON answer. The head is held instead, joined to the first body write; if no
+    body follows within this turn of the event loop (a stream waiting for its first
+    frame), it goes out alone at the end of the turn.
+    """
+
+    __slots__ = ("_first", "_held", "_loop", "_transport")
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        self._transport = transport
+        self._loop = loop
+        self._first = True
+        self._held: bytes | None = None
+
+    def write(self, data: bytes) -> None:
+        held = self._held
+        if held is not None:
+            self._held = None
+            self._transport.write(held + data)
+        elif self._first:
+            # The first write is the head: hold it until the body or the end of this turn.
+            self._first = False
+            self._held = data
+            self._loop.call_soon(self._flush)
+        else:
+            self._transport.write(data)
+
+    def _flush(self) -> None:
+        held = self._held
+        if held is not None:
+            self._held = None
+            if not self._transport.is_closing():
+                self._transport.write(held)
+
+    def close(self) -> None:
+        self._flush()
+        self._transport.close()
+
+    def is_closing(self) -> bool:
+        return self._transport.is_closing()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
 
 
 def _has_module(name: str) -> bool:
