@@ -9,6 +9,13 @@ Durability: WAL with ``synchronous=NORMAL``. A commit is in the WAL (the OS page
 before ``commit`` returns, so it survives ``kill -9`` of the process; it may not survive a
 power loss, which the server does not promise.
 
+Caches: a room row (immutable until deleted) and "is a member" answers are kept in memory,
+since looking them up was a fifth of a Send. This store's own changes update them; a
+commit by any other connection (another process on the same file) empties them, as
+``PRAGMA data_version`` tells, checked by every ``get_room`` (with which every use of a
+room begins) and at the start of every transaction, so a transaction reads exactly what
+an uncached store would. A rollback empties them too.
+
 Schema versions: ``PRAGMA user_version`` holds how many entries of ``MIGRATIONS`` have been
 applied; opening an older file applies the rest, in order, in one transaction each.
 
@@ -224,6 +231,10 @@ MIGRATIONS: tuple[str, ...] = (
     """,
 )
 
+#: cache bounds: past them a cache is emptied and refills with what is in use.
+_MAX_CACHED_ROOMS = 10_000
+_MAX_CACHED_MEMBERS = 100_000
+
 _ROOM_COLUMNS = "pk, tenant, id, name, description, created_at, private"
 _MESSAGE_COLUMNS = "seq, id, client, user_id, sent_at, subject, text"
 
@@ -260,6 +271,9 @@ class SQLiteStore:
         self._db.execute("PRAGMA foreign_keys=OFF")
         # Another process on the same file (a second server, a backup) waits, not fails.
         self._db.execute("PRAGMA busy_timeout=5000")
+        self._rooms: dict[tuple[str, str], RoomRow] = {}
+        self._members: set[tuple[int, str]] = set()
+        self._data_version = -1
         self._migrate()
 
     # -- housekeeping -------------------------------------------------------------------
@@ -278,6 +292,14 @@ class SQLiteStore:
                         self._db.execute(statement)
                 # PRAGMA takes no parameters; number is an int we control.
                 self._db.execute(f"PRAGMA user_version = {number + 1}")
+
+    def _check_others(self) -> None:
+        """Empty the caches if another connection has committed since the last check."""
+        (version,) = self._db.execute("PRAGMA data_version").fetchone()
+        if version != self._data_version:
+            self._data_version = version
+            self._rooms.clear()
+            self._members.clear()
 
     @property
     def schema_version(self) -> int:
@@ -301,9 +323,12 @@ class SQLiteStore:
         self._db.execute("BEGIN IMMEDIATE")
         self._depth = 1
         try:
+            self._check_others()  # with the write lock held: nobody else commits now
             yield
         except BaseException:
             self._depth = 0
+            self._rooms.clear()
+            self._members.clear()
             self._db.execute("ROLLBACK")
             raise
         self._depth = 0
@@ -312,10 +337,20 @@ class SQLiteStore:
     # -- rooms --------------------------------------------------------------------------
 
     def get_room(self, tenant: str, room_id: str) -> RoomRow | None:
+        self._check_others()
+        key = (tenant, room_id)
+        room = self._rooms.get(key)
+        if room is not None:
+            return room
         row = self._db.execute(
-            f"SELECT {_ROOM_COLUMNS} FROM rooms WHERE tenant = ? AND id = ?", (tenant, room_id)
+            f"SELECT {_ROOM_COLUMNS} FROM rooms WHERE tenant = ? AND id = ?", key
         ).fetchone()
-        return _room(row) if row else None
+        if not row:
+            return None
+        if len(self._rooms) >= _MAX_CACHED_ROOMS:
+            self._rooms.clear()
+        room = self._rooms[key] = _room(row)
+        return room
 
     def create_room(
         self,
@@ -341,6 +376,9 @@ class SQLiteStore:
         return room
 
     def delete_room(self, room: RoomRow) -> None:
+        # A later room may get the same pk: forget every member answer (deletes are rare).
+        self._rooms.pop((room.tenant, room.id), None)
+        self._members.clear()
         with self.transaction():
             self._db.execute("DELETE FROM messages WHERE room_pk = ?", (room.pk,))
             self._db.execute("DELETE FROM members WHERE room_pk = ?", (room.pk,))
@@ -390,10 +428,18 @@ class SQLiteStore:
         return [r[0] for r in rows]
 
     def is_member(self, room: RoomRow, user_id: str) -> bool:
+        key = (room.pk, user_id)
+        if key in self._members:
+            return True
         row = self._db.execute(
-            "SELECT 1 FROM members WHERE room_pk = ? AND user_id = ?", (room.pk, user_id)
+            "SELECT 1 FROM members WHERE room_pk = ? AND user_id = ?", key
         ).fetchone()
-        return row is not None
+        if row is None:
+            return False
+        if len(self._members) >= _MAX_CACHED_MEMBERS:
+            self._members.clear()
+        self._members.add(key)
+        return True
 
     def count_members(self, room: RoomRow) -> int:
         (n,) = self._db.execute(
@@ -410,6 +456,7 @@ class SQLiteStore:
         return cursor.rowcount > 0
 
     def remove_member(self, room: RoomRow, user_id: str) -> bool:
+        self._members.discard((room.pk, user_id))
         cursor = self._db.execute(
             "DELETE FROM members WHERE room_pk = ? AND user_id = ?", (room.pk, user_id)
         )
