@@ -39,7 +39,7 @@ import uvicorn
 
 from chatctl.errors import ChatctlError, UsageError
 from chatctl.local import socket_answers
-from chatctl.server.app import ChatServer, create_app, uvicorn_config
+from chatctl.server.app import ACCESS_LINE, ChatServer, create_app, uvicorn_config
 from chatctl.server.config import ServerConfig
 from chatctl.server.hub import Hub
 
@@ -270,7 +270,19 @@ class _RedactingFormatter(logging.Formatter):
         self._secrets = re.compile("|".join(patterns))
 
     def format(self, record: logging.LogRecord) -> str:
-        return self._secrets.sub("[redacted]", super().format(record))
+        line = super().format(record)
+        # The access line (one per request) is method, path, status and ms: only the
+        # path comes from the client, so only it is searched (the query string, where
+        # tokens travel, is never in it), instead of the whole line.
+        args = record.args
+        if (
+            record.msg is ACCESS_LINE
+            and isinstance(args, tuple)
+            and not record.exc_info
+            and not self._secrets.search(str(args[1]))
+        ):
+            return line
+        return self._secrets.sub("[redacted]", line)
 
 
 def _drop_websocket_lines(record: logging.LogRecord) -> bool:
