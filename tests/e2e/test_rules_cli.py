@@ -103,7 +103,7 @@ class LoseFirstResponse:
     def _serve(self, client: socket.socket, lose: bool) -> None:
         with client, socket.create_connection(self.upstream) as server:
             if lose:
-                server.sendall(client.recv(65536))
+                server.sendall(_read_request(client))
                 self.lost.append(server.recv(65536))  # the answer: the message is stored
                 return  # ... and the client's connection closes without it
             threading.Thread(target=_pump, args=(server, client), daemon=True).start()
@@ -111,6 +111,22 @@ class LoseFirstResponse:
 
     def close(self) -> None:
         self.listener.close()
+
+
+def _read_request(sock: socket.socket) -> bytes:
+    """One whole HTTP request, however many pieces it arrives in."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += sock.recv(65536)
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = next(
+        int(line.split(b":", 1)[1])
+        for line in head.lower().split(b"\r\n")
+        if line.startswith(b"content-length:")
+    )
+    while len(body) < length:
+        body += sock.recv(65536)
+    return head + b"\r\n\r\n" + body
 
 
 def _pump(src: socket.socket, dst: socket.socket) -> None:
