@@ -3,8 +3,10 @@ PostgreSQL (``CHATCTL_TEST_POSTGRES``; see ``tests/postgres.py``)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import contextlib
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -19,3 +21,19 @@ def server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ServerPro
         ServerProcess(tmp_path, db=db) as s,
     ):
         yield s
+
+
+@pytest.fixture(params=postgres.BACKENDS)
+def start_server(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> Iterator[Callable[..., ServerProcess]]:
+    """Start a server with options of the test's own (tokens, TCP, flags), once per backend."""
+    with contextlib.ExitStack() as stack:
+
+        def start(**options: Any) -> ServerProcess:
+            db = stack.enter_context(
+                postgres.database_for(request.param, str(tmp_path / "chat.db"))
+            )
+            return stack.enter_context(ServerProcess(tmp_path, db=db, **options))
+
+        yield start

@@ -14,12 +14,17 @@ from pathlib import Path
 
 import pytest
 
+from tests import postgres
 from tests.helpers import ServerProcess, chatctl, cli_env, wait_for
 
 
-@pytest.fixture
-def tcp_server(tmp_path: Path) -> Iterator[ServerProcess]:
-    with ServerProcess(tmp_path, tcp=True) as s:
+@pytest.fixture(params=postgres.BACKENDS)
+def tcp_server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ServerProcess]:
+    """A server on a TCP port, once on SQLite and once on PostgreSQL."""
+    with (
+        postgres.database_for(request.param, str(tmp_path / "chat.db")) as db,
+        ServerProcess(tmp_path, tcp=True, db=db) as s,
+    ):
         yield s
 
 

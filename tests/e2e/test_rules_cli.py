@@ -7,7 +7,7 @@ import json
 import socket
 import threading
 import time
-from pathlib import Path
+from collections.abc import Callable
 
 from tests.e2e.test_join import Tail, make_room
 from tests.helpers import ServerProcess, chatctl, cli_env
@@ -27,53 +27,53 @@ def test_private_room_refuses_non_members(server: ServerProcess) -> None:
     assert join.returncode == 4 and "403" in join.stderr
 
 
-def test_kicked_tail_ends_within_100ms_and_cannot_rejoin(tmp_path: Path) -> None:
-    with ServerProcess(tmp_path, tcp=True) as server:
-        env = cli_env(server)
-        room = make_room(server, "watcher")
-        r = chatctl("create", "p", "--private", "-u", "watcher", "-o", "id", env=env)
-        private = r.stdout.strip()
-        tail = Tail(server, private)
-        tail.wait_joined()
-        with server.http() as http:
-            kicked = time.monotonic()
-            http.post(
-                "/v1/chat/Kick", json={"room_id": private, "user_id": "watcher"}
-            ).raise_for_status()
-        code, err = tail.finish(10)
-        assert code == 4, err
-        assert "kicked" in err.lower()
-        # The reason is on the tail's stderr within 100 ms of the kick being sent.
-        printed = tail.errors[0][0]
-        assert printed - kicked < 0.1, f"{(printed - kicked) * 1000:.0f} ms"
-        rejoin = chatctl("join", private, "--user", "watcher", "--no-reconnect", env=env)
-        assert rejoin.returncode == 4
-        assert "invite" in rejoin.stderr
-        assert room
+def test_kicked_tail_ends_within_100ms_and_cannot_rejoin(
+    start_server: Callable[..., ServerProcess],
+) -> None:
+    server = start_server(tcp=True)
+    env = cli_env(server)
+    r = chatctl("create", "p", "--private", "-u", "watcher", "-o", "id", env=env)
+    private = r.stdout.strip()
+    tail = Tail(server, private)
+    tail.wait_joined()
+    with server.http() as http:
+        kicked = time.monotonic()
+        http.post(
+            "/v1/chat/Kick", json={"room_id": private, "user_id": "watcher"}
+        ).raise_for_status()
+    code, err = tail.finish(10)
+    assert code == 4, err
+    assert "kicked" in err.lower()
+    # The reason is on the tail's stderr within 100 ms of the kick being sent.
+    printed = tail.errors[0][0]
+    assert printed - kicked < 0.1, f"{(printed - kicked) * 1000:.0f} ms"
+    rejoin = chatctl("join", private, "--user", "watcher", "--no-reconnect", env=env)
+    assert rejoin.returncode == 4
+    assert "invite" in rejoin.stderr
 
 
-def test_tenants_cannot_see_each_other(tmp_path: Path) -> None:
-    with ServerProcess(tmp_path, tcp=True, tokens=["tok-a", "tok-b"]) as server:
-        a = cli_env(server, CHATCTL_TOKEN="tok-a")
-        b = cli_env(server, CHATCTL_TOKEN="tok-b")
-        room = json.loads(chatctl("create", "mine", "-u", "u", "-o", "json", env=a).stdout)["room"][
-            "id"
-        ]
-        assert chatctl("list", "-o", "id", env=b).stdout == ""
-        for args in (
-            ["history", room, "--limit", "1"],
-            ["send", room, "x", "--user", "u"],
-            ["join", room, "--user", "u", "--no-reconnect"],
-            ["invite", room, "v"],
-            ["kick", room, "u", "--yes"],
-            ["delete", room, "--yes"],
-        ):
-            r = chatctl(*args, env=b)
-            assert r.returncode == 5, (args, r.stderr)
-            assert "room not found" in r.stderr
-        r = chatctl("list", env=cli_env(server))
-        assert r.returncode == 4 and "HTTP 401" in r.stderr
-        assert chatctl("history", room, env=a).returncode == 0
+def test_tenants_cannot_see_each_other(start_server: Callable[..., ServerProcess]) -> None:
+    server = start_server(tcp=True, tokens=["tok-a", "tok-b"])
+    a = cli_env(server, CHATCTL_TOKEN="tok-a")
+    b = cli_env(server, CHATCTL_TOKEN="tok-b")
+    room = json.loads(chatctl("create", "mine", "-u", "u", "-o", "json", env=a).stdout)["room"][
+        "id"
+    ]
+    assert chatctl("list", "-o", "id", env=b).stdout == ""
+    for args in (
+        ["history", room, "--limit", "1"],
+        ["send", room, "x", "--user", "u"],
+        ["join", room, "--user", "u", "--no-reconnect"],
+        ["invite", room, "v"],
+        ["kick", room, "u", "--yes"],
+        ["delete", room, "--yes"],
+    ):
+        r = chatctl(*args, env=b)
+        assert r.returncode == 5, (args, r.stderr)
+        assert "room not found" in r.stderr
+    r = chatctl("list", env=cli_env(server))
+    assert r.returncode == 4 and "HTTP 401" in r.stderr
+    assert chatctl("history", room, env=a).returncode == 0
 
 
 class LoseFirstResponse:
@@ -140,64 +140,68 @@ def _pump(src: socket.socket, dst: socket.socket) -> None:
             dst.shutdown(socket.SHUT_WR)
 
 
-def test_a_send_whose_answer_is_lost_is_retried_and_stored_once(tmp_path: Path) -> None:
-    with ServerProcess(tmp_path, tcp=True) as server:
-        env = cli_env(server)
-        room = chatctl("create", "r", "-u", "u", "-o", "id", env=env).stdout.strip()
-        proxy = LoseFirstResponse(server.port or 0)
-        try:
-            r = chatctl(
-                "send",
-                room,
-                "exactly once",
-                "--user",
-                "u",
-                "-v",
-                "-o",
-                "id",
-                env=cli_env(CHATCTL_URL=f"http://127.0.0.1:{proxy.port}"),
-            )
-        finally:
-            proxy.close()
-        assert r.returncode == 0, r.stderr
-        assert proxy.lost and proxy.lost[0].startswith(b"HTTP/1.1 200")  # stored, answer lost
-        assert "unreachable" in r.stderr and " 200 " in r.stderr  # failed, then retried
-        history = json.loads(chatctl("history", room, "-o", "json", env=env).stdout)["messages"]
-        assert [m["text"] for m in history] == ["exactly once"]
-        assert [m["id"] for m in history] == r.stdout.split()
+def test_a_send_whose_answer_is_lost_is_retried_and_stored_once(
+    start_server: Callable[..., ServerProcess],
+) -> None:
+    server = start_server(tcp=True)
+    env = cli_env(server)
+    room = chatctl("create", "r", "-u", "u", "-o", "id", env=env).stdout.strip()
+    proxy = LoseFirstResponse(server.port or 0)
+    try:
+        r = chatctl(
+            "send",
+            room,
+            "exactly once",
+            "--user",
+            "u",
+            "-v",
+            "-o",
+            "id",
+            env=cli_env(CHATCTL_URL=f"http://127.0.0.1:{proxy.port}"),
+        )
+    finally:
+        proxy.close()
+    assert r.returncode == 0, r.stderr
+    assert proxy.lost and proxy.lost[0].startswith(b"HTTP/1.1 200")  # stored, answer lost
+    assert "unreachable" in r.stderr and " 200 " in r.stderr  # failed, then retried
+    history = json.loads(chatctl("history", room, "-o", "json", env=env).stdout)["messages"]
+    assert [m["text"] for m in history] == ["exactly once"]
+    assert [m["id"] for m in history] == r.stdout.split()
 
 
-def test_limits_and_server_clock_through_the_cli(tmp_path: Path) -> None:
-    with ServerProcess(tmp_path, extra=["--max-text-bytes", "10"]) as server:
-        env = cli_env(server, CHATCTL_USER="u")
-        room = chatctl("create", "r", "-u", "u", "-o", "id", env=env).stdout.strip()
-        r = chatctl("send", room, "x" * 11, env=env)
-        assert r.returncode == 1
-        assert "max_text_bytes" in r.stderr.splitlines()[0]
-        assert "(chat.send, HTTP 400)" in r.stderr.splitlines()[0]
-        # A client cannot date its own message: sent_at in the request is ignored.
-        forged = json.dumps({"room_id": room, "text": "hi", "sent_at": "2000-01-01T00:00:00Z"})
-        sent = json.loads(chatctl("send", "-i", "-", "-o", "json", env=env, input=forged).stdout)
-        a_minute_ago = time.strftime("%Y-%m-%dT%H:%M", time.gmtime(time.time() - 60))
-        assert sent["message"]["sent_at"] > a_minute_ago
+def test_limits_and_server_clock_through_the_cli(
+    start_server: Callable[..., ServerProcess],
+) -> None:
+    server = start_server(extra=["--max-text-bytes", "10"])
+    env = cli_env(server, CHATCTL_USER="u")
+    room = chatctl("create", "r", "-u", "u", "-o", "id", env=env).stdout.strip()
+    r = chatctl("send", room, "x" * 11, env=env)
+    assert r.returncode == 1
+    assert "max_text_bytes" in r.stderr.splitlines()[0]
+    assert "(chat.send, HTTP 400)" in r.stderr.splitlines()[0]
+    # A client cannot date its own message: sent_at in the request is ignored.
+    forged = json.dumps({"room_id": room, "text": "hi", "sent_at": "2000-01-01T00:00:00Z"})
+    sent = json.loads(chatctl("send", "-i", "-", "-o", "json", env=env, input=forged).stdout)
+    a_minute_ago = time.strftime("%Y-%m-%dT%H:%M", time.gmtime(time.time() - 60))
+    assert sent["message"]["sent_at"] > a_minute_ago
 
 
-def test_membership_events_in_a_pipe(tmp_path: Path) -> None:
-    with ServerProcess(tmp_path, tcp=True) as server:
-        env = cli_env(server)
-        room = make_room(server)
-        tail = Tail(server, room, "--events", "--count", "1")
-        tail.wait_joined()
-        assert chatctl("invite", room, "bob", env=env).returncode == 0
-        assert chatctl("kick", room, "bob", "--yes", env=env).returncode == 0
-        assert chatctl("invite", room, "carol", env=env).returncode == 0
-        assert chatctl("send", room, "hello", "--user", "carol", env=env).returncode == 0
-        code, err = tail.finish()
-        assert code == 0, err
-        lines = tail.messages()
-        assert [(e.get("type"), e.get("user_id")) for e in lines[:-1]] == [
-            ("invited", "bob"),
-            ("kicked", "bob"),
-            ("invited", "carol"),
-        ]
-        assert lines[-1]["text"] == "hello"
+def test_membership_events_in_a_pipe(start_server: Callable[..., ServerProcess]) -> None:
+    server = start_server(tcp=True)
+    env = cli_env(server)
+    room = make_room(server)
+    tail = Tail(server, room, "--events", "--count", "1")
+    tail.wait_joined()
+    assert chatctl("invite", room, "bob", env=env).returncode == 0
+    assert chatctl("kick", room, "bob", "--yes", env=env).returncode == 0
+    assert chatctl("invite", room, "carol", env=env).returncode == 0
+    assert chatctl("send", room, "hello", "--user", "carol", env=env).returncode == 0
+    code, err = tail.finish()
+    assert code == 0, err
+    lines = tail.messages()
+    assert [(e.get("type"), e.get("user_id")) for e in lines[:-1]] == [
+        ("invited", "bob"),
+        ("kicked", "bob"),
+        ("invited", "carol"),
+    ]
+    assert lines[-1]["text"] == "hello"
