@@ -52,14 +52,13 @@ from chatctl.schema import ENDPOINTS, Endpoint, ValidationError, endpoint_for, v
 from chatctl.server.config import ServerConfig
 from chatctl.server.hub import Hub, StreamEnded, Subscriber
 from chatctl.server.openapi import openapi_document
-from chatctl.server.rules import Admission, ChatService, RulesError
+from chatctl.server.rules import Admission, ChatService, RulesError, encode
 from chatctl.server.store import SQLiteStore, Store
 
 __all__ = ["ACCESS_LINE", "ChatServer", "create_app", "uvicorn_config"]
 
 log = logging.getLogger("chatctl.server")
 
-_encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 _CHAT_PREFIX = "/v1/chat/"
 _JOIN = ENDPOINTS["Join"]
 _MAX_IDEMPOTENCY_KEY = 255
@@ -109,7 +108,7 @@ class _JSONResponse(Response):
 
 
 def _json(obj: object, status: int = 200) -> Response:
-    return _JSONResponse(_encode(obj).encode("utf-8"), status)
+    return _JSONResponse(encode(obj).encode("utf-8"), status)
 
 
 def _error(refused: _Refused) -> Response:
@@ -180,7 +179,7 @@ class _Edge:
         self.storage_errors = service.store.unavailable
         # Tenant keys are hashes, so the database never holds a token.
         self.tenants = {t: hashlib.sha256(t.encode()).hexdigest() for t in config.tokens}
-        self.openapi = _encode(openapi_document(config.limits)).encode("utf-8")
+        self.openapi = encode(openapi_document(config.limits)).encode("utf-8")
 
     def tenant_of(self, authorization: str | None) -> str | None:
         """The tenant of an Authorization header; None when refused."""
@@ -339,7 +338,7 @@ class _Edge:
             admission, sub = self._admit(tenant, req)
         except _Refused as refused:
             with contextlib.suppress(WebSocketDisconnect, RuntimeError):
-                await ws.send_text(_encode(refused.body()))
+                await ws.send_text(encode(refused.body()))
                 await ws.close(4000 + refused.code, refused.detail[:120])
             return
         except WebSocketDisconnect:

@@ -35,13 +35,13 @@ from typing import Any
 import psycopg
 
 from chatctl.server.hub import CLOSE_GOING_AWAY, Hub, StreamEnded, Subscriber
-from chatctl.server.store_pg import CHANNEL, PostgresStore, message_frame
+from chatctl.server.rules import encode, message_frame
+from chatctl.server.store_pg import CHANNEL, PostgresStore
 
 __all__ = ["PostgresHub"]
 
 log = logging.getLogger("chatctl.server")
 
-_encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 #: seconds between attempts to listen again after the connection dropped.
 _RETRY = 0.5
 
@@ -128,18 +128,18 @@ class PostgresHub(Hub):
         """Nothing to do: the store notified every replica when the message committed."""
 
     def publish_event(self, tenant: str, room_id: str, frame: str, skip_user: str = "") -> None:
-        self.store.notify("e " + _encode([tenant, room_id, skip_user]) + "\n" + frame)
+        self.store.notify("e " + encode([tenant, room_id, skip_user]) + "\n" + frame)
 
     def end_user(
         self, tenant: str, room_id: str, user_id: str, code: int, frame: str, reason: str = ""
     ) -> int:
         """End the user's streams on every replica; returns 0 (their count is not known)."""
-        self.store.notify("k " + _encode([tenant, room_id, user_id, code, reason]) + "\n" + frame)
+        self.store.notify("k " + encode([tenant, room_id, user_id, code, reason]) + "\n" + frame)
         return 0
 
     def end_room(self, tenant: str, room_id: str, code: int, frame: str, reason: str = "") -> int:
         """End the room's streams on every replica; returns 0 (their count is not known)."""
-        self.store.notify("d " + _encode([tenant, room_id, code, reason]) + "\n" + frame)
+        self.store.notify("d " + encode([tenant, room_id, code, reason]) + "\n" + frame)
         return 0
 
     # -- receiving: what any replica published ------------------------------------------

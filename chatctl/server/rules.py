@@ -63,7 +63,9 @@ __all__ = [
     "ChatService",
     "RulesError",
     "UUIDv7",
+    "encode",
     "error_frame",
+    "message_frame",
     "rfc3339",
 ]
 
@@ -76,7 +78,8 @@ _UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4
 #: messages read from the store per step of a ``since`` replay.
 REPLAY_CHUNK = 500
 
-_encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+#: compact JSON, as every frame and body the server writes.
+encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
 
 class RulesError(Exception):
@@ -90,7 +93,7 @@ class RulesError(Exception):
 
 def error_frame(endpoint_id: str, code: int, detail: str) -> str:
     """The m3o error object, encoded: also the final frame of an ended stream."""
-    return _encode(
+    return encode(
         {"id": endpoint_id, "code": code, "detail": detail, "status": reason_phrase(code)}
     )
 
@@ -206,7 +209,7 @@ class ChatService:
                     return decoded
                 response = handler(tenant, request, effects)
                 self.store.put_idempotency(
-                    tenant, idempotency_key, endpoint, request_hash, _encode(response), now
+                    tenant, idempotency_key, endpoint, request_hash, encode(response), now
                 )
                 self._maybe_purge(now)
         # Committed: only now may anyone hear of it.
@@ -317,7 +320,7 @@ class ChatService:
             # Encoded once, and only when someone is listening; every subscriber gets the
             # same str.
             if self.hub.has_subscribers(tenant, room.id):
-                self.hub.publish_message(tenant, room.id, seq, _encode(response), user_id)
+                self.hub.publish_message(tenant, room.id, seq, encode(response), user_id)
 
         effects.append(fan_out)
         return response
@@ -426,12 +429,12 @@ class ChatService:
                 rows = self.store.messages(room, after_seq=after, limit=REPLAY_CHUNK)
                 if not rows:
                     return
-                yield [(row.seq, _encode({"message": _message_json(room.id, row)})) for row in rows]
+                yield [(row.seq, message_frame(room.id, row)) for row in rows]
                 after = rows[-1].seq
         elif admission.history:
             rows = self.store.messages(room, limit=admission.history, latest=True)
             if rows:
-                yield [(row.seq, _encode({"message": _message_json(room.id, row)})) for row in rows]
+                yield [(row.seq, message_frame(room.id, row)) for row in rows]
 
     # -- helpers ------------------------------------------------------------------------
 
@@ -473,7 +476,7 @@ class ChatService:
             "user_id": user_id,
             "at": rfc3339(time.time_ns()),
         }
-        self.hub.publish_event(room.tenant, room.id, _encode({"event": event}), user_id)
+        self.hub.publish_event(room.tenant, room.id, encode({"event": event}), user_id)
 
     def _maybe_purge(self, now: float) -> None:
         # Expired keys are ignored on read; deleting them hourly only bounds the table.
@@ -492,6 +495,11 @@ def _room_json(room: RoomRow, members: list[str]) -> dict[str, Any]:
         "private": room.private,
     }
     return dict(out)
+
+
+def message_frame(room_id: str, row: MessageRow) -> str:
+    """A stored message as a Join frame: ``{"message": {...}}``, compact."""
+    return encode({"message": _message_json(room_id, row)})
 
 
 def _message_json(room_id: str, row: MessageRow) -> dict[str, Any]:

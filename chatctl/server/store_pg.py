@@ -40,14 +40,13 @@ together migrate once.
 from __future__ import annotations
 
 import contextlib
-import json
 from collections.abc import Iterator, Sequence
 from typing import Any
 
 import psycopg
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from chatctl.server.rules import RulesError
+from chatctl.server.rules import RulesError, encode, message_frame
 from chatctl.server.store import IdempotencyRecord, MessageRow, RoomRow
 
 __all__ = ["CHANNEL", "MIGRATIONS", "NOTIFY_LIMIT", "PostgresStore", "is_postgres_url"]
@@ -61,7 +60,6 @@ _CONNECT_TIMEOUT = 1.0
 #: advisory lock key held while migrating ("chatctl" in ASCII).
 _MIGRATION_LOCK = 0x63686174_63746C
 
-_encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
 #: Each entry brings a database from version i to i + 1. Never edit a released entry: append.
 MIGRATIONS: tuple[str, ...] = (
@@ -138,23 +136,6 @@ SELECT seq, pg_notify('{CHANNEL}', 'm ' || seq || ' ' || %(head)s || %(frame)s) 
 
 def is_postgres_url(db: str) -> bool:
     return db.startswith(("postgresql://", "postgres://"))
-
-
-def message_frame(room_id: str, row: MessageRow) -> str:
-    """A message as a Join frame, exactly as the rules encode it."""
-    return _encode(
-        {
-            "message": {
-                "id": row.id,
-                "client": row.client,
-                "room_id": room_id,
-                "user_id": row.user_id,
-                "sent_at": row.sent_at,
-                "subject": row.subject,
-                "text": row.text,
-            }
-        }
-    )
 
 
 def _room(row: tuple[Any, ...]) -> RoomRow:
@@ -406,7 +387,7 @@ class PostgresStore:
         text: str,
     ) -> int:
         """Store a message under the room's next seq and notify every replica at commit."""
-        head = _encode([room.tenant, room.id, room.pk, user_id]) + "\n"
+        head = encode([room.tenant, room.id, room.pk, user_id]) + "\n"
         frame = message_frame(
             room.id, MessageRow(0, message_id, client, user_id, sent_at, subject, text)
         )
