@@ -120,6 +120,12 @@ class Subscriber:
 class Hub:
     """Every live stream, grouped by (tenant, room id)."""
 
+    #: False: publishing hands frames to streams in memory at once, so the rules publish
+    #: only after the change committed. True (``hub_pg.PostgresHub``): publishing is a
+    #: statement of the store's current transaction, delivered only if it commits, so the
+    #: rules publish inside the transaction, atomically with the change.
+    transactional = False
+
     def __init__(self, queue_size: int = 1000) -> None:
         self.queue_size = queue_size
         self._rooms: dict[tuple[str, str], set[Subscriber]] = {}

@@ -12,6 +12,12 @@ order. What travels:
 - ``k HEAD\\nFRAME``: end one user's streams (kick, leave; HEAD ``[tenant, room_id, user,
   code, reason]``), and ``d``: end every stream of a room (deleted).
 
+Events, kicks and deletes are notified like messages: by a statement of the transaction
+that made the change (the hub is ``transactional``, so the rules publish inside it), so
+they are sent exactly when it commits, and never for one that rolls back. A replica dying
+between its commit and a separate notify can therefore not leave a kicked user's streams
+open on the others.
+
 Per room with streams here, the hub remembers the last seq it delivered. A message at the
 next seq goes out as notified; one at or before it was already delivered; one past it (a
 notification missed, or sent without its frame) makes the hub read the missing seqs from
@@ -48,6 +54,9 @@ _RETRY = 0.5
 
 class PostgresHub(Hub):
     """A hub for one replica of many, sharing a PostgreSQL database."""
+
+    #: publishing is a NOTIFY in the store's current transaction, sent when it commits.
+    transactional = True
 
     def __init__(self, store: PostgresStore, queue_size: int = 1000) -> None:
         super().__init__(queue_size)
@@ -128,17 +137,20 @@ class PostgresHub(Hub):
         """Nothing to do: the store notified every replica when the message committed."""
 
     def publish_event(self, tenant: str, room_id: str, frame: str, skip_user: str = "") -> None:
+        """Notify every replica, when the current transaction commits."""
         self.store.notify("e " + encode([tenant, room_id, skip_user]) + "\n" + frame)
 
     def end_user(
         self, tenant: str, room_id: str, user_id: str, code: int, frame: str, reason: str = ""
     ) -> int:
-        """End the user's streams on every replica; returns 0 (their count is not known)."""
+        """End the user's streams on every replica when the current transaction commits;
+        returns 0 (their count is not known)."""
         self.store.notify("k " + encode([tenant, room_id, user_id, code, reason]) + "\n" + frame)
         return 0
 
     def end_room(self, tenant: str, room_id: str, code: int, frame: str, reason: str = "") -> int:
-        """End the room's streams on every replica; returns 0 (their count is not known)."""
+        """End the room's streams on every replica when the current transaction commits;
+        returns 0 (their count is not known)."""
         self.store.notify("d " + encode([tenant, room_id, code, reason]) + "\n" + frame)
         return 0
 

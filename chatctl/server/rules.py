@@ -143,7 +143,9 @@ class Admission:
     include_own: bool = False
 
 
-#: deferred fan-out, run only after the transaction that stored the change committed.
+#: deferred fan-out: run after the transaction that stored the change committed (an
+#: in-memory hub), or inside it as its last step (a transactional hub: PostgreSQL NOTIFY,
+#: which the database delivers only if and when that transaction commits).
 _Effects = list[Callable[[], None]]
 
 
@@ -186,7 +188,8 @@ class ChatService:
         if idempotency_key is None and endpoint == "Send":
             # The hot path: a Send writes one row, and SQLite's autocommit makes a single
             # statement atomic and durable by itself; BEGIN/COMMIT around it would only
-            # cost two more trips through the library.
+            # cost two more trips through the library. (PostgreSQL's store notifies in the
+            # statement that stores the message, so its hub has nothing to publish here.)
             response = handler(tenant, request, effects)
             for effect in effects:
                 effect()
@@ -212,6 +215,12 @@ class ChatService:
                     tenant, idempotency_key, endpoint, request_hash, encode(response), now
                 )
                 self._maybe_purge(now)
+            if self.hub.transactional:
+                # Notifications that commit with the change, or not at all: a replica dying
+                # between the commit and a separate notify cannot leave streams open.
+                for effect in effects:
+                    effect()
+                return response
         # Committed: only now may anyone hear of it.
         for effect in effects:
             effect()
@@ -405,7 +414,10 @@ class ChatService:
                     raise RulesError(403, "user was kicked from the room; invite them again")
                 self._check_room_size(room)
                 self.store.add_member(room, user_id)
-        self._event("joined", room, user_id)
+            if self.hub.transactional:
+                self._event("joined", room, user_id)  # sent with the commit, as every change
+        if not self.hub.transactional:
+            self._event("joined", room, user_id)
         return Admission(
             room,
             user_id,

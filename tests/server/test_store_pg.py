@@ -85,3 +85,77 @@ def test_a_message_too_big_for_a_notification_is_read_from_the_table(url: str) -
         assert got == texts
     finally:
         srv.stop()
+
+
+def test_membership_notifications_commit_with_the_change(url: str) -> None:
+    """Kick, Leave, Invite, Join and Delete notify inside the transaction of the change:
+    issued before the commit (another connection hears nothing yet), delivered with it, and
+    never for a change that rolls back, so a replica dying between its commit and a
+    separate notify cannot leave a kicked user's streams open on the others."""
+    import psycopg
+    from psycopg.pq import TransactionStatus
+
+    from chatctl.schema import ENDPOINTS, validate_request
+    from chatctl.server.hub_pg import PostgresHub
+    from chatctl.server.rules import ChatService
+    from chatctl.server.store_pg import CHANNEL, PostgresStore
+
+    store = PostgresStore(url)
+    hub = PostgresHub(store)
+    service = ChatService(store, hub)
+
+    def req(endpoint: str, **body: object) -> dict[str, object]:
+        return validate_request(ENDPOINTS[endpoint], body)
+
+    with psycopg.connect(url, autocommit=True) as listener:
+        listener.execute(f"LISTEN {CHANNEL}")
+
+        def heard(timeout: float = 0.3) -> list[str]:
+            return [n.payload.split(" ", 1)[0] for n in listener.notifies(timeout=timeout)]
+
+        # While each notify is issued: the store's connection is inside a transaction, and
+        # the listener has heard nothing of it yet.
+        issued: list[tuple[str, TransactionStatus, list[str]]] = []
+        notify = store.notify
+
+        def spy(payload: str) -> None:
+            notify(payload)
+            status = store._connection().info.transaction_status
+            issued.append((payload.split(" ", 1)[0], status, heard(0.1)))
+
+        store.notify = spy  # type: ignore[method-assign]
+        room = service.create("", req("Create", name="r", user_ids=["a", "b", "c"]))["room"]["id"]
+        assert heard() == []
+        service.kick("", req("Kick", room_id=room, user_id="b"))
+        assert heard() == ["k", "e"]
+        service.leave("", req("Leave", room_id=room, user_id="c"))
+        assert heard() == ["k", "e"]
+        service.invite("", req("Invite", room_id=room, user_id="b"))
+        assert heard() == ["e"]
+        service.join("", req("Join", room_id=room, user_id="d"))
+        assert heard() == ["e"]
+        service.call("Kick", "", req("Kick", room_id=room, user_id="d"), "key-1")
+        assert heard() == ["k", "e"]
+        service.delete("", req("Delete", room_id=room))
+        assert heard() == ["e", "d"]
+        assert [kind for kind, _, _ in issued] == ["k", "e", "k", "e", "e", "e", "k", "e", "e", "d"]
+        assert {status for _, status, _ in issued} == {TransactionStatus.INTRANS}
+        assert all(early == [] for _, _, early in issued), issued
+
+        # A kick whose transaction fails after its first notify was issued: rolled back,
+        # the user is still a member and not barred, and no replica hears of it.
+        store.notify = notify  # type: ignore[method-assign]
+        room = service.create("", req("Create", name="r", user_ids=["a", "b"]))["room"]["id"]
+
+        def dying(*args: object) -> None:
+            raise RuntimeError("the replica died before its commit")
+
+        hub.publish_event = dying  # type: ignore[method-assign]
+        with pytest.raises(RuntimeError, match="died"):
+            service.kick("", req("Kick", room_id=room, user_id="b"))
+        assert heard(0.5) == []
+        row = store.get_room("", room)
+        assert row is not None
+        assert store.members(row) == ["a", "b"]
+        assert not store.is_barred(row, "b")
+    store.close()
