@@ -9,6 +9,19 @@ Durability: WAL with ``synchronous=NORMAL``. A commit is in the WAL (the OS page
 before ``commit`` returns, so it survives ``kill -9`` of the process; it may not survive a
 power loss, which the server does not promise.
 
+Checkpoints (copying the WAL back into the database file, with two fsyncs) would
+otherwise run inside whichever commit crosses SQLite's 1,000-page threshold, stalling the
+event loop for milliseconds, up to tens of them, every few hundred Sends. Instead, every
+``CHECKPOINT_EVERY`` commits a background thread with its own connection checkpoints
+(PASSIVE: it never blocks the writer), again until it is nearly caught up; the next commit
+then checkpoints the few pages left itself, which lets the commit after it start the WAL
+over from the beginning. (A checkpoint on another thread alone never finds a busy WAL
+quiet enough to be reset, so the file would grow.) The writer's own threshold is raised to
+``_BACKSTOP_PAGES`` and only matters if that thread falls behind, and ``journal_size_limit``
+cuts the file back after such an overshoot, so the WAL stays under about that size (more
+only while a long read, say a backup, holds it). Durability is the same either way:
+checkpoints only move committed pages.
+
 Caches: a room row (immutable until deleted) and "is a member" answers are kept in memory,
 since looking them up was a fifth of a Send. This store's own changes update them; a
 commit by any other connection (another process on the same file) empties them, as
@@ -26,13 +39,16 @@ under a millisecond, so a thread hop would cost more than it saves.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import sqlite3
+import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 __all__ = [
+    "CHECKPOINT_EVERY",
     "MIGRATIONS",
     "IdempotencyRecord",
     "MessageRow",
@@ -235,6 +251,17 @@ MIGRATIONS: tuple[str, ...] = (
 _MAX_CACHED_ROOMS = 10_000
 _MAX_CACHED_MEMBERS = 100_000
 
+#: commits between background checkpoints (a Send writes about 3 WAL pages of 4 KiB).
+CHECKPOINT_EVERY = 250
+#: WAL pages past which a commit checkpoints by itself (SQLite's default: 1,000), and the
+#: size the WAL file is cut back to.
+_BACKSTOP_PAGES = 4000
+#: the background thread checkpoints again while a pass found more than this many new pages.
+_CAUGHT_UP_PAGES = 30
+_MAX_PASSES = 4
+
+log = logging.getLogger("chatctl.server")
+
 _ROOM_COLUMNS = "pk, tenant, id, name, description, created_at, private"
 _MESSAGE_COLUMNS = "seq, id, client, user_id, sent_at, subject, text"
 
@@ -266,7 +293,7 @@ class SQLiteStore:
         # run the event loop on another; calls never overlap.
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self._depth = 0
-        self._db.execute("PRAGMA journal_mode=WAL")
+        (mode,) = self._db.execute("PRAGMA journal_mode=WAL").fetchone()
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("PRAGMA foreign_keys=OFF")
         # Another process on the same file (a second server, a backup) waits, not fails.
@@ -274,7 +301,32 @@ class SQLiteStore:
         self._rooms: dict[tuple[str, str], RoomRow] = {}
         self._members: set[tuple[int, str]] = set()
         self._data_version = -1
+        self._path = path
+        self._checkpointer: _Checkpointer | None = None
+        #: commits until the checkpoint thread is woken; never without a WAL (:memory:).
+        self._until_checkpoint = -1
         self._migrate()
+        if str(mode).lower() == "wal":
+            (page_size,) = self._db.execute("PRAGMA page_size").fetchone()
+            self._db.execute(f"PRAGMA wal_autocheckpoint = {_BACKSTOP_PAGES}")
+            self._db.execute(f"PRAGMA journal_size_limit = {_BACKSTOP_PAGES * int(page_size)}")
+            self._until_checkpoint = CHECKPOINT_EVERY
+
+    def _committed(self) -> None:
+        """Count a commit: wake the checkpoint thread, or finish what it has done."""
+        checkpointer = self._checkpointer
+        if checkpointer is not None and checkpointer.caught_up:
+            # Only the pages committed since its last pass are left: copying them here
+            # takes a fraction of a millisecond, and lets the next commit reset the WAL.
+            checkpointer.caught_up = False
+            with contextlib.suppress(sqlite3.Error):
+                self._db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+        self._until_checkpoint -= 1
+        if self._until_checkpoint == 0:
+            self._until_checkpoint = CHECKPOINT_EVERY
+            if checkpointer is None:
+                checkpointer = self._checkpointer = _Checkpointer(self._path)
+            checkpointer.wake()
 
     # -- housekeeping -------------------------------------------------------------------
 
@@ -307,6 +359,9 @@ class SQLiteStore:
         return int(version)
 
     def close(self) -> None:
+        if self._checkpointer is not None:
+            self._checkpointer.stop()
+            self._checkpointer = None
         self._db.close()
 
     @contextlib.contextmanager
@@ -333,6 +388,7 @@ class SQLiteStore:
             raise
         self._depth = 0
         self._db.execute("COMMIT")
+        self._committed()
 
     # -- rooms --------------------------------------------------------------------------
 
@@ -498,6 +554,8 @@ class SQLiteStore:
         )
         seq = cursor.lastrowid
         assert seq is not None
+        if not self._depth:
+            self._committed()  # autocommit: the statement was its own transaction
         return seq
 
     def message_seq(self, room: RoomRow, message_id: str) -> int | None:
@@ -584,3 +642,80 @@ class SQLiteStore:
     def purge_idempotency(self, older_than: float) -> int:
         cursor = self._db.execute("DELETE FROM idempotency WHERE created_at < ?", (older_than,))
         return cursor.rowcount
+
+
+def _sync_file(path: str) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        getattr(os, "fdatasync", os.fsync)(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+class _Checkpointer:
+    """A thread that checkpoints the WAL when woken, off the event loop.
+
+    SQLite releases the GIL while it copies pages and syncs, so the event loop runs on.
+    """
+
+    def __init__(self, path: str) -> None:
+        self._path = path
+        self._wake = threading.Event()
+        self._stopping = False
+        #: set when a round of checkpoints has nearly caught up with the writer.
+        self.caught_up = False
+        self._thread = threading.Thread(
+            target=self._run, name="chatctl-sqlite-checkpoint", daemon=True
+        )
+        self._thread.start()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def stop(self) -> None:
+        self._stopping = True
+        self._wake.set()
+        # A checkpoint in progress finishes first; a stuck disk must not hang shutdown.
+        self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        try:
+            db = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
+        except sqlite3.Error as exc:
+            log.warning("checkpoint thread cannot open the database: %s", exc)
+            return
+        try:
+            while True:
+                self._wake.wait()
+                self._wake.clear()
+                if self._stopping:
+                    return
+                try:
+                    self._round(db)
+                except sqlite3.Error as exc:
+                    # The writer's own threshold (_BACKSTOP_PAGES) still bounds the WAL.
+                    log.debug("background checkpoint failed: %s", exc)
+        finally:
+            db.close()
+
+    def _round(self, db: sqlite3.Connection) -> None:
+        """Checkpoint until a pass finds few new pages (the writer goes on committing)."""
+        done = -1
+        for _ in range(_MAX_PASSES):
+            busy, _log, checkpointed = db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            if busy or self._stopping:
+                return
+            new = checkpointed - done if done >= 0 and checkpointed >= done else checkpointed
+            done = checkpointed
+            if new <= _CAUGHT_UP_PAGES:
+                break
+        # SQLite syncs the database file only in a checkpoint no commit overlapped, the
+        # writer's last one: sync the pages copied so far here, so that it has only its
+        # own few to sync.
+        _sync_file(self._path)
+        self.caught_up = True

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from chatctl.server import store as store_module
 from chatctl.server.rules import UUIDv7, rfc3339
 from chatctl.server.store import MIGRATIONS, SQLiteStore
 
@@ -91,3 +92,28 @@ def test_uuid7_is_monotonic_and_well_formed() -> None:
 def test_rfc3339_nanoseconds() -> None:
     assert rfc3339(1645114363942557998) == "2022-02-17T16:12:43.942557998Z"
     assert rfc3339(1645114363000000001) == "2022-02-17T16:12:43.000000001Z"
+
+
+def test_wal_stays_bounded_under_sustained_sends(tmp_path: Path) -> None:
+    """Checkpoints run off the writer's thread, yet the WAL is still reset while writes go
+    on (a checkpoint thread alone never finds it quiet), and the thread ends with the store."""
+    path = tmp_path / "wal.db"
+    store = SQLiteStore(str(path))
+    room = store.create_room("", "r", "n", "", "t", False, ["u"])
+    make = UUIDv7()
+    (page_size,) = store._db.execute("PRAGMA page_size").fetchone()
+    bound = store_module._BACKSTOP_PAGES * page_size
+    largest = 0
+    for i in range(store_module.CHECKPOINT_EVERY * 24):
+        store.add_message(room, make(1_700_000_000_000_000_000 + i), "c", "u", "t", "", "x" * 40)
+        if i % 50 == 0:
+            largest = max(largest, (tmp_path / "wal.db-wal").stat().st_size)
+    assert largest <= bound * 1.25, (largest, bound)
+    checkpointer = store._checkpointer
+    assert checkpointer is not None
+    store.close()
+    assert not checkpointer._thread.is_alive()
+    reopened = SQLiteStore(str(path))
+    again = reopened.get_room("", "r")
+    assert again is not None and len(reopened.messages(again)) == store_module.CHECKPOINT_EVERY * 24
+    reopened.close()
