@@ -233,6 +233,10 @@ class _Edge:
                 endpoint.id, 400, f"Idempotency-Key must be 1 to {_MAX_IDEMPOTENCY_KEY} characters"
             )
         try:
+            if key is None and endpoint.name == "Send" and self.service.sends_async:
+                # PostgreSQL: the loop serves other requests while this Send waits on the
+                # database (one round trip); still answered only once committed.
+                return _json(await self.service.send_async(tenant, req))
             return _json(self.service.call(endpoint.name, tenant, req, key))
         except RulesError as exc:
             raise _Refused(endpoint.id, exc.code, exc.detail) from None

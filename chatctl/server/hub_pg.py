@@ -4,10 +4,10 @@ Every replica LISTENs on one channel of the shared database and hands what it he
 own streams, the replica that made the change included, so there is one path and one
 order. What travels:
 
-- ``m SEQ HEAD\\nFRAME``: a message, notified by ``PostgresStore.add_message`` in the
-  transaction that stored it (so only once committed, and in commit order, which is the
-  room's seq order). HEAD is ``[tenant, room_id, room_pk, sender]``; FRAME is the Join
-  frame, or empty when it would not fit a notification.
+- ``m SEQ HEAD\\nFRAME``: a message, notified by ``PostgresStore.send_message`` (or
+  ``add_message``) in the transaction that stored it (so only once committed, and in
+  commit order, which is the room's seq order). HEAD is ``[tenant, room_id, room_pk,
+  sender]``; FRAME is the Join frame, or empty when it would not fit a notification.
 - ``e HEAD\\nFRAME``: a membership event (HEAD ``[tenant, room_id, skip_user]``).
 - ``k HEAD\\nFRAME``: end one user's streams (kick, leave; HEAD ``[tenant, room_id, user,
   code, reason]``), and ``d``: end every stream of a room (deleted).
@@ -69,7 +69,9 @@ class PostgresHub(Hub):
     # -- running ------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Listen before the server takes requests; keep listening until ``stop``."""
+        """Listen before the server takes requests; keep listening until ``stop``. Also
+        opens the store's async pool, for Sends that await the database."""
+        await self.store.open_async()
         self._task = asyncio.create_task(self._listen())
         started = asyncio.create_task(self._started.wait())
         await asyncio.wait([self._task, started], return_when=asyncio.FIRST_COMPLETED)
@@ -82,6 +84,7 @@ class PostgresHub(Hub):
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        await self.store.close_async()
 
     async def _listen(self) -> None:
         first = True

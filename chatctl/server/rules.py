@@ -50,7 +50,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 from chatctl.errors import reason_phrase
 from chatctl.schema import Event, Limits, Message, Room
@@ -143,6 +143,42 @@ class Admission:
     include_own: bool = False
 
 
+@runtime_checkable
+class OneStepSend(Protocol):
+    """A store that does a whole Send in one step (``store_pg.PostgresStore``, where each
+    step is a round trip): find the room, check membership, store the message under the
+    room's next seq and notify every replica at commit.
+
+    Returns None when there is no such room, else (the room is private, the seq), the seq
+    None when the user is not a member and nothing was stored. ``send_message_async`` is
+    the same, awaiting the database instead of holding up the event loop.
+    """
+
+    def send_message(
+        self,
+        tenant: str,
+        room_id: str,
+        message_id: str,
+        client: str,
+        user_id: str,
+        sent_at: str,
+        subject: str,
+        text: str,
+    ) -> tuple[bool, int | None] | None: ...
+
+    async def send_message_async(
+        self,
+        tenant: str,
+        room_id: str,
+        message_id: str,
+        client: str,
+        user_id: str,
+        sent_at: str,
+        subject: str,
+        text: str,
+    ) -> tuple[bool, int | None] | None: ...
+
+
 #: deferred fan-out: run after the transaction that stored the change committed (an
 #: in-memory hub), or inside it as its last step (a transactional hub: PostgreSQL NOTIFY,
 #: which the database delivers only if and when that transaction commits).
@@ -158,6 +194,7 @@ class ChatService:
         self.limits = limits or Limits()
         self.new_message_id = UUIDv7()
         self._next_purge = 0.0
+        self._one_step = store if isinstance(store, OneStepSend) else None
         self._handlers: dict[str, Callable[[str, dict[str, Any], _Effects], dict[str, Any]]] = {
             "Create": self._create,
             "Delete": self._delete,
@@ -300,6 +337,8 @@ class ChatService:
         return {"room": _room_json(room, self.store.members(room))}
 
     def _send(self, tenant: str, req: dict[str, Any], effects: _Effects) -> dict[str, Any]:
+        if self._one_step is not None:
+            return self._send_in_one_step(self._one_step, tenant, req)
         room = self._room(tenant, req["room_id"])
         user_id = req["user_id"]
         if not self.store.is_member(room, user_id):
@@ -333,6 +372,40 @@ class ChatService:
 
         effects.append(fan_out)
         return response
+
+    def _send_in_one_step(
+        self, store: OneStepSend, tenant: str, req: dict[str, Any]
+    ) -> dict[str, Any]:
+        """``_send`` in one call of the store, which also notifies (nothing to publish)."""
+        message = self._new_message(req)
+        return _sent(message, store.send_message(tenant, *_send_args(message)))
+
+    @property
+    def sends_async(self) -> bool:
+        """True when ``send_async`` awaits the store (rather than holding up the loop)."""
+        return self._one_step is not None
+
+    async def send_async(self, tenant: str, req: dict[str, Any]) -> dict[str, Any]:
+        """Send without an Idempotency-Key, awaiting the store: with a one-step store the
+        event loop serves other requests while this one waits on the database. The answer
+        still comes only once the message committed."""
+        store = self._one_step
+        if store is None:
+            return self.call("Send", tenant, req)
+        message = self._new_message(req)
+        return _sent(message, await store.send_message_async(tenant, *_send_args(message)))
+
+    def _new_message(self, req: dict[str, Any]) -> Message:
+        ns = time.time_ns()
+        return {
+            "id": self.new_message_id(ns),
+            "client": req["client"] or str(uuid.uuid4()),
+            "room_id": req["room_id"],  # the room's id: rooms are found by exact id
+            "user_id": req["user_id"],
+            "sent_at": rfc3339(ns),
+            "subject": req["subject"],
+            "text": req["text"],
+        }
 
     def _kick(self, tenant: str, req: dict[str, Any], effects: _Effects) -> dict[str, Any]:
         return self._remove(tenant, req, effects, "kicked", "chat.kick", "user was kicked")
@@ -495,6 +568,29 @@ class ChatService:
         if now >= self._next_purge:
             self.store.purge_idempotency(now - IDEMPOTENCY_TTL)
             self._next_purge = now + 3600.0
+
+
+def _send_args(message: Message) -> tuple[str, str, str, str, str, str, str]:
+    """A message as ``OneStepSend.send_message`` takes it, after the tenant."""
+    return (
+        message["room_id"],
+        message["id"],
+        message["client"],
+        message["user_id"],
+        message["sent_at"],
+        message["subject"],
+        message["text"],
+    )
+
+
+def _sent(message: Message, outcome: tuple[bool, int | None] | None) -> dict[str, Any]:
+    """A one-step Send's answer, or its refusal."""
+    if outcome is None:
+        raise RulesError(404, "room not found")
+    private, seq = outcome
+    if seq is None:
+        raise RulesError(403 if private else 400, "user is not in the room")
+    return {"message": message}
 
 
 def _room_json(room: RoomRow, members: list[str]) -> dict[str, Any]:

@@ -159,3 +159,62 @@ def test_membership_notifications_commit_with_the_change(url: str) -> None:
         assert store.members(row) == ["a", "b"]
         assert not store.is_barred(row, "b")
     store.close()
+
+
+def test_a_send_in_one_round_trip_refuses_as_the_rules_do_and_notifies_only_when_stored(
+    url: str,
+) -> None:
+    """PostgreSQL does a Send in one statement (room, membership, seq, insert, notify), sync
+    or awaited: 404 for no room, 400/403 for a non-member of a public/private room, and
+    nothing stored or notified for a refusal."""
+    import asyncio
+
+    import psycopg
+
+    from chatctl.schema import ENDPOINTS, validate_request
+    from chatctl.server.hub_pg import PostgresHub
+    from chatctl.server.rules import ChatService, RulesError
+    from chatctl.server.store_pg import CHANNEL, PostgresStore
+
+    store = PostgresStore(url)
+    service = ChatService(store, PostgresHub(store))
+    assert service.sends_async
+
+    def req(endpoint: str, **body: object) -> dict[str, object]:
+        return validate_request(ENDPOINTS[endpoint], body)
+
+    public = service.create("", req("Create", name="p", user_ids=["a"]))["room"]["id"]
+    private = service.create("", req("Create", name="q", user_ids=["a"], private=True))
+    private_id = private["room"]["id"]
+
+    async def sends() -> list[object]:
+        await store.open_async()
+        try:
+            out: list[object] = []
+            for room, user in [(public, "a"), (public, "x"), (private_id, "x"), ("nope", "a")]:
+                try:
+                    send = req("Send", room_id=room, user_id=user, text="one")
+                    answer = await service.send_async("", send)
+                    out.append(answer["message"]["room_id"])
+                except RulesError as exc:
+                    out.append(exc.code)
+            return out
+        finally:
+            await store.close_async()
+
+    with psycopg.connect(url, autocommit=True) as listener:
+        listener.execute(f"LISTEN {CHANNEL}")
+        assert asyncio.run(sends()) == [public, 400, 403, 404]
+        with pytest.raises(RulesError) as refused:  # the same, without the async pool
+            service.send("", req("Send", room_id=private_id, user_id="x", text="no"))
+        assert refused.value.code == 403
+        service.send("", req("Send", room_id=public, user_id="a", text="two"))
+        heard = [n.payload for n in listener.notifies(timeout=0.5)]
+    assert [p.split(" ", 2)[:2] for p in heard] == [["m", "1"], ["m", "2"]]
+    head, _, frame = heard[1].split(" ", 2)[2].partition("\n")
+    assert json.loads(head)[:2] == ["", public] and json.loads(head)[3] == "a"
+    assert json.loads(frame)["message"]["text"] == "two"
+    room = store.get_room("", public)
+    assert room is not None
+    assert [m.seq for m in store.messages(room)] == [1, 2]
+    store.close()
