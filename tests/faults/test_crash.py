@@ -11,6 +11,7 @@ batch rode through every restart and sent each line exactly once, in order, exit
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -80,7 +81,9 @@ class CliBatch:
         except BaseException as exc:
             self.errors.append(exc)
         finally:
-            self.proc.stdin.close()
+            # The CLI may have exited (the drill failed): its stdin is then a broken pipe.
+            with contextlib.suppress(BrokenPipeError):
+                self.proc.stdin.close()
 
     def _read(self) -> None:
         assert self.proc.stdout is not None
@@ -97,6 +100,12 @@ class CliBatch:
         assert stream is not None
         self.stderr = stream.read()
 
+    def wait_acked(self, count: int, timeout: float, what: str) -> None:
+        with self.changed:
+            assert self.changed.wait_for(lambda: len(self.acked) >= count, timeout), (
+                f"{what}: {self.stderr or 'no stderr yet'}"
+            )
+
     def finish(self, timeout: float) -> int:
         with self.changed:
             self.stop_feeding.set()
@@ -109,6 +118,18 @@ class CliBatch:
                 stream.close()
         assert not self.errors, self.errors
         return code
+
+    def kill(self) -> None:
+        """On a failed drill: end the CLI and close its pipes, asserting nothing."""
+        self.stop_feeding.set()
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(10)
+        for t in self.threads:
+            t.join(10)
+        for stream in (self.proc.stdout, self.proc.stderr):
+            if stream is not None:
+                stream.close()
 
 
 def crash_drill(tmp_path: Path, *, kills: int, writers: int, seed: int) -> None:
@@ -124,7 +145,12 @@ def crash_drill(tmp_path: Path, *, kills: int, writers: int, seed: int) -> None:
     with ServerProcess(tmp_path, tcp=True) as server:
         room_id = create_room(server, "crash-drill", users)
         batch = CliBatch(server, room_id, lines_file, tally)
+        code: int | None = None
         try:
+            # The drill is about riding through restarts: a CLI that has never reached its
+            # server gives up fast by design (a typo'd --url must not hang), so the first
+            # kill waits until the batch has been acknowledged once.
+            batch.wait_acked(1, 60, "the CLI batch never reached the server")
             with Writers(server, room_id, users[1:], tally, timeout=240) as load:
                 for kill in range(kills):
                     # A random moment: after 20..200 more acknowledgements.
@@ -136,17 +162,12 @@ def crash_drill(tmp_path: Path, *, kills: int, writers: int, seed: int) -> None:
                     server.start()
                     downtimes.append(time.monotonic() - t0)
                 # The CLI itself must be acknowledged again after the last restart.
-                cli_target = len(batch.acked) + 50
-                with batch.changed:
-                    assert batch.changed.wait_for(lambda: len(batch.acked) >= cli_target, 60), (
-                        f"the CLI batch did not resume: {batch.stderr or 'no stderr yet'}"
-                    )
+                batch.wait_acked(len(batch.acked) + 50, 60, "the CLI batch did not resume")
             assert not load.errors, load.errors
             code = batch.finish(timeout=60)
         finally:
-            if batch.proc.poll() is None:
-                batch.proc.kill()
-                batch.finish(timeout=10)
+            if code is None:
+                batch.kill()
         assert code == 0, f"chatctl send --lines exited {code}: {batch.stderr}"
 
         stored = history(server, room_id)
