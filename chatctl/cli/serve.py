@@ -25,7 +25,7 @@ _LISTEN = "Listening and access"
 
 
 _LIMIT_HELP = {
-    "max_body_bytes": "Largest request body, in bytes (413 above).",
+    "max_body_bytes": "Largest request body or Join frame, in bytes (413, or close 1009).",
     "max_text_bytes": "Longest message text, in UTF-8 bytes.",
     "max_name_bytes": "Longest room name, in UTF-8 bytes.",
     "max_description_bytes": "Longest room description, in UTF-8 bytes.",

@@ -331,7 +331,15 @@ class _Edge:
                 raise _no_such_api()
             if tenant is None:
                 raise _Refused("v1", 401, "Unauthorized")
-            first = await ws.receive()
+            try:
+                first = await asyncio.wait_for(ws.receive(), self.config.join_request_timeout)
+            except TimeoutError:
+                raise _Refused(
+                    "v1",
+                    408,
+                    f"no Join request within {self.config.join_request_timeout:g} seconds;"
+                    " send the JoinRequest as the first frame",
+                ) from None
             if first["type"] == "websocket.disconnect":
                 return
             raw = first.get("text")
@@ -581,6 +589,8 @@ def uvicorn_config(app: Starlette, config: ServerConfig, **options: Any) -> uvic
     # undoing encode-once, for text frames that are small anyway.
     options.setdefault("ws_per_message_deflate", False)
     options.setdefault("lifespan", "on")
+    # A frame is a request: the same bound as an HTTP body (over it: close 1009).
+    options.setdefault("ws_max_size", config.limits.max_body_bytes)
     return uvicorn.Config(
         app,
         ws_ping_interval=config.ping_interval,

@@ -20,6 +20,8 @@ class ServerConfig:
     #: WebSocket keep-alive, as m3o's gateway: ping every 15 s, drop after 45 s unanswered.
     ping_interval: float = 15.0
     ping_timeout: float = 45.0
+    #: seconds a Join WebSocket may take to send its request (the first frame).
+    join_request_timeout: float = 30.0
     #: frames a Join stream may have queued before the server closes it with 4008.
     stream_queue: int = 1000
     #: exit after this many seconds with no open connection (the embedded local server).

@@ -21,6 +21,7 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
+from chatctl.schema import Limits
 from tests.faults.drill import create_room, report, rss_kib
 from tests.helpers import ServerProcess
 
@@ -210,9 +211,9 @@ def test_oversized_frame_after_the_first_closes_that_stream_only(tmp_path: Path)
         with connect(url, max_size=None) as bystander, connect(url, max_size=None) as hostile:
             bystander.send(json.dumps({"room_id": room_id, "user_id": "bystander"}))
             hostile.send(json.dumps({"room_id": room_id, "user_id": "hostile"}))
-            # uvicorn's ws_max_size (16 MiB) bounds every frame after the first.
+            # ws_max_size is the body limit (1 MiB): it bounds every frame after the first.
             with pytest.raises(ConnectionClosed) as closed:
-                hostile.send("z" * (17 * 1024 * 1024))
+                hostile.send("z" * (Limits().max_body_bytes + 1))
                 hostile.recv(timeout=30)
             # 1009 (message too big), or dropped while the client was still sending it.
             assert closed.value.rcvd is None or closed.value.rcvd.code == 1009

@@ -126,6 +126,23 @@ def test_ws_unknown_path(server: LiveServer) -> None:
     run(scenario)
 
 
+def test_ws_join_without_a_request_is_closed_4408(
+    live_server: Callable[..., LiveServer],
+) -> None:
+    srv = live_server(join_request_timeout=0.2)
+
+    async def scenario() -> None:
+        ws = await open_ws(srv, "/v1/chat/Join")
+        started = time.monotonic()
+        frames, code = await closed(ws)  # sends nothing: the server must not wait forever
+        assert code == 4408
+        assert frames[0]["code"] == 408 and "first frame" in frames[0]["detail"]
+        assert 0.2 <= time.monotonic() - started < 5
+        assert srv.app.state.hub.streams == 0
+
+    run(scenario)
+
+
 def test_ws_survives_ping_cycles(live_server: Callable[..., LiveServer]) -> None:
     srv = live_server(ping_interval=0.05, ping_timeout=0.3)
 
