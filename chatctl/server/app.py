@@ -33,6 +33,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import sqlite3
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -571,9 +572,34 @@ def _open_store(config: ServerConfig) -> tuple[Store, Hub]:
                 f"serving from PostgreSQL needs psycopg ({exc}): pip install 'chatctl[postgres]'"
             ) from None
 
-        pg = PostgresStore(config.db)
+        try:
+            pg = PostgresStore(config.db)
+        except PostgresStore.unavailable as exc:
+            raise ChatctlError(
+                f"cannot connect to PostgreSQL at {_without_password(config.db)}: "
+                + (str(exc).strip().splitlines() or ["no answer"])[-1],
+                hint="is PostgreSQL running and the URL right? check --db",
+            ) from None
         return pg, PostgresHub(pg, config.stream_queue)
-    return SQLiteStore(config.db), Hub(config.stream_queue)
+    try:
+        return SQLiteStore(config.db), Hub(config.stream_queue)
+    except (OSError, sqlite3.Error) as exc:
+        raise ChatctlError(
+            f"cannot open the database {config.db}: {exc}",
+            hint="the file and its directory must be writable (SQLite writes a WAL beside it);"
+            " choose another with --db PATH",
+        ) from None
+
+
+def _without_password(url: str) -> str:
+    """A database URL fit for an error message: its password replaced by ***."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return parts._replace(netloc=netloc).geturl()
 
 
 async def _wait_for(condition: Callable[[], bool], timeout: float) -> None:

@@ -250,9 +250,15 @@ def _prepare_db(path: str) -> None:
     if path.startswith(("postgresql://", "postgres://")):
         return  # a PostgreSQL database: nothing on this machine to prepare
     db = Path(path)
-    db.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    with contextlib.suppress(FileExistsError):
-        os.close(os.open(db, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    try:
+        db.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        with contextlib.suppress(FileExistsError):
+            os.close(os.open(db, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except OSError as exc:
+        raise ChatctlError(
+            f"cannot create the database {path}: {exc.strerror or exc}",
+            hint="choose a writable place with --db PATH",
+        ) from None
 
 
 class _RedactingFormatter(logging.Formatter):

@@ -86,6 +86,26 @@ def test_refuses_a_network_address_without_a_token() -> None:
     assert refused(port)
 
 
+@pytest.mark.parametrize("where", ["under-a-file", "a-directory"])
+def test_a_database_it_cannot_open_is_one_clear_error(tmp_path: Path, where: str) -> None:
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("")
+    db = blocker / "chat.db" if where == "under-a-file" else tmp_path
+    port = free_port()
+    result = subprocess.run(
+        chatctl("serve", "--db", str(db), "--port", str(port)),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    error, hint = result.stderr.strip().splitlines()
+    assert error.startswith("error: cannot ") and str(db) in error
+    assert hint.startswith("hint: ") and "--db PATH" in hint
+    assert refused(port)
+
+
 def test_serves_a_network_address_with_a_token(serve: Serve, tmp_path: Path) -> None:
     served = serve("--host", "0.0.0.0", "--port", "0", "--token", "s3cret", uds=False)
     port = int(served.wait_for_log(r"running on http://0\.0\.0\.0:(\d+)").group(1))
@@ -179,3 +199,13 @@ def test_limits_are_flags(serve: Serve) -> None:
         assert http.post("/v1/chat/Send", json={**send, "text": "hi"}).status_code == 200
         too_long = http.post("/v1/chat/Send", json={**send, "text": "hello world"})
         assert too_long.status_code in (400, 413), too_long.text
+
+
+def test_a_postgresql_password_never_reaches_an_error_message() -> None:
+    from chatctl.server.app import _without_password
+
+    url = "postgresql://chat:s3cr%40t@db.example:5432/chat?sslmode=require"
+    shown = _without_password(url)
+    assert "s3cr" not in shown
+    assert shown == "postgresql://chat:***@db.example:5432/chat?sslmode=require"
+    assert _without_password("postgresql://chat@db/chat") == "postgresql://chat@db/chat"
