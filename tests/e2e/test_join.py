@@ -73,6 +73,8 @@ class Tail:
             self.errors.append((time.monotonic(), line))
 
     def wait_joined(self) -> None:
+        """Wait until the tail's Join made its user a member. Only for a user who was not
+        one already: for a member, wait on what the tail printed (``wait_printed``)."""
         env = cli_env(self.server)
 
         def joined() -> bool:
@@ -80,6 +82,10 @@ class Tail:
             return self.room in out
 
         wait_for(joined, 20, f"{self.user} to join")
+
+    def wait_printed(self, count: int) -> None:
+        """Wait until the tail printed ``count`` lines (a replay printed: it is live)."""
+        wait_for(lambda: len(self.lines) >= count, 20, f"{count} lines from the tail")
 
     def finish(self, timeout: float = 30) -> tuple[int, str]:
         code = self.proc.wait(timeout)
@@ -126,7 +132,7 @@ def test_history_then_live_own_messages_hidden(tcp_server: ServerProcess) -> Non
     room = make_room(tcp_server, "sender", "watcher")
     send(tcp_server, room, "old-1", "old-2", "old-3")
     tail = Tail(tcp_server, room, "--history", "2", "--count", "3")
-    tail.wait_joined()
+    tail.wait_printed(2)  # watcher is a member already: the replay shows the tail is live
     send(tcp_server, room, "mine", user="watcher")  # not echoed to its own stream
     send(tcp_server, room, "new")
     code, err = tail.finish()
@@ -138,7 +144,7 @@ def test_include_own_shows_the_joiners_messages(tcp_server: ServerProcess) -> No
     room = make_room(tcp_server, "sender", "watcher")
     send(tcp_server, room, "mine-before", user="watcher")
     tail = Tail(tcp_server, room, "--history", "1", "--include-own", "--count", "3")
-    tail.wait_joined()
+    tail.wait_printed(1)
     send(tcp_server, room, "mine-live", user="watcher")
     send(tcp_server, room, "theirs")
     code, err = tail.finish()

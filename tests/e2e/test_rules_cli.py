@@ -32,10 +32,12 @@ def test_kicked_tail_ends_within_100ms_and_cannot_rejoin(
 ) -> None:
     server = start_server(tcp=True)
     env = cli_env(server)
-    r = chatctl("create", "p", "--private", "-u", "watcher", "-o", "id", env=env)
+    r = chatctl("create", "p", "--private", "-u", "watcher", "-u", "alice", "-o", "id", env=env)
     private = r.stdout.strip()
-    tail = Tail(server, private)
-    tail.wait_joined()
+    assert chatctl("send", private, "before", "--user", "alice", env=env).returncode == 0
+    # The creator is a member already: the replayed message shows the tail is live.
+    tail = Tail(server, private, "--history", "1")
+    tail.wait_printed(1)
     with server.http() as http:
         kicked = time.monotonic()
         http.post(
