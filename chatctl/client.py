@@ -22,6 +22,7 @@ import random
 import time
 import uuid
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any, TextIO
 
 import httpx
@@ -253,6 +254,19 @@ class JoinStream:
             raise _join_connect_error(client, e) from None
         client._log("JOIN", "/v1/chat/Join", 101, started)
         self.ws.send(json.dumps(body))
+
+    @property
+    def server_time(self) -> datetime | None:
+        """When the server accepted this stream, by its own clock (the handshake's Date
+        header, to the second, rounded down); None if it sent no usable Date."""
+        from email.utils import parsedate_to_datetime
+
+        response = self.ws.response
+        date = response.headers.get("Date") if response is not None else None
+        try:
+            return parsedate_to_datetime(date) if date else None
+        except (TypeError, ValueError):
+            return None
 
     def next(self, timeout: float | None = None) -> dict[str, Any]:
         """The next message or event frame, decoded.

@@ -116,8 +116,10 @@ def join(
         if attempt:
             _notice("reconnected; resuming after the last message printed")
         if cursor is None:
-            # Nothing received yet: a resume must start from the moment we joined.
-            cursor = cursor_for_time(datetime.now(UTC))
+            # Nothing received yet: a resume must start from the moment we joined, by the
+            # server's clock (message ids are made by it), so a client clock that runs
+            # ahead cannot skip a message; the Date header's second rounds down.
+            cursor = cursor_for_time(stream.server_time or datetime.now(UTC))
         attempt = 0
         try:
             while True:

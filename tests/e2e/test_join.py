@@ -9,7 +9,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -28,6 +28,23 @@ def tcp_server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Serve
         yield s
 
 
+CHATCTL = (sys.executable, "-m", "chatctl")
+#: chatctl on a machine whose clock runs an hour ahead of the server's.
+CHATCTL_CLOCK_AHEAD = (
+    sys.executable,
+    "-c",
+    "import datetime, sys\n"
+    "import chatctl.cli.join as join\n"
+    "class Ahead(datetime.datetime):\n"
+    "    @classmethod\n"
+    "    def now(cls, tz=None):\n"
+    "        return datetime.datetime.now(tz) + datetime.timedelta(hours=1)\n"
+    "join.datetime = Ahead\n"
+    "from chatctl.cli import main\n"
+    "main()\n",
+)
+
+
 def make_room(server: ServerProcess, *members: str) -> str:
     env = cli_env(server)
     args = ["create", "tail", "-o", "json"]
@@ -42,9 +59,16 @@ class Tail:
     """A running `chatctl join`; its stdout and stderr read line by line in threads, each
     stderr line stamped with the moment it arrived."""
 
-    def __init__(self, server: ServerProcess, room: str, *args: str, user: str = "watcher") -> None:
+    def __init__(
+        self,
+        server: ServerProcess,
+        room: str,
+        *args: str,
+        user: str = "watcher",
+        command: Sequence[str] = CHATCTL,
+    ) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "chatctl", "join", room, "--user", user, *args],
+            [*command, "join", room, "--user", user, *args],
             env=cli_env(server),
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -244,6 +268,26 @@ def test_restarts_lose_and_repeat_nothing(tcp_server: ServerProcess) -> None:
     assert code == 0, err
     assert [m["text"] for m in tail.messages()] == texts
     assert "reconnect" in err  # the user was told, on stderr
+
+
+def test_a_resume_before_the_first_message_goes_by_the_servers_clock(
+    tcp_server: ServerProcess,
+) -> None:
+    """The tail's clock is an hour ahead. Its stream drops before any message came, one is
+    sent while it is away: resuming from "when I joined" by its own clock would skip it."""
+    room = make_room(tcp_server, "sender")
+    tail = Tail(tcp_server, room, "--count", "1", command=CHATCTL_CLOCK_AHEAD)
+    tail.wait_joined()
+    tail.proc.send_signal(signal.SIGSTOP)  # away: it can neither read nor reconnect
+    try:
+        tcp_server.restart()
+        send(tcp_server, room, "while-away")
+    finally:
+        tail.proc.send_signal(signal.SIGCONT)
+    code, err = tail.finish(30)
+    assert code == 0, err
+    assert [m["text"] for m in tail.messages()] == ["while-away"]
+    assert "reconnect" in err
 
 
 def test_a_silent_dead_connection_is_noticed_within_30s(tcp_server: ServerProcess) -> None:
