@@ -532,9 +532,11 @@ def create_app(config: ServerConfig) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await hub.start()
+        purger = asyncio.create_task(_purge_deleted_rooms(store))
         try:
             yield
         finally:
+            purger.cancel()
             hub.end_all()
             # Let stream handlers write their close frames before the store goes away.
             await _wait_for(lambda: hub.active == 0, 1.0)
@@ -600,6 +602,22 @@ def _without_password(url: str) -> str:
         return url
     netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
     return parts._replace(netloc=netloc).geturl()
+
+
+#: seconds between looks for a deleted room's messages to remove.
+PURGE_INTERVAL = 0.5
+
+
+async def _purge_deleted_rooms(store: Store) -> None:
+    """Remove what deleted rooms left behind, a chunk at a time, letting requests and
+    streams run between chunks."""
+    while True:
+        try:
+            while store.purge_step():
+                await asyncio.sleep(0)
+        except store.unavailable as exc:  # full or locked: the next round tries again
+            log.warning("purging deleted rooms' messages failed: %s", exc)
+        await asyncio.sleep(PURGE_INTERVAL)
 
 
 async def _wait_for(condition: Callable[[], bool], timeout: float) -> None:

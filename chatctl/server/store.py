@@ -33,7 +33,11 @@ Schema versions: ``PRAGMA user_version`` holds how many entries of ``MIGRATIONS`
 applied; opening an older file applies the rest, in order, in one transaction each.
 
 Calls are synchronous: on the server they run on the event loop thread, where each is well
-under a millisecond, so a thread hop would cost more than it saves.
+under a millisecond, so a thread hop would cost more than it saves. The one call that could
+take seconds, deleting a room with millions of messages, is cut into steps: Delete removes
+the room and its first ``PURGE_CHUNK`` messages in one transaction, and ``purge_step``
+removes the rest a chunk at a time (the server calls it between requests). Until then the
+room's pk is listed in ``purging``, so no new room takes it.
 """
 
 from __future__ import annotations
@@ -112,6 +116,10 @@ class Store(Protocol):
         user_ids: Sequence[str],
     ) -> RoomRow: ...
     def delete_room(self, room: RoomRow) -> None: ...
+    def purge_step(self) -> bool:
+        """Remove some of what deleted rooms left behind; True while more remains."""
+        ...
+
     def count_rooms(self, tenant: str) -> int: ...
     def list_rooms(
         self, tenant: str, user_id: str | None = None
@@ -245,7 +253,15 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX messages_by_room_id ON messages (room_pk, id);
     DELETE FROM sqlite_sequence WHERE name = 'messages';
     """,
+    # v4: a deleted room's messages are removed in steps after it (``purge_step``); its pk
+    # stays here until then, so that no new room is given it.
+    """
+    CREATE TABLE purging (room_pk INTEGER PRIMARY KEY);
+    """,
 )
+
+#: messages of a deleted room removed per step (a few milliseconds of the event loop).
+PURGE_CHUNK = 2000
 
 #: cache bounds: past them a cache is emptied and refills with what is in use.
 _MAX_CACHED_ROOMS = 10_000
@@ -301,6 +317,8 @@ class SQLiteStore:
         self._rooms: dict[tuple[str, str], RoomRow] = {}
         self._members: set[tuple[int, str]] = set()
         self._data_version = -1
+        #: a deleted room's messages may be left to purge (checked on the first step).
+        self._purge_pending = True
         self._path = path
         self._checkpointer: _Checkpointer | None = None
         #: commits until the checkpoint thread is woken; never without a WAL (:memory:).
@@ -419,9 +437,11 @@ class SQLiteStore:
         user_ids: Sequence[str],
     ) -> RoomRow:
         with self.transaction():
+            # Above every pk in use, a deleted room's still being purged included.
             cursor = self._db.execute(
-                "INSERT INTO rooms (tenant, id, name, description, created_at, private)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
+                "INSERT INTO rooms (pk, tenant, id, name, description, created_at, private)"
+                " VALUES (max(coalesce((SELECT max(pk) FROM rooms), 0),"
+                " coalesce((SELECT max(room_pk) FROM purging), 0)) + 1, ?, ?, ?, ?, ?, ?)",
                 (tenant, room_id, name, description, created_at, int(private)),
             )
             pk = cursor.lastrowid
@@ -436,10 +456,35 @@ class SQLiteStore:
         self._rooms.pop((room.tenant, room.id), None)
         self._members.clear()
         with self.transaction():
-            self._db.execute("DELETE FROM messages WHERE room_pk = ?", (room.pk,))
             self._db.execute("DELETE FROM members WHERE room_pk = ?", (room.pk,))
             self._db.execute("DELETE FROM barred WHERE room_pk = ?", (room.pk,))
             self._db.execute("DELETE FROM rooms WHERE pk = ?", (room.pk,))
+            # A small room's messages go now; a big room's first chunk, the rest in steps.
+            if self._delete_messages(room.pk) == PURGE_CHUNK:
+                self._db.execute("INSERT OR IGNORE INTO purging VALUES (?)", (room.pk,))
+                self._purge_pending = True
+
+    def _delete_messages(self, room_pk: int) -> int:
+        """Delete up to PURGE_CHUNK of a room's messages; how many were deleted."""
+        cursor = self._db.execute(
+            "DELETE FROM messages WHERE seq IN"
+            " (SELECT seq FROM messages WHERE room_pk = ? ORDER BY seq LIMIT ?)",
+            (room_pk, PURGE_CHUNK),
+        )
+        return cursor.rowcount
+
+    def purge_step(self) -> bool:
+        """Remove the next chunk of a deleted room's messages; True while more remain."""
+        if not self._purge_pending:
+            return False
+        row = self._db.execute("SELECT room_pk FROM purging LIMIT 1").fetchone()
+        if row is None:
+            self._purge_pending = False
+            return False
+        with self.transaction():
+            if self._delete_messages(row[0]) < PURGE_CHUNK:
+                self._db.execute("DELETE FROM purging WHERE room_pk = ?", (row[0],))
+        return True
 
     def count_rooms(self, tenant: str) -> int:
         (n,) = self._db.execute("SELECT COUNT(*) FROM rooms WHERE tenant = ?", (tenant,)).fetchone()

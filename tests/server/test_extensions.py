@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import sqlite3
 from collections.abc import Callable
 from typing import Any
 
@@ -9,6 +11,8 @@ import httpx
 import pytest
 
 from chatctl.schema import Limits
+from chatctl.server import store as store_module
+from tests.helpers import wait_for
 from tests.server.conftest import LiveServer
 from tests.server.test_unary import assert_error, call, ok
 
@@ -148,3 +152,26 @@ def test_idempotency_key_is_per_endpoint(client: httpx.Client, endpoint: str) ->
         f"/v1/chat/{endpoint}", json={"room_id": "x", "user_id": "u", "text": "t"}, headers=key
     )
     assert r.status_code in (200, 404)
+
+
+def test_a_deleted_rooms_messages_are_purged_while_the_server_runs(
+    live_server: Callable[..., LiveServer], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(store_module, "PURGE_CHUNK", 20)  # 3 steps for 50 messages
+    srv = live_server()
+    with httpx.Client(base_url=srv.url) as client:
+        room_id = ok(client, "Create", {"name": "big", "user_ids": ["u"]})["room"]["id"]
+        for n in range(50):
+            ok(client, "Send", {"room_id": room_id, "user_id": "u", "text": f"m{n}"})
+        ok(client, "Delete", {"room_id": room_id})
+        assert_error(call(client, "History", {"room_id": room_id}), 404, "chat.history")
+        other = ok(client, "Create", {"name": "next", "user_ids": ["u"]})["room"]["id"]
+        assert ok(client, "History", {"room_id": other})["messages"] == []
+
+    def left() -> int:
+        # A second connection, as a backup tool would read the file.
+        with contextlib.closing(sqlite3.connect(srv.config.db)) as db:
+            (n,) = db.execute("SELECT COUNT(*) FROM messages").fetchone()
+            return int(n)
+
+    wait_for(lambda: left() == 0, 10, "the deleted room's messages to be purged")

@@ -117,3 +117,47 @@ def test_wal_stays_bounded_under_sustained_sends(tmp_path: Path) -> None:
     again = reopened.get_room("", "r")
     assert again is not None and len(reopened.messages(again)) == store_module.CHECKPOINT_EVERY * 24
     reopened.close()
+
+
+def _room_with_messages(store: SQLiteStore, room_id: str, count: int) -> store_module.RoomRow:
+    room = store.create_room("", room_id, room_id, "", "2026-11-25T00:00:00Z", False, ["u"])
+    with store.transaction():
+        for n in range(count):
+            store.add_message(room, str(uuid.uuid4()), "c", "u", "t", "", f"m{n}")
+    return room
+
+
+def _left_of(store: SQLiteStore, room: store_module.RoomRow) -> int:
+    (n,) = store._db.execute(
+        "SELECT COUNT(*) FROM messages WHERE room_pk = ?", (room.pk,)
+    ).fetchone()
+    return int(n)
+
+
+def test_a_big_room_is_deleted_at_once_and_its_messages_in_steps(tmp_path: Path) -> None:
+    """Deleting a room never holds the server for long: the room goes at once, its messages
+    a chunk per step; meanwhile no new room may take its pk (and so its messages)."""
+    path = str(tmp_path / "purge.db")
+    store = SQLiteStore(path)
+    chunk = store_module.PURGE_CHUNK
+    small = _room_with_messages(store, "small", 10)
+    big = _room_with_messages(store, "big", 2 * chunk + 5)
+    store.delete_room(small)
+    assert _left_of(store, small) == 0  # a small room is gone in its one transaction
+    store.delete_room(big)
+    assert store.get_room("", "big") is None
+    assert _left_of(store, big) == chunk + 5
+    newer = store.create_room("", "newer", "newer", "", "t", False, [])
+    assert newer.pk > big.pk
+    assert store.messages(newer, limit=10) == []
+
+    store.close()  # a restart in between: the purge goes on from the file
+    store = SQLiteStore(path)
+    steps = 0
+    while store.purge_step():
+        steps += 1
+        assert steps < 10
+    assert steps == 2 and _left_of(store, big) == 0
+    assert store._db.execute("SELECT COUNT(*) FROM purging").fetchone() == (0,)
+    assert [m.text for m in store.messages(newer, limit=10)] == []
+    store.close()
