@@ -42,12 +42,14 @@ together migrate once.
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
 import psycopg
 from psycopg_pool import AsyncConnectionPool, ConnectionPool, PoolTimeout
 
+from chatctl.server import store as _store
 from chatctl.server.rules import RulesError, encode, message_frame
 from chatctl.server.store import IdempotencyRecord, MessageRow, RoomRow
 
@@ -122,7 +124,19 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX idempotency_by_age ON idempotency (created_at);
     """,
+    # v2: a deleted room's messages are removed in steps after it (``purge_step``), by
+    # whichever replica gets to them first: seqs above done_seq, up to last_seq.
+    """
+    CREATE TABLE purging (
+        room_pk  bigint PRIMARY KEY,
+        done_seq bigint NOT NULL,
+        last_seq bigint NOT NULL
+    );
+    """,
 )
+
+#: seconds between looks for rooms another replica deleted and did not finish purging.
+_PURGE_LOOK = 30.0
 
 _ROOM_COLUMNS = "pk, tenant, id, name, description, created_at, private"
 _MESSAGE_COLUMNS = "seq, id, client, user_id, sent_at, subject, text"
@@ -238,6 +252,8 @@ class PostgresStore:
         self._pool.open(wait=True, timeout=15)
         self._conn: psycopg.Connection[tuple[Any, ...]] | None = None
         self._depth = 0
+        #: when to look for deleted rooms' messages left to purge (0: at the first step).
+        self._next_purge_look = 0.0
         self._async_pool: AsyncConnectionPool[psycopg.AsyncConnection[tuple[Any, ...]]] | None
         self._async_pool = None
         self._migrate()
@@ -379,15 +395,56 @@ class PostgresStore:
         with self.transaction():
             # The room row first: a Send racing the delete waits on its lock, then finds
             # no room.
-            self._execute("DELETE FROM rooms WHERE pk = %s", (room.pk,))
-            self._execute("DELETE FROM messages WHERE room_pk = %s", (room.pk,))
+            row = self._execute(
+                "DELETE FROM rooms WHERE pk = %s RETURNING last_seq", (room.pk,)
+            ).fetchone()
             self._execute("DELETE FROM members WHERE room_pk = %s", (room.pk,))
             self._execute("DELETE FROM barred WHERE room_pk = %s", (room.pk,))
+            if row is None:
+                return
+            # A small room's messages go now; a big room's first chunk, the rest in steps
+            # (a Delete holding this replica's event loop for seconds would stall its
+            # streams). pks are never reused (bigserial), so nothing can reach them. Seqs
+            # are 1..last_seq, so each step is an index range, never a scan past the rows
+            # the steps before deleted.
+            last_seq = int(row[0])
+            chunk = _store.PURGE_CHUNK
+            self._delete_messages(room.pk, 0, chunk)
+            if last_seq > chunk:
+                self._execute(
+                    "INSERT INTO purging VALUES (%s, %s, %s) ON CONFLICT DO NOTHING",
+                    (room.pk, chunk, last_seq),
+                )
+                self._next_purge_look = 0.0
+
+    def _delete_messages(self, room_pk: int, after_seq: int, count: int) -> None:
+        self._execute(
+            "DELETE FROM messages WHERE room_pk = %s AND seq > %s AND seq <= %s",
+            (room_pk, after_seq, after_seq + count),
+        )
 
     def purge_step(self) -> bool:
-        """Nothing is left behind: ``delete_room`` removes the messages in its transaction,
-        in PostgreSQL's own process (it holds up this replica's loop while it runs)."""
-        return False
+        """Remove the next chunk of a deleted room's messages; True while more remain.
+        Replicas share the work: a room being purged by one is skipped by the others."""
+        if time.monotonic() < self._next_purge_look:
+            return False
+        with self.transaction():
+            row = self._execute(
+                "SELECT room_pk, done_seq, last_seq FROM purging LIMIT 1 FOR UPDATE SKIP LOCKED"
+            ).fetchone()
+            if row is None:
+                self._next_purge_look = time.monotonic() + _PURGE_LOOK
+                return False
+            room_pk, done_seq, last_seq = (int(v) for v in row)
+            done = done_seq + _store.PURGE_CHUNK
+            self._delete_messages(room_pk, done_seq, _store.PURGE_CHUNK)
+            if done >= last_seq:
+                self._execute("DELETE FROM purging WHERE room_pk = %s", (room_pk,))
+            else:
+                self._execute(
+                    "UPDATE purging SET done_seq = %s WHERE room_pk = %s", (done, room_pk)
+                )
+        return True
 
     def count_rooms(self, tenant: str) -> int:
         row = self._execute("SELECT count(*) FROM rooms WHERE tenant = %s", (tenant,)).fetchone()
