@@ -36,7 +36,7 @@ import logging
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import uvicorn
 from starlette.applications import Starlette
@@ -63,6 +63,10 @@ log = logging.getLogger("chatctl.server")
 _CHAT_PREFIX = "/v1/chat/"
 _JOIN = ENDPOINTS["Join"]
 _MAX_IDEMPOTENCY_KEY = 255
+#: seconds a call waits for a database another process holds (SQLite) before a 503.
+LOCK_WAIT = 5.0
+
+_T = TypeVar("_T")
 #: the access log's format (this very object): method, path (never the query string),
 #: status, ms. ``serve``'s log formatter knows a line of it needs no full token scrub.
 ACCESS_LINE = "%s %s %s %.1fms"
@@ -227,7 +231,7 @@ class _Edge:
         body = _parse_json(raw, self.config.limits.max_body_bytes)
         req = _validate(endpoint, body, self.config, raw)
         if endpoint is _JOIN:
-            return self._ndjson(tenant, req)
+            return await self._ndjson(tenant, req)
         key = request.headers.get("idempotency-key") if endpoint.mutating else None
         if key is not None and not (0 < len(key) <= _MAX_IDEMPOTENCY_KEY):
             raise _Refused(
@@ -238,7 +242,9 @@ class _Edge:
                 # PostgreSQL: the loop serves other requests while this Send waits on the
                 # database (one round trip); still answered only once committed.
                 return _json(await self.service.send_async(tenant, req))
-            return _json(self.service.call(endpoint.name, tenant, req, key))
+            return _json(
+                await self._while_busy(lambda: self.service.call(endpoint.name, tenant, req, key))
+            )
         except RulesError as exc:
             raise _Refused(endpoint.id, exc.code, exc.detail) from None
         except self.storage_errors as exc:
@@ -271,9 +277,24 @@ class _Edge:
                 break
         return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
-    def _admit(self, tenant: str, req: dict[str, Any]) -> tuple[Admission, Subscriber]:
+    async def _while_busy(self, call: Callable[[], _T]) -> _T:
+        """``call()``, tried again while another process holds the database (SQLite): the
+        store waits only briefly, so the loop serves everyone else in between. A busy call
+        changed nothing, so trying again is safe. After ``LOCK_WAIT`` s, the error stands."""
+        deadline = time.monotonic() + LOCK_WAIT
+        pause = 0.005
+        while True:
+            try:
+                return call()
+            except self.storage_errors as exc:
+                if not self.service.store.is_busy(exc) or time.monotonic() >= deadline:
+                    raise
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 0.1)
+
+    async def _admit(self, tenant: str, req: dict[str, Any]) -> tuple[Admission, Subscriber]:
         try:
-            admission = self.service.join(tenant, req)
+            admission = await self._while_busy(lambda: self.service.join(tenant, req))
         except RulesError as exc:
             raise _Refused(_JOIN.id, exc.code, exc.detail) from None
         except self.storage_errors as exc:
@@ -285,8 +306,8 @@ class _Edge:
         )
         return admission, sub
 
-    def _ndjson(self, tenant: str, req: dict[str, Any]) -> Response:
-        admission, sub = self._admit(tenant, req)
+    async def _ndjson(self, tenant: str, req: dict[str, Any]) -> Response:
+        admission, sub = await self._admit(tenant, req)
         return _NDJSONStream(self, admission, sub)
 
     async def stream(
@@ -348,7 +369,7 @@ class _Edge:
                 raw = first.get("bytes") or b""
             body = _parse_json(raw, self.config.limits.max_body_bytes)
             req = _validate(_JOIN, body, self.config, raw)
-            admission, sub = self._admit(tenant, req)
+            admission, sub = await self._admit(tenant, req)
         except _Refused as refused:
             with contextlib.suppress(WebSocketDisconnect, RuntimeError):
                 await ws.send_text(encode(refused.body()))

@@ -102,6 +102,11 @@ class Store(Protocol):
     unavailable: tuple[type[Exception], ...]
 
     def transaction(self) -> contextlib.AbstractContextManager[None]: ...
+    def is_busy(self, exc: Exception) -> bool:
+        """True when ``exc`` (one of ``unavailable``) only means another process holds the
+        database for now: nothing was changed, and the same call may be tried again."""
+        ...
+
     def close(self) -> None: ...
 
     def get_room(self, tenant: str, room_id: str) -> RoomRow | None: ...
@@ -260,6 +265,10 @@ MIGRATIONS: tuple[str, ...] = (
     """,
 )
 
+#: ms a call waits, holding up the event loop, for another process's write lock; the server
+#: then retries with the loop free (``SQLiteStore.is_busy``) for up to ``LOCK_WAIT`` s.
+BUSY_WAIT_MS = 20
+
 #: messages of a deleted room removed per step (a few milliseconds of the event loop).
 PURGE_CHUNK = 2000
 
@@ -312,7 +321,9 @@ class SQLiteStore:
         (mode,) = self._db.execute("PRAGMA journal_mode=WAL").fetchone()
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("PRAGMA foreign_keys=OFF")
-        # Another process on the same file (a second server, a backup) waits, not fails.
+        # Another process on the same file (a second server, a backup) waits, not fails:
+        # up to 5 s while migrating at start; afterwards only briefly, on the event loop,
+        # while the server waits longer between tries (``is_busy``).
         self._db.execute("PRAGMA busy_timeout=5000")
         self._rooms: dict[tuple[str, str], RoomRow] = {}
         self._members: set[tuple[int, str]] = set()
@@ -324,6 +335,7 @@ class SQLiteStore:
         #: commits until the checkpoint thread is woken; never without a WAL (:memory:).
         self._until_checkpoint = -1
         self._migrate()
+        self._db.execute(f"PRAGMA busy_timeout={BUSY_WAIT_MS}")
         if str(mode).lower() == "wal":
             (page_size,) = self._db.execute("PRAGMA page_size").fetchone()
             self._db.execute(f"PRAGMA wal_autocheckpoint = {_BACKSTOP_PAGES}")
@@ -347,6 +359,10 @@ class SQLiteStore:
             checkpointer.wake()
 
     # -- housekeeping -------------------------------------------------------------------
+
+    def is_busy(self, exc: Exception) -> bool:
+        code = getattr(exc, "sqlite_errorcode", None)
+        return code is not None and code & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
 
     def _migrate(self) -> None:
         (version,) = self._db.execute("PRAGMA user_version").fetchone()

@@ -423,6 +423,9 @@ class PostgresStore:
             (room_pk, after_seq, after_seq + count),
         )
 
+    def is_busy(self, exc: Exception) -> bool:
+        return False  # PostgreSQL queues lock waits itself; its errors are outages
+
     def purge_step(self) -> bool:
         """Remove the next chunk of a deleted room's messages; True while more remain.
         Replicas share the work: a room being purged by one is skipped by the others."""

@@ -16,6 +16,7 @@ import contextlib
 import os
 import sqlite3
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -146,8 +147,24 @@ def test_locked_database_answers_503_and_recovers(tmp_path: Path) -> None:
         try:
             other.execute("BEGIN IMMEDIATE")  # holds the write lock
             started = time.monotonic()
-            # The server waits out its busy timeout (5 s) before giving up.
-            assert_unavailable(send(c, room_id, "refused", "k1", timeout=30), "locked")
+            pending: list[httpx.Response] = []
+            with server.http() as c2:
+                # The server waits up to 5 s for the lock before giving up...
+                sender = threading.Thread(
+                    target=lambda: pending.append(send(c2, room_id, "refused", "k1", timeout=30))
+                )
+                sender.start()
+                try:
+                    # ...and meanwhile serves everyone else: reads, and the health check a
+                    # load balancer makes (it would give up long before 5 s).
+                    for _ in range(3):
+                        assert c.get("/health", timeout=2).status_code == 200
+                        r = c.post("/v1/chat/History", json={"room_id": room_id}, timeout=2)
+                        assert [m["text"] for m in r.json()["messages"]] == ["before"]
+                    assert not pending, "the Send gave up while the lock was still held"
+                finally:
+                    sender.join(30)
+            assert_unavailable(pending[0], "locked")
             waited = time.monotonic() - started
             other.execute("ROLLBACK")
         finally:
