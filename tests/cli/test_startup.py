@@ -4,10 +4,13 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
 import pytest
+
+from tests.helpers import free_port
 
 PROBE = """
 import sys
@@ -42,3 +45,35 @@ def test_help_imports_no_transport_and_no_server(args: list[str]) -> None:
     assert result["code"] == 0
     assert result["server"] == []
     assert set(result["heavy"]) <= {"rich"}  # help is rendered with rich, nothing else
+
+
+ENTRY_PROBE = """
+import json, sys
+sys.argv = ['chatctl', *{args!r}]
+from chatctl.cli import main
+try:
+    main()
+except SystemExit as exc:
+    code = exc.code
+print(json.dumps({{
+    'code': code,
+    'httpx': 'httpx' in sys.modules,
+    'rich': sorted(m for m in sys.modules if m.split('.')[0] in ('rich', 'pygments')),
+    'httpx_cli': sys.modules.get('httpx._main') is not None,
+}}))
+"""
+
+
+def test_a_one_shot_call_in_a_pipe_skips_rich_and_httpx_own_cli() -> None:
+    """httpx imports its command-line client (rich, pygments) when they are installed, as
+    typer's dependencies are: the console script keeps it out."""
+    out = subprocess.run(
+        [sys.executable, "-c", ENTRY_PROBE.format(args=["list", "-o", "json"])],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "CHATCTL_URL": f"http://127.0.0.1:{free_port()}"},
+    ).stdout
+    result = json.loads(out.strip().splitlines()[-1])
+    assert result["code"] == 3  # nothing listens there: the call was really made
+    assert result["httpx"] and not result["httpx_cli"]
+    assert result["rich"] == []
