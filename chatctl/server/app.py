@@ -638,6 +638,8 @@ async def _purge_deleted_rooms(store: Store) -> None:
                 await asyncio.sleep(0)
         except store.unavailable as exc:  # full or locked: the next round tries again
             log.warning("purging deleted rooms' messages failed: %s", exc)
+        except Exception:  # a bug here must not end the purging for good, nor go unseen
+            log.exception("purging deleted rooms' messages failed")
         await asyncio.sleep(PURGE_INTERVAL)
 
 
