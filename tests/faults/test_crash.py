@@ -107,29 +107,27 @@ class CliBatch:
             )
 
     def finish(self, timeout: float) -> int:
+        code = self._end(timeout)
+        assert not self.errors, self.errors
+        return code
+
+    def kill(self) -> None:
+        """On a failed drill: end the CLI and close its pipes, asserting nothing."""
+        self._end(10, kill=True)
+
+    def _end(self, timeout: float, *, kill: bool = False) -> int:
         with self.changed:
             self.stop_feeding.set()
             self.changed.notify_all()
+        if kill and self.proc.poll() is None:
+            self.proc.kill()
         code = self.proc.wait(timeout)
         for t in self.threads:
             t.join(10)
         for stream in (self.proc.stdout, self.proc.stderr):
             if stream is not None:
                 stream.close()
-        assert not self.errors, self.errors
         return code
-
-    def kill(self) -> None:
-        """On a failed drill: end the CLI and close its pipes, asserting nothing."""
-        self.stop_feeding.set()
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait(10)
-        for t in self.threads:
-            t.join(10)
-        for stream in (self.proc.stdout, self.proc.stderr):
-            if stream is not None:
-                stream.close()
 
 
 def crash_drill(tmp_path: Path, *, kills: int, writers: int, seed: int) -> None:
