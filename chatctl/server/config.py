@@ -26,6 +26,9 @@ class ServerConfig:
     stream_queue: int = 1000
     #: exit after this many seconds with no open connection (the embedded local server).
     idle_exit: float | None = None
+    #: seconds a call may wait on the database (PostgreSQL's statement and lock timeouts,
+    #: another process's lock on a SQLite file) before it answers 503.
+    db_timeout: float = 5.0
 
     @property
     def open(self) -> bool:

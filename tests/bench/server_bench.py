@@ -9,8 +9,8 @@ import time
 import uuid
 from pathlib import Path
 
-from chatctl.server.rules import UUIDv7, rfc3339
-from chatctl.server.store import SQLiteStore
+from chatctl.server.store_sqlite import SQLiteStore
+from chatctl.wire import UUIDv7, rfc3339
 from tests.bench.harness import (
     PYTHON,
     Mode,
