@@ -135,6 +135,15 @@ def serve(
             rich_help_panel=_LISTEN,
         ),
     ] = None,
+    db_timeout: Annotated[
+        float,
+        typer.Option(
+            help="Seconds a call may wait on the database (PostgreSQL not answering, a "
+            "SQLite file another process holds) before it answers 503.",
+            min=0.1,
+            metavar="SECONDS",
+        ),
+    ] = 5.0,
     log_level: Annotated[
         LogLevel, typer.Option(help="How much to log to stderr. Tokens are never logged.")
     ] = LogLevel.info,
@@ -202,6 +211,7 @@ def serve(
         tokens=frozenset(tokens),
         limits=limits or Limits(),
         idle_exit=idle_exit,
+        db_timeout=db_timeout,
     )
     run_server(
         config,

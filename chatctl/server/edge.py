@@ -20,6 +20,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import logging
@@ -106,7 +107,8 @@ class JSONAnswer(Response):
 class StreamedAnswer(Response):
     """A JSON answer sent in parts as they are read (a long History): no Content-Length,
     and the next part is read only once the last one is on its way (uvicorn's ``send``
-    waits while the socket's buffer is full), so memory stays that of one part."""
+    waits while the socket's buffer is full), so memory stays that of one part. Between
+    parts the event loop serves everyone else, however fast the reader is."""
 
     def __init__(self, parts: AsyncIterator[str], endpoint_id: str) -> None:
         self.status_code = 200
@@ -120,6 +122,7 @@ class StreamedAnswer(Response):
         try:
             async for part in self.parts:
                 await send({"type": "http.response.body", "body": part.encode(), "more_body": True})
+                await asyncio.sleep(0)
         except Unavailable as exc:
             # Too late for an error object: the answer is cut short, which every JSON
             # reader notices, and uvicorn closes the connection.

@@ -462,42 +462,56 @@ class SQLiteStore:
         return await self._tried(attempt)
 
     async def send(self, tenant: str, new: NewMessage, key: Key | None) -> SendResult:
+        if not self._lock.locked():
+            # Nothing is part-way through on the connection, and a Send never awaits: it
+            # runs alone on it as it is, without the lock and retry machinery. Only a busy
+            # file (another process) sends it the long way round.
+            try:
+                self._check_others()
+                return self._send_now(tenant, new, key)
+            except sqlite3.OperationalError as exc:
+                if not _is_busy(exc):
+                    raise Unavailable(str(exc)) from exc
+
         async def attempt() -> SendResult:
-            # Made, and stored, in one go: ids sort in the order the room takes them.
-            message = new.to_wire(self._ids(), time.time_ns())
-            answer = message_frame(message)
-            if key is None:
-                # The hot path: one INSERT, which SQLite's autocommit makes atomic and
-                # durable by itself; BEGIN/COMMIT around it would only cost two more trips
-                # through the library.
-                room = self._sender_room(tenant, message)
-                if isinstance(room, SendResult):
-                    return room
-                seq = self._insert(room, message)
-                self._committed()
-            else:
-                self._begin()
-                try:
-                    if not self._db.execute(sql.CLAIM_KEY, sql.claim_args(key, answer)).fetchone():
-                        prior = self._db.execute(
-                            sql.PRIOR, (key.tenant, key.key, key.not_before)
-                        ).fetchone()
-                        self._rollback()
-                        return SendResult(key.replay(*prior))
-                    room = self._sender_room(tenant, message)
-                    if isinstance(room, SendResult):
-                        self._rollback()  # a refusal is not kept: the key stays free
-                        return room
-                    seq = self._insert(room, message)
-                    self._commit([])
-                except BaseException:
-                    self._rollback()
-                    raise
-            if self._fanout.listening(tenant, room.id):
-                self._fanout.deliver(Published(tenant, room.id, seq, answer, message["user_id"]))
-            return SendResult(answer)
+            return self._send_now(tenant, new, key)
 
         return await self._tried(attempt)
+
+    def _send_now(self, tenant: str, new: NewMessage, key: Key | None) -> SendResult:
+        # Made, and stored, in one go: ids sort in the order the room takes them.
+        message = new.to_wire(self._ids(), time.time_ns())
+        answer = message_frame(message)
+        if key is None:
+            # The hot path: one INSERT, which SQLite's autocommit makes atomic and durable
+            # by itself; BEGIN/COMMIT around it would only cost two more trips through the
+            # library.
+            room = self._sender_room(tenant, message)
+            if isinstance(room, SendResult):
+                return room
+            seq = self._insert(room, message)
+            self._committed()
+        else:
+            self._begin()
+            try:
+                if not self._db.execute(sql.CLAIM_KEY, sql.claim_args(key, answer)).fetchone():
+                    prior = self._db.execute(
+                        sql.PRIOR, (key.tenant, key.key, key.not_before)
+                    ).fetchone()
+                    self._rollback()
+                    return SendResult(key.replay(*prior))
+                room = self._sender_room(tenant, message)
+                if isinstance(room, SendResult):
+                    self._rollback()  # a refusal is not kept: the key stays free
+                    return room
+                seq = self._insert(room, message)
+                self._commit([])
+            except BaseException:
+                self._rollback()
+                raise
+        if self._fanout.listening(tenant, room.id):
+            self._fanout.deliver(Published(tenant, room.id, seq, answer, message["user_id"]))
+        return SendResult(answer)
 
     def _sender_room(self, tenant: str, message: dict[str, Any]) -> RoomRow | SendResult:
         """The room, if the message's user may send to it; else why not."""

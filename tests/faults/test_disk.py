@@ -145,7 +145,11 @@ def test_read_only_database_answers_503_and_recovers(
 
 
 def test_locked_database_answers_503_and_recovers(tmp_path: Path) -> None:
-    with ServerProcess(tmp_path, tcp=True) as server, server.http() as c:
+    timeout = 2.0  # --db-timeout: how long a call waits for another process's lock
+    with (
+        ServerProcess(tmp_path, tcp=True, extra=["--db-timeout", str(timeout)]) as server,
+        server.http() as c,
+    ):
         room_id = create_room(server, "locked", ["u"])
         assert send(c, room_id, "before", "k0").status_code == 200
         other = sqlite3.connect(server.db, isolation_level=None)
@@ -154,14 +158,14 @@ def test_locked_database_answers_503_and_recovers(tmp_path: Path) -> None:
             started = time.monotonic()
             pending: list[httpx.Response] = []
             with server.http() as c2:
-                # The server waits up to 5 s for the lock before giving up...
+                # The server waits up to --db-timeout for the lock before giving up...
                 sender = threading.Thread(
                     target=lambda: pending.append(send(c2, room_id, "refused", "k1", timeout=30))
                 )
                 sender.start()
                 try:
                     # ...and meanwhile serves everyone else: reads, and the health check a
-                    # load balancer makes (it would give up long before 5 s).
+                    # load balancer makes (it would give up long before).
                     for _ in range(3):
                         assert c.get("/health", timeout=2).status_code == 200
                         r = c.post("/v1/chat/History", json={"room_id": room_id}, timeout=2)
@@ -171,6 +175,7 @@ def test_locked_database_answers_503_and_recovers(tmp_path: Path) -> None:
                     sender.join(30)
             assert_unavailable(pending[0], server, "locked")
             waited = time.monotonic() - started
+            assert timeout <= waited < timeout + 3, waited
             other.execute("ROLLBACK")
         finally:
             other.close()
