@@ -24,8 +24,9 @@ import json
 import os
 import re
 import time
-from http import HTTPStatus
 from typing import TYPE_CHECKING
+
+from chatctl.errors import reason_phrase
 
 if TYPE_CHECKING:
     from typing import Any
@@ -74,14 +75,6 @@ def close_code_for(status: int) -> int:
 
 
 # -- errors -----------------------------------------------------------------------------
-
-
-def reason_phrase(code: int) -> str:
-    """The standard reason phrase of an HTTP status ("Bad Request" for 400)."""
-    try:
-        return HTTPStatus(code).phrase
-    except ValueError:
-        return "Unknown"
 
 
 def error_object(endpoint_id: str, code: int, detail: str) -> dict[str, Any]:

@@ -16,6 +16,7 @@ order of joining), ``barred``, ``messages`` (``seq`` is a room's one order) and
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from chatctl.server.domain import Key, MessageRow, Note, RoomRow
@@ -139,8 +140,8 @@ class Session:
     """The store as the rules see it for one ``read`` or ``write``.
 
     Subclasses give ``_rows``, ``_row`` and ``_change`` (each runs one statement, written
-    with ``?``), ``create_room``, ``delete_room`` and ``message_position``, and deliver what
-    ``publish`` collected once the write commits.
+    with ``?``), ``_insert_room``, ``delete_room`` and ``message_position``, and deliver
+    what ``publish`` collected once the write commits.
     """
 
     def __init__(self) -> None:
@@ -182,6 +183,15 @@ class Session:
         private: bool,
         user_ids: list[str],
     ) -> RoomRow:
+        """A new room, with ``user_ids`` as its members in that order."""
+        room = RoomRow(0, tenant, room_id, name, description, created_at, private)
+        room = dataclasses.replace(room, pk=await self._insert_room(room))
+        for user_id in user_ids:
+            await self.add_member(room, user_id)
+        return room
+
+    async def _insert_room(self, room: RoomRow) -> int:
+        """Insert the room row (its ``pk`` aside); the pk it was given."""
         raise NotImplementedError
 
     async def delete_room(self, room: RoomRow) -> None:

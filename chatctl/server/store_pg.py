@@ -293,24 +293,11 @@ class PostgresSession(sql.Session):
             calls = ", ".join([f"pg_notify('{CHANNEL}', %s)"] * len(payloads))
             await self._conn.execute(f"SELECT {calls}", payloads)
 
-    async def create_room(
-        self,
-        tenant: str,
-        room_id: str,
-        name: str,
-        description: str,
-        created_at: str,
-        private: bool,
-        user_ids: list[str],
-    ) -> RoomRow:
-        row = await self._row(
-            _INSERT_ROOM, (tenant, room_id, name, description, created_at, private)
-        )
+    async def _insert_room(self, room: RoomRow) -> int:
+        values = (room.tenant, room.id, room.name, room.description, room.created_at)
+        row = await self._row(_INSERT_ROOM, (*values, room.private))
         assert row is not None
-        room = RoomRow(int(row[0]), tenant, room_id, name, description, created_at, private)
-        for user_id in user_ids:
-            await self.add_member(room, user_id)
-        return room
+        return int(row[0])
 
     async def delete_room(self, room: RoomRow) -> None:
         row = await self._row(_DELETE_ROOM, (room.pk,))

@@ -250,25 +250,11 @@ class SQLiteSession(sql.Session):
         self._store._members.discard((room.pk, user_id))
         return await super().remove_member(room, user_id)
 
-    async def create_room(
-        self,
-        tenant: str,
-        room_id: str,
-        name: str,
-        description: str,
-        created_at: str,
-        private: bool,
-        user_ids: list[str],
-    ) -> RoomRow:
-        cursor = self._db.execute(
-            _INSERT_ROOM, (tenant, room_id, name, description, created_at, int(private))
-        )
-        pk = cursor.lastrowid
+    async def _insert_room(self, room: RoomRow) -> int:
+        values = (room.tenant, room.id, room.name, room.description, room.created_at)
+        pk = self._db.execute(_INSERT_ROOM, (*values, int(room.private))).lastrowid
         assert pk is not None
-        room = RoomRow(pk, tenant, room_id, name, description, created_at, private)
-        for user_id in user_ids:
-            await self.add_member(room, user_id)
-        return room
+        return pk
 
     async def delete_room(self, room: RoomRow) -> None:
         # A later room may get the same pk: forget every member answer (deletes are rare).

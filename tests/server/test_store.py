@@ -21,6 +21,7 @@ from chatctl.server.domain import Key, MessageRow, NewMessage, RoomRow, Unavaila
 from chatctl.server.sql import Session
 from chatctl.server.store_sqlite import MIGRATIONS, SQLiteStore
 from chatctl.wire import UUIDv7, message_object, rfc3339
+from tests.server.helpers import Ticker
 
 T = TypeVar("T")
 
@@ -240,21 +241,10 @@ def test_a_database_another_process_holds_is_waited_for_with_the_loop_free(
     other.execute("BEGIN IMMEDIATE")
 
     async def scenario() -> tuple[int, float]:
-        ticks = 0
-
-        async def ticker() -> None:
-            nonlocal ticks
-            while True:
-                ticks += 1
-                await asyncio.sleep(0.01)
-
-        beat = asyncio.create_task(ticker())
-        started = time.monotonic()
-        with pytest.raises(Unavailable, match="locked"):
+        with Ticker() as ticker, pytest.raises(Unavailable, match="locked"):
+            started = time.monotonic()
             await store.send("", NewMessage(room.id, "u", "c", "", "late"), None)
-        waited = time.monotonic() - started
-        beat.cancel()
-        return ticks, waited
+        return ticker.ticks, time.monotonic() - started
 
     ticks, waited = asyncio.run(scenario())
     assert 0.5 <= waited < 2

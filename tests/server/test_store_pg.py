@@ -22,6 +22,7 @@ from chatctl.server.sql import Session
 from tests import postgres
 from tests.helpers import wait_for
 from tests.server.conftest import start_server
+from tests.server.helpers import Ticker
 
 pytestmark = pytest.mark.postgres
 
@@ -424,21 +425,11 @@ def test_a_database_that_stops_answering_is_unavailable_within_the_timeout(url: 
             via = url.replace(f"{parts.hostname}:{parts.port}", f"127.0.0.1:{proxy.port}")
             async with started(via, timeout=0.5) as store:
                 room = await new_room(store, "r", ["u"])
-                ticks = 0
-
-                async def ticker() -> None:
-                    nonlocal ticks
-                    while True:
-                        ticks += 1
-                        await asyncio.sleep(0.01)
-
-                beat = asyncio.create_task(ticker())
                 proxy.paused.set()
-                started_at = time.monotonic()
-                with pytest.raises(Unavailable):
+                with Ticker() as ticker, pytest.raises(Unavailable):
+                    started_at = time.monotonic()
                     await store.send("", message(room, "late"), None)
-                waited = time.monotonic() - started_at
-                beat.cancel()
+                waited, ticks = time.monotonic() - started_at, ticker.ticks
                 proxy.paused.clear()
                 answer = None
                 deadline = time.monotonic() + 10
