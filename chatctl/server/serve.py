@@ -42,6 +42,7 @@ from chatctl.local import socket_answers
 from chatctl.server.app import ACCESS_LINE, ChatServer, create_app, uvicorn_config
 from chatctl.server.config import ServerConfig
 from chatctl.server.hub import Hub
+from chatctl.server.tokens import read_tokens
 
 __all__ = [
     "check_exposure",
@@ -67,21 +68,9 @@ def is_loopback(host: str) -> bool:
 
 
 def read_tokens_file(path: str | os.PathLike[str]) -> frozenset[str]:
-    """The tokens in a file: one per line; blank lines and ``#`` comments are skipped.
-
-    A comment may also follow a token after whitespace (``tok-1  # alice``): a bearer token
-    cannot contain whitespace, so the first word is the token.
-    """
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as exc:
-        raise UsageError(f"cannot read tokens file {os.fspath(path)}: {exc.strerror}") from exc
-    tokens = set()
-    for line in text.splitlines():
-        words = line.split()
-        if words and not words[0].startswith("#"):
-            tokens.add(words[0])
-    return frozenset(tokens)
+    """The tokens a tokens file holds in clear (see ``chatctl.server.tokens`` for the
+    format); raises UsageError naming the file and line of a malformed one."""
+    return frozenset(line.secret for line in read_tokens(path) if line.secret is not None)
 
 
 def check_exposure(config: ServerConfig, host: str, uds: str | None) -> None:
