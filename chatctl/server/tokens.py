@@ -32,6 +32,8 @@ stream caps and revocation), never the token.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import hashlib
 import logging
 import os
@@ -41,7 +43,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from chatctl.errors import UsageError
+from chatctl.errors import NotFoundError, UsageError
 
 __all__ = [
     "OPEN",
@@ -50,9 +52,12 @@ __all__ = [
     "TokenLine",
     "TokenRegistry",
     "TokensFileError",
+    "add_token",
     "check_file_mode",
     "parse_tokens",
     "read_tokens",
+    "revoke_token",
+    "revoke_token_itself",
     "tenant_key",
     "token_digest",
     "watch_tokens",
@@ -429,3 +434,154 @@ def check_file_mode(path: str | os.PathLike[str], *, writing: bool = False) -> i
             f" (mode {mode:04o}); make it private: chmod 600 {path}"
         )
     return mode
+
+
+# -- changing the file (``chatctl serve token add/revoke``) ---------------------------------
+
+#: what ``token add`` makes: a prefix secret scanners and people can recognise, then 256
+#: random bits.
+TOKEN_PREFIX = "chatctl_"
+
+
+def new_token() -> str:
+    import secrets
+
+    return TOKEN_PREFIX + secrets.token_urlsafe(32)
+
+
+def add_token(
+    path: str | os.PathLike[str],
+    tenant: str,
+    *,
+    user: str | None = None,
+    comment: str = "",
+) -> tuple[str, TokenLine]:
+    """Make a new token, append its line (its SHA-256, never the token) to the tokens file
+    and return the token with its line. An admin token when ``user`` is None.
+
+    The file is created mode 0600 if missing; one that others may read or write, or that
+    has a malformed line, is refused (TokensFileError) and left as it was.
+    """
+    comment = comment.strip()
+    if comment and not comment.isprintable():
+        raise TokensFileError("a comment is one line of printable text")
+    try:
+        _tenant(tenant)
+    except ValueError as exc:
+        raise TokensFileError(str(exc)) from None
+    if user is not None and (not user or not user.isprintable() or " " in user):
+        raise TokensFileError(
+            f"user id {user!r} cannot be written in a tokens file (printable, no spaces)"
+        )
+    token = new_token()
+    line = f"sha256:{token_digest(token)} tenant={tenant} " + (
+        "admin" if user is None else f"user={user}"
+    )
+    if comment:
+        line += f"  # {comment}"
+    parsed = parse_tokens(line, "the new line")
+    assert parsed[0].principal().user == user and parsed[0].comment == comment
+    added: list[TokenLine] = []
+
+    def append(text: str) -> str:
+        parse_tokens(text, os.fspath(path))  # nothing is added to a malformed file
+        if text and not text.endswith("\n"):
+            text += "\n"
+        added.append(dataclasses.replace(parsed[0], line=text.count("\n") + 1))
+        return text + line + "\n"
+
+    _rewrite(Path(path), append)
+    return token, added[0]
+
+
+def revoke_token(path: str | os.PathLike[str], which: str) -> TokenLine:
+    """Remove one token's line from the tokens file and return it; every other line,
+    comments included, stays as it was.
+
+    ``which`` is the start of the token's id (its SHA-256 in hex, at least 6 digits, as
+    ``token list`` shows it; ``sha256:`` before it is fine). NotFoundError when no line
+    matches; TokensFileError when several do.
+    """
+    prefix = which.lower().removeprefix(_HASHED)
+    if len(prefix) < 6 or not re.fullmatch(r"[0-9a-f]+", prefix):
+        raise TokensFileError(
+            f"{which!r} is not a token id: give at least 6 hex digits of the id that"
+            " `chatctl serve token list` shows (or - to read the token itself from stdin)"
+        )
+    return _remove(Path(path), lambda line: line.digest.startswith(prefix), which)
+
+
+def revoke_token_itself(path: str | os.PathLike[str], token: str) -> TokenLine:
+    """``revoke_token`` for the token itself (read from stdin, never from argv)."""
+    digest = token_digest(token)
+    return _remove(Path(path), lambda line: line.digest == digest, "the token given")
+
+
+def _remove(path: Path, matches: Callable[[TokenLine], bool], what: str) -> TokenLine:
+    removed: list[TokenLine] = []
+
+    def drop(text: str) -> str:
+        found = [line for line in parse_tokens(text, os.fspath(path)) if matches(line)]
+        if not found:
+            raise NotFoundError(
+                f"no token in {path} matches {what}",
+                hint=f"see them with: chatctl serve token list --tokens-file {path}",
+            )
+        if len(found) > 1:
+            numbers = ", ".join(str(line.line) for line in found)
+            raise TokensFileError(
+                f"{what} matches the tokens of lines {numbers}: give more of the id"
+            )
+        removed.append(found[0])
+        kept = text.splitlines(keepends=True)
+        del kept[found[0].line - 1]
+        return "".join(kept)
+
+    if not path.exists():
+        raise TokensFileError(f"cannot read tokens file {path}: No such file or directory")
+    _rewrite(path, drop)
+    return removed[0]
+
+
+def _rewrite(path: Path, change: Callable[[str], str]) -> None:
+    """Replace the file with ``change(its text)`` in one rename, so a server reading it
+    sees the old file or the new one, never half of one; concurrent rewrites take turns
+    (a lock on the directory). The file keeps its mode, owner and group; a new one is
+    mode 0600. A symlink (a mounted secret) is followed: its target is replaced."""
+    import fcntl
+    import tempfile
+
+    target = Path(os.path.realpath(path))
+    target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    directory = os.open(target.parent, os.O_RDONLY)
+    try:
+        fcntl.flock(directory, fcntl.LOCK_EX)
+        check_file_mode(target, writing=True)
+        try:
+            text = target.read_text(encoding="utf-8")
+            st: os.stat_result | None = os.stat(target)
+        except FileNotFoundError:
+            text, st = "", None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise TokensFileError(f"cannot read tokens file {path}: {exc}") from None
+        new = change(text)
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as file:
+                if st is not None:
+                    os.fchmod(file.fileno(), stat.S_IMODE(st.st_mode))
+                    with contextlib.suppress(PermissionError):  # not root: keep ours
+                        os.fchown(file.fileno(), st.st_uid, st.st_gid)
+                file.write(new)
+                file.flush()
+                os.fsync(file.fileno())
+            os.replace(tmp, target)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+        os.fsync(directory)
+    except OSError as exc:
+        raise TokensFileError(f"cannot write tokens file {path}: {exc.strerror or exc}") from None
+    finally:
+        os.close(directory)
