@@ -320,3 +320,43 @@ def test_who_may_touch_a_tokens_file(tmp_path: Path, mode: int, serving: str, wr
             with pytest.raises(TokensFileError, match=rf"mode {mode:04o}.*chmod 600 {path}$"):
                 check_file_mode(path, writing=check)
     assert check_file_mode(tmp_path / "absent") is None
+
+
+class _FakeServer:
+    """What on_hangup reads of a uvicorn server: its config's live SSL context."""
+
+    class config:
+        ssl = None
+
+
+def test_sighup_reloads_the_tokens_file_when_the_app_can_act_on_it(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from chatctl.server.config import ServerConfig
+    from chatctl.server.serve import on_hangup
+
+    caplog.set_level(logging.INFO, "chatctl.server")
+    path = write(tmp_path / "tokens", "tok-a\ntok-b\n")
+    registry = TokenRegistry(path)
+    config = ServerConfig(db=str(tmp_path / "chat.db"), registry=registry)
+    seen: list[Reload] = []
+    hangup = on_hangup(_FakeServer(), config, seen.append)  # type: ignore[arg-type]
+
+    write(path, "tok-b\ntok-c\n")
+    hangup()  # at once: no settling, the operator asked
+    assert [(r.added, r.removed) for r in seen] == [({sha("tok-c")}, {sha("tok-a")})]
+    assert f"SIGHUP: reloaded tokens file {path}: 2 tokens (1 added, 1 removed" in caplog.text
+
+    write(path, "tok-b\ntok-d tenant=\n")
+    hangup()
+    assert len(seen) == 1  # nothing applied, nothing revoked
+    assert f"SIGHUP: {path}:2: " in caplog.text and "keeping the 2 tokens" in caplog.text
+    assert registry.authenticate("tok-c") is not None
+
+    # Without the app's hook (a server core that cannot close revoked streams) the file
+    # is not re-read: accepting new tokens while old ones keep streaming would be half
+    # a revocation.
+    write(path, "tok-e\n")
+    on_hangup(_FakeServer(), config, None)()  # type: ignore[arg-type]
+    assert registry.authenticate("tok-e") is None
+    assert "SIGHUP: reloaded nothing" in caplog.text

@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import signal
 import stat
 import subprocess
 from pathlib import Path
@@ -304,3 +305,15 @@ def test_until_the_rules_are_wired_serve_refuses_lines_it_cannot_enforce(tmp_pat
     result = run_serve("--tokens-file", str(path), "--db", str(tmp_path / "chat.db"))
     assert result.returncode == 2
     assert result.stderr.startswith(f"error: {path}:2: this server accepts only tokens in clear")
+
+
+def test_sighup_reloads_rather_than_ends_the_server(serve: Serve, tmp_path: Path) -> None:
+    path = tmp_path / "tokens"
+    path.write_text("tok-a\n")
+    path.chmod(0o600)
+    served = serve("--tokens-file", str(path))
+    served.proc.send_signal(signal.SIGHUP)
+    served.wait_for_log(r"SIGHUP: reloaded")
+    with served.http("tok-a") as http:
+        assert http.post("/v1/chat/List", json={}).status_code == 200
+    assert served.stop() == 0
