@@ -411,6 +411,10 @@ class _RedactingFormatter(logging.Formatter):
         secrets = sorted((re.escape(t) for t in tokens if t), key=len, reverse=True)
         patterns = [
             r"(?i:(?<=bearer )\S+)",
+            # Browsers offer their token as the WebSocket subprotocol; at debug level the
+            # handshake's headers are logged, and a token the server does not know (or
+            # knows only by its hash) cannot be scrubbed by name: drop the whole value.
+            r"(?i:(?<=sec-websocket-protocol: )[^\r\n]+)",
             r"(?i:(?<=[?&]token=)[^&\s\"']+)",
             r"(?i:(?<=[?&]access_token=)[^&\s\"']+)",
             *secrets,

@@ -317,3 +317,26 @@ def test_sighup_reloads_rather_than_ends_the_server(serve: Serve, tmp_path: Path
     with served.http("tok-a") as http:
         assert http.post("/v1/chat/List", json={}).status_code == 200
     assert served.stop() == 0
+
+
+def test_a_token_offered_as_a_subprotocol_is_never_logged(serve: Serve, tmp_path: Path) -> None:
+    from websockets.sync.client import unix_connect
+
+    path = tmp_path / "tokens"
+    path.write_text("tok-known-5e1d\n")
+    path.chmod(0o600)
+    served = serve("--tokens-file", str(path), "--log-level", "debug")
+    assert served.uds is not None
+    for offered in ("tok-unknown-1c9a", "tok-known-5e1d"):
+        with unix_connect(
+            str(served.uds), "ws://localhost/v1/chat/Join", subprotocols=[offered]
+        ) as ws:
+            if offered == "tok-known-5e1d":  # an unknown one is refused at once
+                ws.send(json.dumps({"room_id": "00000000-0000-0000-0000-000000000000"}))
+            error = json.loads(ws.recv(timeout=10))
+            assert error["code"] == (400 if offered == "tok-known-5e1d" else 401), error
+    assert served.stop() == 0
+    log = served.stderr()
+    assert "sec-websocket-protocol: [redacted]" in log.lower()  # the handshake was logged...
+    for secret in ("tok-unknown-1c9a", "tok-known-5e1d"):
+        assert secret not in log  # ...never the token in it
