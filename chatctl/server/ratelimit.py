@@ -21,7 +21,14 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 
-__all__ = ["RateLimiter", "StreamCounter", "parse_rate", "retry_after"]
+__all__ = [
+    "RateLimiter",
+    "StreamCounter",
+    "over_rate",
+    "over_stream_cap",
+    "parse_rate",
+    "retry_after",
+]
 
 _RATE = re.compile(r"(\d+(?:\.\d+)?)\s*/\s*(s|sec|second|m|min|minute|h|hour)")
 _PER = {"s": 1.0, "m": 60.0, "h": 3600.0}
@@ -45,6 +52,19 @@ def parse_rate(text: str) -> float | None:
 def retry_after(wait: float) -> int:
     """A wait as HTTP's ``Retry-After`` says it: whole seconds, rounded up, at least 1."""
     return max(1, math.ceil(wait))
+
+
+def over_rate(rate: float, wait: float) -> tuple[str, dict[str, str]]:
+    """The detail and headers of the 429 (id ``v1``, m3o's gateway shape) for a call
+    over the rate limit."""
+    seconds = retry_after(wait)
+    detail = f"rate limit of {rate:g} requests/s per token exceeded; retry after {seconds} s"
+    return detail, {"Retry-After": str(seconds)}
+
+
+def over_stream_cap(cap: int) -> str:
+    """The detail of the 429 (close 4429 on a WebSocket) for one Join stream too many."""
+    return f"too many streams: at most {cap} per token (max_streams_per_token)"
 
 
 class RateLimiter:

@@ -5,7 +5,14 @@ from __future__ import annotations
 
 import pytest
 
-from chatctl.server.ratelimit import RateLimiter, StreamCounter, parse_rate, retry_after
+from chatctl.server.ratelimit import (
+    RateLimiter,
+    StreamCounter,
+    over_rate,
+    over_stream_cap,
+    parse_rate,
+    retry_after,
+)
 
 
 class Clock:
@@ -128,3 +135,13 @@ def test_streams_per_token() -> None:
     assert len(streams) == 0 and streams["a"] == 0  # nothing kept for idle tokens
     unlimited = StreamCounter(cap=None)
     assert all(unlimited.open("a") for _ in range(1000))
+
+
+def test_what_a_refused_client_is_told() -> None:
+    # The contract's 429: detail in m3o's gateway error, Retry-After in whole seconds.
+    assert over_rate(50.0, 0.02) == (
+        "rate limit of 50 requests/s per token exceeded; retry after 1 s",
+        {"Retry-After": "1"},
+    )
+    assert over_rate(0.5, 1.5)[1] == {"Retry-After": "2"}
+    assert over_stream_cap(100) == "too many streams: at most 100 per token (max_streams_per_token)"
