@@ -341,6 +341,13 @@ def _registry(tokens: list[str], tokens_file: Path | None) -> TokenRegistry | No
                 " its own tenant, for now: tenant=, user= and sha256: lines are not"
                 " enforced yet"
             )
+    if not registry.lines:
+        # The server core of today would take no token for "open" (it always did);
+        # once it authenticates through the registry, an empty file refuses everyone.
+        raise UsageError(
+            f"tokens file {tokens_file} holds no token; add one with: chatctl serve token"
+            f" add --tokens-file {tokens_file}"
+        )
     if (
         tokens_file is not None
         and mode is not None

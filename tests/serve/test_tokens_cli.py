@@ -305,6 +305,11 @@ def test_until_the_rules_are_wired_serve_refuses_lines_it_cannot_enforce(tmp_pat
     result = run_serve("--tokens-file", str(path), "--db", str(tmp_path / "chat.db"))
     assert result.returncode == 2
     assert result.stderr.startswith(f"error: {path}:2: this server accepts only tokens in clear")
+    # ... nor would it take an empty file for "closed": it would serve open.
+    path.write_text("# nobody yet\n")
+    result = run_serve("--tokens-file", str(path), "--db", str(tmp_path / "chat.db"))
+    assert result.returncode == 2
+    assert "holds no token" in result.stderr
 
 
 def test_sighup_reloads_rather_than_ends_the_server(serve: Serve, tmp_path: Path) -> None:
