@@ -1,44 +1,43 @@
 """The SQLite store: rooms, members, messages and idempotency keys in one file.
 
 ``chatctl serve --db PATH`` (and the embedded local server) use it. It implements
-``store.Store`` in-process: every operation runs on the event loop thread, one at a time
-on one connection, each well under a millisecond (a thread hop would cost more than it
-saves; measured in the README's "How it is built"). What it adds to the shared SQL
-(``sql.Session``):
+``store.Store`` in-process, with two connections to the file:
 
-- **Send** on the hot path is one INSERT in autocommit (a single statement is atomic and
-  durable by itself), with the room and the membership answered from memory; with an
-  Idempotency-Key, the key, the checks and the insert are one ``BEGIN IMMEDIATE``
-  transaction. Fan-out follows the commit, to this process's streams.
+- **Writes** (every Send, and every ``write``: Create, Invite, Kick, Leave, Delete, a
+  Join's admission, purge steps) go to one writer thread, which takes whatever is queued
+  and does it in one transaction (group commit): ``BEGIN IMMEDIATE``, each change in turn
+  (a savepoint each where a refusal must undo it), ``COMMIT``; only then are the callers
+  answered and the streams told, in commit order, on the event loop. The event loop never
+  waits for a commit, a checkpoint or another process's lock. One writer makes the room's
+  order: a message gets its id and seq when the writer reaches it, so ids sort in seq order.
+  Measured against running everything on the event loop: see the README's "How it is built".
+- **Reads** (History, List, a Join's replay) run on the event loop's own connection: each
+  statement a snapshot of what is committed, well under a millisecond.
+
+What else it adds to the shared SQL (``sql.Session``):
+
 - **Durability**: WAL with ``synchronous=NORMAL``. A commit is in the WAL (the OS page
-  cache) before ``commit`` returns, so it survives ``kill -9`` of the process; it may not
-  survive a power loss, which the server does not promise.
-- **Another process on the file** (a second server, a backup, a ``sqlite3`` shell): each
-  statement waits for its lock only ``BUSY_WAIT_MS``, holding up the loop; the operation
-  is then tried again after an await, with the loop free, for up to the store's timeout
-  (``--db-timeout``), before ``Unavailable`` (a 503). A busy operation changed nothing.
-- **Checkpoints** (copying the WAL back into the database file, with two fsyncs) would
-  otherwise run inside whichever commit crosses SQLite's 1,000-page threshold, stalling
-  the event loop for milliseconds, up to tens of them, every few hundred Sends. Instead,
-  every ``CHECKPOINT_EVERY`` commits a background thread with its own connection
-  checkpoints (PASSIVE: it never blocks the writer), again until it is nearly caught up;
-  the next commit then checkpoints the few pages left itself, which lets the commit after
-  it start the WAL over from the beginning. (A checkpoint on another thread alone never
-  finds a busy WAL quiet enough to be reset, so the file would grow.) The writer's own
-  threshold is raised to ``_BACKSTOP_PAGES`` and only matters if that thread falls behind,
-  and ``journal_size_limit`` cuts the file back after such an overshoot.
-- **Caches**: a room row (immutable until deleted) and "is a member" answers are kept in
-  memory, since looking them up was a fifth of a Send. This store's own changes update
-  them; a commit by any other connection (another process on the same file) empties them,
-  as ``PRAGMA data_version`` tells, checked at the start of every operation, so an
-  operation reads exactly what an uncached store would. A rollback empties them too.
+  cache) before the caller is answered, so it survives ``kill -9`` of the process; it may
+  not survive a power loss, which the server does not promise.
+- **Another process on the file** (a second server, a backup, a ``sqlite3`` shell): the
+  writer waits for its lock up to the store's timeout (``--db-timeout``), then fails what
+  it holds with ``Unavailable`` (a 503), nothing written; a read waits ``BUSY_WAIT_MS`` at
+  a time, and is tried again with the loop free between tries.
+- **Checkpoints** (copying the WAL back into the database file, with fsyncs) run in the
+  writer's commits, off the event loop, at SQLite's default threshold (1,000 pages);
+  ``journal_size_limit`` cuts the file back afterwards, so the WAL stays a few MiB.
+- **Caches**: the writer keeps room rows (immutable until deleted) and "is a member"
+  answers in memory, since looking them up was a fifth of a Send. Its own changes update
+  them; a commit by any other process empties them, as ``PRAGMA data_version`` tells,
+  checked at the start of every batch, so a batch reads exactly what an uncached store
+  would.
 - **Deleting a big room** is cut into steps: Delete removes the room and its first
   ``sql.PURGE_CHUNK`` messages in one transaction, and ``purge_step`` removes the rest a
-  chunk at a time (the server calls it between requests). Until then the room's pk is
-  listed in ``purging``, so no new room takes it.
+  chunk at a time. Until then the room's pk is listed in ``purging``, so no new room takes
+  it.
 - **Schema versions**: ``PRAGMA user_version`` holds how many entries of ``MIGRATIONS``
   have been applied; opening an older file applies the rest, in order, one transaction
-  each.
+  each, before anything else runs.
 """
 
 from __future__ import annotations
@@ -47,19 +46,29 @@ import asyncio
 import contextlib
 import logging
 import os
+import queue
 import sqlite3
 import threading
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from chatctl.errors import ChatctlError
 from chatctl.server import sql
-from chatctl.server.domain import Fanout, Key, NewMessage, Note, Published, RoomRow, Unavailable
+from chatctl.server.domain import (
+    Fanout,
+    Key,
+    NewMessage,
+    Note,
+    Published,
+    RoomRow,
+    Unavailable,
+)
 from chatctl.server.store import SendResult
 from chatctl.wire import UUIDv7, message_frame
 
-__all__ = ["CHECKPOINT_EVERY", "MIGRATIONS", "SQLiteSession", "SQLiteStore"]
+__all__ = ["MIGRATIONS", "SQLiteSession", "SQLiteStore"]
 
 T = TypeVar("T")
 
@@ -152,22 +161,14 @@ MIGRATIONS: tuple[str, ...] = (
     """,
 )
 
-#: ms a statement waits, holding up the event loop, for another process's write lock; the
-#: operation is then tried again with the loop free, for up to the store's timeout.
+#: ms a read waits, holding up the event loop, for another process's lock; the read is
+#: then tried again with the loop free, for up to the store's timeout.
 BUSY_WAIT_MS = 20
-
+#: changes the writer takes into one transaction at most.
+BATCH = 512
 #: cache bounds: past them a cache is emptied and refills with what is in use.
 _MAX_CACHED_ROOMS = 10_000
 _MAX_CACHED_MEMBERS = 100_000
-
-#: commits between background checkpoints (a Send writes about 3 WAL pages of 4 KiB).
-CHECKPOINT_EVERY = 250
-#: WAL pages past which a commit checkpoints by itself (SQLite's default: 1,000), and the
-#: size the WAL file is cut back to.
-_BACKSTOP_PAGES = 4000
-#: the background thread checkpoints again while a pass found more than this many new pages.
-_CAUGHT_UP_PAGES = 30
-_MAX_PASSES = 4
 
 log = logging.getLogger("chatctl.server")
 
@@ -202,10 +203,31 @@ def _create_private_file(path: str) -> None:
     os.close(fd)
 
 
+def _connect(path: str, busy_ms: int) -> sqlite3.Connection:
+    # isolation_level=None: no implicit transactions; BEGIN is said explicitly.
+    # check_same_thread=False: the loop's connection may be made on another thread (a
+    # test builds the app before the loop runs); the writer's is used by its thread only.
+    db = sqlite3.connect(
+        path, isolation_level=None, check_same_thread=False, uri=path.startswith("file:")
+    )
+    db.execute("PRAGMA synchronous=NORMAL")
+    db.execute("PRAGMA foreign_keys=OFF")
+    db.execute(f"PRAGMA busy_timeout={busy_ms}")
+    return db
+
+
 def _is_busy(exc: sqlite3.Error) -> bool:
     """True when ``exc`` only means another process holds the database for now."""
     code = getattr(exc, "sqlite_errorcode", None)
     return code is not None and code & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+
+
+class _Unsent(Exception):
+    """A Send that stores nothing (a refusal, or a key's first answer): undo, then answer."""
+
+    def __init__(self, result: SendResult) -> None:
+        super().__init__()
+        self.result = result
 
 
 class _NoFanout:
@@ -223,12 +245,13 @@ class _NoFanout:
 
 
 class SQLiteSession(sql.Session):
-    """The shared SQL on the store's one connection, with its caches."""
+    """The shared SQL on one connection: the loop's (reads), or the writer's, with its
+    caches (``caches``)."""
 
-    def __init__(self, store: SQLiteStore) -> None:
+    def __init__(self, db: sqlite3.Connection, caches: _WriterState | None = None) -> None:
         super().__init__()
-        self._store = store
-        self._db = store._db
+        self._db = db
+        self._caches = caches
 
     async def _rows(self, sql: str, args: sql.Args) -> list[tuple[Any, ...]]:
         return self._db.execute(sql, args).fetchall()
@@ -240,14 +263,45 @@ class SQLiteSession(sql.Session):
     async def _change(self, sql: str, args: sql.Args) -> int:
         return self._db.execute(sql, args).rowcount
 
+    def room(self, tenant: str, room_id: str) -> RoomRow | None:
+        caches = self._caches
+        key = (tenant, room_id)
+        if caches is not None:
+            room = caches.rooms.get(key)
+            if room is not None:
+                return room
+        row = self._db.execute(sql.ROOM, key).fetchone()
+        if not row:
+            return None
+        room = sql.room_row(row)
+        if caches is not None:
+            if len(caches.rooms) >= _MAX_CACHED_ROOMS:
+                caches.rooms.clear()
+            caches.rooms[key] = room
+        return room
+
+    def member(self, room: RoomRow, user_id: str) -> bool:
+        caches = self._caches
+        key = (room.pk, user_id)
+        if caches is not None and key in caches.members:
+            return True
+        if self._db.execute(sql.IS_MEMBER, key).fetchone() is None:
+            return False
+        if caches is not None:
+            if len(caches.members) >= _MAX_CACHED_MEMBERS:
+                caches.members.clear()
+            caches.members.add(key)
+        return True
+
     async def get_room(self, tenant: str, room_id: str) -> RoomRow | None:
-        return self._store._room(tenant, room_id)
+        return self.room(tenant, room_id)
 
     async def is_member(self, room: RoomRow, user_id: str) -> bool:
-        return self._store._is_member(room, user_id)
+        return self.member(room, user_id)
 
     async def remove_member(self, room: RoomRow, user_id: str) -> bool:
-        self._store._members.discard((room.pk, user_id))
+        if self._caches is not None:
+            self._caches.members.discard((room.pk, user_id))
         return await super().remove_member(room, user_id)
 
     async def _insert_room(self, room: RoomRow) -> int:
@@ -257,61 +311,105 @@ class SQLiteSession(sql.Session):
         return pk
 
     async def delete_room(self, room: RoomRow) -> None:
-        # A later room may get the same pk: forget every member answer (deletes are rare).
-        self._store._rooms.pop((room.tenant, room.id), None)
-        self._store._members.clear()
+        # A later room may get the same pk: forget every cached answer (deletes are rare).
+        if self._caches is not None:
+            self._caches.clear()
         await self._forget_room(room)
         self._db.execute(_DELETE_ROOM, (room.pk,))
         # A small room's messages go now; a big room's first chunk, the rest in steps.
         if self._db.execute(_DELETE_CHUNK, (room.pk, sql.PURGE_CHUNK)).rowcount == sql.PURGE_CHUNK:
             self._db.execute(_TO_PURGE, (room.pk,))
-            self._store._purge_pending = True
+            if self._caches is not None:
+                self._caches.purge_pending = True
 
     async def message_position(self, room: RoomRow, cursor: str) -> int:
         """The seq of the last message whose id sorts at or before ``cursor``; 0 if none
-        (ids made by one process sort in seq order)."""
+        (ids made by one writer sort in seq order)."""
         row = self._db.execute(_POSITION, (room.pk, cursor)).fetchone()
         return int(row[0]) if row else 0
 
+    def _claimed(self, key: Key, answer: str) -> bool:
+        return self._db.execute(sql.CLAIM_KEY, sql.claim_args(key, answer)).fetchone() is not None
+
+    def send(self, tenant: str, new: NewMessage, key: Key | None, ids: UUIDv7) -> SendResult:
+        """A Send, inside the writer's transaction; ``_Unsent`` when nothing is stored (the
+        writer then undoes what it did, the key's claim)."""
+        # Made when the writer reaches it: ids sort in the order the room takes them.
+        message = new.to_wire(ids(), time.time_ns())
+        answer = message_frame(message)
+        if key is not None and not self._claimed(key, answer):
+            prior = self._db.execute(sql.PRIOR, (key.tenant, key.key, key.not_before))
+            raise _Unsent(SendResult(key.replay(*prior.fetchone())))
+        room = self.room(tenant, new.room_id)
+        if room is None:
+            raise _Unsent(SendResult(None, room_found=False))
+        if not self.member(room, new.user_id):
+            raise _Unsent(SendResult(None, private=room.private))
+        cursor = self._db.execute(
+            _INSERT_MESSAGE,
+            (
+                room.pk,
+                message["id"],
+                message["client"],
+                message["user_id"],
+                message["sent_at"],
+                message["subject"],
+                message["text"],
+            ),
+        )
+        assert cursor.lastrowid is not None
+        self.publish(Published(tenant, room.id, cursor.lastrowid, answer, new.user_id))
+        return SendResult(answer)
+
+
+@dataclass
+class _Job:
+    """One change for the writer: what to do, and where to hand the outcome."""
+
+    run: Callable[[SQLiteSession], Any]
+    #: the change may be refused part-way, so it runs in a savepoint.
+    undoable: bool
+    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future[Any]
+    #: by ``time.monotonic()``: past it, the change fails rather than waits on.
+    deadline: float
+    notes: list[Note] = field(default_factory=list)
+    outcome: Any = None
+    error: BaseException | None = None
+
+
+_STOP = object()
+
 
 class SQLiteStore:
-    """``store.Store`` on one SQLite file, used from one event loop."""
+    """``store.Store`` on one SQLite file: reads on the event loop, writes on one thread."""
 
     def __init__(self, path: str, fanout: Fanout | None = None, *, timeout: float = 5.0) -> None:
         _create_private_file(path)
-        # isolation_level=None: no implicit transactions; BEGIN is said explicitly.
-        # check_same_thread=False: a test (or serve) may build the app on one thread and
-        # run the event loop on another; calls never overlap.
-        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        self._fanout: Fanout = fanout or _NoFanout()
+        if path == ":memory:":  # one database for both connections, gone with the store
+            path = f"file:chatctl-{id(self):x}?mode=memory&cache=shared"
         self.timeout = timeout
+        self._fanout: Fanout = fanout or _NoFanout()
+        # Up to 5 s for another process's lock while migrating at start; then a read waits
+        # only briefly at a time, and the writer up to each change's deadline.
+        self._db = _connect(path, 5000)
         (mode,) = self._db.execute("PRAGMA journal_mode=WAL").fetchone()
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute("PRAGMA foreign_keys=OFF")
-        # Another process on the same file waits, not fails: up to 5 s while migrating at
-        # start; afterwards only briefly, on the event loop, between tries with it free.
-        self._db.execute("PRAGMA busy_timeout=5000")
-        self._rooms: dict[tuple[str, str], RoomRow] = {}
-        self._members: set[tuple[int, str]] = set()
-        self._data_version = -1
-        #: a deleted room's messages may be left to purge (checked on the first step).
-        self._purge_pending = True
-        self._path = path
-        self._checkpointer: _Checkpointer | None = None
-        #: commits until the checkpoint thread is woken; never without a WAL (:memory:).
-        self._until_checkpoint = -1
-        #: one operation at a time on the connection (none of them awaits mid-way today;
-        #: this keeps it so if one ever does).
-        self._lock = asyncio.Lock()
-        self._session = SQLiteSession(self)
-        self._ids = UUIDv7()
         self._migrate()
         self._db.execute(f"PRAGMA busy_timeout={BUSY_WAIT_MS}")
+        self._reader = SQLiteSession(self._db)
+        self._state = _WriterState()
+        self._ids = UUIDv7()
+        self._jobs: queue.SimpleQueue[_Job | object] = queue.SimpleQueue()
+        self._wdb = _connect(path, int(timeout * 1000))
         if str(mode).lower() == "wal":
+            # After a checkpoint the WAL file is cut back to this (from a burst's growth).
             (page_size,) = self._db.execute("PRAGMA page_size").fetchone()
-            self._db.execute(f"PRAGMA wal_autocheckpoint = {_BACKSTOP_PAGES}")
-            self._db.execute(f"PRAGMA journal_size_limit = {_BACKSTOP_PAGES * int(page_size)}")
-            self._until_checkpoint = CHECKPOINT_EVERY
+            for db in (self._db, self._wdb):
+                db.execute(f"PRAGMA journal_size_limit = {4 * 1000 * int(page_size)}")
+        self._writer = threading.Thread(
+            target=self._write_loop, name="chatctl-sqlite-writer", daemon=True
+        )
+        self._writer.start()
 
     @classmethod
     def open(cls, path: str, fanout: Fanout, *, timeout: float) -> SQLiteStore:
@@ -324,8 +422,6 @@ class SQLiteStore:
                 hint="the file and its directory must be writable (SQLite writes a WAL beside"
                 " it); choose another with --db PATH",
             ) from None
-
-    # -- housekeeping -------------------------------------------------------------------
 
     def _migrate(self) -> None:
         (version,) = self._db.execute("PRAGMA user_version").fetchone()
@@ -359,291 +455,208 @@ class SQLiteStore:
         self.close_now()
 
     def close_now(self) -> None:
-        """Close at once, from any thread (the checkpoint thread finishes its pass)."""
-        if self._checkpointer is not None:
-            self._checkpointer.stop()
-            self._checkpointer = None
+        """Let the writer finish what it holds (a stuck disk must not hang shutdown), then
+        close both connections."""
+        if self._writer.is_alive():
+            self._jobs.put(_STOP)
+            self._writer.join(timeout=max(5.0, self.timeout))
         self._db.close()
 
-    def _check_others(self) -> None:
-        """Empty the caches if another connection has committed since the last check."""
-        (version,) = self._db.execute("PRAGMA data_version").fetchone()
-        if version != self._data_version:
-            self._data_version = version
-            self._rooms.clear()
-            self._members.clear()
+    # -- the Store operations -----------------------------------------------------------
 
-    def _committed(self) -> None:
-        """Count a commit: wake the checkpoint thread, or finish what it has done."""
-        checkpointer = self._checkpointer
-        if checkpointer is not None and checkpointer.caught_up:
-            # Only the pages committed since its last pass are left: copying them here
-            # takes a fraction of a millisecond, and lets the next commit reset the WAL.
-            checkpointer.caught_up = False
-            with contextlib.suppress(sqlite3.Error):
-                self._db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
-        self._until_checkpoint -= 1
-        if self._until_checkpoint == 0:
-            self._until_checkpoint = CHECKPOINT_EVERY
-            if checkpointer is None:
-                checkpointer = self._checkpointer = _Checkpointer(self._path)
-            checkpointer.wake()
-
-    async def _tried(self, attempt: Callable[[], Awaitable[T]]) -> T:
-        """``attempt()``, alone on the connection, tried again while another process holds
-        the database (with the event loop free in between) for up to ``timeout`` s."""
+    async def read(self, work: Callable[[sql.Session], Awaitable[T]]) -> T:
         deadline = time.monotonic() + self.timeout
         pause = 0.005
         while True:
             try:
-                async with self._lock:
-                    self._check_others()
-                    return await attempt()
+                return await work(self._reader)
             except sqlite3.OperationalError as exc:
                 if not _is_busy(exc) or time.monotonic() >= deadline:
                     raise Unavailable(str(exc)) from exc
             await asyncio.sleep(pause)
             pause = min(pause * 2, 0.1)
 
-    def _begin(self) -> None:
-        # IMMEDIATE: take the write lock now, so a busy file fails here and not mid-way.
-        self._db.execute("BEGIN IMMEDIATE")
-        self._check_others()  # with the write lock held: nobody else commits now
-
-    def _rollback(self) -> None:
-        self._rooms.clear()
-        self._members.clear()
-        with contextlib.suppress(sqlite3.Error):
-            self._db.execute("ROLLBACK")
-
-    def _commit(self, notes: list[Note]) -> None:
-        self._db.execute("COMMIT")
-        self._committed()
-        # Committed: only now may anyone hear of it.
-        for note in notes:
-            self._fanout.deliver(note)
-
-    # -- the Store operations -----------------------------------------------------------
-
-    async def read(self, work: Callable[[sql.Session], Awaitable[T]]) -> T:
-        return await self._tried(lambda: work(self._session))
-
     async def write(self, work: Callable[[sql.Session], Awaitable[T]]) -> T:
-        async def attempt() -> T:
-            session = self._session
-            session.notes = []
-            self._begin()
-            try:
-                result = await work(session)
-            except BaseException:
-                self._rollback()
-                raise
-            try:
-                self._commit(session.notes)
-            except sqlite3.Error:
-                self._rollback()
-                raise
-            return result
-
-        return await self._tried(attempt)
+        result: T = await self._submit(lambda session: _done(work(session)), undoable=True)
+        return result
 
     async def send(self, tenant: str, new: NewMessage, key: Key | None) -> SendResult:
-        if not self._lock.locked():
-            # Nothing is part-way through on the connection, and a Send never awaits: it
-            # runs alone on it as it is, without the lock and retry machinery. Only a busy
-            # file (another process) sends it the long way round.
-            try:
-                self._check_others()
-                return self._send_now(tenant, new, key)
-            except sqlite3.OperationalError as exc:
-                if not _is_busy(exc):
-                    raise Unavailable(str(exc)) from exc
-
-        async def attempt() -> SendResult:
-            return self._send_now(tenant, new, key)
-
-        return await self._tried(attempt)
-
-    def _send_now(self, tenant: str, new: NewMessage, key: Key | None) -> SendResult:
-        # Made, and stored, in one go: ids sort in the order the room takes them.
-        message = new.to_wire(self._ids(), time.time_ns())
-        answer = message_frame(message)
-        if key is None:
-            # The hot path: one INSERT, which SQLite's autocommit makes atomic and durable
-            # by itself; BEGIN/COMMIT around it would only cost two more trips through the
-            # library.
-            room = self._sender_room(tenant, message)
-            if isinstance(room, SendResult):
-                return room
-            seq = self._insert(room, message)
-            self._committed()
-        else:
-            self._begin()
-            try:
-                if not self._db.execute(sql.CLAIM_KEY, sql.claim_args(key, answer)).fetchone():
-                    prior = self._db.execute(
-                        sql.PRIOR, (key.tenant, key.key, key.not_before)
-                    ).fetchone()
-                    self._rollback()
-                    return SendResult(key.replay(*prior))
-                room = self._sender_room(tenant, message)
-                if isinstance(room, SendResult):
-                    self._rollback()  # a refusal is not kept: the key stays free
-                    return room
-                seq = self._insert(room, message)
-                self._commit([])
-            except BaseException:
-                self._rollback()
-                raise
-        if self._fanout.listening(tenant, room.id):
-            self._fanout.deliver(Published(tenant, room.id, seq, answer, message["user_id"]))
-        return SendResult(answer)
-
-    def _sender_room(self, tenant: str, message: dict[str, Any]) -> RoomRow | SendResult:
-        """The room, if the message's user may send to it; else why not."""
-        room = self._room(tenant, message["room_id"])
-        if room is None:
-            return SendResult(None, room_found=False)
-        if not self._is_member(room, message["user_id"]):
-            return SendResult(None, private=room.private)
-        return room
-
-    def _insert(self, room: RoomRow, message: dict[str, Any]) -> int:
-        """Store a message; its seq."""
-        cursor = self._db.execute(
-            _INSERT_MESSAGE,
-            (
-                room.pk,
-                message["id"],
-                message["client"],
-                message["user_id"],
-                message["sent_at"],
-                message["subject"],
-                message["text"],
-            ),
+        result: SendResult = await self._submit(
+            lambda session: session.send(tenant, new, key, self._ids),
+            # A key's claim is undone if nothing is stored; a plain Send does nothing then.
+            undoable=key is not None,
         )
-        seq = cursor.lastrowid
-        assert seq is not None
-        return seq
+        return result
 
     async def purge_step(self) -> bool:
         """Remove the next chunk of a deleted room's messages; True while more remain."""
-        if not self._purge_pending:
+        if not self._state.purge_pending:
             return False
+        more: bool = await self._submit(self._purge, undoable=False)
+        return more
 
-        async def step(db: sql.Session) -> bool:
-            row = self._db.execute(_NEXT_TO_PURGE).fetchone()
-            if row is None:
-                self._purge_pending = False
-                return False
-            if (
-                self._db.execute(_DELETE_CHUNK, (row[0], sql.PURGE_CHUNK)).rowcount
-                < sql.PURGE_CHUNK
-            ):
-                self._db.execute(sql.PURGED, (row[0],))
-            return True
-
-        return await self.write(step)
-
-    # -- caches -------------------------------------------------------------------------
-
-    def _room(self, tenant: str, room_id: str) -> RoomRow | None:
-        key = (tenant, room_id)
-        room = self._rooms.get(key)
-        if room is not None:
-            return room
-        row = self._db.execute(sql.ROOM, key).fetchone()
-        if not row:
-            return None
-        if len(self._rooms) >= _MAX_CACHED_ROOMS:
-            self._rooms.clear()
-        room = self._rooms[key] = sql.room_row(row)
-        return room
-
-    def _is_member(self, room: RoomRow, user_id: str) -> bool:
-        key = (room.pk, user_id)
-        if key in self._members:
-            return True
-        if self._db.execute(sql.IS_MEMBER, key).fetchone() is None:
+    def _purge(self, session: SQLiteSession) -> bool:
+        db = self._wdb
+        row = db.execute(_NEXT_TO_PURGE).fetchone()
+        if row is None:
+            self._state.purge_pending = False
             return False
-        if len(self._members) >= _MAX_CACHED_MEMBERS:
-            self._members.clear()
-        self._members.add(key)
+        if db.execute(_DELETE_CHUNK, (row[0], sql.PURGE_CHUNK)).rowcount < sql.PURGE_CHUNK:
+            db.execute(sql.PURGED, (row[0],))
         return True
 
+    # -- the writer ---------------------------------------------------------------------
 
-def _sync_file(path: str) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        getattr(os, "fdatasync", os.fsync)(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+    async def _submit(self, run: Callable[[SQLiteSession], Any], *, undoable: bool) -> Any:
+        loop = asyncio.get_running_loop()
+        job = _Job(run, undoable, loop, loop.create_future(), time.monotonic() + self.timeout)
+        self._jobs.put(job)
+        return await job.future
 
-
-class _Checkpointer:
-    """A thread that checkpoints the WAL when woken, off the event loop.
-
-    SQLite releases the GIL while it copies pages and syncs, so the event loop runs on.
-    """
-
-    def __init__(self, path: str) -> None:
-        self._path = path
-        self._wake = threading.Event()
-        self._stopping = False
-        #: set when a round of checkpoints has nearly caught up with the writer.
-        self.caught_up = False
-        self._thread = threading.Thread(
-            target=self._run, name="chatctl-sqlite-checkpoint", daemon=True
-        )
-        self._thread.start()
-
-    def wake(self) -> None:
-        self._wake.set()
-
-    def stop(self) -> None:
-        self._stopping = True
-        self._wake.set()
-        # A checkpoint in progress finishes first; a stuck disk must not hang shutdown.
-        self._thread.join(timeout=5)
-
-    def _run(self) -> None:
-        try:
-            db = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
-        except sqlite3.Error as exc:
-            log.warning("checkpoint thread cannot open the database: %s", exc)
-            return
+    def _write_loop(self) -> None:
+        session = SQLiteSession(self._wdb, self._state)
         try:
             while True:
-                self._wake.wait()
-                self._wake.clear()
-                if self._stopping:
+                first = self._jobs.get()
+                if first is _STOP:
                     return
+                assert isinstance(first, _Job)
+                jobs = [first]
+                stop = False
+                while len(jobs) < BATCH:
+                    try:
+                        job = self._jobs.get_nowait()
+                    except queue.Empty:
+                        break
+                    if job is _STOP:
+                        stop = True
+                        break
+                    assert isinstance(job, _Job)
+                    jobs.append(job)
                 try:
-                    self._round(db)
-                except sqlite3.Error as exc:
-                    # The writer's own threshold (_BACKSTOP_PAGES) still bounds the WAL.
-                    log.debug("background checkpoint failed: %s", exc)
+                    self._batch(session, jobs)
+                except Exception:  # a bug: its callers get a 500, the writer goes on
+                    log.exception("the SQLite writer failed a batch")
+                    for job in jobs:
+                        if job.error is None and job.outcome is None:
+                            job.error = RuntimeError("the SQLite writer failed")
+                    self._answer(jobs)
+                if stop:
+                    return
         finally:
-            db.close()
+            self._wdb.close()
 
-    def _round(self, db: sqlite3.Connection) -> None:
-        """Checkpoint until a pass finds few new pages (the writer goes on committing)."""
-        done = -1
-        for _ in range(_MAX_PASSES):
-            busy, _log, checkpointed = db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-            if busy or self._stopping:
+    def _batch(self, session: SQLiteSession, jobs: list[_Job]) -> None:
+        """Do ``jobs`` in one transaction, then answer them on their loop."""
+        db = self._wdb
+        state = self._state
+        now = time.monotonic()
+        late = [job for job in jobs if job.deadline <= now]
+        if late:
+            self._answer([job for job in late if _failed(job, "database is locked")])
+            jobs = [job for job in jobs if job.deadline > now]
+            if not jobs:
                 return
-            new = checkpointed - done if done >= 0 and checkpointed >= done else checkpointed
-            done = checkpointed
-            if new <= _CAUGHT_UP_PAGES:
-                break
-        # SQLite syncs the database file only in a checkpoint no commit overlapped, the
-        # writer's last one: sync the pages copied so far here, so that it has only its
-        # own few to sync.
-        _sync_file(self._path)
-        self.caught_up = True
+        try:
+            # Waits (this thread only) for another process's write lock, up to the
+            # earliest deadline.
+            wait_ms = max(1, int((min(job.deadline for job in jobs) - now) * 1000))
+            db.execute(f"PRAGMA busy_timeout={wait_ms}")
+            db.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            self._answer([job for job in jobs if _failed(job, str(exc))])
+            return
+        try:
+            (version,) = db.execute("PRAGMA data_version").fetchone()
+            if version != state.data_version:  # another process committed
+                state.data_version = version
+                state.clear()
+            for job in jobs:
+                self._do(session, job)
+            db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            # Full, read-only, I/O: nothing of the batch is kept, and every one of its
+            # callers hears so.
+            with contextlib.suppress(sqlite3.Error):
+                db.execute("ROLLBACK")
+            state.clear()
+            self._answer([job for job in jobs if _failed(job, str(exc))])
+            return
+        self._answer(jobs)
+
+    def _do(self, session: SQLiteSession, job: _Job) -> None:
+        db = self._wdb
+        session.notes = job.notes
+        if job.undoable:
+            db.execute("SAVEPOINT change")
+        try:
+            job.outcome = job.run(session)
+        except sqlite3.Error:
+            raise  # the transaction is in doubt: the batch fails
+        except Exception as exc:  # a refusal (or a bug): this change only is undone
+            if isinstance(exc, _Unsent):
+                job.outcome = exc.result
+            else:
+                job.error = exc
+            job.notes.clear()
+            if job.undoable:
+                db.execute("ROLLBACK TO change")
+                self._state.clear()  # what the caches learnt may be undone too
+        if job.undoable:
+            db.execute("RELEASE change")
+
+    def _answer(self, jobs: list[_Job]) -> None:
+        """Hand the outcomes to the event loops that wait for them, in commit order."""
+        by_loop: dict[asyncio.AbstractEventLoop, list[_Job]] = {}
+        for job in jobs:
+            by_loop.setdefault(job.loop, []).append(job)
+        for loop, answered in by_loop.items():
+            with contextlib.suppress(RuntimeError):  # that loop has closed: nobody waits
+                loop.call_soon_threadsafe(self._finish, answered)
+
+    def _finish(self, jobs: list[_Job]) -> None:
+        for job in jobs:
+            # Committed: only now may anyone hear of it, and then its caller.
+            for note in job.notes:
+                self._fanout.deliver(note)
+            if job.future.cancelled():
+                continue
+            if job.error is not None:
+                job.future.set_exception(job.error)
+            else:
+                job.future.set_result(job.outcome)
+
+
+class _WriterState:
+    """What the writer remembers between batches: its caches, and whether a deleted room
+    may have messages left to purge."""
+
+    def __init__(self) -> None:
+        self.rooms: dict[tuple[str, str], RoomRow] = {}
+        self.members: set[tuple[int, str]] = set()
+        self.data_version = -1
+        self.purge_pending = True
+
+    def clear(self) -> None:
+        self.rooms.clear()
+        self.members.clear()
+
+
+def _failed(job: _Job, cause: str) -> bool:
+    """Mark ``job`` failed by the storage (nothing of it kept); True, for filtering."""
+    job.error = Unavailable(cause)
+    job.notes.clear()
+    return True
+
+
+def _done(work: Awaitable[T]) -> T:
+    """The result of a session's ``work``, run to its end here: on this store's sessions
+    nothing awaited ever waits, so the coroutine finishes in one step."""
+    coroutine = work.__await__()
+    try:
+        coroutine.send(None)
+    except StopIteration as finished:
+        result: T = finished.value
+        return result
+    coroutine.close()
+    raise RuntimeError("a store write awaited something outside the store")

@@ -84,21 +84,30 @@ def test_a_long_history_ends_where_the_room_was_when_asked_and_lets_others_run(
         assert not isinstance(answer, str)
         events: list[str] = []
         body: list[bytes] = []
+        others_sent = asyncio.Event()
+        streamed = asyncio.Event()
 
-        async def send(message: Any) -> None:  # a reader as fast as can be: never waits
+        async def send(message: Any) -> None:  # a reader that never waits, but once
             if message["type"] == "http.response.body":
                 body.append(message.get("body", b""))
                 events.append("part")
+                if len(body) == 1:
+                    await others_sent.wait()  # ... after the first part, while others send
 
-        async def other_work() -> None:
-            for n in range(5):  # meanwhile: others send, and a ticker ticks
+        async def others() -> None:
+            for n in range(5):
                 await service.send("", req("Send", room_id=room_id, user_id="u", text=f"x{n}"))
+            others_sent.set()
+
+        async def ticker() -> None:
+            while not streamed.is_set():
                 events.append("tick")
                 await asyncio.sleep(0)
 
-        ticker = asyncio.create_task(other_work())
+        tasks = [asyncio.create_task(others()), asyncio.create_task(ticker())]
         await StreamedAnswer(answer, "chat.history")({"type": "http"}, _never, send)
-        await ticker
+        streamed.set()
+        await asyncio.gather(*tasks)
         texts = [m["text"] for m in json.loads(b"".join(body))["messages"]]
         await store.close()
         return texts, events
