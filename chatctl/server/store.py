@@ -9,7 +9,8 @@ Every operation is awaitable, on either backend:
   time (PostgreSQL) or retry it while another process holds the database (SQLite).
 - ``send``: a whole Send (the Idempotency-Key, the room, the membership, the room's
   next seq, the message and its fan-out) as one operation, because it is the call that
-  matters most and each backend does it its own fastest way.
+  matters most and each backend does it its own fastest way; ``send_many``: several in
+  one transaction (bulk sends).
 - ``purge_step``: remove part of what deleted rooms left behind; True while more remains.
 - ``start`` / ``close``: on the running event loop (pools, listeners, threads).
 
@@ -21,7 +22,7 @@ refusals from ``send``. ``open_store(db, fanout)`` picks the backend by the ``--
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
@@ -57,6 +58,14 @@ class Store(Protocol):
         what the room's streams get. With ``key``: a key already kept answers with its
         first answer instead and changes nothing; a new one is kept with this answer, in
         the same transaction."""
+        ...
+
+    async def send_many(
+        self, tenant: str, messages: Sequence[tuple[NewMessage, Key | None]]
+    ) -> list[SendResult]:
+        """Several Sends, each as ``send`` would do it, in one transaction, in order: their
+        outcomes in the same order. A refused one (or a key's replay) stores nothing and
+        the others go on; a storage failure keeps none of them. For bulk sends."""
         ...
 
     async def purge_step(self) -> bool: ...

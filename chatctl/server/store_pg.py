@@ -49,7 +49,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from typing import Any, TypeVar
 
 import psycopg
@@ -237,6 +237,65 @@ _NEXT_TO_PURGE = "SELECT room_pk, done_seq, last_seq FROM purging LIMIT 1 FOR UP
 _PURGED_TO = "UPDATE purging SET done_seq = ? WHERE room_pk = ?"
 _ANY_AT_OR_BEFORE = "SELECT 1 FROM messages WHERE room_pk = ? AND id <= ? LIMIT 1"
 _FIRST_AFTER = "SELECT min(seq) FROM messages WHERE room_pk = ? AND id > ?"
+
+
+def _statement(key: Key | None) -> str:
+    return _SEND if key is None else _SEND_KEYED
+
+
+def _send_params(
+    tenant: str, message: dict[str, Any], answer: str, key: Key | None
+) -> dict[str, Any]:
+    params: dict[str, Any] = {
+        "tenant": tenant,
+        "room_id": message["room_id"],
+        "id": message["id"],
+        "client": message["client"],
+        "user_id": message["user_id"],
+        "sent_at": message["sent_at"],
+        "subject": message["subject"],
+        "text": message["text"],
+        "note": _note_frame(tenant, message, answer),
+    }
+    if key is not None:
+        params.update(
+            key=key.key,
+            endpoint=key.endpoint,
+            request_hash=key.request_hash,
+            answer=answer,
+            now=key.now,
+            not_before=key.not_before,
+        )
+    return params
+
+
+async def _one_send(
+    conn: psycopg.AsyncConnection[tuple[Any, ...]],
+    tenant: str,
+    message: dict[str, Any],
+    answer: str,
+    key: Key | None,
+) -> tuple[Any, ...]:
+    cursor = await conn.execute(_statement(key), _send_params(tenant, message, answer, key))
+    row = await cursor.fetchone()
+    assert row is not None
+    return row
+
+
+def _sent(row: tuple[Any, ...], answer: str, key: Key | None) -> SendResult | None:
+    """What a Send statement's row says; None when it must run again: a member whose key
+    another replica claimed after the statement began (nothing was stored; run again, it
+    sees that replica's answer)."""
+    private, member, seq = row[0], row[1], row[2]
+    if key is not None and row[4] is not None:
+        return SendResult(key.replay(row[4], row[5], row[6]))
+    if seq is not None:
+        return SendResult(answer)
+    if private is None:
+        return SendResult(None, room_found=False)
+    if not member:
+        return SendResult(None, private=bool(private))
+    return None
 
 
 def _notifications(notes: list[Note]) -> list[str]:
@@ -510,48 +569,54 @@ class PostgresStore:
             for _ in range(3):
                 message = new.to_wire(self._ids(), time.time_ns())
                 answer = message_frame(message)
-                row = await self._bounded(self._send(tenant, message, answer, key), deadline)
-                private, member, seq = row[0], row[1], row[2]
-                if key is not None and row[4] is not None:
-                    return SendResult(key.replay(row[4], row[5], row[6]))
-                if seq is not None:
-                    return SendResult(answer)
-                if private is None:
-                    return SendResult(None, room_found=False)
-                if not member:
-                    return SendResult(None, private=bool(private))
-                # A member whose key another replica claimed after this statement began:
-                # nothing was stored; run again, and see that replica's answer.
+                row = await self._bounded(self._send_one(tenant, message, answer, key), deadline)
+                result = _sent(row, answer, key)
+                if result is not None:
+                    return result
         raise Unavailable("an Idempotency-Key stayed claimed but unanswered")
 
-    async def _send(
+    async def _send_one(
         self, tenant: str, message: dict[str, Any], answer: str, key: Key | None
     ) -> tuple[Any, ...]:
-        params: dict[str, Any] = {
-            "tenant": tenant,
-            "room_id": message["room_id"],
-            "id": message["id"],
-            "client": message["client"],
-            "user_id": message["user_id"],
-            "sent_at": message["sent_at"],
-            "subject": message["subject"],
-            "text": message["text"],
-            "note": _note_frame(tenant, message, answer),
-        }
-        if key is not None:
-            params.update(
-                key=key.key,
-                endpoint=key.endpoint,
-                request_hash=key.request_hash,
-                answer=answer,
-                now=key.now,
-                not_before=key.not_before,
-            )
         async with self._connection() as conn:
-            cursor = await conn.execute(_SEND if key is None else _SEND_KEYED, params)
-            row = await cursor.fetchone()
-            assert row is not None
-            return row
+            return await _one_send(conn, tenant, message, answer, key)
+
+    async def send_many(
+        self, tenant: str, messages: Sequence[tuple[NewMessage, Key | None]]
+    ) -> list[SendResult]:
+        deadline = time.monotonic() + self.timeout + _GRACE
+        async with contextlib.AsyncExitStack() as turns:
+            for room_id in sorted({new.room_id for new, _ in messages}):  # one order: no deadlock
+                await turns.enter_async_context(self._turns.of((tenant, room_id), deadline))
+            made = []
+            for new, key in messages:
+                message = new.to_wire(self._ids(), time.time_ns())
+                made.append((message, message_frame(message), key))
+
+            async def call() -> list[SendResult]:
+                async with self._connection() as conn, conn.transaction():
+                    # One round trip for all of them; then, one at a time, any whose key
+                    # another replica claimed meanwhile (it sees that one's answer now).
+                    async with conn.pipeline() as pipeline:
+                        cursors = [
+                            await conn.execute(_statement(key), _send_params(tenant, m, a, key))
+                            for m, a, key in made
+                        ]
+                        await pipeline.sync()
+                        rows = [await cursor.fetchone() for cursor in cursors]
+                    results: list[SendResult] = []
+                    for (message, answer, key), row in zip(made, rows, strict=True):
+                        assert row is not None
+                        result = _sent(row, answer, key)
+                        if result is None:
+                            again = await _one_send(conn, tenant, message, answer, key)
+                            result = _sent(again, answer, key)
+                        if result is None:
+                            raise Unavailable("an Idempotency-Key stayed claimed but unanswered")
+                        results.append(result)
+                    return results
+
+            return await self._bounded(call(), deadline)
 
     async def purge_step(self) -> bool:
         """Remove the next chunk of a deleted room's messages; True while more remain.

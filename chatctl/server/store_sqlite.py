@@ -50,7 +50,7 @@ import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -487,6 +487,25 @@ class SQLiteStore:
             undoable=key is not None,
         )
         return result
+
+    async def send_many(
+        self, tenant: str, messages: Sequence[tuple[NewMessage, Key | None]]
+    ) -> list[SendResult]:
+        def run(session: SQLiteSession) -> list[SendResult]:
+            db = self._wdb
+            results = []
+            for new, key in messages:
+                db.execute("SAVEPOINT one")
+                try:
+                    results.append(session.send(tenant, new, key, self._ids))
+                except _Unsent as unsent:
+                    db.execute("ROLLBACK TO one")
+                    results.append(unsent.result)
+                db.execute("RELEASE one")
+            return results
+
+        results: list[SendResult] = await self._submit(run, undoable=True)
+        return results
 
     async def purge_step(self) -> bool:
         """Remove the next chunk of a deleted room's messages; True while more remain."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import re
 import sqlite3
 import stat
@@ -275,3 +276,55 @@ def test_a_keyed_send_is_stored_once_and_answers_the_same(tmp_path: Path) -> Non
     assert first is not None and again == first
     assert [m.text for m in messages(store, room)] == ["once"]
     store.close_now()
+
+
+async def several_sends_in_one_go(store: Any) -> None:
+    """``send_many`` as a bulk send uses it, on either store: each message's outcome in
+    order, a refusal or a key's replay storing nothing, the rest stored in order."""
+
+    async def create(db: Session) -> RoomRow:
+        return await db.create_room("", "bulk", "bulk", "", "t", False, ["u"])
+
+    room = await store.write(create)
+    now = time.time()
+
+    def key(name: str) -> Key:
+        return Key("", name, "Send", f"hash-{name}", now, now - 60)
+
+    first = (await store.send("", NewMessage(room.id, "u", "c", "", "before"), key("k0"))).answer
+    results = await store.send_many(
+        "",
+        [
+            (NewMessage(room.id, "u", "c", "", "one"), None),
+            (NewMessage(room.id, "x", "c", "", "not a member"), None),
+            (NewMessage(room.id, "u", "c", "", "k0 again"), key("k0")),
+            (NewMessage(room.id, "u", "c", "", "two"), key("k1")),
+            (NewMessage("nope", "u", "c", "", "no room"), None),
+            (NewMessage(room.id, "u", "c", "", "k1 again"), key("k1")),
+        ],
+    )
+    answers = [r.answer for r in results]
+    assert answers[0] is not None and json.loads(answers[0])["message"]["text"] == "one"
+    assert answers[1] is None and results[1].room_found and not results[1].private
+    assert answers[2] == first
+    assert answers[3] is not None and json.loads(answers[3])["message"]["text"] == "two"
+    assert answers[4] is None and not results[4].room_found
+    assert answers[5] == answers[3]
+
+    async def stored(db: Session) -> list[MessageRow]:
+        return await db.messages(room)
+
+    rows = await store.read(stored)
+    assert [m.text for m in rows] == ["before", "one", "two"]
+    assert [m.id for m in rows] == sorted(m.id for m in rows)  # ids in the room's order
+
+
+def test_several_sends_in_one_transaction(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        store = SQLiteStore(str(tmp_path / "bulk.db"))
+        try:
+            await several_sends_in_one_go(store)
+        finally:
+            await store.close()
+
+    asyncio.run(scenario())

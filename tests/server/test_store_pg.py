@@ -485,3 +485,13 @@ def test_a_big_room_is_deleted_at_once_and_its_messages_in_steps(
             return small_left, big_left, steps, await left(big.pk)
 
     assert asyncio.run(scenario()) == (0, 25, 2, 0)
+
+
+def test_several_sends_in_one_transaction(url: str) -> None:
+    from tests.server.test_store import several_sends_in_one_go
+
+    async def scenario() -> None:
+        async with started(url) as store:
+            await several_sends_in_one_go(store)
+
+    asyncio.run(scenario())
