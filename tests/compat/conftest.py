@@ -13,11 +13,14 @@ import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from tests.helpers import ServerProcess
+
+if TYPE_CHECKING:
+    from tests.compat.browser import Chromium
 
 #: The environment as the test run started, before ``isolated_env`` points HOME at a
 #: temporary directory: npm keeps its download cache under the real HOME.
@@ -123,3 +126,27 @@ def chatctl_serve(tmp_path: Path) -> Iterator[ServeFactory]:
     for srv in started:
         if srv.proc is not None:
             srv.stop()
+
+
+@pytest.fixture(scope="session")
+def chromium(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Chromium]:
+    """Debian's headless Chromium, started once per session (a fresh profile)."""
+    executable = shutil.which("chromium") or shutil.which("chromium-browser")
+    need_tool(
+        executable is not None, "Chromium is needed for the browser tests (apt install chromium)"
+    )
+    assert executable is not None
+    from tests.compat.browser import launch_chromium
+
+    with launch_chromium(executable, tmp_path_factory.mktemp("chromium") / "profile") as browser:
+        yield browser
+
+
+@pytest.fixture(scope="session")
+def page_origins() -> Iterator[tuple[str, str]]:
+    """The test page served from two origins of its own (two ports of 127.0.0.1): the
+    first is the one a test allows, the second one it does not."""
+    from tests.compat.browser import page_server
+
+    with page_server() as allowed, page_server() as other:
+        yield allowed, other
