@@ -673,7 +673,9 @@ class RunningStandIn:
         return data
 
     def stop(self) -> None:
-        self.server.should_exit = True
+        # force_exit: drop what is still open (streams, kept-alive connections) at once
+        # instead of waiting for it, as a server that goes away would.
+        self.server.should_exit = self.server.force_exit = True
         self.thread.join(10)
 
 
