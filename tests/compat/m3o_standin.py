@@ -50,7 +50,7 @@ import json
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -253,6 +253,8 @@ class Recorded:
     body: Any
     raw: bytes
     status: int = 0
+    #: the accepted token it came with (None when refused): which tenant, so which test.
+    token: str | None = None
 
 
 @dataclass
@@ -389,10 +391,11 @@ class M3OChat:
 class M3OStandIn:
     """The ASGI app: micro's gateway in front of :class:`M3OChat`."""
 
-    def __init__(self, edition: Edition, tokens: tuple[str, ...], *, cors: bool = True) -> None:
+    def __init__(self, edition: Edition, *, cors: bool = True) -> None:
         self.edition = edition
         self.chat = M3OChat(edition)
-        self.tokens = tokens
+        #: accepted tokens, each its own tenant; added by ``StandInServer.tenant()``.
+        self.tokens: set[str] = set()
         self.cors = cors
         self.requests: list[Recorded] = []
 
@@ -433,12 +436,14 @@ class M3OStandIn:
         path: str,
         headers: dict[str, str],
         raw: bytes,
+        token: str | None = None,
     ) -> Recorded:
         try:
             body: Any = json.loads(raw) if raw.strip() else None
         except ValueError:
             body = raw.decode("utf-8", "replace")
-        rec = Recorded(transport, method, path, self._endpoint(path), headers, body, raw)
+        endpoint = self._endpoint(path)
+        rec = Recorded(transport, method, path, endpoint, headers, body, raw, token=token)
         self.requests.append(rec)
         return rec
 
@@ -457,7 +462,8 @@ class M3OStandIn:
             raw = await request.body()
         except ClientDisconnect:
             return
-        rec = self._record("http", request.method, scope["path"], headers, raw)
+        tenant = self._tenant(headers.get("authorization"), [])
+        rec = self._record("http", request.method, scope["path"], headers, raw, tenant)
         cors = self._cors(headers)
 
         async def answer(status: int, body: bytes, content_type: str | None) -> None:
@@ -470,7 +476,6 @@ class M3OStandIn:
         if request.method == "OPTIONS" and self.cors:
             await answer(200, b"", None)
             return
-        tenant = self._tenant(headers.get("authorization"), [])
         if tenant is None:
             await answer(401, b"unauthorized request\n", "text/plain; charset=utf-8")
             return
@@ -550,7 +555,7 @@ class M3OStandIn:
         tenant = self._tenant(headers.get("authorization"), offered)
         path = ws.scope["path"]
         if tenant is None or self._endpoint(path) != "Join":
-            self._record("ws", "GET", path, headers, b"")
+            self._record("ws", "GET", path, headers, b"", tenant)
             status = 401 if tenant is None else 404
             body = (
                 b"unauthorized request\n"
@@ -565,10 +570,10 @@ class M3OStandIn:
         await ws.accept(subprotocol=offered[0] if offered else None)
         first = await ws.receive()
         if first["type"] == "websocket.disconnect":
-            self._record("ws", "GET", path, headers, b"")
+            self._record("ws", "GET", path, headers, b"", tenant)
             return
         raw = first.get("bytes") or (first.get("text") or "").encode()
-        rec = self._record("ws", "GET", path, headers, raw)
+        rec = self._record("ws", "GET", path, headers, raw, tenant)
         rec.status = 101
         if len(raw) > MAX_CLIENT_FRAME:
             await ws.close(1009)
@@ -638,23 +643,62 @@ def _with_headers(send: Send, extra: list[tuple[bytes, bytes]]) -> Send:
 
 
 @dataclass
-class RunningStandIn:
-    """What the fixtures yield: a stand-in on a real socket."""
+class StandInServer:
+    """A stand-in on a real socket, serving from a thread; tests each get a tenant of it."""
 
     edition: Edition
     url: str
-    token: str
     app: M3OStandIn
     server: uvicorn.Server
     thread: threading.Thread
+
+    def tenant(self, token: str | None = None) -> RunningStandIn:
+        """A fresh token, so a tenant of its own: other tests' rooms, streams and requests
+        are invisible to it, even when they come late."""
+        token = token or f"m3o-{self.edition}-{uuid.uuid4().hex[:12]}"
+        self.app.tokens.add(token)
+        return RunningStandIn(self, token, len(self.app.requests))
+
+    def stop(self) -> None:
+        # force_exit: drop what is still open (streams, kept-alive connections) at once
+        # instead of waiting for it, as a server that goes away would.
+        self.server.should_exit = self.server.force_exit = True
+        self.thread.join(10)
+
+
+@dataclass
+class RunningStandIn:
+    """What the fixtures yield: one tenant (token) of a running stand-in."""
+
+    host: StandInServer
+    token: str
+    #: requests recorded before this index are not this view's (see ``forget_requests``).
+    start: int = 0
+
+    @property
+    def edition(self) -> Edition:
+        return self.host.edition
+
+    @property
+    def url(self) -> str:
+        return self.host.url
 
     @property
     def ws_url(self) -> str:
         return "ws" + self.url[len("http") :]
 
     @property
+    def app(self) -> M3OStandIn:
+        return self.host.app
+
+    @property
     def requests(self) -> list[Recorded]:
-        return self.app.requests
+        """Every request that came with this view's token, in order."""
+        return [r for r in self.host.app.requests[self.start :] if r.token == self.token]
+
+    def forget_requests(self) -> None:
+        """From now on, ``requests`` starts empty (after a test's own set-up calls)."""
+        self.start = len(self.host.app.requests)
 
     def sent(self, endpoint: str) -> list[Any]:
         """The bodies of every request that reached ``endpoint``, in order."""
@@ -672,18 +716,9 @@ class RunningStandIn:
         data: dict[str, Any] = r.json()
         return data
 
-    def stop(self) -> None:
-        # force_exit: drop what is still open (streams, kept-alive connections) at once
-        # instead of waiting for it, as a server that goes away would.
-        self.server.should_exit = self.server.force_exit = True
-        self.thread.join(10)
 
-
-def start_standin(
-    edition: Edition, *, token: str | None = None, cors: bool = True
-) -> RunningStandIn:
-    token = token or f"m3o-{edition}-{uuid.uuid4().hex[:12]}"
-    app = M3OStandIn(edition, (token,), cors=cors)
+def start_standin(edition: Edition, *, cors: bool = True) -> StandInServer:
+    app = M3OStandIn(edition, cors=cors)
     port = free_port()
     config = uvicorn.Config(
         app,
@@ -704,16 +739,14 @@ def start_standin(
     thread.start()
     wait_for(lambda: server.started or not thread.is_alive(), 10, "the m3o stand-in to start")
     assert server.started, "the m3o stand-in did not start"
-    return RunningStandIn(edition, f"http://127.0.0.1:{port}", token, app, server, thread)
+    return StandInServer(edition, f"http://127.0.0.1:{port}", app, server, thread)
 
 
 @contextlib.contextmanager
 def running_standin(edition: Edition, **options: Any) -> Iterator[RunningStandIn]:
-    srv = start_standin(edition, **options)
+    """A stand-in of its own (e.g. ``cors=False``), stopped after; yields one tenant."""
+    host = start_standin(edition, **options)
     try:
-        yield srv
+        yield host.tenant()
     finally:
-        srv.stop()
-
-
-StandInFactory = Callable[..., RunningStandIn]
+        host.stop()

@@ -91,7 +91,7 @@ def make_room(
 ) -> str:
     noun = srv.edition
     rid: str = srv.call("Create", {"name": name, "user_ids": list(users)})[noun]["id"]
-    srv.requests.clear()
+    srv.forget_requests()
     return rid
 
 

@@ -18,14 +18,14 @@ import signal
 import subprocess
 import sys
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.compat.conftest import ServeFactory, loopback_env, need_tool
+from tests.compat.conftest import loopback_env, need_tool
 from tests.helpers import ServerProcess, wait_for
 
 README = Path(__file__).resolve().parents[2] / "README.md"
@@ -51,13 +51,11 @@ class Workspace:
     """A server with rooms in it, a directory with export.json, the recipe's environment."""
 
     server: ServerProcess
+    #: a token of the test's own: each token is a tenant, so the test sees only its rooms.
+    token: str
     cwd: Path
     room: str
     env: dict[str, str] = field(default_factory=dict)
-
-    @property
-    def token(self) -> str:
-        return self.server.tokens[0]
 
     def api(self, endpoint: str, body: dict[str, Any]) -> dict[str, Any]:
         with self.server.http(self.token) as client:
@@ -195,20 +193,38 @@ def recipe_params() -> list[Any]:
     return params
 
 
+@pytest.fixture(scope="module")
+def recipe_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """One ``chatctl serve`` for every recipe, with a token (a tenant) for each test."""
+    tokens = [f"recipe-{uuid.uuid4().hex}" for _ in range(len(readme_recipes()) + 4)]
+    workdir = tmp_path_factory.mktemp("recipes")
+    with ServerProcess(workdir, tcp=True, tokens=tokens) as srv:
+        yield srv
+
+
+@pytest.fixture(scope="module")
+def unused_tokens(recipe_server: ServerProcess) -> Iterator[str]:
+    return iter(recipe_server.tokens)
+
+
+@pytest.fixture
+def token(unused_tokens: Iterator[str]) -> str:
+    return next(unused_tokens)
+
+
 @pytest.mark.parametrize("line", recipe_params())
-def test_readme_recipe(line: str, chatctl_serve: ServeFactory, tmp_path: Path) -> None:
+def test_readme_recipe(line: str, recipe_server: ServerProcess, token: str, tmp_path: Path) -> None:
     check = next((fn for pattern, fn in CHECKS if re.search(pattern, line)), None)
     assert check is not None, f"no check for this README recipe; add one to {__file__}: {line}"
     need_tool(
         shutil.which("jq") is not None, "jq is needed by the README's recipes (apt install jq)"
     )
-    server = chatctl_serve()
-    token = server.tokens[0]
+    server = recipe_server
     home = tmp_path / "home"
     home.mkdir()
     cwd = tmp_path / "recipe"
     cwd.mkdir()
-    ws = Workspace(server, cwd, room="")
+    ws = Workspace(server, token, cwd, room="")
     general = ws.api("Create", {"name": "general", "user_ids": ["alice", "bob"]})["room"]["id"]
     ws.api("Create", {"name": "ops", "user_ids": ["alice"]})
     ws.api("Create", {"name": "random", "user_ids": ["bob"]})
@@ -245,19 +261,21 @@ def test_every_recipe_has_a_check() -> None:
     assert unchecked == []
 
 
-def test_the_fixed_websocat_form_works_today(chatctl_serve: ServeFactory, tmp_path: Path) -> None:
+def test_the_fixed_websocat_form_works_today(
+    recipe_server: ServerProcess, token: str, tmp_path: Path
+) -> None:
     """The recipe's fix (the URL before -H) is proven here already, so the README change
     is only a matter of writing it down."""
     need_tool(shutil.which("websocat", path=str(BIN)) is not None, "websocat is needed")
-    server = chatctl_serve()
-    with server.http(server.tokens[0]) as client:
+    server = recipe_server
+    with server.http(token) as client:
         room = client.post("/v1/chat/Create", json={"name": "ws", "user_ids": ["alice"]}).json()
-    ws = Workspace(server, tmp_path, room=room["room"]["id"])
+    ws = Workspace(server, token, tmp_path, room=room["room"]["id"])
     ws.env = loopback_env(PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")
     host = server.url.split("://", 1)[1]
     line = (
         f'echo \'{{"room_id": "{ws.room}", "user_id": "user-2"}}\' | '
-        f'websocat -n ws://{host}/v1/chat/Join -H "Authorization: Bearer {server.tokens[0]}"'
+        f'websocat -n ws://{host}/v1/chat/Join -H "Authorization: Bearer {token}"'
     )
     out = ws.tail(line, "user-2", "alice", "hello user-2")
     (frame,) = [json.loads(f) for f in out.splitlines()]
