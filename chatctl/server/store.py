@@ -6,7 +6,8 @@ Every operation is awaitable, on either backend:
   what it returns; ``write`` is one transaction, delivering what the session published
   to the live streams only once it committed. The rules pass their work in, rather than
   holding a transaction open around it, so that a store can bound the whole of it in
-  time (PostgreSQL) or retry it while another process holds the database (SQLite).
+  time (PostgreSQL) or hand it to its writer thread (SQLite). ``work`` awaits only its
+  session: on SQLite it runs to its end in one step, on the writer's thread.
 - ``send``: a whole Send (the Idempotency-Key, the room, the membership, the room's
   next seq, the message and its fan-out) as one operation, because it is the call that
   matters most and each backend does it its own fastest way; ``send_many``: several in
