@@ -86,7 +86,7 @@ IDEMPOTENCY_TTL = 24 * 3600.0
 #: messages read from the store per step of a ``since`` replay.
 REPLAY_CHUNK = 500
 #: messages read from the store per step of a History without a limit.
-HISTORY_CHUNK = 1000
+HISTORY_CHUNK = 250
 
 #: an answer: the encoded JSON, or (a History of any size) its parts, to send in turn.
 Answer = str | AsyncIterator[str]
