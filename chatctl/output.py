@@ -74,9 +74,11 @@ _KEYS = ("room", "rooms", "message", "messages", "event")
 _UNSAFE_FOR_PEOPLE = re.compile(
     "[\x00-\x08\x0a-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069\ud800-\udfff]"
 )
-#: Escaped in tsv and id output: backslash, every C0 (tab and newline too), DEL, C1, the
-#: separators Python's splitlines() breaks on, and lone surrogates.
-_UNSAFE_IN_TSV = re.compile("[\\\\\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
+#: Escaped in tsv and id output: backslash, every C0 (tab and newline too), and all that
+#: is escaped for people (tsv is read on terminals too).
+_UNSAFE_IN_TSV = re.compile(
+    "[\\\\\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069\ud800-\udfff]"
+)
 #: Left raw by json.dumps(ensure_ascii=False) but escaped by us (\uXXXX, same data).
 _UNSAFE_IN_JSON = re.compile(
     "[\x7f-\x9f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069\ud800-\udfff]"
@@ -212,6 +214,8 @@ class Renderer:
             self.out.flush()
 
     def _line(self, text: str) -> None:
+        if self.reader_gone:
+            return
         with self.writing():
             self.out.write(text + "\n")
             self.out.flush()
@@ -219,8 +223,6 @@ class Renderer:
     @contextlib.contextmanager
     def writing(self) -> Iterator[None]:
         """Turn write failures into the CLI's outcomes (see the class docstring)."""
-        if self.reader_gone:
-            return
         try:
             yield
         except BrokenPipeError:
@@ -292,6 +294,8 @@ class _RichRenderer(Renderer):
         self._width = width
 
     def print(self, renderable: RenderableType) -> None:
+        if self.reader_gone:
+            return
         if self._console is None:
             self._console = _console(self.out, width=self._width)
         with self.writing():

@@ -96,8 +96,10 @@ class Invocation:
 
     def notice(self, text: str) -> None:
         """One line of news for the person at the terminal (stderr), never data."""
+        from chatctl.output import visible
+
         with contextlib.suppress(OSError, ValueError):
-            print(f"chatctl: {text}", file=self.stderr, flush=True)
+            print(f"chatctl: {visible(text)}", file=self.stderr, flush=True)
 
     def close(self) -> None:
         if self._client is not None:

@@ -206,6 +206,8 @@ def hint_for(e: ChatctlError) -> str | None:
 
 
 def _error(inv: Invocation, e: ChatctlError) -> None:
+    from chatctl.output import visible  # a detail may be the server's text: escape it
+
     lines = [f"error: {e.message}"]
     hint = hint_for(e)
     if hint:
@@ -213,7 +215,7 @@ def _error(inv: Invocation, e: ChatctlError) -> None:
     if e.summary:
         lines.append(f"chatctl: {e.summary}")
     with contextlib.suppress(OSError, ValueError):
-        inv.stderr.write("".join(line + "\n" for line in lines))
+        inv.stderr.write("".join(visible(line) + "\n" for line in lines))
         inv.stderr.flush()
 
 

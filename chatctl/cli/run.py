@@ -27,6 +27,7 @@ from chatctl.errors import (
     ChatctlError,
     Interrupted,
     NotFoundError,
+    OutputError,
     UsageError,
 )
 from chatctl.schema import ENDPOINTS, ValidationError, validate_request
@@ -276,8 +277,14 @@ def call_all(
                     _report(inv, e)
                     continue
                 with guard.calling():
-                    out.response(response)
                     done += 1
+                    try:
+                        out.response(response)
+                    except OutputError as e:
+                        e.summary = f"{_count(done, noun)}; the last one's answer was not written"
+                        if batch:
+                            e.summary += " and the rest of the input was not sent"
+                        raise
                     advance()
     finally:
         out.close()
@@ -298,8 +305,10 @@ def _count(done: int, noun: str, *, failed: bool = False) -> str:
 
 
 def _report(inv: Invocation, e: ChatctlError) -> None:
+    from chatctl.output import visible
+
     with contextlib.suppress(OSError, ValueError):
-        print(f"error: {e.message}", file=inv.stderr, flush=True)
+        print(f"error: {visible(e.message)}", file=inv.stderr, flush=True)
 
 
 def _read_all(inv: Invocation, endpoint: str, calls: Iterable[Call], total: int | None) -> None:
@@ -334,9 +343,9 @@ class _CtrlC:
             signal.signal(signal.SIGINT, self._previous)
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
-        if self._phase == "reading" or (self._phase == "calling" and self.interrupted):
+        again, self.interrupted = self.interrupted, True
+        if self._phase == "reading" or (self._phase == "calling" and again):
             raise KeyboardInterrupt
-        self.interrupted = True
 
     def reading(self) -> _Phase:
         return _Phase(self, "reading")
