@@ -201,16 +201,10 @@ def test_fresh_home_uses_the_local_server_and_leaves_nothing(tmp_path: object) -
     import os
     from pathlib import Path
 
+    from tests.helpers import fresh_home_env
+
     home = Path(str(tmp_path)) / "home"
-    home.mkdir()
-    env = cli_env(
-        HOME=str(home),
-        XDG_RUNTIME_DIR=str(home / "run"),
-        XDG_CONFIG_HOME=str(home / ".config"),
-        XDG_DATA_HOME=str(home / ".local/share"),
-        XDG_STATE_HOME=str(home / ".local/state"),
-    )
-    (home / "run").mkdir(mode=0o700)
+    env = fresh_home_env(home)
     try:
         ok(chatctl("create", "general", "-u", env.get("USER", "root"), env=env))
         user = ok(chatctl("list", "-o", "json", env=env))

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests import postgres
-from tests.helpers import ServerProcess, chatctl, cli_env, wait_for
+from tests.helpers import ServerProcess, chatctl, cli_env, fresh_home_env, wait_for
 
 
 @pytest.fixture(params=postgres.BACKENDS)
@@ -317,15 +317,7 @@ def test_a_silent_dead_connection_is_noticed_within_30s(tcp_server: ServerProces
 def test_join_on_the_local_server_starts_it_again_after_serve_stop(tmp_path: Path) -> None:
     """No URL: the embedded local server. `chatctl serve --stop` under a tail: the tail
     starts it again (as one-shot commands do) and misses nothing sent meanwhile."""
-    home = tmp_path / "home"
-    (home / "run").mkdir(parents=True, mode=0o700)
-    env = cli_env(
-        HOME=str(home),
-        XDG_RUNTIME_DIR=str(home / "run"),
-        XDG_CONFIG_HOME=str(home / ".config"),
-        XDG_DATA_HOME=str(home / ".local/share"),
-        XDG_STATE_HOME=str(home / ".local/state"),
-    )
+    env = fresh_home_env(tmp_path / "home")
     try:
         assert chatctl("create", "general", "-u", "alice", env=env).returncode == 0
         tail = subprocess.Popen(

@@ -15,6 +15,7 @@ import pytest
 import typer.main
 
 from chatctl.cli.main import app
+from tests.helpers import fresh_home_env
 from tests.shell.conftest import shell_env
 
 #: commands whose examples are not one-shot calls against the local server.
@@ -45,16 +46,9 @@ def test_every_command_has_examples_found() -> None:
 
 @pytest.fixture
 def fresh_home(tmp_path: Path) -> Iterator[dict[str, str]]:
-    home = tmp_path / "home"
-    (home / "run").mkdir(parents=True, mode=0o700)
-    env = shell_env(
-        HOME=str(home),
-        XDG_RUNTIME_DIR=str(home / "run"),
-        XDG_CONFIG_HOME=str(home / ".config"),
-        XDG_DATA_HOME=str(home / ".local/share"),
-        XDG_STATE_HOME=str(home / ".local/state"),
-        TOKEN="an-example-token",  # what `config set token -` examples pipe in
-    )
+    # TOKEN: what the `config set token -` example pipes in.
+    env = fresh_home_env(tmp_path / "home", TOKEN="an-example-token")
+    env["PATH"] = shell_env()["PATH"]  # `chatctl` by name, as the examples say
     env.pop("NO_COLOR", None)
     try:
         yield env
