@@ -26,16 +26,19 @@ class _ClosedStream(io.TextIOBase):
 
 
 def _hold_closed_streams() -> None:
-    """Keep /dev/null on a closed fd 1 or 2, so no socket or file opened later lands on
-    it (and is written to as "stdout"); writes to the stream itself still fail."""
-    for fd, name in ((1, "stdout"), (2, "stderr")):
+    """Keep /dev/null on a closed fd 0, 1 or 2, so no socket or file opened later lands on
+    it (and is read or written as a standard stream). A closed stdin reads as empty;
+    writes to a closed stdout fail, and are reported; a closed stderr is silent."""
+    for fd, name in ((0, "stdin"), (1, "stdout"), (2, "stderr")):
         if getattr(sys, name) is not None:
             continue
-        held = os.open(os.devnull, os.O_WRONLY)
+        held = os.open(os.devnull, os.O_RDWR)
         if held != fd:
             os.dup2(held, fd)
             os.close(held)
-        if name == "stdout":
+        if name == "stdin":
+            sys.stdin = open(os.devnull)  # noqa: SIM115  # for the life of the process
+        elif name == "stdout":
             sys.stdout = _ClosedStream()
         else:
             sys.stderr = open(os.devnull, "w")  # noqa: SIM115  # nowhere to report to

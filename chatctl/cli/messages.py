@@ -165,13 +165,14 @@ def _messages(
             page = _page(
                 inv, request, limit=min(left, PAGE), **({"before": cursor} if cursor else {})
             )
-            if not page:
-                break
+            first = page[0].get("id") if page else None
+            if not page or (pages and first == pages[-1][0].get("id")):
+                break  # the end, or a server that does not page: nothing new
             pages.append(page)
             left -= len(page)
-            cursor, previous = page[0].get("id"), cursor
-            if not isinstance(cursor, str) or cursor == previous:
-                break  # a server that does not page (m3o's answers every message at once)
+            if not isinstance(first, str):
+                break
+            cursor = first
         for page in reversed(pages):
             yield from page
         return
@@ -181,11 +182,12 @@ def _messages(
         page = _page(
             inv, request, limit=size, after=cursor, **({"before": before} if before else {})
         )
-        if not page:
-            return
+        last = page[-1].get("id") if page else None
+        if not page or last == cursor:
+            return  # the end, or a server that does not page (m3o answers all at once)
         yield from page
-        cursor, previous = page[-1].get("id"), cursor
-        if not isinstance(cursor, str) or cursor == previous:
-            return  # a server that does not page (m3o's answers every message at once)
+        if not isinstance(last, str):
+            return
+        cursor = last
         if left is not None:
             left -= len(page)

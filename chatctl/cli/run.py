@@ -243,7 +243,7 @@ def call_all(
     out = inv.renderer(batch=batch, report=True)
     done = failed = 0
     last: str | None = None
-    guard = _CtrlC()
+    guard = _CtrlC(inv)
     try:
         with guard, progress(total, endpoint) as advance:
             pending = iter(calls)
@@ -328,7 +328,8 @@ class _CtrlC:
     Only the main thread can take signals; elsewhere this does nothing.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, inv: Invocation) -> None:
+        self.inv = inv
         self.interrupted = False
         self._phase = "idle"
         self._previous: Any = None
@@ -346,6 +347,10 @@ class _CtrlC:
         again, self.interrupted = self.interrupted, True
         if self._phase == "reading" or (self._phase == "calling" and again):
             raise KeyboardInterrupt
+        if self._phase == "calling":
+            self.inv.notice(
+                "finishing the call in flight, then stopping (Ctrl-C again: abandon it)"
+            )
 
     def reading(self) -> _Phase:
         return _Phase(self, "reading")

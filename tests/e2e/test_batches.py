@@ -203,6 +203,45 @@ def test_ctrl_c_during_a_call_finishes_it_and_prints_its_id(
     assert "interrupted: 3 messages sent" in err
 
 
+def test_a_second_ctrl_c_abandons_the_call_and_says_its_outcome_is_unknown(
+    start_server: Callable[..., ServerProcess],
+) -> None:
+    server = start_server(tcp=True)
+    env = cli_env(server, CHATCTL_USER="u")
+    room = make_room(server, env)
+    arrived, release = threading.Event(), threading.Event()
+
+    def hold_the_second(request: BaseHTTPRequestHandler, body: bytes) -> None:
+        if request.path.endswith("/Send") and json.loads(body)["text"] == "m1":
+            arrived.set()
+            release.wait(30)
+
+    with serve(hold_the_second, upstream=server.url) as url:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "chatctl", "send", room, "--lines", "-o", "id"],
+            env={**env, "CHATCTL_URL": url},
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        assert proc.stdin is not None
+        proc.stdin.write("m0\nm1\nm2\n")
+        proc.stdin.flush()
+        assert arrived.wait(30), "the second Send never reached the proxy"
+        assert proc.stderr is not None
+        proc.send_signal(signal.SIGINT)
+        notice = proc.stderr.readline()  # the first Ctrl-C was taken: it says what it does
+        assert notice.startswith("chatctl: finishing the call in flight, then stopping")
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+        release.set()
+    assert proc.returncode == 130, err
+    assert len(out.split()) == 1  # m0's id; m1's outcome is unknown
+    assert "interrupted during the call for line 2: it may or may not have been stored" in err
+    assert "1 message sent before it" in err
+
+
 def test_read_commands_exit_0_quietly_on_a_closed_pipe(server: ServerProcess) -> None:
     env = cli_env(server, CHATCTL_USER="u")
     room = make_room(server, env)
