@@ -51,8 +51,8 @@ from chatctl.errors import (
     ConnectError,
     NoAnswerError,
     NotAnAPIError,
+    SettingError,
     StreamClosed,
-    UsageError,
 )
 from chatctl.schema import ENDPOINTS
 
@@ -72,35 +72,32 @@ _SCHEMES = ("http", "https")
 
 
 def parse_url(url: str) -> tuple[str, str | None]:
-    """``(base, uds)`` for a URL as the user gave it; a UsageError for one chatctl cannot
-    use. ``host:port`` alone means ``http://host:port``."""
+    """``(base, uds)`` for a URL as the user gave it; a SettingError for one chatctl
+    cannot use. ``host:port`` alone means ``http://host:port``."""
     from urllib.parse import urlsplit
 
     if url.startswith("unix:"):
         path = url[len("unix:") :].removeprefix("//")
         if not path:
-            raise UsageError("unix: URL without a socket path", hint="e.g. unix:/run/chat.sock")
+            raise SettingError("unix: URL without a socket path", "host")
         return "http://localhost", path
     if "://" not in url:
         url = "http://" + url
     parts = urlsplit(url)
     scheme = parts.scheme.lower()
     if scheme not in _SCHEMES:
-        raise UsageError(
-            f"unsupported URL scheme {scheme!r}",
-            hint="use http://HOST, https://HOST or unix:/path/to/socket",
-        )
+        raise SettingError(f"unsupported URL scheme {scheme!r}", "scheme")
     try:
         host, port = parts.hostname, parts.port
     except ValueError as e:
-        raise UsageError(f"malformed URL: {e}") from None
+        raise SettingError(f"malformed URL: {e}", "host") from None
     if not host:
-        raise UsageError("the URL names no host", hint="e.g. https://chat.example.com")
+        raise SettingError("the URL names no host", "host")
     shown = f"{scheme}://{_host(host)}{'' if port is None else f':{port}'}"
     if parts.username is not None or parts.password is not None:
-        raise UsageError(
+        raise SettingError(
             f"the URL {shown} holds credentials (user:password@); chatctl does not send them",
-            hint="give the token with --token, CHATCTL_TOKEN or: chatctl config set token -",
+            "credentials",
         )
     return shown + parts.path.rstrip("/"), None
 
@@ -161,9 +158,8 @@ class Client:
                 self._ssl = ssl.create_default_context(cafile=self.ca_cert)
             except (OSError, ssl.SSLError) as e:
                 reason = getattr(e, "strerror", None) or getattr(e, "reason", None) or str(e)
-                raise UsageError(
-                    f"cannot use the CA certificate {self.ca_cert}: {reason}",
-                    hint="give a PEM file of the CA that signed the server's certificate",
+                raise SettingError(
+                    f"cannot use the CA certificate {self.ca_cert}: {reason}", "ca_cert"
                 ) from None
         return self._ssl
 

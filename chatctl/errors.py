@@ -4,6 +4,7 @@ The exception tree::
 
     ChatctlError                 exit status 1 unless a subclass says otherwise
     ├── UsageError               2  bad flags or bad input; nothing was sent
+    │   └── SettingError         2  a URL or CA file chatctl cannot use (scheme, credentials)
     ├── ConnectError             3  the server could not be reached (refused, DNS, lost)
     │   ├── NoAnswerError        3  it accepted the connection but did not answer in time
     │   ├── CertificateError     3  its TLS certificate is not trusted (or TLS failed)
@@ -36,6 +37,7 @@ __all__ = [
     "NotAnAPIError",
     "NotFoundError",
     "OutputError",
+    "SettingError",
     "StreamClosed",
     "UsageError",
     "exit_status_for_http",
@@ -94,6 +96,15 @@ class UsageError(ChatctlError):
     """Bad flags or bad input, found before anything was sent."""
 
     exit_status = ExitStatus.USAGE
+
+
+class SettingError(UsageError):
+    """A connection setting chatctl cannot use; ``setting`` names it: ``scheme``,
+    ``credentials``, ``host`` (a URL without one or malformed), or ``ca_cert``."""
+
+    def __init__(self, message: str, setting: str) -> None:
+        super().__init__(message)
+        self.setting = setting
 
 
 class ConnectError(ChatctlError):

@@ -37,6 +37,7 @@ from chatctl.errors import (
     Interrupted,
     NoAnswerError,
     NotAnAPIError,
+    SettingError,
     StreamClosed,
 )
 
@@ -154,6 +155,14 @@ def hint_for(e: ChatctlError) -> str | None:
     """The next step for the user after an error: the one place hints are worded."""
     if e.hint:
         return e.hint
+    if isinstance(e, SettingError):
+        return {
+            "scheme": "use http://HOST, https://HOST or unix:/path/to/socket",
+            "host": "e.g. https://chat.example.com or unix:/run/chat.sock",
+            "credentials": "remove them from the URL; give the token with --token, "
+            "CHATCTL_TOKEN or: chatctl config set token -",
+            "ca_cert": "give a PEM file of the CA that signed the server's certificate",
+        }.get(e.setting)
     if isinstance(e, CertificateError):
         if e.verify:
             return (
