@@ -234,11 +234,12 @@ class Client:
                 self._log("POST", path, status, started)
                 self._reached = True
                 if status < 300:
-                    return self._decode(spec.id, status, answer)
-                error = self._api_error(spec.id, status, answer)
+                    return self._decode(status, answer)
+                error = self._api_error(status, answer)
                 if status != 429 and status not in _RETRY_STATUSES:
                     raise error
-                wait = error.retry_after if isinstance(error, APIError) else None
+                asked = error.retry_after if isinstance(error, APIError) else None
+                wait = None if asked is None else max(asked, 0.05)  # never a busy loop
             failures += 1
             if wait is None:
                 if not self._reached and failures > self.retries:
@@ -296,13 +297,13 @@ class Client:
                 where=self.where,
             ) from None
 
-    def _decode(self, endpoint_id: str, status: int, answer: _Answer) -> dict[str, Any]:
+    def _decode(self, status: int, answer: _Answer) -> dict[str, Any]:
         data = answer.json()
         if not isinstance(data, dict):
             raise NotAnAPIError(self.where, status, answer.content_type)
         return data
 
-    def _api_error(self, endpoint_id: str, status: int, answer: _Answer) -> ChatctlError:
+    def _api_error(self, status: int, answer: _Answer) -> ChatctlError:
         data = answer.json()
         retry_after = _retry_after(answer.retry_after)
         if isinstance(data, dict) and "detail" in data:
@@ -489,7 +490,7 @@ def _join_connect_error(client: Client, e: Exception) -> ChatctlError:
             response.headers.get("Retry-After"),
             response.reason_phrase,
         )
-        error = client._api_error("chat.join", response.status_code, answer)
+        error = client._api_error(response.status_code, answer)
         if isinstance(error, APIError) and not error.id:
             error.id = "chat.join"
         return error
