@@ -27,7 +27,7 @@ from chatctl.cli.options import (
     UrlOpt,
     VerboseOpt,
 )
-from chatctl.cli.serve import serve
+from chatctl.cli.serve import app as serve_app
 from chatctl.errors import (
     APIError,
     CertificateError,
@@ -58,7 +58,7 @@ _COMMANDS = {
 for name in ("create", "invite", "send", "history", "list_rooms", "join", "kick", "leave"):
     app.registered_commands.append(_COMMANDS[name])
 app.registered_commands.append(_COMMANDS["delete"])
-app.command("serve")(serve)
+app.add_typer(serve_app, name="serve")
 app.command("completion")(completion.completion)
 app.add_typer(config_cmd.app, name="config")
 
