@@ -15,6 +15,9 @@ import pytest
 
 from chatctl.cli.main import run_cli
 
+# m3o_group_server, m3o_room_server, m3o_server: stand-ins for m3o's own servers.
+pytest_plugins = ["tests.compat.fixtures"]
+
 
 @dataclass
 class Result:

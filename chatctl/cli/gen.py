@@ -111,28 +111,45 @@ def _root_page(cli: Command, ctx: Context) -> str:
 def _command_page(command: Command, ctx: Context) -> str:
     name = ctx.info_name or ""
     page = _Page(f"chatctl-{name}", _summary(command))
-    sub = _subcommands(command, ctx)
+    sub = _tree(command, ctx, f"chatctl {name}")
+    # A group that also runs by itself (`chatctl serve [OPTIONS]` beside `chatctl serve
+    # token ...`) has a synopsis and options of its own.
+    runs = not sub or bool(getattr(command, "invoke_without_command", False))
+    if runs:
+        own = [p for p in command.collect_usage_pieces(ctx) if p != _COMMAND_PIECE]
+        page.synopsis(f"chatctl {name}", own)
+    for child, cmd, child_ctx in sub:
+        if not _subcommands(cmd, child_ctx):
+            page.synopsis(child, cmd.collect_usage_pieces(child_ctx))
+    page.description(command)
+    if not sub:
+        page.arguments(command, ctx)
+    if runs:
+        page.options(command, ctx)
     if sub:
-        for child, cmd in sub:
-            child_ctx = cmd.make_context(child, [], parent=ctx, resilient_parsing=True)
-            page.synopsis(f"chatctl {name} {child}", cmd.collect_usage_pieces(child_ctx))
-        page.description(command)
         page.section("COMMANDS")
-        for child, cmd in sub:
-            child_ctx = cmd.make_context(child, [], parent=ctx, resilient_parsing=True)
-            page.subsection(f"chatctl {name} {child}")
+        for child, cmd, child_ctx in sub:
+            page.subsection(child)
             page.paragraphs(_prose(cmd))
             page.parameters(cmd, child_ctx)
-        page.examples(command, *(cmd for _, cmd in sub))
-    else:
-        page.synopsis(f"chatctl {name}", command.collect_usage_pieces(ctx))
-        page.description(command)
-        page.arguments(command, ctx)
-        page.options(command, ctx)
-        page.examples(command)
+    page.examples(command, *(cmd for _, cmd, _ in sub))
     page.common_sections()
     page.see_also(["chatctl"])
     return page.text()
+
+
+#: how click writes a group's subcommand in its usage.
+_COMMAND_PIECE = "COMMAND [ARGS]..."
+
+
+def _tree(command: Command, ctx: Context, prefix: str) -> list[tuple[str, Command, Context]]:
+    """A group's subcommands, depth first: nested groups, then their own subcommands."""
+    found = []
+    for child, cmd in _subcommands(command, ctx):
+        child_ctx = cmd.make_context(child, [], parent=ctx, resilient_parsing=True)
+        found.append((f"{prefix} {child}", cmd, child_ctx))
+        found += _tree(cmd, child_ctx, f"{prefix} {child}")
+    return found
 
 
 class _Page:

@@ -25,7 +25,7 @@ from chatctl.cli.options import (
     VerboseOpt,
     common,
 )
-from chatctl.cli.serve import serve
+from chatctl.cli.serve import app as serve_app
 from chatctl.errors import ChatctlError, ExitStatus
 
 app = typer.Typer(
@@ -37,7 +37,7 @@ app = typer.Typer(
 )
 for family in (rooms, members, messages, join):
     app.registered_commands += family.app.registered_commands
-app.command("serve")(serve)
+app.add_typer(serve_app, name="serve")
 app.command("completion")(completion.completion)
 app.add_typer(config_cmd.app, name="config")
 

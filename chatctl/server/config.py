@@ -3,10 +3,28 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from chatctl.schema import Limits
 
-__all__ = ["ServerConfig"]
+if TYPE_CHECKING:
+    from chatctl.server.tokens import TokenRegistry
+
+__all__ = [
+    "DEFAULT_MAX_STREAMS_PER_TOKEN",
+    "DEFAULT_RATE_BURST",
+    "DEFAULT_RATE_LIMIT",
+    "ServerConfig",
+]
+
+#: per-token limits of a server with tokens, unless its flags say otherwise (the embedded
+#: local server and any open server have none): 50 requests/s with bursts of 100 is far
+#: beyond a person and a busy script, and a server doing ~6,000 Sends/s on 2 cores would
+#: need 120 tokens at full tilt to be saturated.
+DEFAULT_RATE_LIMIT = 50.0
+DEFAULT_RATE_BURST = 100
+#: a person's tabs and devices, or a bot tailing many rooms; not one client's thousands.
+DEFAULT_MAX_STREAMS_PER_TOKEN = 100
 
 
 @dataclass
@@ -26,6 +44,19 @@ class ServerConfig:
     stream_queue: int = 1000
     #: exit after this many seconds with no open connection (the embedded local server).
     idle_exit: float | None = None
+    #: every accepted token and who it is (``tokens.TokenRegistry``: ``--token`` flags and
+    #: ``--tokens-file``, reloaded on SIGHUP and when the file changes); None: open.
+    #: Until the edge authenticates through it, the edge accepts ``tokens`` above.
+    registry: TokenRegistry | None = None
+    #: requests per second each token may make (None: no limit), and the burst it may
+    #: make at once; over it: 429 with Retry-After.
+    rate_limit: float | None = None
+    rate_burst: int = DEFAULT_RATE_BURST
+    #: Join streams one token may hold open at once (None: no cap).
+    max_streams_per_token: int | None = None
+    #: serve https and wss with this certificate chain and key (PEM files).
+    tls_cert: str | None = None
+    tls_key: str | None = None
 
     @property
     def open(self) -> bool:

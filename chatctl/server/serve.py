@@ -17,6 +17,11 @@ calls :func:`run_server`. What this module adds to uvicorn, and why:
   tokens and of anything after ``Bearer``.
 - With ``ServerConfig.idle_exit`` set (the embedded local server), the process exits by
   itself after that long with no open request or stream.
+- TLS (``--tls-cert``/``--tls-key``) goes through uvicorn's SSL settings, checked here
+  first so a bad key is one line, not a traceback (``tls_options``); a network address
+  without TLS gets a warning that tokens travel in clear text (``cleartext_warning``).
+- SIGHUP reloads the TLS certificate and, once the app offers a hook for it, the tokens
+  file (``on_hangup``); the file is also watched (``tokens.watch_tokens``).
 """
 
 from __future__ import annotations
@@ -29,9 +34,10 @@ import os
 import re
 import signal
 import socket
+import ssl
 import stat
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -42,12 +48,18 @@ from chatctl.local import socket_answers
 from chatctl.server.app import ACCESS_LINE, ChatServer, create_app, uvicorn_config
 from chatctl.server.config import ServerConfig
 from chatctl.server.hub import Hub
+from chatctl.server.tokens import Reload, read_tokens, watch_tokens
 
 __all__ = [
+    "TLS_CIPHERS",
     "check_exposure",
+    "check_tls_key",
+    "cleartext_warning",
     "is_loopback",
+    "on_hangup",
     "read_tokens_file",
     "run_server",
+    "tls_options",
 ]
 
 #: how long in-flight requests get to finish at shutdown; then their tasks are cancelled.
@@ -67,21 +79,9 @@ def is_loopback(host: str) -> bool:
 
 
 def read_tokens_file(path: str | os.PathLike[str]) -> frozenset[str]:
-    """The tokens in a file: one per line; blank lines and ``#`` comments are skipped.
-
-    A comment may also follow a token after whitespace (``tok-1  # alice``): a bearer token
-    cannot contain whitespace, so the first word is the token.
-    """
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as exc:
-        raise UsageError(f"cannot read tokens file {os.fspath(path)}: {exc.strerror}") from exc
-    tokens = set()
-    for line in text.splitlines():
-        words = line.split()
-        if words and not words[0].startswith("#"):
-            tokens.add(words[0])
-    return frozenset(tokens)
+    """The tokens a tokens file holds in clear (see ``chatctl.server.tokens`` for the
+    format); raises UsageError naming the file and line of a malformed one."""
+    return frozenset(line.secret for line in read_tokens(path) if line.secret is not None)
 
 
 def check_exposure(config: ServerConfig, host: str, uds: str | None) -> None:
@@ -91,6 +91,128 @@ def check_exposure(config: ServerConfig, host: str, uds: str | None) -> None:
             f"refusing to serve {host} without a token (anyone who can reach it could read "
             "every room): pass --token TOKEN or --tokens-file FILE, or listen on 127.0.0.1"
         )
+
+
+#: TLS 1.2 suites with forward secrecy and AEAD only (TLS 1.3's are always on): Mozilla's
+#: "intermediate" choice without the old DHE suites. Python's context already refuses
+#: anything before TLS 1.2.
+TLS_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20"
+
+
+def cleartext_warning(config: ServerConfig, host: str, uds: str | None) -> str | None:
+    """What to say when tokens and messages would cross a network unencrypted. Still
+    allowed: a TLS-terminating proxy in front is a normal setup."""
+    if uds is None and config.tls_cert is None and not is_loopback(host):
+        return (
+            f"serving plain http on {host}: tokens and messages travel in clear text; give"
+            " --tls-cert and --tls-key, or put a TLS-terminating proxy in front"
+        )
+    return None
+
+
+def tls_options(config: ServerConfig, uds: str | None = None) -> dict[str, Any]:
+    """uvicorn's SSL settings for ``config.tls_cert``/``tls_key`` ({} without TLS), checked
+    first: the key's permissions (``check_tls_key``), and that the pair loads."""
+    cert, key = config.tls_cert, config.tls_key
+    if cert is None and key is None:
+        return {}
+    if cert is None or key is None:
+        raise UsageError("--tls-cert and --tls-key go together: give both, or neither")
+    if uds is not None:
+        raise UsageError("--tls-cert is for TCP: a Unix socket stays on this machine")
+    _load_tls(cert, key)
+    return {"ssl_certfile": cert, "ssl_keyfile": key, "ssl_ciphers": TLS_CIPHERS}
+
+
+def check_tls_key(key: str) -> None:
+    """Refuse a private key others may read, as PostgreSQL does: owned by this user and
+    mode 0600 or less, or owned by root and 0640 or less (a group such as Debian's
+    ssl-cert may read it)."""
+    try:
+        st = os.stat(key)
+    except OSError as exc:
+        raise UsageError(f"cannot read TLS key {key}: {exc.strerror}") from None
+    mode = stat.S_IMODE(st.st_mode)
+    if st.st_uid == 0:
+        allowed, owner = 0o640, "root"
+    elif st.st_uid == os.geteuid():
+        allowed, owner = 0o600, "you"
+    else:
+        raise UsageError(
+            f"TLS key {key} belongs to another user (uid {st.st_uid}); it must be this"
+            " user's or root's"
+        )
+    if mode & ~allowed:
+        raise UsageError(
+            f"TLS key {key} is readable by others (mode {mode:04o}, owned by {owner});"
+            f" make it private: chmod {allowed:o} {key}"
+        )
+
+
+class _EncryptedKey(Exception):
+    pass
+
+
+def _no_password() -> str:
+    # Without a callback OpenSSL would prompt on the terminal for a passphrase.
+    raise _EncryptedKey
+
+
+def _load_tls(cert: str, key: str, into: ssl.SSLContext | None = None) -> None:
+    """Load the pair into a scratch context (so an unusable pair is one clear error and
+    a live context is never left half-loaded), then into ``into`` if given."""
+    check_tls_key(key)
+    for context in (ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER), into):
+        if context is None:
+            continue
+        try:
+            context.load_cert_chain(cert, key, _no_password)
+        except _EncryptedKey:
+            raise UsageError(
+                f"TLS key {key} is encrypted; give it unencrypted (and readable by this user"
+                " only): openssl pkey -in ENCRYPTED -out KEY"
+            ) from None
+        except ssl.SSLError as exc:
+            raise UsageError(
+                f"cannot use TLS certificate {cert} with key {key}: {exc.reason or exc}"
+            ) from None
+        except OSError as exc:
+            raise UsageError(
+                f"cannot read TLS certificate {cert} or key {key}: {exc.strerror or exc}"
+            ) from None
+
+
+def on_hangup(
+    server: uvicorn.Server,
+    config: ServerConfig,
+    tokens_reloaded: Callable[[Reload], None] | None,
+) -> Callable[[], None]:
+    """What SIGHUP does: load the TLS certificate and key again (new connections get
+    them; a renewal needs no restart), and re-read the tokens file when the app can act
+    on it (``tokens_reloaded`` closes the streams of revoked tokens). A file that cannot
+    be used is logged and the old one kept."""
+
+    def hangup() -> None:
+        done = []
+        live = getattr(server.config, "ssl", None)
+        if config.tls_cert and config.tls_key and isinstance(live, ssl.SSLContext):
+            try:
+                _load_tls(config.tls_cert, config.tls_key, into=live)
+                done.append(f"TLS certificate {config.tls_cert}")
+            except UsageError as exc:
+                log.error("SIGHUP: %s; keeping the certificate loaded before", exc)
+        registry = config.registry
+        if registry is not None and registry.path is not None and tokens_reloaded is not None:
+            try:
+                reloaded = registry.reload()
+            except UsageError as exc:
+                log.error("SIGHUP: %s; keeping the %d tokens loaded before", exc, len(registry))
+            else:
+                done.append(f"tokens file {registry.path}: {reloaded}")
+                tokens_reloaded(reloaded)
+        log.info("SIGHUP: reloaded %s", "; ".join(done) if done else "nothing")
+
+    return hangup
 
 
 def run_server(
@@ -107,6 +229,10 @@ def run_server(
     Raises UsageError before anything is bound when the options are unsafe or unusable.
     """
     check_exposure(config, host, uds)
+    tls = tls_options(config, uds)
+    warning = cleartext_warning(config, host, uds)
+    if warning is not None:
+        print(f"warning: {warning}", file=sys.stderr, flush=True)
     os.umask(0o077)
     _configure_logging(log_level, config.tokens)
     _prepare_db(config.db)
@@ -138,11 +264,15 @@ def run_server(
                 proxy_headers=False,
                 server_header=False,
                 timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
+                **tls,
             )
         )
         if pid_file is not None:
             _write_pid_file(pid_file)
-        _run(server, app.state.hub, sockets, config.idle_exit)
+        # The app's hook for a changed tokens file (close revoked tokens' streams with
+        # 4401), once its edge authenticates through config.registry.
+        tokens_reloaded = getattr(app.state, "tokens_reloaded", None)
+        _run(server, app.state.hub, sockets, config, tokens_reloaded)
     finally:
         if uds is not None and bound is not None:
             _unlink_if_same(uds, bound)
@@ -151,17 +281,29 @@ def run_server(
 
 
 def _run(
-    server: uvicorn.Server, hub: Hub, sockets: list[socket.socket] | None, idle: float | None
+    server: uvicorn.Server,
+    hub: Hub,
+    sockets: list[socket.socket] | None,
+    config: ServerConfig,
+    tokens_reloaded: Callable[[Reload], None] | None = None,
 ) -> None:
+    idle = config.idle_exit
+
     async def main() -> None:
-        watchdog = None
+        tasks = []
         if idle is not None:
-            watchdog = asyncio.create_task(_exit_when_idle(server, hub, idle))
+            tasks.append(asyncio.create_task(_exit_when_idle(server, hub, idle)))
+        registry = config.registry
+        if registry is not None and registry.path is not None and tokens_reloaded is not None:
+            tasks.append(asyncio.create_task(watch_tokens(registry, tokens_reloaded)))
+        asyncio.get_running_loop().add_signal_handler(
+            signal.SIGHUP, on_hangup(server, config, tokens_reloaded)
+        )
         try:
             await server.serve(sockets=sockets)
         finally:
-            if watchdog is not None:
-                watchdog.cancel()
+            for task in tasks:
+                task.cancel()
 
     # uvicorn restores the handlers it found and re-raises the signal once it has shut down
     # gracefully; with Python's defaults that would kill the process by SIGTERM or raise
@@ -269,6 +411,10 @@ class _RedactingFormatter(logging.Formatter):
         secrets = sorted((re.escape(t) for t in tokens if t), key=len, reverse=True)
         patterns = [
             r"(?i:(?<=bearer )\S+)",
+            # Browsers offer their token as the WebSocket subprotocol; at debug level the
+            # handshake's headers are logged, and a token the server does not know (or
+            # knows only by its hash) cannot be scrubbed by name: drop the whole value.
+            r"(?i:(?<=sec-websocket-protocol: )[^\r\n]+)",
             r"(?i:(?<=[?&]token=)[^&\s\"']+)",
             r"(?i:(?<=[?&]access_token=)[^&\s\"']+)",
             *secrets,

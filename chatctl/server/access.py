@@ -1,0 +1,178 @@
+"""Who may do what in a room: the authorization model of admin and user tokens.
+
+Pure functions over facts, no store and no HTTP: the principal (``tokens.Principal``),
+the endpoint, the request, and what the store knows of the room (``RoomFacts``). They
+return the request as it will be carried out, or raise ``Refusal`` (403, or 404 for a
+room the actor's tenant does not have). Contract: ``m3o-chat-api.md``, part 3, "Who may
+do what", which has the same rules as a table.
+
+**Admin tokens** (every old-format token, ``tenant=NAME admin``, and the open server)
+act as any user, as every m3o token did: nothing here refuses them.
+
+**A user token** acts as its user U, in its tenant, and only as U:
+
+- Every ``user_id`` that names the actor (Send, Join, History, Leave) must be U or
+  absent; absent means U (``bind``). Naming anyone else is 403: a user token cannot
+  send, read, join or leave as someone else.
+- Create: U is the room's creator, and a member (added first to ``user_ids`` when not
+  named). ``user_ids`` may name others: the creator may invite anyone anyway.
+- Invite: U must be a member of the room, or its creator. A member may invite, as in
+  most team chats' private channels: a member already reads everything and could pass it
+  on, so inviting gives nothing away that membership has not. Undoing a kick (inviting a
+  user the room barred) is moderation, and is the creator's (or an admin's) alone;
+  otherwise any member could undo the creator's kick.
+- Kick and Delete: only the room's creator (or an admin token). A creator may kick
+  themself; anyone else leaves with Leave (which does not bar).
+- Leave: of oneself only; on a private room U must be in it (otherwise the answer, the
+  room with its members, would show a private room to an outsider).
+- List: public rooms, and private rooms U is in or created. ``user_id`` filters within
+  those (it may name another user: it shows nothing U could not see already).
+- Join, History and Send keep the rules that do not depend on the token (private rooms
+  need membership, a kick bars rejoining, Send needs membership).
+
+A room of another tenant does not exist for the actor: 404, whatever the token.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from chatctl.server.tokens import Principal
+
+__all__ = [
+    "ListScope",
+    "Refusal",
+    "RoomFacts",
+    "authorize",
+    "bind",
+    "creator_of",
+    "idempotency_scope",
+    "list_scope",
+    "visible",
+]
+
+#: endpoints whose ``user_id`` names the actor (for Invite and Kick it names the target,
+#: for List it is a filter).
+_ACTOR_FIELD = frozenset({"Send", "Join", "History", "Leave"})
+
+
+class Refusal(Exception):
+    """A request the access rules refuse: ``code`` (403, or 404) and m3o-style ``detail``."""
+
+    def __init__(self, code: int, detail: str) -> None:
+        super().__init__(detail)
+        self.code = code
+        self.detail = detail
+
+
+@dataclass(frozen=True, slots=True)
+class RoomFacts:
+    """What the store knows of a room, as far as the access rules need it."""
+
+    private: bool
+    #: the user whose token created the room; None when an admin token did (or the room
+    #: predates creators being recorded): then only admin tokens may kick or delete.
+    creator: str | None
+    #: the actor's user is in ``user_ids`` (only asked for user tokens).
+    actor_is_member: bool = False
+    #: Invite: the invited user was kicked and is barred until invited again.
+    target_barred: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ListScope:
+    """What List shows: rooms with ``member`` in them (None: any), that ``viewer`` may
+    see (None: every room; else public rooms and private ones it is in or created)."""
+
+    member: str | None
+    viewer: str | None
+
+
+_NOT_FOUND = Refusal(404, "room not found")
+
+
+def bind(principal: Principal, endpoint: str, request: Mapping[str, Any]) -> dict[str, Any]:
+    """The request with the actor's user filled in, or Refusal(403) when it names another.
+
+    Works on a request as parsed (before validation: ``null`` or ``""`` count as absent,
+    and a value of the wrong type is left for validation to refuse) and on a validated
+    one alike. For an admin token the request is returned as it is.
+    """
+    out = dict(request)
+    user = principal.user
+    if user is None:
+        return out
+    if endpoint in _ACTOR_FIELD:
+        given = out.get("user_id")
+        if given is None or given == "":
+            out["user_id"] = user
+        elif isinstance(given, str) and given != user:
+            raise Refusal(403, f"this token acts only as user {user}, not {given}")
+    elif endpoint == "Create":
+        members = out.get("user_ids")
+        if members is None:
+            out["user_ids"] = [user]
+        elif isinstance(members, list) and user not in members:
+            out["user_ids"] = [user, *members]
+    return out
+
+
+def creator_of(principal: Principal) -> str | None:
+    """The creator Create records: the token's user; None for an admin token."""
+    return principal.user
+
+
+def authorize(
+    principal: Principal, endpoint: str, request: Mapping[str, Any], room: RoomFacts | None
+) -> None:
+    """Refuse what the actor may not do to this room (None: not in the actor's tenant).
+
+    Call it with the request ``bind`` returned, once the room is known; Create and List
+    name no room and are not checked here (see ``bind`` and ``list_scope``).
+    """
+    if room is None:
+        raise _NOT_FOUND
+    user = principal.user
+    if user is None:
+        return
+    creator = room.creator == user
+    if endpoint in ("Delete", "Kick") and not creator:
+        verb = "delete the room" if endpoint == "Delete" else "kick"
+        hint = "" if endpoint == "Delete" else " (to leave the room yourself, use Leave)"
+        raise Refusal(403, f"only the room's creator or an admin token may {verb}{hint}")
+    if endpoint == "Invite":
+        if room.target_barred and not creator:
+            raise Refusal(
+                403,
+                f"{request.get('user_id')} was kicked from the room: only its creator or an"
+                " admin token may invite them back",
+            )
+        if not (room.actor_is_member or creator):
+            raise Refusal(403, "only a member of the room (or its creator) may invite")
+    if endpoint == "Leave" and room.private and not (room.actor_is_member or creator):
+        raise Refusal(403, "private room: the user is not in it")
+
+
+def visible(principal: Principal, room: RoomFacts) -> bool:
+    """Whether List shows the room to the actor."""
+    return (
+        principal.user is None
+        or not room.private
+        or room.actor_is_member
+        or room.creator == principal.user
+    )
+
+
+def list_scope(principal: Principal, request: Mapping[str, Any]) -> ListScope:
+    """The rooms a List request asks for, within what the actor may see."""
+    member = request.get("user_id") or None
+    return ListScope(member if isinstance(member, str) else None, principal.user)
+
+
+def idempotency_scope(principal: Principal, key: str) -> str:
+    """The Idempotency-Key as stored. A user token's keys are its own: otherwise a user
+    could replay another user's key and get back the answer to a call (a Delete, say)
+    they were never allowed to make. Admin tokens keep the tenant's keys as before."""
+    return key if principal.user is None else f"{principal.token_id}:{key}"
