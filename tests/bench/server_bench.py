@@ -7,6 +7,7 @@ import json
 import sqlite3
 import time
 from pathlib import Path
+from typing import Any
 
 try:  # the server core of issue 15 moves the id and time helpers into chatctl.wire
     from chatctl.wire import UUIDv7, rfc3339
@@ -26,38 +27,12 @@ from tests.bench.harness import (
 USER = "bench"
 
 
-def load(
-    port: int,
-    body: dict[str, object] | None,
-    mode: Mode,
-    *,
-    conns: int = 32,
-    path: str = "/v1/chat/Send",
-    rate: float = 0,
-    seconds: float | None = None,
-    keyed: bool = False,
-    bodies: list[dict[str, object]] | None = None,
-    allow_errors: bool = False,
-) -> dict:
-    """Run the load generator (its own process) against ``port``; its JSON result.
-
-    ``bodies``: one per connection, round-robin (Sends over several rooms); ``keyed``: a
-    unique Idempotency-Key on every request. Errors fail the run unless ``allow_errors``.
-    """
-    result: dict = run_json(
-        loadgen_args(
-            port,
-            body,
-            mode,
-            conns=conns,
-            path=path,
-            rate=rate,
-            seconds=seconds,
-            keyed=keyed,
-            bodies=bodies,
-        )
-    )
-    if result["errors"] and not allow_errors:
+def load(port: int, body: dict[str, object] | None, mode: Mode, **options: Any) -> dict:
+    """Run the load generator (its own process) against ``port``; its JSON result. The
+    options are ``loadgen_args``'s. Any failed request fails the run."""
+    result: dict = run_json(loadgen_args(port, body, mode, **options))
+    if result["errors"]:
+        path = options.get("path", "/v1/chat/Send")
         raise AssertionError(f"load on {path} had errors: {result['statuses']}")
     return result
 
@@ -75,6 +50,9 @@ def loadgen_args(
     bodies: list[dict[str, object]] | None = None,
     spawn: bool = False,
 ) -> list[str]:
+    """The load generator's command line. ``bodies``: one per connection, round-robin
+    (Sends over several rooms); ``keyed``: a unique Idempotency-Key on every request;
+    ``rate``: open loop (with ``spawn``, never waiting for a connection of its own)."""
     args = [
         PYTHON,
         "-m",
