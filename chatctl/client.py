@@ -3,16 +3,31 @@
 ``Client.call("Send", body)`` POSTs ``{url}/v1/chat/Send`` with the bearer token over one
 kept-alive connection and returns the decoded response object; ``Client.join(body)``
 opens the Join WebSocket, sends the request as the first frame and yields each frame.
-It raises the typed errors of ``chatctl.errors`` and never prints: the CLI's edge does.
+It raises the typed errors of ``chatctl.errors`` with the facts and never prints or
+words a hint: the CLI's edge does.
+
+Time: every call has one budget (``timeout``, 10 s by default) that covers connecting,
+sending, waiting for and reading the answer, and every retry. Connecting gets at most
+``CONNECT_TIMEOUT`` of it per attempt; a server that takes the connection and never
+answers is reported (NoAnswerError) when the budget is spent, not after 4 x 30 s.
 
 Retries: a call that changes something carries an ``Idempotency-Key``, fresh per logical
-call and the same on each retry, so retrying after a lost response never doubles it.
-Connection errors, timeouts and 502/503/504 are retried with capped, jittered backoff.
-A process that has not yet reached its server gives up fast (a typo in ``--url`` should
-not hang); once it has, a batch rides through a server restart for ``restart_window``.
+call and the same on each retry, so retrying after a lost answer never doubles it.
+Connection errors and 502/503/504 are retried with capped, jittered backoff, and a 429
+after the ``Retry-After`` it names, all inside the call's budget. A process that has not
+yet reached its server gives up after ``retries`` quick retries (a typo in ``--url``
+should not hang); once it has, a call keeps retrying until its budget is spent, riding
+through a server restart.
 
-A URL of the form ``unix:/path/to/socket`` talks HTTP over that Unix socket; no URL at all
-means the embedded local server (started on demand by ``chatctl.local``).
+Untrusted answers: a body larger than ``MAX_ANSWER_BYTES`` or still trickling in when
+the budget ends is refused; an answer that is not an m3o one (a web page, a proxy's error
+page) is reported as such, never printed.
+
+URLs: ``http://`` and ``https://`` (TLS, verified against the system's trust store, or the
+``ca_cert`` file alone when given; ``SSL_CERT_FILE`` and ``SSL_CERT_DIR`` are honoured),
+``unix:/path/to/socket`` for HTTP over a Unix socket, and no URL at all for the embedded
+local server (started on demand by ``chatctl.local``). A URL holding credentials
+(``user:pass@``) is refused: they would be sent instead of the token.
 """
 
 from __future__ import annotations
@@ -23,17 +38,72 @@ import time
 import uuid
 from collections.abc import Callable
 from datetime import datetime
-from typing import Any, TextIO
+from email.utils import parsedate_to_datetime
+from typing import TYPE_CHECKING, Any, TextIO
 
 import httpx
 
 from chatctl import __version__
-from chatctl.errors import APIError, ConnectError, StreamClosed, UsageError
+from chatctl.errors import (
+    APIError,
+    CertificateError,
+    ChatctlError,
+    ConnectError,
+    NoAnswerError,
+    NotAnAPIError,
+    SettingError,
+    StreamClosed,
+)
 from chatctl.schema import ENDPOINTS
 
-__all__ = ["Client", "JoinStream"]
+if TYPE_CHECKING:
+    import ssl
 
+__all__ = ["CONNECT_TIMEOUT", "DEFAULT_TIMEOUT", "Client", "JoinStream", "parse_url"]
+
+#: seconds a call may take in all, retries included, unless --timeout says otherwise.
+DEFAULT_TIMEOUT = 10.0
+#: seconds one attempt may take to connect (within the call's budget).
+CONNECT_TIMEOUT = 3.0
+#: the largest answer accepted (a full History page of maximal messages is ~65 MB).
+MAX_ANSWER_BYTES = 256 * 1024 * 1024
 _RETRY_STATUSES = frozenset({502, 503, 504})
+_SCHEMES = ("http", "https")
+
+
+def parse_url(url: str) -> tuple[str, str | None]:
+    """``(base, uds)`` for a URL as the user gave it; a SettingError for one chatctl
+    cannot use. ``host:port`` alone means ``http://host:port``."""
+    from urllib.parse import urlsplit
+
+    if url.startswith("unix:"):
+        path = url[len("unix:") :].removeprefix("//")
+        if not path:
+            raise SettingError("unix: URL without a socket path", "host")
+        return "http://localhost", path
+    if "://" not in url:
+        url = "http://" + url
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    if scheme not in _SCHEMES:
+        raise SettingError(f"unsupported URL scheme {scheme!r}", "scheme")
+    try:
+        host, port = parts.hostname, parts.port
+    except ValueError as e:
+        raise SettingError(f"malformed URL: {e}", "host") from None
+    if not host:
+        raise SettingError("the URL names no host", "host")
+    shown = f"{scheme}://{_host(host)}{'' if port is None else f':{port}'}"
+    if parts.username is not None or parts.password is not None:
+        raise SettingError(
+            f"the URL {shown} holds credentials (user:password@); chatctl does not send them",
+            "credentials",
+        )
+    return shown + parts.path.rstrip("/"), None
+
+
+def _host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
 
 
 class Client:
@@ -42,32 +112,24 @@ class Client:
         url: str | None,
         token: str | None = None,
         *,
-        timeout: float = 30.0,
+        timeout: float = DEFAULT_TIMEOUT,
+        ca_cert: str | None = None,
         verbose: TextIO | None = None,
         retries: int = 3,
-        restart_window: float = 20.0,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.token = token
         self.timeout = timeout
+        self.ca_cert = ca_cert
         self.verbose = verbose
         self.retries = retries
-        self.restart_window = restart_window
         self._sleep = sleep
         self._reached = False
-        self._uds: str | None = None
-        self._local = False
-        if url is None:
-            self._local = True
-            self.base = "http://localhost"
-        elif url.startswith("unix:"):
-            self._uds = url[len("unix:") :].removeprefix("//")
-            self.base = "http://localhost"
-        else:
-            if "://" not in url:
-                url = "http://" + url
-            self.base = url.rstrip("/")
+        self._local = url is None
+        self.base, self._uds = ("http://localhost", None) if url is None else parse_url(url)
+        self.tls = self.base.startswith("https://")
         self._http: httpx.Client | None = None
+        self._ssl: ssl.SSLContext | None = None
 
     # -- plumbing -------------------------------------------------------------------------
 
@@ -78,15 +140,39 @@ class Client:
             self._uds = ensure_local_server()
         return self._uds
 
+    def forget_connection(self) -> None:
+        """Drop the connection; the embedded local server is looked for (and started) anew
+        on the next call, as it may have exited since."""
+        self.close()
+        if self._local:
+            self._uds = None
+
+    def ssl_context(self) -> ssl.SSLContext:
+        """The TLS settings, made on first use (loading a trust store costs start-up time)."""
+        if self._ssl is None:
+            import ssl
+
+            try:
+                # With a CA file, that file alone is trusted (as curl's --cacert); without,
+                # the system's store, where SSL_CERT_FILE / SSL_CERT_DIR point OpenSSL.
+                self._ssl = ssl.create_default_context(cafile=self.ca_cert)
+            except (OSError, ssl.SSLError) as e:
+                reason = getattr(e, "strerror", None) or getattr(e, "reason", None) or str(e)
+                raise SettingError(
+                    f"cannot use the CA certificate {self.ca_cert}: {reason}", "ca_cert"
+                ) from None
+        return self._ssl
+
     def _client(self) -> httpx.Client:
         if self._http is None:
-            uds = self._socket()
-            transport = httpx.HTTPTransport(uds=uds) if uds else None
+            # Plain HTTP has nothing to verify: no trust store is loaded for it.
+            verify: ssl.SSLContext | bool = self.ssl_context() if self.tls else False
             self._http = httpx.Client(
                 base_url=self.base,
-                transport=transport,
-                timeout=self.timeout,
+                transport=httpx.HTTPTransport(uds=self._socket(), verify=verify),
+                verify=verify,
                 headers=self._headers(),
+                follow_redirects=False,
             )
         return self._http
 
@@ -121,112 +207,198 @@ class Client:
             ms = (time.perf_counter() - started) * 1000
             print(f"{method} {self.where}{path} {status} {ms:.1f}ms", file=self.verbose)
 
+    def _connect_error(self, reason: str) -> ConnectError:
+        return ConnectError(
+            f"cannot reach {self.where}: {reason}", where=self.where, local=self._local
+        )
+
     # -- unary calls ----------------------------------------------------------------------
 
     def call(self, endpoint: str, body: dict[str, Any]) -> dict[str, Any]:
-        """POST one request and return the decoded response object."""
+        """POST one request and return the decoded response object, within the budget."""
         spec = ENDPOINTS[endpoint]
         path = f"/v1/chat/{endpoint}"
         content = json.dumps(body).encode()
         headers = {"Idempotency-Key": uuid.uuid4().hex} if spec.mutating else {}
-        attempt = 0
-        first_failure: float | None = None
+        deadline = time.monotonic() + self.timeout
+        failures = 0
         while True:
             started = time.perf_counter()
             try:
-                response = self._client().post(path, content=content, headers=headers)
-            except httpx.TimeoutException as e:
-                self._log("POST", path, "timeout", started)
-                error: Exception = e
-                status = 0
-            except (httpx.TransportError, OSError) as e:
-                self._log("POST", path, "unreachable", started)
-                error = e
-                status = 0
+                status, answer = self._attempt(path, content, headers, deadline)
+            except _Retryable as e:
+                self._log("POST", path, e.label, started)
+                error: ChatctlError = e.error
+                wait = None
             else:
-                self._log("POST", path, response.status_code, started)
-                status = response.status_code
-                if status not in _RETRY_STATUSES:
-                    self._reached = True
-                    return self._decode(spec.id, response)
-                error = self._api_error(spec.id, response)
-            # Failed in a way worth retrying.
-            now = time.monotonic()
-            first_failure = first_failure or now
-            attempt += 1
-            in_window = self._reached and now - first_failure < self.restart_window
-            if attempt > self.retries and not in_window:
-                raise self._final(error)
-            self._sleep(min(2.0, 0.05 * 2 ** min(attempt, 6)) * (0.5 + random.random()))
-            if status == 0:
-                # A fresh connection: the old one may be half-dead after a server restart,
-                # and the local server may have exited idle since we looked (start it again).
-                self.close()
-                if self._local:
-                    self._uds = None
+                self._log("POST", path, status, started)
+                self._reached = True
+                if status < 300:
+                    return self._decode(status, answer)
+                error = self._api_error(status, answer)
+                if status != 429 and status not in _RETRY_STATUSES:
+                    raise error
+                asked = error.retry_after if isinstance(error, APIError) else None
+                wait = None if asked is None else max(asked, 0.05)  # never a busy loop
+            failures += 1
+            if wait is None:
+                if not self._reached and failures > self.retries:
+                    raise error
+                wait = min(2.0, 0.05 * 2 ** min(failures, 6)) * (0.5 + random.random())
+            if time.monotonic() + wait >= deadline:
+                raise error  # the budget cannot cover the wait: report what we know
+            self._sleep(wait)
 
-    def _final(self, error: Exception) -> Exception:
-        if isinstance(error, APIError):
-            return error
-        if isinstance(error, httpx.TimeoutException):
-            return ConnectError(
-                f"{self.where} did not answer within {self.timeout:g}s",
-                hint="the server may be overloaded; retry, or raise --timeout",
-            )
-        reason = _reason(error)
-        return ConnectError(
-            f"cannot reach {self.where}: {reason}",
-            hint="is the server running? check --url / CHATCTL_URL, or start one with: "
-            "chatctl serve",
-        )
-
-    def _decode(self, endpoint_id: str, response: httpx.Response) -> dict[str, Any]:
-        if response.status_code >= 400:
-            raise self._api_error(endpoint_id, response)
+    def _attempt(
+        self, path: str, content: bytes, headers: dict[str, str], deadline: float
+    ) -> tuple[int, _Answer]:
+        """One POST: the status and the answer's raw parts. Raises _Retryable for what a
+        retry may cure, a final ChatctlError for what it cannot."""
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise NoAnswerError(self.where, self.timeout, local=self._local)
+        timeout = httpx.Timeout(left, connect=min(CONNECT_TIMEOUT, left))
         try:
-            data = response.json()
-        except ValueError:
-            raise APIError(
-                response.status_code, "the server's answer is not JSON", endpoint_id
+            http = self._client()
+            with http.stream("POST", path, content=content, headers=headers, timeout=timeout) as r:
+                body = bytearray()
+                for chunk in r.iter_bytes():
+                    body += chunk
+                    if len(body) > MAX_ANSWER_BYTES:
+                        raise APIError(r.status_code, "the answer is larger than 256 MiB")
+                    if time.monotonic() > deadline:
+                        raise NoAnswerError(self.where, self.timeout, local=self._local)
+                return r.status_code, _Answer(
+                    bytes(body),
+                    r.headers.get("content-type", ""),
+                    r.headers.get("retry-after"),
+                    r.reason_phrase,
+                )
+        except httpx.ConnectTimeout:
+            self.forget_connection()
+            raise _Retryable("timeout", self._connect_error("connection timed out")) from None
+        except httpx.TimeoutException:
+            # Connected and asked, but no answer within the whole budget.
+            raise NoAnswerError(self.where, self.timeout, local=self._local) from None
+        except httpx.ConnectError as e:
+            self.forget_connection()
+            tls = _tls_failure(e, self.where)
+            if tls is not None:
+                raise tls from None
+            raise _Retryable("unreachable", self._connect_error(_reason(e))) from None
+        except (httpx.TransportError, OSError) as e:
+            # Refused mid-way, reset, closed without an answer: a server restarting.
+            self.forget_connection()
+            raise _Retryable("unreachable", self._connect_error(_reason(e))) from None
+        except httpx.HTTPError as e:  # e.g. a body its content-encoding cannot decode
+            self.forget_connection()
+            raise ConnectError(
+                f"{self.where} sent an answer that cannot be read: {_reason(e)}",
+                where=self.where,
             ) from None
+
+    def _decode(self, status: int, answer: _Answer) -> dict[str, Any]:
+        data = answer.json()
         if not isinstance(data, dict):
-            raise APIError(response.status_code, "the server's answer is not an object")
+            raise NotAnAPIError(self.where, status, answer.content_type)
         return data
 
-    @staticmethod
-    def _api_error(endpoint_id: str, response: httpx.Response) -> APIError:
-        try:
-            data = response.json()
-        except ValueError:
-            data = None
+    def _api_error(self, status: int, answer: _Answer) -> ChatctlError:
+        data = answer.json()
+        retry_after = _retry_after(answer.retry_after)
         if isinstance(data, dict) and "detail" in data:
-            code = data.get("code") if isinstance(data.get("code"), int) else None
-            return _with_hint(
-                APIError(
-                    code or response.status_code,
-                    str(data.get("detail", "")),
-                    str(data.get("id", "")),
-                    str(data.get("status", "")),
-                )
+            code = data.get("code")
+            return APIError(
+                code if isinstance(code, int) and 100 <= code < 600 else status,
+                str(data.get("detail", "")),
+                str(data.get("id", "")),
+                str(data.get("status", "")),
+                retry_after=retry_after,
             )
-        text = response.text.strip().splitlines()[0][:200] if response.text.strip() else ""
-        return _with_hint(APIError(response.status_code, text or response.reason_phrase))
+        # No m3o error object: never show the body (a web page, a proxy's error page).
+        if status >= 500 or status in (401, 403, 429):
+            what = answer.content_type.split(";")[0].strip() or "an empty body"
+            return APIError(
+                status,
+                f"{answer.reason or 'error'} (the answer is not an m3o error object: {what})",
+                retry_after=retry_after,
+            )
+        return NotAnAPIError(self.where, status, answer.content_type)
 
     # -- the Join stream ------------------------------------------------------------------
 
     def join(self, body: dict[str, Any], *, ping_interval: float = 8.0) -> JoinStream:
-        """Open the Join stream; iterate the result for each decoded frame."""
+        """Open the Join stream; call ``next()`` on the result for each decoded frame."""
         return JoinStream(self, body, ping_interval)
 
 
+class _Answer:
+    """An HTTP answer's raw parts; the body is decoded only when asked for."""
+
+    def __init__(
+        self, body: bytes, content_type: str, retry_after: str | None, reason: str
+    ) -> None:
+        self.body = body
+        self.content_type = content_type
+        self.retry_after = retry_after
+        self.reason = reason
+
+    def json(self) -> Any:
+        """The body as JSON, or None when it is not JSON."""
+        try:
+            return json.loads(self.body)
+        except ValueError:
+            return None
+
+
+class _Retryable(Exception):
+    """An attempt failed in a way a retry may cure."""
+
+    def __init__(self, label: str, error: ChatctlError) -> None:
+        super().__init__(error.message)
+        self.label = label
+        self.error = error
+
+
+def _retry_after(value: str | None) -> float | None:
+    """Seconds from a Retry-After header: a number of seconds or an HTTP date."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        seconds = when.timestamp() - time.time()
+    return max(0.0, seconds) if seconds == seconds else None  # NaN: no usable value
+
+
+def _tls_failure(e: BaseException, where: str) -> CertificateError | None:
+    """The TLS failure behind a connection error, if that is what it was."""
+    import ssl
+
+    cause: BaseException | None = e
+    while cause is not None:
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            why = cause.verify_message or cause.reason or "is not trusted"
+            return CertificateError(where, f"is not trusted: {why}")
+        if isinstance(cause, ssl.SSLError):
+            return CertificateError(where, f"failed: {cause.reason or cause}", verify=False)
+        cause = cause.__cause__ or cause.__context__
+    return None
+
+
 class JoinStream:
-    """One Join connection: the request is sent as the first frame; frames are yielded."""
+    """One Join connection: the request is sent as the first frame; frames are read."""
 
     def __init__(self, client: Client, body: dict[str, Any], ping_interval: float) -> None:
         from websockets.sync.client import connect, unix_connect
 
         self.client = client
-        scheme = "wss" if client.base.startswith("https://") else "ws"
+        scheme = "wss" if client.tls else "ws"
         uri = f"{scheme}://{client.base.split('://', 1)[1]}/v1/chat/Join"
         headers = {"User-Agent": f"chatctl/{__version__}"}
         if client.token:
@@ -245,12 +417,18 @@ class JoinStream:
             "user_agent_header": None,
         }
         try:
+            if client.tls:
+                options["ssl"] = client.ssl_context()
             uds = client._socket()
             # Entered as a context manager: websockets 17.1+ deprecates a bare connect().
             self._opened = unix_connect(uds, uri, **options) if uds else connect(uri, **options)
             self.ws = self._opened.__enter__()
+        except ChatctlError:
+            client._log("JOIN", "/v1/chat/Join", "unreachable", started)
+            raise
         except Exception as e:
             client._log("JOIN", "/v1/chat/Join", "unreachable", started)
+            client.forget_connection()
             raise _join_connect_error(client, e) from None
         client._log("JOIN", "/v1/chat/Join", 101, started)
         self.ws.send(json.dumps(body))
@@ -259,8 +437,6 @@ class JoinStream:
     def server_time(self) -> datetime | None:
         """When the server accepted this stream, by its own clock (the handshake's Date
         header, to the second, rounded down); None if it sent no usable Date."""
-        from email.utils import parsedate_to_datetime
-
         response = self.ws.response
         date = response.headers.get("Date") if response is not None else None
         try:
@@ -286,7 +462,9 @@ class JoinStream:
                 raise _closed_error(self.client, e) from None
             except OSError as e:
                 raise ConnectError(
-                    f"connection to {self.client.where} lost: {_reason(e)}"
+                    f"connection to {self.client.where} lost: {_reason(e)}",
+                    where=self.client.where,
+                    local=self.client._local,
                 ) from None
             try:
                 frame = json.loads(raw)
@@ -301,64 +479,43 @@ class JoinStream:
         self._opened.__exit__(None, None, None)
 
 
-def _join_connect_error(client: Client, e: Exception) -> Exception:
-    from websockets.exceptions import InvalidStatus
+def _join_connect_error(client: Client, e: Exception) -> ChatctlError:
+    from websockets.exceptions import InvalidHandshake, InvalidStatus
 
     if isinstance(e, InvalidStatus):
         response = e.response
-        try:
-            data = json.loads(response.body or b"")
-        except ValueError:
-            data = None
-        if isinstance(data, dict) and "detail" in data:
-            return _with_hint(
-                APIError(response.status_code, str(data["detail"]), str(data.get("id", "")))
-            )
-        return APIError(response.status_code, response.reason_phrase, "chat.join")
-    if isinstance(e, UsageError):
-        return e
+        answer = _Answer(
+            bytes(response.body or b""),
+            response.headers.get("Content-Type", ""),
+            response.headers.get("Retry-After"),
+            response.reason_phrase,
+        )
+        error = client._api_error(response.status_code, answer)
+        if isinstance(error, APIError) and not error.id:
+            error.id = "chat.join"
+        return error
+    tls = _tls_failure(e, client.where)
+    if tls is not None:
+        return tls
+    if isinstance(e, InvalidHandshake):
+        return NotAnAPIError(client.where, 200, "no WebSocket upgrade")
     if isinstance(e, TimeoutError):
-        return ConnectError(f"{client.where} did not answer within {client.timeout:g}s")
-    return ConnectError(
-        f"cannot reach {client.where}: {_reason(e)}",
-        hint="is the server running? check --url / CHATCTL_URL, or start one with: chatctl serve",
-    )
+        return NoAnswerError(client.where, client.timeout, local=client._local)
+    return client._connect_error(_reason(e))
 
 
-def _closed_error(client: Client, e: Exception) -> Exception:
+def _closed_error(client: Client, e: Exception) -> ChatctlError:
     rcvd = getattr(e, "rcvd", None)
     code = rcvd.code if rcvd is not None else None
     reason = rcvd.reason if rcvd is not None else ""
+    where, local = client.where, client._local
     if code is not None and 4000 <= code < 5000:
-        return _hint_stream(StreamClosed(code, reason))
+        return StreamClosed(code, reason)
     if code == 1001:
-        return ConnectError(f"{client.where} is going away (restarting or stopping)")
-    if code in (1000,):
-        return ConnectError(f"{client.where} closed the stream")
-    return ConnectError(f"connection to {client.where} lost")
-
-
-def _hint_stream(e: StreamClosed) -> StreamClosed:
-    if e.close_code == 4008:
-        e.hint = "this reader fell behind; resume with --since the last message id"
-    elif e.close_code == 4403:
-        e.hint = "ask a member to invite you again: chatctl invite ROOM USER"
-    return e
-
-
-def _with_hint(e: APIError) -> APIError:
-    detail = e.detail.lower()
-    if "not in the room" in detail:
-        e.hint = "invite the user first (chatctl invite ROOM USER) or join it (chatctl join ROOM)"
-    elif e.code == 401:
-        e.hint = "set a token with --token, CHATCTL_TOKEN or: chatctl config set token TOKEN"
-    elif e.code == 403:
-        e.hint = "the room is private or you were removed; ask a member to invite you"
-    elif "room not found" in detail:
-        e.hint = "list the rooms you can see with: chatctl list"
-    elif e.code == 409:
-        e.hint = "an Idempotency-Key was reused with a different request"
-    return e
+        return ConnectError(f"{where} is going away (restarting or stopping)", where=where)
+    if code == 1000:
+        return ConnectError(f"{where} closed the stream", where=where, local=local)
+    return ConnectError(f"connection to {where} lost", where=where, local=local)
 
 
 def _reason(e: BaseException) -> str:
@@ -366,8 +523,17 @@ def _reason(e: BaseException) -> str:
     lower = text.lower()
     if "refused" in lower:
         return "connection refused"
-    if "name or service not known" in lower or "nodename nor servname" in lower:
+    if (
+        "name or service not known" in lower
+        or "nodename nor servname" in lower
+        or "temporary failure in name resolution" in lower
+        or "no address associated" in lower
+    ):
         return "unknown host"
     if "no such file" in lower:
         return "no such socket"
+    if "reset by peer" in lower:
+        return "connection reset"
+    if "disconnected without sending a response" in lower or "peer closed" in lower:
+        return "the server closed the connection without answering"
     return text.splitlines()[0][:200]

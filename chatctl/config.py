@@ -8,11 +8,16 @@ or ``config.toml`` in the platform's user config dir, mode 0600::
     url = "https://chat.example.com"
     token = "..."
     user = "alice"
+    ca_cert = "/etc/ssl/private-ca.pem"    # trust this CA (alone) for https://
 
 Precedence, highest first: ``--url``/``--token``/``--user`` flags; ``CHATCTL_URL``,
 ``CHATCTL_TOKEN``, ``CHATCTL_USER``; the profile (``--profile``, ``CHATCTL_PROFILE``, the
 file's ``current``, else ``default``); ``M3O_API_TOKEN`` for the token; the login name for
 the user. No URL anywhere means the embedded local server.
+
+Every value is checked when the file is read: a key of the wrong type (``url = 5``) is a
+UsageError naming the key, the profile and the file. A file holding a token that other
+users may read is refused, as ssh refuses such a key.
 """
 
 from __future__ import annotations
@@ -28,8 +33,8 @@ from chatctl.errors import UsageError
 
 __all__ = ["KEYS", "Settings", "config_path", "load", "resolve", "save"]
 
-#: the keys a profile may hold.
-KEYS: tuple[str, ...] = ("url", "token", "user")
+#: the keys a profile may hold (each a string).
+KEYS: tuple[str, ...] = ("url", "token", "user", "ca_cert")
 DEFAULT_PROFILE = "default"
 
 
@@ -52,12 +57,49 @@ def load(path: Path | None = None) -> dict[str, Any]:
     except OSError as e:
         raise UsageError(f"cannot read config file {path}: {e.strerror}") from None
     try:
-        return tomllib.loads(data.decode("utf-8"))
+        config = tomllib.loads(data.decode("utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise UsageError(
             f"config file {path} is not valid TOML: {e}",
             hint="fix it by hand, or remove it and run: chatctl config set url URL",
         ) from None
+    _check(config, path)
+    return config
+
+
+def _check(config: dict[str, Any], path: Path) -> None:
+    """Refuse values of the wrong type, and a token others can read."""
+    fix = f"fix it in {path}, or set it again with: chatctl config set KEY VALUE"
+    if not isinstance(config.get("current", ""), str):
+        raise UsageError(f"config file {path}: current must be a string", hint=fix)
+    profiles = config.get("profiles", {})
+    if not isinstance(profiles, dict):
+        raise UsageError(f"config file {path}: profiles must be a table", hint=fix)
+    has_token = False
+    for name, values in profiles.items():
+        if not isinstance(values, dict):
+            raise UsageError(f"config file {path}: profile {name!r} must be a table", hint=fix)
+        for key in KEYS:
+            value = values.get(key)
+            if value is not None and not isinstance(value, str):
+                kind = type(value).__name__
+                raise UsageError(
+                    f"config file {path}: {key} in profile {name!r} must be a string, "
+                    f"not {kind}",
+                    hint=fix,
+                )
+        has_token = has_token or bool(values.get("token"))
+    if has_token:
+        try:
+            mode = path.stat().st_mode
+        except OSError:
+            return
+        if mode & 0o077:
+            raise UsageError(
+                f"config file {path} holds a token and other users can read it "
+                f"(mode {mode & 0o777:04o})",
+                hint=f"make it private with: chmod 600 {path}",
+            )
 
 
 def save(config: dict[str, Any], path: Path | None = None) -> Path:
@@ -100,6 +142,8 @@ class Settings:
     profile: str
     #: True when the user was given explicitly (flag, environment or profile).
     user_explicit: bool
+    #: a PEM file of the CA to trust (alone) for https:// (flag, else the profile).
+    ca_cert: str | None = None
 
 
 def resolve(
@@ -107,12 +151,17 @@ def resolve(
     token: str | None = None,
     user: str | None = None,
     profile_flag: str | None = None,
+    ca_cert: str | None = None,
 ) -> Settings:
     config = load()
     name = profile_name(config, profile_flag)
-    if profile_flag and profile_flag != DEFAULT_PROFILE and not profile(config, profile_flag):
+    # A profile asked for by name, on the command line or in the environment, must exist:
+    # a typo must not silently fall back to another server.
+    asked = profile_flag or os.environ.get("CHATCTL_PROFILE")
+    if asked and asked != DEFAULT_PROFILE and not profile(config, asked):
+        source = "--profile" if profile_flag else "CHATCTL_PROFILE"
         raise UsageError(
-            f"no profile named {profile_flag!r}",
+            f"no profile named {asked!r} ({source})",
             hint="list them with: chatctl config list",
         )
     prof = profile(config, name)
@@ -128,7 +177,12 @@ def resolve(
         user=str(chosen_user or _login_name()),
         profile=name,
         user_explicit=bool(chosen_user),
+        ca_cert=_path(ca_cert or prof.get("ca_cert")),
     )
+
+
+def _path(value: str | None) -> str | None:
+    return os.path.expanduser(value) if value else None
 
 
 def _login_name() -> str:

@@ -4,14 +4,21 @@ The exception tree::
 
     ChatctlError                 exit status 1 unless a subclass says otherwise
     ├── UsageError               2  bad flags or bad input; nothing was sent
-    ├── ConnectError             3  the server could not be reached (refused, DNS, timeout)
+    │   └── SettingError         2  a URL or CA file chatctl cannot use (scheme, credentials)
+    ├── ConnectError             3  the server could not be reached (refused, DNS, lost)
+    │   ├── NoAnswerError        3  it accepted the connection but did not answer in time
+    │   ├── CertificateError     3  its TLS certificate is not trusted (or TLS failed)
+    │   └── NotAnAPIError        3  something answered, but not an m3o Chat API (a web page)
     ├── NotFoundError            5  nothing by that name (found out by the client itself)
     ├── APIError                 from the HTTP code: 401/403 -> 4, 404 -> 5, other -> 1
-    └── StreamClosed             the server ended a Join stream on purpose (kicked,
-                                 room deleted, too slow); exit from the close code
+    ├── StreamClosed             the server ended a Join stream on purpose (kicked,
+    │                            room deleted, too slow); exit from the close code
+    ├── OutputError              1  the output could not be written (full disk, closed stdout)
+    └── Interrupted              130  Ctrl-C, after a write batch finished its call in flight
 
-Only the CLI's edge (``chatctl.cli.main``) turns these into messages and exit statuses;
-the transport raises them and never prints.
+The transport raises these with the facts (``where``, ``code``, ``close_code``) and never
+prints; only the CLI's edge (``chatctl.cli.main``) words them as one line, adds the hint
+that says what to do next, and maps them to exit statuses.
 """
 
 from __future__ import annotations
@@ -21,10 +28,16 @@ from http import HTTPStatus
 
 __all__ = [
     "APIError",
+    "CertificateError",
     "ChatctlError",
     "ConnectError",
     "ExitStatus",
+    "Interrupted",
+    "NoAnswerError",
+    "NotAnAPIError",
     "NotFoundError",
+    "OutputError",
+    "SettingError",
     "StreamClosed",
     "UsageError",
     "exit_status_for_http",
@@ -67,6 +80,8 @@ class ChatctlError(Exception):
     """Base of every error chatctl reports to its user."""
 
     exit_status: ExitStatus = ExitStatus.API_ERROR
+    #: one more line for the user after the error and its hint (a batch's count).
+    summary: str | None = None
 
     def __init__(self, message: str, hint: str | None = None) -> None:
         super().__init__(message)
@@ -83,10 +98,62 @@ class UsageError(ChatctlError):
     exit_status = ExitStatus.USAGE
 
 
+class SettingError(UsageError):
+    """A connection setting chatctl cannot use; ``setting`` names it: ``scheme``,
+    ``credentials``, ``host`` (a URL without one or malformed), or ``ca_cert``."""
+
+    def __init__(self, message: str, setting: str) -> None:
+        super().__init__(message)
+        self.setting = setting
+
+
 class ConnectError(ChatctlError):
-    """The server could not be reached, or did not answer in time."""
+    """The server could not be reached, or the connection to it was lost.
+
+    ``where`` is the server as the user should see it (never with credentials);
+    ``local`` is True for the embedded local server.
+    """
 
     exit_status = ExitStatus.UNREACHABLE
+
+    def __init__(
+        self, message: str, hint: str | None = None, *, where: str = "", local: bool = False
+    ) -> None:
+        super().__init__(message, hint)
+        self.where = where
+        self.local = local
+
+
+class NoAnswerError(ConnectError):
+    """The server took the connection (or the request) but did not answer in time."""
+
+    def __init__(self, where: str, seconds: float, *, local: bool = False) -> None:
+        super().__init__(
+            f"{where} did not answer within {seconds:g}s", where=where, local=local
+        )
+        self.seconds = seconds
+
+
+class CertificateError(ConnectError):
+    """TLS failed: the server's certificate is not trusted, or the handshake broke."""
+
+    def __init__(self, where: str, reason: str, *, verify: bool = True) -> None:
+        what = "the certificate of" if verify else "the TLS handshake with"
+        super().__init__(f"{what} {where} {reason}", where=where)
+        #: True when the certificate was refused (not some other TLS failure).
+        self.verify = verify
+
+
+class NotAnAPIError(ConnectError):
+    """Something answered at the URL, but not as an m3o Chat API (e.g. a web page)."""
+
+    def __init__(self, where: str, status: int, content_type: str) -> None:
+        what = content_type.split(";")[0].strip() or "no content type"
+        super().__init__(
+            f"{where} is not an m3o Chat API: it answered HTTP {status} with {what}",
+            where=where,
+        )
+        self.status = status
 
 
 class NotFoundError(ChatctlError):
@@ -96,7 +163,7 @@ class NotFoundError(ChatctlError):
 
 
 class APIError(ChatctlError):
-    """The server answered with an m3o error object."""
+    """The server answered with an m3o error object (or an error status without one)."""
 
     def __init__(
         self,
@@ -105,11 +172,15 @@ class APIError(ChatctlError):
         id: str = "",
         status: str = "",
         hint: str | None = None,
+        *,
+        retry_after: float | None = None,
     ) -> None:
         self.code = code
         self.detail = detail
         self.id = id
         self.status = status or reason_phrase(code)
+        #: seconds the server asked us to wait before retrying (429/503 Retry-After).
+        self.retry_after = retry_after
         where = f"{id}, HTTP {code}" if id else f"HTTP {code}"
         super().__init__(f"{detail} ({where})", hint)
 
@@ -137,3 +208,17 @@ class StreamClosed(ChatctlError):
         if self.http_code:
             return exit_status_for_http(self.http_code)
         return ExitStatus.UNREACHABLE
+
+
+class OutputError(ChatctlError):
+    """The output could not be written: a full disk, a closed stdout, an I/O error."""
+
+    def __init__(self, reason: str, hint: str | None = None) -> None:
+        super().__init__(f"cannot write the output: {reason}", hint)
+        self.reason = reason
+
+
+class Interrupted(ChatctlError):
+    """Ctrl-C stopped a write batch; ``message`` says what was sent."""
+
+    exit_status = ExitStatus.INTERRUPTED

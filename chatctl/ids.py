@@ -19,23 +19,38 @@ START = "00000000-0000-0000-0000-000000000000"
 _UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 
 
+#: the last millisecond a UUIDv7 can name (in the year 10889).
+_MAX_MS = 2**48 - 1
+
+
 def cursor_for_time(when: datetime) -> str:
-    """The smallest UUIDv7 of the millisecond ``when`` falls in."""
+    """The smallest UUIDv7 of the millisecond ``when`` falls in: START for any time
+    before 1970 (no message is older), the last millisecond for one past UUIDv7's range.
+    A time without a zone is UTC here; ``parse_cursor`` reads a user's as local time."""
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)
     ms = int(when.timestamp() * 1000)
-    value = (ms & (2**48 - 1)) << 80 | 0x7 << 76 | 0x2 << 62
+    if ms < 0:
+        return START
+    value = min(ms, _MAX_MS) << 80 | 0x7 << 76 | 0x2 << 62
     h = f"{value:032x}"
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def parse_cursor(text: str) -> str | None:
-    """A message id as given, or a time (RFC 3339 / ISO 8601) as a cursor; None if neither."""
+    """A message id as given, or a time (RFC 3339 / ISO 8601, or a date) as a cursor;
+    None if neither. A time without a zone is local time (``TZ`` is honoured), as ``date``
+    and ``git log --since`` read it."""
     lowered = text.strip().lower()
     if _UUID.match(lowered):
         return lowered
     try:
-        when = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+        when = datetime.fromisoformat(text.strip().replace("z", "Z").replace("Z", "+00:00"))
     except ValueError:
         return None
+    if when.tzinfo is None:
+        try:
+            when = when.astimezone()  # naive means local: the zone in force at that time
+        except (OverflowError, OSError, ValueError):
+            return START if when.year < 1970 else cursor_for_time(when.replace(tzinfo=UTC))
     return cursor_for_time(when)

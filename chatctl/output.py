@@ -1,16 +1,35 @@
-"""Renderers: one per output format, and the only module that imports rich.
+"""Renderers: one per output format, the one place that escapes, and the only module that
+imports rich.
 
-Every command hands whole API responses (``{"room": …}``, ``{"messages": […]}``) to a
-renderer and never prints by itself. Formats:
+Every command hands whole API responses (``{"room": …}``, ``{"messages": […]}``, a Join
+frame) to a renderer and never prints by itself. Formats:
 
-- ``table``: a rich table (the default on a terminal);
-- ``json``: each response object exactly as the API returned it (the default in a pipe;
-  several responses, as from NDJSON input, are one compact object per line);
+- ``table``: a rich table (the default on a terminal); for ``join``, one line per message;
+- ``json``: each response object as the API returned it (the default in a pipe;
+  several responses, as from NDJSON input or a Join stream, are one compact object a line);
 - ``jsonl``: one resource (room, message or event) per line;
 - ``tsv``: one resource per line, fields tab-separated, no header, no colour;
 - ``id``: ids only, one per line, for xargs.
 
-Data goes to stdout, diagnostics to stderr. NO_COLOR is honoured (by rich).
+Everything in a response was written by someone else and is treated as data, never as
+markup or terminal control:
+
+- output for a person (tables, ``join`` lines) is built from rich ``Text`` objects, so
+  ``[bold]`` or ``[/]`` stays literal text, and every control character (C0 but tab,
+  DEL, C1), bidi override or isolate, directional mark, line separator and lone surrogate
+  is shown escaped, as ``\\x1b`` or ``\\u202e`` (the way ``ls`` and ``git`` show odd file
+  names). A message's further lines are indented under it, so they cannot pass for
+  messages of their own; a user's colour is chatctl's choice, never the data's;
+- ``tsv`` and ``id`` escape backslash, tab, newline and every control character, so one
+  record stays one line;
+- JSON escapes as JSON does, and also writes DEL, C1, bidi controls, line separators and
+  lone surrogates as ``\\uXXXX`` (the same data, safe on a terminal and encodable as UTF-8).
+
+Data goes to stdout, diagnostics to stderr. NO_COLOR is honoured (by rich). When the
+reader of stdout goes away, a read command stops (BrokenPipeError reaches the CLI's edge,
+which exits 0); a renderer made with ``report=True`` (the output reports work done, as a
+write batch's) keeps quiet and lets the work go on. Any other write failure is an
+OutputError.
 """
 
 from __future__ import annotations
@@ -18,27 +37,117 @@ from __future__ import annotations
 import contextlib
 import itertools
 import json
+import os
+import re
 import sys
 from collections.abc import Callable, Iterable, Iterator
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TextIO
 
+from chatctl.errors import OutputError
 from chatctl.schema import MESSAGE_FIELDS, ROOM_FIELDS
 
 if TYPE_CHECKING:
-    from rich.console import Console
+    from rich.console import Console, RenderableType
+    from rich.text import Text
 
 __all__ = [
     "FORMATS",
     "Renderer",
     "default_format",
+    "json_text",
     "make_renderer",
-    "message_line",
     "progress",
     "resources",
+    "tsv_cell",
+    "visible",
 ]
 
 FORMATS: tuple[str, ...] = ("table", "json", "jsonl", "tsv", "id")
 _KEYS = ("room", "rooms", "message", "messages", "event")
+
+# -- untrusted text ------------------------------------------------------------------------
+
+#: Shown escaped to a person: C0 but tab (and newline, handled by the caller), DEL, C1,
+#: the Arabic letter mark, LRM/RLM, line and paragraph separators, the bidi embeddings and
+#: overrides (U+202A-202E) and isolates (U+2066-2069), and lone surrogates.
+_UNSAFE_FOR_PEOPLE = re.compile(
+    "[\x00-\x08\x0a-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069\ud800-\udfff]"
+)
+#: Escaped in tsv and id output: backslash, every C0 (tab and newline too), and all that
+#: is escaped for people (tsv is read on terminals too).
+_UNSAFE_IN_TSV = re.compile(
+    "[\\\\\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069\ud800-\udfff]"
+)
+#: Left raw by json.dumps(ensure_ascii=False) but escaped by us (\uXXXX, same data).
+_UNSAFE_IN_JSON = re.compile(
+    "[\x7f-\x9f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069\ud800-\udfff]"
+)
+_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t", "\\": "\\\\"}
+
+
+def _escape(match: re.Match[str]) -> str:
+    char = match.group()
+    named = _NAMED.get(char)
+    if named is not None:
+        return named
+    code = ord(char)
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def _json_escape(match: re.Match[str]) -> str:
+    return f"\\u{ord(match.group()):04x}"
+
+
+def visible(value: Any, *, multiline: bool = False) -> str:
+    """Untrusted text as a person should see it: every control character escaped.
+
+    With ``multiline`` a newline stays a newline (the caller indents what follows it);
+    otherwise it is shown as ``\\n``, like the rest.
+    """
+    text = _plain(value)
+    if multiline:
+        return "\n".join(_UNSAFE_FOR_PEOPLE.sub(_escape, line) for line in text.split("\n"))
+    return _UNSAFE_FOR_PEOPLE.sub(_escape, text)
+
+
+def tsv_cell(value: Any) -> str:
+    """One field of a tsv record: backslash, tab, newline and controls escaped."""
+    return _UNSAFE_IN_TSV.sub(_escape, _plain(value))
+
+
+def json_text(value: Any, *, indent: int | None = None) -> str:
+    """``value`` as JSON text that is valid UTF-8 and safe to show on a terminal."""
+    return _UNSAFE_IN_JSON.sub(_json_escape, json.dumps(value, ensure_ascii=False, indent=indent))
+
+
+def _plain(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, list):
+        return ",".join(_plain(v) for v in value)
+    return value if isinstance(value, str) else str(value)
+
+
+def local_time(stamp: Any, fmt: str = "%Y-%m-%d %H:%M:%S %z") -> str:
+    """An RFC 3339 time from the server in the local time zone (``TZ`` is honoured);
+    anything that is not such a time is shown as it came, escaped."""
+    text = _plain(stamp)
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        return visible(text)
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    try:
+        return when.astimezone().strftime(fmt)
+    except (OverflowError, OSError, ValueError):
+        return visible(text)
+
+
+# -- formats -------------------------------------------------------------------------------
 
 
 def default_format(stream: TextIO | None = None) -> str:
@@ -46,10 +155,10 @@ def default_format(stream: TextIO | None = None) -> str:
     return "table" if _isatty(stream) else "json"
 
 
-def _isatty(stream: TextIO) -> bool:
+def _isatty(stream: TextIO | None) -> bool:
     try:
-        return stream.isatty()
-    except (AttributeError, ValueError):
+        return stream is not None and stream.isatty()
+    except (AttributeError, ValueError, OSError):
         return False
 
 
@@ -73,21 +182,18 @@ def _fields(kind: str, item: dict[str, Any]) -> tuple[str, ...]:
     return tuple(item)
 
 
-def _cell(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, list):
-        return ",".join(str(v) for v in value)
-    text = "" if value is None else str(value)
-    return text.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
-
-
 class Renderer:
-    """Writes responses in one format; ``close()`` flushes whatever it was holding."""
+    """Writes responses in one format; ``close()`` writes whatever it was holding.
 
-    def __init__(self, stream: TextIO, *, batch: bool = False) -> None:
+    ``report``: the output reports work that goes on regardless (a write batch): when its
+    reader goes away, stop writing and let the work finish (``reader_gone`` says so).
+    """
+
+    def __init__(self, stream: TextIO, *, batch: bool = False, report: bool = False) -> None:
         self.out = stream
         self.batch = batch
+        self.report = report
+        self.reader_gone = False
 
     def response(self, response: dict[str, Any]) -> None:
         kind, items = resources(response)
@@ -104,19 +210,40 @@ class Renderer:
         raise NotImplementedError
 
     def close(self) -> None:
-        self.out.flush()
+        with self.writing():
+            self.out.flush()
 
     def _line(self, text: str) -> None:
-        self.out.write(text + "\n")
-        self.out.flush()
+        if self.reader_gone:
+            return
+        with self.writing():
+            self.out.write(text + "\n")
+            self.out.flush()
+
+    @contextlib.contextmanager
+    def writing(self) -> Iterator[None]:
+        """Turn write failures into the CLI's outcomes (see the class docstring)."""
+        try:
+            yield
+        except BrokenPipeError:
+            self._reader_went_away()
+            if not self.report:
+                raise
+        except OSError as e:
+            raise OutputError(e.strerror or str(e)) from None
+
+    def _reader_went_away(self) -> None:
+        self.reader_gone = True
+        # Python flushes stdout once more at exit: let that go to /dev/null, quietly.
+        with contextlib.suppress(AttributeError, ValueError, OSError):
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, self.out.fileno())
+            os.close(devnull)
 
 
 class JSONRenderer(Renderer):
     def response(self, response: dict[str, Any]) -> None:
-        if self.batch:
-            self._line(json.dumps(response, ensure_ascii=False))
-        else:
-            self._line(json.dumps(response, indent=2, ensure_ascii=False))
+        self._line(json_text(response, indent=None if self.batch else 2))
 
     def stream(self, key: str, items: Iterable[dict[str, Any]]) -> None:
         # Written as it comes, so exporting a large room runs in constant memory; the
@@ -124,42 +251,65 @@ class JSONRenderer(Renderer):
         rest = iter(items)
         first = next(rest, None)
         pretty = not self.batch
-        self.out.write(f'{{\n  "{key}": [' if pretty else f'{{"{key}": [')
-        count = 0
-        for item in itertools.chain([first] if first is not None else [], rest):
-            text = json.dumps(item, ensure_ascii=False, indent=2 if pretty else None)
+        with self.writing():
+            self.out.write(f'{{\n  "{key}": [' if pretty else f'{{"{key}": [')
+            count = 0
+            for item in itertools.chain([first] if first is not None else [], rest):
+                text = json_text(item, indent=2 if pretty else None)
+                if pretty:
+                    text = "\n    " + text.replace("\n", "\n    ")
+                self.out.write(("," if count else "") + text)
+                count += 1
             if pretty:
-                text = "\n    " + text.replace("\n", "\n    ")
-            self.out.write(("," if count else "") + text)
-            count += 1
-        if pretty:
-            self.out.write("\n  ]\n}\n" if count else "]\n}\n")
-        else:
-            self.out.write("]}\n")
-        self.out.flush()
+                self.out.write("\n  ]\n}\n" if count else "]\n}\n")
+            else:
+                self.out.write("]}\n")
+            self.out.flush()
 
 
 class JSONLRenderer(Renderer):
     def item(self, kind: str, item: dict[str, Any]) -> None:
-        self._line(json.dumps(item, ensure_ascii=False))
+        self._line(json_text(item))
 
 
 class TSVRenderer(Renderer):
     def item(self, kind: str, item: dict[str, Any]) -> None:
-        self._line("\t".join(_cell(item.get(f)) for f in _fields(kind, item)))
+        self._line("\t".join(tsv_cell(item.get(f)) for f in _fields(kind, item)))
 
 
 class IDRenderer(Renderer):
     def item(self, kind: str, item: dict[str, Any]) -> None:
         if "id" in item:
-            self._line(str(item["id"]))
+            self._line(tsv_cell(item["id"]))
 
 
-class TableRenderer(Renderer):
+class _RichRenderer(Renderer):
+    """A renderer for people: rich ``Text`` only, never markup."""
+
+    def __init__(
+        self, stream: TextIO, *, batch: bool = False, report: bool = False, width: int | None
+    ) -> None:
+        super().__init__(stream, batch=batch, report=report)
+        self._console: Console | None = None
+        self._width = width
+
+    def print(self, renderable: RenderableType) -> None:
+        if self.reader_gone:
+            return
+        if self._console is None:
+            self._console = _console(self.out, width=self._width)
+        with self.writing():
+            self._console.print(renderable)
+            self.out.flush()
+
+
+class TableRenderer(_RichRenderer):
     """Collects rows and prints one table per kind at close."""
 
-    def __init__(self, stream: TextIO, *, batch: bool = False) -> None:
-        super().__init__(stream, batch=batch)
+    def __init__(self, stream: TextIO, *, batch: bool = False, report: bool = False) -> None:
+        # Like kubectl: columns take their natural width and nothing is cut or folded
+        # (ids are copied whole); a line longer than the terminal wraps as text does.
+        super().__init__(stream, batch=batch, report=report, width=1_000_000)
         self.rows: dict[str, list[dict[str, Any]]] = {}
 
     def item(self, kind: str, item: dict[str, Any]) -> None:
@@ -167,69 +317,52 @@ class TableRenderer(Renderer):
 
     def close(self) -> None:
         from rich.table import Table
+        from rich.text import Text
 
-        # Like kubectl: columns take their natural width and nothing is cut or folded
-        # (ids are copied whole); a line longer than the terminal wraps as text does.
-        console = _console(self.out, width=1_000_000)
         for kind, rows in self.rows.items():
             table = Table(box=None, header_style="bold", pad_edge=False)
+            columns: tuple[str, ...]
             if kind == "room":
-                for col in ("ID", "NAME", "DESCRIPTION", "MEMBERS", "PRIVATE", "CREATED"):
-                    table.add_column(col)
-                for r in rows:
-                    table.add_row(
-                        str(r.get("id", "")),
-                        str(r.get("name", "")),
-                        str(r.get("description", "")),
-                        ", ".join(r.get("user_ids") or []),
-                        "yes" if r.get("private") else "no",
-                        _short_time(str(r.get("created_at", ""))),
-                    )
+                columns = ("ID", "NAME", "DESCRIPTION", "MEMBERS", "PRIVATE", "CREATED")
+                cells: list[list[str]] = [
+                    [
+                        visible(r.get("id")),
+                        visible(r.get("name")),
+                        visible(r.get("description"), multiline=True),
+                        ", ".join(visible(u) for u in _strings(r.get("user_ids"))),
+                        "yes" if r.get("private") is True else "no",
+                        local_time(r.get("created_at")),
+                    ]
+                    for r in rows
+                ]
             elif kind == "message":
-                for col in ("TIME", "USER", "SUBJECT", "TEXT", "ID"):
-                    table.add_column(col)
-                for m in rows:
-                    table.add_row(
-                        _short_time(str(m.get("sent_at", ""))),
-                        str(m.get("user_id", "")),
-                        str(m.get("subject", "")),
-                        str(m.get("text", "")),
-                        str(m.get("id", "")),
-                    )
+                columns = ("TIME", "USER", "SUBJECT", "TEXT", "ID")
+                cells = [
+                    [
+                        local_time(m.get("sent_at")),
+                        visible(m.get("user_id")),
+                        visible(m.get("subject")),
+                        visible(m.get("text"), multiline=True),
+                        visible(m.get("id")),
+                    ]
+                    for m in rows
+                ]
             else:
-                columns = list(rows[0]) if rows else []
-                for col in columns:
-                    table.add_column(col.upper())
-                for r in rows:
-                    table.add_row(*(_cell(r.get(c)) for c in columns))
-            console.print(table)
+                keys = list(rows[0]) if rows else []
+                columns = tuple(visible(k).upper() for k in keys)
+                cells = [[visible(r.get(k)) for k in keys] for r in rows]
+            for column in columns:
+                table.add_column(Text(column))
+            for row in cells:
+                table.add_row(*(Text(cell) for cell in row))
+            self.print(table)
         if not self.rows:
-            console.print("[dim]nothing to show[/dim]")
-        self.out.flush()
+            self.print(Text("nothing to show", style="dim"))
+        super().close()
 
 
-_RENDERERS: dict[str, type[Renderer]] = {
-    "table": TableRenderer,
-    "json": JSONRenderer,
-    "jsonl": JSONLRenderer,
-    "tsv": TSVRenderer,
-    "id": IDRenderer,
-}
-
-
-def make_renderer(fmt: str, stream: TextIO | None = None, *, batch: bool = False) -> Renderer:
-    return _RENDERERS[fmt](stream or sys.stdout, batch=batch)
-
-
-def _console(stream: TextIO, width: int | None = None) -> Console:
-    from rich.console import Console
-
-    return Console(file=stream, highlight=False, soft_wrap=False, width=width)
-
-
-def _short_time(stamp: str) -> str:
-    """``2022-02-17T16:18:35.683008885Z`` -> ``2022-02-17 16:18:35``."""
-    return stamp[:19].replace("T", " ") if len(stamp) >= 19 else stamp
+def _strings(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []
 
 
 # -- live tail lines -----------------------------------------------------------------------
@@ -241,68 +374,80 @@ def user_style(user_id: str) -> str:
     """A stable colour per user: the same user gets the same colour in every run."""
     import zlib
 
-    return _USER_STYLES[zlib.crc32(user_id.encode()) % len(_USER_STYLES)]
+    return _USER_STYLES[zlib.crc32(user_id.encode("utf-8", "surrogatepass")) % len(_USER_STYLES)]
 
 
-class TailPrinter:
-    """Prints a live Join stream: readable lines on a terminal, JSONL in a pipe."""
+class LineRenderer(_RichRenderer):
+    """A live Join stream on a terminal: one line per message or event, as they come."""
 
-    def __init__(self, stream: TextIO | None = None, fmt: str | None = None) -> None:
-        self.out = stream or sys.stdout
-        self.fmt = fmt or ("line" if _isatty(self.out) else "jsonl")
-        self._console: Console | None = _console(self.out) if self.fmt == "line" else None
+    def __init__(self, stream: TextIO, *, batch: bool = False, report: bool = False) -> None:
+        super().__init__(stream, batch=batch, report=report, width=None)
 
-    def frame(self, frame: dict[str, Any]) -> None:
-        if "message" in frame:
-            self.message(frame["message"])
-        elif "event" in frame:
-            self.event(frame["event"])
-
-    def message(self, m: dict[str, Any]) -> None:
-        if self._console is not None:
-            self._console.print(message_line(m), highlight=False)
-        elif self.fmt == "json":
-            self._write(json.dumps({"message": m}, ensure_ascii=False))
-        elif self.fmt == "tsv":
-            self._write("\t".join(_cell(m.get(f)) for f in MESSAGE_FIELDS))
-        elif self.fmt == "id":
-            self._write(str(m.get("id", "")))
-        else:
-            self._write(json.dumps(m, ensure_ascii=False))
-
-    def event(self, e: dict[str, Any]) -> None:
-        if self._console is not None:
-            from rich.text import Text
-
-            who = e.get("user_id", "")
-            line = Text(f"{_clock(str(e.get('at', '')))} * {who} {e.get('type', '')}", style="dim")
-            self._console.print(line)
-        elif self.fmt in ("jsonl", "json"):
-            self._write(json.dumps({"event": e} if self.fmt == "json" else e, ensure_ascii=False))
-
-    def _write(self, text: str) -> None:
-        self.out.write(text + "\n")
-        self.out.flush()
+    def item(self, kind: str, item: dict[str, Any]) -> None:
+        if kind == "message":
+            self.print(message_line(item))
+        elif kind == "event":
+            self.print(event_line(item))
 
 
-def _clock(stamp: str) -> str:
-    return stamp[11:19] if len(stamp) >= 19 else stamp
-
-
-def message_line(m: dict[str, Any]) -> Any:
-    """One readable line: time, user (in a stable colour), subject if any, text."""
+def message_line(m: dict[str, Any]) -> RenderableType:
+    """Time, user (in a stable colour), subject if any, then the text in a column of its
+    own: its further lines, and its wrapped ones on a narrow terminal, start under its
+    first, never at column 0 where every message starts."""
+    from rich.table import Table
     from rich.text import Text
 
-    user = str(m.get("user_id", ""))
-    line = Text()
-    line.append(_clock(str(m.get("sent_at", ""))) + " ", style="dim")
-    line.append(user, style=f"bold {user_style(user)}")
-    line.append(": ")
-    subject = str(m.get("subject", ""))
+    user = _plain(m.get("user_id"))
+    head = Text(local_time(m.get("sent_at"), "%H:%M:%S") + " ", style="dim")
+    head.append(visible(user), style=f"bold {user_style(user)}")
+    head.append(":")
+    body = Text()
+    subject = visible(m.get("subject"))
     if subject:
-        line.append(f"[{subject}] ", style="italic")
-    line.append(str(m.get("text", "")))
-    return line
+        body.append(f"[{subject}] ", style="italic")
+    body.append(visible(m.get("text"), multiline=True))
+    grid = Table.grid(padding=(0, 1))
+    grid.add_column(no_wrap=True)
+    grid.add_column(overflow="fold")
+    grid.add_row(head, body)
+    return grid
+
+
+def event_line(e: dict[str, Any]) -> Text:
+    from rich.text import Text
+
+    clock = local_time(e.get("at"), "%H:%M:%S")
+    return Text(f"{clock} * {visible(e.get('user_id'))} {visible(e.get('type'))}", style="dim")
+
+
+_RENDERERS: dict[str, type[Renderer]] = {
+    "table": TableRenderer,
+    "json": JSONRenderer,
+    "jsonl": JSONLRenderer,
+    "tsv": TSVRenderer,
+    "id": IDRenderer,
+}
+
+
+def make_renderer(
+    fmt: str,
+    stream: TextIO | None = None,
+    *,
+    batch: bool = False,
+    report: bool = False,
+    live: bool = False,
+) -> Renderer:
+    """The renderer for ``fmt``; ``live`` (a Join stream) prints tables as lines."""
+    cls = LineRenderer if live and fmt == "table" else _RENDERERS[fmt]
+    return cls(stream or sys.stdout, batch=batch or live, report=report)
+
+
+def _console(stream: TextIO, width: int | None = None) -> Console:
+    from rich.console import Console
+
+    return Console(
+        file=stream, highlight=False, markup=False, emoji=False, soft_wrap=False, width=width
+    )
 
 
 def stderr_console() -> Console:

@@ -147,6 +147,20 @@ def cli_env(server: ServerProcess | None = None, **extra: str) -> dict[str, str]
     return env
 
 
+def fresh_home_env(home: Path, **extra: str) -> dict[str, str]:
+    """cli_env() for a user whose home is ``home`` (made, with a private runtime dir):
+    no config, no local server yet. The embedded local server it starts lives in there."""
+    (home / "run").mkdir(parents=True, mode=0o700, exist_ok=True)
+    return cli_env(
+        HOME=str(home),
+        XDG_RUNTIME_DIR=str(home / "run"),
+        XDG_CONFIG_HOME=str(home / ".config"),
+        XDG_DATA_HOME=str(home / ".local/share"),
+        XDG_STATE_HOME=str(home / ".local/state"),
+        **extra,
+    )
+
+
 def chatctl(
     *args: str,
     env: dict[str, str],

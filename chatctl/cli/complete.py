@@ -27,14 +27,20 @@ TIMEOUT = 0.3
 
 
 def rooms(ctx: typer.Context, incomplete: str) -> list[tuple[str, str]]:
-    """ROOM: room names (with descriptions); ids where a name is shared or an id is begun."""
+    """ROOM: room names (with descriptions); ids where a name is shared or an id is begun,
+    or where the name holds characters a shell line cannot (controls, newlines)."""
+    from chatctl.output import visible
+
     listed = _rooms(ctx)
     taken = set(_given(ctx, "rooms"))
     names = [str(r.get("name", "")) for r in listed]
     offers: list[tuple[str, str]] = []
     for room, name in zip(listed, names, strict=True):
-        about = str(room.get("description") or "")
-        room_id = str(room.get("id", ""))
+        about = visible(room.get("description") or "")
+        room_id = visible(room.get("id", ""))
+        if visible(name) != name:
+            offers.append((room_id, visible(name)))
+            continue
         if name and names.count(name) == 1 and name not in taken:
             offers.append((name, about))
         if room_id not in taken and (names.count(name) > 1 or (incomplete and room_id)):
@@ -62,8 +68,10 @@ def non_members(ctx: typer.Context, incomplete: str) -> list[str]:
 
 
 def _fresh(ctx: typer.Context, users: Iterable[Any]) -> list[str]:
+    from chatctl.output import visible
+
     typed = set(_given(ctx, "users"))
-    return [str(u) for u in users if str(u) not in typed]
+    return [str(u) for u in users if str(u) not in typed and visible(u) == str(u)]
 
 
 def _given(ctx: typer.Context, name: str) -> list[str]:

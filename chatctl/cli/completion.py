@@ -52,9 +52,9 @@ def completion(
     Commands, options, rooms and members complete on TAB; packages install it where shells look.
 
     Example: source <(chatctl completion bash)
-    Example: chatctl completion zsh > "${fpath[1]}/_chatctl"
-    Example: chatctl completion fish > ~/.config/fish/completions/chatctl.fish
-    """
+    Example: mkdir -p ~/.zfunc && chatctl completion zsh > ~/.zfunc/_chatctl
+    Example: mkdir -p ~/.config/fish/completions && chatctl completion fish > ~/.config/fish/completions/chatctl.fish
+    """  # noqa: E501
     typer.echo(script(ctx.find_root().command, shell), nl=False)
 
 

@@ -5,6 +5,7 @@ from typing import Annotated
 import typer
 
 from chatctl import config
+from chatctl.cli.context import invocation
 from chatctl.errors import UsageError
 
 app = typer.Typer(
@@ -33,24 +34,37 @@ def _redact(key: str, value: object) -> str:
 
 @app.command("set")
 def set_(
-    key: Annotated[str, typer.Argument(help="url, token or user.")],
-    value: Annotated[str, typer.Argument(help="The value.")],
+    ctx: typer.Context,
+    key: Annotated[str, typer.Argument(help="url, token, user or ca_cert.")],
+    value: Annotated[
+        str,
+        typer.Argument(
+            help="The value; - reads it from stdin (keeps a token out of shell history)."
+        ),
+    ],
     profile: ProfileOpt = None,
 ) -> None:
     """Set a key of a profile.
 
-    Example: chatctl config set token "$TOKEN" --profile work
+    Example: printf %s "$TOKEN" | chatctl config set token - --profile work
     """
+    _key(key)
+    if value == "-":
+        value = invocation(ctx).stdin.readline().rstrip("\r\n")
+        if not value:
+            raise UsageError(
+                f"no {key} on stdin", hint=f"e.g. printf %s VALUE | chatctl config set {key} -"
+            )
     data = config.load()
     name = config.profile_name(data, profile)
-    data.setdefault("profiles", {}).setdefault(name, {})[_key(key)] = value
+    data.setdefault("profiles", {}).setdefault(name, {})[key] = value
     path = config.save(data)
     typer.echo(f"set {key} of profile {name} in {path}", err=True)
 
 
 @app.command()
 def get(
-    key: Annotated[str, typer.Argument(help="url, token or user.")],
+    key: Annotated[str, typer.Argument(help="url, token, user or ca_cert.")],
     profile: ProfileOpt = None,
     show_token: Annotated[
         bool, typer.Option("--show-token", help="Print the token itself.")
@@ -58,7 +72,7 @@ def get(
 ) -> None:
     """Print a key of a profile (the token only with --show-token).
 
-    Example: chatctl config get url
+    Example: chatctl config get url --profile work
     """
     data = config.load()
     name = config.profile_name(data, profile)
@@ -70,12 +84,12 @@ def get(
 
 @app.command()
 def unset(
-    key: Annotated[str, typer.Argument(help="url, token or user.")],
+    key: Annotated[str, typer.Argument(help="url, token, user or ca_cert.")],
     profile: ProfileOpt = None,
 ) -> None:
     """Remove a key from a profile.
 
-    Example: chatctl config unset token
+    Example: chatctl config unset token --profile work
     """
     data = config.load()
     name = config.profile_name(data, profile)

@@ -37,13 +37,17 @@ COMPLETION_FILES = {
 }
 
 EXIT_STATUSES = {
-    ExitStatus.OK: "Success.",
-    ExitStatus.API_ERROR: "The server answered with an error (or an unexpected answer).",
-    ExitStatus.USAGE: "Usage error or bad input: nothing was sent.",
-    ExitStatus.UNREACHABLE: "The server could not be reached (refused, DNS, timeout).",
+    ExitStatus.OK: "Success (a write batch: every line was stored, even if the reader of "
+    "its output went away).",
+    ExitStatus.API_ERROR: "The server answered with an error; a batch had refused lines; "
+    "the output could not be written.",
+    ExitStatus.USAGE: "Usage error or bad input (flags, JSON, URL, config): nothing was sent.",
+    ExitStatus.UNREACHABLE: "The server could not be reached (refused, DNS, no answer within "
+    "--timeout, untrusted certificate, not an m3o Chat API).",
     ExitStatus.FORBIDDEN: "Unauthorized or forbidden (HTTP 401 or 403).",
     ExitStatus.NOT_FOUND: "Not found (HTTP 404), e.g. no such room.",
-    ExitStatus.INTERRUPTED: "Interrupted (Ctrl-C).",
+    ExitStatus.INTERRUPTED: "Interrupted (Ctrl-C); a write batch first finishes its call in "
+    "flight and prints its id.",
 }
 
 ENVIRONMENT = {
@@ -54,10 +58,13 @@ ENVIRONMENT = {
     "CHATCTL_CONFIG": "The config file's path, instead of the default below.",
     "M3O_API_TOKEN": "API token used when no flag, CHATCTL_TOKEN or profile gives one.",
     "NO_COLOR": "When set, no colour in tables and live output.",
+    "SSL_CERT_FILE": "CA certificates to trust for https:// instead of the system's "
+    "(as SSL_CERT_DIR); --ca-cert or a profile's ca_cert beat both.",
+    "TZ": "The time zone of tables, join lines and --since times without a zone.",
 }
 
 FILES = {
-    "~/.config/chatctl/config.toml": "The profiles (url, token, user), mode 0600; "
+    "~/.config/chatctl/config.toml": "The profiles (url, token, user, ca_cert), mode 0600; "
     "CHATCTL_CONFIG names another file. Elsewhere than Linux, the platform's user "
     "config directory.",
     "$XDG_RUNTIME_DIR/chatctl/server.sock": "The embedded local server's socket, used "

@@ -1,7 +1,6 @@
 """``chatctl join``: tail a room live, resuming after drops without loss or repeats."""
 
 import random
-import sys
 import time
 from datetime import UTC, datetime
 from typing import Annotated, Any
@@ -9,7 +8,8 @@ from typing import Annotated, Any
 import typer
 
 from chatctl.cli import run
-from chatctl.cli.options import RoomArg, common, with_common_options
+from chatctl.cli.context import Invocation, invocation
+from chatctl.cli.options import RoomArg, with_common_options
 from chatctl.errors import ConnectError, StreamClosed, UsageError
 from chatctl.ids import cursor_for_time, parse_cursor
 
@@ -22,6 +22,7 @@ MAX_BACKOFF = 5.0
 @app.command()
 @with_common_options(exclude=("timeout",))
 def join(
+    ctx: typer.Context,
     room: RoomArg = None,
     user: Annotated[
         str | None,
@@ -37,8 +38,8 @@ def join(
         str | None,
         typer.Option(
             "--since",
-            help="Print every message after this message id or time "
-            "(e.g. 2026-11-25T09:00:00Z), then go live.",
+            help="Print every message after this message id or time (2026-11-25T09:00:00Z; "
+            "a time without a zone is local), then go live.",
             show_default=False,
         ),
     ] = None,
@@ -72,13 +73,15 @@ def join(
 ) -> None:
     """Join a room and print its messages as they arrive, until Ctrl-C.
 
-    On a terminal each message is one line; in a pipe, one JSON object per line. A dropped
-    connection or a server restart is resumed after the last printed message, so every
-    message is printed exactly once, in order.
+    On a terminal each message is one line (local time); in a pipe, one JSON object per
+    line. A dropped connection or a server restart (the embedded local server too) is
+    resumed after the last printed message, so every message is printed exactly once, in
+    order.
 
-    Example: chatctl join general --history 10
-    Example: chatctl join general --count 1 -o jsonl | jq -r .text
+    Example: chatctl join general --user carol --history 2 --count 2
+    Example: chatctl join general --history 1 --count 1 -o tsv | cut -f7
     """
+    inv = invocation(ctx)
     cursor: str | None = None
     if since is not None:
         cursor = parse_cursor(since)
@@ -87,15 +90,13 @@ def join(
     request: dict[str, Any] = {"user_id": user, "events": events or None}
     if include_own:
         request["include_own"] = True
-    defaults = {"user_id": run.acting_user(None)}
-    body = run.build_requests("Join", request, defaults, room=room)[0]
+    defaults = {"user_id": inv.acting_user()}
+    body = run.build_requests(inv, "Join", request, defaults, room=room)[0].body
     if history and cursor is None:
         body["history"] = history
 
-    from chatctl.output import TailPrinter
-
-    printer = TailPrinter(fmt=_tail_format())
-    client = run.client()
+    printer = inv.renderer(batch=True, live=True)
+    client = inv.client
     printed = 0
     last_frame = time.monotonic()
     attempt = 0
@@ -110,11 +111,11 @@ def join(
         except ConnectError:
             if attempt == 0 or no_reconnect:
                 raise
-            _pause(attempt, "reconnect failed")
+            _pause(inv, attempt, "reconnect failed")
             attempt += 1
             continue
         if attempt:
-            _notice("reconnected; resuming after the last message printed")
+            inv.notice("reconnected; resuming after the last message printed")
         if cursor is None:
             # Nothing received yet: a resume must start from the moment we joined, by the
             # server's clock (message ids are made by it), so a client clock that runs
@@ -133,7 +134,7 @@ def join(
                 last_frame = time.monotonic()
                 message = frame.get("message")
                 if not isinstance(message, dict):
-                    printer.frame(frame)
+                    printer.response(frame)
                     continue
                 # Frames come in the room's order: the last one received is where a
                 # resume starts (replayed --history messages included).
@@ -142,18 +143,20 @@ def join(
                 # them everywhere, so a resumed tail prints what an unbroken one would.
                 if not include_own and message.get("user_id") == body["user_id"]:
                     continue
-                printer.frame(frame)
+                printer.response(frame)
                 printed += 1
                 if count is not None and printed >= count:
                     return
         except StreamClosed as e:
             if e.close_code != 4008 or no_reconnect:
                 raise
-            _notice("this reader fell behind and was cut off; resuming")
+            inv.notice("this reader fell behind and was cut off; resuming")
         except ConnectError as e:
             if no_reconnect:
                 raise
-            _pause(attempt, e.message)
+            # The embedded local server may have been stopped: the next attempt starts it.
+            client.forget_connection()
+            _pause(inv, attempt, e.message)
         finally:
             stream.close()
         attempt += 1
@@ -163,18 +166,7 @@ def _backoff(attempt: int) -> float:
     return float(min(MAX_BACKOFF, 0.1 * 2**attempt) * (0.5 + random.random() / 2))
 
 
-def _pause(attempt: int, why: str) -> None:
+def _pause(inv: Invocation, attempt: int, why: str) -> None:
     delay = _backoff(attempt)
-    _notice(f"{why}; reconnecting in {delay:.1f}s")
+    inv.notice(f"{why}; reconnecting in {delay:.1f}s")
     time.sleep(delay)
-
-
-def _notice(text: str) -> None:
-    print(f"chatctl: {text}", file=sys.stderr, flush=True)
-
-
-def _tail_format() -> str | None:
-    fmt = common.output
-    if fmt == "table":
-        return "line"
-    return fmt

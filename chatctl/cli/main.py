@@ -1,9 +1,10 @@
 """The Typer root app, and the one edge where errors become messages and exit statuses.
 
-``main()`` is the whole program: build the app, run it, and turn every chatctl error,
-Ctrl-C and closed pipe into one line on stderr and a documented exit status (see
-``chatctl.errors.ExitStatus``) — never a traceback. Commands only parse, call the client
-and hand responses to a renderer.
+``run_cli()`` is the whole program: make the run's ``Invocation``, run the app with it,
+and turn every chatctl error, Ctrl-C and closed pipe into one line on stderr (plus a
+``hint:`` line saying what to do next, worded here and nowhere else) and a documented
+exit status (see ``chatctl.errors.ExitStatus``) — never a traceback. Commands only parse,
+call the client and hand responses to a renderer.
 """
 
 import contextlib
@@ -15,7 +16,9 @@ import typer
 
 from chatctl import __version__
 from chatctl.cli import completion, config_cmd, join, members, messages, rooms
+from chatctl.cli.context import Invocation, invocation
 from chatctl.cli.options import (
+    CaCertOpt,
     InputOpt,
     OutputOpt,
     ProfileOpt,
@@ -23,10 +26,20 @@ from chatctl.cli.options import (
     TokenOpt,
     UrlOpt,
     VerboseOpt,
-    common,
 )
 from chatctl.cli.serve import app as serve_app
-from chatctl.errors import ChatctlError, ExitStatus
+from chatctl.errors import (
+    APIError,
+    CertificateError,
+    ChatctlError,
+    ConnectError,
+    ExitStatus,
+    Interrupted,
+    NoAnswerError,
+    NotAnAPIError,
+    SettingError,
+    StreamClosed,
+)
 
 app = typer.Typer(
     name="chatctl",
@@ -35,8 +48,16 @@ app = typer.Typer(
     add_completion=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
-for family in (rooms, members, messages, join):
-    app.registered_commands += family.app.registered_commands
+# In the order of a room's life, so the help's examples run top to bottom.
+_COMMANDS = {
+    c.callback.__name__: c
+    for family in (rooms, members, messages, join)
+    for c in family.app.registered_commands
+    if c.callback is not None
+}
+for name in ("create", "invite", "send", "history", "list_rooms", "join", "kick", "leave"):
+    app.registered_commands.append(_COMMANDS[name])
+app.registered_commands.append(_COMMANDS["delete"])
 app.add_typer(serve_app, name="serve")
 app.command("completion")(completion.completion)
 app.add_typer(config_cmd.app, name="config")
@@ -50,6 +71,7 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def root(
+    ctx: typer.Context,
     url: UrlOpt = None,
     token: TokenOpt = None,
     profile: ProfileOpt = None,
@@ -57,6 +79,7 @@ def root(
     input: InputOpt = None,
     verbose: VerboseOpt = None,
     timeout: TimeoutOpt = None,
+    ca_cert: CaCertOpt = None,
     version: Annotated[
         bool | None,
         typer.Option(
@@ -68,9 +91,9 @@ def root(
 
     With no server configured, chatctl starts a private local one on first use.
 
-    Example: chatctl create general && chatctl send general "hello" && chatctl history general
-    """
-    common.merge(
+    Example: chatctl create general -u alice && chatctl send general "hello" --user alice && chatctl history general
+    """  # noqa: E501
+    invocation(ctx).options.merge(
         url=url,
         token=token,
         profile=profile,
@@ -78,6 +101,7 @@ def root(
         input=input,
         verbose=verbose,
         timeout=timeout,
+        ca_cert=ca_cert,
     )
 
 
@@ -87,35 +111,36 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def run_cli(argv: list[str] | None = None) -> int:
-    common.__init__()  # type: ignore[misc]  # a fresh start for each in-process run
+    inv = Invocation()
     try:
         try:
-            result = app(args=argv, prog_name="chatctl", standalone_mode=False)
+            result = app(args=argv, prog_name="chatctl", standalone_mode=False, obj=inv)
         finally:
-            from chatctl.cli.run import close_client
-
-            close_client()
+            inv.close()
+    except Interrupted as e:
+        _interrupted(inv, e.message)
+        return int(e.exit_status)
     except ChatctlError as e:
-        _error(e.message, e.hint)
+        _error(inv, e)
         return int(e.exit_status)
     except typer.Abort as e:
         if isinstance(e.__context__, KeyboardInterrupt):
-            return _interrupted()
+            return _interrupted(inv)
         return int(ExitStatus.API_ERROR)
     except KeyboardInterrupt:
-        return _interrupted()
+        return _interrupted(inv)
     except _ClickException as e:
         e.show()  # type: ignore[attr-defined]
         return int(e.exit_code)  # type: ignore[attr-defined]
     except typer.Exit as e:
         return e.exit_code
     except BrokenPipeError:
-        return _closed_pipe()
+        return _closed_pipe(inv)
     except SystemExit as e:
         # click turns a write to a closed pipe into exit 1; for a CLI in a pipeline that
         # is the reader being done (`| head`), which is success.
         if isinstance(e.__context__, BrokenPipeError):
-            return _closed_pipe()
+            return _closed_pipe(inv)
         raise
     return result if isinstance(result, int) else 0
 
@@ -126,25 +151,96 @@ _ClickException: type[Exception] = next(
 )
 
 
-def _error(message: str, hint: str | None) -> None:
-    try:
-        print(f"error: {message}", file=sys.stderr)
-        if hint:
-            print(f"hint: {hint}", file=sys.stderr)
-        sys.stderr.flush()
-    except BrokenPipeError:
-        pass
+def hint_for(e: ChatctlError) -> str | None:
+    """The next step for the user after an error: the one place hints are worded."""
+    if e.hint:
+        return e.hint
+    if isinstance(e, SettingError):
+        return {
+            "scheme": "use http://HOST, https://HOST or unix:/path/to/socket",
+            "host": "e.g. https://chat.example.com or unix:/run/chat.sock",
+            "credentials": "remove them from the URL; give the token with --token, "
+            "CHATCTL_TOKEN or: chatctl config set token -",
+            "ca_cert": "give a PEM file of the CA that signed the server's certificate",
+        }.get(e.setting)
+    if isinstance(e, CertificateError):
+        if e.verify:
+            return (
+                "if a private CA signed it, trust that CA with --ca-cert FILE "
+                "(or ca_cert in the profile, or SSL_CERT_FILE)"
+            )
+        return "is the server serving https on that port? check --url"
+    if isinstance(e, NotAnAPIError):
+        return (
+            "check --url / CHATCTL_URL: give the API's base address "
+            "(chatctl adds /v1/chat/ENDPOINT)"
+        )
+    if isinstance(e, NoAnswerError):
+        if e.local:
+            return "stop it with: chatctl serve --stop (the next command starts a fresh one)"
+        return "the server may be overloaded or stuck; retry, or allow longer with --timeout"
+    if isinstance(e, ConnectError):
+        if e.local:
+            return "see its log and state with: chatctl serve --status"
+        return (
+            "is the server running? check --url / CHATCTL_URL, or start one with: chatctl serve"
+        )
+    if isinstance(e, StreamClosed):
+        if e.close_code == 4008:
+            return "this reader fell behind; resume with --since the last message id"
+        if e.close_code == 4403:
+            return "ask a member to invite you again: chatctl invite ROOM USER"
+        return None
+    if isinstance(e, APIError):
+        detail = e.detail.lower()
+        if "not in the room" in detail or "not in the group" in detail:
+            return (
+                "invite the user first (chatctl invite ROOM USER) or join it (chatctl join ROOM)"
+            )
+        if e.code == 401:
+            return "set a token with --token, CHATCTL_TOKEN or: chatctl config set token -"
+        if e.code == 403:
+            return (
+                "the room is private or the user was removed: act as a member with --user "
+                "(or CHATCTL_USER), or ask a member to invite this user"
+            )
+        if e.code == 429:
+            wait = f" (retry after {e.retry_after:g}s)" if e.retry_after is not None else ""
+            return f"the server limits this token's calls{wait}; retry later, or raise --timeout"
+        if "room not found" in detail or "group not found" in detail:
+            return "list the rooms you can see with: chatctl list"
+        if e.code == 409:
+            return "an Idempotency-Key was reused with a different request"
+    return None
 
 
-def _interrupted() -> int:
-    with contextlib.suppress(OSError):
-        sys.stderr.write("\n")
+def _error(inv: Invocation, e: ChatctlError) -> None:
+    from chatctl.output import visible  # a detail may be the server's text: escape it
+
+    lines = [f"error: {e.message}"]
+    hint = hint_for(e)
+    if hint:
+        lines.append(f"hint: {hint}")
+    if e.summary:
+        lines.append(f"chatctl: {e.summary}")
+    with contextlib.suppress(OSError, ValueError):
+        inv.stderr.write("".join(visible(line) + "\n" for line in lines))
+        inv.stderr.flush()
+
+
+def _interrupted(inv: Invocation, summary: str | None = None) -> int:
+    with contextlib.suppress(OSError, ValueError):
+        inv.stderr.write("\n")  # after the ^C the terminal echoed
+        if summary:
+            inv.stderr.write(f"chatctl: {summary}\n")
+        inv.stderr.flush()
     return int(ExitStatus.INTERRUPTED)
 
 
-def _closed_pipe() -> int:
+def _closed_pipe(inv: Invocation) -> int:
     # The reader went away (`| head`): that is success, and Python must not complain
     # about flushing stdout at exit, so point it at /dev/null.
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, sys.stdout.fileno())
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, inv.stdout.fileno())
     return int(ExitStatus.OK)

@@ -1,10 +1,11 @@
 """Membership commands: invite, kick, leave."""
 
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
 from chatctl.cli import complete, run
+from chatctl.cli.context import Invocation, invocation
 from chatctl.cli.options import RoomArg, with_common_options
 
 app = typer.Typer()
@@ -23,41 +24,49 @@ NewUsersArg = Annotated[
 ]
 
 
-def _per_user(endpoint: str, room: str | None, users: list[str] | None) -> list[dict[str, Any]]:
-    return run.build_requests(endpoint, {}, room=room, each=("user_id", users or []))
+def _per_user(
+    inv: Invocation, endpoint: str, room: str | None, users: list[str] | None
+) -> list[run.Call]:
+    return run.build_requests(inv, endpoint, {}, room=room, each=("user_id", users or []))
 
 
 @app.command()
 @with_common_options
-def invite(room: RoomArg = None, users: NewUsersArg = None) -> None:
+def invite(ctx: typer.Context, room: RoomArg = None, users: NewUsersArg = None) -> None:
     """Invite users to a room (one call per user).
 
-    Example: chatctl invite general alice bob
+    Example: chatctl invite general bob carol
     """
-    requests = _per_user("Invite", room, users)
-    run.call_all("Invite", requests, total=len(requests))
+    inv = invocation(ctx)
+    calls = _per_user(inv, "Invite", room, users)
+    run.call_all(inv, "Invite", calls, total=len(calls))
 
 
 @app.command()
 @with_common_options
 def kick(
+    ctx: typer.Context,
     room: RoomArg = None,
     users: UsersArg = None,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
 ) -> None:
     """Kick users from a room (one call per user); their live streams end at once.
 
-    Example: chatctl kick general mallory --yes
+    Example: chatctl kick general carol --yes
     """
-    requests = _per_user("Kick", room, users)
-    who = ", ".join(str(r.get("user_id")) for r in requests)
-    run.confirm_destruction(f"kick {who} from {room or 'the room'}", yes)
-    run.call_all("Kick", requests, total=len(requests))
+    from chatctl.output import visible
+
+    inv = invocation(ctx)
+    calls = _per_user(inv, "Kick", room, users)
+    who = ", ".join(visible(c.body.get("user_id")) for c in calls)
+    run.confirm_destruction(inv, f"kick {who} from {visible(room or 'the room')}", yes)
+    run.call_all(inv, "Kick", calls, total=len(calls))
 
 
 @app.command()
 @with_common_options
 def leave(
+    ctx: typer.Context,
     room: RoomArg = None,
     user: Annotated[
         str | None,
@@ -72,9 +81,10 @@ def leave(
 ) -> None:
     """Leave a room.
 
-    Example: chatctl leave general --user alice
+    Example: chatctl leave general --user bob
     """
-    requests = run.build_requests(
-        "Leave", {"user_id": user}, {"user_id": run.acting_user(None)}, room=room
+    inv = invocation(ctx)
+    calls = run.build_requests(
+        inv, "Leave", {"user_id": user}, {"user_id": inv.acting_user()}, room=room
     )
-    run.call_all("Leave", requests, total=len(requests))
+    run.call_all(inv, "Leave", calls, total=len(calls))

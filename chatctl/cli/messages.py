@@ -1,13 +1,13 @@
 """Message commands: send, history."""
 
-import sys
 from collections.abc import Iterator
 from typing import Annotated, Any
 
 import typer
 
 from chatctl.cli import run
-from chatctl.cli.options import RoomArg, common, with_common_options
+from chatctl.cli.context import Invocation, invocation
+from chatctl.cli.options import RoomArg, with_common_options
 from chatctl.errors import UsageError
 from chatctl.ids import START
 
@@ -20,6 +20,7 @@ PAGE = 1000
 @app.command()
 @with_common_options
 def send(
+    ctx: typer.Context,
     room: RoomArg = None,
     text: Annotated[
         str | None, typer.Argument(help="The message; - reads it from stdin.", show_default=False)
@@ -40,42 +41,56 @@ def send(
     lines: Annotated[
         bool, typer.Option("--lines", help="Send each line of stdin as its own message, in order.")
     ] = False,
+    keep_going: Annotated[
+        bool,
+        typer.Option(
+            "--keep-going",
+            help="In a batch, report a line the server refuses and send the rest (exit 1 "
+            "at the end if any failed).",
+        ),
+    ] = False,
 ) -> None:
     """Send a message to a room.
 
-    Example: chatctl send general "Hey whats up?" --subject Random
-    Example: tail -f build.log | chatctl send builds --lines
+    A batch (--lines, or one JSON object per line with -i) stops at the first line the
+    server refuses, naming it, unless --keep-going. It sends every line even when the
+    reader of its output goes away, and exits 0 only if every line was sent. On Ctrl-C it
+    stops reading, finishes the message in flight, prints every id sent, and exits 130.
+
+    Example: chatctl send general "Hey whats up?" --subject Random --user alice
+    Example: seq 3 | chatctl send general --lines --user bob
     """
+    inv = invocation(ctx)
     flags: dict[str, Any] = {"user_id": user, "subject": subject, "client": client_label}
-    defaults = {"user_id": run.acting_user(None)}
+    defaults = {"user_id": inv.acting_user()}
     if lines:
         if text is not None:
             raise UsageError("give either TEXT or --lines, not both")
-        if common.input is not None:
+        if inv.options.input is not None:
             raise UsageError("--lines reads stdin; it cannot be combined with --input")
-        template = run.build_requests("Send", {**flags, "text": "-"}, defaults, room=room)[0]
+        template = run.build_requests(inv, "Send", {**flags, "text": "-"}, defaults, room=room)
         # Streamed, not slurped: `tail -f log | chatctl send ROOM --lines` sends as lines come.
-        run.call_all("Send", _line_requests(template), total=None)
+        calls = _line_calls(inv, template[0].body)
+        run.call_all(inv, "Send", calls, total=None, keep_going=keep_going)
         return
-    else:
-        if text == "-":
-            text = sys.stdin.read().rstrip("\n")
-        requests = run.build_requests("Send", {**flags, "text": text}, defaults, room=room)
-    run.call_all("Send", requests, total=len(requests))
+    if text == "-":
+        text = run.stdin_text(inv).rstrip("\n")
+    batch = run.build_requests(inv, "Send", {**flags, "text": text}, defaults, room=room)
+    run.call_all(inv, "Send", batch, total=len(batch), keep_going=keep_going)
 
 
-def _line_requests(template: dict[str, Any]) -> Iterator[dict[str, Any]]:
-    for n, line in enumerate(sys.stdin, 1):
-        text = line.rstrip("\r\n")
-        if text.strip():
-            request = {**template, "text": text}
-            run.check_request("Send", request, n)
-            yield request
+def _line_calls(inv: Invocation, template: dict[str, Any]) -> Iterator[run.Call]:
+    for n, text in run.input_lines(inv):
+        if text is None:
+            yield run.Call({}, f"line {n}", UsageError("not UTF-8 text"))
+        elif text.strip():
+            yield run.Call({**template, "text": text}, f"line {n}")
 
 
 @app.command()
 @with_common_options
 def history(
+    ctx: typer.Context,
     room: RoomArg = None,
     limit: Annotated[
         int | None,
@@ -98,7 +113,10 @@ def history(
     user: Annotated[
         str | None,
         typer.Option(
-            "--user", "-u", help="The reading user (needed for a private room).", show_default=False
+            "--user",
+            "-u",
+            help="Who reads (default: you, as for send; a private room needs a member).",
+            show_default=False,
         ),
     ] = None,
 ) -> None:
@@ -107,28 +125,31 @@ def history(
     Example: chatctl history general --limit 20
     Example: chatctl history general -o jsonl > general.jsonl
     """
-    s = run.settings(user)
-    requests = run.build_requests(
+    inv = invocation(ctx)
+    calls = run.build_requests(
+        inv,
         "History",
-        {"before": before, "after": after, "limit": None},
-        {"user_id": s.user if s.user_explicit else None},
+        {"before": before, "after": after, "limit": None, "user_id": user},
+        {"user_id": inv.acting_user()},
         room=room,
     )
-    out = run.renderer(batch=len(requests) > 1)
+    out = inv.renderer(batch=len(calls) > 1)
     try:
-        for request in requests:
-            out.stream("messages", _messages(request, limit))
+        for call in calls:
+            out.stream("messages", _messages(inv, call.body, limit))
     finally:
         out.close()
 
 
-def _page(request: dict[str, Any], **cursor: Any) -> list[dict[str, Any]]:
-    response = run.client().call("History", {**request, **cursor})
+def _page(inv: Invocation, request: dict[str, Any], **cursor: Any) -> list[dict[str, Any]]:
+    response = inv.client.call("History", {**request, **cursor})
     messages = response.get("messages", [])
-    return messages if isinstance(messages, list) else []
+    return [m for m in messages if isinstance(m, dict)] if isinstance(messages, list) else []
 
 
-def _messages(request: dict[str, Any], limit: int | None) -> Iterator[dict[str, Any]]:
+def _messages(
+    inv: Invocation, request: dict[str, Any], limit: int | None
+) -> Iterator[dict[str, Any]]:
     """Every message the request selects, oldest first, a page at a time.
 
     Forward from a cursor streams in constant memory; the latest N (with or without
@@ -141,22 +162,32 @@ def _messages(request: dict[str, Any], limit: int | None) -> Iterator[dict[str, 
         pages: list[list[dict[str, Any]]] = []
         left, cursor = limit, before
         while left > 0:
-            page = _page(request, limit=min(left, PAGE), **({"before": cursor} if cursor else {}))
-            if not page:
-                break
+            page = _page(
+                inv, request, limit=min(left, PAGE), **({"before": cursor} if cursor else {})
+            )
+            first = page[0].get("id") if page else None
+            if not page or (pages and first == pages[-1][0].get("id")):
+                break  # the end, or a server that does not page: nothing new
             pages.append(page)
             left -= len(page)
-            cursor = page[0]["id"]
+            if not isinstance(first, str):
+                break
+            cursor = first
         for page in reversed(pages):
             yield from page
         return
     cursor, left = after or START, limit
     while left is None or left > 0:
         size = PAGE if left is None else min(left, PAGE)
-        page = _page(request, limit=size, after=cursor, **({"before": before} if before else {}))
-        if not page:
-            return
+        page = _page(
+            inv, request, limit=size, after=cursor, **({"before": before} if before else {})
+        )
+        last = page[-1].get("id") if page else None
+        if not page or last == cursor:
+            return  # the end, or a server that does not page (m3o answers all at once)
         yield from page
-        cursor = page[-1]["id"]
+        if not isinstance(last, str):
+            return
+        cursor = last
         if left is not None:
             left -= len(page)

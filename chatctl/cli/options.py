@@ -1,7 +1,8 @@
 """Options every command shares, defined once, accepted before or after the subcommand.
 
 ``chatctl --url U list`` and ``chatctl list --url U`` mean the same, as gh and kubectl
-users expect: the root callback records the options given before the subcommand, and
+users expect: the root callback records the options given before the subcommand in the
+invocation's ``Options`` (``ctx.obj.options``, see ``chatctl.cli.context``), and
 ``@with_common_options`` adds the same options to each subcommand's signature and merges
 what was given there (the later one wins).
 """
@@ -100,16 +101,27 @@ TimeoutOpt = Annotated[
     float | None,
     typer.Option(
         "--timeout",
-        help="Seconds to wait for the server (default 30).",
+        help="Seconds one call may take in all, retries included (default 10).",
         rich_help_panel=_CONN,
         show_default=False,
         min=0.001,
     ),
 ]
+CaCertOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--ca-cert",
+        help="Trust only this CA (a PEM file) for https:// and wss:// (or the profile's "
+        "ca_cert). Default: the system's trust store, or SSL_CERT_FILE.",
+        rich_help_panel=_CONN,
+        show_default=False,
+        metavar="FILE",
+    ),
+]
 
 
 @dataclass
-class Common:
+class Options:
     """The shared options as finally given (None: not given)."""
 
     url: str | None = None
@@ -119,15 +131,13 @@ class Common:
     input: Path | None = None
     verbose: bool | None = None
     timeout: float | None = None
+    ca_cert: str | None = None
 
     def merge(self, **given: Any) -> None:
         for key, value in given.items():
             if value is not None:
                 setattr(self, key, value)
 
-
-#: The options of this process's command line (one CLI run is one process).
-common = Common()
 
 _ANNOTATIONS: dict[str, Any] = {
     "url": UrlOpt,
@@ -137,8 +147,9 @@ _ANNOTATIONS: dict[str, Any] = {
     "input": InputOpt,
     "verbose": VerboseOpt,
     "timeout": TimeoutOpt,
+    "ca_cert": CaCertOpt,
 }
-_NAMES = tuple(f.name for f in fields(Common))
+_NAMES = tuple(f.name for f in fields(Options))
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -148,7 +159,8 @@ def with_common_options(fn: F) -> F: ...
 @overload
 def with_common_options(*, exclude: tuple[str, ...]) -> Callable[[F], F]: ...
 def with_common_options(fn: F | None = None, *, exclude: tuple[str, ...] = ()) -> Any:
-    """Add the shared options to a command's signature; record them in ``common``.
+    """Add the shared options to a command's signature; record them in the invocation's
+    options. The command takes ``ctx: typer.Context`` as its first parameter.
 
     Use as ``@with_common_options``, or ``@with_common_options(exclude=("timeout",))``
     for a command that gives one of the names its own meaning.
@@ -161,10 +173,12 @@ def with_common_options(fn: F | None = None, *, exclude: tuple[str, ...] = ()) -
 def _add_common_options(fn: F, exclude: tuple[str, ...] = ()) -> F:
     names = [n for n in _NAMES if n not in exclude]
     sig = inspect.signature(fn)
+    if "ctx" not in sig.parameters:
+        raise TypeError(f"{fn.__name__} must take ctx: typer.Context")
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        common.merge(**{name: kwargs.pop(name, None) for name in names})
+        kwargs["ctx"].obj.options.merge(**{name: kwargs.pop(name, None) for name in names})
         return fn(*args, **kwargs)
 
     extra = [

@@ -5,6 +5,7 @@ from typing import Annotated
 import typer
 
 from chatctl.cli import complete, run
+from chatctl.cli.context import invocation
 from chatctl.cli.options import with_common_options
 
 app = typer.Typer()
@@ -13,6 +14,7 @@ app = typer.Typer()
 @app.command()
 @with_common_options
 def create(
+    ctx: typer.Context,
     name: Annotated[
         str | None, typer.Argument(help="Name of the new room.", show_default=False)
     ] = None,
@@ -36,18 +38,21 @@ def create(
 ) -> None:
     """Create a room.
 
-    Example: chatctl create general -d "The general chat room" -u alice -u bob
+    Example: chatctl create ops -d "on call" -u alice -u bob --private
     """
-    requests = run.build_requests(
+    inv = invocation(ctx)
+    calls = run.build_requests(
+        inv,
         "Create",
         {"name": name, "description": description, "user_ids": user or None, "private": private},
     )
-    run.call_all("Create", requests, total=len(requests))
+    run.call_all(inv, "Create", calls, total=len(calls))
 
 
 @app.command()
 @with_common_options
 def delete(
+    ctx: typer.Context,
     rooms: Annotated[
         list[str] | None,
         typer.Argument(
@@ -60,20 +65,26 @@ def delete(
 ) -> None:
     """Delete rooms and all their messages.
 
+    Example: chatctl delete ops --yes
     Example: chatctl list -o id | xargs chatctl delete --yes
     """
-    requests = run.build_requests("Delete", {}, each=("room_id", rooms or []))
-    if len(requests) == 1:
-        what = f"delete room {rooms[0] if rooms else requests[0]['room_id']} and all its messages"
+    from chatctl.output import visible
+
+    inv = invocation(ctx)
+    calls = run.build_requests(inv, "Delete", {}, each=("room_id", rooms or []))
+    if len(calls) == 1:
+        room = rooms[0] if rooms else calls[0].body["room_id"]
+        what = f"delete room {visible(room)} and all its messages"
     else:
-        what = f"delete {len(requests)} rooms and all their messages"
-    run.confirm_destruction(what, yes)
-    run.call_all("Delete", requests, total=len(requests))
+        what = f"delete {len(calls)} rooms and all their messages"
+    run.confirm_destruction(inv, what, yes)
+    run.call_all(inv, "Delete", calls, total=len(calls))
 
 
 @app.command("list")
 @with_common_options
 def list_rooms(
+    ctx: typer.Context,
     user: Annotated[
         str | None,
         typer.Option(
@@ -85,5 +96,6 @@ def list_rooms(
 
     Example: chatctl list --user alice -o tsv | cut -f2
     """
-    requests = run.build_requests("List", {"user_id": user})
-    run.call_all("List", requests, total=len(requests))
+    inv = invocation(ctx)
+    calls = run.build_requests(inv, "List", {"user_id": user})
+    run.call_all(inv, "List", calls, total=len(calls))

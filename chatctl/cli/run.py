@@ -1,74 +1,64 @@
 """What every command does between parsing and rendering: read input, build requests,
 resolve room names, call the transport, hand responses to a renderer.
 
-Heavy modules (httpx through the client, rich through the renderers) are imported here
-only when a command actually runs, never when the app is built for ``--help``.
+Every function takes the run's ``Invocation`` (``chatctl.cli.context``). Heavy modules
+(httpx through the client, rich through the renderers) are imported only when a command
+actually runs, never when the app is built for ``--help``.
+
+A write batch (``send --lines``, ``send -i -``, ``invite ROOM A B C``) finishes or says it
+did not: see ``call_all``.
 """
 
-import functools
+from __future__ import annotations
+
+import contextlib
 import json
 import re
-import sys
+import signal
+import threading
 from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional
+from types import FrameType
+from typing import TYPE_CHECKING, Any
 
-from chatctl import config
-from chatctl.cli.options import common
-from chatctl.errors import NotFoundError, UsageError
+from chatctl.errors import (
+    APIError,
+    ChatctlError,
+    Interrupted,
+    NotFoundError,
+    OutputError,
+    UsageError,
+)
 from chatctl.schema import ENDPOINTS, ValidationError, validate_request
 
 if TYPE_CHECKING:
-    from chatctl.client import Client
-    from chatctl.output import Renderer
+    from chatctl.cli.context import Invocation
 
 _UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 #: placeholder for a ROOM argument during validation, before its name is resolved.
 _ROOM_PLACEHOLDER = "\0room"
 
-_client: Optional["Client"] = None
 
+@dataclass
+class Call:
+    """One request to make, and where in the input it came from ("line 12"), if anywhere."""
 
-def settings(user: str | None = None) -> config.Settings:
-    return config.resolve(common.url, common.token, user, common.profile)
-
-
-def client() -> "Client":
-    """This process's one client (one kept-alive connection)."""
-    global _client
-    if _client is None:
-        from chatctl.client import Client
-
-        s = settings()
-        _client = Client(
-            s.url,
-            s.token,
-            timeout=common.timeout or 30.0,
-            verbose=sys.stderr if common.verbose else None,
-        )
-    return _client
-
-
-def close_client() -> None:
-    global _client
-    _listed_rooms.cache_clear()
-    if _client is not None:
-        _client.close()
-        _client = None
-
-
-def acting_user(flag: str | None) -> str:
-    return settings(flag).user
+    body: dict[str, Any]
+    where: str | None = None
+    #: the input could not be made into a request (e.g. a line that is not UTF-8).
+    error: ChatctlError | None = None
 
 
 # -- input ---------------------------------------------------------------------------------
 
 
-def read_input(path: Path) -> list[dict[str, Any]]:
-    """The request objects in FILE (``-`` is stdin): one JSON object, or one per line."""
+def read_input(inv: Invocation, path: Path) -> list[tuple[str | None, dict[str, Any]]]:
+    """The request objects in FILE (``-`` is stdin): one JSON object, or one per line
+    (each with its line: ``"line 3"``)."""
     name = "stdin" if str(path) == "-" else str(path)
     try:
-        text = sys.stdin.read() if str(path) == "-" else path.read_text(encoding="utf-8")
+        text = inv.stdin.read() if str(path) == "-" else path.read_text(encoding="utf-8")
     except OSError as e:
         raise UsageError(f"cannot read {name}: {e.strerror}") from None
     except UnicodeDecodeError:
@@ -81,16 +71,18 @@ def read_input(path: Path) -> list[dict[str, Any]]:
         return _ndjson(text, name, e)
     if not isinstance(whole, dict):
         raise UsageError(f"{name} holds JSON but not an object", hint=_INPUT_HINT)
-    return [whole]
+    return [(None, whole)]
 
 
-def _ndjson(text: str, name: str, whole_error: json.JSONDecodeError) -> list[dict[str, Any]]:
+def _ndjson(
+    text: str, name: str, whole_error: json.JSONDecodeError
+) -> list[tuple[str | None, dict[str, Any]]]:
     """One object per line; if the first line is no object, the whole text was meant."""
     lines = [(n, line) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
     if not _is_object(lines[0][1]):
         e = whole_error
         raise _malformed(name, e.lineno, e.colno, e.msg)
-    objects = []
+    objects: list[tuple[str | None, dict[str, Any]]] = []
     for lineno, line in lines:
         try:
             obj = json.loads(line)
@@ -98,7 +90,7 @@ def _ndjson(text: str, name: str, whole_error: json.JSONDecodeError) -> list[dic
             raise _malformed(name, lineno, le.colno, le.msg) from None
         if not isinstance(obj, dict):
             raise UsageError(f"line {lineno} of {name} is not a JSON object", hint=_INPUT_HINT)
-        objects.append(obj)
+        objects.append((f"line {lineno}", obj))
     return objects
 
 
@@ -116,14 +108,30 @@ def _malformed(name: str, line: int, col: int, msg: str) -> UsageError:
     return UsageError(f"malformed JSON in {name} at line {line}, column {col}: {msg}")
 
 
+def input_lines(inv: Invocation) -> Iterator[tuple[int, str | None]]:
+    """stdin line by line, as it comes, numbered from 1, without line ends; None for a
+    line that is not UTF-8 (read as bytes, so the lines after it still read)."""
+    binary = getattr(inv.stdin, "buffer", None)
+    if binary is None:
+        for n, line in enumerate(inv.stdin, 1):
+            yield n, line.rstrip("\r\n")
+        return
+    for n, raw in enumerate(binary, 1):
+        try:
+            yield n, raw.decode("utf-8").rstrip("\r\n")
+        except UnicodeDecodeError:
+            yield n, None
+
+
 def build_requests(
+    inv: Invocation,
     endpoint: str,
     flags: dict[str, Any],
     defaults: dict[str, Any] | None = None,
     *,
     room: str | None = None,
     each: tuple[str, Sequence[str | None]] | None = None,
-) -> list[dict[str, Any]]:
+) -> list[Call]:
     """Input objects (or one empty object), flags over them, defaults under them.
 
     ``each=("user_id", users)`` makes one request per value for every input object
@@ -131,14 +139,15 @@ def build_requests(
     Everything is validated before the first request is sent: bad input exits 2 and
     nothing reaches the server. ROOM names are resolved last, with one List at most.
     """
-    inputs = read_input(common.input) if common.input is not None else [{}]
+    path = inv.options.input
+    inputs = read_input(inv, path) if path is not None else [(None, {})]
     key, values = each if each and each[1] else ("", [None])
     over = {k: v for k, v in flags.items() if v is not None}
     under = {k: v for k, v in (defaults or {}).items() if v is not None}
-    requests: list[dict[str, Any]] = []
+    calls: list[Call] = []
     rooms: list[str | None] = []  # the ROOM each request names, resolved after validation
     total = len(inputs) * len(values)
-    for given in inputs:
+    for where, given in inputs:
         for value in values:
             request = {**under, **given, **over}
             named = value if key == "room_id" else room
@@ -146,13 +155,13 @@ def build_requests(
                 request[key] = value
             if named is not None:
                 request["room_id"] = _ROOM_PLACEHOLDER
-            check_request(endpoint, request, len(requests) + 1, total)
-            requests.append(request)
+            check_request(endpoint, request, len(calls) + 1, total)
+            calls.append(Call(request, where))
             rooms.append(named)
-    for request, named in zip(requests, rooms, strict=True):
+    for call, named in zip(calls, rooms, strict=True):
         if named is not None:
-            request["room_id"] = resolve_room(named)
-    return requests
+            call.body["room_id"] = resolve_room(inv, named)
+    return calls
 
 
 def check_request(endpoint: str, request: dict[str, Any], n: int = 1, total: int = 1) -> None:
@@ -172,32 +181,30 @@ def _missing_hint(detail: str) -> str | None:
     return None
 
 
-@functools.cache
-def _listed_rooms() -> list[dict[str, Any]]:
-    """The rooms List answers, asked once per process however many names need it."""
-    rooms = client().call("List", {}).get("rooms", [])
-    return rooms if isinstance(rooms, list) else []
-
-
-def resolve_room(room: str) -> str:
+def resolve_room(inv: Invocation, room: str) -> str:
     """A room id as is; a room name through List. Unknown or ambiguous names are errors."""
     if _UUID.match(room):
         return room
-    rooms = _listed_rooms()
+    from chatctl.output import visible
+
+    rooms = inv.listed_rooms()
     matches = [r for r in rooms if r.get("name") == room]
     if len(matches) == 1:
         return str(matches[0]["id"])
     if not matches:
         similar = [
-            str(r.get("name")) for r in rooms if room.lower() in str(r.get("name", "")).lower()
+            visible(r.get("name")) for r in rooms if room.lower() in str(r.get("name", "")).lower()
         ]
         hint = (
             f"did you mean: {', '.join(similar[:5])}" if similar else "see them with: chatctl list"
         )
-        raise NotFoundError(f"no room named {room!r}", hint=hint)
-    listing = "; ".join(f"{r['id']} ({r.get('description') or 'no description'})" for r in matches)
+        raise NotFoundError(f"no room named {visible(room)!r}", hint=hint)
+    listing = "; ".join(
+        f"{visible(r.get('id'))} ({visible(r.get('description')) or 'no description'})"
+        for r in matches
+    )
     raise UsageError(
-        f"{len(matches)} rooms are named {room!r}: {listing}",
+        f"{len(matches)} rooms are named {visible(room)!r}: {listing}",
         hint="name the room by its id instead",
     )
 
@@ -205,50 +212,195 @@ def resolve_room(room: str) -> str:
 # -- calling and rendering -----------------------------------------------------------------
 
 
-def output_format() -> str:
-    from chatctl.output import default_format
-
-    return common.output or default_format()
-
-
-def renderer(*, batch: bool) -> "Renderer":
-    from chatctl.output import make_renderer
-
-    return make_renderer(output_format(), batch=batch)
-
-
-def call_all(endpoint: str, requests: Iterable[dict[str, Any]], *, total: int | None) -> None:
-    """Make each call in order and render each response as it arrives.
+def call_all(
+    inv: Invocation,
+    endpoint: str,
+    calls: Iterable[Call],
+    *,
+    total: int | None,
+    keep_going: bool = False,
+) -> None:
+    """Make each call in order and render each answer as it arrives.
 
     ``total`` is None for a stream of unknown length (``send --lines``): a batch.
+
+    A call that changes something is work, and its output only a report of it: when the
+    reader of stdout goes away the batch goes on, and succeeds only if every call did.
+    An error names the input line it came from and stops the batch, with a count of what
+    was sent (``keep_going``: every failed line is reported and the rest still sent; exit
+    1 at the end). Ctrl-C stops reading input at once; a call in flight is finished and
+    its answer printed (a second Ctrl-C abandons it, and says its outcome is unknown), so
+    the ids printed are exactly the messages stored; then exit 130.
     """
-    out = renderer(batch=total is None or total > 1)
+    spec = ENDPOINTS[endpoint]
+    if not spec.mutating:
+        _read_all(inv, endpoint, calls, total)
+        return
+    from chatctl.output import progress
+
+    noun = spec.response.rstrip("s")
+    batch = total is None or total > 1
+    out = inv.renderer(batch=batch, report=True)
+    done = failed = 0
+    last: str | None = None
+    guard = _CtrlC(inv)
     try:
-        for response in _calls(endpoint, requests, total):
-            out.response(response)
+        with guard, progress(total, endpoint) as advance:
+            pending = iter(calls)
+            while not guard.interrupted:
+                try:
+                    with guard.reading():
+                        call = next(pending, None)
+                except KeyboardInterrupt:
+                    break
+                if call is None:
+                    break
+                last = call.where
+                try:
+                    if call.error is not None:
+                        raise call.error
+                    with guard.calling():
+                        response = inv.client.call(endpoint, call.body)
+                except KeyboardInterrupt:
+                    raise Interrupted(
+                        f"interrupted during the call for {call.where or 'the request'}: "
+                        f"it may or may not have been stored; {_count(done, noun)} before it",
+                    ) from None
+                except ChatctlError as e:
+                    if call.where:
+                        e.message = f"{call.where}: {e.message}"
+                    failed += 1
+                    if not (keep_going and isinstance(e, APIError | UsageError)):
+                        if batch:
+                            e.summary = _count(done, noun, failed=True)
+                        raise
+                    _report(inv, e)
+                    continue
+                with guard.calling():
+                    done += 1
+                    try:
+                        out.response(response)
+                    except OutputError as e:
+                        e.summary = f"{_count(done, noun)}; the last one's answer was not written"
+                        if batch:
+                            e.summary += " and the rest of the input was not sent"
+                        raise
+                    advance()
+    finally:
+        out.close()
+    if guard.interrupted:
+        where = f"; stopped after {last}" if last else ""
+        raise Interrupted(f"interrupted: {_count(done, noun)} (the ids printed){where}")
+    if failed:
+        raise ChatctlError(f"{failed} failed; {_count(done, noun)}")
+
+
+def _count(done: int, noun: str, *, failed: bool = False) -> str:
+    """``3 messages sent`` (``3 calls done`` for other writes)."""
+    if noun == "message":
+        what = f"{done} message{'' if done == 1 else 's'} sent"
+    else:
+        what = f"{done} call{'' if done == 1 else 's'} done"
+    return f"{what} before it; the rest was not sent" if failed else what
+
+
+def _report(inv: Invocation, e: ChatctlError) -> None:
+    from chatctl.output import visible
+
+    with contextlib.suppress(OSError, ValueError):
+        print(f"error: {visible(e.message)}", file=inv.stderr, flush=True)
+
+
+def _read_all(inv: Invocation, endpoint: str, calls: Iterable[Call], total: int | None) -> None:
+    out = inv.renderer(batch=total is None or total > 1)
+    try:
+        for call in calls:
+            out.response(inv.client.call(endpoint, call.body))
     finally:
         out.close()
 
 
-def _calls(
-    endpoint: str, requests: Iterable[dict[str, Any]], total: int | None
-) -> Iterator[dict[str, Any]]:
-    from chatctl.output import progress
+class _CtrlC:
+    """SIGINT during a write batch: raised while reading input (reading stops at once),
+    remembered while a call is in flight or its answer is printed (the batch stops after
+    it); a second one during a call is raised (the call is abandoned).
 
-    c = client()
-    with progress(total, endpoint) as advance:
-        for request in requests:
-            yield c.call(endpoint, request)
-            advance()
+    Only the main thread can take signals; elsewhere this does nothing.
+    """
+
+    def __init__(self, inv: Invocation) -> None:
+        self.inv = inv
+        self.interrupted = False
+        self._phase = "idle"
+        self._previous: Any = None
+
+    def __enter__(self) -> _CtrlC:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        again, self.interrupted = self.interrupted, True
+        if self._phase == "reading" or (self._phase == "calling" and again):
+            raise KeyboardInterrupt
+        if self._phase == "calling":
+            self.inv.notice(
+                "finishing the call in flight, then stopping (Ctrl-C again: abandon it)"
+            )
+
+    def reading(self) -> _Phase:
+        return _Phase(self, "reading")
+
+    def calling(self) -> _Phase:
+        return _Phase(self, "calling")
 
 
-def confirm_destruction(what: str, yes: bool) -> None:
+class _Phase:
+    def __init__(self, guard: _CtrlC, name: str) -> None:
+        self.guard = guard
+        self.name = name
+
+    def __enter__(self) -> None:
+        if self.name == "reading" and self.guard.interrupted:
+            raise KeyboardInterrupt  # Ctrl-C came between two calls: read no more
+        self.guard._phase = self.name
+
+    def __exit__(self, *exc: object) -> None:
+        self.guard._phase = "idle"
+
+
+def confirm_destruction(inv: Invocation, what: str, yes: bool) -> None:
     """Ask before destroying anything; off a terminal, require --yes."""
     if yes:
         return
-    if not sys.stdin.isatty():
+    if not inv.stdin.isatty():
         raise UsageError(f"refusing to {what} without --yes (stdin is not a terminal)")
     import typer
 
     if not typer.confirm(f"{what[0].upper()}{what[1:]}?", default=False, err=True):
         raise UsageError("aborted; nothing was changed")
+
+
+def stdin_text(inv: Invocation) -> str:
+    """All of stdin, for ``send ROOM -``."""
+    try:
+        return inv.stdin.read()
+    except UnicodeDecodeError:
+        raise UsageError("stdin is not UTF-8 text") from None
+
+
+__all__ = [
+    "Call",
+    "build_requests",
+    "call_all",
+    "check_request",
+    "confirm_destruction",
+    "input_lines",
+    "read_input",
+    "resolve_room",
+    "stdin_text",
+]

@@ -499,18 +499,18 @@ def token_add(
 
 
 @token_app.command("list")
-def token_list(tokens_file: TokensFileOpt, output: OutputOpt = None) -> None:
+def token_list(ctx: typer.Context, tokens_file: TokensFileOpt, output: OutputOpt = None) -> None:
     """List the tokens of a tokens file, without secrets: the id is the start of the SHA-256.
 
     Columns: id, line, tenant, user (or admin), stored (hash, or clear), comment.
 
     Example: chatctl serve token list -f /etc/chatctl/tokens
     """
-    from chatctl.cli import run
-    from chatctl.cli.options import common
+    from chatctl.cli.context import invocation
     from chatctl.server.tokens import read_tokens
 
-    common.merge(output=output)
+    inv = invocation(ctx)
+    inv.options.merge(output=output)
     rows = [
         {
             "id": line.digest[:12],
@@ -523,7 +523,7 @@ def token_list(tokens_file: TokensFileOpt, output: OutputOpt = None) -> None:
         }
         for line in read_tokens(tokens_file)
     ]
-    renderer = run.renderer(batch=False)
+    renderer = inv.renderer(batch=False)
     renderer.stream("tokens", rows)
     renderer.close()
 

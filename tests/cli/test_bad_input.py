@@ -171,3 +171,29 @@ def test_unknown_profile(cli: Run) -> None:
     r = cli("--profile", "nope", "list")
     assert r.code == 2
     assert "no profile named 'nope'" in r.stderr
+
+
+def test_retries_429_after_retry_after_with_the_same_idempotency_key(
+    cli: Run, httpx_mock: HTTPXMock
+) -> None:
+    httpx_mock.add_response(
+        status_code=429,
+        headers={"Retry-After": "0"},
+        json={"id": "v1", "code": 429, "detail": "too many requests", "status": "x"},
+    )
+    httpx_mock.add_response(json={"message": {"id": "m"}})
+    r = cli("send", ROOM, "hi", "-o", "id")
+    assert r.code == 0, r.stderr
+    assert r.stdout == "m\n"
+    first, second = httpx_mock.get_requests()
+    assert first.headers["Idempotency-Key"] == second.headers["Idempotency-Key"]
+
+
+def test_a_403_hint_names_the_acting_user_flag(cli: Run, httpx_mock: HTTPXMock) -> None:
+    httpx_mock.add_response(
+        status_code=403,
+        json={"id": "chat.history", "code": 403, "detail": "private room", "status": "x"},
+    )
+    r = cli("history", ROOM)
+    assert r.code == 4
+    assert r.stderr.splitlines()[1].startswith("hint: ") and "--user" in r.stderr

@@ -55,3 +55,69 @@ def test_broken_config_is_a_clear_error(cli: Run, isolated_env: Path) -> None:
     r = cli("list")
     assert r.code == 2
     assert r.stderr.startswith("error: config file") and "not valid TOML" in r.stderr
+
+
+def test_set_token_from_stdin_keeps_it_out_of_the_command_line(
+    cli: Run, isolated_env: Path
+) -> None:
+    r = cli("config", "set", "token", "-", "--profile", "work", input="s3cret-from-stdin\n")
+    assert r.code == 0, r.stderr
+    shown = cli("config", "get", "token", "--profile", "work", "--show-token")
+    assert shown.stdout.strip() == "s3cret-from-stdin"
+    assert cli("config", "set", "token", "-", input="").code == 2
+
+
+def test_a_mistyped_chatctl_profile_is_the_same_error_as_a_mistyped_flag(
+    cli: Run, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cli("config", "set", "url", "http://work.test", "--profile", "work")
+    flag = cli("--profile", "wrok", "list")
+    monkeypatch.setenv("CHATCTL_PROFILE", "wrok")
+    env = cli("list")
+    assert flag.code == env.code == 2
+    assert flag.stderr.startswith("error: no profile named 'wrok'")
+    assert env.stderr.startswith("error: no profile named 'wrok'")
+    assert "hint: list them with: chatctl config list" in env.stderr
+
+
+@pytest.mark.parametrize(
+    ("toml", "error"),
+    [
+        ("[profiles.default]\nurl = 5\n", "url in profile 'default' must be a string, not int"),
+        ('[profiles.w]\nuser = ["a"]\n', "user in profile 'w' must be a string, not list"),
+        ("current = 1\n", "current must be a string"),
+        ('profiles = "x"\n', "profiles must be a table"),
+    ],
+)
+def test_wrongly_typed_values_name_the_key_and_the_file(
+    cli: Run, isolated_env: Path, toml: str, error: str
+) -> None:
+    path = isolated_env / "chatctl.toml"
+    path.write_text(toml)
+    r = cli("list")
+    assert r.code == 2
+    assert r.stderr.splitlines()[0] == f"error: config file {path}: {error}"
+    assert "Traceback" not in r.stderr
+
+
+def test_a_token_others_can_read_is_refused_and_a_file_without_one_is_not(
+    cli: Run, isolated_env: Path, httpx_mock: HTTPXMock
+) -> None:
+    path = isolated_env / "chatctl.toml"
+    path.write_text('[profiles.default]\nurl = "http://chat.test"\n')
+    path.chmod(0o644)
+    httpx_mock.add_response(json={"rooms": []})
+    assert cli("list").code == 0
+    path.write_text('[profiles.default]\nurl = "http://chat.test"\ntoken = "t"\n')
+    r = cli("list")
+    assert r.code == 2
+    assert "holds a token and other users can read it" in r.stderr
+
+
+def test_url_credentials_never_override_the_token(
+    cli: Run, httpx_mock: HTTPXMock
+) -> None:
+    r = cli("list", "--url", "https://bob:pw@chat.test", "--token", "mine", "-v")
+    assert r.code == 2
+    assert "pw" not in r.stderr and "bob" not in r.stderr
+    assert httpx_mock.get_requests() == []

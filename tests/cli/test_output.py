@@ -7,7 +7,7 @@ import os
 import subprocess
 import sys
 
-from chatctl.output import TailPrinter
+from chatctl.output import make_renderer
 
 MESSAGE = {
     "id": "m1",
@@ -22,10 +22,10 @@ MESSAGE = {
 
 def test_terminal_lines_for_messages_and_events() -> None:
     out = io.StringIO()
-    printer = TailPrinter(out, fmt="line")
-    printer.frame({"message": MESSAGE})
-    printer.frame({"message": {**MESSAGE, "subject": "", "text": "no subject"}})
-    printer.frame(
+    printer = make_renderer("table", out, live=True)
+    printer.response({"message": MESSAGE})
+    printer.response({"message": {**MESSAGE, "subject": "", "text": "no subject"}})
+    printer.response(
         {
             "event": {
                 "type": "kicked",
@@ -35,7 +35,7 @@ def test_terminal_lines_for_messages_and_events() -> None:
             }
         }
     )
-    assert out.getvalue().splitlines() == [
+    assert [line.rstrip() for line in out.getvalue().splitlines()] == [
         "16:18:35 user-1: [Random] Hey whats up?",
         "16:18:35 user-1: no subject",
         "16:19:00 * bob kicked",
@@ -44,9 +44,9 @@ def test_terminal_lines_for_messages_and_events() -> None:
 
 def test_pipe_lines_are_json_objects() -> None:
     out = io.StringIO()
-    printer = TailPrinter(out)  # not a terminal: JSONL
-    printer.frame({"message": MESSAGE})
-    printer.frame({"event": {"type": "joined", "user_id": "bob", "room_id": "r", "at": "t"}})
+    printer = make_renderer("jsonl", out, live=True)  # the default in a pipe
+    printer.response({"message": MESSAGE})
+    printer.response({"event": {"type": "joined", "user_id": "bob", "room_id": "r", "at": "t"}})
     assert out.getvalue().splitlines()[1] == (
         '{"type": "joined", "user_id": "bob", "room_id": "r", "at": "t"}'
     )

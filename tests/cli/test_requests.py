@@ -297,3 +297,16 @@ def test_names_are_resolved_with_one_list(cli: Run, httpx_mock: HTTPXMock) -> No
         ("Delete", ROOM, None),
         ("Delete", other["id"], None),
     ]
+
+
+def test_history_from_a_server_that_does_not_page_prints_each_message_once(
+    cli: Run, httpx_mock: HTTPXMock
+) -> None:
+    """m3o's own History ignores limit and after and answers every message each time."""
+    second = {**MESSAGE, "id": "e55d7dd1-0000-4000-8000-000000000000", "text": "two"}
+    httpx_mock.add_response(json={"messages": [MESSAGE, second]}, is_reusable=True)
+    r = cli("history", ROOM, "-o", "jsonl")
+    assert r.code == 0, r.stderr
+    assert [json.loads(line)["text"] for line in r.stdout.splitlines()] == ["Hey whats up?", "two"]
+    r = cli("history", ROOM, "--limit", "5", "-o", "id")
+    assert r.stdout.split() == [MESSAGE["id"], second["id"]]

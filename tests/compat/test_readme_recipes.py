@@ -146,6 +146,17 @@ def check_export(ws: Workspace, line: str) -> None:
     assert done.stdout.split() == [str(len(exported)), "general.jsonl"]
 
 
+def check_lines_keep_going(ws: Workspace, line: str) -> None:
+    too_long = "x" * (64 * 1024 + 1)
+    (ws.cwd / "notes.txt").write_text(f"note one\n{too_long}\nnote three\n")
+    before = ws.texts()
+    done = ws.run(line)
+    assert done.returncode == 1  # a line was refused: reported, skipped, the rest sent
+    assert done.stderr.splitlines()[0].startswith("error: line 2: text is longer than")
+    assert ws.texts() == [*before, "note one", "note three"]
+    assert len((ws.cwd / "sent.ids").read_text().split()) == 2
+
+
 def check_join_tail(ws: Workspace, line: str) -> None:
     out = ws.tail(line, "carol", "bob", "hello carol")
     # jq -r .text printed the message's text, and nothing else.
@@ -168,6 +179,7 @@ CHECKS: list[tuple[str, Callable[[Workspace, str], None]]] = [
     (r"chatctl list --user alice .*\| cut -f2", check_names_of_alices_rooms),
     (r"jq -c .* export\.json \| chatctl send -i -", check_replay_from_file),
     (r"chatctl history general -o jsonl > general\.jsonl", check_export),
+    (r"chatctl send general --lines --keep-going -o id < notes\.txt", check_lines_keep_going),
     (r"chatctl join general \| while read", check_join_tail),
     (r"websocat .*/v1/chat/Join", check_websocat),
 ]

@@ -201,16 +201,10 @@ def test_fresh_home_uses_the_local_server_and_leaves_nothing(tmp_path: object) -
     import os
     from pathlib import Path
 
+    from tests.helpers import fresh_home_env
+
     home = Path(str(tmp_path)) / "home"
-    home.mkdir()
-    env = cli_env(
-        HOME=str(home),
-        XDG_RUNTIME_DIR=str(home / "run"),
-        XDG_CONFIG_HOME=str(home / ".config"),
-        XDG_DATA_HOME=str(home / ".local/share"),
-        XDG_STATE_HOME=str(home / ".local/state"),
-    )
-    (home / "run").mkdir(mode=0o700)
+    env = fresh_home_env(home)
     try:
         ok(chatctl("create", "general", "-u", env.get("USER", "root"), env=env))
         user = ok(chatctl("list", "-o", "json", env=env))
@@ -237,3 +231,19 @@ def test_fresh_home_uses_the_local_server_and_leaves_nothing(tmp_path: object) -
 
     wait_for(gone, 10, "the local server to exit")
     assert chatctl("serve", "--status", env=env).returncode == 3
+
+
+def test_the_acting_user_is_the_same_for_every_command(server: ServerProcess) -> None:
+    """No --user anywhere: the login name acts. history of a private room works as send
+    does, and a refusal's hint says how to act as someone else."""
+    import getpass
+
+    me = getpass.getuser()
+    env = cli_env(server)
+    room = ok(chatctl("create", "mine", "--private", "-u", me, "-o", "id", env=env)).strip()
+    ok(chatctl("send", room, "only members read this", env=env))
+    history = json.loads(ok(chatctl("history", room, "-o", "json", env=env)))["messages"]
+    assert [m["text"] for m in history] == ["only members read this"]
+    refused = chatctl("history", room, "--user", "mallory", env=env)
+    assert refused.returncode == 4
+    assert refused.stderr.splitlines()[1].startswith("hint: ") and "--user" in refused.stderr

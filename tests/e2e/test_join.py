@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests import postgres
-from tests.helpers import ServerProcess, chatctl, cli_env, wait_for
+from tests.helpers import ServerProcess, chatctl, cli_env, fresh_home_env, wait_for
 
 
 @pytest.fixture(params=postgres.BACKENDS)
@@ -312,3 +312,39 @@ def test_a_silent_dead_connection_is_noticed_within_30s(tcp_server: ServerProces
     code, err = tail.finish(60)
     assert code == 0, err
     assert [m["text"] for m in tail.messages()] == ["before", "after"]
+
+
+def test_join_on_the_local_server_starts_it_again_after_serve_stop(tmp_path: Path) -> None:
+    """No URL: the embedded local server. `chatctl serve --stop` under a tail: the tail
+    starts it again (as one-shot commands do) and misses nothing sent meanwhile."""
+    env = fresh_home_env(tmp_path / "home")
+    try:
+        assert chatctl("create", "general", "-u", "alice", env=env).returncode == 0
+        tail = subprocess.Popen(
+            [*CHATCTL, "join", "general", "--user", "watcher", "--count", "1"],
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        try:
+            def joined() -> bool:
+                listed = chatctl("list", "--user", "watcher", "-o", "tsv", env=env)
+                return "general" in listed.stdout
+
+            wait_for(joined, 20, "the watcher to join")
+            stopped = chatctl("serve", "--stop", env=env)
+            assert "stopped the local server" in stopped.stderr
+            # Only the tail can start it again: nothing else runs meanwhile.
+            wait_for(
+                lambda: chatctl("serve", "--status", env=env).returncode == 0,
+                30,
+                "the tail to start the local server again",
+            )
+            r = chatctl("send", "general", "after the restart", "--user", "alice", env=env)
+            assert r.returncode == 0, r.stderr
+            out, err = tail.communicate(timeout=60)
+        finally:
+            tail.kill()
+        assert tail.returncode == 0, err
+        assert json.loads(out)["text"] == "after the restart"
+        assert "reconnect" in err
+    finally:
+        chatctl("serve", "--stop", env=env)

@@ -1,0 +1,114 @@
+"""One run of chatctl: its options, streams, settings, client and room-name cache.
+
+The entry point (``chatctl.cli.main.run_cli``) makes one ``Invocation`` and hands it to
+Typer as the click context's ``obj``; every command finds it as ``ctx.obj`` and passes it
+down, as HTTPie passes its ``Environment``. Nothing per-run lives in a module global, so
+runs in one process (the tests) cannot see each other's state.
+
+Cheap to import: the client (httpx) and the renderers (rich) are imported when first used.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from typing import TYPE_CHECKING, Any, TextIO
+
+from chatctl import config
+from chatctl.cli.options import Options
+
+if TYPE_CHECKING:
+    import typer
+
+    from chatctl.client import Client
+    from chatctl.output import Renderer
+
+__all__ = ["Invocation", "invocation"]
+
+
+class Invocation:
+    """The state of one command line, from parsing to exit."""
+
+    def __init__(
+        self,
+        stdin: TextIO | None = None,
+        stdout: TextIO | None = None,
+        stderr: TextIO | None = None,
+    ) -> None:
+        self.options = Options()
+        self.stdin: TextIO = stdin or sys.stdin
+        self.stdout: TextIO = stdout or sys.stdout
+        self.stderr: TextIO = stderr or sys.stderr
+        self._client: Client | None = None
+        self._settings: dict[str | None, config.Settings] = {}
+        self._rooms: list[dict[str, Any]] | None = None
+
+    def settings(self, user: str | None = None) -> config.Settings:
+        """Where and as whom to talk: the options over the environment and the profile."""
+        if user not in self._settings:
+            o = self.options
+            self._settings[user] = config.resolve(o.url, o.token, user, o.profile, o.ca_cert)
+        return self._settings[user]
+
+    def acting_user(self, flag: str | None = None) -> str:
+        """The user every command acts or reads as: --user, else the settings' user."""
+        return self.settings(flag).user
+
+    @property
+    def client(self) -> Client:
+        """This run's one client (one kept-alive connection)."""
+        if self._client is None:
+            from chatctl.client import DEFAULT_TIMEOUT, Client
+
+            s = self.settings()
+            self._client = Client(
+                s.url,
+                s.token,
+                timeout=self.options.timeout or DEFAULT_TIMEOUT,
+                ca_cert=s.ca_cert,
+                verbose=self.stderr if self.options.verbose else None,
+            )
+        return self._client
+
+    def listed_rooms(self) -> list[dict[str, Any]]:
+        """The rooms List answers, asked once per run however many names need it."""
+        if self._rooms is None:
+            rooms = self.client.call("List", {}).get("rooms", [])
+            listed = rooms if isinstance(rooms, list) else []
+            self._rooms = [r for r in listed if isinstance(r, dict)]
+        return self._rooms
+
+    def output_format(self, *, live: bool = False) -> str:
+        """-o, else table on a terminal and json (jsonl for a live stream) in a pipe."""
+        if self.options.output:
+            return self.options.output
+        from chatctl.output import default_format
+
+        fmt = default_format(self.stdout)
+        return "jsonl" if live and fmt == "json" else fmt
+
+    def renderer(self, *, batch: bool, report: bool = False, live: bool = False) -> Renderer:
+        from chatctl.output import make_renderer
+
+        return make_renderer(
+            self.output_format(live=live), self.stdout, batch=batch, report=report, live=live
+        )
+
+    def notice(self, text: str) -> None:
+        """One line of news for the person at the terminal (stderr), never data."""
+        from chatctl.output import visible
+
+        with contextlib.suppress(OSError, ValueError):
+            print(f"chatctl: {visible(text)}", file=self.stderr, flush=True)
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+
+def invocation(ctx: typer.Context) -> Invocation:
+    """The run's Invocation, from the click context of any command."""
+    obj = ctx.find_root().obj
+    assert isinstance(obj, Invocation), "run chatctl through chatctl.cli.main.run_cli"
+    return obj

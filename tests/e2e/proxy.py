@@ -1,0 +1,98 @@
+"""Small real HTTP servers that stand between the CLI and a real chat server, or stand in
+for servers that are not chat servers at all: a rate-limiting proxy (429 + Retry-After
+from a token bucket), a proxy that holds a Send until the test lets it through, a plain
+web server, and a server that answers 500 with a web page. Each runs in a thread on a
+real loopback socket; the CLI under test is a real process.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import httpx
+
+Handler = Callable[[BaseHTTPRequestHandler, bytes], tuple[int, dict[str, str], bytes] | None]
+
+
+@contextmanager
+def serve(handle: Handler, upstream: str | None = None) -> Iterator[str]:
+    """Serve on 127.0.0.1; ``handle`` answers a request, or returns None to forward it to
+    ``upstream``. Yields the server's URL."""
+    http = httpx.Client(base_url=upstream, timeout=30) if upstream else None
+
+    class _Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            answer = handle(self, body)
+            if answer is None:
+                assert http is not None
+                forwarded = {
+                    k: v
+                    for k, v in self.headers.items()
+                    if k.lower() in ("authorization", "content-type", "idempotency-key")
+                }
+                r = http.post(self.path, content=body, headers=forwarded)
+                answer = (
+                    r.status_code,
+                    {"Content-Type": r.headers.get("content-type", "application/json")},
+                    r.content,
+                )
+            status, headers, content = answer
+            self.send_response(status)
+            for key, value in headers.items():
+                self.send_header(key, value)
+            self.send_header("Content-Length", str(len(content)))
+            self.end_headers()
+            self.wfile.write(content)
+
+        do_GET = do_POST
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        if http is not None:
+            http.close()
+
+
+class TokenBucket:
+    """``rate`` calls a second with bursts of ``burst``; past it, 429 with Retry-After."""
+
+    def __init__(self, rate: float, burst: int) -> None:
+        self.rate = rate
+        self.burst = burst
+        self.tokens = float(burst)
+        self.at = time.monotonic()
+        self.lock = threading.Lock()
+        self.refused = 0
+
+    def __call__(self, request: BaseHTTPRequestHandler, body: bytes) -> tuple[
+        int, dict[str, str], bytes
+    ] | None:
+        with self.lock:
+            now = time.monotonic()
+            self.tokens = min(self.burst, self.tokens + (now - self.at) * self.rate)
+            self.at = now
+            if self.tokens >= 1:
+                self.tokens -= 1
+                return None
+            self.refused += 1
+        error = (
+            b'{"id": "v1", "code": 429, "detail": "too many requests", '
+            b'"status": "Too Many Requests"}'
+        )
+        return 429, {"Content-Type": "application/json", "Retry-After": "1"}, error
