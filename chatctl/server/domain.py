@@ -50,6 +50,9 @@ class RoomRow:
     description: str
     created_at: str
     private: bool
+    #: the user whose user token created the room; None when an admin token did, or the
+    #: room predates creators being recorded (then only admin tokens may kick or delete).
+    creator: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,7 +26,7 @@ __all__ = ["PURGE_CHUNK", "ROOM_COLUMNS", "Dialect", "Session", "room_row"]
 #: messages of a deleted room removed per step (a few milliseconds of the event loop).
 PURGE_CHUNK = 2000
 
-ROOM_COLUMNS = "pk, tenant, id, name, description, created_at, private"
+ROOM_COLUMNS = "pk, tenant, id, name, description, created_at, private, creator"
 _ROOM_COLUMNS_OF_R = ", ".join("r." + c for c in ROOM_COLUMNS.split(", "))
 MESSAGE_COLUMNS = "seq, id, client, user_id, sent_at, subject, text"
 
@@ -34,7 +34,7 @@ Args = tuple[Any, ...]
 
 
 def room_row(row: tuple[Any, ...]) -> RoomRow:
-    return RoomRow(row[0], row[1], row[2], row[3], row[4], row[5], bool(row[6]))
+    return RoomRow(row[0], row[1], row[2], row[3], row[4], row[5], bool(row[6]), row[7])
 
 
 class Dialect:
@@ -182,9 +182,11 @@ class Session:
         created_at: str,
         private: bool,
         user_ids: list[str],
+        creator: str | None = None,
     ) -> RoomRow:
-        """A new room, with ``user_ids`` as its members in that order."""
-        room = RoomRow(0, tenant, room_id, name, description, created_at, private)
+        """A new room, with ``user_ids`` as its members in that order, made by ``creator``
+        (a user token's user; None for an admin token)."""
+        room = RoomRow(0, tenant, room_id, name, description, created_at, private, creator)
         room = dataclasses.replace(room, pk=await self._insert_room(room))
         for user_id in user_ids:
             await self.add_member(room, user_id)

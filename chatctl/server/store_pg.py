@@ -152,6 +152,12 @@ MIGRATIONS: tuple[str, ...] = (
         last_seq bigint NOT NULL
     );
     """,
+    # v3: the user whose user token created the room (issue 13: the creator may kick and
+    # delete). Rooms made before have none, as rooms an admin token makes: only admin
+    # tokens may kick from or delete them.
+    """
+    ALTER TABLE rooms ADD COLUMN creator text;
+    """,
 )
 
 # -- the Send statement -------------------------------------------------------------------
@@ -226,8 +232,8 @@ _SEND = _send_statement(keyed=False)
 _SEND_KEYED = _send_statement(keyed=True)
 
 _INSERT_ROOM = (
-    "INSERT INTO rooms (tenant, id, name, description, created_at, private)"
-    " VALUES (?, ?, ?, ?, ?, ?) RETURNING pk"
+    "INSERT INTO rooms (tenant, id, name, description, created_at, private, creator)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING pk"
 )
 # The room row first: a Send racing the delete waits on its lock, then finds no room.
 _DELETE_ROOM = "DELETE FROM rooms WHERE pk = ? RETURNING last_seq"
@@ -354,7 +360,7 @@ class PostgresSession(sql.Session):
 
     async def _insert_room(self, room: RoomRow) -> int:
         values = (room.tenant, room.id, room.name, room.description, room.created_at)
-        row = await self._row(_INSERT_ROOM, (*values, room.private))
+        row = await self._row(_INSERT_ROOM, (*values, room.private, room.creator))
         assert row is not None
         return int(row[0])
 

@@ -159,6 +159,12 @@ MIGRATIONS: tuple[str, ...] = (
     """
     CREATE TABLE purging (room_pk INTEGER PRIMARY KEY);
     """,
+    # v5: the user whose user token created the room (issue 13: the creator may kick and
+    # delete). Rooms made before have none, as rooms an admin token makes: only admin
+    # tokens may kick from or delete them.
+    """
+    ALTER TABLE rooms ADD COLUMN creator TEXT;
+    """,
 )
 
 #: ms a read waits, holding up the event loop, for another process's lock; the read is
@@ -178,9 +184,9 @@ _INSERT_MESSAGE = (
 )
 # Above every pk in use, a deleted room's still being purged included.
 _INSERT_ROOM = (
-    "INSERT INTO rooms (pk, tenant, id, name, description, created_at, private)"
+    "INSERT INTO rooms (pk, tenant, id, name, description, created_at, private, creator)"
     " VALUES (max(coalesce((SELECT max(pk) FROM rooms), 0),"
-    " coalesce((SELECT max(room_pk) FROM purging), 0)) + 1, ?, ?, ?, ?, ?, ?)"
+    " coalesce((SELECT max(room_pk) FROM purging), 0)) + 1, ?, ?, ?, ?, ?, ?, ?)"
 )
 _DELETE_CHUNK = (
     "DELETE FROM messages WHERE seq IN"
@@ -306,7 +312,7 @@ class SQLiteSession(sql.Session):
 
     async def _insert_room(self, room: RoomRow) -> int:
         values = (room.tenant, room.id, room.name, room.description, room.created_at)
-        pk = self._db.execute(_INSERT_ROOM, (*values, int(room.private))).lastrowid
+        pk = self._db.execute(_INSERT_ROOM, (*values, int(room.private), room.creator)).lastrowid
         assert pk is not None
         return pk
 
