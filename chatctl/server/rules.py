@@ -1,15 +1,20 @@
 """The chat rules: what each endpoint does, with no HTTP and no database in sight.
 
-``ChatService`` has one method per endpoint. Each takes the tenant (the caller's token;
-every token is its own namespace) and a request already checked by
-``schema.validate_request``, and returns m3o's answer, encoded (``wire``): every field
-present, snake_case. A refusal is a ``domain`` error (``NotFound``, ``Forbidden``,
-``Invalid``, ``Conflict``) carrying m3o's detail; the edge maps it to an HTTP status. The
-rules are written once against ``store.Store``, awaiting it, and never ask which database
-is behind it.
+``ChatService`` has one method per endpoint. Each takes the tenant (whose rooms: the
+token's, see ``tokens``), a request already checked by ``schema.validate_request`` (and,
+for a user token, bound to its user: ``access.bind``), and the actor (``tokens.Principal``;
+None means an admin of the tenant, as every m3o token was), and returns m3o's answer,
+encoded (``wire``): every field present, snake_case. A refusal is a ``domain`` error
+(``NotFound``, ``Forbidden``, ``Invalid``, ``Conflict``) carrying m3o's detail; the edge
+maps it to an HTTP status. The rules are written once against ``store.Store``, awaiting
+it, and never ask which database is behind it.
 
 Rules beyond m3o (contract part 2), and the choices this server makes where it is silent:
 
+- Who may do what (contract part 3): ``access.authorize`` once the room is loaded, in the
+  same transaction as the change (Delete, Invite, Kick, Leave); Create records a user
+  token's user as the room's creator; List shows a user token only what
+  ``access.visible`` allows. Admin tokens are never asked anything more than on m3o.
 - Unknown room: 404 ``room not found``; a room of another tenant is unknown.
 - Send needs the user in ``user_ids``: 400 ``user is not in the room`` on a public room,
   as m3o answered, and 403 on a private room (a membership refusal).
@@ -55,6 +60,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from chatctl.schema import ENDPOINTS, Limits
+from chatctl.server import access
 from chatctl.server.domain import (
     EventNote,
     Forbidden,
@@ -68,6 +74,7 @@ from chatctl.server.domain import (
 )
 from chatctl.server.sql import Session
 from chatctl.server.store import Store
+from chatctl.server.tokens import Principal
 from chatctl.wire import (
     CLOSE_DELETED,
     CLOSE_FORBIDDEN,
@@ -90,7 +97,7 @@ HISTORY_CHUNK = 250
 
 #: an answer: the encoded JSON, or (a History of any size) its parts, to send in turn.
 Answer = str | AsyncIterator[str]
-_Change = Callable[[Session, str, dict[str, Any]], Awaitable[str]]
+_Change = Callable[[Session, str, dict[str, Any], Principal | None], Awaitable[str]]
 
 
 @dataclass(frozen=True)
@@ -130,14 +137,17 @@ class ChatService:
         tenant: str,
         request: dict[str, Any],
         idempotency_key: str | None = None,
+        *,
+        actor: Principal | None = None,
     ) -> Answer:
-        """Answer one unary call by endpoint name (``Send``); the edge's single entry."""
+        """Answer one unary call by endpoint name (``Send``); the edge's single entry.
+        Send and History need nothing of the actor beyond ``access.bind``."""
         if endpoint == "Send":
             return await self.send(tenant, request, idempotency_key)
         if endpoint == "History":
             return await self.history(tenant, request)
         if endpoint == "List":
-            return await self.list_rooms(tenant, request)
+            return await self.list_rooms(tenant, request, actor)
         change = self._changes.get(endpoint)
         if change is None:
             raise NotFound(f"{endpoint} is not a unary endpoint")
@@ -148,32 +158,72 @@ class ChatService:
                 prior = await db.claim_key(key)
                 if prior is not None:
                     return prior
-            answer = await change(db, tenant, request)
+            answer = await change(db, tenant, request, actor)
             if key is not None:
                 await db.keep_answer(key, answer)
             return answer
 
         return await self.store.write(work)
 
-    async def create(self, tenant: str, request: dict[str, Any], key: str | None = None) -> str:
-        return await self._call_str("Create", tenant, request, key)
+    async def create(
+        self,
+        tenant: str,
+        request: dict[str, Any],
+        key: str | None = None,
+        *,
+        actor: Principal | None = None,
+    ) -> str:
+        return await self._call_str("Create", tenant, request, key, actor)
 
-    async def delete(self, tenant: str, request: dict[str, Any], key: str | None = None) -> str:
-        return await self._call_str("Delete", tenant, request, key)
+    async def delete(
+        self,
+        tenant: str,
+        request: dict[str, Any],
+        key: str | None = None,
+        *,
+        actor: Principal | None = None,
+    ) -> str:
+        return await self._call_str("Delete", tenant, request, key, actor)
 
-    async def invite(self, tenant: str, request: dict[str, Any], key: str | None = None) -> str:
-        return await self._call_str("Invite", tenant, request, key)
+    async def invite(
+        self,
+        tenant: str,
+        request: dict[str, Any],
+        key: str | None = None,
+        *,
+        actor: Principal | None = None,
+    ) -> str:
+        return await self._call_str("Invite", tenant, request, key, actor)
 
-    async def kick(self, tenant: str, request: dict[str, Any], key: str | None = None) -> str:
-        return await self._call_str("Kick", tenant, request, key)
+    async def kick(
+        self,
+        tenant: str,
+        request: dict[str, Any],
+        key: str | None = None,
+        *,
+        actor: Principal | None = None,
+    ) -> str:
+        return await self._call_str("Kick", tenant, request, key, actor)
 
-    async def leave(self, tenant: str, request: dict[str, Any], key: str | None = None) -> str:
-        return await self._call_str("Leave", tenant, request, key)
+    async def leave(
+        self,
+        tenant: str,
+        request: dict[str, Any],
+        key: str | None = None,
+        *,
+        actor: Principal | None = None,
+    ) -> str:
+        return await self._call_str("Leave", tenant, request, key, actor)
 
     async def _call_str(
-        self, endpoint: str, tenant: str, request: dict[str, Any], key: str | None
+        self,
+        endpoint: str,
+        tenant: str,
+        request: dict[str, Any],
+        key: str | None,
+        actor: Principal | None = None,
     ) -> str:
-        answer = await self.call(endpoint, tenant, request, key)
+        answer = await self.call(endpoint, tenant, request, key, actor=actor)
         assert isinstance(answer, str)
         return answer
 
@@ -210,7 +260,9 @@ class ChatService:
             raise (Forbidden if sent.private else Invalid)("user is not in the room")
         return sent.answer
 
-    async def _create(self, db: Session, tenant: str, req: dict[str, Any]) -> str:
+    async def _create(
+        self, db: Session, tenant: str, req: dict[str, Any], actor: Principal | None
+    ) -> str:
         limits = self.limits
         user_ids = list(dict.fromkeys(req["user_ids"]))  # m3o's "unless present", in order
         if len(user_ids) > limits.max_members_per_room:
@@ -231,11 +283,15 @@ class ChatService:
             rfc3339(time.time_ns()),
             req["private"],
             user_ids,
+            None if actor is None else access.creator_of(actor),
         )
         return _room_answer(room, user_ids)
 
-    async def _delete(self, db: Session, tenant: str, req: dict[str, Any]) -> str:
+    async def _delete(
+        self, db: Session, tenant: str, req: dict[str, Any], actor: Principal | None
+    ) -> str:
         room = await self._room(db, tenant, req["room_id"])
+        await _authorize(db, actor, "Delete", req, room)
         members = await db.members(room)
         await db.delete_room(room)
         _event(db, "deleted", room, "")
@@ -243,8 +299,11 @@ class ChatService:
         db.publish(StreamsEnded(tenant, room.id, None, CLOSE_DELETED, frame, "room deleted"))
         return _room_answer(room, members)
 
-    async def _invite(self, db: Session, tenant: str, req: dict[str, Any]) -> str:
+    async def _invite(
+        self, db: Session, tenant: str, req: dict[str, Any], actor: Principal | None
+    ) -> str:
         room = await self._room(db, tenant, req["room_id"])
+        await _authorize(db, actor, "Invite", req, room)
         user_id = req["user_id"]
         await db.set_barred(room, user_id, False)
         if not await db.is_member(room, user_id):
@@ -253,22 +312,28 @@ class ChatService:
             _event(db, "invited", room, user_id)
         return _room_answer(room, await db.members(room))
 
-    async def _kick(self, db: Session, tenant: str, req: dict[str, Any]) -> str:
-        return await self._remove(db, tenant, req, "Kick", "kicked", "user was kicked")
+    async def _kick(
+        self, db: Session, tenant: str, req: dict[str, Any], actor: Principal | None
+    ) -> str:
+        return await self._remove(db, tenant, req, actor, "Kick", "kicked", "user was kicked")
 
-    async def _leave(self, db: Session, tenant: str, req: dict[str, Any]) -> str:
-        return await self._remove(db, tenant, req, "Leave", "left", "user left the room")
+    async def _leave(
+        self, db: Session, tenant: str, req: dict[str, Any], actor: Principal | None
+    ) -> str:
+        return await self._remove(db, tenant, req, actor, "Leave", "left", "user left the room")
 
     async def _remove(
         self,
         db: Session,
         tenant: str,
         req: dict[str, Any],
+        actor: Principal | None,
         endpoint: str,
         event: str,
         detail: str,
     ) -> str:
         room = await self._room(db, tenant, req["room_id"])
+        await _authorize(db, actor, endpoint, req, room)
         user_id = req["user_id"]
         removed = await db.remove_member(room, user_id)
         if event == "kicked":
@@ -324,11 +389,23 @@ class ChatService:
                 yield "," + _messages_json(room.id, rows)
         yield "]}"
 
-    async def list_rooms(self, tenant: str, req: dict[str, Any]) -> str:
+    async def list_rooms(
+        self, tenant: str, req: dict[str, Any], actor: Principal | None = None
+    ) -> str:
         async def rooms(db: Session) -> list[tuple[RoomRow, list[str]]]:
             return await db.list_rooms(tenant, req["user_id"] or None)
 
-        listed = [_room_object(room, members) for room, members in await self.store.read(rooms)]
+        found = await self.store.read(rooms)
+        if actor is not None and actor.user is not None:
+            # A user token sees public rooms and the private ones its user is in or made.
+            found = [
+                (room, members)
+                for room, members in found
+                if access.visible(
+                    actor, access.RoomFacts(room.private, room.creator, actor.user in members)
+                )
+            ]
+        listed = [_room_object(room, members) for room, members in found]
         return encode({"rooms": listed})
 
     # -- Join ---------------------------------------------------------------------------
@@ -435,6 +512,25 @@ class ChatService:
         bound = self.limits.max_members_per_room
         if await db.count_members(room) >= bound:
             raise Invalid(f"the room is full: at most {bound} users (max_members_per_room)")
+
+
+async def _authorize(
+    db: Session, actor: Principal | None, endpoint: str, req: dict[str, Any], room: RoomRow
+) -> None:
+    """Refuse what a user token may not do to this room (``access.authorize``), with the
+    facts read in the change's own transaction. Admin tokens: nothing to ask."""
+    if actor is None or actor.user is None:
+        return
+    facts = access.RoomFacts(
+        room.private,
+        room.creator,
+        actor_is_member=await db.is_member(room, actor.user),
+        target_barred=endpoint == "Invite" and await db.is_barred(room, req["user_id"]),
+    )
+    try:
+        access.authorize(actor, endpoint, req, facts)
+    except access.Refusal as refused:
+        raise (Forbidden if refused.code == 403 else NotFound)(refused.detail) from None
 
 
 def _event(db: Session, kind: str, room: RoomRow, user_id: str) -> None:
