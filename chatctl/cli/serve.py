@@ -300,9 +300,6 @@ def serve(
     )
     config = ServerConfig(
         db=db if db is not None else str(default_db_path()),
-        # Until the edge authenticates through the registry, it accepts these (each its
-        # own tenant, as before user tokens); _registry refuses any other kind of line.
-        tokens=frozenset() if registry is None else registry.clear_tokens(),
         limits=limits or Limits(),
         idle_exit=idle_exit,
         db_timeout=db_timeout,
@@ -333,7 +330,9 @@ def _no_serving_options(ctx: typer.Context) -> None:
 
 
 def _registry(tokens: list[str], tokens_file: Path | None) -> TokenRegistry | None:
-    """The tokens the server accepts; None for an open server (no token at all)."""
+    """The tokens the server accepts; None for an open server (neither --token nor
+    --tokens-file). A tokens file with no token yet refuses everyone until one is added
+    (the server reads it again when it changes)."""
     from chatctl.server.tokens import TokenRegistry, check_file_mode
 
     mode = None
@@ -342,21 +341,11 @@ def _registry(tokens: list[str], tokens_file: Path | None) -> TokenRegistry | No
     registry = TokenRegistry(tokens_file, tokens)
     if registry.open:
         return None
-    for line in registry.lines:
-        if not (line.clear and line.tenant is None):
-            # The access rules that give these lines their meaning (chatctl.server.access)
-            # are not wired into the server core yet: refuse rather than half-serve them.
-            raise UsageError(
-                f"{tokens_file}:{line.line}: this server accepts only tokens in clear, each"
-                " its own tenant, for now: tenant=, user= and sha256: lines are not"
-                " enforced yet"
-            )
     if not registry.lines:
-        # The server core of today would take no token for "open" (it always did);
-        # once it authenticates through the registry, an empty file refuses everyone.
-        raise UsageError(
-            f"tokens file {tokens_file} holds no token; add one with: chatctl serve token"
-            f" add --tokens-file {tokens_file}"
+        typer.echo(
+            f"warning: tokens file {tokens_file} holds no token yet: every call is refused"
+            f" (401) until one is added: chatctl serve token add --tokens-file {tokens_file}",
+            err=True,
         )
     if (
         tokens_file is not None

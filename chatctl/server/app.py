@@ -12,7 +12,9 @@ ended the streams) any stream still open is ended, the streams get a moment to w
 their close frames, and the store closes.
 
 ``app.state`` holds ``config``, ``store``, ``hub``, ``service``; ``app.state.hub.active``
-and ``idle_for()`` serve the idle-exit watchdog.
+and ``idle_for()`` serve the idle-exit watchdog. A server with tokens also has
+``app.state.tokens_reloaded(reload)``, which ``serve`` calls after the tokens file is
+re-read (SIGHUP, or a change seen by its watcher): it ends the revoked tokens' streams.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -36,7 +38,8 @@ from chatctl.server.edge import Edge
 from chatctl.server.hub import Hub
 from chatctl.server.rules import ChatService
 from chatctl.server.store import Store, open_store
-from chatctl.server.streams import JoinStreams
+from chatctl.server.streams import JoinStreams, revoked
+from chatctl.server.tokens import Reload
 
 __all__ = ["create_app"]
 
@@ -102,7 +105,22 @@ def create_app(config: ServerConfig) -> Starlette:
     app.state.store = store
     app.state.hub = hub
     app.state.service = service
+    if config.registry is not None:
+        app.state.tokens_reloaded = _ender_of_revoked_streams(hub)
     return app
+
+
+def _ender_of_revoked_streams(hub: Hub) -> Callable[[Reload], None]:
+    """What a tokens file reload does to the streams here: the revoked tokens' end at once
+    with 401's frame and close 4401; their next calls are 401 already (the registry was
+    swapped). Each replica watches its own copy of the file and ends its own streams."""
+
+    def tokens_reloaded(reload: Reload) -> None:
+        ended = hub.end_tokens(reload.revoked, revoked())
+        if ended:
+            log.info("ended %d streams of revoked tokens", ended)
+
+    return tokens_reloaded
 
 
 async def _housekeeping(store: Store, service: ChatService) -> None:

@@ -11,6 +11,8 @@ if TYPE_CHECKING:
     from chatctl.server.tokens import TokenRegistry
 
 __all__ = [
+    "DEFAULT_BODY_MIN_RATE",
+    "DEFAULT_BODY_TIMEOUT",
     "DEFAULT_MAX_STREAMS_PER_TOKEN",
     "DEFAULT_RATE_BURST",
     "DEFAULT_RATE_LIMIT",
@@ -25,6 +27,12 @@ DEFAULT_RATE_LIMIT = 50.0
 DEFAULT_RATE_BURST = 100
 #: a person's tabs and devices, or a bot tailing many rooms; not one client's thousands.
 DEFAULT_MAX_STREAMS_PER_TOKEN = 100
+#: the floor of a request body's pace (Apache's mod_reqtimeout has 20 s and 500 bytes/s):
+#: any real client sends a body at once, and a 1 MiB body over a 50 KiB/s link takes 20
+#: s of the 1,034 s it is allowed; a client that dribbles bytes to hold a connection open
+#: is cut after 10 s plus 1 s per KiB it managed to send.
+DEFAULT_BODY_TIMEOUT = 10.0
+DEFAULT_BODY_MIN_RATE = 1024.0
 
 
 @dataclass
@@ -32,7 +40,8 @@ class ServerConfig:
     #: path of the SQLite database file (created with mode 0600 if missing), or a
     #: ``postgresql://`` URL of a database several replicas share.
     db: str
-    #: accepted bearer tokens; each is its own tenant. Empty: open, single tenant.
+    #: bearer tokens in clear, each an admin token of its own tenant (the old format): a
+    #: shorthand for a ``registry`` holding only these, which ``__post_init__`` makes.
     tokens: frozenset[str] = frozenset()
     limits: Limits = field(default_factory=Limits)
     #: WebSocket keep-alive, as m3o's gateway: ping every 15 s, drop after 45 s unanswered.
@@ -48,8 +57,8 @@ class ServerConfig:
     #: another process's lock on a SQLite file) before it answers 503.
     db_timeout: float = 5.0
     #: every accepted token and who it is (``tokens.TokenRegistry``: ``--token`` flags and
-    #: ``--tokens-file``, reloaded on SIGHUP and when the file changes); None: open.
-    #: Until the edge authenticates through it, the edge accepts ``tokens`` above.
+    #: ``--tokens-file``, reloaded on SIGHUP and when the file changes); None: open (no
+    #: token needed, one tenant, every request an admin: ``tokens.OPEN``).
     registry: TokenRegistry | None = None
     #: requests per second each token may make (None: no limit), and the burst it may
     #: make at once; over it: 429 with Retry-After.
@@ -60,8 +69,18 @@ class ServerConfig:
     #: serve https and wss with this certificate chain and key (PEM files).
     tls_cert: str | None = None
     tls_key: str | None = None
+    #: a request body must arrive within ``body_timeout`` seconds of its head, plus one
+    #: second for every ``body_min_rate`` bytes of it; slower, it is cut with 408.
+    body_timeout: float = DEFAULT_BODY_TIMEOUT
+    body_min_rate: float = DEFAULT_BODY_MIN_RATE
+
+    def __post_init__(self) -> None:
+        if self.tokens and self.registry is None:
+            from chatctl.server.tokens import TokenRegistry
+
+            self.registry = TokenRegistry(tokens=sorted(self.tokens))
 
     @property
     def open(self) -> bool:
         """True when no token is required (single tenant)."""
-        return not self.tokens
+        return self.registry is None

@@ -6,8 +6,14 @@
 
 - Paths are matched case-insensitively, as m3o's gateway did: ``POST /v1/chat/{Endpoint}``,
   ``GET /health`` (never touches the database) and ``GET /openapi.json``.
-- ``authenticate`` is the one place a credential becomes an identity: today the tenant
-  key (a token's SHA-256, so the database never holds a token; ``""`` on an open server).
+- ``authenticate`` is the one place a credential becomes an identity: a
+  ``tokens.Principal`` (its tenant, the user a user token acts as, and the token's id),
+  ``tokens.OPEN`` on an open server. Then, in this order: the token's rate limit (429
+  with ``Retry-After``; unary calls only), the body (408 when it trickles in, see
+  ``protocol``), ``access.bind`` on the parsed body (a user token's ``user_id`` filled in,
+  another user 403), validation; the rules get the principal as the actor and apply the
+  rest of ``access`` (who may do what to a room, List's scope), and a user token's
+  ``Idempotency-Key`` is scoped to it (``access.idempotency_scope``).
 - Errors are m3o's object, ``{"id", "code", "detail", "status"}`` with HTTP status ==
   code. The gateway's own (the path, the token, the body as bytes: 401, 404 ``No such
   API``, 413, 400 for a body that is not JSON) have id ``v1``; an endpoint's (validation,
@@ -21,7 +27,6 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import logging
 from collections.abc import AsyncIterator
@@ -32,17 +37,21 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from chatctl.schema import ENDPOINTS, Endpoint, ValidationError, endpoint_for, validate_request
+from chatctl.server import access
 from chatctl.server.config import ServerConfig
 from chatctl.server.domain import Conflict, Forbidden, Invalid, NotFound, Refused, Unavailable
 from chatctl.server.hub import Hub
 from chatctl.server.openapi import openapi_document
+from chatctl.server.protocol import BODY_TOO_SLOW
+from chatctl.server.ratelimit import RateLimiter, over_rate
 from chatctl.server.rules import Answer, ChatService
+from chatctl.server.tokens import OPEN, Principal
 from chatctl.wire import encode, error_object
 
 if TYPE_CHECKING:
     from chatctl.server.streams import JoinStreams
 
-__all__ = ["STATUS", "Edge", "Refusal", "parse_json", "validate"]
+__all__ = ["STATUS", "Edge", "Refusal", "bind_actor", "parse_json", "validate"]
 
 log = logging.getLogger("chatctl.server")
 
@@ -58,11 +67,15 @@ UNAVAILABLE_DETAIL = "storage unavailable; nothing was changed twice: try again"
 class Refusal(Exception):
     """An m3o error to answer with, raised anywhere on the edge."""
 
-    def __init__(self, id: str, code: int, detail: str) -> None:
+    def __init__(
+        self, id: str, code: int, detail: str, headers: dict[str, str] | None = None
+    ) -> None:
         super().__init__(detail)
         self.id = id
         self.code = code
         self.detail = detail
+        #: extra headers of the answer (429's Retry-After).
+        self.headers = headers
 
     def body(self) -> dict[str, Any]:
         return error_object(self.id, self.code, self.detail)
@@ -101,7 +114,13 @@ class JSONAnswer(Response):
 
     @classmethod
     def error(cls, refusal: Refusal) -> JSONAnswer:
-        return cls(encode(refusal.body()).encode(), refusal.code)
+        answer = cls(encode(refusal.body()).encode(), refusal.code)
+        if refusal.headers:
+            answer.raw_headers += [
+                (name.lower().encode("latin-1"), value.encode("latin-1"))
+                for name, value in refusal.headers.items()
+            ]
+        return answer
 
 
 class StreamedAnswer(Response):
@@ -175,6 +194,19 @@ def validate(
     return request
 
 
+def bind_actor(principal: Principal, endpoint: Endpoint, body: Any) -> Any:
+    """The parsed body with a user token's user filled in as the actor (``access.bind``);
+    403 with the endpoint's id when it names another user. Before validation, so an absent
+    ``user_id`` is the token's user rather than m3o's ``missing user id``; a body that is
+    not an object is left for validation to refuse."""
+    if principal.user is None or not isinstance(body, dict):
+        return body
+    try:
+        return access.bind(principal, endpoint.name, body)
+    except access.Refusal as refused:
+        raise Refusal(endpoint.id, refused.code, refused.detail) from None
+
+
 def bearer(authorization: str | None) -> str | None:
     """The token of an ``Authorization: Bearer …`` header."""
     if not authorization:
@@ -190,20 +222,43 @@ class Edge:
         self.config = config
         self.service = service
         self.hub = hub
-        # Tenant keys are hashes, so the database never holds a token.
-        self.tenants = {t: hashlib.sha256(t.encode()).hexdigest() for t in config.tokens}
+        #: who each token is (None: an open server, where everyone is ``tokens.OPEN``).
+        self.registry = config.registry
+        #: each token's request bucket (None: no rate limit).
+        self.limiter = (
+            None
+            if config.rate_limit is None
+            else RateLimiter(config.rate_limit, config.rate_burst)
+        )
         self.openapi = encode(openapi_document(config.limits)).encode("utf-8")
         #: the Join streams (WebSocket and NDJSON), set by the app.
         self.streams: JoinStreams
 
-    def authenticate(self, token: str | None) -> str | None:
-        """The identity a credential is, or None when refused: the tenant key of a known
-        token, or ``""`` (the one tenant) on an open server."""
-        if self.config.open:
-            return ""
+    def authenticate(self, token: str | None) -> Principal | None:
+        """Who a bearer token is, or None when it is refused: the principal of a token the
+        server accepts (tenant keys are hashes, so the database never holds a token), or
+        ``tokens.OPEN`` (the one tenant, an admin) on an open server."""
+        registry = self.registry
+        if registry is None:
+            return OPEN
         if not token:
             return None
-        return self.tenants.get(token)
+        return registry.authenticate(token)
+
+    def still_accepted(self, principal: Principal) -> bool:
+        """False once the principal's token was revoked (or its line changed)."""
+        return self.registry is None or self.registry.accepts(principal)
+
+    def rate_limit(self, principal: Principal) -> None:
+        """Count a call against its token's bucket; 429 with Retry-After when it is empty
+        (nothing read, nothing done)."""
+        limiter = self.limiter
+        if limiter is None:
+            return
+        wait = limiter.check(principal.token_id)
+        if wait:
+            detail, headers = over_rate(limiter.rate, wait)
+            raise Refusal("v1", 429, detail, headers)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Every HTTP request, as a plain ASGI app: Starlette's request/response wrapper
@@ -230,21 +285,29 @@ class Edge:
         endpoint = endpoint_for(path[len(CHAT_PREFIX) :])
         if endpoint is None or method != "POST":
             raise no_such_api()
-        tenant = self.authenticate(bearer(request.headers.get("authorization")))
-        if tenant is None:
+        principal = self.authenticate(bearer(request.headers.get("authorization")))
+        if principal is None:
             raise Refusal("v1", 401, "Unauthorized")
+        if endpoint is not JOIN:  # a stream counts against the stream cap instead
+            self.rate_limit(principal)
         raw = await self._read_body(request)
-        body = parse_json(raw, self.config.limits.max_body_bytes)
+        body = bind_actor(principal, endpoint, parse_json(raw, self.config.limits.max_body_bytes))
         req = validate(endpoint, body, self.config, raw)
         if endpoint is JOIN:
-            return await self.streams.ndjson(tenant, req)
+            return await self.streams.ndjson(principal, req)
         key = request.headers.get("idempotency-key") if endpoint.mutating else None
-        if key is not None and not (0 < len(key) <= _MAX_IDEMPOTENCY_KEY):
-            raise Refusal(
-                endpoint.id, 400, f"Idempotency-Key must be 1 to {_MAX_IDEMPOTENCY_KEY} characters"
-            )
+        if key is not None:
+            if not (0 < len(key) <= _MAX_IDEMPOTENCY_KEY):
+                raise Refusal(
+                    endpoint.id,
+                    400,
+                    f"Idempotency-Key must be 1 to {_MAX_IDEMPOTENCY_KEY} characters",
+                )
+            key = access.idempotency_scope(principal, key)
         try:
-            answer: Answer = await self.service.call(endpoint.name, tenant, req, key)
+            answer: Answer = await self.service.call(
+                endpoint.name, principal.tenant, req, key, actor=principal
+            )
         except (Refused, Unavailable) as exc:
             raise Refusal.of(endpoint.id, exc) from None
         if isinstance(answer, str):
@@ -276,4 +339,18 @@ class Edge:
             chunks.append(chunk)
             if not message.get("more_body", False):
                 break
+            if request.scope.get(BODY_TOO_SLOW):
+                raise _body_too_slow(self.config)
         return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+def _body_too_slow(config: ServerConfig) -> Refusal:
+    """408 for a body slower than the floor (``protocol`` marks the request); the
+    connection closes after it, since the rest of the body may still be on its way."""
+    return Refusal(
+        "v1",
+        408,
+        f"request body too slow: it must arrive within {config.body_timeout:g} s, plus 1 s"
+        f" per {config.body_min_rate:g} bytes",
+        {"Connection": "close"},
+    )

@@ -8,8 +8,9 @@ subscriber's bounded queue, and the stream's own task writes it out. A subscribe
 queue is full is ended with close code 4008 instead of holding up the room; it resumes
 with ``since``. Frames are encoded once and the same ``str`` goes to every subscriber.
 
-Each subscriber keeps the identity it was admitted with (``owner``: today the tenant key
-of its token), so that streams can be found by who opened them.
+Each subscriber keeps the token it was admitted with (``owner``: the token's id, its
+SHA-256; ``""`` on an open server), so that a revoked token's streams can be ended
+(``end_tokens``).
 
 The hub also counts open connections and remembers when the server last did anything,
 for the idle-exit watchdog of the embedded local server (``active``, ``last_activity``,
@@ -21,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
+from collections.abc import Collection
 
 from chatctl.server.domain import EventNote, Note, Published
 from chatctl.wire import CLOSE_GOING_AWAY, CLOSE_TOO_SLOW
@@ -263,6 +265,17 @@ class Hub:
         for sub in subs:
             self.unsubscribe(sub)
             sub.end(StreamEnded(code, frame, reason))
+        return len(subs)
+
+    def end_tokens(self, token_ids: Collection[str], ended: StreamEnded) -> int:
+        """End every stream opened with one of these tokens (revoked); returns how many.
+        Every other stream carries on."""
+        if not token_ids:
+            return 0
+        subs = [sub for room in self._rooms.values() for sub in room if sub.owner in token_ids]
+        for sub in subs:
+            self.unsubscribe(sub)
+            sub.end(ended)
         return len(subs)
 
     def end_all(

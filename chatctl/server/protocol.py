@@ -11,8 +11,10 @@ tested on; ``tests/server/test_protocol.py`` fails loudly if what they rely on m
   Whoever runs the app another way should ``app.state.hub.end_all()`` first.
 - ``http_protocol``: httptools' protocol with a deadline for each request head (uvicorn
   arms its keep-alive timer only after a response, so a connection that never sends a
-  byte, or dribbles its headers, would hold a socket for ever), and a response transport
-  that sends a small answer's head and body in one write.
+  byte, or dribbles its headers, would hold a socket for ever), a floor on the pace of
+  each request body (``ServerConfig.body_timeout`` and ``body_min_rate``: a body slower
+  than that is answered 408 by the edge, which this marks with ``BODY_TOO_SLOW``), and a
+  response transport that sends a small answer's head and body in one write.
 """
 
 from __future__ import annotations
@@ -27,7 +29,12 @@ from starlette.applications import Starlette
 from chatctl.server.config import ServerConfig
 from chatctl.server.hub import Hub
 
-__all__ = ["ChatServer", "OneWrite", "http_protocol", "uvicorn_config"]
+__all__ = ["BODY_TOO_SLOW", "ChatServer", "OneWrite", "http_protocol", "uvicorn_config"]
+
+#: scope key set on a request whose body fell below the floor; the edge answers 408.
+BODY_TOO_SLOW = "chatctl.body_too_slow"
+#: seconds the app gets to answer a body marked too slow before the connection is cut.
+_ANSWER_GRACE = 1.0
 
 
 def uvicorn_config(app: Starlette, config: ServerConfig, **options: Any) -> uvicorn.Config:
@@ -64,23 +71,47 @@ def has_module(name: str) -> bool:
     return importlib.util.find_spec(name) is not None
 
 
-def http_protocol() -> type[asyncio.Protocol] | str:
-    """uvicorn's httptools protocol with a deadline for each request head.
+def http_protocol(config: ServerConfig | None = None) -> type[asyncio.Protocol] | str:
+    """uvicorn's httptools protocol with a deadline for each request head and a floor on
+    the pace of each body (``config``'s; its defaults without one).
 
     A request head must be complete within ``timeout_keep_alive`` (5 s) of the connection
-    opening or of the previous response; the body and WebSocket streams are not limited.
-    Without httptools, uvicorn's h11 protocol as it is.
+    opening or of the previous response. A body must be complete within
+    ``body_timeout`` of its head plus one second per ``body_min_rate`` bytes received
+    (the deadline moves on as bytes arrive, as Apache's ``RequestReadTimeout`` does): past
+    it the request is marked ``BODY_TOO_SLOW`` and the app woken, which answers 408 and
+    closes; an app already answering (a 429 before reading), or one that does not answer
+    within a second, has the connection closed. A request pipelined behind another is not
+    timed: its body is not read until the one before is answered. WebSocket streams are
+    not limited. Without httptools, uvicorn's h11 protocol as it is.
+
+    A body that arrives with its head (almost every one) costs no timer at all: the floor
+    is armed only when the head's packets leave the body unfinished.
     """
     if not has_module("httptools"):
         return "h11"
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+    settings = config or ServerConfig(db="")
+    body_timeout, body_min_rate = settings.body_timeout, settings.body_min_rate
+
     class HeadDeadlineProtocol(HttpToolsProtocol):
         _head_timer: asyncio.TimerHandle | None = None
+        _body_timer: asyncio.TimerHandle | None = None
+        #: the newest request's body is still on its way, since ``_body_since`` (loop
+        #: time); ``_body_bytes`` of it have come.
+        _body_pending = False
+        _body_since = 0.0
+        _body_bytes = 0
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
             self._arm_head_timer()
+
+        def data_received(self, data: bytes) -> None:
+            super().data_received(data)
+            if self._body_pending and self._body_timer is None:
+                self._arm_body_timer()
 
         def on_headers_complete(self) -> None:
             self._cancel_head_timer()
@@ -88,6 +119,19 @@ def http_protocol() -> type[asyncio.Protocol] | str:
             super().on_headers_complete()
             if self.cycle is not before:  # a new request (an upgrade makes none)
                 self.cycle.transport = OneWrite(self.transport, self.loop)  # type: ignore[assignment]
+                # Pipelined behind an unanswered request, its body waits on that one.
+                self._body_pending = before is None or before.response_complete
+                self._body_since = self.loop.time()
+                self._body_bytes = 0
+
+        def on_body(self, body: bytes) -> None:
+            super().on_body(body)
+            self._body_bytes += len(body)
+
+        def on_message_complete(self) -> None:
+            super().on_message_complete()
+            self._body_pending = False
+            self._cancel_body_timer()
 
         def on_response_complete(self) -> None:
             super().on_response_complete()
@@ -97,6 +141,7 @@ def http_protocol() -> type[asyncio.Protocol] | str:
 
         def connection_lost(self, exc: Exception | None) -> None:
             self._cancel_head_timer()
+            self._cancel_body_timer()
             super().connection_lost(exc)
 
         def _arm_head_timer(self) -> None:
@@ -112,6 +157,35 @@ def http_protocol() -> type[asyncio.Protocol] | str:
             self._head_timer = None
             if not self.transport.is_closing():
                 self.transport.close()
+
+        def _body_deadline(self) -> float:
+            return self._body_since + body_timeout + self._body_bytes / body_min_rate
+
+        def _arm_body_timer(self, at: float | None = None) -> None:
+            when = self._body_deadline() if at is None else at
+            self._body_timer = self.loop.call_at(when, self._body_late)
+
+        def _cancel_body_timer(self) -> None:
+            if self._body_timer is not None:
+                self._body_timer.cancel()
+                self._body_timer = None
+
+        def _body_late(self) -> None:
+            self._body_timer = None
+            cycle = self.cycle
+            if not self._body_pending or cycle is None or self.transport.is_closing():
+                return
+            if self.loop.time() < self._body_deadline():
+                self._arm_body_timer()  # bytes came meanwhile: the deadline moved on
+                return
+            if cycle.response_started or BODY_TOO_SLOW in cycle.scope:
+                # Answered already (the rest of the body is not wanted), or the app did
+                # not answer the 408 in time: nothing more to wait for.
+                self.transport.close()
+                return
+            cycle.scope[BODY_TOO_SLOW] = True  # type: ignore[literal-required]
+            cycle.message_event.set()  # the app's receive() returns; the edge answers 408
+            self._arm_body_timer(self.loop.time() + _ANSWER_GRACE)
 
     return HeadDeadlineProtocol
 

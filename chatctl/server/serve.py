@@ -22,8 +22,9 @@ calls :func:`run_server`. What this module adds to uvicorn, and why:
 - TLS (``--tls-cert``/``--tls-key``) goes through uvicorn's SSL settings, checked here
   first so a bad key is one line, not a traceback (``tls_options``); a network address
   without TLS gets a warning that tokens travel in clear text (``cleartext_warning``).
-- SIGHUP reloads the TLS certificate and, once the app offers a hook for it, the tokens
-  file (``on_hangup``); the file is also watched (``tokens.watch_tokens``).
+- SIGHUP reloads the TLS certificate and the tokens file (``on_hangup``), which is also
+  watched (``tokens.watch_tokens``); the app's ``tokens_reloaded`` ends the streams of
+  the tokens a reload revoked.
 """
 
 from __future__ import annotations
@@ -238,7 +239,7 @@ def run_server(
     if warning is not None:
         print(f"warning: {warning}", file=sys.stderr, flush=True)
     os.umask(0o077)
-    _configure_logging(log_level, config.tokens)
+    _configure_logging(log_level, () if config.registry is None else config.registry.clear_tokens())
     _prepare_db(config.db)
 
     # Bound before the app opens the database: a second server on the same socket fails
@@ -257,7 +258,7 @@ def run_server(
                 host=host,
                 port=port,
                 loop="uvloop" if has_module("uvloop") else "asyncio",
-                http=http_protocol(),
+                http=http_protocol(config),
                 # On the websockets package, without its deprecated legacy layer.
                 ws="websockets-sansio",
                 # Logging is configured above; the app logs one line per request itself,
@@ -273,8 +274,8 @@ def run_server(
         )
         if pid_file is not None:
             _write_pid_file(pid_file)
-        # The app's hook for a changed tokens file (close revoked tokens' streams with
-        # 4401), once its edge authenticates through config.registry.
+        # The app's hook for a changed tokens file: it closes revoked tokens' streams
+        # (4401); their next calls are refused by the reloaded registry.
         tokens_reloaded = getattr(app.state, "tokens_reloaded", None)
         _run(server, app.state.hub, sockets, config, tokens_reloaded)
     finally:

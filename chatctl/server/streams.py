@@ -10,6 +10,11 @@ WebSocket specifics: the token may come as the ``Authorization`` header or as an
 subprotocol (browsers cannot set headers); the request is the first frame, within
 ``ServerConfig.join_request_timeout`` (else close 4408); a refusal is one error frame and a
 close with 4000 + its status. Keep-alive pings are uvicorn's (``protocol.uvicorn_config``).
+
+Tokens: a user token's request is bound to its user (``edge.bind_actor``) before it is
+validated; each stream counts against its token's cap (``--max-streams-per-token``: one
+more is 429, close 4429 on a WebSocket) until it ends; a subscriber's ``owner`` is its
+token's id, so a revoked token's streams can be ended (``hub.Hub.end_tokens``, close 4401).
 """
 
 from __future__ import annotations
@@ -23,18 +28,32 @@ from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from chatctl.server.domain import Refused, Unavailable
-from chatctl.server.edge import CHAT_PREFIX, JOIN, Edge, Refusal, bearer, no_such_api, parse_json
+from chatctl.server.edge import (
+    CHAT_PREFIX,
+    JOIN,
+    Edge,
+    Refusal,
+    bearer,
+    bind_actor,
+    no_such_api,
+    parse_json,
+)
 from chatctl.server.edge import validate as validate_request
 from chatctl.server.hub import StreamEnded, Subscriber
+from chatctl.server.ratelimit import StreamCounter, over_stream_cap
 from chatctl.server.rules import Admission
-from chatctl.wire import close_code_for, encode
+from chatctl.server.tokens import Principal
+from chatctl.wire import close_code_for, encode, error_frame
 
-__all__ = ["RAW_SEND", "JoinStreams"]
+__all__ = ["RAW_SEND", "REVOKED", "JoinStreams"]
 
 #: scope key under which the access log leaves the server's own send for the Join writer.
 RAW_SEND = "chatctl.raw_send"
 
 Write = Callable[[str], Awaitable[None]]
+
+#: how a revoked token's streams end: a final error frame, then close 4401.
+REVOKED = "token revoked"
 
 
 class JoinStreams:
@@ -45,23 +64,50 @@ class JoinStreams:
         self.config = edge.config
         self.service = edge.service
         self.hub = edge.hub
+        #: open streams per token, capped at ``--max-streams-per-token``.
+        self.counter = StreamCounter(self.config.max_streams_per_token)
+        #: the subscribers counted in ``counter`` (each released once).
+        self._counted: set[Subscriber] = set()
 
-    async def admit(self, identity: str, req: dict[str, str]) -> tuple[Admission, Subscriber]:
+    async def admit(
+        self, principal: Principal, req: dict[str, str]
+    ) -> tuple[Admission, Subscriber]:
+        """Admit a Join (counted against its token's cap) and subscribe it; raises
+        Refusal (nothing counted) when it is refused."""
+        token_id = principal.token_id
+        if not self.counter.open(token_id):
+            raise Refusal("v1", 429, over_stream_cap(self.counter.cap or 0))
         try:
-            admission = await self.service.join(identity, req)
+            admission = await self.service.join(principal.tenant, req)
         except (Refused, Unavailable) as exc:
+            self.counter.close(token_id)
             raise Refusal.of(JOIN.id, exc) from None
+        except BaseException:
+            self.counter.close(token_id)
+            raise
         # Subscribe before anything is replayed (and before any await), so a message
         # stored meanwhile is in the live queue, at worst twice, never missing.
         sub = self.hub.subscribe(
-            identity,
+            principal.tenant,
             admission.room.id,
             admission.user_id,
             admission.events,
             admission.include_own,
-            owner=identity,
+            owner=token_id,
         )
+        self._counted.add(sub)
+        if not self.edge.still_accepted(principal):
+            # Revoked while the Join was being admitted: the reload has ended the token's
+            # streams already, so this one ends here.
+            sub.end(revoked())
         return admission, sub
+
+    def release(self, sub: Subscriber) -> None:
+        """The stream ended: off the hub, and no longer counted against its token."""
+        self.hub.unsubscribe(sub)
+        if sub in self._counted:
+            self._counted.discard(sub)
+            self.counter.close(sub.owner)
 
     async def run(self, admission: Admission, sub: Subscriber, write: Write) -> None:
         """Replay, then go live, until the stream ends; raises StreamEnded at the end."""
@@ -80,36 +126,36 @@ class JoinStreams:
                         continue
                     await write(frame)
         finally:
-            self.hub.unsubscribe(sub)
+            self.release(sub)
 
     # -- NDJSON -------------------------------------------------------------------------
 
-    async def ndjson(self, identity: str, req: dict[str, str]) -> Response:
-        admission, sub = await self.admit(identity, req)
+    async def ndjson(self, principal: Principal, req: dict[str, str]) -> Response:
+        admission, sub = await self.admit(principal, req)
         return _NDJSONStream(self, admission, sub)
 
     # -- WebSocket ----------------------------------------------------------------------
 
     async def websocket(self, ws: WebSocket) -> None:
         edge = self.edge
-        identity = edge.authenticate(bearer(ws.headers.get("authorization")))
+        principal = edge.authenticate(bearer(ws.headers.get("authorization")))
         offered: list[str] = list(ws.scope.get("subprotocols") or [])
         subprotocol = None
         if offered:
             if self.config.open:
                 # A browser fails the handshake unless one offered protocol is chosen.
                 subprotocol = offered[0]
-            elif identity is None:
+            elif principal is None:
                 for candidate in offered:
-                    identity = edge.authenticate(candidate)
-                    if identity is not None:
+                    principal = edge.authenticate(candidate)
+                    if principal is not None:
                         subprotocol = candidate
                         break
         await ws.accept(subprotocol=subprotocol)
         try:
             if ws.scope["path"].lower() != CHAT_PREFIX + "join":
                 raise no_such_api()
-            if identity is None:
+            if principal is None:
                 raise Refusal("v1", 401, "Unauthorized")
             try:
                 first = await asyncio.wait_for(ws.receive(), self.config.join_request_timeout)
@@ -125,9 +171,9 @@ class JoinStreams:
             raw = first.get("text")
             if raw is None:
                 raw = first.get("bytes") or b""
-            body = parse_json(raw, self.config.limits.max_body_bytes)
+            body = bind_actor(principal, JOIN, parse_json(raw, self.config.limits.max_body_bytes))
             req = validate_request(JOIN, body, self.config, raw)
-            admission, sub = await self.admit(identity, req)
+            admission, sub = await self.admit(principal, req)
         except Refusal as refusal:
             with contextlib.suppress(WebSocketDisconnect, RuntimeError):
                 await ws.send_text(encode(refusal.body()))
@@ -159,6 +205,11 @@ class JoinStreams:
             pass  # the client went away (uvicorn's ClientDisconnected is an OSError)
         finally:
             watcher.cancel()
+
+
+def revoked() -> StreamEnded:
+    """How a revoked token's stream ends: 401's error frame, then close 4401."""
+    return StreamEnded(close_code_for(401), error_frame("v1", 401, REVOKED), REVOKED)
 
 
 async def _end_unavailable(ws: WebSocket, exc: Unavailable) -> None:
@@ -226,4 +277,4 @@ class _NDJSONStream(Response):
             pass  # the client went away mid-write
         finally:
             watcher.cancel()
-            self.streams.hub.unsubscribe(sub)
+            self.streams.release(sub)

@@ -319,6 +319,11 @@ class TokenRegistry:
             return None
         return self.authenticate(token.strip())
 
+    def accepts(self, principal: Principal) -> bool:
+        """Whether ``principal``'s token still means it: False once the token was revoked
+        or its line changed (a stream admitted just before a reload checks this)."""
+        return self.open or self._principals.get(principal.token_id) == principal
+
     def clear_tokens(self) -> frozenset[str]:
         """The tokens written in clear (flags and old-format lines): for scrubbing logs."""
         return frozenset(line.secret for line in self._lines if line.secret is not None)

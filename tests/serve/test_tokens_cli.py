@@ -10,6 +10,7 @@ import re
 import signal
 import stat
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -295,21 +296,33 @@ def test_serve_warns_of_a_readable_file_of_clear_tokens(serve: Serve, tmp_path: 
     assert "tok-a" not in served.stderr()
 
 
-def test_until_the_rules_are_wired_serve_refuses_lines_it_cannot_enforce(tmp_path: Path) -> None:
-    # Serving user tokens without the access rules would hand out the very powers the
-    # file means to withhold; refusing is the honest answer until chatctl.server.access
-    # is called by the server core (issue 13, step 2: delete this test then).
+def test_serve_takes_every_kind_of_line_and_an_empty_file_refuses_everyone(
+    serve: Serve, tmp_path: Path
+) -> None:
+    # An empty file is a server nobody may use yet (not an open one): it serves, says so,
+    # and lets in the first token added while it runs.
     path = tmp_path / "tokens"
-    path.write_text(f"tok-a\nsha256:{sha('tok-b')} tenant=acme user=bob\n")
-    path.chmod(0o600)
-    result = run_serve("--tokens-file", str(path), "--db", str(tmp_path / "chat.db"))
-    assert result.returncode == 2
-    assert result.stderr.startswith(f"error: {path}:2: this server accepts only tokens in clear")
-    # ... nor would it take an empty file for "closed": it would serve open.
     path.write_text("# nobody yet\n")
-    result = run_serve("--tokens-file", str(path), "--db", str(tmp_path / "chat.db"))
-    assert result.returncode == 2
-    assert "holds no token" in result.stderr
+    path.chmod(0o600)
+    served = serve("--tokens-file", str(path))
+    assert served.stderr().splitlines()[0] == (
+        f"warning: tokens file {path} holds no token yet: every call is refused (401) until"
+        f" one is added: chatctl serve token add --tokens-file {path}"
+    )
+    with served.http() as http:
+        assert http.post("/v1/chat/List", json={}).status_code == 401
+    path.write_text(f"tok-a\nsha256:{sha('tok-b')} tenant=acme user=bob\n")
+    with served.http("tok-b") as http:
+        deadline = time.monotonic() + 10
+        while (listed := http.post("/v1/chat/List", json={})).status_code == 401:
+            assert time.monotonic() < deadline, "the new token was never accepted"
+            time.sleep(0.05)
+        assert listed.json() == {"rooms": []}
+        created = http.post("/v1/chat/Create", json={"name": "bob's"}).json()["room"]
+        assert created["user_ids"] == ["bob"]
+    with served.http("tok-a") as http:  # the old format: its own tenant, not acme's
+        assert http.post("/v1/chat/List", json={}).json() == {"rooms": []}
+    assert served.stop() == 0
 
 
 def test_sighup_reloads_rather_than_ends_the_server(serve: Serve, tmp_path: Path) -> None:
