@@ -25,6 +25,7 @@ __all__ = [
     "RateLimiter",
     "StreamCounter",
     "over_rate",
+    "describe_rate",
     "over_stream_cap",
     "parse_rate",
     "retry_after",
@@ -58,8 +59,18 @@ def over_rate(rate: float, wait: float) -> tuple[str, dict[str, str]]:
     """The detail and headers of the 429 (id ``v1``, m3o's gateway shape) for a call
     over the rate limit."""
     seconds = retry_after(wait)
-    detail = f"rate limit of {rate:g} requests/s per token exceeded; retry after {seconds} s"
+    detail = f"rate limit of {describe_rate(rate)} per token exceeded; retry after {seconds} s"
     return detail, {"Retry-After": str(seconds)}
+
+
+def describe_rate(rate: float) -> str:
+    """A rate as the operator would have given it: ``50 requests/s``, ``600 requests/m``
+    (below one a second), ``2 requests/h`` (below one a minute)."""
+    for per, unit in ((1.0, "s"), (60.0, "m"), (3600.0, "h")):
+        count = f"{rate * per:.4g}"
+        if rate * per >= 1 or unit == "h":
+            break
+    return f"{count} request{'' if count == '1' else 's'}/{unit}"
 
 
 def over_stream_cap(cap: int) -> str:

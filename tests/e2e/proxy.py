@@ -1,14 +1,12 @@
 """Small real HTTP servers that stand between the CLI and a real chat server, or stand in
-for servers that are not chat servers at all: a rate-limiting proxy (429 + Retry-After
-from a token bucket), a proxy that holds a Send until the test lets it through, a plain
-web server, and a server that answers 500 with a web page. Each runs in a thread on a
-real loopback socket; the CLI under test is a real process.
+for servers that are not chat servers at all: a proxy that holds a Send until the test
+lets it through, a plain web server, and a server that answers 500 with a web page. Each
+runs in a thread on a real loopback socket; the CLI under test is a real process.
 """
 
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -67,32 +65,3 @@ def serve(handle: Handler, upstream: str | None = None) -> Iterator[str]:
         server.server_close()
         if http is not None:
             http.close()
-
-
-class TokenBucket:
-    """``rate`` calls a second with bursts of ``burst``; past it, 429 with Retry-After."""
-
-    def __init__(self, rate: float, burst: int) -> None:
-        self.rate = rate
-        self.burst = burst
-        self.tokens = float(burst)
-        self.at = time.monotonic()
-        self.lock = threading.Lock()
-        self.refused = 0
-
-    def __call__(self, request: BaseHTTPRequestHandler, body: bytes) -> tuple[
-        int, dict[str, str], bytes
-    ] | None:
-        with self.lock:
-            now = time.monotonic()
-            self.tokens = min(self.burst, self.tokens + (now - self.at) * self.rate)
-            self.at = now
-            if self.tokens >= 1:
-                self.tokens -= 1
-                return None
-            self.refused += 1
-        error = (
-            b'{"id": "v1", "code": 429, "detail": "too many requests", '
-            b'"status": "Too Many Requests"}'
-        )
-        return 429, {"Content-Type": "application/json", "Retry-After": "1"}, error

@@ -403,7 +403,7 @@ def test_an_ndjson_join_acts_as_the_tokens_user(team: ServerProcess, rooms: Room
     assert state(team, rooms) == before
 
 
-# -- limits: the rate per token and the stream cap --------------------------------------------
+# -- the stream cap per token (the rate: test_rate_limit.py) --------------------------------------------
 
 
 @pytest.fixture
@@ -416,23 +416,6 @@ def limited(start_server: Callable[..., ServerProcess], tmp_path: Path) -> Serve
             "--max-streams-per-token", "2",
         ],
     )  # fmt: skip
-
-
-def test_a_burst_past_the_limit_is_429_with_retry_after(limited: ServerProcess) -> None:
-    with limited.http(ALICE) as http:
-        answers = [http.post("/v1/chat/List", json={}) for _ in range(8)]
-    assert [r.status_code for r in answers[:5]] == [200] * 5
-    refused = [r for r in answers if r.status_code == 429]
-    assert refused, [r.status_code for r in answers]
-    assert refused[0].headers["retry-after"] == "1"
-    assert refused[0].json() == {
-        "id": "v1",
-        "code": 429,
-        "detail": "rate limit of 5 requests/s per token exceeded; retry after 1 s",
-        "status": "Too Many Requests",
-    }
-    # Per token: bob's bucket is his own.
-    assert call(limited, BOB, "List", {}).status_code == 200
 
 
 def test_streams_are_capped_per_token_not_rate_limited(limited: ServerProcess) -> None:

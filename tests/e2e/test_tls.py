@@ -1,22 +1,27 @@
-"""The client over TLS: https:// and wss:// to the real app served by uvicorn with a
-certificate from a private CA made in the test (trustme). --ca-cert, a profile's ca_cert
-and SSL_CERT_FILE trust it; without them the certificate is refused in one line, exit 3,
-with the hint to use --ca-cert."""
+"""The client over TLS, against the real thing: ``chatctl create``, ``send`` and ``join``
+(https:// and wss://) with ``--ca-cert`` against ``chatctl serve --tls-cert --tls-key``
+holding a certificate from a private CA made in the test (trustme), with user tokens. A
+profile's ca_cert and SSL_CERT_FILE trust it too; without them the certificate is
+refused in one line naming it, exit 3, with the hint to use --ca-cert."""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import ssl
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 import trustme
 
-from tests.helpers import chatctl, cli_env, free_port
+from tests.helpers import chatctl, cli_env, free_port, wait_for
 
-LAUNCHER = Path(__file__).with_name("tls_server.py")
+ALICE = "tok-tls-alice-41c7"
+BOB = "tok-tls-bob-9e02"
 
 
 class TLSServer:
@@ -26,48 +31,68 @@ class TLSServer:
         self.other_ca = other_ca
 
 
+def _answers(url: str, ca: Path, proc: subprocess.Popen[bytes], log: Path) -> bool:
+    if proc.poll() is not None:
+        raise AssertionError(f"chatctl serve exited {proc.returncode}: {log.read_text()}")
+    try:
+        return httpx.get(f"{url}/health", verify=ssl.create_default_context(cafile=ca)).is_success
+    except httpx.TransportError:
+        return False
+
+
 @pytest.fixture
 def tls_server(tmp_path: Path) -> Iterator[TLSServer]:
     ca = trustme.CA()
     cert = ca.issue_cert("localhost", "127.0.0.1")
     cert_file, key_file, ca_file = tmp_path / "cert.pem", tmp_path / "key.pem", tmp_path / "ca.pem"
     cert.private_key_and_cert_chain_pem.write_to_path(str(cert_file))
+    key_file.touch(mode=0o600)  # serve refuses a key others may read
     cert.private_key_pem.write_to_path(str(key_file))
     ca.cert_pem.write_to_path(str(ca_file))
     other = tmp_path / "other-ca.pem"
     trustme.CA().cert_pem.write_to_path(str(other))
+    tokens = tmp_path / "tokens"
+    tokens.write_text(
+        "".join(
+            f"sha256:{hashlib.sha256(token.encode()).hexdigest()} tenant=team user={user}\n"
+            for token, user in ((ALICE, "alice"), (BOB, "bob"))
+        )
+    )
+    tokens.chmod(0o600)
     port = free_port()
-    root = str(Path(__file__).resolve().parents[2])
-    proc = subprocess.Popen(
-        [sys.executable, str(LAUNCHER), str(tmp_path / "chat.db"), str(port), str(cert_file),
-         str(key_file)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        env={**cli_env(), "PYTHONPATH": root},
-    )  # fmt: skip
+    log = tmp_path / "serve.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "chatctl", "serve", "--port", str(port),
+             "--tls-cert", str(cert_file), "--tls-key", str(key_file),
+             "--tokens-file", str(tokens), "--db", str(tmp_path / "chat.db")],
+            stdout=out, stderr=out, env=cli_env(),
+        )  # fmt: skip
+    url = f"https://localhost:{port}"
     try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline()  # blocks until the server says it listens, or dies
-        assert line.strip() == "ready", proc.stderr.read() if proc.stderr else ""
-        yield TLSServer(f"https://localhost:{port}", ca_file, other)
+        wait_for(lambda: _answers(url, ca_file, proc, log), 15, "chatctl serve over TLS")
+        yield TLSServer(url, ca_file, other)
     finally:
         proc.kill()
-        proc.communicate(timeout=10)
+        proc.wait(timeout=10)
 
 
 def test_create_send_join_over_https_and_wss_with_ca_cert(tls_server: TLSServer) -> None:
-    env = cli_env(CHATCTL_URL=tls_server.url, CHATCTL_USER="alice")
+    alice = cli_env(CHATCTL_URL=tls_server.url, CHATCTL_USER="alice", CHATCTL_TOKEN=ALICE)
+    bob = cli_env(CHATCTL_URL=tls_server.url, CHATCTL_USER="bob", CHATCTL_TOKEN=BOB)
     ca = ["--ca-cert", str(tls_server.ca)]
-    r = chatctl("create", "secure", "-u", "alice", "-o", "id", *ca, env=env)
+    r = chatctl("create", "secure", "-u", "bob", "--private", "-o", "id", *ca, env=alice)
     assert r.returncode == 0, r.stderr
     room = r.stdout.strip()
-    r = chatctl("send", room, "over tls", "-o", "id", *ca, env=env)
+    r = chatctl("send", room, "over tls", "-o", "id", *ca, env=alice)
     assert r.returncode == 0, r.stderr
     r = chatctl(
-        "join", room, "--user", "bob", "--history", "1", "--count", "1", "-o", "jsonl", *ca,
-        env=env, timeout=30,
+        "join", room, "--history", "1", "--count", "1", "-o", "jsonl", *ca,
+        env=bob, timeout=30,
     )  # fmt: skip
     assert r.returncode == 0, r.stderr
-    assert json.loads(r.stdout)["text"] == "over tls"
+    message = json.loads(r.stdout)
+    assert (message["text"], message["user_id"]) == ("over tls", "alice")
 
 
 def test_a_profiles_ca_cert_and_ssl_cert_file_trust_the_ca(
@@ -78,8 +103,9 @@ def test_a_profiles_ca_cert_and_ssl_cert_file_trust_the_ca(
         f'[profiles.default]\nurl = "{tls_server.url}"\nca_cert = "{tls_server.ca}"\n'
     )
     config.chmod(0o600)
-    assert chatctl("list", env=cli_env(CHATCTL_CONFIG=str(config))).returncode == 0
-    env = cli_env(CHATCTL_URL=tls_server.url, SSL_CERT_FILE=str(tls_server.ca))
+    r = chatctl("list", env=cli_env(CHATCTL_CONFIG=str(config), CHATCTL_TOKEN=ALICE))
+    assert r.returncode == 0, r.stderr
+    env = cli_env(CHATCTL_URL=tls_server.url, SSL_CERT_FILE=str(tls_server.ca), CHATCTL_TOKEN=ALICE)
     r = chatctl("list", env=env)
     assert r.returncode == 0, r.stderr
 
@@ -89,7 +115,7 @@ def test_an_untrusted_certificate_is_one_line_naming_it(
     tls_server: TLSServer, trusting: str
 ) -> None:
     extra = [] if trusting == "system store" else ["--ca-cert", str(tls_server.other_ca)]
-    env = cli_env(CHATCTL_URL=tls_server.url)
+    env = cli_env(CHATCTL_URL=tls_server.url, CHATCTL_TOKEN=ALICE)
     for args in (["list"], ["join", "0190f2b4-0000-7000-8000-000000000000", "--user", "u"]):
         r = chatctl(*args, *extra, env=env)
         assert r.returncode == 3, r.stderr

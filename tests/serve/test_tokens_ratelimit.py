@@ -8,6 +8,7 @@ import pytest
 from chatctl.server.ratelimit import (
     RateLimiter,
     StreamCounter,
+    describe_rate,
     over_rate,
     over_stream_cap,
     parse_rate,
@@ -145,3 +146,19 @@ def test_what_a_refused_client_is_told() -> None:
     )
     assert over_rate(0.5, 1.5)[1] == {"Retry-After": "2"}
     assert over_stream_cap(100) == "too many streams: at most 100 per token (max_streams_per_token)"
+
+
+@pytest.mark.parametrize(
+    ("per_second", "said"),
+    [
+        (50.0, "50 requests/s"),
+        (1.0, "1 request/s"),
+        (2.5, "2.5 requests/s"),
+        (10 / 60, "10 requests/m"),
+        (1000 / 3600, "16.67 requests/m"),
+        (1 / 3600, "1 request/h"),
+    ],
+)
+def test_a_rate_is_said_as_the_operator_gave_it(per_second: float, said: str) -> None:
+    assert describe_rate(per_second) == said
+    assert over_rate(per_second, 0.5)[0].startswith(f"rate limit of {said} per token exceeded")
