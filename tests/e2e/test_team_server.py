@@ -403,7 +403,7 @@ def test_an_ndjson_join_acts_as_the_tokens_user(team: ServerProcess, rooms: Room
     assert state(team, rooms) == before
 
 
-# -- the stream cap per token (the rate: test_rate_limit.py) --------------------------------------------
+# -- the stream cap per token (the rate: test_rate_limit.py) -------------------------------
 
 
 @pytest.fixture
