@@ -8,6 +8,7 @@ losing its head deadline or sending every answer in two writes.
 from __future__ import annotations
 
 import inspect
+import json
 import socket
 import threading
 import time
@@ -38,7 +39,14 @@ def test_the_installed_uvicorn_is_one_the_pin_allows() -> None:
 def test_the_httptools_protocol_has_what_the_head_deadline_overrides() -> None:
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
-    for name in ("connection_made", "on_headers_complete", "on_response_complete"):
+    for name in (
+        "connection_made",
+        "data_received",
+        "on_headers_complete",
+        "on_body",
+        "on_message_complete",
+        "on_response_complete",
+    ):
         assert callable(getattr(HttpToolsProtocol, name, None)), name
     assert list(inspect.signature(HttpToolsProtocol.connection_lost).parameters) == [
         "self",
@@ -52,6 +60,13 @@ def test_the_httptools_protocol_has_what_the_head_deadline_overrides() -> None:
     send = inspect.getsource(RequestResponseCycle.send)
     assert send.count("self.transport.write(") >= 2, "RequestResponseCycle writes elsewhere"
     assert "RequestResponseCycle(" in inspect.getsource(HttpToolsProtocol.on_headers_complete)
+    # The body floor wakes the app's receive() through the cycle's event, and reads
+    # whether the answer has begun.
+    cycle = inspect.getsource(RequestResponseCycle.__init__)
+    for attribute in ("self.scope", "self.message_event", "self.response_started"):
+        assert attribute in cycle, f"RequestResponseCycle no longer sets {attribute}"
+    receive = inspect.getsource(RequestResponseCycle.receive)
+    assert "await self.message_event.wait()" in receive and '"more_body"' in receive
 
 
 def test_the_server_hooks_and_settings_exist() -> None:
@@ -66,8 +81,9 @@ def test_the_server_hooks_and_settings_exist() -> None:
 @pytest.fixture
 def protocol_server(tmp_path: Path) -> Iterator[tuple[int, list[int]]]:
     """The app under uvicorn with this server's protocol (as ``chatctl serve`` runs it),
-    a 0.3 s head deadline, and a count of transport writes per answer."""
-    config = ServerConfig(db=str(tmp_path / "chat.db"))
+    a 0.3 s head deadline, a body floor of 0.5 s plus 1 s per 100 bytes, and a count of
+    transport writes per answer."""
+    config = ServerConfig(db=str(tmp_path / "chat.db"), body_timeout=0.5, body_min_rate=100)
     app = create_app(config)
     port = free_port()
     server = ChatServer(
@@ -78,7 +94,7 @@ def protocol_server(tmp_path: Path) -> Iterator[tuple[int, list[int]]]:
             port=port,
             log_level="warning",
             loop="asyncio",
-            http=http_protocol(),
+            http=http_protocol(config),
             timeout_keep_alive=0.3,
         )
     )
@@ -125,3 +141,100 @@ def test_an_answer_goes_out_in_one_write_and_a_silent_connection_is_closed(
         silent.settimeout(5)
         assert silent.recv(1) == b""  # closed by the server: no request head came
         assert 0.2 < time.monotonic() - started < 3
+
+
+def _head(length: int, path: str = "/v1/chat/List") -> bytes:
+    return (
+        f"POST {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {length}\r\n\r\n"
+    ).encode()
+
+
+def _answer_then_close(conn: socket.socket) -> bytes:
+    """Everything the server sends until it closes the connection."""
+    conn.settimeout(10)
+    received = b""
+    while chunk := conn.recv(65536):
+        received += chunk
+    return received
+
+
+def test_a_body_that_stops_coming_is_cut_with_408(
+    protocol_server: tuple[int, list[int]],
+) -> None:
+    port, _ = protocol_server
+    with socket.create_connection(("127.0.0.1", port)) as conn:
+        started = time.monotonic()
+        conn.sendall(_head(100) + b'{"user_id": ')
+        received = _answer_then_close(conn)
+        took = time.monotonic() - started
+    head, _, body = received.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 408 "), received
+    assert b"connection: close" in head.lower()
+    assert json.loads(body) == {
+        "id": "v1",
+        "code": 408,
+        "detail": "request body too slow: it must arrive within 0.5 s, plus 1 s per 100 bytes",
+        "status": "Request Timeout",
+    }
+    assert 0.4 < took < 5, took  # the floor, not the 5 s keep-alive nor never
+
+
+def test_a_body_dribbled_below_the_floor_is_cut_however_steady(
+    protocol_server: tuple[int, list[int]],
+) -> None:
+    # 20 bytes/s against a floor of 100: each byte moves the deadline by 10 ms, each
+    # 50 ms passes, so the deadline is passed after about 0.6 s, bytes still coming.
+    port, _ = protocol_server
+    body = json.dumps({"user_id": "x" * 200}).encode()
+    with socket.create_connection(("127.0.0.1", port)) as conn:
+        conn.sendall(_head(len(body)))
+        cut = False
+        for byte in body:
+            try:
+                conn.sendall(bytes([byte]))
+            except OSError:
+                cut = True
+                break
+            time.sleep(0.05)
+            conn.setblocking(False)
+            try:
+                cut = conn.recv(1, socket.MSG_PEEK) != b"" or cut
+            except BlockingIOError:
+                pass
+            finally:
+                conn.setblocking(True)
+            if cut:
+                break
+        assert cut, "the whole body went through at 20 bytes/s"
+        assert _answer_then_close(conn).startswith(b"HTTP/1.1 408 ")
+
+
+def test_a_slow_body_above_the_floor_is_served(
+    protocol_server: tuple[int, list[int]],
+) -> None:
+    # 200 bytes/s: it takes 1.5 s, three times the 0.5 s, but keeps above the floor.
+    port, _ = protocol_server
+    body = json.dumps({"user_id": "u"}).encode().ljust(300)  # JSON may end in spaces
+    with socket.create_connection(("127.0.0.1", port)) as conn:
+        conn.sendall(_head(len(body)))
+        for at in range(0, len(body), 10):
+            conn.sendall(body[at : at + 10])
+            time.sleep(0.05)
+        conn.settimeout(10)
+        answer = conn.recv(65536)
+    assert answer.startswith(b"HTTP/1.1 200 "), answer
+    assert answer.endswith(b'{"rooms":[]}'), answer
+
+
+def test_a_body_nobody_reads_is_not_waited_for(
+    protocol_server: tuple[int, list[int]],
+) -> None:
+    # Answered before its body was read (no such API), the rest of the body is not wanted:
+    # a connection still dribbling it is closed at the floor, not kept for ever.
+    port, _ = protocol_server
+    with socket.create_connection(("127.0.0.1", port)) as conn:
+        conn.sendall(_head(100, "/v1/chat/Nothing") + b"{")
+        received = _answer_then_close(conn)
+    assert received.startswith(b"HTTP/1.1 404 "), received
+    assert received.count(b"HTTP/1.1") == 1
