@@ -4,6 +4,7 @@ rewritten whole, every other line kept, bad files refused with their line named.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import re
@@ -338,23 +339,43 @@ def test_sighup_reloads_rather_than_ends_the_server(serve: Serve, tmp_path: Path
 
 
 def test_a_token_offered_as_a_subprotocol_is_never_logged(serve: Serve, tmp_path: Path) -> None:
+    from websockets.exceptions import ConnectionClosed
     from websockets.sync.client import unix_connect
 
     path = tmp_path / "tokens"
-    path.write_text("tok-known-5e1d\n")
+    path.write_text(f"tok-known-5e1d\nsha256:{sha('tok-hashed-bob-77c2')} tenant=acme user=bob\n")
     path.chmod(0o600)
     served = serve("--tokens-file", str(path), "--log-level", "debug")
     assert served.uds is not None
-    for offered in ("tok-unknown-1c9a", "tok-known-5e1d"):
-        with unix_connect(
-            str(served.uds), "ws://localhost/v1/chat/Join", subprotocols=[offered]
-        ) as ws:
-            if offered == "tok-known-5e1d":  # an unknown one is refused at once
-                ws.send(json.dumps({"room_id": "00000000-0000-0000-0000-000000000000"}))
+    room = '{"room_id": "00000000-0000-0000-0000-000000000000"}'
+    # (offered, path, first frame, the code of the error frame): known, unknown, known
+    # only by its hash; on the Join path, on a path that is none, with a frame that is
+    # not JSON; offered beside another protocol.
+    attempts = [
+        (["tok-unknown-1c9a"], "/v1/chat/Join", room, 401),
+        (["tok-known-5e1d"], "/v1/chat/Join", room, 400),  # an admin names its user
+        (["tok-hashed-bob-77c2", "chat"], "/v1/chat/Join", room, 404),
+        (["tok-hashed-bob-77c2"], "/v1/chat/Join", "{not json", 400),
+        (["tok-unknown-2d8b", "chat"], "/v1/chat/Nothing", room, 404),
+    ]
+    for offered, where, first, code in attempts:
+        with unix_connect(str(served.uds), f"ws://localhost{where}", subprotocols=offered) as ws:
+            with contextlib.suppress(ConnectionClosed):
+                ws.send(first)
             error = json.loads(ws.recv(timeout=10))
-            assert error["code"] == (400 if offered == "tok-known-5e1d" else 401), error
+            assert error["code"] == code, (offered, where, error)
+    # ... nor as a bearer token, on a WebSocket or an HTTP call.
+    with unix_connect(
+        str(served.uds),
+        "ws://localhost/v1/chat/Join",
+        additional_headers={"Authorization": "Bearer tok-unknown-3e7f"},
+    ) as ws:
+        assert json.loads(ws.recv(timeout=10))["code"] == 401
+    with served.http("tok-unknown-4a0c") as http:
+        assert http.post("/v1/chat/List", json={}).status_code == 401
     assert served.stop() == 0
     log = served.stderr()
     assert "sec-websocket-protocol: [redacted]" in log.lower()  # the handshake was logged...
-    for secret in ("tok-unknown-1c9a", "tok-known-5e1d"):
-        assert secret not in log  # ...never the token in it
+    secrets = ("tok-unknown-1c9a", "tok-known-5e1d", "tok-hashed-bob-77c2", "tok-unknown-2d8b")
+    for secret in (*secrets, "tok-unknown-3e7f", "tok-unknown-4a0c"):
+        assert secret not in log  # ...never a token in it
