@@ -199,6 +199,13 @@ def hint_for(e: ChatctlError) -> str | None:
             )
         if e.code == 401:
             return "set a token with --token, CHATCTL_TOKEN or: chatctl config set token -"
+        if e.code == 403 and "acts only as user" in detail:  # a user token (issue 13)
+            return (
+                "leave out --user, or set the profile's user to the token's: "
+                "chatctl config set user ID"
+            )
+        if e.code == 403 and "creator" in detail:
+            return "ask the room's creator, or someone with an admin token"
         if e.code == 403:
             return (
                 "the room is private or the user was removed: act as a member with --user "

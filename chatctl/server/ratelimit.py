@@ -24,8 +24,8 @@ from collections.abc import Callable
 __all__ = [
     "RateLimiter",
     "StreamCounter",
-    "over_rate",
     "describe_rate",
+    "over_rate",
     "over_stream_cap",
     "parse_rate",
     "retry_after",

@@ -445,3 +445,29 @@ def test_streams_are_capped_per_token_not_rate_limited(limited: ServerProcess) -
     deadline = time.monotonic() + 10
     while join(limited, ALICE, body)[1] is not None:
         assert time.monotonic() < deadline
+
+
+# -- the CLI with a user token ----------------------------------------------------------------
+
+
+def test_the_cli_with_a_user_token_says_what_went_wrong(team: ServerProcess, rooms: Rooms) -> None:
+    from tests.helpers import chatctl, cli_env
+
+    alice = cli_env(team, CHATCTL_TOKEN=ALICE, CHATCTL_USER="alice")
+    r = chatctl("send", rooms.private, "as bob", "--user", "bob", env=alice)
+    assert r.returncode == 4
+    assert r.stderr.splitlines() == [
+        "error: this token acts only as user alice, not bob (chat.send, HTTP 403)",
+        "hint: leave out --user, or set the profile's user to the token's: chatctl config set"
+        " user ID",
+    ]
+    bob = cli_env(team, CHATCTL_TOKEN=BOB, CHATCTL_USER="bob")
+    r = chatctl("kick", rooms.private, "alice", "--yes", env=bob)
+    assert r.returncode == 4
+    assert r.stderr.splitlines() == [
+        "error: only the room's creator or an admin token may kick (to leave the room yourself,"
+        " use Leave) (chat.kick, HTTP 403)",
+        "hint: ask the room's creator, or someone with an admin token",
+    ]
+    r = chatctl("send", rooms.private, "fine", "-o", "id", env=alice)
+    assert r.returncode == 0, r.stderr
