@@ -49,7 +49,15 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from chatctl.errors import ChatctlError, reason_phrase
-from chatctl.schema import ENDPOINTS, Endpoint, ValidationError, endpoint_for, validate_request
+from chatctl.schema import (
+    ENDPOINTS,
+    EXTENSIONS_HEADER,
+    SERVER_EXTENSIONS,
+    Endpoint,
+    ValidationError,
+    endpoint_for,
+    validate_request,
+)
 from chatctl.server.config import ServerConfig
 from chatctl.server.hub import Hub, StreamEnded, Subscriber
 from chatctl.server.openapi import openapi_document
@@ -72,6 +80,9 @@ _T = TypeVar("_T")
 ACCESS_LINE = "%s %s %s %.1fms"
 #: scope key under which the access log leaves the server's own send for the Join writer.
 _RAW_SEND = "chatctl.raw_send"
+#: On every answer (errors, NDJSON Join, the WebSocket's 101): the extensions this server
+#: has, so a client knows before sending one (contract part 2, "Chat-Extensions").
+_EXTENSIONS = (EXTENSIONS_HEADER.lower().encode(), ", ".join(SERVER_EXTENSIONS).encode())
 
 
 class _Refused(Exception):
@@ -486,8 +497,10 @@ class _AccessLog:
             kind = message["type"]
             if kind == "http.response.start":
                 status = message["status"]
+                message = {**message, "headers": [*message.get("headers", ()), _EXTENSIONS]}
             elif kind == "websocket.accept":
                 status = 101
+                message = {**message, "headers": [*message.get("headers", ()), _EXTENSIONS]}
             elif kind == "websocket.close" and status in (0, 101):
                 status = message.get("code", 1000)
             await send(message)
