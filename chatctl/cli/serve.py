@@ -168,6 +168,15 @@ def serve(
             rich_help_panel=_LISTEN,
         ),
     ] = None,
+    db_timeout: Annotated[
+        float,
+        typer.Option(
+            help="Seconds a call may wait on the database (PostgreSQL not answering, a "
+            "SQLite file another process holds) before it answers 503.",
+            min=0.1,
+            metavar="SECONDS",
+        ),
+    ] = 5.0,
     tls_cert: Annotated[
         Path | None,
         typer.Option(
@@ -296,6 +305,7 @@ def serve(
         tokens=frozenset() if registry is None else registry.clear_tokens(),
         limits=limits or Limits(),
         idle_exit=idle_exit,
+        db_timeout=db_timeout,
         registry=registry,
         **per_token,
         tls_cert=None if tls_cert is None else str(tls_cert),

@@ -1,6 +1,10 @@
 """chatctl's chat server: the m3o Chat API over HTTP and WebSocket.
 
-Modules: ``app`` (the HTTP/WebSocket edge), ``rules`` (membership, privacy, idempotency;
-no HTTP), ``store`` (SQLite), ``hub`` (live fan-out), ``serve`` (process, sockets, signals).
-Nothing here is imported on the CLI's client path.
+A request goes ``serve`` (the process) → ``protocol`` (uvicorn, as this server runs it) →
+``app`` (wiring, lifecycle) → ``accesslog`` → ``edge`` (HTTP) or ``streams`` (Join) →
+``rules`` (what each endpoint does) → ``store`` (the interface) → ``store_sqlite`` or
+``store_pg`` (sharing ``sql``) → back through ``hub`` (and ``hub_pg`` across replicas) to
+the live streams. ``domain`` holds the types they share; ``chatctl.wire`` what travels.
+The README's "How it is built" has one line per module. Nothing here is imported on the
+CLI's client path.
 """

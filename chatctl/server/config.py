@@ -44,6 +44,9 @@ class ServerConfig:
     stream_queue: int = 1000
     #: exit after this many seconds with no open connection (the embedded local server).
     idle_exit: float | None = None
+    #: seconds a call may wait on the database (PostgreSQL's statement and lock timeouts,
+    #: another process's lock on a SQLite file) before it answers 503.
+    db_timeout: float = 5.0
     #: every accepted token and who it is (``tokens.TokenRegistry``: ``--token`` flags and
     #: ``--tokens-file``, reloaded on SIGHUP and when the file changes); None: open.
     #: Until the edge authenticates through it, the edge accepts ``tokens`` above.

@@ -1,10 +1,15 @@
 """Live fan-out: who is streaming which room, and handing each of them the next frames.
 
-A ``Subscriber`` is one Join stream (WebSocket or NDJSON). Publishing never waits: a frame
-is appended to each subscriber's bounded queue, and the stream's own task writes it out. A
-subscriber whose queue is full is ended with close code 4008 instead of holding up the
-room; it resumes with ``since``. Frames are encoded once by the publisher and the same
-``str`` goes to every subscriber.
+A ``Subscriber`` is one Join stream (WebSocket or NDJSON). The hub is the stores'
+``domain.Fanout``: a store delivers each committed change's notes here (``deliver``), in
+this process after the commit (SQLite), or as every replica hears them from the database
+(PostgreSQL, ``hub_pg.Listener``). Delivering never waits: a frame is appended to each
+subscriber's bounded queue, and the stream's own task writes it out. A subscriber whose
+queue is full is ended with close code 4008 instead of holding up the room; it resumes
+with ``since``. Frames are encoded once and the same ``str`` goes to every subscriber.
+
+Each subscriber keeps the identity it was admitted with (``owner``: today the tenant key
+of its token), so that streams can be found by who opened them.
 
 The hub also counts open connections and remembers when the server last did anything,
 for the idle-exit watchdog of the embedded local server (``active``, ``last_activity``,
@@ -17,18 +22,10 @@ import asyncio
 import time
 from collections import deque
 
-__all__ = [
-    "CLOSE_GOING_AWAY",
-    "CLOSE_TOO_SLOW",
-    "Hub",
-    "StreamEnded",
-    "Subscriber",
-]
+from chatctl.server.domain import EventNote, Note, Published
+from chatctl.wire import CLOSE_GOING_AWAY, CLOSE_TOO_SLOW
 
-#: server shutting down (the WebSocket standard code).
-CLOSE_GOING_AWAY = 1001
-#: the reader fell behind its queue; resume with ``since``.
-CLOSE_TOO_SLOW = 4008
+__all__ = ["Hub", "StreamEnded", "Subscriber"]
 
 #: an item of a subscriber's queue: the message's seq (0 for events) and the encoded frame.
 Item = tuple[int, str]
@@ -57,6 +54,7 @@ class Subscriber:
         "events",
         "include_own",
         "maxsize",
+        "owner",
         "room_id",
         "tenant",
         "user_id",
@@ -70,8 +68,10 @@ class Subscriber:
         events: bool,
         maxsize: int,
         include_own: bool = False,
+        owner: str = "",
     ) -> None:
         self.tenant = tenant
+        self.owner = owner
         self.include_own = include_own
         self.room_id = room_id
         self.user_id = user_id
@@ -120,12 +120,6 @@ class Subscriber:
 class Hub:
     """Every live stream, grouped by (tenant, room id)."""
 
-    #: False: publishing hands frames to streams in memory at once, so the rules publish
-    #: only after the change committed. True (``hub_pg.PostgresHub``): publishing is a
-    #: statement of the store's current transaction, delivered only if it commits, so the
-    #: rules publish inside the transaction, atomically with the change.
-    transactional = False
-
     def __init__(self, queue_size: int = 1000) -> None:
         self.queue_size = queue_size
         self._rooms: dict[tuple[str, str], set[Subscriber]] = {}
@@ -134,15 +128,8 @@ class Hub:
         self.active = 0
         self.last_activity = time.monotonic()
         self.closed = False
-
-    # -- running ------------------------------------------------------------------------
-
-    async def start(self) -> None:
-        """Begin fan-out before the server takes requests (a replica's hub listens to
-        the others here); this one, local to the process, has nothing to start."""
-
-    async def stop(self) -> None:
-        """Stop what ``start`` began."""
+        #: why new streams are refused for now (a replica not hearing the others), or "".
+        self.interrupted = ""
 
     # -- idle tracking ------------------------------------------------------------------
 
@@ -160,14 +147,28 @@ class Hub:
             return 0.0
         return time.monotonic() - self.last_activity
 
+    async def until_quiet(self, timeout: float) -> None:
+        """Wait until no request or stream is open, for at most ``timeout`` seconds (at
+        shutdown: the streams just ended write their close frames)."""
+        deadline = time.monotonic() + timeout
+        while self.active and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+
     # -- subscribing --------------------------------------------------------------------
 
     def subscribe(
-        self, tenant: str, room_id: str, user_id: str, events: bool, include_own: bool = False
+        self,
+        tenant: str,
+        room_id: str,
+        user_id: str,
+        events: bool,
+        include_own: bool = False,
+        owner: str = "",
     ) -> Subscriber:
-        sub = Subscriber(tenant, room_id, user_id, events, self.queue_size, include_own)
-        if self.closed:
-            sub.end(StreamEnded(CLOSE_GOING_AWAY, reason="server shutting down"))
+        sub = Subscriber(tenant, room_id, user_id, events, self.queue_size, include_own, owner)
+        if self.closed or self.interrupted:
+            reason = "server shutting down" if self.closed else self.interrupted
+            sub.end(StreamEnded(CLOSE_GOING_AWAY, reason=reason))
             return sub
         self._rooms.setdefault((tenant, room_id), set()).add(sub)
         self._streams += 1
@@ -185,13 +186,36 @@ class Hub:
             del self._rooms[key]
         self.touch()
 
-    def has_subscribers(self, tenant: str, room_id: str) -> bool:
+    def listening(self, tenant: str, room_id: str) -> bool:
+        """True when a stream of the room is open here."""
         return (tenant, room_id) in self._rooms
 
     def subscribers(self, tenant: str, room_id: str) -> tuple[Subscriber, ...]:
         return tuple(self._rooms.get((tenant, room_id), ()))
 
-    # -- publishing ---------------------------------------------------------------------
+    # -- delivering -----------------------------------------------------------------------
+
+    def deliver(self, note: Note) -> None:
+        """Hand what a committed change tells the streams to the streams it concerns."""
+        if isinstance(note, Published):
+            self.publish_message(note.tenant, note.room_id, note.seq, note.frame, note.sender)
+        elif isinstance(note, EventNote):
+            self.publish_event(note.tenant, note.room_id, note.frame, note.skip_user)
+        elif note.user_id is None:
+            self.end_room(note.tenant, note.room_id, note.code, note.frame, note.reason)
+        else:
+            self.end_user(
+                note.tenant, note.room_id, note.user_id, note.code, note.frame, note.reason
+            )
+
+    def interrupt(self, reason: str) -> None:
+        """Changes may go unheard for now (a replica lost its database listener): end
+        every stream with 1001 so clients resume, and refuse new ones until ``resume``."""
+        self.interrupted = reason
+        self.end_all(reason=reason, closing=False)
+
+    def resume(self) -> None:
+        self.interrupted = ""
 
     def publish_message(self, tenant: str, room_id: str, seq: int, frame: str, sender: str) -> None:
         """Hand a stored message to every stream of the room but the sender's own."""
@@ -241,9 +265,16 @@ class Hub:
             sub.end(StreamEnded(code, frame, reason))
         return len(subs)
 
-    def end_all(self, code: int = CLOSE_GOING_AWAY, reason: str = "server shutting down") -> int:
-        """End every stream (shutdown) and refuse new ones; returns how many."""
-        self.closed = True
+    def end_all(
+        self,
+        code: int = CLOSE_GOING_AWAY,
+        reason: str = "server shutting down",
+        *,
+        closing: bool = True,
+    ) -> int:
+        """End every stream; with ``closing`` (shutdown), refuse new ones for good.
+        Returns how many ended."""
+        self.closed = self.closed or closing
         subs = [sub for room in self._rooms.values() for sub in room]
         for sub in subs:
             self.unsubscribe(sub)

@@ -8,6 +8,8 @@ calls :func:`run_server`. What this module adds to uvicorn, and why:
 - A Unix socket is bound here, not by uvicorn, so it is born mode 0600 (uvicorn would
   chmod it to 0666); the whole process runs under umask 077, so the database and its
   journal files are private too.
+- uvicorn itself runs with this server's protocol changes (``protocol``: a deadline for
+  each request head, head and body in one write).
 - On SIGTERM/SIGINT the app's ``ChatServer`` ends live streams with 1001 (going away), so
   clients resume, before uvicorn stops accepting and finishes in-flight requests; the
   process then exits 0 (uvicorn re-raises the signal afterwards, which would otherwise
@@ -45,9 +47,11 @@ import uvicorn
 
 from chatctl.errors import ChatctlError, UsageError
 from chatctl.local import socket_answers
-from chatctl.server.app import ACCESS_LINE, ChatServer, create_app, uvicorn_config
+from chatctl.server.accesslog import ACCESS_LINE
+from chatctl.server.app import create_app
 from chatctl.server.config import ServerConfig
 from chatctl.server.hub import Hub
+from chatctl.server.protocol import ChatServer, has_module, http_protocol, uvicorn_config
 from chatctl.server.tokens import Reload, read_tokens, watch_tokens
 
 __all__ = [
@@ -252,8 +256,8 @@ def run_server(
                 config,
                 host=host,
                 port=port,
-                loop="uvloop" if _has_module("uvloop") else "asyncio",
-                http=_http_protocol(),
+                loop="uvloop" if has_module("uvloop") else "asyncio",
+                http=http_protocol(),
                 # On the websockets package, without its deprecated legacy layer.
                 ws="websockets-sansio",
                 # Logging is configured above; the app logs one line per request itself,
@@ -457,111 +461,3 @@ def _configure_logging(level: str, tokens: Iterable[str]) -> None:
     # websockets' debug log spells out every header and frame; it is not ours to show.
     logging.getLogger("websockets").setLevel(max(logging.INFO, root.level))
     logging.getLogger("uvicorn.access").disabled = True
-
-
-def _http_protocol() -> type[asyncio.Protocol] | str:
-    """uvicorn's httptools protocol with a deadline for each request head.
-
-    uvicorn arms its keep-alive timer only after a response, so a connection that never
-    sends a byte, or dribbles its headers (slowloris), would hold a socket for ever. Here
-    a request head must be complete within ``timeout_keep_alive`` (5 s) of the connection
-    opening or of the previous response; the body and WebSocket streams are not limited.
-    """
-    if not _has_module("httptools"):
-        return "h11"
-    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
-
-    class HeadDeadlineProtocol(HttpToolsProtocol):
-        _head_timer: asyncio.TimerHandle | None = None
-
-        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-            super().connection_made(transport)
-            self._arm_head_timer()
-
-        def on_headers_complete(self) -> None:
-            self._cancel_head_timer()
-            before = self.cycle
-            super().on_headers_complete()
-            if self.cycle is not before:  # a new request (an upgrade makes none)
-                self.cycle.transport = _OneWrite(self.transport, self.loop)  # type: ignore[assignment]
-
-        def on_response_complete(self) -> None:
-            super().on_response_complete()
-            # A pipelined request already has its head; otherwise wait for the next one.
-            if not self.pipeline and not self.transport.is_closing():
-                self._arm_head_timer()
-
-        def connection_lost(self, exc: Exception | None) -> None:
-            self._cancel_head_timer()
-            super().connection_lost(exc)
-
-        def _arm_head_timer(self) -> None:
-            self._cancel_head_timer()
-            self._head_timer = self.loop.call_later(self.timeout_keep_alive, self._head_late)
-
-        def _cancel_head_timer(self) -> None:
-            if self._head_timer is not None:
-                self._head_timer.cancel()
-                self._head_timer = None
-
-        def _head_late(self) -> None:
-            self._head_timer = None
-            if not self.transport.is_closing():
-                self.transport.close()
-
-    return HeadDeadlineProtocol
-
-
-class _OneWrite:
-    """A response's transport that sends its head and body in one write.
-
-    uvicorn writes the status line and headers as soon as the app sends
-    ``http.response.start``, then the body: two syscalls and two TCP segments for every
-    small JSON answer. The head is held instead, joined to the first body write; if no
-    body follows within this turn of the event loop (a stream waiting for its first
-    frame), it goes out alone at the end of the turn.
-    """
-
-    __slots__ = ("_first", "_held", "_loop", "_transport")
-
-    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
-        self._transport = transport
-        self._loop = loop
-        self._first = True
-        self._held: bytes | None = None
-
-    def write(self, data: bytes) -> None:
-        held = self._held
-        if held is not None:
-            self._held = None
-            self._transport.write(held + data)
-        elif self._first:
-            # The first write is the head: hold it until the body or the end of this turn.
-            self._first = False
-            self._held = data
-            self._loop.call_soon(self._flush)
-        else:
-            self._transport.write(data)
-
-    def _flush(self) -> None:
-        held = self._held
-        if held is not None:
-            self._held = None
-            if not self._transport.is_closing():
-                self._transport.write(held)
-
-    def close(self) -> None:
-        self._flush()
-        self._transport.close()
-
-    def is_closing(self) -> bool:
-        return self._transport.is_closing()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._transport, name)
-
-
-def _has_module(name: str) -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec(name) is not None

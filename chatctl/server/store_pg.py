@@ -1,8 +1,16 @@
-"""The PostgreSQL store: the same ``Store`` as ``SQLiteStore``, shared by many replicas.
+"""The PostgreSQL store: the same ``store.Store`` as SQLite, shared by many replicas.
 
 ``chatctl serve --db postgresql://…`` uses it. Imported only then: psycopg is an optional
 extra (``pip install 'chatctl[postgres]'``), and neither SQLite users nor the CLI's start-up
 import it.
+
+Every operation awaits the database on psycopg's async pool, so a replica's event loop
+serves other requests and streams while it waits, however far away the database is. Each
+is bounded in time (``--db-timeout``): ``statement_timeout`` and ``lock_timeout`` make
+PostgreSQL give up on its side, and the replica stops waiting a second later in any case
+(a database that stopped answering, or a network that dropped it), answers 503 and lets
+the abandoned call clean up behind it (psycopg cancels the query, or the pool discards the
+connection). A connection the database dropped is replaced by the pool on the next call.
 
 What changes when several server processes share one database:
 
@@ -10,67 +18,78 @@ What changes when several server processes share one database:
   message with the new value in one statement. The row lock taken by that UPDATE
   serialises the writers of a room (other rooms are not held up), so seqs are gapless per
   room and commit in seq order.
-- **Fan-out.** The same statement calls ``pg_notify`` with the room, the seq and the encoded
-  frame (or no frame when the payload would pass PostgreSQL's 8000-byte limit); the
-  notification is sent at commit, in commit order, so every replica hears of a room's
-  messages in seq order. ``hub_pg.PostgresHub`` listens and reads any seq it missed from
-  the table.
+- **A Send is one round trip**, keyed or not (``_SEND``): the Idempotency-Key (claimed, or
+  its first answer found), the room, the membership, the seq, the message and its
+  notification, in one statement. Only two replicas racing on one key need a second: the
+  loser's statement cannot see the winner's row, commits nothing, and is run again.
+- **Fan-out.** The statement that stores a message also calls ``pg_notify`` with the room,
+  the seq and the frame (or no frame when the payload would pass PostgreSQL's 8000-byte
+  limit); other changes notify with one statement at the end of their transaction. A
+  notification is sent at commit, in commit order, and never for a change that rolls back;
+  ``hub_pg.Listener`` hears them on every replica.
 - **An id is a position, conservatively.** Ids are UUIDv7 made by each replica's clock, so
   ids from two replicas may not sort in seq order. A UUID that is no message of the room
   sits just before the first message, in the room's order, whose id sorts after it: a
   ``since`` built from a time never skips a message made after that time (it may repeat a
   few made around it on another replica), and ``before``/``after`` still split the room
   into two parts with nothing in both.
-- **Idempotency keys across replicas.** ``get_idempotency`` takes a transaction-scoped
-  advisory lock on the key, so a retry on another replica waits for the first attempt to
-  commit and then finds its answer; the primary key on (tenant, key) backs it up.
-
-A Send is one statement (``_SEND``: find the room, check membership, bump the seq, insert
-and notify), awaited on a small async pool (``send_message_async``, opened by the hub), so
-the event loop serves other requests while it waits on the database; the rules map its
-outcome to m3o's answers. Every other call is synchronous, on the event loop thread, as
-with SQLite: a local PostgreSQL answers a statement in about 0.1 ms. That connection comes
-from a psycopg pool, which replaces a broken one (a restarted or failed-over PostgreSQL)
-on the next call; the failing call answers 503. The benchmarks (``python -m tests.bench
---only postgres``) measure it.
+- **Idempotency keys across replicas.** Claiming a key inserts its row (``sql.CLAIM_KEY``);
+  the same key claimed on another replica at once waits on that row for the first attempt
+  to commit, then finds its answer.
+- **Deleted rooms** are purged in steps of seq ranges by whichever replica gets to them.
 
 Schema versions: the table ``chatctl_schema`` holds how many entries of ``MIGRATIONS`` are
-applied; a replica applies the rest at start, under an advisory lock so replicas starting
-together migrate once.
+applied; a replica applies the rest at start (before it serves, on a plain connection),
+under an advisory lock so replicas starting together migrate once.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import logging
 import time
-from collections.abc import Iterator, Sequence
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
+from typing import Any, TypeVar
 
 import psycopg
-from psycopg_pool import AsyncConnectionPool, ConnectionPool, PoolTimeout
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
-from chatctl.server import store as _store
-from chatctl.server.rules import RulesError, encode, message_frame
-from chatctl.server.store import IdempotencyRecord, MessageRow, RoomRow
+from chatctl.errors import ChatctlError
+from chatctl.server import sql
+from chatctl.server.domain import (
+    EventNote,
+    Fanout,
+    Key,
+    NewMessage,
+    Note,
+    RoomRow,
+    StreamsEnded,
+    Unavailable,
+)
+from chatctl.server.store import SendResult
+from chatctl.wire import UUIDv7, encode, message_frame
 
-__all__ = ["CHANNEL", "MIGRATIONS", "NOTIFY_LIMIT", "PostgresStore", "is_postgres_url"]
+__all__ = ["CHANNEL", "MIGRATIONS", "NOTIFY_LIMIT", "PostgresSession", "PostgresStore"]
+
+T = TypeVar("T")
+log = logging.getLogger("chatctl.server")
 
 #: the LISTEN/NOTIFY channel every replica of one database shares.
 CHANNEL = "chatctl"
 #: PostgreSQL refuses a NOTIFY payload of 8000 bytes or more; stay a little under.
 NOTIFY_LIMIT = 7900
-#: seconds a call waits for a connection when it has none (PostgreSQL down or restarting).
-_CONNECT_TIMEOUT = 1.0
-#: connections of the async pool, shared by the Sends in flight on one replica. Few: every
-#: commit that notifies holds PostgreSQL's one notification-queue lock, and a room's
-#: writers its row lock, so more Sends in flight only queue inside PostgreSQL (measured on
-#: 2 cores, one room: 2 per replica beat 1 and 4 on one replica; 4 per replica lost on two).
-ASYNC_POOL_SIZE = 2
-#: seconds an async Send waits for one (all busy, or PostgreSQL down): then 503.
-_ASYNC_WAIT = 5.0
+#: connections of a replica's pool. A room's Sends take turns on its row lock and every
+#: notifying commit on PostgreSQL's one notification-queue lock, but neither is held
+#: across a network round trip (a Send is one statement), so more connections hide the
+#: distance to the database rather than queue inside it.
+POOL_SIZE = 8
+#: seconds the replica waits past the database's own timeouts before giving up on it.
+_GRACE = 1.0
 #: advisory lock key held while migrating ("chatctl" in ASCII).
 _MIGRATION_LOCK = 0x63686174_63746C
-
+#: seconds between looks for rooms another replica deleted and did not finish purging.
+_PURGE_LOOK = 30.0
 
 #: Each entry brings a database from version i to i + 1. Never edit a released entry: append.
 MIGRATIONS: tuple[str, ...] = (
@@ -135,40 +154,47 @@ MIGRATIONS: tuple[str, ...] = (
     """,
 )
 
-#: seconds between looks for rooms another replica deleted and did not finish purging.
-_PURGE_LOOK = 30.0
-
-_ROOM_COLUMNS = "pk, tenant, id, name, description, created_at, private"
-_MESSAGE_COLUMNS = "seq, id, client, user_id, sent_at, subject, text"
-
-# One round trip: bump the room's seq (taking its row lock), store the message under it,
-# and queue the notification, which PostgreSQL sends when the transaction commits.
-_ADD_MESSAGE = f"""
-WITH bumped AS (
-    UPDATE rooms SET last_seq = last_seq + 1 WHERE pk = %(pk)s RETURNING last_seq
-), stored AS (
-    INSERT INTO messages (room_pk, seq, id, client, user_id, sent_at, subject, text)
-    SELECT %(pk)s, last_seq, %(id)s, %(client)s, %(user_id)s, %(sent_at)s, %(subject)s,
-           %(text)s
-    FROM bumped
-    RETURNING seq
-)
-SELECT seq, pg_notify('{CHANNEL}', 'm ' || seq || ' ' || %(head)s || %(frame)s) FROM stored
-"""
+# -- the Send statement -------------------------------------------------------------------
 
 
-# A Send in one round trip: find the room, check the sender is a member, and only then
-# bump the seq, store the message and queue its notification, as ``_ADD_MESSAGE`` does. One
-# row (private, seq) when the room exists; seq is NULL when nothing was stored (and then
-# nothing is notified: pg_notify would send an empty payload for a NULL one).
-_SEND = f"""
+def _send_statement(keyed: bool) -> str:
+    """A whole Send as one statement; keyed, with its Idempotency-Key.
+
+    It finds the room and whether the sender is a member; bumps the room's seq (taking its
+    row lock) when allowed, stores the message under it, and queues its notification,
+    which PostgreSQL sends when the statement's transaction commits. One row: the room is
+    private (NULL: no room), the sender is a member, the seq (NULL: nothing stored) and,
+    keyed, the answer kept for the key.
+
+    Keyed, it claims the key (as ``sql.CLAIM_KEY`` would) only for a member, so a refusal
+    keeps nothing; stores only once claimed; and reads the answer kept for the key, if one
+    was (then nothing is claimed, and nothing stored).
+    """
+    checks = """
 WITH room AS (
     SELECT pk, private FROM rooms WHERE tenant = %(tenant)s AND id = %(room_id)s
 ), member AS (
     SELECT FROM members, room WHERE room_pk = room.pk AND user_id = %(user_id)s
-), bumped AS (
+)"""
+    key = """
+, claimed AS (
+    INSERT INTO idempotency (tenant, key, endpoint, request_hash, response, created_at)
+    SELECT %(tenant)s, %(key)s, %(endpoint)s, %(request_hash)s, %(answer)s, %(now)s
+    WHERE EXISTS (SELECT FROM member)
+    ON CONFLICT (tenant, key) DO UPDATE SET endpoint = excluded.endpoint,
+        request_hash = excluded.request_hash, response = excluded.response,
+        created_at = excluded.created_at
+    WHERE idempotency.created_at < %(not_before)s
+    RETURNING 1
+), prior AS (
+    SELECT endpoint, request_hash, response FROM idempotency
+    WHERE tenant = %(tenant)s AND key = %(key)s AND created_at >= %(not_before)s
+)"""
+    allowed = "EXISTS (SELECT FROM claimed)" if keyed else "EXISTS (SELECT FROM member)"
+    store = f"""
+, bumped AS (
     UPDATE rooms SET last_seq = last_seq + 1
-    WHERE pk = (SELECT pk FROM room) AND EXISTS (SELECT FROM member)
+    WHERE pk = (SELECT pk FROM room) AND {allowed}
     RETURNING pk, last_seq
 ), stored AS (
     INSERT INTO messages (room_pk, seq, id, client, user_id, sent_at, subject, text)
@@ -176,114 +202,247 @@ WITH room AS (
     FROM bumped
     RETURNING room_pk, seq
 )
-SELECT room.private, stored.seq, CASE WHEN stored.seq IS NOT NULL THEN pg_notify(
-    '{CHANNEL}',
-    'm ' || stored.seq || ' '
-    || json_build_array(
-        %(tenant)s::text, %(room_id)s::text, stored.room_pk, %(user_id)s::text
-    )::text
-    || E'\\n' || %(frame)s
-) END
-FROM room LEFT JOIN stored ON true
-"""
+SELECT (SELECT private FROM room), EXISTS (SELECT FROM member), stored.seq,
+    CASE WHEN stored.seq IS NOT NULL THEN pg_notify(
+        '{CHANNEL}',
+        'm ' || stored.seq || ' '
+        || json_build_array(
+            %(tenant)s::text, %(room_id)s::text, stored.room_pk, %(user_id)s::text
+        )::text
+        || E'\\n' || %(note)s
+    ) END"""
+    if not keyed:
+        return checks + store + "\nFROM (SELECT) AS one LEFT JOIN stored ON true\n"
+    return (
+        checks
+        + key
+        + store
+        + ", prior.endpoint, prior.request_hash, prior.response"
+        + "\nFROM (SELECT) AS one LEFT JOIN stored ON true LEFT JOIN prior ON true\n"
+    )
+
+
+_SEND = _send_statement(keyed=False)
+_SEND_KEYED = _send_statement(keyed=True)
+
+_INSERT_ROOM = (
+    "INSERT INTO rooms (tenant, id, name, description, created_at, private)"
+    " VALUES (?, ?, ?, ?, ?, ?) RETURNING pk"
+)
+# The room row first: a Send racing the delete waits on its lock, then finds no room.
+_DELETE_ROOM = "DELETE FROM rooms WHERE pk = ? RETURNING last_seq"
+_TO_PURGE = "INSERT INTO purging VALUES (?, ?, ?) ON CONFLICT DO NOTHING"
+_DELETE_SEQS = "DELETE FROM messages WHERE room_pk = ? AND seq > ? AND seq <= ?"
+_NEXT_TO_PURGE = "SELECT room_pk, done_seq, last_seq FROM purging LIMIT 1 FOR UPDATE SKIP LOCKED"
+_PURGED_TO = "UPDATE purging SET done_seq = ? WHERE room_pk = ?"
+_ANY_AT_OR_BEFORE = "SELECT 1 FROM messages WHERE room_pk = ? AND id <= ? LIMIT 1"
+_FIRST_AFTER = "SELECT min(seq) FROM messages WHERE room_pk = ? AND id > ?"
+
+
+def _statement(key: Key | None) -> str:
+    return _SEND if key is None else _SEND_KEYED
 
 
 def _send_params(
-    tenant: str,
-    room_id: str,
-    message_id: str,
-    client: str,
-    user_id: str,
-    sent_at: str,
-    subject: str,
-    text: str,
-) -> dict[str, str]:
-    frame = message_frame(
-        room_id, MessageRow(0, message_id, client, user_id, sent_at, subject, text)
-    )
-    # The head's size, bounded: the room's pk is at most 19 digits.
-    head = len(encode([tenant, room_id, 0, user_id])) + 20
-    if head + len(frame.encode()) + 32 > NOTIFY_LIMIT:
-        frame = ""  # too big to carry: listeners read it from the table
-    return {
+    tenant: str, message: dict[str, Any], answer: str, key: Key | None
+) -> dict[str, Any]:
+    params: dict[str, Any] = {
         "tenant": tenant,
-        "room_id": room_id,
-        "id": message_id,
-        "client": client,
-        "user_id": user_id,
-        "sent_at": sent_at,
-        "subject": subject,
-        "text": text,
-        "frame": frame,
+        "room_id": message["room_id"],
+        "id": message["id"],
+        "client": message["client"],
+        "user_id": message["user_id"],
+        "sent_at": message["sent_at"],
+        "subject": message["subject"],
+        "text": message["text"],
+        "note": _note_frame(tenant, message, answer),
     }
+    if key is not None:
+        params.update(
+            key=key.key,
+            endpoint=key.endpoint,
+            request_hash=key.request_hash,
+            answer=answer,
+            now=key.now,
+            not_before=key.not_before,
+        )
+    return params
 
 
-def _sent(row: tuple[Any, ...] | None) -> tuple[bool, int | None] | None:
-    if row is None:
-        return None  # no such room
-    return bool(row[0]), None if row[1] is None else int(row[1])
+async def _one_send(
+    conn: psycopg.AsyncConnection[tuple[Any, ...]],
+    tenant: str,
+    message: dict[str, Any],
+    answer: str,
+    key: Key | None,
+) -> tuple[Any, ...]:
+    cursor = await conn.execute(_statement(key), _send_params(tenant, message, answer, key))
+    row = await cursor.fetchone()
+    assert row is not None
+    return row
 
 
-def is_postgres_url(db: str) -> bool:
-    return db.startswith(("postgresql://", "postgres://"))
+def _sent(row: tuple[Any, ...], answer: str, key: Key | None) -> SendResult | None:
+    """What a Send statement's row says; None when it must run again: a member whose key
+    another replica claimed after the statement began (nothing was stored; run again, it
+    sees that replica's answer)."""
+    private, member, seq = row[0], row[1], row[2]
+    if key is not None and row[4] is not None:
+        return SendResult(key.replay(row[4], row[5], row[6]))
+    if seq is not None:
+        return SendResult(answer)
+    if private is None:
+        return SendResult(None, room_found=False)
+    if not member:
+        return SendResult(None, private=bool(private))
+    return None
 
 
-def _room(row: tuple[Any, ...]) -> RoomRow:
-    return RoomRow(row[0], row[1], row[2], row[3], row[4], row[5], bool(row[6]))
+def _notifications(notes: list[Note]) -> list[str]:
+    """Notes as notification payloads (``hub_pg`` reads them back)."""
+    payloads = []
+    for note in notes:
+        if isinstance(note, EventNote):
+            head: list[Any] = ["e", note.tenant, note.room_id, note.skip_user]
+        elif isinstance(note, StreamsEnded):
+            if note.user_id is None:
+                head = ["d", note.tenant, note.room_id, note.code, note.reason]
+            else:
+                head = ["k", note.tenant, note.room_id, note.user_id, note.code, note.reason]
+        else:  # a Published message notifies in the statement that stores it
+            continue
+        payloads.append(head[0] + " " + encode(head[1:]) + "\n" + note.frame)
+    return payloads
+
+
+def _note_frame(tenant: str, message: dict[str, Any], answer: str) -> str:
+    """The frame a message's notification carries: empty when too big to notify."""
+    # The head's size, bounded: the room's pk is at most 19 digits.
+    head = len(encode([tenant, message["room_id"], 0, message["user_id"]])) + 20
+    return "" if head + len(answer.encode()) + 32 > NOTIFY_LIMIT else answer
+
+
+class PostgresSession(sql.Session):
+    """The shared SQL on one pooled connection (in a transaction when writing)."""
+
+    _dialect = sql.Dialect("%s")
+
+    def __init__(
+        self, conn: psycopg.AsyncConnection[tuple[Any, ...]], store: PostgresStore
+    ) -> None:
+        super().__init__()
+        self._conn = conn
+        self._store = store
+
+    async def _rows(self, sql: str, args: sql.Args) -> list[tuple[Any, ...]]:
+        cursor = await self._conn.execute(self._dialect(sql), args)
+        return await cursor.fetchall()
+
+    async def _row(self, sql: str, args: sql.Args) -> tuple[Any, ...] | None:
+        cursor = await self._conn.execute(self._dialect(sql), args)
+        return await cursor.fetchone()
+
+    async def _change(self, sql: str, args: sql.Args) -> int:
+        return (await self._conn.execute(self._dialect(sql), args)).rowcount
+
+    async def notify(self) -> None:
+        """Queue what was published, sent by PostgreSQL when the transaction commits."""
+        payloads = _notifications(self.notes)
+        if payloads:
+            calls = ", ".join([f"pg_notify('{CHANNEL}', %s)"] * len(payloads))
+            await self._conn.execute(f"SELECT {calls}", payloads)
+
+    async def _insert_room(self, room: RoomRow) -> int:
+        values = (room.tenant, room.id, room.name, room.description, room.created_at)
+        row = await self._row(_INSERT_ROOM, (*values, room.private))
+        assert row is not None
+        return int(row[0])
+
+    async def delete_room(self, room: RoomRow) -> None:
+        row = await self._row(_DELETE_ROOM, (room.pk,))
+        await self._forget_room(room)
+        if row is None:
+            return
+        # A small room's messages go now; a big room's first chunk, the rest in steps
+        # (``purge_step``). pks are never reused (bigserial), so nothing can reach them.
+        # Seqs are 1..last_seq, so each step is an index range, never a scan past the rows
+        # the steps before deleted.
+        last_seq = int(row[0])
+        chunk = sql.PURGE_CHUNK
+        await self.delete_messages(room.pk, 0, chunk)
+        if last_seq > chunk:
+            await self._change(_TO_PURGE, (room.pk, chunk, last_seq))
+            self._store.purge_soon()
+
+    async def delete_messages(self, room_pk: int, after_seq: int, count: int) -> None:
+        await self._change(_DELETE_SEQS, (room_pk, after_seq, after_seq + count))
+
+    async def message_position(self, room: RoomRow, cursor: str) -> int:
+        """The seq just before the first message (in seq order) whose id sorts after
+        ``cursor``; the room's last seq if none does, 0 if every one does.
+
+        With one replica this is the SQLite store's answer (ids then sort in seq order);
+        with several it never places a later-made message before the cursor.
+        """
+        row = await self._row(_ANY_AT_OR_BEFORE, (room.pk, cursor))
+        if row is None:
+            return 0  # every message sorts after it (the nil UUID, a time before the room)
+        row = await self._row(_FIRST_AFTER, (room.pk, cursor))
+        if row is None or row[0] is None:
+            return await self.last_seq(room)
+        return int(row[0]) - 1
 
 
 class PostgresStore:
-    """The PostgreSQL implementation of ``Store``; used from one thread at a time."""
+    """``store.Store`` on a PostgreSQL database that several replicas share."""
 
-    #: errors that mean "the database is unavailable", answered with 503.
-    unavailable: tuple[type[Exception], ...] = (psycopg.OperationalError, PoolTimeout)
-
-    def __init__(self, url: str, *, pool_size: int = 4) -> None:
+    def __init__(
+        self,
+        url: str,
+        fanout: Fanout | None = None,
+        *,
+        timeout: float = 5.0,
+        pool_size: int = POOL_SIZE,
+    ) -> None:
         self.url = url
-        self._pool: ConnectionPool[psycopg.Connection[tuple[Any, ...]]] = ConnectionPool(
-            url,
-            min_size=1,
-            max_size=pool_size,
-            kwargs={"autocommit": True},
-            open=False,
-            num_workers=1,
-            name="chatctl",
-        )
-        self._pool.open(wait=True, timeout=15)
-        self._conn: psycopg.Connection[tuple[Any, ...]] | None = None
-        self._depth = 0
+        self.timeout = timeout
+        self.fanout = fanout
+        self._pool_size = pool_size
+        self._pool: AsyncConnectionPool[psycopg.AsyncConnection[tuple[Any, ...]]] | None = None
+        self._listener: Any = None
+        self._ids = UUIDv7()
+        self._turns = _Turns()
+        #: calls given up on, finishing (cancelled) in the background.
+        self._abandoned: set[asyncio.Task[Any]] = set()
         #: when to look for deleted rooms' messages left to purge (0: at the first step).
         self._next_purge_look = 0.0
-        self._async_pool: AsyncConnectionPool[psycopg.AsyncConnection[tuple[Any, ...]]] | None
-        self._async_pool = None
         self._migrate()
 
-    # -- housekeeping -------------------------------------------------------------------
-
-    def _connection(self) -> psycopg.Connection[tuple[Any, ...]]:
-        # One connection is kept between calls (taking one from the pool per statement
-        # costs more than the statement); a broken one goes back to the pool, which
-        # discards it, and the next call gets a fresh one.
-        conn = self._conn
-        if conn is None or conn.broken or conn.closed:
-            if conn is not None:
-                self._pool.putconn(conn)
-            # Briefly: the event loop waits meanwhile; a database that is down is a 503.
-            conn = self._conn = self._pool.getconn(timeout=_CONNECT_TIMEOUT)
-        return conn
-
-    def _execute(self, sql: str, args: Sequence[Any] | dict[str, Any] = ()) -> psycopg.Cursor[Any]:
-        conn = self._connection()
+    @classmethod
+    def open(cls, url: str, fanout: Fanout, *, timeout: float) -> PostgresStore:
+        """The store on ``url``, migrated, or a ChatctlError saying why it cannot be."""
         try:
-            return conn.execute(sql, args)
-        except psycopg.OperationalError:
-            if conn.broken:
-                self._pool.putconn(conn)
-                self._conn = None
-            raise
+            return cls(url, fanout, timeout=timeout)
+        except psycopg.OperationalError as exc:
+            raise ChatctlError(
+                f"cannot connect to PostgreSQL at {without_password(url)}: "
+                + (str(exc).strip().splitlines() or ["no answer"])[-1],
+                hint="is PostgreSQL running and the URL right? check --db",
+            ) from None
+
+    @property
+    def _options(self) -> dict[str, Any]:
+        """Connection settings: PostgreSQL's own time limits, and a bounded connect."""
+        ms = int(self.timeout * 1000)
+        return {
+            "autocommit": True,
+            "connect_timeout": max(2, round(self.timeout)),
+            "options": f"-c statement_timeout={ms} -c lock_timeout={ms // 2}"
+            f" -c idle_in_transaction_session_timeout={2 * ms}",
+        }
 
     def _migrate(self) -> None:
-        with self._pool.connection() as conn, conn.transaction():
+        with psycopg.connect(self.url, **self._options) as conn, conn.transaction():
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
             conn.execute("CREATE TABLE IF NOT EXISTS chatctl_schema (version integer NOT NULL)")
             row = conn.execute("SELECT version FROM chatctl_schema").fetchone()
@@ -302,436 +461,230 @@ class PostgresStore:
                     conn.execute(MIGRATIONS[number].encode())
                     conn.execute("UPDATE chatctl_schema SET version = %s", (number + 1,))
 
-    @property
-    def schema_version(self) -> int:
-        row = self._execute("SELECT version FROM chatctl_schema").fetchone()
-        assert row is not None
-        return int(row[0])
+    async def schema_version(self) -> int:
+        async def version(db: sql.Session) -> int:
+            return await db._count("SELECT version FROM chatctl_schema", ())
 
-    async def open_async(self, size: int = ASYNC_POOL_SIZE) -> None:
-        """Open the async pool ``send_message_async`` uses (on the running event loop)."""
+        return await self.read(version)
+
+    # -- running ------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Open the pool on the running loop, and listen to every replica's changes
+        (before the server takes requests, so a stream misses nothing)."""
         pool: AsyncConnectionPool[psycopg.AsyncConnection[tuple[Any, ...]]]
         pool = AsyncConnectionPool(
             self.url,
-            min_size=1,
-            max_size=size,
-            kwargs={"autocommit": True},
+            min_size=2,
+            max_size=self._pool_size,
+            kwargs=self._options,
             open=False,
-            num_workers=1,
-            name="chatctl-async",
+            timeout=self.timeout,
+            num_workers=2,
+            name="chatctl",
         )
-        await pool.open(wait=True, timeout=15)
-        self._async_pool = pool
+        await pool.open(wait=True, timeout=max(15.0, self.timeout))
+        self._pool = pool
+        if self.fanout is not None:
+            from chatctl.server.hub_pg import Listener
 
-    async def close_async(self) -> None:
-        pool, self._async_pool = self._async_pool, None
+            self._listener = Listener(self, self.fanout)
+            await self._listener.start()
+
+    async def close(self) -> None:
+        if self._listener is not None:
+            await self._listener.stop()
+            self._listener = None
+        for task in list(self._abandoned):
+            task.cancel()
+        if self._abandoned:
+            await asyncio.wait(self._abandoned, timeout=2 * _GRACE)
+        pool, self._pool = self._pool, None
         if pool is not None:
             await pool.close()
 
-    def close(self) -> None:
-        if self._conn is not None:
-            self._pool.putconn(self._conn)
-            self._conn = None
-        self._pool.close()
-
-    @contextlib.contextmanager
-    def transaction(self) -> Iterator[None]:
-        """Group changes; nested uses join the outermost transaction."""
-        if self._depth:
-            self._depth += 1
-            try:
-                yield
-            finally:
-                self._depth -= 1
-            return
-        conn = self._connection()
-        self._depth = 1
+    async def _bounded(self, call: Coroutine[Any, Any, T], deadline: float | None = None) -> T:
+        """``call``, given up on after the database's own limits and a grace period (or at
+        ``deadline``, by ``time.monotonic()``): a database that stops answering costs a
+        503, not a stuck request."""
+        task = asyncio.ensure_future(call)
+        if deadline is None:
+            deadline = time.monotonic() + self.timeout + _GRACE
         try:
-            with conn.transaction():
-                yield
-        except psycopg.OperationalError:
-            if conn.broken:
-                self._pool.putconn(conn)
-                self._conn = None
+            done, _ = await asyncio.wait((task,), timeout=max(0.0, deadline - time.monotonic()))
+        except BaseException:
+            task.cancel()
             raise
-        finally:
-            self._depth = 0
+        if task in done:
+            try:
+                return task.result()
+            except (psycopg.OperationalError, PoolTimeout) as exc:
+                raise Unavailable(str(exc).strip() or type(exc).__name__) from exc
+        # Cancelled, psycopg cancels the query on the server (or closes the connection),
+        # and the pool takes the connection back, in the background.
+        task.cancel()
+        self._abandoned.add(task)
+        task.add_done_callback(self._forget)
+        raise Unavailable(f"PostgreSQL did not answer within {self.timeout + _GRACE:g} s")
 
-    def notify(self, payload: str) -> None:
-        """Send a notification to every replica (at commit, inside a transaction)."""
-        self._execute(f"SELECT pg_notify('{CHANNEL}', %s)", (payload,))
+    def _forget(self, task: asyncio.Task[Any]) -> None:
+        self._abandoned.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.debug("an abandoned database call ended: %s", task.exception())
 
-    # -- rooms --------------------------------------------------------------------------
-
-    def get_room(self, tenant: str, room_id: str) -> RoomRow | None:
-        row = self._execute(
-            f"SELECT {_ROOM_COLUMNS} FROM rooms WHERE tenant = %s AND id = %s", (tenant, room_id)
-        ).fetchone()
-        return _room(row) if row else None
-
-    def create_room(
+    def _connection(
         self,
-        tenant: str,
-        room_id: str,
-        name: str,
-        description: str,
-        created_at: str,
-        private: bool,
-        user_ids: Sequence[str],
-    ) -> RoomRow:
-        with self.transaction():
-            row = self._execute(
-                "INSERT INTO rooms (tenant, id, name, description, created_at, private)"
-                " VALUES (%s, %s, %s, %s, %s, %s) RETURNING pk",
-                (tenant, room_id, name, description, created_at, private),
-            ).fetchone()
-            assert row is not None
-            room = RoomRow(int(row[0]), tenant, room_id, name, description, created_at, private)
-            for user_id in user_ids:
-                self.add_member(room, user_id)
-        return room
+    ) -> contextlib.AbstractAsyncContextManager[psycopg.AsyncConnection[tuple[Any, ...]]]:
+        if self._pool is None:
+            raise Unavailable("the store is not started")
+        return self._pool.connection()
 
-    def delete_room(self, room: RoomRow) -> None:
-        with self.transaction():
-            # The room row first: a Send racing the delete waits on its lock, then finds
-            # no room.
-            row = self._execute(
-                "DELETE FROM rooms WHERE pk = %s RETURNING last_seq", (room.pk,)
-            ).fetchone()
-            self._execute("DELETE FROM members WHERE room_pk = %s", (room.pk,))
-            self._execute("DELETE FROM barred WHERE room_pk = %s", (room.pk,))
-            if row is None:
-                return
-            # A small room's messages go now; a big room's first chunk, the rest in steps
-            # (a Delete holding this replica's event loop for seconds would stall its
-            # streams). pks are never reused (bigserial), so nothing can reach them. Seqs
-            # are 1..last_seq, so each step is an index range, never a scan past the rows
-            # the steps before deleted.
-            last_seq = int(row[0])
-            chunk = _store.PURGE_CHUNK
-            self._delete_messages(room.pk, 0, chunk)
-            if last_seq > chunk:
-                self._execute(
-                    "INSERT INTO purging VALUES (%s, %s, %s) ON CONFLICT DO NOTHING",
-                    (room.pk, chunk, last_seq),
-                )
-                self._next_purge_look = 0.0
+    # -- the Store operations -----------------------------------------------------------
 
-    def _delete_messages(self, room_pk: int, after_seq: int, count: int) -> None:
-        self._execute(
-            "DELETE FROM messages WHERE room_pk = %s AND seq > %s AND seq <= %s",
-            (room_pk, after_seq, after_seq + count),
-        )
+    async def read(self, work: Callable[[sql.Session], Awaitable[T]]) -> T:
+        async def call() -> T:
+            async with self._connection() as conn:
+                return await work(PostgresSession(conn, self))
 
-    def is_busy(self, exc: Exception) -> bool:
-        return False  # PostgreSQL queues lock waits itself; its errors are outages
+        return await self._bounded(call())
 
-    def purge_step(self) -> bool:
+    async def write(self, work: Callable[[sql.Session], Awaitable[T]]) -> T:
+        async def call() -> T:
+            async with self._connection() as conn, conn.transaction():
+                session = PostgresSession(conn, self)
+                result = await work(session)
+                # Notifications commit with the change, or not at all: a replica dying
+                # between the commit and a separate notify cannot leave streams open.
+                await session.notify()
+                return result
+
+        return await self._bounded(call())
+
+    async def send(self, tenant: str, new: NewMessage, key: Key | None) -> SendResult:
+        # The room's Sends from this replica take turns, each made (id, time) only when
+        # its turn comes: made by one replica, ids sort in the room's order, as the
+        # contract promises. Other rooms, and other replicas, go on meanwhile.
+        deadline = time.monotonic() + self.timeout + _GRACE
+        async with self._turns.of((tenant, new.room_id), deadline):
+            for _ in range(3):
+                message = new.to_wire(self._ids(), time.time_ns())
+                answer = message_frame(message)
+                row = await self._bounded(self._send_one(tenant, message, answer, key), deadline)
+                result = _sent(row, answer, key)
+                if result is not None:
+                    return result
+        raise Unavailable("an Idempotency-Key stayed claimed but unanswered")
+
+    async def _send_one(
+        self, tenant: str, message: dict[str, Any], answer: str, key: Key | None
+    ) -> tuple[Any, ...]:
+        async with self._connection() as conn:
+            return await _one_send(conn, tenant, message, answer, key)
+
+    async def send_many(
+        self, tenant: str, messages: Sequence[tuple[NewMessage, Key | None]]
+    ) -> list[SendResult]:
+        deadline = time.monotonic() + self.timeout + _GRACE
+        async with contextlib.AsyncExitStack() as turns:
+            for room_id in sorted({new.room_id for new, _ in messages}):  # one order: no deadlock
+                await turns.enter_async_context(self._turns.of((tenant, room_id), deadline))
+            made = []
+            for new, key in messages:
+                message = new.to_wire(self._ids(), time.time_ns())
+                made.append((message, message_frame(message), key))
+
+            async def call() -> list[SendResult]:
+                async with self._connection() as conn, conn.transaction():
+                    # One round trip for all of them; then, one at a time, any whose key
+                    # another replica claimed meanwhile (it sees that one's answer now).
+                    async with conn.pipeline() as pipeline:
+                        cursors = [
+                            await conn.execute(_statement(key), _send_params(tenant, m, a, key))
+                            for m, a, key in made
+                        ]
+                        await pipeline.sync()
+                        rows = [await cursor.fetchone() for cursor in cursors]
+                    results: list[SendResult] = []
+                    for (message, answer, key), row in zip(made, rows, strict=True):
+                        assert row is not None
+                        result = _sent(row, answer, key)
+                        if result is None:
+                            again = await _one_send(conn, tenant, message, answer, key)
+                            result = _sent(again, answer, key)
+                        if result is None:
+                            raise Unavailable("an Idempotency-Key stayed claimed but unanswered")
+                        results.append(result)
+                    return results
+
+            return await self._bounded(call(), deadline)
+
+    async def purge_step(self) -> bool:
         """Remove the next chunk of a deleted room's messages; True while more remain.
         Replicas share the work: a room being purged by one is skipped by the others."""
         if time.monotonic() < self._next_purge_look:
             return False
-        with self.transaction():
-            row = self._execute(
-                "SELECT room_pk, done_seq, last_seq FROM purging LIMIT 1 FOR UPDATE SKIP LOCKED"
-            ).fetchone()
+
+        async def step(db: sql.Session) -> bool:
+            assert isinstance(db, PostgresSession)
+            row = await db._row(_NEXT_TO_PURGE, ())
             if row is None:
                 self._next_purge_look = time.monotonic() + _PURGE_LOOK
                 return False
             room_pk, done_seq, last_seq = (int(v) for v in row)
-            done = done_seq + _store.PURGE_CHUNK
-            self._delete_messages(room_pk, done_seq, _store.PURGE_CHUNK)
-            if done >= last_seq:
-                self._execute("DELETE FROM purging WHERE room_pk = %s", (room_pk,))
+            chunk = sql.PURGE_CHUNK
+            await db.delete_messages(room_pk, done_seq, chunk)
+            if done_seq + chunk >= last_seq:
+                await db._change(sql.PURGED, (room_pk,))
             else:
-                self._execute(
-                    "UPDATE purging SET done_seq = %s WHERE room_pk = %s", (done, room_pk)
-                )
-        return True
+                await db._change(_PURGED_TO, (done_seq + chunk, room_pk))
+            return True
 
-    def count_rooms(self, tenant: str) -> int:
-        row = self._execute("SELECT count(*) FROM rooms WHERE tenant = %s", (tenant,)).fetchone()
-        assert row is not None
-        return int(row[0])
+        found = await self.write(step)
+        return found
 
-    def list_rooms(
-        self, tenant: str, user_id: str | None = None
-    ) -> list[tuple[RoomRow, list[str]]]:
-        """Rooms in creation order, each with its members; only ``user_id``'s when given."""
-        if user_id is None:
-            rows = self._execute(
-                f"SELECT {_ROOM_COLUMNS} FROM rooms WHERE tenant = %s ORDER BY pk", (tenant,)
-            ).fetchall()
-            member_rows = self._execute(
-                "SELECT room_pk, user_id FROM members WHERE tenant = %s ORDER BY position",
-                (tenant,),
-            ).fetchall()
-        else:
-            rows = self._execute(
-                f"SELECT {', '.join('r.' + c for c in _ROOM_COLUMNS.split(', '))}"
-                " FROM members m JOIN rooms r ON r.pk = m.room_pk"
-                " WHERE m.tenant = %s AND m.user_id = %s ORDER BY r.pk",
-                (tenant, user_id),
-            ).fetchall()
-            member_rows = self._execute(
-                "SELECT m.room_pk, m.user_id FROM members m WHERE m.room_pk IN"
-                " (SELECT room_pk FROM members WHERE tenant = %s AND user_id = %s)"
-                " ORDER BY m.position",
-                (tenant, user_id),
-            ).fetchall()
-        by_room: dict[int, list[str]] = {}
-        for room_pk, member in member_rows:
-            by_room.setdefault(room_pk, []).append(member)
-        return [(_room(row), by_room.get(row[0], [])) for row in rows]
+    def purge_soon(self) -> None:
+        """Look for rooms to purge at the next step (a room was just deleted)."""
+        self._next_purge_look = 0.0
 
-    # -- members ------------------------------------------------------------------------
 
-    def members(self, room: RoomRow) -> list[str]:
-        rows = self._execute(
-            "SELECT user_id FROM members WHERE room_pk = %s ORDER BY position", (room.pk,)
-        ).fetchall()
-        return [r[0] for r in rows]
+class _Turns:
+    """A lock per key (a room), made when first wanted and dropped when nobody waits."""
 
-    def is_member(self, room: RoomRow, user_id: str) -> bool:
-        row = self._execute(
-            "SELECT 1 FROM members WHERE room_pk = %s AND user_id = %s", (room.pk, user_id)
-        ).fetchone()
-        return row is not None
+    def __init__(self) -> None:
+        self._locks: dict[Any, tuple[asyncio.Lock, int]] = {}
 
-    def count_members(self, room: RoomRow) -> int:
-        row = self._execute(
-            "SELECT count(*) FROM members WHERE room_pk = %s", (room.pk,)
-        ).fetchone()
-        assert row is not None
-        return int(row[0])
+    @contextlib.asynccontextmanager
+    async def of(self, key: Any, deadline: float) -> AsyncIterator[None]:
+        """Hold ``key``'s turn; Unavailable if it does not come by ``deadline`` (the ones
+        before are stuck on a database that does not answer)."""
+        lock, users = self._locks.get(key, (None, 0))
+        if lock is None:
+            lock = asyncio.Lock()
+        self._locks[key] = (lock, users + 1)
+        try:
+            try:
+                async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
+                    await lock.acquire()
+            except TimeoutError:
+                raise Unavailable("the room's earlier Sends did not finish in time") from None
+            try:
+                yield
+            finally:
+                lock.release()
+        finally:
+            lock, users = self._locks[key]
+            if users == 1:
+                del self._locks[key]
+            else:
+                self._locks[key] = (lock, users - 1)
 
-    def add_member(self, room: RoomRow, user_id: str) -> bool:
-        """Add at the end of the member list; False when already a member."""
-        cursor = self._execute(
-            "INSERT INTO members (tenant, room_pk, user_id) VALUES (%s, %s, %s)"
-            " ON CONFLICT DO NOTHING",
-            (room.tenant, room.pk, user_id),
-        )
-        return cursor.rowcount > 0
 
-    def remove_member(self, room: RoomRow, user_id: str) -> bool:
-        cursor = self._execute(
-            "DELETE FROM members WHERE room_pk = %s AND user_id = %s", (room.pk, user_id)
-        )
-        return cursor.rowcount > 0
+def without_password(url: str) -> str:
+    """A database URL fit for an error message: its password replaced by ***."""
+    from urllib.parse import urlsplit
 
-    def is_barred(self, room: RoomRow, user_id: str) -> bool:
-        row = self._execute(
-            "SELECT 1 FROM barred WHERE room_pk = %s AND user_id = %s", (room.pk, user_id)
-        ).fetchone()
-        return row is not None
-
-    def set_barred(self, room: RoomRow, user_id: str, barred: bool) -> None:
-        if barred:
-            self._execute(
-                "INSERT INTO barred (room_pk, user_id) VALUES (%s, %s) ON CONFLICT DO NOTHING",
-                (room.pk, user_id),
-            )
-        else:
-            self._execute(
-                "DELETE FROM barred WHERE room_pk = %s AND user_id = %s", (room.pk, user_id)
-            )
-
-    # -- messages -----------------------------------------------------------------------
-
-    def add_message(
-        self,
-        room: RoomRow,
-        message_id: str,
-        client: str,
-        user_id: str,
-        sent_at: str,
-        subject: str,
-        text: str,
-    ) -> int:
-        """Store a message under the room's next seq and notify every replica at commit."""
-        head = encode([room.tenant, room.id, room.pk, user_id]) + "\n"
-        frame = message_frame(
-            room.id, MessageRow(0, message_id, client, user_id, sent_at, subject, text)
-        )
-        if len(head) + len(frame.encode()) + 32 > NOTIFY_LIMIT:
-            frame = ""  # too big to carry: listeners read it from the table
-        row = self._execute(
-            _ADD_MESSAGE,
-            {
-                "pk": room.pk,
-                "id": message_id,
-                "client": client,
-                "user_id": user_id,
-                "sent_at": sent_at,
-                "subject": subject,
-                "text": text,
-                "head": head,
-                "frame": frame,
-            },
-        ).fetchone()
-        if row is None:  # deleted by another replica since the rules looked it up
-            raise RulesError(404, "room not found")
-        return int(row[0])
-
-    def send_message(
-        self,
-        tenant: str,
-        room_id: str,
-        message_id: str,
-        client: str,
-        user_id: str,
-        sent_at: str,
-        subject: str,
-        text: str,
-    ) -> tuple[bool, int | None] | None:
-        """A whole Send in one round trip (``rules.OneStepSend``): store the message under
-        the room's next seq, and notify every replica at commit, if ``user_id`` is a member.
-
-        None when there is no such room; else (the room is private, the seq), the seq None
-        when the user is not a member and nothing was stored. The room row's lock orders
-        the room's writers as with ``add_message``.
-        """
-        params = _send_params(tenant, room_id, message_id, client, user_id, sent_at, subject, text)
-        return _sent(self._execute(_SEND, params).fetchone())
-
-    async def send_message_async(
-        self,
-        tenant: str,
-        room_id: str,
-        message_id: str,
-        client: str,
-        user_id: str,
-        sent_at: str,
-        subject: str,
-        text: str,
-    ) -> tuple[bool, int | None] | None:
-        """``send_message`` on a connection of the async pool: the event loop serves other
-        requests while this one waits on the database. Falls back to ``send_message``
-        before ``open_async``."""
-        pool = self._async_pool
-        if pool is None:
-            return self.send_message(
-                tenant, room_id, message_id, client, user_id, sent_at, subject, text
-            )
-        params = _send_params(tenant, room_id, message_id, client, user_id, sent_at, subject, text)
-        async with pool.connection(timeout=_ASYNC_WAIT) as conn:
-            cursor = await conn.execute(_SEND, params)
-            return _sent(await cursor.fetchone())
-
-    def message_seq(self, room: RoomRow, message_id: str) -> int | None:
-        row = self._execute(
-            "SELECT seq FROM messages WHERE room_pk = %s AND id = %s", (room.pk, message_id)
-        ).fetchone()
-        return int(row[0]) if row else None
-
-    def message_position(self, room: RoomRow, cursor: str) -> int:
-        """The seq just before the first message (in seq order) whose id sorts after
-        ``cursor``; the room's last seq if none does, 0 if every one does.
-
-        With one replica this is the SQLite store's answer (ids then sort in seq order);
-        with several it never places a later-made message before the cursor.
-        """
-        row = self._execute(
-            "SELECT 1 FROM messages WHERE room_pk = %s AND id <= %s LIMIT 1", (room.pk, cursor)
-        ).fetchone()
-        if row is None:
-            return 0  # every message sorts after it (the nil UUID, a time before the room)
-        row = self._execute(
-            "SELECT min(seq) FROM messages WHERE room_pk = %s AND id > %s", (room.pk, cursor)
-        ).fetchone()
-        if row is None or row[0] is None:
-            row = self._execute(
-                "SELECT coalesce(max(seq), 0) FROM messages WHERE room_pk = %s", (room.pk,)
-            ).fetchone()
-            assert row is not None
-            return int(row[0])
-        return int(row[0]) - 1
-
-    def messages(
-        self,
-        room: RoomRow,
-        *,
-        after_seq: int | None = None,
-        before_seq: int | None = None,
-        limit: int | None = None,
-        latest: bool = False,
-    ) -> list[MessageRow]:
-        """Messages strictly between the bounds, oldest first (as ``SQLiteStore.messages``)."""
-        return self.messages_of(
-            room.pk, after_seq=after_seq, before_seq=before_seq, limit=limit, latest=latest
-        )
-
-    def messages_of(
-        self,
-        room_pk: int,
-        *,
-        after_seq: int | None = None,
-        before_seq: int | None = None,
-        limit: int | None = None,
-        latest: bool = False,
-    ) -> list[MessageRow]:
-        where = "room_pk = %s"
-        args: list[object] = [room_pk]
-        if after_seq is not None:
-            where += " AND seq > %s"
-            args.append(after_seq)
-        if before_seq is not None:
-            where += " AND seq < %s"
-            args.append(before_seq)
-        order = "DESC" if latest else "ASC"
-        sql = f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE {where} ORDER BY seq {order}"
-        if limit is not None:
-            sql += " LIMIT %s"
-            args.append(limit)
-        rows = [MessageRow(*row) for row in self._execute(sql, args)]
-        if latest:
-            rows.reverse()
-        return rows
-
-    def count_messages_after(self, room: RoomRow, after_seq: int, cap: int) -> int:
-        row = self._execute(
-            "SELECT count(*) FROM (SELECT 1 FROM messages WHERE room_pk = %s AND seq > %s"
-            " LIMIT %s) t",
-            (room.pk, after_seq, cap),
-        ).fetchone()
-        assert row is not None
-        return int(row[0])
-
-    # -- idempotency keys ---------------------------------------------------------------
-
-    def get_idempotency(self, tenant: str, key: str, not_before: float) -> IdempotencyRecord | None:
-        # Held to the end of the caller's transaction: the same key on another replica
-        # waits here until this attempt commits (and then finds its answer) or rolls back.
-        self._execute(
-            "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (f"{tenant}\n{key}",)
-        )
-        row = self._execute(
-            "SELECT endpoint, request_hash, response, created_at FROM idempotency"
-            " WHERE tenant = %s AND key = %s AND created_at >= %s",
-            (tenant, key, not_before),
-        ).fetchone()
-        return IdempotencyRecord(*row) if row else None
-
-    def put_idempotency(
-        self,
-        tenant: str,
-        key: str,
-        endpoint: str,
-        request_hash: str,
-        response: str,
-        created_at: float,
-    ) -> None:
-        # An expired record of the same key may still be there until purged: replace it.
-        self._execute(
-            "INSERT INTO idempotency (tenant, key, endpoint, request_hash, response, created_at)"
-            " VALUES (%s, %s, %s, %s, %s, %s)"
-            " ON CONFLICT (tenant, key) DO UPDATE SET endpoint = excluded.endpoint,"
-            " request_hash = excluded.request_hash, response = excluded.response,"
-            " created_at = excluded.created_at",
-            (tenant, key, endpoint, request_hash, response, created_at),
-        )
-
-    def purge_idempotency(self, older_than: float) -> int:
-        cursor = self._execute("DELETE FROM idempotency WHERE created_at < %s", (older_than,))
-        return cursor.rowcount
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return parts._replace(netloc=netloc).geturl()

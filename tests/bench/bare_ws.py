@@ -3,8 +3,9 @@
 ``python -m tests.bench.bare_ws --port P``. A connection's first frame says what it is: a
 JoinRequest makes it a reader (acked with ``{"ack": true}``); ``{"sender": true}`` makes it
 the sender, each of whose later frames is a message text, wrapped into the same
-``{"message": {...}}`` frame chatctl's server sends (encoded once) and broadcast to every
-reader. No storage, no rules: the ceiling a Python WebSocket server reaches.
+``{"message": {...}}`` frame chatctl's server sends (encoded once), broadcast to every
+reader and then answered with ``{"ok": true}`` (the sender waits for it, as for a Send's
+answer). No storage, no rules: the ceiling a Python WebSocket server reaches.
 """
 
 from __future__ import annotations
@@ -39,6 +40,9 @@ async def main(port: int) -> None:
                     }
                 }
                 broadcast(readers, _encode(frame))
+                # Answer the sender, as chatctl's Send answers its POST: both senders
+                # then wait for the server before their next message, paced alike.
+                await ws.send('{"ok":true}')
             return
         readers.add(ws)
         try:

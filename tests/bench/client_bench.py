@@ -28,9 +28,13 @@ from tests.bench.harness import (
 
 USER = "bench"
 
+# As chatctl's console script does (chatctl/cli/__init__.py): httpx imports its own
+# command-line client (rich, pygments) when click and rich are installed, which typer's
+# dependencies make true; a floor that paid for it would flatter chatctl by ~50 ms.
 MINIMAL_SEND = textwrap.dedent(
     """
     import json, sys
+    sys.modules["httpx._main"] = None
     import httpx, typer
     url, room, text = sys.argv[1:4]
     r = httpx.post(url + "/v1/chat/Send",

@@ -2,7 +2,9 @@
 
 The readers are ``ws_clients`` in their own process; the sender is this process, pacing
 Sends (HTTP for chatctl's server, a WebSocket for the bare broadcast server) with the send
-time written into each text.
+time written into each text. Both senders are paced the same way: on one clock, each
+message waiting for the server's answer before the next. Frames are counted once the
+readers' backlog has drained.
 """
 
 from __future__ import annotations
@@ -82,16 +84,36 @@ def paced(
     return n, n / (time.perf_counter() - start)
 
 
-def drain(seconds: float = 1.0) -> None:
-    time.sleep(seconds)  # frames in flight reach the readers
+#: a backlog counts as drained when no frame arrived for this long (the rest is lost).
+STALL_SECONDS = 2.0
+
+
+def drain(proc: subprocess.Popen[str], phase: str, expected: int, limit: float = 120) -> int:
+    """Wait until the readers have every frame of ``phase`` (or none came for
+    ``STALL_SECONDS``, or ``limit`` passed): frames are counted after the backlog has
+    drained, not at a fixed moment. Returns how many arrived."""
+    assert proc.stdin is not None and proc.stdout is not None
+    deadline = time.monotonic() + limit
+    last, last_change = -1, time.monotonic()
+    while True:
+        proc.stdin.write("COUNT\n")
+        proc.stdin.flush()
+        got = int(json.loads(proc.stdout.readline()).get(phase, 0))
+        now = time.monotonic()
+        if got != last:
+            last, last_change = got, now
+        if got >= expected or now - last_change > STALL_SECONDS or now > deadline:
+            return got
+        time.sleep(0.05)
 
 
 def ramp(mode: Mode, send: Callable[[str], None], proc: subprocess.Popen[str]) -> dict[int, dict]:
-    """Each rate of the ramp in turn; stops once p99 passes the sustained bound."""
+    """Each rate of the ramp in turn, each step's backlog drained before the next starts
+    (so a step's latency is its own, not the queue its predecessor left)."""
     sent: dict[int, tuple[int, float]] = {}
     for rate in mode.ramp:
         sent[rate] = paced(send, f"r{rate}", rate, mode.ramp_seconds)
-    drain(2)
+        drain(proc, f"r{rate}", sent[rate][0] * READERS)
     got = results(proc)
     out = {}
     for rate, (n, achieved) in sent.items():
@@ -131,7 +153,7 @@ def fanout(mode: Mode, workdir: Path) -> list[Row]:
         with readers(ws_url, room, READERS, ack=False) as proc:
             wait_members(c, room, READERS + 1)
             n, _ = paced(send, "steady", 100, mode.fanout_seconds)
-            drain()
+            drain(proc, "steady", n * READERS)
             steady = results(proc)["steady"]
         room = create_room(c, "ramp", ["sender"])
         with readers(ws_url, room, READERS, ack=False) as proc:
@@ -145,7 +167,12 @@ def fanout(mode: Mode, workdir: Path) -> list[Row]:
         connect(f"ws://127.0.0.1:{port}/") as sender,
     ):
         sender.send('{"sender": true}')
-        bare_steps = ramp(mode, sender.send, proc)
+
+        def send_bare(text: str) -> None:
+            sender.send(text)
+            sender.recv(timeout=30)  # the server's answer, as an HTTP Send waits for its own
+
+        bare_steps = ramp(mode, send_bare, proc)
 
     expected = n * READERS
     chat_best, chat_at = best_sustained(chat_steps)

@@ -90,7 +90,7 @@ def fanout(mode: Mode, group: list[ServerProcess]) -> dict[str, float]:
         with readers(f"ws://127.0.0.1:{reader.port}/v1/chat/Join", room, READERS, ack=False) as p:
             wait_members(c, room, READERS + 1)
             n, _ = paced(send, "steady", 100, mode.fanout_seconds)
-            drain()
+            drain(p, "steady", n * READERS)
             got = results(p)["steady"]
     return {**got, "expected": n * READERS}
 

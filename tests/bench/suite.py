@@ -8,20 +8,31 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from tests.bench import client_bench, fanout_bench, pg_bench, server_bench, tail_bench
+from tests.bench import (
+    client_bench,
+    fanout_bench,
+    history_bench,
+    pg_bench,
+    pg_remote_bench,
+    server_bench,
+    tail_bench,
+)
 from tests.bench.harness import Mode, Row, mode_from, raise_fd_limit, table
 
 SECTIONS: dict[str, Callable[[Mode, Path], list[Row]]] = {
     "startup": client_bench.startup,
     "batch": client_bench.batch,
     "server": server_bench.server,
+    "history": history_bench.history,
     "fanout": fanout_bench.fanout,
     "capacity": fanout_bench.capacity,
     "tail": tail_bench.tail,
     "postgres": pg_bench.postgres_section,
+    "postgres-remote": pg_remote_bench.postgres_remote,
+    "history-postgres": history_bench.history_postgres,
 }
 #: run only when named with --only: they need something the machine may not have.
-OPT_IN = {"postgres"}
+OPT_IN = {"postgres", "postgres-remote", "history-postgres"}
 
 
 def run(argv: Sequence[str] = (), only: Sequence[str] | None = None) -> tuple[list[Row], str]:

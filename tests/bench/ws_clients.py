@@ -5,7 +5,9 @@
 ``READY`` (with ``--ack``, after each got the peer server's ack frame). Then it reads every
 frame until a line ``STOP`` on stdin, and prints one JSON line: per phase, how many frames
 were delivered and their delivery latency (receive time minus the send time the sender
-wrote into the text, ``"PHASE N TIME_NS"``; one machine, one clock).
+wrote into the text, ``"PHASE N TIME_NS"``; one machine, one clock). A line ``COUNT``
+prints the frames delivered so far per phase (one JSON line), so the sender can wait for
+a backlog to drain before it counts.
 """
 
 from __future__ import annotations
@@ -56,7 +58,11 @@ async def main(args: argparse.Namespace) -> dict[str, dict[str, float]]:
     print("READY", flush=True)
 
     def on_stdin() -> None:
-        if sys.stdin.readline().strip() in ("STOP", ""):
+        command = sys.stdin.readline().strip()
+        if command == "COUNT":
+            counts = {phase: len(values) for phase, values in latencies.items()}
+            print(json.dumps(counts), flush=True)
+        elif command in ("STOP", ""):
             stop.set()
 
     loop.add_reader(sys.stdin.fileno(), on_stdin)

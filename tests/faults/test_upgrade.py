@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from chatctl.server.store import MIGRATIONS
+from chatctl.server.store_sqlite import MIGRATIONS
 from tests.faults.fixtures.make_v1_db import PATH as V1_DB
 from tests.faults.fixtures.make_v1_db import ROOMS
 from tests.helpers import ServerProcess

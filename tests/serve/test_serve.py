@@ -202,7 +202,7 @@ def test_limits_are_flags(serve: Serve) -> None:
 
 
 def test_a_postgresql_password_never_reaches_an_error_message() -> None:
-    from chatctl.server.app import _without_password
+    from chatctl.server.store_pg import without_password as _without_password
 
     url = "postgresql://chat:s3cr%40t@db.example:5432/chat?sslmode=require"
     shown = _without_password(url)

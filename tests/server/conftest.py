@@ -19,8 +19,9 @@ import httpx
 import pytest
 from starlette.applications import Starlette
 
-from chatctl.server.app import ChatServer, create_app, uvicorn_config
+from chatctl.server.app import create_app
 from chatctl.server.config import ServerConfig
+from chatctl.server.protocol import ChatServer, uvicorn_config
 from tests import postgres
 from tests.helpers import free_port, wait_for
 

@@ -88,6 +88,27 @@ async def until(condition: Callable[[], Any], timeout: float = 5.0) -> Any:
         await asyncio.sleep(0.002)
 
 
+class Ticker:
+    """Counts the event loop's turns while in use: a loop held up by a call counts few."""
+
+    def __init__(self) -> None:
+        self.ticks = 0
+        self._task: asyncio.Task[None] | None = None
+
+    async def _run(self) -> None:
+        while True:
+            self.ticks += 1
+            await asyncio.sleep(0.01)
+
+    def __enter__(self) -> Ticker:
+        self._task = asyncio.get_running_loop().create_task(self._run())
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        assert self._task is not None
+        self._task.cancel()
+
+
 async def frame(ws: ClientConnection, timeout: float = 5.0) -> dict[str, Any]:
     raw = await asyncio.wait_for(ws.recv(), timeout)
     data: dict[str, Any] = json.loads(raw)

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import sys
 
-from chatctl.server.app import ChatServer, create_app, uvicorn_config
+from chatctl.server.app import create_app
 from chatctl.server.config import ServerConfig
+from chatctl.server.protocol import ChatServer, uvicorn_config
 
 
 def main() -> None:

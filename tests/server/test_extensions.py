@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from chatctl.schema import Limits
-from chatctl.server import store as store_module
+from chatctl.server import sql
 from tests.helpers import wait_for
 from tests.server.conftest import LiveServer
 from tests.server.test_unary import assert_error, call, ok
@@ -73,8 +73,19 @@ def test_history_cursors_are_positions(client: httpx.Client) -> None:
     assert texts(client, {"room_id": room_id, "after": upper}) == ["m2"]
     assert_error(call(client, "History", {"room_id": room_id, "limit": -1}), 400, "chat.history")
     assert_error(call(client, "History", {"room_id": room_id, "limit": 1.5}), 400, "chat.history")
-    # limit over max_history_page is lowered to it, not refused
-    assert len(ok(client, "History", {"room_id": room_id, "limit": 10**30})["messages"]) == 3
+
+
+def test_a_limit_over_the_page_size_is_lowered_to_it(
+    live_server: Callable[..., LiveServer],
+) -> None:
+    """A limit over max_history_page gets the latest page, not a refusal, nor more."""
+    srv = live_server(limits=Limits(max_history_page=2))
+    with httpx.Client(base_url=srv.url) as client:
+        room_id, _ = make_room(client, 3)
+        assert texts(client, {"room_id": room_id, "limit": 10**30}) == ["m1", "m2"]
+        assert texts(client, {"room_id": room_id, "limit": 3}) == ["m1", "m2"]
+        assert texts(client, {"room_id": room_id, "limit": 1}) == ["m2"]
+        assert texts(client, {"room_id": room_id}) == ["m0", "m1", "m2"]  # no limit: all
 
 
 def test_idempotency(live_server: Callable[..., LiveServer]) -> None:
@@ -145,19 +156,53 @@ def test_limits(live_server: Callable[..., LiveServer]) -> None:
         assert "max_rooms_per_tenant" in r.json()["detail"]
 
 
-@pytest.mark.parametrize("endpoint", ["Send", "Create", "Invite"])
+#: for each endpoint that takes an Idempotency-Key: its body for a room with members a, b
+#: (and a message from a), and what changed once and only once.
+KEYED: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
+    "Create": lambda room: {"name": "keyed"},
+    "Delete": lambda room: {"room_id": room["id"]},
+    "Invite": lambda room: {"room_id": room["id"], "user_id": "c"},
+    "Send": lambda room: {"room_id": room["id"], "user_id": "a", "text": "keyed"},
+    "Kick": lambda room: {"room_id": room["id"], "user_id": "b"},
+    "Leave": lambda room: {"room_id": room["id"], "user_id": "b"},
+}
+
+
+def state(client: httpx.Client, room_id: str) -> tuple[list[Any], list[str]]:
+    """Every room (names and members) and the room's messages, to compare before/after."""
+    rooms = [(r["name"], r["user_ids"]) for r in ok(client, "List", {})["rooms"]]
+    r = call(client, "History", {"room_id": room_id})
+    return rooms, [m["text"] for m in r.json()["messages"]] if r.status_code == 200 else []
+
+
+@pytest.mark.parametrize("endpoint", sorted(KEYED))
 def test_idempotency_key_is_per_endpoint(client: httpx.Client, endpoint: str) -> None:
+    """On every endpoint that changes something, a key's first answer comes back for a
+    repeat, byte for byte, changing nothing more (even after the room changed since);
+    the same key on another endpoint is 409 and changes nothing."""
+    room = ok(client, "Create", {"name": "r", "user_ids": ["a", "b"]})["room"]
+    ok(client, "Send", {"room_id": room["id"], "user_id": "a", "text": "first"})
     key = {"Idempotency-Key": f"per-endpoint-{endpoint}"}
-    r = client.post(
-        f"/v1/chat/{endpoint}", json={"room_id": "x", "user_id": "u", "text": "t"}, headers=key
-    )
-    assert r.status_code in (200, 404)
+    body = KEYED[endpoint](room)
+    first = call(client, endpoint, body, headers=key)
+    assert first.status_code == 200, first.text
+    # A change since: a repeat that ran again would now answer or change otherwise.
+    if endpoint not in ("Create", "Delete"):
+        ok(client, "Invite", {"room_id": room["id"], "user_id": "d"})
+    after_first = state(client, room["id"])
+    again = call(client, endpoint, body, headers=key)
+    assert again.status_code == 200 and again.content == first.content
+    assert state(client, room["id"]) == after_first
+    for other in sorted(set(KEYED) - {endpoint}):
+        r = call(client, other, KEYED[other](room), headers=key)
+        assert_error(r, 409, f"chat.{other.lower()}")
+    assert state(client, room["id"]) == after_first
 
 
 def test_a_deleted_rooms_messages_are_purged_while_the_server_runs(
     live_server: Callable[..., LiveServer], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(store_module, "PURGE_CHUNK", 20)  # 3 steps for 50 messages
+    monkeypatch.setattr(sql, "PURGE_CHUNK", 20)  # 3 steps for 50 messages
     srv = live_server()
     with httpx.Client(base_url=srv.url) as client:
         room_id = ok(client, "Create", {"name": "big", "user_ids": ["u"]})["room"]["id"]

@@ -1,19 +1,55 @@
-"""The store and the rules' small parts, without a server: schema versions, file mode,
-index use, ids and timestamps."""
+"""The SQLite store and the wire's small parts, without a server: schema versions, file
+mode, index use of the store's own statements, busy waits, ids and timestamps."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import json
 import re
 import sqlite3
 import stat
+import time
 import uuid
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
+from types import ModuleType
+from typing import Any, TypeVar
 
 import pytest
 
-from chatctl.server import store as store_module
-from chatctl.server.rules import UUIDv7, rfc3339
-from chatctl.server.store import MIGRATIONS, SQLiteStore
+from chatctl.server import sql, store_sqlite
+from chatctl.server.domain import Key, MessageRow, NewMessage, RoomRow, Unavailable
+from chatctl.server.sql import Session
+from chatctl.server.store_sqlite import MIGRATIONS, SQLiteStore
+from chatctl.wire import UUIDv7, rfc3339
+from tests.server.helpers import Ticker
+
+T = TypeVar("T")
+
+
+def run(store: SQLiteStore, work: Callable[[Session], Awaitable[T]], *, write: bool = True) -> T:
+    """``work`` in one write (or read) of ``store``, on an event loop of its own."""
+    return asyncio.run(store.write(work) if write else store.read(work))
+
+
+def create_room(store: SQLiteStore, room_id: str, users: list[str]) -> RoomRow:
+    async def create(db: Session) -> RoomRow:
+        return await db.create_room("", room_id, room_id, "", "2026-11-25T00:00:00Z", False, users)
+
+    return run(store, create)
+
+
+def messages(store: SQLiteStore, room: RoomRow, **bounds: Any) -> list[MessageRow]:
+    async def read(db: Session) -> list[MessageRow]:
+        return await db.messages(room, **bounds)
+
+    return run(store, read, write=False)
+
+
+def send(store: SQLiteStore, room: RoomRow, text: str, key: Key | None = None) -> str | None:
+    message = NewMessage(room.id, "u", "c", "", text)
+    return asyncio.run(store.send(room.tenant, message, key)).answer
 
 
 def test_new_file_is_private_and_current(tmp_path: Path) -> None:
@@ -21,7 +57,7 @@ def test_new_file_is_private_and_current(tmp_path: Path) -> None:
     store = SQLiteStore(str(path))
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert store.schema_version == len(MIGRATIONS)
-    store.close()
+    store.close_now()
 
 
 def test_older_file_is_migrated(tmp_path: Path) -> None:
@@ -38,9 +74,13 @@ def test_older_file_is_migrated(tmp_path: Path) -> None:
     db.close()
     store = SQLiteStore(str(path))
     assert store.schema_version == len(MIGRATIONS)
-    room = store.get_room("", "r1")
+
+    async def get(db: Session) -> RoomRow | None:
+        return await db.get_room("", "r1")
+
+    room = run(store, get, write=False)
     assert room is not None and room.name == "kept"
-    store.close()
+    store.close_now()
 
 
 def test_newer_file_is_refused(tmp_path: Path) -> None:
@@ -52,30 +92,40 @@ def test_newer_file_is_refused(tmp_path: Path) -> None:
         SQLiteStore(str(path))
 
 
+def statements(*modules: ModuleType) -> Iterator[str]:
+    """Every statement a store module runs as it is written there: its module-level SQL
+    strings (and tuples of them), and each shape of the messages query."""
+    for module in modules:
+        for name, value in vars(module).items():
+            if name.startswith("__"):
+                continue
+            for text in value if isinstance(value, tuple) else (value,):
+                if isinstance(text, str) and re.match(r"\s*(SELECT|DELETE|UPDATE|WITH)\b", text):
+                    yield text
+    for after in (None, 5):
+        for before in (None, 9):
+            for limit in (None, 50):
+                for latest in (False, True):
+                    yield sql.messages_sql(after, before, limit, latest)[0]
+
+
 def test_reads_never_scan_a_table(tmp_path: Path) -> None:
+    """EXPLAIN each statement the SQLite store runs (the shared ones and its own): every
+    one finds its rows through an index; none reads a whole table (``purging`` aside: it
+    holds a row per room being deleted)."""
     store = SQLiteStore(str(tmp_path / "plan.db"))
     db = store._db
-    queries = [
-        ("SELECT seq FROM messages WHERE room_pk = 1 ORDER BY seq DESC LIMIT 50", ()),
-        ("SELECT seq FROM messages WHERE room_pk = 1 AND seq > 5 ORDER BY seq LIMIT 50", ()),
-        ("SELECT seq FROM messages WHERE room_pk = 1 AND seq < 5 ORDER BY seq DESC LIMIT 50", ()),
-        ("SELECT seq FROM messages WHERE id = 'x' AND room_pk = 1", ()),
-        ("SELECT seq FROM messages WHERE room_pk = 1 AND id <= 'x' ORDER BY id DESC LIMIT 1", ()),
-        ("SELECT pk FROM rooms WHERE tenant = '' AND id = 'x'", ()),
-        ("SELECT pk FROM rooms WHERE tenant = '' ORDER BY pk", ()),
-        ("SELECT room_pk FROM members WHERE tenant = '' AND user_id = 'u'", ()),
-        ("SELECT user_id FROM members WHERE room_pk = 1 ORDER BY position", ()),
-        ("SELECT 1 FROM idempotency WHERE tenant = '' AND key = 'k'", ()),
-    ]
-    for sql, args in queries:
-        plan = " | ".join(row[3] for row in db.execute("EXPLAIN QUERY PLAN " + sql, args))
-        assert "USING" in plan and not re.search(
-            r"SCAN (rooms|members|messages)\b(?! USING)", plan
-        ), (
-            sql,
-            plan,
-        )
-    store.close()
+    tables = {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    assert {"rooms", "members", "messages"} <= tables
+    seen = 0
+    for statement in statements(sql, store_sqlite):
+        args = ["x"] * statement.count("?")
+        plan = " | ".join(row[3] for row in db.execute("EXPLAIN QUERY PLAN " + statement, args))
+        scans = re.findall(r"SCAN (\w+)(?! USING (?:COVERING )?INDEX)", plan)
+        assert not [t for t in scans if t in tables - {"purging"}], (statement, plan)
+        seen += 1
+    assert seen > 25  # the module's statements were found, not silently none
+    store.close_now()
 
 
 def test_uuid7_is_monotonic_and_well_formed() -> None:
@@ -95,39 +145,53 @@ def test_rfc3339_nanoseconds() -> None:
 
 
 def test_wal_stays_bounded_under_sustained_sends(tmp_path: Path) -> None:
-    """Checkpoints run off the writer's thread, yet the WAL is still reset while writes go
-    on (a checkpoint thread alone never finds it quiet), and the thread ends with the store."""
+    """The writer checkpoints in its own commits (off the event loop), so the WAL is reset
+    while Sends go on, in groups or one by one; the writer ends with the store."""
     path = tmp_path / "wal.db"
     store = SQLiteStore(str(path))
-    room = store.create_room("", "r", "n", "", "t", False, ["u"])
-    make = UUIDv7()
+    room = create_room(store, "r", ["u"])
     (page_size,) = store._db.execute("PRAGMA page_size").fetchone()
-    bound = store_module._BACKSTOP_PAGES * page_size
+    bound = 2 * 1000 * page_size  # twice SQLite's checkpoint threshold
+    total = 6000
     largest = 0
-    for i in range(store_module.CHECKPOINT_EVERY * 24):
-        store.add_message(room, make(1_700_000_000_000_000_000 + i), "c", "u", "t", "", "x" * 40)
-        if i % 50 == 0:
-            largest = max(largest, (tmp_path / "wal.db-wal").stat().st_size)
-    assert largest <= bound * 1.25, (largest, bound)
-    checkpointer = store._checkpointer
-    assert checkpointer is not None
-    store.close()
-    assert not checkpointer._thread.is_alive()
+
+    async def sends() -> None:
+        nonlocal largest
+        for group in range(total // 50):
+            await asyncio.gather(
+                *(
+                    store.send("", NewMessage(room.id, "u", "c", "", "x" * 40), None)
+                    for _ in range(50)
+                )
+            )
+            if group % 4 == 0:
+                largest = max(largest, (tmp_path / "wal.db-wal").stat().st_size)
+        for _ in range(1000):
+            await store.send("", NewMessage(room.id, "u", "c", "", "y" * 40), None)
+        largest = max(largest, (tmp_path / "wal.db-wal").stat().st_size)
+
+    asyncio.run(sends())
+    assert largest <= bound, (largest, bound)
+    store.close_now()
+    assert not store._writer.is_alive()
     reopened = SQLiteStore(str(path))
-    again = reopened.get_room("", "r")
-    assert again is not None and len(reopened.messages(again)) == store_module.CHECKPOINT_EVERY * 24
-    reopened.close()
+    assert len(messages(reopened, room)) == total + 1000
+    reopened.close_now()
 
 
-def _room_with_messages(store: SQLiteStore, room_id: str, count: int) -> store_module.RoomRow:
-    room = store.create_room("", room_id, room_id, "", "2026-11-25T00:00:00Z", False, ["u"])
-    with store.transaction():
-        for n in range(count):
-            store.add_message(room, str(uuid.uuid4()), "c", "u", "t", "", f"m{n}")
+def _room_with_messages(store: SQLiteStore, path: str, room_id: str, count: int) -> RoomRow:
+    room = create_room(store, room_id, ["u"])
+    rows = [(room.pk, str(uuid.uuid4()), f"m{n}") for n in range(count)]
+    with contextlib.closing(sqlite3.connect(path)) as db, db:  # the test's setup
+        db.executemany(
+            "INSERT INTO messages (room_pk, id, client, user_id, sent_at, subject, text)"
+            " VALUES (?, ?, 'c', 'u', 't', '', ?)",
+            rows,
+        )
     return room
 
 
-def _left_of(store: SQLiteStore, room: store_module.RoomRow) -> int:
+def _left_of(store: SQLiteStore, room: RoomRow) -> int:
     (n,) = store._db.execute(
         "SELECT COUNT(*) FROM messages WHERE room_pk = ?", (room.pk,)
     ).fetchone()
@@ -139,25 +203,128 @@ def test_a_big_room_is_deleted_at_once_and_its_messages_in_steps(tmp_path: Path)
     a chunk per step; meanwhile no new room may take its pk (and so its messages)."""
     path = str(tmp_path / "purge.db")
     store = SQLiteStore(path)
-    chunk = store_module.PURGE_CHUNK
-    small = _room_with_messages(store, "small", 10)
-    big = _room_with_messages(store, "big", 2 * chunk + 5)
-    store.delete_room(small)
-    assert _left_of(store, small) == 0  # a small room is gone in its one transaction
-    store.delete_room(big)
-    assert store.get_room("", "big") is None
-    assert _left_of(store, big) == chunk + 5
-    newer = store.create_room("", "newer", "newer", "", "t", False, [])
-    assert newer.pk > big.pk
-    assert store.messages(newer, limit=10) == []
+    chunk = sql.PURGE_CHUNK
+    small = _room_with_messages(store, path, "small", 10)
+    big = _room_with_messages(store, path, "big", 2 * chunk + 5)
 
-    store.close()  # a restart in between: the purge goes on from the file
+    def delete(room: RoomRow) -> None:
+        async def work(db: Session) -> None:
+            await db.delete_room(room)
+
+        run(store, work)
+
+    delete(small)
+    assert _left_of(store, small) == 0  # a small room is gone in its one transaction
+    delete(big)
+
+    async def get(db: Session) -> RoomRow | None:
+        return await db.get_room("", "big")
+
+    assert run(store, get, write=False) is None
+    assert _left_of(store, big) == chunk + 5
+    newer = create_room(store, "newer", [])
+    assert newer.pk > big.pk
+    assert messages(store, newer, limit=10) == []
+
+    store.close_now()  # a restart in between: the purge goes on from the file
     store = SQLiteStore(path)
     steps = 0
-    while store.purge_step():
+    while asyncio.run(store.purge_step()):
         steps += 1
         assert steps < 10
     assert steps == 2 and _left_of(store, big) == 0
     assert store._db.execute("SELECT COUNT(*) FROM purging").fetchone() == (0,)
-    assert [m.text for m in store.messages(newer, limit=10)] == []
-    store.close()
+    assert messages(store, newer, limit=10) == []
+    store.close_now()
+
+
+def test_a_database_another_process_holds_is_waited_for_with_the_loop_free(
+    tmp_path: Path,
+) -> None:
+    """Another connection holds the write lock: a Send waits for it (the event loop runs
+    other work meanwhile), succeeds once it is let go, and gives up as Unavailable after
+    the store's timeout, having stored nothing."""
+    path = str(tmp_path / "busy.db")
+    store = SQLiteStore(path, timeout=0.5)
+    room = create_room(store, "r", ["u"])
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+
+    async def scenario() -> tuple[int, float]:
+        with Ticker() as ticker, pytest.raises(Unavailable, match="locked"):
+            started = time.monotonic()
+            await store.send("", NewMessage(room.id, "u", "c", "", "late"), None)
+        return ticker.ticks, time.monotonic() - started
+
+    ticks, waited = asyncio.run(scenario())
+    assert 0.5 <= waited < 2
+    assert ticks >= 10, "the event loop was held while the store waited"
+    other.execute("ROLLBACK")
+    other.close()
+    assert send(store, room, "now") is not None
+    assert [m.text for m in messages(store, room)] == ["now"]
+    store.close_now()
+
+
+def test_a_keyed_send_is_stored_once_and_answers_the_same(tmp_path: Path) -> None:
+    store = SQLiteStore(str(tmp_path / "keys.db"))
+    room = create_room(store, "r", ["u"])
+    now = time.time()
+    key = Key("", "k", "Send", "hash-1", now, now - 60)
+    first = send(store, room, "once", key)
+    again = send(store, room, "once, again", key)
+    assert first is not None and again == first
+    assert [m.text for m in messages(store, room)] == ["once"]
+    store.close_now()
+
+
+async def several_sends_in_one_go(store: Any) -> None:
+    """``send_many`` as a bulk send uses it, on either store: each message's outcome in
+    order, a refusal or a key's replay storing nothing, the rest stored in order."""
+
+    async def create(db: Session) -> RoomRow:
+        return await db.create_room("", "bulk", "bulk", "", "t", False, ["u"])
+
+    room = await store.write(create)
+    now = time.time()
+
+    def key(name: str) -> Key:
+        return Key("", name, "Send", f"hash-{name}", now, now - 60)
+
+    first = (await store.send("", NewMessage(room.id, "u", "c", "", "before"), key("k0"))).answer
+    results = await store.send_many(
+        "",
+        [
+            (NewMessage(room.id, "u", "c", "", "one"), None),
+            (NewMessage(room.id, "x", "c", "", "not a member"), None),
+            (NewMessage(room.id, "u", "c", "", "k0 again"), key("k0")),
+            (NewMessage(room.id, "u", "c", "", "two"), key("k1")),
+            (NewMessage("nope", "u", "c", "", "no room"), None),
+            (NewMessage(room.id, "u", "c", "", "k1 again"), key("k1")),
+        ],
+    )
+    answers = [r.answer for r in results]
+    assert answers[0] is not None and json.loads(answers[0])["message"]["text"] == "one"
+    assert answers[1] is None and results[1].room_found and not results[1].private
+    assert answers[2] == first
+    assert answers[3] is not None and json.loads(answers[3])["message"]["text"] == "two"
+    assert answers[4] is None and not results[4].room_found
+    assert answers[5] == answers[3]
+
+    async def stored(db: Session) -> list[MessageRow]:
+        return await db.messages(room)
+
+    rows = await store.read(stored)
+    assert [m.text for m in rows] == ["before", "one", "two"]
+    assert [m.id for m in rows] == sorted(m.id for m in rows)  # ids in the room's order
+
+
+def test_several_sends_in_one_transaction(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        store = SQLiteStore(str(tmp_path / "bulk.db"))
+        try:
+            await several_sends_in_one_go(store)
+        finally:
+            await store.close()
+
+    asyncio.run(scenario())

@@ -1,19 +1,32 @@
-"""The PostgreSQL store on its own: migrations, positions of ids from several replicas, and
-frames too big for a notification. Needs CHATCTL_TEST_POSTGRES (see tests/postgres.py)."""
+"""The PostgreSQL store on its own: migrations, index use, positions of ids from several
+replicas, frames too big for a notification, notifications that commit with their change,
+a Send in one round trip, and a database that stops answering. Needs
+CHATCTL_TEST_POSTGRES (see tests/postgres.py)."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
-from collections.abc import Iterator
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import Any, TypeVar
 
 import pytest
 from websockets.sync.client import connect
 
+from chatctl.schema import ENDPOINTS, validate_request
+from chatctl.server import sql
+from chatctl.server.domain import Key, NewMessage, Note, RoomRow, Unavailable
+from chatctl.server.sql import Session
 from tests import postgres
 from tests.helpers import wait_for
 from tests.server.conftest import start_server
+from tests.server.helpers import Ticker
 
 pytestmark = pytest.mark.postgres
+
+T = TypeVar("T")
 
 
 @pytest.fixture
@@ -22,45 +35,140 @@ def url() -> Iterator[str]:
         yield url
 
 
+class Heard:
+    """A fan-out that keeps what it is told (a replica's hub, without streams)."""
+
+    def __init__(self) -> None:
+        self.notes: list[Note] = []
+
+    def deliver(self, note: Note) -> None:
+        self.notes.append(note)
+
+    def listening(self, tenant: str, room_id: str) -> bool:
+        return True
+
+    def interrupt(self, reason: str) -> None:
+        pass
+
+    def resume(self) -> None:
+        pass
+
+
+@contextlib.asynccontextmanager
+async def started(url: str, **kw: Any) -> AsyncIterator[Any]:
+    from chatctl.server.store_pg import PostgresStore
+
+    # Built off the loop: it connects (and migrates) synchronously, as at a server's start.
+    store = await asyncio.to_thread(PostgresStore, url, **kw)
+    await store.start()
+    try:
+        yield store
+    finally:
+        await store.close()
+
+
+def req(endpoint: str, **body: object) -> dict[str, Any]:
+    return validate_request(ENDPOINTS[endpoint], body)
+
+
+async def new_room(store: Any, room_id: str, users: list[str], private: bool = False) -> RoomRow:
+    async def create(db: Session) -> RoomRow:
+        return await db.create_room("", room_id, room_id, "", "t", private, users)
+
+    room: RoomRow = await store.write(create)
+    return room
+
+
 def test_migrations_apply_once_and_a_newer_schema_is_refused(url: str) -> None:
     import psycopg
 
     from chatctl.server.store_pg import MIGRATIONS, PostgresStore
 
-    store = PostgresStore(url)
-    assert store.schema_version == len(MIGRATIONS)
-    store.close()
-    again = PostgresStore(url)  # a second replica starting: nothing left to apply
-    assert again.schema_version == len(MIGRATIONS)
-    again.close()
+    async def version() -> int:
+        async with started(url) as store:
+            return int(await store.schema_version())
+
+    assert asyncio.run(version()) == len(MIGRATIONS)
+    assert asyncio.run(version()) == len(MIGRATIONS)  # a second replica: nothing to apply
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute("UPDATE chatctl_schema SET version = 99")
     with pytest.raises(RuntimeError, match="newer than this chatctl"):
         PostgresStore(url)
 
 
+def test_every_statement_has_an_index_to_use(url: str) -> None:
+    """EXPLAIN each statement the PostgreSQL store runs (the shared ones and its own, the
+    Send included) with sequential scans priced out: a Seq Scan left in a plan means no
+    index can serve it. (On tables this small the planner would otherwise pick one.)"""
+    import psycopg
+
+    from chatctl.server import store_pg
+    from tests.server.test_store import statements
+
+    asyncio.run(version_only(url))
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("SET enable_seqscan = off")
+        seen = 0
+        for statement in [*statements(sql, store_pg), store_pg._SEND, store_pg._SEND_KEYED]:
+            spelled = store_pg.PostgresSession._dialect(statement)
+            named = {name: "1" for name in _names(spelled)}
+            args: Any = named if named else ["1"] * spelled.count("%s")
+            explained = conn.execute("EXPLAIN " + spelled, args).fetchall()
+            plan = "\n".join(row[0] for row in explained)
+            scanned = [line for line in plan.splitlines() if "Seq Scan on" in line]
+            assert not [s for s in scanned if "purging" not in s], (statement, plan)
+            seen += 1
+    assert seen > 25
+
+
+def _names(statement: str) -> set[str]:
+    import re
+
+    return set(re.findall(r"%\((\w+)\)s", statement))
+
+
+async def version_only(url: str) -> None:
+    async with started(url):
+        pass
+
+
 def test_an_id_from_another_replica_is_a_conservative_position(url: str) -> None:
     """Ids from two clocks need not sort in seq order; a UUID that is no message sits just
     before the first message (in seq order) whose id sorts after it."""
-    from chatctl.server.store_pg import PostgresStore
-
-    store = PostgresStore(url)
-    room = store.create_room("", "room", "r", "", "2026-01-01T00:00:00.000000000Z", False, [])
 
     def uid(ms: int) -> str:
         return f"{ms:08x}-0000-7000-8000-000000000000"
 
-    # seq 1..4 with ids made at 10, 30, 20 (a replica whose clock is behind), 40 ms
-    for ms in (10, 30, 20, 40):
-        store.add_message(room, uid(ms), "c", "u", "t", "", "x")
-    nil = "00000000-0000-0000-0000-000000000000"
-    assert store.message_position(room, nil) == 0
-    assert store.message_position(room, uid(15)) == 1  # 30 (seq 2) is the first after it
-    assert store.message_position(room, uid(25)) == 1  # so is 30, though 20 (seq 3) is not
-    assert store.message_position(room, uid(35)) == 3
-    assert store.message_position(room, "ffffffff-0000-7000-8000-000000000000") == 4
-    assert store.message_seq(room, uid(20)) == 3
-    store.close()
+    async def scenario() -> list[int | None]:
+        async with started(url) as store:
+            room = await new_room(store, "room", ["u"])
+
+            # seq 1..4 with ids made at 10, 30, 20 (a replica whose clock is behind), 40 ms
+            async def insert(db: Session) -> None:
+                for seq, ms in enumerate((10, 30, 20, 40), 1):
+                    await db._change(
+                        "INSERT INTO messages (room_pk, seq, id, client, user_id, sent_at,"
+                        " subject, text) VALUES (?, ?, ?, 'c', 'u', 't', '', 'x')",
+                        (room.pk, seq, uid(ms)),
+                    )
+
+            await store.write(insert)
+
+            async def positions(db: Session) -> list[int | None]:
+                nil = "00000000-0000-0000-0000-000000000000"
+                cursors = [nil, uid(15), uid(25), uid(35), "ffffffff-0000-7000-8000-000000000000"]
+                found: list[int | None] = [await db.message_position(room, c) for c in cursors]
+                return [*found, await db.message_seq(room, uid(20))]
+
+            found: list[int | None] = await store.read(positions)
+            return found
+
+    # 30 (seq 2) is the first after 15, and after 25 too, though 20 (seq 3) is not
+    assert asyncio.run(scenario()) == [0, 1, 1, 3, 4, 3]
+
+
+def message(room: RoomRow, text: str = "x") -> NewMessage:
+    return NewMessage(room.id, "u", "c", "", text)
 
 
 def test_a_message_too_big_for_a_notification_is_read_from_the_table(url: str) -> None:
@@ -95,17 +203,8 @@ def test_membership_notifications_commit_with_the_change(url: str) -> None:
     import psycopg
     from psycopg.pq import TransactionStatus
 
-    from chatctl.schema import ENDPOINTS, validate_request
-    from chatctl.server.hub_pg import PostgresHub
     from chatctl.server.rules import ChatService
-    from chatctl.server.store_pg import CHANNEL, PostgresStore
-
-    store = PostgresStore(url)
-    hub = PostgresHub(store)
-    service = ChatService(store, hub)
-
-    def req(endpoint: str, **body: object) -> dict[str, object]:
-        return validate_request(ENDPOINTS[endpoint], body)
+    from chatctl.server.store_pg import CHANNEL, PostgresSession
 
     with psycopg.connect(url, autocommit=True) as listener:
         listener.execute(f"LISTEN {CHANNEL}")
@@ -113,141 +212,286 @@ def test_membership_notifications_commit_with_the_change(url: str) -> None:
         def heard(timeout: float = 0.3) -> list[str]:
             return [n.payload.split(" ", 1)[0] for n in listener.notifies(timeout=timeout)]
 
-        # While each notify is issued: the store's connection is inside a transaction, and
-        # the listener has heard nothing of it yet.
-        issued: list[tuple[str, TransactionStatus, list[str]]] = []
-        notify = store.notify
+        # While each notify is issued: the session's connection is inside a transaction,
+        # and the listener has heard nothing of it yet.
+        issued: list[tuple[list[str], TransactionStatus, list[str]]] = []
+        notify = PostgresSession.notify
 
-        def spy(payload: str) -> None:
-            notify(payload)
-            status = store._connection().info.transaction_status
-            issued.append((payload.split(" ", 1)[0], status, heard(0.1)))
+        async def spy(self: PostgresSession) -> None:
+            await notify(self)
+            kinds = [type(n).__name__ for n in self.notes]
+            issued.append((kinds, self._conn.info.transaction_status, heard(0.1)))
 
-        store.notify = spy  # type: ignore[method-assign]
-        room = service.create("", req("Create", name="r", user_ids=["a", "b", "c"]))["room"]["id"]
-        assert heard() == []
-        service.kick("", req("Kick", room_id=room, user_id="b"))
-        assert heard() == ["k", "e"]
-        service.leave("", req("Leave", room_id=room, user_id="c"))
-        assert heard() == ["k", "e"]
-        service.invite("", req("Invite", room_id=room, user_id="b"))
-        assert heard() == ["e"]
-        service.join("", req("Join", room_id=room, user_id="d"))
-        assert heard() == ["e"]
-        service.call("Kick", "", req("Kick", room_id=room, user_id="d"), "key-1")
-        assert heard() == ["k", "e"]
-        service.delete("", req("Delete", room_id=room))
-        assert heard() == ["e", "d"]
-        assert [kind for kind, _, _ in issued] == ["k", "e", "k", "e", "e", "e", "k", "e", "e", "d"]
-        assert {status for _, status, _ in issued} == {TransactionStatus.INTRANS}
-        assert all(early == [] for _, _, early in issued), issued
+        async def scenario() -> None:
+            async with started(url) as store:
+                service = ChatService(store)
+                created = await service.create(
+                    "", req("Create", name="r", user_ids=["a", "b", "c"])
+                )
+                room = json.loads(created)["room"]["id"]
+                assert heard() == []
+                await service.kick("", req("Kick", room_id=room, user_id="b"))
+                assert heard() == ["k", "e"]
+                await service.leave("", req("Leave", room_id=room, user_id="c"))
+                assert heard() == ["k", "e"]
+                await service.invite("", req("Invite", room_id=room, user_id="b"))
+                assert heard() == ["e"]
+                await service.join("", req("Join", room_id=room, user_id="d"))
+                assert heard() == ["e"]
+                await service.call("Kick", "", req("Kick", room_id=room, user_id="d"), "key-1")
+                assert heard() == ["k", "e"]
+                await service.delete("", req("Delete", room_id=room))
+                assert heard() == ["e", "d"]
 
-        # A kick whose transaction fails after its first notify was issued: rolled back,
-        # the user is still a member and not barred, and no replica hears of it.
-        store.notify = notify  # type: ignore[method-assign]
-        room = service.create("", req("Create", name="r", user_ids=["a", "b"]))["room"]["id"]
+                # A kick whose transaction fails after its notify was issued: rolled back,
+                # the user is still a member and not barred, and no replica hears of it.
+                created = await service.create("", req("Create", name="r", user_ids=["a", "b"]))
+                room = json.loads(created)["room"]["id"]
 
-        def dying(*args: object) -> None:
-            raise RuntimeError("the replica died before its commit")
+                async def dying(self: PostgresSession) -> None:
+                    await notify(self)
+                    raise RuntimeError("the replica died before its commit")
 
-        hub.publish_event = dying  # type: ignore[method-assign]
-        with pytest.raises(RuntimeError, match="died"):
-            service.kick("", req("Kick", room_id=room, user_id="b"))
-        assert heard(0.5) == []
-        row = store.get_room("", room)
-        assert row is not None
-        assert store.members(row) == ["a", "b"]
-        assert not store.is_barred(row, "b")
-    store.close()
+                PostgresSession.notify = dying  # type: ignore[method-assign]
+                with pytest.raises(RuntimeError, match="died"):
+                    await service.kick("", req("Kick", room_id=room, user_id="b"))
+                PostgresSession.notify = spy  # type: ignore[method-assign]
+                assert heard(0.5) == []
+
+                async def state(db: Session) -> tuple[list[str], bool]:
+                    row = await db.get_room("", room)
+                    assert row is not None
+                    return await db.members(row), await db.is_barred(row, "b")
+
+                assert await store.read(state) == (["a", "b"], False)
+
+        PostgresSession.notify = spy  # type: ignore[method-assign]
+        try:
+            asyncio.run(scenario())
+        finally:
+            PostgresSession.notify = notify  # type: ignore[method-assign]
+    issued = [entry for entry in issued if entry[0]]  # writes that told the streams anything
+    assert [len(kinds) for kinds, _, _ in issued] == [2, 2, 1, 1, 2, 2]
+    assert {status for _, status, _ in issued} == {TransactionStatus.INTRANS}
+    assert all(early == [] for _, _, early in issued), issued
 
 
-def test_a_send_in_one_round_trip_refuses_as_the_rules_do_and_notifies_only_when_stored(
-    url: str,
-) -> None:
-    """PostgreSQL does a Send in one statement (room, membership, seq, insert, notify), sync
-    or awaited: 404 for no room, 400/403 for a non-member of a public/private room, and
-    nothing stored or notified for a refusal."""
-    import asyncio
-
+def test_a_send_is_one_round_trip_keyed_or_not_and_refuses_as_the_rules_do(url: str) -> None:
+    """A Send is one statement (key, room, membership, seq, insert, notify), with or
+    without an Idempotency-Key, and a retry with the key is one more that finds its first
+    answer: 404 for no room, 400/403 for a non-member of a public/private room, and
+    nothing stored, kept or notified for a refusal."""
     import psycopg
 
-    from chatctl.schema import ENDPOINTS, validate_request
-    from chatctl.server.hub_pg import PostgresHub
-    from chatctl.server.rules import ChatService, RulesError
-    from chatctl.server.store_pg import CHANNEL, PostgresStore
+    from chatctl.server.rules import ChatService
+    from chatctl.server.store_pg import CHANNEL
 
-    store = PostgresStore(url)
-    service = ChatService(store, PostgresHub(store))
-    assert service.sends_async
+    executed: list[str] = []
+    execute = psycopg.AsyncConnection.execute
 
-    def req(endpoint: str, **body: object) -> dict[str, object]:
-        return validate_request(ENDPOINTS[endpoint], body)
+    async def counting(self: Any, query: Any, *args: Any, **kw: Any) -> Any:
+        executed.append(str(query)[:40])
+        return await execute(self, query, *args, **kw)
 
-    public = service.create("", req("Create", name="p", user_ids=["a"]))["room"]["id"]
-    private = service.create("", req("Create", name="q", user_ids=["a"], private=True))
-    private_id = private["room"]["id"]
-
-    async def sends() -> list[object]:
-        await store.open_async()
-        try:
+    async def scenario() -> list[object]:
+        async with started(url) as store:
+            service = ChatService(store)
+            public = json.loads(await service.create("", req("Create", name="p", user_ids=["a"])))
+            private = json.loads(
+                await service.create("", req("Create", name="q", user_ids=["a"], private=True))
+            )
             out: list[object] = []
-            for room, user in [(public, "a"), (public, "x"), (private_id, "x"), ("nope", "a")]:
-                try:
-                    send = req("Send", room_id=room, user_id=user, text="one")
-                    answer = await service.send_async("", send)
-                    out.append(answer["message"]["room_id"])
-                except RulesError as exc:
-                    out.append(exc.code)
+            calls = [
+                (public["room"]["id"], "a", None),
+                (public["room"]["id"], "a", "key-1"),
+                (public["room"]["id"], "a", "key-1"),  # a retry: the first answer
+                (public["room"]["id"], "x", "key-2"),
+                (private["room"]["id"], "x", None),
+                ("nope", "a", "key-3"),
+            ]
+            psycopg.AsyncConnection.execute = counting  # type: ignore[method-assign]
+            try:
+                for room_id, user, key in calls:
+                    executed.clear()
+                    body = req("Send", room_id=room_id, user_id=user, text="one")
+                    try:
+                        answer = json.loads(await service.send("", body, key))
+                        out.append(answer["message"]["id"])
+                    except Exception as exc:
+                        out.append(type(exc).__name__)
+                    assert len(executed) == 1, executed
+            finally:
+                psycopg.AsyncConnection.execute = execute  # type: ignore[method-assign]
             return out
-        finally:
-            await store.close_async()
 
     with psycopg.connect(url, autocommit=True) as listener:
         listener.execute(f"LISTEN {CHANNEL}")
-        assert asyncio.run(sends()) == [public, 400, 403, 404]
-        with pytest.raises(RulesError) as refused:  # the same, without the async pool
-            service.send("", req("Send", room_id=private_id, user_id="x", text="no"))
-        assert refused.value.code == 403
-        service.send("", req("Send", room_id=public, user_id="a", text="two"))
+        out = asyncio.run(scenario())
         heard = [n.payload for n in listener.notifies(timeout=0.5)]
+    assert isinstance(out[0], str) and isinstance(out[1], str) and out[2] == out[1]
+    assert out[3:] == ["Invalid", "Forbidden", "NotFound"]
     assert [p.split(" ", 2)[:2] for p in heard] == [["m", "1"], ["m", "2"]]
     head, _, frame = heard[1].split(" ", 2)[2].partition("\n")
-    assert json.loads(head)[:2] == ["", public] and json.loads(head)[3] == "a"
-    assert json.loads(frame)["message"]["text"] == "two"
-    room = store.get_room("", public)
-    assert room is not None
-    assert [m.seq for m in store.messages(room)] == [1, 2]
-    store.close()
+    assert json.loads(head)[3] == "a"
+    assert json.loads(frame)["message"]["id"] == out[1]
+    with psycopg.connect(url, autocommit=True) as conn:
+        keys = conn.execute("SELECT key FROM idempotency ORDER BY key").fetchall()
+    assert keys == [("key-1",)]  # refusals keep nothing
+
+
+def test_the_same_key_on_two_replicas_at_once_stores_one_message(url: str) -> None:
+    async def scenario() -> tuple[list[str | None], int]:
+        async with started(url) as a, started(url) as b:
+            room = await new_room(a, "r", ["u"])
+            now = time.time()
+            answers: list[str | None] = []
+            for n in range(20):
+                key = Key("", f"race-{n}", "Send", "h", now, now - 60)
+                results = await asyncio.gather(
+                    a.send("", message(room, f"a{n}"), key),
+                    b.send("", message(room, f"b{n}"), key),
+                )
+                assert results[0].answer == results[1].answer
+                answers.append(results[0].answer)
+
+            async def count(db: Session) -> int:
+                return await db.last_seq(room)
+
+            return answers, await a.read(count)
+
+    answers, stored = asyncio.run(scenario())
+    assert stored == 20 and len(set(answers)) == 20
+
+
+class PausableProxy:
+    """A TCP proxy to PostgreSQL that can stop forwarding, as a paused or unreachable
+    database does: connections stay open, nothing answers."""
+
+    def __init__(self, target: tuple[str, int]) -> None:
+        self.target = target
+        self.paused = asyncio.Event()
+        self.port = 0
+        self._server: asyncio.Server | None = None
+        self._writers: list[asyncio.StreamWriter] = []
+        self._pumps: set[asyncio.Task[None]] = set()
+
+    async def __aenter__(self) -> PausableProxy:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        for pump in self._pumps:
+            pump.cancel()
+        await asyncio.gather(*self._pumps, return_exceptions=True)
+        for writer in self._writers:
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+        await self._server.wait_closed()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection(*self.target)
+        self._writers += [writer, up_writer]
+
+        async def pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            with contextlib.suppress(Exception):
+                while data := await src.read(65536):
+                    while self.paused.is_set():
+                        await asyncio.sleep(0.01)
+                    dst.write(data)
+                    await dst.drain()
+            dst.close()
+
+        for src, dst in ((reader, up_writer), (up_reader, writer)):
+            task = asyncio.create_task(pump(src, dst))
+            self._pumps.add(task)
+            task.add_done_callback(self._pumps.discard)
+
+
+def test_a_database_that_stops_answering_is_unavailable_within_the_timeout(url: str) -> None:
+    """PostgreSQL stops answering (paused, or the network dropped it): a Send gives up
+    after the store's timeout and a second with Unavailable, the event loop serving others
+    meanwhile; once it answers again the store recovers by itself."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    target = (parts.hostname or "127.0.0.1", parts.port or 5432)
+
+    async def scenario() -> tuple[float, int, str | None]:
+        async with PausableProxy(target) as proxy:
+            via = url.replace(f"{parts.hostname}:{parts.port}", f"127.0.0.1:{proxy.port}")
+            async with started(via, timeout=0.5) as store:
+                room = await new_room(store, "r", ["u"])
+                proxy.paused.set()
+                with Ticker() as ticker, pytest.raises(Unavailable):
+                    started_at = time.monotonic()
+                    await store.send("", message(room, "late"), None)
+                waited, ticks = time.monotonic() - started_at, ticker.ticks
+                proxy.paused.clear()
+                answer = None
+                deadline = time.monotonic() + 10
+                while answer is None and time.monotonic() < deadline:
+                    try:
+                        answer = (await store.send("", message(room, "back"), None)).answer
+                    except Unavailable:
+                        await asyncio.sleep(0.1)
+                return waited, ticks, answer
+
+    waited, ticks, answer = asyncio.run(scenario())
+    assert 0.5 <= waited < 3, waited
+    assert ticks >= 20, "the event loop was held while the database did not answer"
+    assert answer is not None and json.loads(answer)["message"]["text"] == "back"
 
 
 def test_a_big_room_is_deleted_at_once_and_its_messages_in_steps(
     url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from chatctl.server import store as store_module
-    from chatctl.server.store_pg import PostgresStore
+    monkeypatch.setattr(sql, "PURGE_CHUNK", 20)
 
-    monkeypatch.setattr(store_module, "PURGE_CHUNK", 20)
-    a, b = PostgresStore(url), PostgresStore(url)  # two replicas
-    small = a.create_room("", "small", "s", "", "t", False, ["u"])
-    big = a.create_room("", "big", "b", "", "t", False, ["u"])
-    for n in range(45):
-        a.add_message(big, f"{n:08x}-0000-7000-8000-000000000000", "c", "u", "t", "", "x")
-    a.add_message(small, "00000001-0000-7000-8000-000000000000", "c", "u", "t", "", "x")
+    async def scenario() -> tuple[int, int, int, int]:
+        async with started(url) as a, started(url) as b:  # two replicas
+            small = await new_room(a, "small", ["u"])
+            big = await new_room(a, "big", ["u"])
+            for _ in range(45):
+                await a.send("", message(big), None)
+            await a.send("", message(small), None)
 
-    def left(room_pk: int) -> int:
-        row = a._execute("SELECT count(*) FROM messages WHERE room_pk = %s", (room_pk,))
-        return int(row.fetchone()[0])
+            async def left(room_pk: int) -> int:
+                async def count(db: Session) -> int:
+                    return await db._count(
+                        "SELECT count(*) FROM messages WHERE room_pk = ?", (room_pk,)
+                    )
 
-    a.delete_room(small)
-    assert left(small.pk) == 0
-    a.delete_room(big)
-    assert a.get_room("", "big") is None and left(big.pk) == 25
-    # Another replica takes up the work (the one that deleted may have died).
-    steps = 0
-    while b.purge_step():
-        steps += 1
-        assert steps < 10
-    assert steps == 2 and left(big.pk) == 0
-    assert a._execute("SELECT count(*) FROM purging").fetchone() == (0,)
-    a.close()
-    b.close()
+                return int(await a.read(count))
+
+            def deleting(room: RoomRow) -> Callable[[Session], Awaitable[None]]:
+                async def work(db: Session) -> None:
+                    await db.delete_room(room)
+
+                return work
+
+            await a.write(deleting(small))
+            small_left = await left(small.pk)
+            await a.write(deleting(big))
+            big_left = await left(big.pk)
+            # Another replica takes up the work (the one that deleted may have died).
+            steps = 0
+            while await b.purge_step():
+                steps += 1
+                assert steps < 10
+            return small_left, big_left, steps, await left(big.pk)
+
+    assert asyncio.run(scenario()) == (0, 25, 2, 0)
+
+
+def test_several_sends_in_one_transaction(url: str) -> None:
+    from tests.server.test_store import several_sends_in_one_go
+
+    async def scenario() -> None:
+        async with started(url) as store:
+            await several_sends_in_one_go(store)
+
+    asyncio.run(scenario())

@@ -1,0 +1,97 @@
+"""One log line per request, activity counts for the idle watchdog, and bugs as a 500.
+
+``AccessLog`` wraps the app (HTTP and WebSocket): it logs method, path (never the query
+string, where tokens may travel), status and milliseconds (``ACCESS_LINE``; ``serve``'s
+formatter knows such a line needs no full token scrub), counts open requests and streams
+on the hub (``hub.active``), puts the ``Chat-Extensions`` header on every answer and
+WebSocket handshake, and, with ``crash``, answers an exception raised before the
+response started with m3o's 500 shape, logging its traceback, as Starlette's
+ServerErrorMiddleware would.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from chatctl.schema import EXTENSIONS_HEADER, SERVER_EXTENSIONS
+from chatctl.server.edge import JSONAnswer, Refusal, no_such_api
+from chatctl.server.hub import Hub
+from chatctl.server.streams import RAW_SEND
+
+__all__ = ["ACCESS_LINE", "AccessLog", "crash", "gateway_error"]
+
+log = logging.getLogger("chatctl.server")
+
+#: the access log's format (this very object): method, path, status, ms.
+ACCESS_LINE = "%s %s %s %.1fms"
+#: On every answer (errors, NDJSON Join, the Join WebSocket's 101): the extensions this
+#: server has, so that a client knows before it sends one (contract part 3).
+EXTENSIONS = (EXTENSIONS_HEADER.lower().encode(), ", ".join(SERVER_EXTENSIONS).encode())
+
+
+class AccessLog:
+    def __init__(self, app: ASGIApp, hub: Hub, crash: bool = False) -> None:
+        self.app = app
+        self.hub = hub
+        self.crash = crash
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await self.app(scope, receive, send)
+            return
+        if scope["type"] == "websocket":
+            scope[RAW_SEND] = send
+        hub = self.hub
+        hub.active += 1
+        started = time.perf_counter()
+        status = 0
+
+        async def send_and_note(message: Message) -> None:
+            nonlocal status
+            kind = message["type"]
+            if kind == "http.response.start":
+                status = message["status"]
+                message = {**message, "headers": [*message.get("headers", ()), EXTENSIONS]}
+            elif kind == "websocket.accept":
+                status = 101
+                message = {**message, "headers": [*message.get("headers", ()), EXTENSIONS]}
+            elif kind == "websocket.close" and status in (0, 101):
+                status = message.get("code", 1000)
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_and_note)
+        except Exception as exc:
+            if self.crash:
+                response = await crash(Request(scope), exc)
+                if not status:
+                    await response(scope, receive, send_and_note)
+            raise
+        finally:
+            hub.active -= 1
+            hub.touch()
+            if log.isEnabledFor(logging.INFO):
+                method = scope.get("method", "WS")
+                log.info(
+                    ACCESS_LINE,
+                    method,
+                    scope["path"],
+                    status or 500,
+                    (time.perf_counter() - started) * 1000,
+                )
+
+
+async def gateway_error(request: Request, exc: Exception) -> Response:
+    """Starlette's own 404/405 (an odd method): the gateway knows no such API."""
+    return JSONAnswer.error(no_such_api())
+
+
+async def crash(request: Request, exc: Exception) -> Response:
+    """A bug of ours: logged with its traceback, answered with m3o's 500 shape."""
+    log.error("internal error on %s %s", request.method, request.url.path, exc_info=exc)
+    return JSONAnswer.error(Refusal("v1", 500, "internal server error"))

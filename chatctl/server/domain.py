@@ -1,0 +1,208 @@
+"""The chat domain's own types, shared by the rules, the stores and the fan-out.
+
+- Rows: a room and a message as a store holds them (``RoomRow``, ``MessageRow``).
+- Refusals: what the rules (and a store, for a Send) raise when a request cannot be done.
+  Each is one kind of "no" (``Invalid``, ``Forbidden``, ``NotFound``, ``Conflict``); the
+  HTTP edge maps the kind to a status and m3o's error object, and nothing else here knows
+  HTTP. ``Unavailable`` is the storage failing (full, locked, unreachable, too slow): the
+  cause is for the server's log, never for a client.
+- ``Key``: an Idempotency-Key as the store needs it to claim it or find its first answer.
+- ``NewMessage``: a message a Send asks the store to add to a room.
+- Fan-out: what a committed change tells the live streams (``Published``, ``EventNote``,
+  ``StreamsEnded``). A store delivers them to a ``Fanout`` (the hub) when, and only if,
+  the change commits: after the commit in one process, or through the database to every
+  replica.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from chatctl.wire import message_object, rfc3339
+
+__all__ = [
+    "Conflict",
+    "EventNote",
+    "Fanout",
+    "Forbidden",
+    "Invalid",
+    "Key",
+    "MessageRow",
+    "NewMessage",
+    "NotFound",
+    "Note",
+    "Published",
+    "Refused",
+    "RoomRow",
+    "StreamsEnded",
+    "Unavailable",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class RoomRow:
+    #: the store's own key of the room; messages and members refer to it.
+    pk: int
+    tenant: str
+    id: str
+    name: str
+    description: str
+    created_at: str
+    private: bool
+
+
+@dataclass(frozen=True, slots=True)
+class MessageRow:
+    #: the message's position in the total order of its room.
+    seq: int
+    id: str
+    client: str
+    user_id: str
+    sent_at: str
+    subject: str
+    text: str
+
+    def to_wire(self, room_id: str) -> dict[str, Any]:
+        """The message as m3o wrote it, of the room ``room_id``."""
+        return message_object(
+            self.id, self.client, room_id, self.user_id, self.sent_at, self.subject, self.text
+        )
+
+
+# -- refusals ---------------------------------------------------------------------------
+
+
+class Refused(Exception):
+    """A request the rules will not do; ``detail`` is the text a client reads."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+
+class Invalid(Refused):
+    """The request is wrong as asked (m3o's 400: a missing field, a non-member's Send)."""
+
+
+class Forbidden(Refused):
+    """Membership or privacy says no (403)."""
+
+
+class NotFound(Refused):
+    """No such room, for this caller (404)."""
+
+
+class Conflict(Refused):
+    """An Idempotency-Key used before with another request (409)."""
+
+
+class Unavailable(Exception):
+    """The storage failed: nothing was changed that a retry with the same key could
+    double. The message names the cause, for the server's log only."""
+
+
+# -- idempotency ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Key:
+    """An Idempotency-Key of a call: its first answer is kept until ``not_before`` passes."""
+
+    tenant: str
+    key: str
+    endpoint: str
+    #: SHA-256 of the request, so the same key with another request is refused.
+    request_hash: str
+    #: seconds since the epoch: when this call was made, and the oldest answer still kept.
+    now: float
+    not_before: float
+
+    def replay(self, endpoint: str, request_hash: str, answer: str) -> str:
+        """The first answer, if the key was used for this same request (else Conflict)."""
+        if endpoint != self.endpoint or request_hash != self.request_hash:
+            raise Conflict("Idempotency-Key was already used with a different request")
+        return answer
+
+
+@dataclass(frozen=True, slots=True)
+class NewMessage:
+    """A message to send, as the rules accepted it. The store gives it its id and time
+    (``wire.UUIDv7``, ``wire.rfc3339``) when it takes its turn in the room, so that, made by
+    one server, ids sort in the room's order."""
+
+    room_id: str
+    user_id: str
+    client: str
+    subject: str
+    text: str
+
+    def to_wire(self, message_id: str, ns: int) -> dict[str, Any]:
+        """The message as m3o writes it, with its id and its time (ns since the epoch)."""
+        return message_object(
+            message_id,
+            self.client,
+            self.room_id,
+            self.user_id,
+            rfc3339(ns),
+            self.subject,
+            self.text,
+        )
+
+
+# -- fan-out ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Published:
+    """A message committed to a room: every stream of it hears ``frame`` but the sender's
+    own (unless they asked for their own)."""
+
+    tenant: str
+    room_id: str
+    seq: int
+    frame: str
+    sender: str
+
+
+@dataclass(frozen=True, slots=True)
+class EventNote:
+    """A membership event, for the streams that asked for events, but ``skip_user``'s."""
+
+    tenant: str
+    room_id: str
+    frame: str
+    skip_user: str
+
+
+@dataclass(frozen=True, slots=True)
+class StreamsEnded:
+    """End the streams of a room: one user's (kicked, left), or every one (``user_id``
+    None: deleted), with a final ``frame`` and close ``code``."""
+
+    tenant: str
+    room_id: str
+    user_id: str | None
+    code: int
+    frame: str
+    reason: str
+
+
+Note = Published | EventNote | StreamsEnded
+
+
+class Fanout(Protocol):
+    """Where a store delivers what committed changes tell the live streams (``hub.Hub``)."""
+
+    def deliver(self, note: Note) -> None: ...
+
+    def listening(self, tenant: str, room_id: str) -> bool:
+        """True when a stream of the room is open here (a frame is worth making)."""
+        ...
+
+    def interrupt(self, reason: str) -> None:
+        """Changes may go unheard for now: end every stream (clients resume with
+        ``since``) and refuse new ones until ``resume``."""
+        ...
+
+    def resume(self) -> None: ...

@@ -1,0 +1,279 @@
+"""The HTTP edge: paths, the token, the body, validation, and the answer or m3o's error.
+
+``Edge`` is a plain ASGI app for every HTTP request (the Join WebSocket is in
+``streams``). It knows the wire and nothing of the chat rules, which are
+``rules.ChatService``:
+
+- Paths are matched case-insensitively, as m3o's gateway did: ``POST /v1/chat/{Endpoint}``,
+  ``GET /health`` (never touches the database) and ``GET /openapi.json``.
+- ``authenticate`` is the one place a credential becomes an identity: today the tenant
+  key (a token's SHA-256, so the database never holds a token; ``""`` on an open server).
+- Errors are m3o's object, ``{"id", "code", "detail", "status"}`` with HTTP status ==
+  code. The gateway's own (the path, the token, the body as bytes: 401, 404 ``No such
+  API``, 413, 400 for a body that is not JSON) have id ``v1``; an endpoint's (validation,
+  rules) have its id, ``chat.send``. The rules' refusals map to statuses in ``STATUS``.
+  Storage failing is 503 with a generic detail; its cause, which may name internal hosts,
+  goes to the server's log only. A 500 is only ever a bug of ours (``accesslog``).
+- A History of any size is sent as the rules read it, part by part, without a
+  Content-Length; every other answer is one body with its length.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any
+
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
+
+from chatctl.schema import ENDPOINTS, Endpoint, ValidationError, endpoint_for, validate_request
+from chatctl.server.config import ServerConfig
+from chatctl.server.domain import Conflict, Forbidden, Invalid, NotFound, Refused, Unavailable
+from chatctl.server.hub import Hub
+from chatctl.server.openapi import openapi_document
+from chatctl.server.rules import Answer, ChatService
+from chatctl.wire import encode, error_object
+
+if TYPE_CHECKING:
+    from chatctl.server.streams import JoinStreams
+
+__all__ = ["STATUS", "Edge", "Refusal", "parse_json", "validate"]
+
+log = logging.getLogger("chatctl.server")
+
+CHAT_PREFIX = "/v1/chat/"
+JOIN = ENDPOINTS["Join"]
+_MAX_IDEMPOTENCY_KEY = 255
+#: the HTTP status of each kind of refusal the rules raise.
+STATUS: dict[type[Refused], int] = {Invalid: 400, Forbidden: 403, NotFound: 404, Conflict: 409}
+#: what a client reads when the storage fails; the cause is logged, not sent.
+UNAVAILABLE_DETAIL = "storage unavailable; nothing was changed twice: try again"
+
+
+class Refusal(Exception):
+    """An m3o error to answer with, raised anywhere on the edge."""
+
+    def __init__(self, id: str, code: int, detail: str) -> None:
+        super().__init__(detail)
+        self.id = id
+        self.code = code
+        self.detail = detail
+
+    def body(self) -> dict[str, Any]:
+        return error_object(self.id, self.code, self.detail)
+
+    @classmethod
+    def of(cls, endpoint_id: str, exc: Refused | Unavailable) -> Refusal:
+        """The answer to a refusal of the rules, or to the storage failing."""
+        if isinstance(exc, Unavailable):
+            log.warning("%s: storage unavailable: %s", endpoint_id, exc)
+            return cls(endpoint_id, 503, UNAVAILABLE_DETAIL)
+        return cls(endpoint_id, STATUS[type(exc)], exc.detail)
+
+
+def no_such_api() -> Refusal:
+    return Refusal("v1", 404, "No such API")
+
+
+class JSONAnswer(Response):
+    """A JSON answer with its two headers made directly: Starlette's generic header
+    building is a measurable part of a Send."""
+
+    def __init__(self, body: bytes, status_code: int = 200) -> None:
+        self.status_code = status_code
+        self.body = body
+        self.background = None
+        self.raw_headers = [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+        ]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send(
+            {"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers}
+        )
+        await send({"type": "http.response.body", "body": self.body})
+
+    @classmethod
+    def error(cls, refusal: Refusal) -> JSONAnswer:
+        return cls(encode(refusal.body()).encode(), refusal.code)
+
+
+class StreamedAnswer(Response):
+    """A JSON answer sent in parts as they are read (a long History): no Content-Length,
+    and the next part is read only once the last one is on its way (uvicorn's ``send``
+    waits while the socket's buffer is full), so memory stays that of one part. Between
+    parts the event loop serves everyone else, however fast the reader is."""
+
+    def __init__(self, parts: AsyncIterator[str], endpoint_id: str) -> None:
+        self.status_code = 200
+        self.background = None
+        self.raw_headers = [(b"content-type", b"application/json")]
+        self.parts = parts
+        self.endpoint_id = endpoint_id
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
+        try:
+            async for part in self.parts:
+                await send({"type": "http.response.body", "body": part.encode(), "more_body": True})
+                await asyncio.sleep(0)
+        except Unavailable as exc:
+            # Too late for an error object: the answer is cut short, which every JSON
+            # reader notices, and uvicorn closes the connection.
+            log.warning("%s: storage unavailable mid-answer: %s", self.endpoint_id, exc)
+            return
+        except OSError:
+            return  # the client went away
+        await send({"type": "http.response.body", "body": b""})
+
+
+def parse_json(raw: bytes | str, limit: int) -> Any:
+    """A request body as JSON; empty means {} (m3o)."""
+    if len(raw) > limit:
+        raise Refusal("v1", 413, f"request body is larger than {limit} bytes (max_body_bytes)")
+    if isinstance(raw, bytes):
+        try:
+            raw = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise Refusal("v1", 400, "request body is not valid UTF-8") from None
+    if not raw.strip():
+        return {}
+    try:
+        return json.loads(raw)
+    except RecursionError:
+        raise Refusal("v1", 400, "request body is nested too deeply") from None
+    except ValueError as exc:
+        raise Refusal("v1", 400, f"request body is not valid JSON: {exc}") from None
+
+
+def validate(
+    endpoint: Endpoint, body: Any, config: ServerConfig, raw: bytes | str
+) -> dict[str, Any]:
+    try:
+        request = validate_request(endpoint, body, config.limits)
+    except ValidationError as exc:
+        raise Refusal(endpoint.id, exc.code, exc.detail) from None
+    # JSON may carry lone surrogates ("\ud800"), which no UTF-8 store or client can take.
+    # Only a \u escape can make one (UTF-8 bytes cannot), so most bodies skip the check.
+    escaped = b"\\u" in raw if isinstance(raw, bytes) else "\\u" in raw
+    if not escaped:
+        return request
+    for name, value in request.items():
+        items = value if isinstance(value, list) else [value]
+        for item in items:
+            if isinstance(item, str):
+                try:
+                    item.encode("utf-8")
+                except UnicodeEncodeError:
+                    raise Refusal(endpoint.id, 400, f"{name} is not valid Unicode") from None
+    return request
+
+
+def bearer(authorization: str | None) -> str | None:
+    """The token of an ``Authorization: Bearer …`` header."""
+    if not authorization:
+        return None
+    scheme, _, token = authorization.partition(" ")
+    return token.strip() if scheme.lower() == "bearer" else None
+
+
+class Edge:
+    """The request handlers, bound to one server's config, rules and hub."""
+
+    def __init__(self, config: ServerConfig, service: ChatService, hub: Hub) -> None:
+        self.config = config
+        self.service = service
+        self.hub = hub
+        # Tenant keys are hashes, so the database never holds a token.
+        self.tenants = {t: hashlib.sha256(t.encode()).hexdigest() for t in config.tokens}
+        self.openapi = encode(openapi_document(config.limits)).encode("utf-8")
+        #: the Join streams (WebSocket and NDJSON), set by the app.
+        self.streams: JoinStreams
+
+    def authenticate(self, token: str | None) -> str | None:
+        """The identity a credential is, or None when refused: the tenant key of a known
+        token, or ``""`` (the one tenant) on an open server."""
+        if self.config.open:
+            return ""
+        if not token:
+            return None
+        return self.tenants.get(token)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Every HTTP request, as a plain ASGI app: Starlette's request/response wrapper
+        would add a layer of exception handling this edge already does."""
+        try:
+            response = await self._http(Request(scope, receive))
+        except Refusal as refusal:
+            response = JSONAnswer.error(refusal)
+        except ClientDisconnect:
+            return  # nobody is left to read an answer
+        await response(scope, receive, send)
+
+    async def _http(self, request: Request) -> Response:
+        path = request.scope["path"]  # not request.url: building a URL costs more than the insert
+        method = request.method
+        lowered = path.lower()
+        if not lowered.startswith(CHAT_PREFIX):
+            if method in ("GET", "HEAD"):
+                if lowered == "/health":
+                    return JSONAnswer(b'{"status":"ok"}')
+                if lowered == "/openapi.json":
+                    return Response(self.openapi, media_type="application/json")
+            raise no_such_api()
+        endpoint = endpoint_for(path[len(CHAT_PREFIX) :])
+        if endpoint is None or method != "POST":
+            raise no_such_api()
+        tenant = self.authenticate(bearer(request.headers.get("authorization")))
+        if tenant is None:
+            raise Refusal("v1", 401, "Unauthorized")
+        raw = await self._read_body(request)
+        body = parse_json(raw, self.config.limits.max_body_bytes)
+        req = validate(endpoint, body, self.config, raw)
+        if endpoint is JOIN:
+            return await self.streams.ndjson(tenant, req)
+        key = request.headers.get("idempotency-key") if endpoint.mutating else None
+        if key is not None and not (0 < len(key) <= _MAX_IDEMPOTENCY_KEY):
+            raise Refusal(
+                endpoint.id, 400, f"Idempotency-Key must be 1 to {_MAX_IDEMPOTENCY_KEY} characters"
+            )
+        try:
+            answer: Answer = await self.service.call(endpoint.name, tenant, req, key)
+        except (Refused, Unavailable) as exc:
+            raise Refusal.of(endpoint.id, exc) from None
+        if isinstance(answer, str):
+            return JSONAnswer(answer.encode())
+        return StreamedAnswer(answer, endpoint.id)
+
+    async def _read_body(self, request: Request) -> bytes:
+        limit = self.config.limits.max_body_bytes
+        too_large = Refusal(
+            "v1", 413, f"request body is larger than {limit} bytes (max_body_bytes)"
+        )
+        length = request.headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > limit:
+            raise too_large
+        # Content-Length may be absent (chunked) or wrong: count what actually arrives.
+        # Read from receive() directly: a body is almost always one message, and
+        # Starlette's stream() generator costs more than the read itself.
+        chunks: list[bytes] = []
+        size = 0
+        receive = request.receive
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise ClientDisconnect()
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                raise too_large
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)

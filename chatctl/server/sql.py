@@ -1,0 +1,298 @@
+"""The SQL both stores share, written once: rooms, members, bars, messages, keys.
+
+``Session`` is what the rules hold while they read or change the store (the ``work`` of
+``Store.read``/``Store.write``). Its statements are the same text on SQLite and
+PostgreSQL: standard SQL with ``?`` for each parameter, which the PostgreSQL session turns
+into ``%s`` (``Dialect``), and upserts spelled ``ON CONFLICT``, which both understand. A
+backend's session supplies three primitives (rows, one row, a change's row count) and
+what genuinely differs: creating and deleting a room (how room keys are handed out and
+how a big room's messages are purged), where a cursor that is no message falls
+(``message_position``), and caches.
+
+The schemas differ in types, never in names: ``rooms``, ``members`` (``position`` is the
+order of joining), ``barred``, ``messages`` (``seq`` is a room's one order) and
+``idempotency``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from chatctl.server.domain import Key, MessageRow, Note, RoomRow
+
+__all__ = ["PURGE_CHUNK", "ROOM_COLUMNS", "Dialect", "Session", "room_row"]
+
+#: messages of a deleted room removed per step (a few milliseconds of the event loop).
+PURGE_CHUNK = 2000
+
+ROOM_COLUMNS = "pk, tenant, id, name, description, created_at, private"
+_ROOM_COLUMNS_OF_R = ", ".join("r." + c for c in ROOM_COLUMNS.split(", "))
+MESSAGE_COLUMNS = "seq, id, client, user_id, sent_at, subject, text"
+
+Args = tuple[Any, ...]
+
+
+def room_row(row: tuple[Any, ...]) -> RoomRow:
+    return RoomRow(row[0], row[1], row[2], row[3], row[4], row[5], bool(row[6]))
+
+
+class Dialect:
+    """How a backend spells a parameter: SQLite's ``?`` as written, or psycopg's ``%s``."""
+
+    def __init__(self, placeholder: str) -> None:
+        self.placeholder = placeholder
+        self._cache: dict[str, str] = {}
+
+    def __call__(self, sql: str) -> str:
+        spelled = self._cache.get(sql)
+        if spelled is None:
+            spelled = self._cache[sql] = sql.replace("?", self.placeholder)
+        return spelled
+
+
+# -- the shared statements --------------------------------------------------------------
+
+ROOM = f"SELECT {ROOM_COLUMNS} FROM rooms WHERE tenant = ? AND id = ?"
+COUNT_ROOMS = "SELECT count(*) FROM rooms WHERE tenant = ?"
+ROOMS = f"SELECT {ROOM_COLUMNS} FROM rooms WHERE tenant = ? ORDER BY pk"
+ROOMS_MEMBERS = "SELECT room_pk, user_id FROM members WHERE tenant = ? ORDER BY position"
+ROOMS_OF_USER = (
+    f"SELECT {_ROOM_COLUMNS_OF_R} FROM members m JOIN rooms r ON r.pk = m.room_pk"
+    " WHERE m.tenant = ? AND m.user_id = ? ORDER BY r.pk"
+)
+ROOMS_OF_USER_MEMBERS = (
+    "SELECT m.room_pk, m.user_id FROM members m WHERE m.room_pk IN"
+    " (SELECT room_pk FROM members WHERE tenant = ? AND user_id = ?) ORDER BY m.position"
+)
+
+MEMBERS = "SELECT user_id FROM members WHERE room_pk = ? ORDER BY position"
+IS_MEMBER = "SELECT 1 FROM members WHERE room_pk = ? AND user_id = ?"
+COUNT_MEMBERS = "SELECT count(*) FROM members WHERE room_pk = ?"
+ADD_MEMBER = (
+    "INSERT INTO members (tenant, room_pk, user_id) VALUES (?, ?, ?) ON CONFLICT DO NOTHING"
+)
+REMOVE_MEMBER = "DELETE FROM members WHERE room_pk = ? AND user_id = ?"
+IS_BARRED = "SELECT 1 FROM barred WHERE room_pk = ? AND user_id = ?"
+BAR = "INSERT INTO barred (room_pk, user_id) VALUES (?, ?) ON CONFLICT DO NOTHING"
+UNBAR = "DELETE FROM barred WHERE room_pk = ? AND user_id = ?"
+#: what a deleted room leaves besides its messages (purged in steps, per backend).
+FORGET_ROOM = (
+    "DELETE FROM members WHERE room_pk = ?",
+    "DELETE FROM barred WHERE room_pk = ?",
+)
+
+#: a deleted room whose messages are all gone.
+PURGED = "DELETE FROM purging WHERE room_pk = ?"
+
+MESSAGE_SEQ = "SELECT seq FROM messages WHERE room_pk = ? AND id = ?"
+LAST_SEQ = "SELECT coalesce(max(seq), 0) FROM messages WHERE room_pk = ?"
+COUNT_AFTER = (
+    "SELECT count(*) FROM (SELECT 1 FROM messages WHERE room_pk = ? AND seq > ? LIMIT ?) t"
+)
+
+#: Claim a key for this call: a new row, or an expired one taken over. No row back when an
+#: answer is still kept (then ``PRIOR`` reads it). On PostgreSQL the same key claimed by
+#: another transaction at once waits here for it to end, so replicas take turns.
+CLAIM_KEY = (
+    "INSERT INTO idempotency (tenant, key, endpoint, request_hash, response, created_at)"
+    " VALUES (?, ?, ?, ?, ?, ?)"
+    " ON CONFLICT (tenant, key) DO UPDATE SET endpoint = excluded.endpoint,"
+    " request_hash = excluded.request_hash, response = excluded.response,"
+    " created_at = excluded.created_at"
+    " WHERE idempotency.created_at < ?"
+    " RETURNING 1"
+)
+PRIOR = (
+    "SELECT endpoint, request_hash, response FROM idempotency"
+    " WHERE tenant = ? AND key = ? AND created_at >= ?"
+)
+KEEP_ANSWER = "UPDATE idempotency SET response = ? WHERE tenant = ? AND key = ?"
+PURGE_KEYS = "DELETE FROM idempotency WHERE created_at < ?"
+
+
+def claim_args(key: Key, answer: str = "") -> Args:
+    return (key.tenant, key.key, key.endpoint, key.request_hash, answer, key.now, key.not_before)
+
+
+def messages_sql(
+    after_seq: int | None, before_seq: int | None, limit: int | None, latest: bool
+) -> tuple[str, list[Any]]:
+    """A room's messages strictly between the bounds, as (statement, its arguments after
+    the room's pk). Every variant walks the ``(room_pk, seq)`` index from one end."""
+    where = "room_pk = ?"
+    args: list[Any] = []
+    if after_seq is not None:
+        where += " AND seq > ?"
+        args.append(after_seq)
+    if before_seq is not None:
+        where += " AND seq < ?"
+        args.append(before_seq)
+    order = "DESC" if latest else "ASC"
+    sql = f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE {where} ORDER BY seq {order}"
+    if limit is not None:
+        sql += " LIMIT ?"
+        args.append(limit)
+    return sql, args
+
+
+class Session:
+    """The store as the rules see it for one ``read`` or ``write``.
+
+    Subclasses give ``_rows``, ``_row`` and ``_change`` (each runs one statement, written
+    with ``?``), ``_insert_room``, ``delete_room`` and ``message_position``, and deliver
+    what ``publish`` collected once the write commits.
+    """
+
+    def __init__(self) -> None:
+        #: what the current write tells the live streams, once it commits.
+        self.notes: list[Note] = []
+
+    async def _rows(self, sql: str, args: Args) -> list[tuple[Any, ...]]:
+        raise NotImplementedError
+
+    async def _row(self, sql: str, args: Args) -> tuple[Any, ...] | None:
+        raise NotImplementedError
+
+    async def _change(self, sql: str, args: Args) -> int:
+        """Run a statement that changes rows; how many it changed."""
+        raise NotImplementedError
+
+    async def _count(self, sql: str, args: Args) -> int:
+        row = await self._row(sql, args)
+        assert row is not None
+        return int(row[0])
+
+    def publish(self, note: Note) -> None:
+        """Tell the live streams, if and when this write commits."""
+        self.notes.append(note)
+
+    # -- rooms --------------------------------------------------------------------------
+
+    async def get_room(self, tenant: str, room_id: str) -> RoomRow | None:
+        row = await self._row(ROOM, (tenant, room_id))
+        return room_row(row) if row else None
+
+    async def create_room(
+        self,
+        tenant: str,
+        room_id: str,
+        name: str,
+        description: str,
+        created_at: str,
+        private: bool,
+        user_ids: list[str],
+    ) -> RoomRow:
+        """A new room, with ``user_ids`` as its members in that order."""
+        room = RoomRow(0, tenant, room_id, name, description, created_at, private)
+        room = dataclasses.replace(room, pk=await self._insert_room(room))
+        for user_id in user_ids:
+            await self.add_member(room, user_id)
+        return room
+
+    async def _insert_room(self, room: RoomRow) -> int:
+        """Insert the room row (its ``pk`` aside); the pk it was given."""
+        raise NotImplementedError
+
+    async def delete_room(self, room: RoomRow) -> None:
+        """Remove the room and its members now; its messages now or in steps after."""
+        raise NotImplementedError
+
+    async def _forget_room(self, room: RoomRow) -> None:
+        for sql in FORGET_ROOM:
+            await self._change(sql, (room.pk,))
+
+    async def count_rooms(self, tenant: str) -> int:
+        return await self._count(COUNT_ROOMS, (tenant,))
+
+    async def list_rooms(
+        self, tenant: str, user_id: str | None = None
+    ) -> list[tuple[RoomRow, list[str]]]:
+        """Rooms in creation order, each with its members; only ``user_id``'s when given."""
+        if user_id is None:
+            rows = await self._rows(ROOMS, (tenant,))
+            member_rows = await self._rows(ROOMS_MEMBERS, (tenant,))
+        else:
+            rows = await self._rows(ROOMS_OF_USER, (tenant, user_id))
+            member_rows = await self._rows(ROOMS_OF_USER_MEMBERS, (tenant, user_id))
+        by_room: dict[int, list[str]] = {}
+        for room_pk, member in member_rows:
+            by_room.setdefault(room_pk, []).append(member)
+        return [(room_row(row), by_room.get(row[0], [])) for row in rows]
+
+    # -- members ------------------------------------------------------------------------
+
+    async def members(self, room: RoomRow) -> list[str]:
+        return [row[0] for row in await self._rows(MEMBERS, (room.pk,))]
+
+    async def is_member(self, room: RoomRow, user_id: str) -> bool:
+        return await self._row(IS_MEMBER, (room.pk, user_id)) is not None
+
+    async def count_members(self, room: RoomRow) -> int:
+        return await self._count(COUNT_MEMBERS, (room.pk,))
+
+    async def add_member(self, room: RoomRow, user_id: str) -> bool:
+        """Add at the end of the member list; False when already a member."""
+        return await self._change(ADD_MEMBER, (room.tenant, room.pk, user_id)) > 0
+
+    async def remove_member(self, room: RoomRow, user_id: str) -> bool:
+        return await self._change(REMOVE_MEMBER, (room.pk, user_id)) > 0
+
+    async def is_barred(self, room: RoomRow, user_id: str) -> bool:
+        return await self._row(IS_BARRED, (room.pk, user_id)) is not None
+
+    async def set_barred(self, room: RoomRow, user_id: str, barred: bool) -> None:
+        await self._change(BAR if barred else UNBAR, (room.pk, user_id))
+
+    # -- messages -----------------------------------------------------------------------
+
+    async def message_seq(self, room: RoomRow, message_id: str) -> int | None:
+        row = await self._row(MESSAGE_SEQ, (room.pk, message_id))
+        return int(row[0]) if row else None
+
+    async def message_position(self, room: RoomRow, cursor: str) -> int:
+        """Where a UUID that is no message of the room falls: the seq after which the
+        messages made after it begin."""
+        raise NotImplementedError
+
+    async def last_seq(self, room: RoomRow) -> int:
+        return await self._count(LAST_SEQ, (room.pk,))
+
+    async def messages(
+        self,
+        room: RoomRow,
+        *,
+        after_seq: int | None = None,
+        before_seq: int | None = None,
+        limit: int | None = None,
+        latest: bool = False,
+    ) -> list[MessageRow]:
+        """Messages strictly between the bounds, oldest first. With ``limit``: the first
+        ``limit`` of them, or the last ``limit`` when ``latest``."""
+        sql, args = messages_sql(after_seq, before_seq, limit, latest)
+        rows = [MessageRow(*row) for row in await self._rows(sql, (room.pk, *args))]
+        if latest:
+            rows.reverse()
+        return rows
+
+    async def count_messages_after(self, room: RoomRow, after_seq: int, cap: int) -> int:
+        """How many messages follow ``after_seq``, counting no further than ``cap``."""
+        return await self._count(COUNT_AFTER, (room.pk, after_seq, cap))
+
+    # -- idempotency keys ---------------------------------------------------------------
+
+    async def claim_key(self, key: Key) -> str | None:
+        """Claim ``key`` for this write: None when it is ours now (``keep_answer`` once the
+        change is made), else the answer kept for it (Conflict for another request)."""
+        if await self._row(CLAIM_KEY, claim_args(key)) is not None:
+            return None
+        prior = await self._row(PRIOR, (key.tenant, key.key, key.not_before))
+        assert prior is not None, "a key neither claimed nor kept"
+        return key.replay(prior[0], prior[1], prior[2])
+
+    async def keep_answer(self, key: Key, answer: str) -> None:
+        await self._change(KEEP_ANSWER, (answer, key.tenant, key.key))
+
+    async def purge_keys(self, older_than: float) -> int:
+        """Forget keys whose answers are no longer kept (they are ignored on read)."""
+        return await self._change(PURGE_KEYS, (older_than,))

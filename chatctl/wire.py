@@ -1,0 +1,194 @@
+"""What travels on the wire, in one place: encoding, frames, errors, close codes, times, ids.
+
+The server's edge, both stores, both fan-out paths and the rules build every body and
+frame here, so a message reads the same in a Send answer, a History page, a Join frame,
+an idempotent replay and a PostgreSQL notification. The client may take the same parts
+(the error object, close codes, times and cursors).
+
+Stdlib only and cheap to import: the CLI may use it on every command.
+
+- ``encode``: compact JSON (no spaces, UTF-8 kept), as every body and frame is written.
+- ``message_frame`` / ``event_frame``: a Join frame, ``{"message": {...}}`` or
+  ``{"event": {...}}``; ``message_frame`` is also the answer of a Send.
+- ``error_object`` / ``error_frame``: m3o's error, ``{"id", "code", "detail", "status"}``,
+  with ``status`` the reason phrase of ``code``.
+- Close codes: the WebSocket standard's, and 4000 + an HTTP status for an ending the
+  client should understand as that status (4403 kicked or left, 4404 room deleted).
+- ``rfc3339``: m3o's times, UTC with nanoseconds. ``UUIDv7``: message ids, which sort in
+  time order, so an id is also a position (``uuid7_floor`` turns a time into one).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from typing import TYPE_CHECKING
+
+from chatctl.errors import reason_phrase
+
+if TYPE_CHECKING:
+    from typing import Any
+
+__all__ = [
+    "CLOSE_DELETED",
+    "CLOSE_FORBIDDEN",
+    "CLOSE_GOING_AWAY",
+    "CLOSE_TOO_BIG",
+    "CLOSE_TOO_SLOW",
+    "NIL_UUID",
+    "UUIDv7",
+    "close_code_for",
+    "encode",
+    "error_frame",
+    "error_object",
+    "event_frame",
+    "is_uuid",
+    "message_frame",
+    "message_object",
+    "reason_phrase",
+    "rfc3339",
+    "room_object",
+    "uuid7_floor",
+]
+
+#: compact JSON, as every frame and body the server writes.
+encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+
+# -- close codes ------------------------------------------------------------------------
+
+#: the server is shutting down, or a replica lost its fan-out: resume with ``since``.
+CLOSE_GOING_AWAY = 1001
+#: a frame over the body limit (the WebSocket standard's "message too big").
+CLOSE_TOO_BIG = 1009
+#: the reader fell behind its queue; resume with ``since``.
+CLOSE_TOO_SLOW = 4008
+#: kicked or left (4000 + 403), and room deleted (4000 + 404).
+CLOSE_FORBIDDEN = 4403
+CLOSE_DELETED = 4404
+
+
+def close_code_for(status: int) -> int:
+    """The close code of a stream refused or ended with an HTTP status: 4000 + status."""
+    return 4000 + status
+
+
+# -- errors -----------------------------------------------------------------------------
+
+
+def error_object(endpoint_id: str, code: int, detail: str) -> dict[str, Any]:
+    """m3o's error: ``id`` names the endpoint (``chat.send``, or ``v1`` for the gateway)."""
+    return {"id": endpoint_id, "code": code, "detail": detail, "status": reason_phrase(code)}
+
+
+def error_frame(endpoint_id: str, code: int, detail: str) -> str:
+    """The error object, encoded: an error body, or the final frame of an ended stream."""
+    return encode(error_object(endpoint_id, code, detail))
+
+
+# -- rooms, messages, events ------------------------------------------------------------
+
+
+def room_object(
+    room_id: str,
+    name: str,
+    description: str,
+    created_at: str,
+    user_ids: list[str],
+    private: bool,
+) -> dict[str, Any]:
+    """A Room, every field present, in m3o's order."""
+    return {
+        "id": room_id,
+        "name": name,
+        "description": description,
+        "created_at": created_at,
+        "user_ids": user_ids,
+        "private": private,
+    }
+
+
+def message_object(
+    message_id: str,
+    client: str,
+    room_id: str,
+    user_id: str,
+    sent_at: str,
+    subject: str,
+    text: str,
+) -> dict[str, Any]:
+    """A Message, every field present, in m3o's order."""
+    return {
+        "id": message_id,
+        "client": client,
+        "room_id": room_id,
+        "user_id": user_id,
+        "sent_at": sent_at,
+        "subject": subject,
+        "text": text,
+    }
+
+
+def message_frame(message: dict[str, Any]) -> str:
+    """``{"message": {...}}``, encoded: a Join frame, and the answer of a Send."""
+    return encode({"message": message})
+
+
+def event_frame(kind: str, room_id: str, user_id: str, at: str) -> str:
+    """``{"event": {...}}``, encoded: a membership event (``joined``, ``kicked``...)."""
+    return encode({"event": {"type": kind, "room_id": room_id, "user_id": user_id, "at": at}})
+
+
+# -- times and ids ----------------------------------------------------------------------
+
+
+def rfc3339(ns: int) -> str:
+    """RFC 3339 UTC with nanoseconds, as m3o wrote times: 2022-02-17T16:12:43.942557998Z."""
+    seconds, fraction = divmod(ns, 1_000_000_000)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{fraction:09d}Z"
+
+
+#: sorts before every UUIDv7: "from the very beginning".
+NIL_UUID = "00000000-0000-0000-0000-000000000000"
+
+_UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
+
+
+def is_uuid(text: str) -> bool:
+    """True for a UUID in its canonical 8-4-4-4-12 form, in either case."""
+    return _UUID.match(text) is not None
+
+
+def _uuid_text(value: int) -> str:
+    h = f"{value:032x}"
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+def uuid7_floor(ms: int) -> str:
+    """The smallest UUIDv7 of a millisecond: it sorts before every id made in it or later."""
+    return _uuid_text((ms & (2**48 - 1)) << 80 | 0x7 << 76 | 0x2 << 62)
+
+
+class UUIDv7:
+    """A monotonic UUIDv7 generator (RFC 9562, method 3: 12-bit sub-millisecond counter).
+
+    Within a process ids strictly increase even when many are made in one millisecond or
+    the clock steps back: the 60-bit (milliseconds, counter) prefix is forced past the last
+    one. Order in a room is the store's seq, not the id, so a clock that steps back across
+    a restart cannot reorder a room.
+    """
+
+    def __init__(self) -> None:
+        self._last = 0
+
+    def __call__(self, ns: int | None = None) -> str:
+        if ns is None:
+            ns = time.time_ns()
+        stamp = (ns // 1_000_000) << 12
+        if stamp <= self._last:
+            stamp = self._last + 1
+        self._last = stamp
+        rand = int.from_bytes(os.urandom(8), "big") & ((1 << 62) - 1)
+        value = (stamp >> 12) << 80 | 0x7 << 76 | (stamp & 0xFFF) << 64 | 0b10 << 62 | rand
+        return _uuid_text(value)

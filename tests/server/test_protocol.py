@@ -1,0 +1,127 @@
+"""What ``chatctl.server.protocol`` relies on in uvicorn's internals, checked loudly.
+
+uvicorn is pinned in pyproject.toml to the versions this passed on. When a new uvicorn
+moves what these tests touch, they fail here, naming it, rather than the server quietly
+losing its head deadline or sending every answer in two writes.
+"""
+
+from __future__ import annotations
+
+import inspect
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from importlib.metadata import requires, version
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+from packaging.requirements import Requirement
+from starlette.applications import Starlette
+
+from chatctl.server.app import create_app
+from chatctl.server.config import ServerConfig
+from chatctl.server.protocol import ChatServer, OneWrite, http_protocol, uvicorn_config
+from tests.helpers import free_port, wait_for
+
+pytest.importorskip("httptools")
+
+
+def test_the_installed_uvicorn_is_one_the_pin_allows() -> None:
+    (pin,) = [Requirement(r) for r in requires("chatctl") or [] if Requirement(r).name == "uvicorn"]
+    assert pin.specifier.contains(version("uvicorn")), (version("uvicorn"), str(pin))
+
+
+def test_the_httptools_protocol_has_what_the_head_deadline_overrides() -> None:
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
+
+    for name in ("connection_made", "on_headers_complete", "on_response_complete"):
+        assert callable(getattr(HttpToolsProtocol, name, None)), name
+    assert list(inspect.signature(HttpToolsProtocol.connection_lost).parameters) == [
+        "self",
+        "exc",
+    ]
+    init = inspect.getsource(HttpToolsProtocol.__init__)
+    for attribute in ("self.timeout_keep_alive", "self.pipeline", "self.cycle", "self.loop"):
+        assert attribute in init, f"HttpToolsProtocol no longer sets {attribute}"
+    # The response's head and body go out through the cycle's transport (OneWrite joins
+    # them), and a new cycle is made in on_headers_complete (where OneWrite is put in).
+    send = inspect.getsource(RequestResponseCycle.send)
+    assert send.count("self.transport.write(") >= 2, "RequestResponseCycle writes elsewhere"
+    assert "RequestResponseCycle(" in inspect.getsource(HttpToolsProtocol.on_headers_complete)
+
+
+def test_the_server_hooks_and_settings_exist() -> None:
+    params = inspect.signature(uvicorn.Server.shutdown).parameters
+    assert list(params) == ["self", "sockets"]
+    config = uvicorn_config(Starlette(), ServerConfig(db=":memory:"))
+    assert config.ws == "websockets-sansio" and config.ws_per_message_deflate is False
+    assert config.ws_max_size == ServerConfig(db=":memory:").limits.max_body_bytes
+    assert config.ws_ping_interval == 15.0 and config.ws_ping_timeout == 45.0
+
+
+@pytest.fixture
+def protocol_server(tmp_path: Path) -> Iterator[tuple[int, list[int]]]:
+    """The app under uvicorn with this server's protocol (as ``chatctl serve`` runs it),
+    a 0.3 s head deadline, and a count of transport writes per answer."""
+    config = ServerConfig(db=str(tmp_path / "chat.db"))
+    app = create_app(config)
+    port = free_port()
+    server = ChatServer(
+        uvicorn_config(
+            app,
+            config,
+            host="127.0.0.1",
+            port=port,
+            log_level="warning",
+            loop="asyncio",
+            http=http_protocol(),
+            timeout_keep_alive=0.3,
+        )
+    )
+    writes: list[int] = []
+    original = OneWrite.__init__
+
+    def counting_init(self: OneWrite, transport: Any, loop: Any) -> None:
+        writes.append(0)
+        index = len(writes) - 1
+
+        class Counted:
+            def write(self, data: bytes) -> None:
+                writes[index] += 1
+                transport.write(data)
+
+            def __getattr__(self, name: str) -> Any:
+                return getattr(transport, name)
+
+        original(self, Counted(), loop)  # type: ignore[arg-type]
+
+    OneWrite.__init__ = counting_init  # type: ignore[method-assign]
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        wait_for(lambda: server.started or not thread.is_alive(), 10)
+        assert server.started
+        yield port, writes
+    finally:
+        OneWrite.__init__ = original  # type: ignore[method-assign]
+        server.should_exit = True
+        thread.join(10)
+
+
+def test_an_answer_goes_out_in_one_write_and_a_silent_connection_is_closed(
+    protocol_server: tuple[int, list[int]],
+) -> None:
+    port, writes = protocol_server
+    with httpx.Client(base_url=f"http://127.0.0.1:{port}") as client:
+        assert client.get("/health").json() == {"status": "ok"}
+        assert client.post("/v1/chat/List", json={}).status_code == 200
+    assert writes[-2:] == [1, 1], writes  # head and body joined, for each answer
+    with socket.create_connection(("127.0.0.1", port)) as silent:
+        started = time.monotonic()
+        silent.settimeout(5)
+        assert silent.recv(1) == b""  # closed by the server: no request head came
+        assert 0.2 < time.monotonic() - started < 3
