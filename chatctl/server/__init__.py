@@ -5,6 +5,8 @@ A request goes ``serve`` (the process) → ``protocol`` (uvicorn, as this server
 ``rules`` (what each endpoint does) → ``store`` (the interface) → ``store_sqlite`` or
 ``store_pg`` (sharing ``sql``) → back through ``hub`` (and ``hub_pg`` across replicas) to
 the live streams. ``domain`` holds the types they share; ``chatctl.wire`` what travels.
+Who a token is comes from ``tokens`` (the tokens file, its reloads), what it may do from
+``access`` (asked by ``edge`` and ``rules``), and its limits from ``ratelimit``.
 The README's "How it is built" has one line per module. Nothing here is imported on the
 CLI's client path.
 """

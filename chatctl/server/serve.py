@@ -53,7 +53,7 @@ from chatctl.server.app import create_app
 from chatctl.server.config import ServerConfig
 from chatctl.server.hub import Hub
 from chatctl.server.protocol import ChatServer, has_module, http_protocol, uvicorn_config
-from chatctl.server.tokens import Reload, read_tokens, watch_tokens
+from chatctl.server.tokens import Reload, watch_tokens
 
 __all__ = [
     "TLS_CIPHERS",
@@ -62,7 +62,6 @@ __all__ = [
     "cleartext_warning",
     "is_loopback",
     "on_hangup",
-    "read_tokens_file",
     "run_server",
     "tls_options",
 ]
@@ -81,12 +80,6 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
-
-
-def read_tokens_file(path: str | os.PathLike[str]) -> frozenset[str]:
-    """The tokens a tokens file holds in clear (see ``chatctl.server.tokens`` for the
-    format); raises UsageError naming the file and line of a malformed one."""
-    return frozenset(line.secret for line in read_tokens(path) if line.secret is not None)
 
 
 def check_exposure(config: ServerConfig, host: str, uds: str | None) -> None:

@@ -16,7 +16,6 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, unix_connect
 
-from chatctl.server.serve import read_tokens_file
 from tests.serve.conftest import Serve, Served, chatctl
 
 
@@ -150,12 +149,6 @@ def test_a_stale_socket_is_replaced_and_a_live_one_refused(serve: Serve, tmp_pat
     third.uds = first.uds
     third.wait_until_answering()
     assert third.stop() == 0
-
-
-def test_tokens_file(tmp_path: Path) -> None:
-    tokens = tmp_path / "tokens"
-    tokens.write_text("# team tokens\n\ntok-alice   # alice's laptop\n  tok-bob\n#tok-old\n")
-    assert read_tokens_file(tokens) == {"tok-alice", "tok-bob"}
 
 
 def test_tokens_are_accepted_and_never_logged(serve: Serve, tmp_path: Path) -> None:

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 
-from chatctl.server.serve import read_tokens_file
 from chatctl.server.tokens import (
     OPEN,
     Principal,
@@ -55,11 +54,6 @@ def test_an_old_tokens_file_means_what_it_meant() -> None:
     for line, token in zip(lines, ["tok-alice", "tok-bob"], strict=True):
         assert line.principal() == Principal(sha(token), None, True, sha(token))
         assert line.clear and line.secret == token
-
-
-def test_read_tokens_file_gives_the_tokens_in_clear(tmp_path: Path) -> None:
-    path = write(tmp_path / "tokens", f"tok-a # x\ntok-b tenant=t\nsha256:{sha('c')}\n")
-    assert read_tokens_file(path) == {"tok-a", "tok-b"}
 
 
 def test_every_form_of_line(tmp_path: Path) -> None:
