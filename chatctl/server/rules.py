@@ -165,65 +165,26 @@ class ChatService:
 
         return await self.store.write(work)
 
-    async def create(
-        self,
-        tenant: str,
-        request: dict[str, Any],
-        key: str | None = None,
-        *,
-        actor: Principal | None = None,
-    ) -> str:
-        return await self._call_str("Create", tenant, request, key, actor)
+    # Shorthands for an admin of the tenant (tests, tools); the edge calls ``call``.
+    async def create(self, tenant: str, request: dict[str, Any], key: str | None = None) -> str:
+        return await self._call_str("Create", tenant, request, key)
 
-    async def delete(
-        self,
-        tenant: str,
-        request: dict[str, Any],
-        key: str | None = None,
-        *,
-        actor: Principal | None = None,
-    ) -> str:
-        return await self._call_str("Delete", tenant, request, key, actor)
+    async def delete(self, tenant: str, request: dict[str, Any], key: str | None = None) -> str:
+        return await self._call_str("Delete", tenant, request, key)
 
-    async def invite(
-        self,
-        tenant: str,
-        request: dict[str, Any],
-        key: str | None = None,
-        *,
-        actor: Principal | None = None,
-    ) -> str:
-        return await self._call_str("Invite", tenant, request, key, actor)
+    async def invite(self, tenant: str, request: dict[str, Any], key: str | None = None) -> str:
+        return await self._call_str("Invite", tenant, request, key)
 
-    async def kick(
-        self,
-        tenant: str,
-        request: dict[str, Any],
-        key: str | None = None,
-        *,
-        actor: Principal | None = None,
-    ) -> str:
-        return await self._call_str("Kick", tenant, request, key, actor)
+    async def kick(self, tenant: str, request: dict[str, Any], key: str | None = None) -> str:
+        return await self._call_str("Kick", tenant, request, key)
 
-    async def leave(
-        self,
-        tenant: str,
-        request: dict[str, Any],
-        key: str | None = None,
-        *,
-        actor: Principal | None = None,
-    ) -> str:
-        return await self._call_str("Leave", tenant, request, key, actor)
+    async def leave(self, tenant: str, request: dict[str, Any], key: str | None = None) -> str:
+        return await self._call_str("Leave", tenant, request, key)
 
     async def _call_str(
-        self,
-        endpoint: str,
-        tenant: str,
-        request: dict[str, Any],
-        key: str | None,
-        actor: Principal | None = None,
+        self, endpoint: str, tenant: str, request: dict[str, Any], key: str | None
     ) -> str:
-        answer = await self.call(endpoint, tenant, request, key, actor=actor)
+        answer = await self.call(endpoint, tenant, request, key)
         assert isinstance(answer, str)
         return answer
 
