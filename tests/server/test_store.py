@@ -80,6 +80,24 @@ def test_older_file_is_migrated(tmp_path: Path) -> None:
 
     room = run(store, get, write=False)
     assert room is not None and room.name == "kept"
+    assert room.creator is None  # made before creators were recorded: admins' alone
+    store.close_now()
+
+
+def test_a_room_keeps_its_creator(tmp_path: Path) -> None:
+    store = SQLiteStore(str(tmp_path / "chat.db"))
+
+    async def create(db: Session) -> RoomRow:
+        return await db.create_room("t", "r2", "made", "", "now", True, ["bob"], "alice")
+
+    made = run(store, create)
+
+    async def read(db: Session) -> tuple[RoomRow | None, list[tuple[RoomRow, list[str]]]]:
+        return await db.get_room("t", "r2"), await db.list_rooms("t")
+
+    room, listed = run(store, read, write=False)
+    assert made.creator == "alice" and room is not None and room.creator == "alice"
+    assert [(r.creator, members) for r, members in listed] == [("alice", ["bob"])]
     store.close_now()
 
 

@@ -96,6 +96,41 @@ def test_migrations_apply_once_and_a_newer_schema_is_refused(url: str) -> None:
         PostgresStore(url)
 
 
+def test_rooms_from_before_creators_have_none_and_new_ones_keep_theirs(url: str) -> None:
+    import psycopg
+
+    from chatctl.server.store_pg import MIGRATIONS
+
+    before = 2  # the version before rooms.creator
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE chatctl_schema (version integer NOT NULL)")
+        for migration in MIGRATIONS[:before]:
+            conn.execute(migration.encode())
+        conn.execute("INSERT INTO chatctl_schema VALUES (%s)", (before,))
+        conn.execute(
+            "INSERT INTO rooms (tenant, id, name, description, created_at, private)"
+            " VALUES ('', 'old', 'old', '', 't', true)"
+        )
+
+    async def scenario() -> tuple[RoomRow | None, RoomRow | None]:
+        async with started(url) as store:
+
+            async def create(db: Session) -> RoomRow:
+                return await db.create_room("", "new", "new", "", "t", True, ["bob"], "alice")
+
+            await store.write(create)
+
+            async def read(db: Session) -> tuple[RoomRow | None, RoomRow | None]:
+                return await db.get_room("", "old"), await db.get_room("", "new")
+
+            rooms: tuple[RoomRow | None, RoomRow | None] = await store.read(read)
+            return rooms
+
+    old, new = asyncio.run(scenario())
+    assert old is not None and old.creator is None
+    assert new is not None and new.creator == "alice"
+
+
 def test_every_statement_has_an_index_to_use(url: str) -> None:
     """EXPLAIN each statement the PostgreSQL store runs (the shared ones and its own, the
     Send included) with sequential scans priced out: a Seq Scan left in a plan means no
