@@ -97,9 +97,11 @@ class JoinStreams:
         )
         self._counted.add(sub)
         if not self.edge.still_accepted(principal):
-            # Revoked while the Join was being admitted: the reload has ended the token's
-            # streams already, so this one ends here.
-            sub.end(revoked())
+            # Revoked while the Join was being admitted: the reload ended the token's
+            # streams before this one was among them, so it is refused here, before it
+            # replays anything.
+            self.release(sub)
+            raise Refusal("v1", 401, "Unauthorized")
         return admission, sub
 
     def release(self, sub: Subscriber) -> None:
