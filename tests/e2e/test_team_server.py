@@ -320,6 +320,15 @@ def test_create_and_list_with_every_kind_of_token(team: ServerProcess, kind: str
     assert {r for r in rooms.ids if r in about_alice} == set(visible)
 
 
+def test_list_shows_a_creator_the_private_room_it_left(team: ServerProcess, rooms: Rooms) -> None:
+    ok(team, ALICE, "Leave", {"room_id": rooms.private})
+    listed = {r["id"]: r for r in ok(team, ALICE, "List", {})["rooms"]}
+    assert listed[rooms.private]["user_ids"] == ["bob"]  # hers still: she made it
+    assert rooms.private not in {r["id"] for r in ok(team, MALLORY, "List", {})["rooms"]}
+    # ... and, its creator, she may come back.
+    ok(team, ALICE, "Invite", {"room_id": rooms.private, "user_id": "alice"})
+
+
 # -- Join, over a WebSocket (header or subprotocol) and NDJSON ------------------------------
 
 
