@@ -152,7 +152,6 @@ def room(api: httpx.Client) -> str:
     return rid
 
 
-@pytest.mark.xfail(strict=True, reason="issue 14: other methods must answer 405 with Allow: POST")
 def test_other_methods_on_an_endpoint_answer_405_with_allow(api: httpx.Client) -> None:
     wrong = {}
     for endpoint in (*UNARY, "Join"):
