@@ -296,9 +296,10 @@ def _check_kind(f: Field, value: Any) -> Any:
         ok = isinstance(value, bool)
     elif f.kind == "integer":
         # proto3 JSON also takes integers written as strings (ASCII digits only: int()
-        # refuses some that isdigit() takes), and JSON Schema counts 5.0 as an integer.
+        # refuses some that isdigit() takes; none of ours may be negative), and JSON
+        # Schema counts 5.0 as an integer.
         if (isinstance(value, float) and value.is_integer()) or (
-            isinstance(value, str) and value.isascii() and value.removeprefix("-").isdigit()
+            isinstance(value, str) and value.isascii() and value.isdigit()
         ):
             value = int(value)
         ok = isinstance(value, int) and not isinstance(value, bool)

@@ -42,6 +42,7 @@ __all__ = [
     "CLOSE_TOO_BIG",
     "CLOSE_TOO_SLOW",
     "NIL_UUID",
+    "UUID_PATTERN",
     "UUIDv7",
     "close_code_for",
     "encode",
@@ -159,7 +160,9 @@ def rfc3339(ns: int) -> str:
 #: sorts before every UUIDv7: "from the very beginning".
 NIL_UUID = "00000000-0000-0000-0000-000000000000"
 
-_UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
+#: a UUID in its canonical 8-4-4-4-12 form, in either case (a regular expression).
+UUID_PATTERN = "[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
+_UUID = re.compile(UUID_PATTERN)
 
 
 def is_uuid(text: str) -> bool:

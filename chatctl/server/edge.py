@@ -241,7 +241,7 @@ class Edge:
         self.hub = hub
         # Tenant keys are hashes, so the database never holds a token.
         self.tenants = {t: hashlib.sha256(t.encode()).hexdigest() for t in config.tokens}
-        self.openapi = encode(openapi_document(config.limits)).encode("utf-8")
+        self.openapi = encode(openapi_document(config.limits, config.m3o_edition)).encode()
         #: the browser origins allowed (``--cors-origin``), and the default edition.
         self.origins = Origins(config.cors_origins)
         self.edition = config.m3o_edition
