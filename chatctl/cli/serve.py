@@ -255,9 +255,9 @@ def serve(
         typer.Option(
             "--m3o-edition",
             help="The m3o edition Create and List answer in (they name neither room nor "
-            'group): both ({"room": …, "group": …}, which clients of either read), room '
-            "(the seed's) or group (m3o's final). Calls naming room_id or group_id are "
-            "answered in their own edition whatever this says.",
+            "group): both (a room and a group key, which clients of either edition read), "
+            "room (the seed's) or group (m3o's final). Calls naming room_id or group_id "
+            "are answered in their own edition whatever this says.",
             rich_help_panel=_CLIENTS,
         ),
     ] = M3oEdition.both,
