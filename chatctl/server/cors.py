@@ -36,12 +36,14 @@ from urllib.parse import urlsplit
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from chatctl.schema import EXTENSIONS_HEADER
+
 __all__ = ["ALLOW_HEADERS", "EXPOSE_HEADERS", "MAX_AGE", "Cors", "Origins", "parse_origin"]
 
 #: the request headers the API reads, besides the simple ones.
 ALLOW_HEADERS = "Authorization, Content-Type, Idempotency-Key"
 #: the answer headers a page may read: a 429's wait, and the server's extensions.
-EXPOSE_HEADERS = "Retry-After, Chat-Extensions"
+EXPOSE_HEADERS = f"Retry-After, {EXTENSIONS_HEADER}"
 #: seconds a browser may keep a preflight's answer (Chrome caps it at 7200).
 MAX_AGE = "600"
 
