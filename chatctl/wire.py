@@ -217,14 +217,17 @@ class UUIDv7:
 # fixed names (no key is ever made from input). So each match is one of our keys, and
 # every such key matches. tests/server/test_editions.py holds this against hostile text.
 
-_GROUP_KEYS = re.compile(r'"room(s|_id)?":')
 _GROUP_WORDS = re.compile(r"\broom(s|_id)?\b")
 
 
 def in_group_edition(encoded: str) -> str:
-    """An answer or frame (or a part of one) in m3o's final edition's names: ``room`` →
-    ``group``, ``rooms`` → ``groups``, ``room_id`` → ``group_id``."""
-    return _GROUP_KEYS.sub(r'"group\1":', encoded)
+    """An answer or frame (or a part of one) in m3o's final edition's names: ``room_id``
+    → ``group_id`` wherever it is a key (messages, events), and an answer's own key
+    ``room`` → ``group``, ``rooms`` → ``groups`` (no object inside has those keys)."""
+    encoded = encoded.replace('"room_id":', '"group_id":')
+    if encoded.startswith(('{"room":', '{"rooms":')):
+        encoded = '{"group' + encoded[6:]
+    return encoded
 
 
 def in_both_editions(encoded: str) -> str:
