@@ -237,8 +237,11 @@ def test_the_document_follows_the_servers_edition(
     client: httpx.Client, group_client: httpx.Client
 ) -> None:
     """Create's link to the other calls reads the room at the key the server answers."""
+    from openapi_spec_validator import OpenAPIV31SpecValidator
+
     for c, key in ((client, "room"), (group_client, "group")):
         doc = c.get("/openapi.json").json()
+        OpenAPIV31SpecValidator(doc).validate()
         links = doc["paths"]["/v1/chat/Create"]["post"]["responses"]["200"]["links"]
         assert {link["requestBody"]["room_id"] for link in links.values()} == {
             f"$response.body#/{key}/id"
