@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 from chatctl.schema import Limits
 
 if TYPE_CHECKING:
+    from chatctl.server.editions import Edition
     from chatctl.server.tokens import TokenRegistry
 
 __all__ = [
@@ -73,6 +74,12 @@ class ServerConfig:
     #: second for every ``body_min_rate`` bytes of it; slower, it is cut with 408.
     body_timeout: float = DEFAULT_BODY_TIMEOUT
     body_min_rate: float = DEFAULT_BODY_MIN_RATE
+    #: browser origins allowed to call the server (``scheme://host[:port]`` as browsers
+    #: send them, or ``*``): CORS, and the Origin of a Join WebSocket (``server.cors``).
+    cors_origins: tuple[str, ...] = ()
+    #: the edition Create and List answer in (they name neither room nor group):
+    #: ``both`` (both keys), ``room`` or ``group`` (``server.editions``).
+    m3o_edition: Edition = "both"
 
     def __post_init__(self) -> None:
         if self.tokens and self.registry is None:

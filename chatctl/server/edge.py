@@ -5,7 +5,13 @@
 ``rules.ChatService``:
 
 - Paths are matched case-insensitively, as m3o's gateway did: ``POST /v1/chat/{Endpoint}``,
-  ``GET /health`` (never touches the database) and ``GET /openapi.json``.
+  ``GET /health`` (never touches the database) and ``GET /openapi.json``. Another method
+  on them is 405 with ``Allow`` (``_other_method``), but ``OPTIONS``, answered 204 with
+  ``Allow`` before any token is checked: a browser's CORS preflight (``cors`` adds what a
+  preflight needs for the origins it allows). An unknown path is 404 ``No such API``.
+- Both of m3o's editions (``editions``): a request naming ``group_id`` is answered in the
+  group edition, its refusals worded in it; Create and List in the server's edition.
+- An open server refuses a browser's request from an origin it does not allow (``cors``).
 - ``authenticate`` is the one place a credential becomes an identity: a
   ``tokens.Principal`` (its tenant, the user a user token acts as, and the token's id),
   ``tokens.OPEN`` on an open server. Then, in this order: the token's rate limit (429
@@ -39,14 +45,16 @@ from starlette.types import Receive, Scope, Send
 from chatctl.schema import ENDPOINTS, Endpoint, ValidationError, endpoint_for, validate_request
 from chatctl.server import access
 from chatctl.server.config import ServerConfig
+from chatctl.server.cors import Origins
 from chatctl.server.domain import Conflict, Forbidden, Invalid, NotFound, Refused, Unavailable
+from chatctl.server.editions import ROOM, answer_in, request_edition
 from chatctl.server.hub import Hub
 from chatctl.server.openapi import openapi_document
 from chatctl.server.protocol import BODY_TOO_SLOW
 from chatctl.server.ratelimit import RateLimiter, over_rate
 from chatctl.server.rules import Answer, ChatService
 from chatctl.server.tokens import OPEN, Principal
-from chatctl.wire import encode, error_object
+from chatctl.wire import encode, error_object, group_wording
 
 if TYPE_CHECKING:
     from chatctl.server.streams import JoinStreams
@@ -91,6 +99,30 @@ class Refusal(Exception):
 
 def no_such_api() -> Refusal:
     return Refusal("v1", 404, "No such API")
+
+
+#: the methods of the API's endpoints, and of /health and /openapi.json (``Allow``).
+ALLOW_POST = "POST"
+ALLOW_GET = "GET, HEAD"
+#: scope key: the edition a request is answered in, when not the seed's.
+EDITION = "chatctl.edition"
+
+
+def _other_method(method: str, allow: str) -> Response:
+    """``OPTIONS`` (a CORS preflight, or a client asking): 204 with ``Allow``. Any other
+    method the path does not take: 405, with ``Allow``."""
+    if method == "OPTIONS":
+        return Response(status_code=204, headers={"Allow": allow})
+    raise Refusal(
+        "v1", 405, f"method {method} not allowed here: use {allow}", {"Allow": allow}
+    )
+
+
+def worded_for(refusal: Refusal, scope: Scope) -> Refusal:
+    """A refusal in the words of the request's edition (``missing group id``)."""
+    if scope.get(EDITION) == "group" and "room" in refusal.detail:
+        refusal.detail = group_wording(refusal.detail)
+    return refusal
 
 
 class JSONAnswer(Response):
@@ -207,6 +239,13 @@ def bind_actor(principal: Principal, endpoint: Endpoint, body: Any) -> Any:
         raise Refusal(endpoint.id, refused.code, refused.detail) from None
 
 
+def origin_refused(origin: str) -> str:
+    return (
+        f"origin {origin} is not allowed (a server without tokens serves only the web pages"
+        f" it allows: chatctl serve --cors-origin {origin})"
+    )
+
+
 def bearer(authorization: str | None) -> str | None:
     """The token of an ``Authorization: Bearer …`` header."""
     if not authorization:
@@ -230,7 +269,10 @@ class Edge:
             if config.rate_limit is None
             else RateLimiter(config.rate_limit, config.rate_burst)
         )
-        self.openapi = encode(openapi_document(config.limits)).encode("utf-8")
+        self.openapi = encode(openapi_document(config.limits, config.m3o_edition)).encode()
+        #: the browser origins allowed (``--cors-origin``), and the default edition.
+        self.origins = Origins(config.cors_origins)
+        self.edition = config.m3o_edition
         #: the Join streams (WebSocket and NDJSON), set by the app.
         self.streams: JoinStreams
 
@@ -266,7 +308,7 @@ class Edge:
         try:
             response = await self._http(Request(scope, receive))
         except Refusal as refusal:
-            response = JSONAnswer.error(refusal)
+            response = JSONAnswer.error(worded_for(refusal, scope))
         except ClientDisconnect:
             return  # nobody is left to read an answer
         await response(scope, receive, send)
@@ -276,25 +318,28 @@ class Edge:
         method = request.method
         lowered = path.lower()
         if not lowered.startswith(CHAT_PREFIX):
-            if method in ("GET", "HEAD"):
-                if lowered == "/health":
-                    return JSONAnswer(b'{"status":"ok"}')
-                if lowered == "/openapi.json":
-                    return Response(self.openapi, media_type="application/json")
-            raise no_such_api()
+            return self._outside_chat(lowered, method)
         endpoint = endpoint_for(path[len(CHAT_PREFIX) :])
-        if endpoint is None or method != "POST":
+        if endpoint is None:
             raise no_such_api()
+        if method != "POST":
+            return _other_method(method, ALLOW_POST)
+        if self.config.open:
+            self._browser_origin(request.scope)
         principal = self.authenticate(bearer(request.headers.get("authorization")))
         if principal is None:
             raise Refusal("v1", 401, "Unauthorized")
         if endpoint is not JOIN:  # a stream counts against the stream cap instead
             self.rate_limit(principal)
         raw = await self._read_body(request)
-        body = bind_actor(principal, endpoint, parse_json(raw, self.config.limits.max_body_bytes))
+        body = parse_json(raw, self.config.limits.max_body_bytes)
+        edition = request_edition(endpoint, body, self.edition)
+        if edition != ROOM:
+            request.scope[EDITION] = edition  # so that a refusal is worded in it
+        body = bind_actor(principal, endpoint, body)
         req = validate(endpoint, body, self.config, raw)
         if endpoint is JOIN:
-            return await self.streams.ndjson(principal, req)
+            return await self.streams.ndjson(principal, req, edition)
         key = request.headers.get("idempotency-key") if endpoint.mutating else None
         if key is not None:
             if not (0 < len(key) <= _MAX_IDEMPOTENCY_KEY):
@@ -310,9 +355,33 @@ class Edge:
             )
         except (Refused, Unavailable) as exc:
             raise Refusal.of(endpoint.id, exc) from None
+        if edition != ROOM:
+            answer = answer_in(edition, answer)
         if isinstance(answer, str):
             return JSONAnswer(answer.encode())
         return StreamedAnswer(answer, endpoint.id)
+
+    def _outside_chat(self, lowered: str, method: str) -> Response:
+        """``/health``, ``/openapi.json``, or no such API."""
+        if lowered == "/health":
+            if method in ("GET", "HEAD"):
+                return JSONAnswer(b'{"status":"ok"}')
+        elif lowered == "/openapi.json":
+            if method in ("GET", "HEAD"):
+                return Response(self.openapi, media_type="application/json")
+        else:
+            raise no_such_api()
+        return _other_method(method, ALLOW_GET)
+
+    def _browser_origin(self, scope: Scope) -> None:
+        """An open server (no token) serves a web page only from an origin it allows:
+        else any page its user opens could send to it (``cors``)."""
+        for key, value in scope["headers"]:
+            if key == b"origin":
+                origin = value.decode("latin-1")
+                if not self.origins.origin_allowed(origin, open_server=True, websocket=False):
+                    raise Refusal("v1", 403, origin_refused(origin))
+                return
 
     async def _read_body(self, request: Request) -> bytes:
         limit = self.config.limits.max_body_bytes

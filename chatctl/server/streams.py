@@ -10,6 +10,12 @@ WebSocket specifics: the token may come as the ``Authorization`` header or as an
 subprotocol (browsers cannot set headers); the request is the first frame, within
 ``ServerConfig.join_request_timeout`` (else close 4408); a refusal is one error frame and a
 close with 4000 + its status. Keep-alive pings are uvicorn's (``protocol.uvicorn_config``).
+A WebSocket from a browser origin the server does not allow (``cors``) is refused with 403
+before the upgrade.
+
+A JoinRequest naming ``group_id`` is a stream of m3o's group edition (``editions``): its
+frames carry ``group_id`` (renamed once per frame by the hub, per frame of a replay here),
+and its refusals and final frames are worded in it.
 
 Tokens: a user token's request is bound to its user (``edge.bind_actor``) before it is
 validated; each stream counts against its token's cap (``--max-streams-per-token``: one
@@ -30,20 +36,24 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from chatctl.server.domain import Refused, Unavailable
 from chatctl.server.edge import (
     CHAT_PREFIX,
+    EDITION,
     JOIN,
     Edge,
     Refusal,
     bearer,
     bind_actor,
     no_such_api,
+    origin_refused,
     parse_json,
+    worded_for,
 )
 from chatctl.server.edge import validate as validate_request
+from chatctl.server.editions import GROUP, ROOM, Edition, end_frame_in, request_edition
 from chatctl.server.hub import StreamEnded, Subscriber
 from chatctl.server.ratelimit import StreamCounter, over_stream_cap
 from chatctl.server.rules import Admission
 from chatctl.server.tokens import Principal
-from chatctl.wire import close_code_for, encode, error_frame
+from chatctl.wire import close_code_for, encode, error_frame, group_wording, in_group_edition
 
 __all__ = ["RAW_SEND", "REVOKED", "JoinStreams"]
 
@@ -70,7 +80,7 @@ class JoinStreams:
         self._counted: set[Subscriber] = set()
 
     async def admit(
-        self, principal: Principal, req: dict[str, str]
+        self, principal: Principal, req: dict[str, str], edition: Edition = ROOM
     ) -> tuple[Admission, Subscriber]:
         """Admit a Join (counted against its token's cap) and subscribe it; raises
         Refusal (nothing counted) when it is refused."""
@@ -94,6 +104,7 @@ class JoinStreams:
             admission.events,
             admission.include_own,
             owner=token_id,
+            group=edition == GROUP,
         )
         self._counted.add(sub)
         if not self.edge.still_accepted(principal):
@@ -117,7 +128,7 @@ class JoinStreams:
         try:
             async for chunk in self.service.replay(admission):
                 for _seq, frame in chunk:
-                    await write(frame)
+                    await write(in_group_edition(frame) if sub.group else frame)
                 last = chunk[-1][0]
                 if sub.ended:
                     break  # kicked, deleted or too slow meanwhile: stop replaying
@@ -132,14 +143,22 @@ class JoinStreams:
 
     # -- NDJSON -------------------------------------------------------------------------
 
-    async def ndjson(self, principal: Principal, req: dict[str, str]) -> Response:
-        admission, sub = await self.admit(principal, req)
+    async def ndjson(
+        self, principal: Principal, req: dict[str, str], edition: Edition
+    ) -> Response:
+        admission, sub = await self.admit(principal, req, edition)
         return _NDJSONStream(self, admission, sub)
 
     # -- WebSocket ----------------------------------------------------------------------
 
     async def websocket(self, ws: WebSocket) -> None:
         edge = self.edge
+        origin = ws.headers.get("origin")
+        if not edge.origins.origin_allowed(origin, open_server=self.config.open, websocket=True):
+            # Before the upgrade: uvicorn answers the handshake 403, and the page's
+            # WebSocket fails without ever opening.
+            await ws.close(1008, origin_refused(origin or ""))
+            return
         principal = edge.authenticate(bearer(ws.headers.get("authorization")))
         offered: list[str] = list(ws.scope.get("subprotocols") or [])
         subprotocol = None
@@ -173,10 +192,14 @@ class JoinStreams:
             raw = first.get("text")
             if raw is None:
                 raw = first.get("bytes") or b""
-            body = bind_actor(principal, JOIN, parse_json(raw, self.config.limits.max_body_bytes))
+            body = parse_json(raw, self.config.limits.max_body_bytes)
+            edition = request_edition(JOIN, body, edge.edition)
+            ws.scope[EDITION] = edition
+            body = bind_actor(principal, JOIN, body)
             req = validate_request(JOIN, body, self.config, raw)
-            admission, sub = await self.admit(principal, req)
+            admission, sub = await self.admit(principal, req, edition)
         except Refusal as refusal:
+            refusal = worded_for(refusal, ws.scope)
             with contextlib.suppress(WebSocketDisconnect, RuntimeError):
                 await ws.send_text(encode(refusal.body()))
                 await ws.close(close_code_for(refusal.code), refusal.detail[:120])
@@ -199,8 +222,9 @@ class JoinStreams:
             if end.code is not None:
                 with contextlib.suppress(WebSocketDisconnect, RuntimeError):
                     if end.frame:
-                        await ws.send_text(end.frame)
-                    await ws.close(end.code, end.reason[:120])
+                        await ws.send_text(end_frame_in(_edition_of(sub), end.frame))
+                    reason = group_wording(end.reason) if sub.group else end.reason
+                    await ws.close(end.code, reason[:120])
         except Unavailable as exc:
             await _end_unavailable(ws, exc)
         except (WebSocketDisconnect, OSError):
@@ -212,6 +236,10 @@ class JoinStreams:
 def revoked() -> StreamEnded:
     """How a revoked token's stream ends: 401's error frame, then close 4401."""
     return StreamEnded(close_code_for(401), error_frame("v1", 401, REVOKED), REVOKED)
+
+
+def _edition_of(sub: Subscriber) -> Edition:
+    return GROUP if sub.group else ROOM
 
 
 async def _end_unavailable(ws: WebSocket, exc: Unavailable) -> None:
@@ -271,7 +299,7 @@ class _NDJSONStream(Response):
                 await self.streams.run(self.admission, sub, write)
             except StreamEnded as end:
                 if end.code is not None and end.frame:
-                    await write(end.frame)
+                    await write(end_frame_in(_edition_of(sub), end.frame))
             except Unavailable as exc:
                 await write(encode(Refusal.of(JOIN.id, exc).body()))
             await send({"type": "http.response.body", "body": b"", "more_body": False})

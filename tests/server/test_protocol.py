@@ -224,7 +224,7 @@ def test_a_slow_body_above_the_floor_is_served(
         conn.settimeout(10)
         answer = conn.recv(65536)
     assert answer.startswith(b"HTTP/1.1 200 "), answer
-    assert answer.endswith(b'{"rooms":[]}'), answer
+    assert b'"rooms":[]' in answer.partition(b"\r\n\r\n")[2], answer
 
 
 def test_a_body_nobody_reads_is_not_waited_for(
