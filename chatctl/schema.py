@@ -14,10 +14,14 @@ from dataclasses import dataclass
 from typing import Any, Literal, TypedDict
 
 __all__ = [
+    "BULK_SEND",
     "ENDPOINTS",
     "EVENT_TYPES",
+    "EXTENSIONS_HEADER",
+    "IDEMPOTENCY",
     "MESSAGE_FIELDS",
     "ROOM_FIELDS",
+    "SERVER_EXTENSIONS",
     "Endpoint",
     "Event",
     "Field",
@@ -26,6 +30,7 @@ __all__ = [
     "Room",
     "ValidationError",
     "endpoint_for",
+    "parse_extensions",
     "validate_request",
 ]
 
@@ -267,6 +272,34 @@ ENDPOINTS: dict[str, Endpoint] = {
 }
 
 _BY_LOWER = {name.lower(): e for name, e in ENDPOINTS.items()}
+
+# -- what a server has: chatctl's extensions ----------------------------------------------
+
+#: The response header on which chatctl's server names its extensions, on every answer
+#: (errors included), the NDJSON Join answer and the Join WebSocket's 101: a
+#: comma-separated list of tokens (RFC 9110 list syntax, case-insensitive; a client
+#: ignores tokens it does not know). A server without it is a plain m3o server.
+EXTENSIONS_HEADER = "Chat-Extensions"
+#: idempotency-key: the Idempotency-Key header makes a change safe to repeat.
+IDEMPOTENCY = "idempotency-key"
+#: bulk-send: ``POST /v1/chat/Send`` takes many SendRequests as NDJSON (contract part 3).
+BULK_SEND = "bulk-send"
+#: The extensions chatctl's server has: each request field's ``extension``, and the key.
+SERVER_EXTENSIONS: tuple[str, ...] = (
+    "paging",
+    "history-user",
+    "resume",
+    "replay",
+    "events",
+    "include-own",
+    IDEMPOTENCY,
+    BULK_SEND,
+)
+
+
+def parse_extensions(value: str) -> frozenset[str]:
+    """The tokens of a ``Chat-Extensions`` header value."""
+    return frozenset(t.strip().lower() for t in value.split(",") if t.strip())
 
 
 def endpoint_for(name: str) -> Endpoint | None:

@@ -3,7 +3,8 @@
 ``AccessLog`` wraps the app (HTTP and WebSocket): it logs method, path (never the query
 string, where tokens may travel), status and milliseconds (``ACCESS_LINE``; ``serve``'s
 formatter knows such a line needs no full token scrub), counts open requests and streams
-on the hub (``hub.active``) and, with ``crash``, answers an exception raised before the
+on the hub (``hub.active``), puts the ``Chat-Extensions`` header on every answer and
+WebSocket handshake, and, with ``crash``, answers an exception raised before the
 response started with m3o's 500 shape, logging its traceback, as Starlette's
 ServerErrorMiddleware would.
 """
@@ -17,6 +18,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from chatctl.schema import EXTENSIONS_HEADER, SERVER_EXTENSIONS
 from chatctl.server.edge import JSONAnswer, Refusal, no_such_api
 from chatctl.server.hub import Hub
 from chatctl.server.streams import RAW_SEND
@@ -27,6 +29,9 @@ log = logging.getLogger("chatctl.server")
 
 #: the access log's format (this very object): method, path, status, ms.
 ACCESS_LINE = "%s %s %s %.1fms"
+#: On every answer (errors, NDJSON Join, the Join WebSocket's 101): the extensions this
+#: server has, so that a client knows before it sends one (contract part 3).
+EXTENSIONS = (EXTENSIONS_HEADER.lower().encode(), ", ".join(SERVER_EXTENSIONS).encode())
 
 
 class AccessLog:
@@ -51,8 +56,10 @@ class AccessLog:
             kind = message["type"]
             if kind == "http.response.start":
                 status = message["status"]
+                message = {**message, "headers": [*message.get("headers", ()), EXTENSIONS]}
             elif kind == "websocket.accept":
                 status = 101
+                message = {**message, "headers": [*message.get("headers", ()), EXTENSIONS]}
             elif kind == "websocket.close" and status in (0, 101):
                 status = message.get("code", 1000)
             await send(message)

@@ -42,7 +42,7 @@ from chatctl.wire import encode, error_object
 if TYPE_CHECKING:
     from chatctl.server.streams import JoinStreams
 
-__all__ = ["STATUS", "Edge", "Refusal", "parse_json", "validate"]
+__all__ = ["NDJSON_TYPES", "STATUS", "Edge", "Refusal", "is_ndjson", "parse_json", "validate"]
 
 log = logging.getLogger("chatctl.server")
 
@@ -53,6 +53,8 @@ _MAX_IDEMPOTENCY_KEY = 255
 STATUS: dict[type[Refused], int] = {Invalid: 400, Forbidden: 403, NotFound: 404, Conflict: 409}
 #: what a client reads when the storage fails; the cause is logged, not sent.
 UNAVAILABLE_DETAIL = "storage unavailable; nothing was changed twice: try again"
+#: request media types of a bulk Send (the first is the one answered with).
+NDJSON_TYPES = ("application/x-ndjson", "application/ndjson", "application/jsonl")
 
 
 class Refusal(Exception):
@@ -175,6 +177,13 @@ def validate(
     return request
 
 
+def is_ndjson(content_type: str | None) -> bool:
+    """True when a request's Content-Type is NDJSON, a bulk Send (``bulk``)."""
+    if not content_type:
+        return False
+    return content_type.split(";", 1)[0].strip().lower() in NDJSON_TYPES
+
+
 def bearer(authorization: str | None) -> str | None:
     """The token of an ``Authorization: Bearer …`` header."""
     if not authorization:
@@ -233,6 +242,8 @@ class Edge:
         tenant = self.authenticate(bearer(request.headers.get("authorization")))
         if tenant is None:
             raise Refusal("v1", 401, "Unauthorized")
+        if is_ndjson(request.headers.get("content-type")):
+            return self._bulk(endpoint, tenant, request)
         raw = await self._read_body(request)
         body = parse_json(raw, self.config.limits.max_body_bytes)
         req = validate(endpoint, body, self.config, raw)
@@ -250,6 +261,13 @@ class Edge:
         if isinstance(answer, str):
             return JSONAnswer(answer.encode())
         return StreamedAnswer(answer, endpoint.id)
+
+    def _bulk(self, endpoint: Endpoint, tenant: str, request: Request) -> Response:
+        """Many SendRequests in one NDJSON request (``bulk``; its own module, loaded when
+        first needed)."""
+        from chatctl.server.bulk import bulk_send
+
+        return bulk_send(endpoint, tenant, request, self.service, self.config)
 
     async def _read_body(self, request: Request) -> bytes:
         limit = self.config.limits.max_body_bytes

@@ -488,10 +488,11 @@ def test_a_big_room_is_deleted_at_once_and_its_messages_in_steps(
 
 
 def test_several_sends_in_one_transaction(url: str) -> None:
-    from tests.server.test_store import several_sends_in_one_go
+    from tests.server.test_store import several_sends_in_one_go, several_sends_that_stop
 
     async def scenario() -> None:
         async with started(url) as store:
             await several_sends_in_one_go(store)
+            await several_sends_that_stop(store)
 
     asyncio.run(scenario())
