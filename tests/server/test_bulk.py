@@ -87,7 +87,8 @@ def test_one_answer_per_line_in_order_each_line_on_its_own(client: httpx.Client)
     alone = client.post("/v1/chat/Send", content=b"not json")
     assert alone.json() == answers[1]
     assert texts_in(client, room) == ["one", "two"]
-    assert list(answers[0]) == ["message"] and list(answers[1]) == ["id", "code", "detail", "status"]
+    assert list(answers[0]) == ["message"]
+    assert list(answers[1]) == ["id", "code", "detail", "status"]
 
 
 def test_a_line_over_the_body_limit_is_413_and_the_rest_goes_on(
