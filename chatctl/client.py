@@ -36,7 +36,7 @@ import json
 import random
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Generator, Sequence
 from datetime import datetime
 from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING, Any, TextIO
@@ -54,12 +54,20 @@ from chatctl.errors import (
     SettingError,
     StreamClosed,
 )
-from chatctl.schema import ENDPOINTS
+from chatctl.schema import ENDPOINTS, EXTENSIONS_HEADER, SERVER_EXTENSIONS, parse_extensions
 
 if TYPE_CHECKING:
     import ssl
 
-__all__ = ["CONNECT_TIMEOUT", "DEFAULT_TIMEOUT", "Client", "JoinStream", "parse_url"]
+__all__ = [
+    "CONNECT_TIMEOUT",
+    "DEFAULT_TIMEOUT",
+    "BulkCut",
+    "Client",
+    "JoinStream",
+    "NoBulk",
+    "parse_url",
+]
 
 #: seconds a call may take in all, retries included, unless --timeout says otherwise.
 DEFAULT_TIMEOUT = 10.0
@@ -68,6 +76,8 @@ CONNECT_TIMEOUT = 3.0
 #: the largest answer accepted (a full History page of maximal messages is ~65 MB).
 MAX_ANSWER_BYTES = 256 * 1024 * 1024
 _RETRY_STATUSES = frozenset({502, 503, 504})
+#: the media type of a bulk Send and of its answer.
+NDJSON = "application/x-ndjson"
 _SCHEMES = ("http", "https")
 
 
@@ -126,6 +136,11 @@ class Client:
         self._sleep = sleep
         self._reached = False
         self._local = url is None
+        #: chatctl's extensions the server names (``Chat-Extensions``), learnt from its
+        #: answers; None before any. The embedded local server is chatctl's own.
+        self.extensions: frozenset[str] | None = None
+        if url is None:
+            self.extensions = frozenset(SERVER_EXTENSIONS)
         self.base, self._uds = ("http://localhost", None) if url is None else parse_url(url)
         self.tls = self.base.startswith("https://")
         self._http: httpx.Client | None = None
@@ -202,10 +217,12 @@ class Client:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _log(self, method: str, path: str, status: int | str, started: float) -> None:
+    def _log(
+        self, method: str, path: str, status: int | str, started: float, more: str = ""
+    ) -> None:
         if self.verbose is not None:
             ms = (time.perf_counter() - started) * 1000
-            print(f"{method} {self.where}{path} {status} {ms:.1f}ms", file=self.verbose)
+            print(f"{method} {self.where}{path} {status} {ms:.1f}ms{more}", file=self.verbose)
 
     def _connect_error(self, reason: str) -> ConnectError:
         return ConnectError(
@@ -214,12 +231,15 @@ class Client:
 
     # -- unary calls ----------------------------------------------------------------------
 
-    def call(self, endpoint: str, body: dict[str, Any]) -> dict[str, Any]:
-        """POST one request and return the decoded response object, within the budget."""
+    def call(
+        self, endpoint: str, body: dict[str, Any], *, key: str | None = None
+    ) -> dict[str, Any]:
+        """POST one request and return the decoded response object, within the budget. A
+        change carries ``key`` as its Idempotency-Key (a fresh one when None)."""
         spec = ENDPOINTS[endpoint]
         path = f"/v1/chat/{endpoint}"
         content = json.dumps(body).encode()
-        headers = {"Idempotency-Key": uuid.uuid4().hex} if spec.mutating else {}
+        headers = {"Idempotency-Key": key or uuid.uuid4().hex} if spec.mutating else {}
         deadline = time.monotonic() + self.timeout
         failures = 0
         while True:
@@ -234,8 +254,12 @@ class Client:
                 self._log("POST", path, status, started)
                 self._reached = True
                 if status < 300:
-                    return self._decode(status, answer)
+                    data = self._decode(status, answer)
+                    self._learn(answer.extensions)
+                    return data
                 error = self._api_error(status, answer)
+                if isinstance(error, APIError):
+                    self._learn(answer.extensions)
                 if status != 429 and status not in _RETRY_STATUSES:
                     raise error
                 asked = error.retry_after if isinstance(error, APIError) else None
@@ -268,12 +292,7 @@ class Client:
                         raise APIError(r.status_code, "the answer is larger than 256 MiB")
                     if time.monotonic() > deadline:
                         raise NoAnswerError(self.where, self.timeout, local=self._local)
-                return r.status_code, _Answer(
-                    bytes(body),
-                    r.headers.get("content-type", ""),
-                    r.headers.get("retry-after"),
-                    r.reason_phrase,
-                )
+                return r.status_code, _answer_of(r, bytes(body))
         except httpx.ConnectTimeout:
             self.forget_connection()
             raise _Retryable("timeout", self._connect_error("connection timed out")) from None
@@ -325,6 +344,111 @@ class Client:
             )
         return NotAnAPIError(self.where, status, answer.content_type)
 
+    def _learn(self, header: str | None) -> None:
+        """What an m3o answer's Chat-Extensions header says the server has (none without
+        it: a plain m3o server)."""
+        if not self._local:
+            self.extensions = frozenset() if header is None else parse_extensions(header)
+
+    # -- bulk sends: chatctl's extension ------------------------------------------------
+
+    def send_bulk(
+        self, lines: Sequence[bytes], *, key: str, first: int, stop: bool, deadline: float
+    ) -> Generator[dict[str, Any] | APIError, None, None]:
+        """One bulk Send (contract part 3) of ``lines``, encoded SendRequests numbered from
+        ``first`` under the batch ``key``: each line's answer in order, as it arrives, its
+        SendResponse or the APIError of its refusal. It may end early: after the first
+        refusal with ``stop``, or after an answer of 503 (the server stored nothing
+        after it). Raises BulkCut when the rest may be answered by sending it again
+        (connection lost, 429, 502-504), NoBulk when the server refused the request as a
+        whole as one without bulk sends would (415, or its body as one bad JSON body),
+        and the other transport errors as ``call`` does; ``deadline`` bounds the wait for
+        each part of the answer."""
+        path = "/v1/chat/Send"
+        headers = {
+            "Content-Type": NDJSON,
+            "Idempotency-Key": key,
+            "Chat-First-Line": str(first),
+            "Chat-On-Error": "stop" if stop else "continue",
+        }
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise NoAnswerError(self.where, self.timeout, local=self._local)
+        timeout = httpx.Timeout(left, connect=min(CONNECT_TIMEOUT, left))
+        started = time.perf_counter()
+        answered = 0
+        status: int | str = "unreachable"
+        try:
+            with self._client().stream(
+                "POST", path, content=b"\n".join(lines) + b"\n", headers=headers, timeout=timeout
+            ) as r:
+                status = r.status_code
+                if status != 200 or not r.headers.get("content-type", "").startswith(NDJSON):
+                    self._refused_bulk(r)
+                self._reached = True
+                self._learn(r.headers.get(EXTENSIONS_HEADER))
+                partial = b""
+                for chunk in r.iter_bytes():
+                    *whole, partial = (partial + chunk).split(b"\n")
+                    if len(partial) > MAX_ANSWER_BYTES:
+                        raise APIError(status, "an answer line is larger than 256 MiB")
+                    for line in whole:
+                        answered += 1
+                        yield self._bulk_answer(line, status)
+                if partial:
+                    raise BulkCut(self._connect_error("the answer was cut short"))
+        except httpx.ConnectTimeout:
+            self.forget_connection()
+            raise BulkCut(self._connect_error("connection timed out"), sent=False) from None
+        except httpx.TimeoutException:
+            raise NoAnswerError(self.where, self.timeout, local=self._local) from None
+        except httpx.ConnectError as e:
+            self.forget_connection()
+            tls = _tls_failure(e, self.where)
+            if tls is not None:
+                raise tls from None
+            raise BulkCut(self._connect_error(_reason(e)), sent=False) from None
+        except (httpx.TransportError, OSError) as e:
+            self.forget_connection()
+            raise BulkCut(self._connect_error(_reason(e))) from None
+        finally:
+            self._log("POST", path, status, started, f" ({answered} of {len(lines)} lines)")
+
+    def _refused_bulk(self, r: httpx.Response) -> None:
+        """A bulk Send answered as a whole (not line by line): raise what it means."""
+        body = r.read()[:MAX_ANSWER_BYTES]
+        answer = _answer_of(r, body)
+        status = r.status_code
+        if status == 200:  # not an NDJSON answer: whatever answered knows no bulk Send
+            raise NotAnAPIError(self.where, status, answer.content_type)
+        error = self._api_error(status, answer)
+        if isinstance(error, APIError):
+            self._learn(answer.extensions)
+            # A server without bulk sends: it takes no NDJSON, or reads the lines as one
+            # JSON body (which is not JSON), refusing before anything is done.
+            if status == 415 or (status == 400 and "not valid JSON" in error.detail):
+                raise NoBulk(error)
+            if status == 429 or status in _RETRY_STATUSES:
+                raise BulkCut(error, sent=False, wait=error.retry_after)
+        raise error
+
+    def _bulk_answer(self, line: bytes, status: int) -> dict[str, Any] | APIError:
+        try:
+            data = json.loads(line)
+        except ValueError:
+            data = None
+        if isinstance(data, dict) and isinstance(data.get("message"), dict):
+            return data
+        if isinstance(data, dict) and "detail" in data:
+            code = data.get("code")
+            return APIError(
+                code if isinstance(code, int) and 100 <= code < 600 else status,
+                str(data.get("detail", "")),
+                str(data.get("id", "")),
+                str(data.get("status", "")),
+            )
+        raise NotAnAPIError(self.where, status, NDJSON)
+
     # -- the Join stream ------------------------------------------------------------------
 
     def join(self, body: dict[str, Any], *, ping_interval: float = 8.0) -> JoinStream:
@@ -336,12 +460,19 @@ class _Answer:
     """An HTTP answer's raw parts; the body is decoded only when asked for."""
 
     def __init__(
-        self, body: bytes, content_type: str, retry_after: str | None, reason: str
+        self,
+        body: bytes,
+        content_type: str,
+        retry_after: str | None,
+        reason: str,
+        extensions: str | None = None,
     ) -> None:
         self.body = body
         self.content_type = content_type
         self.retry_after = retry_after
         self.reason = reason
+        #: the Chat-Extensions header, if the server sent one.
+        self.extensions = extensions
 
     def json(self) -> Any:
         """The body as JSON, or None when it is not JSON."""
@@ -349,6 +480,39 @@ class _Answer:
             return json.loads(self.body)
         except ValueError:
             return None
+
+
+def _answer_of(r: httpx.Response, body: bytes) -> _Answer:
+    headers = r.headers
+    return _Answer(
+        body,
+        headers.get("content-type", ""),
+        headers.get("retry-after"),
+        r.reason_phrase,
+        headers.get(EXTENSIONS_HEADER),
+    )
+
+
+class BulkCut(Exception):
+    """A bulk Send ended before every line was answered, in a way that sending the
+    unanswered rest again (with the same key) may cure: ``error`` says what happened,
+    ``sent`` is False when the request provably never reached the server, ``wait`` is
+    the server's Retry-After."""
+
+    def __init__(self, error: ChatctlError, *, sent: bool = True, wait: float | None = None):
+        super().__init__(error.message)
+        self.error = error
+        self.sent = sent
+        self.wait = wait
+
+
+class NoBulk(Exception):
+    """The server refused a bulk Send as a whole, as one without them does; nothing of it
+    was done."""
+
+    def __init__(self, error: APIError) -> None:
+        super().__init__(error.message)
+        self.error = error
 
 
 class _Retryable(Exception):

@@ -140,6 +140,9 @@ class _Lines:
                 self._more = False
                 if self._partial or self._too_long:
                     self._end_line(b"")
+        return self._from_ready(lines, size)
+
+    def _from_ready(self, lines: int, size: int) -> list[bytes | None]:
         group: list[bytes | None] = []
         taken = 0
         ready = self.ready
@@ -150,6 +153,10 @@ class _Lines:
                 break
             group.append(ready.popleft())
         return group
+
+    def arrived(self, lines: int, size: int) -> list[bytes | None]:
+        """Like ``group``, but only from what has arrived already: never waits."""
+        return self._from_ready(lines, size) if self.ready else []
 
     def _take(self, chunk: bytes) -> None:
         pieces = chunk.split(b"\n")
@@ -174,6 +181,27 @@ class _Lines:
         if piece.endswith(b"\r"):
             piece = piece[:-1]
         self.ready.append(piece if len(piece) <= self.limit else None)
+
+
+class _Group:
+    """One group of a bulk Send: its answer lines (refusals filled in while validating,
+    the rest when stored) and the requests to store, each with its index and key."""
+
+    __slots__ = ("answers", "go_on", "requests", "size")
+
+    def __init__(self, size: int, answers: list[str]) -> None:
+        #: the lines it numbers (a batch that stops in it still counts them all).
+        self.size = size
+        self.answers = answers
+        self.requests: list[tuple[int, dict[str, Any], str | None]] = []
+        #: False once the batch stops in this group (a refusal with ``stop``, a failure).
+        self.go_on = True
+
+    def cut(self, i: int) -> None:
+        """The batch stops at line ``i`` of the group: it is the last one answered."""
+        del self.answers[i + 1 :]
+        self.requests = [r for r in self.requests if r[0] <= i]
+        self.go_on = False
 
 
 class BulkSend(Response):
@@ -207,63 +235,80 @@ class BulkSend(Response):
         await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
         lines = _Lines(receive, self.config.limits.max_body_bytes)
         number = self.first
+        ahead: _Group | None = None  # the next group, read and validated
         try:
             while True:
-                group = await lines.group(self.group_lines, GROUP_BYTES)
-                if not group:
-                    break
-                await self._paced(len(group))
-                answers, go_on = await self._answer(group, number)
-                number += len(group)
+                if ahead is None:
+                    lines_read = await lines.group(self.group_lines, GROUP_BYTES)
+                    if not lines_read:
+                        break
+                    ahead = self._validate(lines_read, number)
+                group, ahead = ahead, None
+                number += group.size
+                await self._paced(len(group.requests))
+                storing = asyncio.ensure_future(self._store(group))
+                await asyncio.sleep(0)  # the store has it now (SQLite: its writer thread)
+                # Meanwhile, validate what has arrived already (never waiting for more).
+                if group.go_on and (arrived := lines.arrived(self.group_lines, GROUP_BYTES)):
+                    ahead = self._validate(arrived, number)
+                answers = await storing
                 body = ("\n".join(answers) + "\n").encode()
                 await send({"type": "http.response.body", "body": body, "more_body": True})
-                if not go_on:
+                if not group.go_on:
                     break
         except (ClientDisconnect, OSError):
             return  # nobody is left to read the rest; what committed stays committed
         await send({"type": "http.response.body", "body": b""})
 
     async def _paced(self, count: int) -> None:
-        if self.pace is None:
+        if self.pace is None or not count:
             return
         while (wait := self.pace(count)) > 0:
             await asyncio.sleep(wait)
 
-    async def _answer(self, group: list[bytes | None], number: int) -> tuple[list[str], bool]:
-        """Validate and store one group: its answer lines (fewer than its lines when the
-        batch stops here), and whether the batch goes on."""
-        answers: list[str] = [""] * len(group)
-        requests: list[tuple[int, dict[str, Any], str | None]] = []
-        cut = len(group)
-        for i, raw in enumerate(group):
+    def _validate(self, lines: list[bytes | None], number: int) -> _Group:
+        """A group's lines as requests to store, or their refusals (with ``stop``, up to
+        the first)."""
+        group = _Group(len(lines), [""] * len(lines))
+        for i, raw in enumerate(lines):
             try:
                 request = self._request(raw)
             except Refusal as refusal:
-                answers[i] = encode(refusal.body())
+                group.answers[i] = encode(refusal.body())
                 if self.stop:
-                    cut = i + 1
+                    group.cut(i)
                     break
                 continue
             key = None if self.key is None else f"{self.key}/{number + i}"
-            requests.append((i, request, key))
-        if requests:
-            try:
-                results = await self.service.send_many(
-                    self.tenant, [(r, k) for _, r, k in requests], stop=self.stop
-                )
-            except Unavailable as exc:
-                failed = encode(Refusal.of(SEND.id, exc).body())
-                for i, _, _ in requests:
-                    answers[i] = failed
-                return answers[:cut], False
-            for (i, _, _), result in zip(requests, results, strict=False):
-                if isinstance(result, Refused):
-                    answers[i] = encode(Refusal.of(SEND.id, result).body())
-                    if self.stop:
-                        return answers[: i + 1], False
-                else:
-                    answers[i] = result
-        return answers[:cut], cut == len(group)
+            group.requests.append((i, request, key))
+        return group
+
+    async def _store(self, group: _Group) -> list[str]:
+        """Store a group's requests in one transaction: its answer lines (fewer than its
+        lines when the batch stops in it)."""
+        requests = group.requests
+        if not requests:
+            return group.answers
+        answers = group.answers
+        try:
+            results = await self.service.send_many(
+                self.tenant, [(r, k) for _, r, k in requests], stop=self.stop
+            )
+        except Unavailable as exc:
+            failed = encode(Refusal.of(SEND.id, exc).body())
+            for i, _, _ in requests:
+                answers[i] = failed
+            group.go_on = False
+            return answers
+        for (i, _, _), result in zip(requests, results, strict=False):
+            if isinstance(result, Refused):
+                answers[i] = encode(Refusal.of(SEND.id, result).body())
+                if self.stop:
+                    group.cut(i)
+                    return group.answers
+            else:
+                answers[i] = result
+        return answers
 
     def _request(self, raw: bytes | None) -> dict[str, Any]:
         """One line as a validated SendRequest, or the Refusal it would get alone."""

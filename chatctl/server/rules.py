@@ -77,6 +77,7 @@ from chatctl.wire import (
     event_frame,
     is_uuid,
     message_frame,
+    random_uuid,
     rfc3339,
     room_object,
 )
@@ -447,7 +448,7 @@ def _new_message(req: dict[str, Any]) -> NewMessage:
     return NewMessage(
         req["room_id"],  # the room's id: rooms are found by exact id
         req["user_id"],
-        req["client"] or str(uuid.uuid4()),  # m3o filled in a random UUID
+        req["client"] or random_uuid(),  # m3o filled in a random UUID
         req["subject"],
         req["text"],
     )
