@@ -23,6 +23,25 @@ Untrusted answers: a body larger than ``MAX_ANSWER_BYTES`` or still trickling in
 the budget ends is refused; an answer that is not an m3o one (a web page, a proxy's error
 page) is reported as such, never printed.
 
+Which server: m3o came in two editions (the seed's "room" names and the final "group"
+ones), and chatctl's server has extensions no other m3o server has. The client learns
+both from the server's answers and remembers them for its URL (``Client.server``, a
+``Server``): the edition from an answer's keys (``rooms``/``groups``...), or from a 400
+``missing group id`` to a request naming ``room_id`` (then it is sent again once, named
+the other way: nothing was done); the extensions from the ``Chat-Extensions`` header
+chatctl's server puts on every answer and on the Join handshake (no header: a plain m3o
+server). Requests are built with the seed's ``room_id`` and sent as the edition names it.
+A request using an extension the server does not have is never sent (UnsupportedError);
+when nothing is known yet, one seed-shaped ``List`` (filtered by the user, so small)
+asks first. The embedded local server is chatctl's own: nothing to learn.
+
+Retries of a change rest on the ``Idempotency-Key``, which only chatctl's server honours:
+on any other, a change is retried only when it provably never reached the server (no
+connection, or a 429); a connection lost mid-call or a gateway's 502/503/504 is reported
+with ``outcome_unknown``, never sent twice. When that happens to the first call, before
+anything is known of the server, a List (a read) asks it first, so chatctl's own server
+still gets its safe retry.
+
 URLs: ``http://`` and ``https://`` (TLS, verified against the system's trust store, or the
 ``ca_cert`` file alone when given; ``SSL_CERT_FILE`` and ``SSL_CERT_DIR`` are honoured),
 ``unix:/path/to/socket`` for HTTP over a Unix socket, and no URL at all for the embedded
@@ -32,6 +51,7 @@ local server (started on demand by ``chatctl.local``). A URL holding credentials
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 import time
@@ -53,8 +73,20 @@ from chatctl.errors import (
     NotAnAPIError,
     SettingError,
     StreamClosed,
+    UnsupportedError,
 )
-from chatctl.schema import ENDPOINTS, EXTENSIONS_HEADER, SERVER_EXTENSIONS, parse_extensions
+from chatctl.schema import (
+    ENDPOINTS,
+    EXTENSIONS_HEADER,
+    IDEMPOTENCY,
+    SERVER_EXTENSIONS,
+    Edition,
+    Endpoint,
+    edition_of,
+    extensions_of,
+    in_edition,
+    parse_extensions,
+)
 
 if TYPE_CHECKING:
     import ssl
@@ -66,6 +98,7 @@ __all__ = [
     "Client",
     "JoinStream",
     "NoBulk",
+    "Server",
     "parse_url",
 ]
 
@@ -116,6 +149,36 @@ def _host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
+class Server:
+    """What this process knows of the server at one URL, learned from its answers."""
+
+    def __init__(self, *, ours: bool = False) -> None:
+        #: "room" or "group" once an answer said; None before.
+        self.edition: Edition | None = "room" if ours else None
+        #: chatctl's extensions it has (empty: a plain m3o server); None before any answer.
+        self.extensions: frozenset[str] | None = frozenset(SERVER_EXTENSIONS) if ours else None
+
+    @property
+    def known(self) -> bool:
+        return self.extensions is not None
+
+    @property
+    def plain(self) -> bool:
+        """Known to have none of chatctl's extensions."""
+        return self.extensions is not None and not self.extensions
+
+    def has(self, extension: str) -> bool:
+        return self.extensions is not None and extension in self.extensions
+
+    def learn(self, header: str | None, answer: dict[str, Any] | None = None) -> None:
+        """Learn from one m3o answer: its Chat-Extensions header (absent: none) and,
+        for a successful answer, the edition its keys are in."""
+        self.extensions = frozenset() if header is None else parse_extensions(header)
+        edition = edition_of(answer) if answer is not None else None
+        if edition is not None:
+            self.edition = edition
+
+
 class Client:
     def __init__(
         self,
@@ -136,11 +199,8 @@ class Client:
         self._sleep = sleep
         self._reached = False
         self._local = url is None
-        #: chatctl's extensions the server names (``Chat-Extensions``), learnt from its
-        #: answers; None before any. The embedded local server is chatctl's own.
-        self.extensions: frozenset[str] | None = None
-        if url is None:
-            self.extensions = frozenset(SERVER_EXTENSIONS)
+        #: the embedded local server is chatctl's own, of this very version.
+        self.server = Server(ours=self._local)
         self.base, self._uds = ("http://localhost", None) if url is None else parse_url(url)
         self.tls = self.base.startswith("https://")
         self._http: httpx.Client | None = None
@@ -234,13 +294,58 @@ class Client:
     def call(
         self, endpoint: str, body: dict[str, Any], *, key: str | None = None
     ) -> dict[str, Any]:
-        """POST one request and return the decoded response object, within the budget. A
+        """POST one request (built with the seed's names) in the server's edition and
+        return the decoded response object, as the server sent it, within the budget. A
         change carries ``key`` as its Idempotency-Key (a fresh one when None)."""
         spec = ENDPOINTS[endpoint]
-        path = f"/v1/chat/{endpoint}"
+        self.require(spec, body)
+        sent_as = self.server.edition
+        try:
+            return self._call(spec, in_edition(body, sent_as), key=key)
+        except APIError as e:
+            other = _other_edition(e, sent_as, body)
+            if other is None:
+                raise
+        # The other edition's server refused the id's name before doing anything.
+        self.server.edition = other
+        return self._call(spec, in_edition(body, other), key=key)
+
+    def require(self, spec: Endpoint, body: dict[str, Any]) -> None:
+        """Refuse (UnsupportedError) a request using extensions the server lacks; ask it
+        first (``facts``) when nothing is known of it yet."""
+        needed = extensions_of(spec, body)
+        if not needed:
+            return
+        user = body.get("user_id")
+        missing = needed - (self.facts(user if isinstance(user, str) else None).extensions or set())
+        if missing:
+            feature = sorted(missing)[0]
+            raise UnsupportedError(
+                f"{self.where} does not support {feature} ({spec.name} request)",
+                feature,
+                self.where,
+            )
+
+    def facts(self, user: str | None = None) -> Server:
+        """What the server is, asking it when nothing is known yet: one seed-shaped List
+        (read only, and filtered by ``user`` so that it stays small)."""
+        if not self.server.known:
+            self._call(ENDPOINTS["List"], {"user_id": user} if user else {})
+        return self.server
+
+    def _call(
+        self,
+        spec: Endpoint,
+        body: dict[str, Any],
+        deadline: float | None = None,
+        *,
+        key: str | None = None,
+    ) -> dict[str, Any]:
+        path = f"/v1/chat/{spec.name}"
         content = json.dumps(body).encode()
         headers = {"Idempotency-Key": key or uuid.uuid4().hex} if spec.mutating else {}
-        deadline = time.monotonic() + self.timeout
+        if deadline is None:
+            deadline = time.monotonic() + self.timeout
         failures = 0
         while True:
             started = time.perf_counter()
@@ -249,19 +354,23 @@ class Client:
             except _Retryable as e:
                 self._log("POST", path, e.label, started)
                 error: ChatctlError = e.error
+                if e.delivered and not self._retry_safe(spec, body, deadline):
+                    raise _outcome_unknown(error) from None
                 wait = None
             else:
                 self._log("POST", path, status, started)
                 self._reached = True
                 if status < 300:
                     data = self._decode(status, answer)
-                    self._learn(answer.extensions)
+                    self.server.learn(answer.extensions, data)
                     return data
                 error = self._api_error(status, answer)
-                if isinstance(error, APIError):
-                    self._learn(answer.extensions)
+                if answer.m3o_error():
+                    self.server.learn(answer.extensions)
                 if status != 429 and status not in _RETRY_STATUSES:
                     raise error
+                if status != 429 and not self._retry_safe(spec, body, deadline):
+                    raise _outcome_unknown(error) from None
                 asked = error.retry_after if isinstance(error, APIError) else None
                 wait = None if asked is None else max(asked, 0.05)  # never a busy loop
             failures += 1
@@ -272,6 +381,20 @@ class Client:
             if time.monotonic() + wait >= deadline:
                 raise error  # the budget cannot cover the wait: report what we know
             self._sleep(wait)
+
+    def _retry_safe(self, spec: Endpoint, body: dict[str, Any], deadline: float) -> bool:
+        """May a failed attempt that could have reached the server be made again? A read,
+        always; a change only where the Idempotency-Key is honoured. When nothing is known
+        of the server yet (a first call), a List (a read: always safe) asks, within the
+        call's budget; if that fails too, the change is not retried."""
+        if not spec.mutating or self.server.has(IDEMPOTENCY):
+            return True
+        if not self.server.known:
+            user = body.get("user_id")
+            with contextlib.suppress(ChatctlError):
+                probe = {"user_id": user} if isinstance(user, str) and user else {}
+                self._call(ENDPOINTS["List"], probe, deadline)
+        return self.server.has(IDEMPOTENCY)
 
     def _attempt(
         self, path: str, content: bytes, headers: dict[str, str], deadline: float
@@ -292,10 +415,17 @@ class Client:
                         raise APIError(r.status_code, "the answer is larger than 256 MiB")
                     if time.monotonic() > deadline:
                         raise NoAnswerError(self.where, self.timeout, local=self._local)
-                return r.status_code, _answer_of(r, bytes(body))
+                return r.status_code, _Answer(
+                    bytes(body),
+                    r.headers.get("content-type", ""),
+                    r.headers.get("retry-after"),
+                    r.reason_phrase,
+                    r.headers.get(EXTENSIONS_HEADER),
+                )
         except httpx.ConnectTimeout:
             self.forget_connection()
-            raise _Retryable("timeout", self._connect_error("connection timed out")) from None
+            error = self._connect_error("connection timed out")
+            raise _Retryable("timeout", error, delivered=False) from None
         except httpx.TimeoutException:
             # Connected and asked, but no answer within the whole budget.
             raise NoAnswerError(self.where, self.timeout, local=self._local) from None
@@ -304,9 +434,11 @@ class Client:
             tls = _tls_failure(e, self.where)
             if tls is not None:
                 raise tls from None
-            raise _Retryable("unreachable", self._connect_error(_reason(e))) from None
+            error = self._connect_error(_reason(e))
+            raise _Retryable("unreachable", error, delivered=False) from None
         except (httpx.TransportError, OSError) as e:
-            # Refused mid-way, reset, closed without an answer: a server restarting.
+            # Refused mid-way, reset, closed without an answer: a server restarting. The
+            # request may have reached it.
             self.forget_connection()
             raise _Retryable("unreachable", self._connect_error(_reason(e))) from None
         except httpx.HTTPError as e:  # e.g. a body its content-encoding cannot decode
@@ -344,12 +476,6 @@ class Client:
             )
         return NotAnAPIError(self.where, status, answer.content_type)
 
-    def _learn(self, header: str | None) -> None:
-        """What an m3o answer's Chat-Extensions header says the server has (none without
-        it: a plain m3o server)."""
-        if not self._local:
-            self.extensions = frozenset() if header is None else parse_extensions(header)
-
     # -- bulk sends: chatctl's extension ------------------------------------------------
 
     def send_bulk(
@@ -386,7 +512,7 @@ class Client:
                 if status != 200 or not r.headers.get("content-type", "").startswith(NDJSON):
                     self._refused_bulk(r)
                 self._reached = True
-                self._learn(r.headers.get(EXTENSIONS_HEADER))
+                self.server.learn(r.headers.get(EXTENSIONS_HEADER))
                 partial = b""
                 for chunk in r.iter_bytes():
                     *whole, partial = (partial + chunk).split(b"\n")
@@ -416,14 +542,20 @@ class Client:
 
     def _refused_bulk(self, r: httpx.Response) -> None:
         """A bulk Send answered as a whole (not line by line): raise what it means."""
-        body = r.read()[:MAX_ANSWER_BYTES]
-        answer = _answer_of(r, body)
+        answer = _Answer(
+            r.read()[:MAX_ANSWER_BYTES],
+            r.headers.get("content-type", ""),
+            r.headers.get("retry-after"),
+            r.reason_phrase,
+            r.headers.get(EXTENSIONS_HEADER),
+        )
         status = r.status_code
         if status == 200:  # not an NDJSON answer: whatever answered knows no bulk Send
             raise NotAnAPIError(self.where, status, answer.content_type)
         error = self._api_error(status, answer)
+        if answer.m3o_error():
+            self.server.learn(answer.extensions)
         if isinstance(error, APIError):
-            self._learn(answer.extensions)
             # A server without bulk sends: it takes no NDJSON, or reads the lines as one
             # JSON body (which is not JSON), refusing before anything is done.
             if status == 415 or (status == 400 and "not valid JSON" in error.detail):
@@ -451,9 +583,10 @@ class Client:
 
     # -- the Join stream ------------------------------------------------------------------
 
-    def join(self, body: dict[str, Any], *, ping_interval: float = 8.0) -> JoinStream:
-        """Open the Join stream; call ``next()`` on the result for each decoded frame."""
-        return JoinStream(self, body, ping_interval)
+    def join(self, *, ping_interval: float = 8.0) -> JoinStream:
+        """Open the Join stream, learning what the server has from its handshake; send
+        the request with ``start(body)``, then call ``next()`` for each decoded frame."""
+        return JoinStream(self, ping_interval)
 
 
 class _Answer:
@@ -481,16 +614,10 @@ class _Answer:
         except ValueError:
             return None
 
-
-def _answer_of(r: httpx.Response, body: bytes) -> _Answer:
-    headers = r.headers
-    return _Answer(
-        body,
-        headers.get("content-type", ""),
-        headers.get("retry-after"),
-        r.reason_phrase,
-        headers.get(EXTENSIONS_HEADER),
-    )
+    def m3o_error(self) -> bool:
+        """Is the body an m3o error object (the API's own refusal, not a proxy's page)?"""
+        data = self.json()
+        return isinstance(data, dict) and "detail" in data
 
 
 class BulkCut(Exception):
@@ -516,12 +643,33 @@ class NoBulk(Exception):
 
 
 class _Retryable(Exception):
-    """An attempt failed in a way a retry may cure."""
+    """An attempt failed in a way a retry may cure; ``delivered`` unless the request
+    provably never reached the server (no connection was made)."""
 
-    def __init__(self, label: str, error: ChatctlError) -> None:
+    def __init__(self, label: str, error: ChatctlError, *, delivered: bool = True) -> None:
         super().__init__(error.message)
         self.label = label
         self.error = error
+        self.delivered = delivered
+
+
+def _outcome_unknown(error: ChatctlError) -> ChatctlError:
+    error.outcome_unknown = True
+    return error
+
+
+def _other_edition(
+    e: APIError, sent_as: Edition | None, body: dict[str, Any]
+) -> Edition | None:
+    """The edition to send a request in again, when the server refused its id's name:
+    m3o checks the id first, so nothing was done."""
+    if e.code != 400 or "room_id" not in body:
+        return None
+    if e.detail == "missing group id" and sent_as != "group":
+        return "group"
+    if e.detail == "missing room id" and sent_as == "group":
+        return "room"
+    return None
 
 
 def _retry_after(value: str | None) -> float | None:
@@ -556,12 +704,15 @@ def _tls_failure(e: BaseException, where: str) -> CertificateError | None:
 
 
 class JoinStream:
-    """One Join connection: the request is sent as the first frame; frames are read."""
+    """One Join connection: opened first (the handshake says which extensions the server
+    has), then the request is sent as the first frame (``start``), then frames are read."""
 
-    def __init__(self, client: Client, body: dict[str, Any], ping_interval: float) -> None:
+    def __init__(self, client: Client, ping_interval: float) -> None:
         from websockets.sync.client import connect, unix_connect
 
         self.client = client
+        #: an error frame chatctl's server sent before closing; the close says the rest.
+        self._error: APIError | None = None
         scheme = "wss" if client.tls else "ws"
         uri = f"{scheme}://{client.base.split('://', 1)[1]}/v1/chat/Join"
         headers = {"User-Agent": f"chatctl/{__version__}"}
@@ -595,7 +746,20 @@ class JoinStream:
             client.forget_connection()
             raise _join_connect_error(client, e) from None
         client._log("JOIN", "/v1/chat/Join", 101, started)
-        self.ws.send(json.dumps(body))
+        if not client._local:
+            response = self.ws.response
+            client.server.learn(response.headers.get(EXTENSIONS_HEADER) if response else None)
+
+    def start(self, body: dict[str, Any]) -> None:
+        """Send the JoinRequest (built with the seed's names) in the server's edition. A
+        plain m3o server decodes it strictly (an unknown field fails the stream), so its
+        edition must be known first: one seed-shaped List asks when nothing has said."""
+        client = self.client
+        client.require(ENDPOINTS["Join"], body)
+        if client.server.edition is None and client.server.plain:
+            user = body.get("user_id")
+            client._call(ENDPOINTS["List"], {"user_id": user} if user else {})
+        self.ws.send(json.dumps(in_edition(body, client.server.edition)))
 
     @property
     def server_time(self) -> datetime | None:
@@ -623,7 +787,10 @@ class JoinStream:
             except TimeoutError:
                 raise  # no frame in time: the caller's idle timeout, not a dead connection
             except ConnectionClosed as e:
-                raise _closed_error(self.client, e) from None
+                closed = _closed_error(self.client, e)
+                if isinstance(closed, ConnectError) and self._error is not None:
+                    raise self._error from None  # dropped after its error: the error says why
+                raise closed from None
             except OSError as e:
                 raise ConnectError(
                     f"connection to {self.client.where} lost: {_reason(e)}",
@@ -634,13 +801,35 @@ class JoinStream:
                 frame = json.loads(raw)
             except ValueError:
                 continue
-            # The error frame before an application close carries no frame key: the close
-            # that follows says the same, with its code.
-            if isinstance(frame, dict) and ("message" in frame or "event" in frame):
+            if not isinstance(frame, dict):
+                continue
+            if "message" in frame or "event" in frame:
                 return frame
+            error = _error_frame(frame)
+            if error is None:
+                continue
+            if self.client.server.plain:
+                # m3o ends a stream with its error and drops the connection: this is the
+                # end, and the error says why (no reconnecting into the same refusal).
+                raise error
+            # chatctl's server closes right after, with the error's code in the close.
+            self._error = error
 
     def close(self) -> None:
         self._opened.__exit__(None, None, None)
+
+
+def _error_frame(frame: dict[str, Any]) -> APIError | None:
+    """An m3o error object sent as a frame, as an APIError; None for anything else."""
+    code, detail = frame.get("code"), frame.get("detail")
+    if not isinstance(code, int) or isinstance(code, bool) or not isinstance(detail, str):
+        return None
+    return APIError(
+        code if 100 <= code < 600 else 500,
+        detail,
+        str(frame.get("id", "")),
+        str(frame.get("status", "")),
+    )
 
 
 def _join_connect_error(client: Client, e: Exception) -> ChatctlError:

@@ -4,7 +4,8 @@ The exception tree::
 
     ChatctlError                 exit status 1 unless a subclass says otherwise
     ├── UsageError               2  bad flags or bad input; nothing was sent
-    │   └── SettingError         2  a URL or CA file chatctl cannot use (scheme, credentials)
+    │   ├── SettingError         2  a URL or CA file chatctl cannot use (scheme, credentials)
+    │   └── UnsupportedError     2  the server lacks an extension a flag needs (plain m3o)
     ├── ConnectError             3  the server could not be reached (refused, DNS, lost)
     │   ├── NoAnswerError        3  it accepted the connection but did not answer in time
     │   ├── CertificateError     3  its TLS certificate is not trusted (or TLS failed)
@@ -39,6 +40,7 @@ __all__ = [
     "OutputError",
     "SettingError",
     "StreamClosed",
+    "UnsupportedError",
     "UsageError",
     "exit_status_for_http",
     "reason_phrase",
@@ -82,6 +84,10 @@ class ChatctlError(Exception):
     exit_status: ExitStatus = ExitStatus.API_ERROR
     #: one more line for the user after the error and its hint (a batch's count).
     summary: str | None = None
+    #: a change failed in a way that leaves its outcome unknown (the connection was lost
+    #: or a gateway failed mid-call) on a server that cannot make a retry safe, so it was
+    #: not retried: it may or may not have been done.
+    outcome_unknown: bool = False
 
     def __init__(self, message: str, hint: str | None = None) -> None:
         super().__init__(message)
@@ -105,6 +111,17 @@ class SettingError(UsageError):
     def __init__(self, message: str, setting: str) -> None:
         super().__init__(message)
         self.setting = setting
+
+
+class UnsupportedError(UsageError):
+    """The server does not have a chatctl extension the request needs (it is a plain m3o
+    server, or an older chatctl); found before anything was sent. ``feature`` is the
+    extension's name (``resume``, ``events``...) and ``where`` the server."""
+
+    def __init__(self, message: str, feature: str, where: str) -> None:
+        super().__init__(message)
+        self.feature = feature
+        self.where = where
 
 
 class ConnectError(ChatctlError):

@@ -9,9 +9,9 @@ in it or later.
 from __future__ import annotations
 
 import re
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
-__all__ = ["START", "cursor_for_time", "parse_cursor"]
+__all__ = ["START", "cursor_for_time", "cursor_time_ns", "parse_cursor", "time_ns"]
 
 #: Sorts before every UUIDv7: "from the very beginning".
 START = "00000000-0000-0000-0000-000000000000"
@@ -54,3 +54,36 @@ def parse_cursor(text: str) -> str | None:
         except (OverflowError, OSError, ValueError):
             return START if when.year < 1970 else cursor_for_time(when.replace(tzinfo=UTC))
     return cursor_for_time(when)
+
+
+def cursor_time_ns(cursor: str) -> int | None:
+    """The time a cursor stands for, in ns since 1970: a UUIDv7's millisecond, 0 for
+    START; None for any other id (a random UUIDv4 says nothing of time)."""
+    lowered = cursor.strip().lower()
+    if lowered == START:
+        return 0
+    if not _UUID.match(lowered) or lowered[14] != "7":
+        return None
+    return int(lowered[:8] + lowered[9:13], 16) * 1_000_000
+
+
+_STAMP = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d{1,9}))?(Z|[+-]\d\d:\d\d)$", re.I)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def time_ns(stamp: object) -> int | None:
+    """An RFC 3339 time as ns since 1970, to the nanosecond (m3o's ``sent_at`` has up to
+    nine digits of fraction, trailing zeros dropped, so its text does not sort); None for
+    anything else."""
+    if not isinstance(stamp, str):
+        return None
+    found = _STAMP.match(stamp.strip())
+    if found is None:
+        return None
+    whole, fraction, zone = found.groups()
+    try:
+        when = datetime.fromisoformat(whole + ("+00:00" if zone in "Zz" else zone))
+    except ValueError:
+        return None
+    seconds = (when - _EPOCH) // timedelta(seconds=1)
+    return seconds * 1_000_000_000 + int((fraction or "").ljust(9, "0"))

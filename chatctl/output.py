@@ -64,7 +64,17 @@ __all__ = [
 ]
 
 FORMATS: tuple[str, ...] = ("table", "json", "jsonl", "tsv", "id")
-_KEYS = ("room", "rooms", "message", "messages", "event")
+#: Response keys and the kind of resource under each: m3o's final edition says "group"
+#: where the seed says "room" (chatctl's server may send both keys: the first wins).
+_KEYS = {
+    "room": "room",
+    "rooms": "room",
+    "group": "room",
+    "groups": "room",
+    "message": "message",
+    "messages": "message",
+    "event": "event",
+}
 
 # -- untrusted text ------------------------------------------------------------------------
 
@@ -163,22 +173,27 @@ def _isatty(stream: TextIO | None) -> bool:
 
 
 def resources(response: dict[str, Any]) -> tuple[str, list[dict[str, Any]]]:
-    """The kind ("room" or "message" or "event") and the resources a response holds."""
-    for key in _KEYS:
+    """The kind ("room" or "message" or "event") and the resources a response holds
+    (a group of m3o's final edition is a room)."""
+    for key, kind in _KEYS.items():
         if key in response:
             value = response[key]
-            kind = key.rstrip("s")
             if isinstance(value, list):
                 return kind, [v for v in value if isinstance(v, dict)]
             return kind, [value] if isinstance(value, dict) else []
     return "", []
 
 
+#: A message of m3o's final edition: group_id where the seed has room_id (same column).
+_GROUP_MESSAGE_FIELDS = tuple("group_id" if f == "room_id" else f for f in MESSAGE_FIELDS)
+
+
 def _fields(kind: str, item: dict[str, Any]) -> tuple[str, ...]:
     if kind == "room":
         return ROOM_FIELDS
     if kind == "message":
-        return MESSAGE_FIELDS
+        grouped = "group_id" in item and "room_id" not in item
+        return _GROUP_MESSAGE_FIELDS if grouped else MESSAGE_FIELDS
     return tuple(item)
 
 
@@ -202,7 +217,7 @@ class Renderer:
 
     def stream(self, key: str, items: Iterable[dict[str, Any]]) -> None:
         """One logical response whose list (under ``key``) arrives in pages."""
-        kind = key.rstrip("s")
+        kind = _KEYS.get(key, key.rstrip("s"))
         for item in items:
             self.item(kind, item)
 

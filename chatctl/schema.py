@@ -22,6 +22,7 @@ __all__ = [
     "MESSAGE_FIELDS",
     "ROOM_FIELDS",
     "SERVER_EXTENSIONS",
+    "Edition",
     "Endpoint",
     "Event",
     "Field",
@@ -29,8 +30,12 @@ __all__ = [
     "Message",
     "Room",
     "ValidationError",
+    "edition_of",
     "endpoint_for",
+    "extensions_of",
+    "in_edition",
     "parse_extensions",
+    "rooms_in",
     "validate_request",
 ]
 
@@ -106,8 +111,9 @@ class Field:
     required: str | None = None
     #: the attribute of Limits that bounds its length in UTF-8 bytes (or each item's).
     limit: str | None = None
-    #: True for chatctl's extensions beyond m3o (ignored by m3o's own clients).
-    extension: bool = False
+    #: For chatctl's extensions beyond m3o: the name under which a server announces it
+    #: (``EXTENSIONS_HEADER``); None for m3o's own fields.
+    extension: str | None = None
 
     @property
     def default(self) -> Any:
@@ -203,16 +209,23 @@ ENDPOINTS: dict[str, Endpoint] = {
                     "The reading user; required for a private room.",
                     None,
                     "max_user_id_bytes",
-                    extension=True,
+                    extension="history-user",
                 ),
                 Field(
                     "limit",
                     "integer",
                     "At most this many messages (the latest ones, unless after is given).",
-                    extension=True,
+                    extension="paging",
                 ),
-                Field("before", "string", "Only messages before this message id.", extension=True),
-                Field("after", "string", "Only messages after this message id.", extension=True),
+                Field(
+                    "before",
+                    "string",
+                    "Only messages before this message id.",
+                    extension="paging",
+                ),
+                Field(
+                    "after", "string", "Only messages after this message id.", extension="paging"
+                ),
             ),
             "messages",
             False,
@@ -243,25 +256,25 @@ ENDPOINTS: dict[str, Endpoint] = {
                     "since",
                     "string",
                     "Replay every message after this message id, then go live.",
-                    extension=True,
+                    extension="resume",
                 ),
                 Field(
                     "history",
                     "integer",
                     "Replay the last N messages first, then go live.",
-                    extension=True,
+                    extension="replay",
                 ),
                 Field(
                     "events",
                     "boolean",
                     'Also stream membership events as {"event": {...}} frames.',
-                    extension=True,
+                    extension="events",
                 ),
                 Field(
                     "include_own",
                     "boolean",
                     "Also stream the joiner's own messages live.",
-                    extension=True,
+                    extension="include-own",
                 ),
             ),
             "message",
@@ -273,7 +286,7 @@ ENDPOINTS: dict[str, Endpoint] = {
 
 _BY_LOWER = {name.lower(): e for name, e in ENDPOINTS.items()}
 
-# -- what a server has: chatctl's extensions ----------------------------------------------
+# -- what a server has: its edition and chatctl's extensions ----------------------------
 
 #: The response header on which chatctl's server names its extensions, on every answer
 #: (errors included), the NDJSON Join answer and the Join WebSocket's 101: a
@@ -296,10 +309,55 @@ SERVER_EXTENSIONS: tuple[str, ...] = (
     BULK_SEND,
 )
 
+#: m3o's two editions: the seed's "room" names, and the final "group" names (part 4).
+Edition = Literal["room", "group"]
+
 
 def parse_extensions(value: str) -> frozenset[str]:
     """The tokens of a ``Chat-Extensions`` header value."""
     return frozenset(t.strip().lower() for t in value.split(",") if t.strip())
+
+
+def extensions_of(endpoint: Endpoint, body: dict[str, Any]) -> set[str]:
+    """The extensions a request body uses (a field given with a value that is not null)."""
+    return {
+        f.extension
+        for f in endpoint.request
+        if f.extension is not None and body.get(f.name) is not None
+    }
+
+
+def edition_of(answer: dict[str, Any]) -> Edition | None:
+    """The edition an answer is in, when it says: ``room``/``rooms`` or a message's
+    ``room_id`` is the seed's; ``group``/``groups``/``group_id`` alone the final one.
+    (chatctl's server may answer with both keys: that is a server of both, so "room".)"""
+    if "room" in answer or "rooms" in answer:
+        return "room"
+    if "group" in answer or "groups" in answer:
+        return "group"
+    message = answer.get("message")
+    if not isinstance(message, dict):
+        messages = answer.get("messages")
+        message = messages[0] if isinstance(messages, list) and messages else None
+    if isinstance(message, dict):
+        if "room_id" in message:
+            return "room"
+        if "group_id" in message:
+            return "group"
+    return None
+
+
+def rooms_in(answer: dict[str, Any]) -> list[dict[str, Any]]:
+    """The rooms of a List answer, in either edition."""
+    listed = answer.get("rooms", answer.get("groups"))
+    return [r for r in listed if isinstance(r, dict)] if isinstance(listed, list) else []
+
+
+def in_edition(body: dict[str, Any], edition: Edition | None) -> dict[str, Any]:
+    """A request body (built with the seed's ``room_id``) as ``edition`` names it."""
+    if edition != "group" or "room_id" not in body:
+        return body
+    return {("group_id" if k == "room_id" else k): v for k, v in body.items()}
 
 
 def endpoint_for(name: str) -> Endpoint | None:

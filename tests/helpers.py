@@ -19,6 +19,12 @@ from typing import Any
 
 import httpx
 
+#: What chatctl's server says on every answer (contract part 3), for pytest-httpx mocks of
+#: it; a mock without it stands for a plain m3o server.
+CHATCTL_HEADERS = {
+    "Chat-Extensions": "paging, history-user, resume, replay, events, include-own, "
+    "idempotency-key"
+}
 
 def wait_for(
     condition: Callable[[], Any],

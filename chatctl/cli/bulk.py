@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING
 from chatctl.cli.run import Call, OneByOne, Outcome
 from chatctl.client import BulkCut, NoBulk
 from chatctl.errors import APIError, ChatctlError, UsageError
-from chatctl.schema import BULK_SEND
+from chatctl.schema import BULK_SEND, in_edition
 
 if TYPE_CHECKING:
     from chatctl.cli.context import Invocation
@@ -131,8 +131,7 @@ class BulkSender:
         self.outstanding = []
 
     def _bulk_here(self) -> bool:
-        extensions = self.inv.client.extensions
-        return not self._no_bulk and extensions is not None and BULK_SEND in extensions
+        return not self._no_bulk and self.inv.client.server.has(BULK_SEND)
 
     def _number(self, count: int) -> int:
         """Number the next ``count`` messages; the first one's number."""
@@ -145,7 +144,8 @@ class BulkSender:
         or the budget (restarted by every answer) is spent."""
         client = self.inv.client
         first = self._number(len(calls))
-        lines = [json.dumps(call.body).encode() for call in calls]
+        edition = client.server.edition
+        lines = [json.dumps(in_edition(call.body, edition)).encode() for call in calls]
         done = 0  # calls answered
         failures = 0
         deadline = time.monotonic() + client.timeout

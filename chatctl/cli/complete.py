@@ -112,12 +112,13 @@ def _rooms(ctx: typer.Context) -> list[dict[str, Any]]:
 
 
 def _list_rooms(client: Client) -> list[dict[str, Any]]:
+    from chatctl.schema import rooms_in
+
     try:
         with client:
-            listed = client.call("List", {}).get("rooms")
+            return rooms_in(client.call("List", {}))
     except Exception:
         return []
-    return [r for r in listed if isinstance(r, dict)] if isinstance(listed, list) else []
 
 
 def _connection(ctx: typer.Context) -> tuple[str | None, str | None]:

@@ -73,9 +73,9 @@ class Invocation:
     def listed_rooms(self) -> list[dict[str, Any]]:
         """The rooms List answers, asked once per run however many names need it."""
         if self._rooms is None:
-            rooms = self.client.call("List", {}).get("rooms", [])
-            listed = rooms if isinstance(rooms, list) else []
-            self._rooms = [r for r in listed if isinstance(r, dict)]
+            from chatctl.schema import rooms_in
+
+            self._rooms = rooms_in(self.client.call("List", {}))
         return self._rooms
 
     def output_format(self, *, live: bool = False) -> str:

@@ -2,16 +2,20 @@
 
 import random
 import time
+from collections import deque
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from chatctl.cli import run
+from chatctl.cli import plain, run
 from chatctl.cli.context import Invocation, invocation
 from chatctl.cli.options import RoomArg, with_common_options
 from chatctl.errors import ConnectError, StreamClosed, UsageError
-from chatctl.ids import cursor_for_time, parse_cursor
+from chatctl.ids import cursor_for_time, parse_cursor, time_ns
+
+if TYPE_CHECKING:
+    from chatctl.output import Renderer
 
 app = typer.Typer()
 
@@ -78,6 +82,10 @@ def join(
     resumed after the last printed message, so every message is printed exactly once, in
     order.
 
+    Another m3o server cannot resume a stream: after a reconnect, what was sent meanwhile
+    is printed from the room's History, and --history is read from it too; --since,
+    --events and --include-own need chatctl's server (exit 2 elsewhere).
+
     Example: chatctl join general --user carol --history 2 --count 2
     Example: chatctl join general --history 1 --count 1 -o tsv | cut -f7
     """
@@ -92,45 +100,84 @@ def join(
         request["include_own"] = True
     defaults = {"user_id": inv.acting_user()}
     body = run.build_requests(inv, "Join", request, defaults, room=room)[0].body
-    if history and cursor is None:
-        body["history"] = history
+    client = inv.client
+    # What only the server can do is checked before anything is sent (m3o's Join fails
+    # the stream on a field it does not know); --history can be made up for.
+    needed = [
+        (flag, feature)
+        for flag, feature, given in (
+            ("--since", "resume", cursor is not None),
+            ("--events", "events", events),
+            ("--include-own", "include-own", include_own),
+        )
+        if given
+    ]
+    if needed:
+        server = client.facts(body["user_id"])
+        for flag, feature in needed:
+            if not server.has(feature):
+                raise plain.unsupported(inv, f"join {flag}", feature)
+    replay = history if history and cursor is None else None
 
     printer = inv.renderer(batch=True, live=True)
-    client = inv.client
-    printed = 0
+    tail = _Tail(inv, printer, body, include_own, count)
     last_frame = time.monotonic()
     attempt = 0
+    joined = False  # a stream was started before (so this is a resume)
     while True:
-        # After the first connection, resume from the last printed message; before any
-        # was printed, from the moment we first joined (never replaying --history twice).
-        if cursor is not None:
-            body.pop("history", None)
-            body["since"] = cursor
         try:
-            stream = client.join(body)
+            stream = client.join()
         except ConnectError:
             if attempt == 0 or no_reconnect:
                 raise
             _pause(inv, attempt, "reconnect failed")
             attempt += 1
             continue
-        if attempt:
-            inv.notice("reconnected; resuming after the last message printed")
-        if cursor is None:
-            # Nothing received yet: a resume must start from the moment we joined, by the
-            # server's clock (message ids are made by it), so a client clock that runs
-            # ahead cannot skip a message; the Date header's second rounds down.
-            cursor = cursor_for_time(stream.server_time or datetime.now(UTC))
-        attempt = 0
         try:
+            # The handshake said what the server has (chatctl's server: resume and
+            # replay; a plain m3o server: neither).
+            resumable = client.server.has("resume")
+            if cursor is not None and resumable:
+                # Resume after the last message received; before any was, from the
+                # moment we first joined (never replaying --history twice).
+                body.pop("history", None)
+                body["since"] = cursor
+            elif replay and not joined and client.server.has("replay"):
+                body["history"] = replay
+            stream.start(body)
+            if resumable:
+                if attempt:
+                    inv.notice("reconnected; resuming after the last message printed")
+                if cursor is None:
+                    # Nothing received yet: a resume must start from the moment we
+                    # joined, by the server's clock (message ids are made by it), so a
+                    # client clock that runs ahead cannot skip a message; the Date
+                    # header's second rounds down.
+                    cursor = cursor_for_time(stream.server_time or datetime.now(UTC))
+            elif not joined:
+                tail.joined_at(stream.server_time)
+                if replay:
+                    tail.catch_up_later("replay", replay)
+            else:
+                inv.notice(
+                    "reconnected; this server cannot resume a stream: what was sent "
+                    "meanwhile is read from its History"
+                )
+                tail.catch_up_later("gap")
+            joined = True
+            attempt = 0
             while True:
                 left = None if idle is None else idle - (time.monotonic() - last_frame)
                 if left is not None and left <= 0:
                     return
+                settle = tail.settle_left()
+                wait = left if settle is None else settle if left is None else min(left, settle)
                 try:
-                    frame = stream.next(timeout=left)
+                    frame = stream.next(timeout=wait)
                 except TimeoutError:
-                    return
+                    if tail.settle_left() == 0 and tail.catch_up(None):
+                        return
+                    continue
                 last_frame = time.monotonic()
                 message = frame.get("message")
                 if not isinstance(message, dict):
@@ -139,13 +186,7 @@ def join(
                 # Frames come in the room's order: the last one received is where a
                 # resume starts (replayed --history messages included).
                 cursor = str(message.get("id", ""))
-                # Replays carry the joiner's own messages while live frames do not: hide
-                # them everywhere, so a resumed tail prints what an unbroken one would.
-                if not include_own and message.get("user_id") == body["user_id"]:
-                    continue
-                printer.response(frame)
-                printed += 1
-                if count is not None and printed >= count:
+                if tail.catch_up(message) or tail.show(message):
                     return
         except StreamClosed as e:
             if e.close_code != 4008 or no_reconnect:
@@ -160,6 +201,108 @@ def join(
         finally:
             stream.close()
         attempt += 1
+
+
+#: On a server that cannot resume, a gap is filled from History with the messages sent
+#: since this long before the latest one printed (ids already printed are skipped).
+GAP_SLACK_NS = 5_000_000_000
+#: ids remembered to skip messages printed before (more than a gap's slack needs).
+REMEMBERED = 10_000
+#: seconds after a plain server's stream opened when History is read for what the stream
+#: cannot replay, unless its first message comes sooner: m3o subscribes the stream some
+#: time after it gets the JoinRequest and says nothing when it has, and a message sent
+#: before then comes neither live nor in a History read before it.
+SETTLE = 1.0
+
+
+class _Tail:
+    """The messages printed so far: --count, the joiner's own hidden unless asked for,
+    and, for a server that cannot resume (a plain m3o server), what reads History in its
+    stead: --history's last N, and after a reconnect the messages sent while the stream
+    was down, never printing one twice."""
+
+    def __init__(
+        self,
+        inv: Invocation,
+        printer: "Renderer",
+        request: dict[str, Any],
+        include_own: bool,
+        count: int | None,
+    ) -> None:
+        self.inv = inv
+        self.printer = printer
+        self.room_id: str = request["room_id"]
+        self.user_id: str = request["user_id"]
+        self.include_own = include_own
+        self.count = count
+        self.printed = 0
+        self.seen: deque[str] = deque(maxlen=REMEMBERED)
+        self.seen_set: set[str] = set()
+        self.latest_ns: int | None = None
+        self.since_ns = 0
+        #: what History must give once the stream is surely live: ("replay", N) or
+        #: ("gap", 0), due at ``due`` (monotonic) at the latest.
+        self.pending: tuple[str, int] | None = None
+        self.due = 0.0
+
+    def show(self, message: dict[str, Any]) -> bool:
+        """Print one message unless it was printed before or is the joiner's own (live
+        frames skip those, replays carry them: hidden everywhere, so a resumed tail
+        prints what an unbroken one would). True when --count is reached."""
+        message_id = str(message.get("id", ""))
+        if message_id in self.seen_set:
+            return False
+        if len(self.seen) == self.seen.maxlen:
+            self.seen_set.discard(self.seen[0])
+        self.seen.append(message_id)
+        self.seen_set.add(message_id)
+        sent = time_ns(message.get("sent_at"))
+        if sent is not None and (self.latest_ns is None or sent > self.latest_ns):
+            self.latest_ns = sent
+        if not self.include_own and message.get("user_id") == self.user_id:
+            return False
+        self.printer.response({"message": message})
+        self.printed += 1
+        return self.count is not None and self.printed >= self.count
+
+    def joined_at(self, when: datetime | None) -> None:
+        """The moment the first stream started, by the server's clock (to the second,
+        rounded down): a gap is never filled with messages from before it."""
+        when = when or datetime.now(UTC)
+        self.since_ns = int(when.timestamp()) * 1_000_000_000
+
+    def catch_up_later(self, kind: str, n: int = 0) -> None:
+        """Read History for ``kind`` when the new stream's first message comes, or after
+        SETTLE seconds, whichever is first."""
+        self.pending = (kind, n)
+        self.due = time.monotonic() + SETTLE
+
+    def settle_left(self) -> float | None:
+        """Seconds until the pending History read is due (0: now); None if none is."""
+        return None if self.pending is None else max(0.0, self.due - time.monotonic())
+
+    def catch_up(self, upto: dict[str, Any] | None) -> bool:
+        """Do the pending History read, before ``upto`` (the stream's first message) is
+        printed: --history's last N messages before it, or those of the gap. True when
+        --count is reached."""
+        if self.pending is None:
+            return False
+        kind, n = self.pending
+        self.pending = None
+        history = plain.read_history(self.inv, self.room_id)
+        if upto is not None:
+            upto_id = upto.get("id")
+            history = next(
+                (history[:i] for i, m in enumerate(history) if m.get("id") == upto_id), history
+            )
+        if kind == "replay":
+            chosen = plain.select(history, limit=n)
+        else:
+            since = self.since_ns
+            if self.latest_ns is not None:
+                since = max(since, self.latest_ns - GAP_SLACK_NS)
+            chosen = [m for m in history if (time_ns(m.get("sent_at")) or -1) >= since]
+        return any(self.show(m) for m in chosen)
 
 
 def _backoff(attempt: int) -> float:

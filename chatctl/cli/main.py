@@ -39,6 +39,7 @@ from chatctl.errors import (
     NotAnAPIError,
     SettingError,
     StreamClosed,
+    UnsupportedError,
 )
 
 app = typer.Typer(
@@ -155,6 +156,17 @@ def hint_for(e: ChatctlError) -> str | None:
     """The next step for the user after an error: the one place hints are worded."""
     if e.hint:
         return e.hint
+    if e.outcome_unknown:
+        return (
+            "it may or may not have been done: the server does not take an Idempotency-Key, "
+            "so chatctl did not retry (that could do it twice); check (chatctl history / "
+            "list) before trying again"
+        )
+    if isinstance(e, UnsupportedError):
+        return (
+            "that needs chatctl's own server (chatctl serve); against other m3o servers, "
+            "run without that option"
+        )
     if isinstance(e, SettingError):
         return {
             "scheme": "use http://HOST, https://HOST or unix:/path/to/socket",

@@ -143,6 +143,10 @@ def history(
 ) -> None:
     """Print a room's messages, oldest first, paging through large rooms by itself.
 
+    A server without chatctl's paging (any other m3o server) answers the whole room at
+    once: it is read once, put in time order, and --limit, --before and --after are
+    applied here.
+
     Example: chatctl history general --limit 20
     Example: chatctl history general -o jsonl > general.jsonl
     """
@@ -157,9 +161,29 @@ def history(
     out = inv.renderer(batch=len(calls) > 1)
     try:
         for call in calls:
-            out.stream("messages", _messages(inv, call.body, limit))
+            out.stream("messages", _read(inv, call.body, limit))
     finally:
         out.close()
+
+
+def _read(
+    inv: Invocation, request: dict[str, Any], limit: int | None
+) -> Iterator[dict[str, Any]]:
+    """The messages a History request selects: paged by the server where it can, else
+    read once and selected here. Only the extensions the server has are sent."""
+    user = request.get("user_id")
+    server = inv.client.facts(user if isinstance(user, str) else None)
+    if not server.has("history-user"):
+        request.pop("user_id", None)  # m3o's History takes no reader (and checks none)
+    if server.has("paging"):
+        return _messages(inv, request, limit)
+    from chatctl.cli import plain
+
+    limit = limit or request.pop("limit", None)
+    before = request.pop("before", None) or None
+    after = request.pop("after", None) or None
+    messages = plain.read_history(inv, request["room_id"])
+    return iter(plain.select(messages, limit=limit, before=before, after=after))
 
 
 def _page(inv: Invocation, request: dict[str, Any], **cursor: Any) -> list[dict[str, Any]]:

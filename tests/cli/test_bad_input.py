@@ -11,6 +11,7 @@ from pytest_httpx import HTTPXMock
 
 from tests.cli.test_requests import ROOM, ROOM_OBJ
 from tests.conftest import Run
+from tests.helpers import CHATCTL_HEADERS
 
 
 @pytest.fixture(autouse=True)
@@ -150,8 +151,11 @@ def test_not_in_room_gives_a_hint(cli: Run, httpx_mock: HTTPXMock) -> None:
 
 
 def test_retries_503_with_the_same_idempotency_key(cli: Run, httpx_mock: HTTPXMock) -> None:
+    # chatctl's server (its 503 says so) honours the key: a retry cannot store it twice.
     httpx_mock.add_response(
-        status_code=503, json={"id": "chat.send", "code": 503, "detail": "busy", "status": "x"}
+        status_code=503,
+        json={"id": "chat.send", "code": 503, "detail": "busy", "status": "x"},
+        headers=CHATCTL_HEADERS,
     )
     httpx_mock.add_response(json={"message": {"id": "m"}})
     r = cli("send", ROOM, "hi")
@@ -191,6 +195,10 @@ def test_retries_429_after_retry_after_with_the_same_idempotency_key(
 
 def test_a_403_hint_names_the_acting_user_flag(cli: Run, httpx_mock: HTTPXMock) -> None:
     httpx_mock.add_response(
+        url="http://chat.test/v1/chat/List", json={"rooms": []}, headers=CHATCTL_HEADERS
+    )
+    httpx_mock.add_response(
+        url="http://chat.test/v1/chat/History",
         status_code=403,
         json={"id": "chat.history", "code": 403, "detail": "private room", "status": "x"},
     )

@@ -10,6 +10,7 @@ import pytest
 from pytest_httpx import HTTPXMock
 
 from tests.conftest import Run
+from tests.helpers import CHATCTL_HEADERS
 
 URL = "http://chat.test"
 ROOM = "d8057208-f81a-4e14-ad7f-c29daa2bb910"
@@ -117,12 +118,16 @@ def test_send_lines_in_order(cli: Run, httpx_mock: HTTPXMock) -> None:
     assert r.stdout.splitlines() == [MESSAGE["id"]] * 3
 
 
-def test_history_seed_payload(cli: Run, httpx_mock: HTTPXMock) -> None:
-    httpx_mock.add_response(json={"messages": [MESSAGE]})
-    httpx_mock.add_response(json={"messages": []})
+def test_history_pages_on_chatctls_server(cli: Run, httpx_mock: HTTPXMock) -> None:
+    # Asked by id, nothing is known of the server yet: a small seed-shaped List asks
+    # (read-only, filtered by the reader) before any extension is sent.
+    httpx_mock.add_response(json={"rooms": []}, headers=CHATCTL_HEADERS)
+    httpx_mock.add_response(json={"messages": [MESSAGE]}, headers=CHATCTL_HEADERS)
+    httpx_mock.add_response(json={"messages": []}, headers=CHATCTL_HEADERS)
     r = cli("history", ROOM, "-o", "json")
     assert r.code == 0, r.stderr
-    first, second = httpx_mock.get_requests()
+    probe, first, second = httpx_mock.get_requests()
+    check(probe, "List", {"user_id": "user-1"})
     check(
         first,
         "History",
@@ -142,11 +147,12 @@ def test_history_seed_payload(cli: Run, httpx_mock: HTTPXMock) -> None:
 
 
 def test_history_limit_is_latest(cli: Run, httpx_mock: HTTPXMock) -> None:
-    httpx_mock.add_response(json={"messages": [MESSAGE]})
+    httpx_mock.add_response(json={"rooms": []}, headers=CHATCTL_HEADERS)
+    httpx_mock.add_response(json={"messages": [MESSAGE]}, headers=CHATCTL_HEADERS)
     r = cli("history", ROOM, "--limit", "1", "-o", "jsonl")
     assert r.code == 0, r.stderr
     check(
-        httpx_mock.get_requests()[0], "History", {"room_id": ROOM, "user_id": "user-1", "limit": 1}
+        httpx_mock.get_requests()[1], "History", {"room_id": ROOM, "user_id": "user-1", "limit": 1}
     )
     assert [json.loads(line) for line in r.stdout.splitlines()] == [MESSAGE]
 

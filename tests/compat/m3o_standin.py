@@ -260,7 +260,8 @@ class Recorded:
 @dataclass
 class _Subscriber:
     user_id: str
-    queue: asyncio.Queue[str] = field(default_factory=asyncio.Queue)
+    #: frames to send; None ends the stream (``M3OStandIn.drop_streams``).
+    queue: asyncio.Queue[str | None] = field(default_factory=asyncio.Queue)
 
 
 @dataclass
@@ -398,6 +399,22 @@ class M3OStandIn:
         self.tokens: set[str] = set()
         self.cors = cors
         self.requests: list[Recorded] = []
+        #: Test control: while cleared, a Join WebSocket that sent its request waits
+        #: before it is subscribed, as m3o's gateway and service may take a while to.
+        self.join_gate = threading.Event()
+        self.join_gate.set()
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def drop_streams(self, token: str) -> int:
+        """Test control: end every live Join WebSocket of a token's tenant, as a gateway
+        going away would (close 1001); the number ended."""
+        t = self.chat.tenant(token)
+        subs = [sub for subs in t.consumers.values() for sub in subs]
+        loop = self._loop
+        if loop is not None:
+            for sub in subs:
+                loop.call_soon_threadsafe(sub.queue.put_nowait, None)
+        return len(subs)
 
     # -- the gateway's parts ------------------------------------------------------------
 
@@ -448,6 +465,7 @@ class M3OStandIn:
         return rec
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        self._loop = asyncio.get_running_loop()
         if scope["type"] == "http":
             await self._http(scope, receive, send)
         elif scope["type"] == "websocket":
@@ -532,13 +550,11 @@ class M3OStandIn:
                 if not getter.done():
                     getter.cancel()
                     break
-                await send(
-                    {
-                        "type": "http.response.body",
-                        "body": getter.result().encode(),
-                        "more_body": True,
-                    }
-                )
+                frame = getter.result()
+                if frame is None:
+                    break
+                chunk = {"type": "http.response.body", "body": frame.encode(), "more_body": True}
+                await send(chunk)
         except OSError:
             pass
         finally:
@@ -578,6 +594,8 @@ class M3OStandIn:
         if len(raw) > MAX_CLIENT_FRAME:
             await ws.close(1009)
             return
+        while not self.join_gate.is_set():
+            await asyncio.sleep(0.01)
         try:
             req = _strict_or_500(raw, self.chat.kinds["Join"], "chat.JoinRequest")
             sub = self.chat.join(tenant, req)
@@ -586,9 +604,13 @@ class M3OStandIn:
             return  # no close frame: uvicorn drops the connection, as m3o's gateway did
         gid = req[f"{self.edition}_id"]
 
+        dropped = False
+
         async def pump() -> None:
-            while True:
-                await ws.send_text(await sub.queue.get())
+            nonlocal dropped
+            while (frame := await sub.queue.get()) is not None:
+                await ws.send_text(frame)
+            dropped = True
 
         async def drain() -> None:
             # Later frames went to the service's stream, which Join never read.
@@ -603,7 +625,7 @@ class M3OStandIn:
                 task.cancel()
             self.chat.leave_stream(tenant, gid, sub)
         with contextlib.suppress(Exception):
-            await ws.close(1000)
+            await ws.close(1001 if dropped else 1000)
 
 
 def _strict_or_500(raw: bytes, kinds: _Kinds, message: str) -> dict[str, Any]:

@@ -185,24 +185,8 @@ CHECKS: list[tuple[str, Callable[[Workspace, str], None]]] = [
 ]
 
 
-def websocat_url_after_h(line: str) -> bool:
-    """websocat's -H takes several values, so a URL after `-H "…"` is taken as a header."""
-    return bool(re.search(r"websocat\b.*\s-H\s+\"[^\"]*\"\s+wss?://", line))
-
-
 def recipe_params() -> list[Any]:
-    params = []
-    for comment, line in readme_recipes():
-        marks = []
-        if websocat_url_after_h(line):
-            marks.append(
-                pytest.mark.xfail(
-                    strict=True,
-                    reason="issue 14: the websocat recipe puts the URL after -H, which swallows it",
-                )
-            )
-        params.append(pytest.param(line, id=comment, marks=marks))
-    return params
+    return [pytest.param(line, id=comment) for comment, line in readme_recipes()]
 
 
 @pytest.fixture(scope="module")
