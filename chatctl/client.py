@@ -51,12 +51,14 @@ local server (started on demand by ``chatctl.local``). A URL holding credentials
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import json
 import random
+import re
 import time
 import uuid
-from collections.abc import Callable, Generator, Sequence
+from collections.abc import Callable, Generator, Iterable, Sequence
 from datetime import datetime
 from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING, Any, TextIO
@@ -476,6 +478,88 @@ class Client:
             )
         return NotAnAPIError(self.where, status, answer.content_type)
 
+    # -- a long History, streamed ----------------------------------------------------------
+
+    def history(self, body: dict[str, Any]) -> Generator[dict[str, Any], None, None]:
+        """Every message one History call without ``limit`` answers, each decoded as it
+        arrives (chatctl's server sends a long one in parts), in constant memory. The
+        budget bounds each wait for more of the answer, not the whole of it; a connection
+        lost part-way is picked up after the last message read (``after``: the paging
+        extension, which the caller made sure the server has)."""
+        path = "/v1/chat/History"
+        request = in_edition(body, self.server.edition)
+        last: str | None = None
+        failures = 0
+        deadline = time.monotonic() + self.timeout
+        while True:
+            ask = request if last is None else {**request, "after": last}
+            started = time.perf_counter()
+            status: int | str = "unreachable"
+            read = 0
+            try:
+                timeout = httpx.Timeout(self.timeout, connect=min(CONNECT_TIMEOUT, self.timeout))
+                with self._client().stream(
+                    "POST", path, content=json.dumps(ask).encode(), timeout=timeout
+                ) as r:
+                    status = r.status_code
+                    if status != 200:
+                        self._refused_read(r, deadline)
+                    else:
+                        self._reached = True
+                        self.server.learn(r.headers.get(EXTENSIONS_HEADER))
+                        for item in _streamed_items(r.iter_bytes(), "messages", self.where):
+                            message_id = item.get("id")
+                            last = message_id if isinstance(message_id, str) else None
+                            read += 1
+                            failures = 0
+                            deadline = time.monotonic() + self.timeout
+                            yield item
+                        return
+            except _Retryable as e:
+                error = e.error
+            except httpx.TimeoutException:
+                raise NoAnswerError(self.where, self.timeout, local=self._local) from None
+            except httpx.ConnectError as e:
+                self.forget_connection()
+                tls = _tls_failure(e, self.where)
+                if tls is not None:
+                    raise tls from None
+                error = self._connect_error(_reason(e))
+            except (httpx.TransportError, OSError) as e:
+                self.forget_connection()
+                error = self._connect_error(_reason(e))
+            finally:
+                self._log("POST", path, status, started, f" ({read} messages)")
+            if read and last is None:
+                raise error  # cut short after a message without an id: no place to resume
+            failures += 1
+            if not self._reached and failures > self.retries:
+                raise error
+            wait = min(2.0, 0.05 * 2 ** min(failures, 6)) * (0.5 + random.random())
+            if time.monotonic() + wait >= deadline:
+                raise error
+            self._sleep(wait)
+
+    def _refused_read(self, r: httpx.Response, deadline: float) -> None:
+        """A read answered with an error: raise it, or _Retryable for 429 and 502-504
+        (after Retry-After, when the server says, within the budget)."""
+        answer = _Answer(
+            r.read()[:MAX_ANSWER_BYTES],
+            r.headers.get("content-type", ""),
+            r.headers.get("retry-after"),
+            r.reason_phrase,
+            r.headers.get(EXTENSIONS_HEADER),
+        )
+        error = self._api_error(r.status_code, answer)
+        if r.status_code != 429 and r.status_code not in _RETRY_STATUSES:
+            raise error
+        asked = error.retry_after if isinstance(error, APIError) else None
+        if asked is not None:
+            if time.monotonic() + asked >= deadline:
+                raise error
+            self._sleep(max(asked, 0.05))
+        raise _Retryable("retry", error)
+
     # -- bulk sends: chatctl's extension ------------------------------------------------
 
     def send_bulk(
@@ -618,6 +702,72 @@ class _Answer:
         """Is the body an m3o error object (the API's own refusal, not a proxy's page)?"""
         data = self.json()
         return isinstance(data, dict) and "detail" in data
+
+
+#: The start of a History answer, up to its first message: ``{"messages": [``.
+_ITEMS_HEAD = re.compile(r'\s*\{\s*"messages"\s*:\s*\[')
+#: characters of one item read past the end of the answer's others, at most (a message
+#: of maximal fields is under 2 MiB encoded).
+_MAX_ITEM = 16 * 1024 * 1024
+
+
+def _streamed_items(
+    chunks: Iterable[bytes], key: str, where: str
+) -> Generator[dict[str, Any], None, None]:
+    """The objects of the list under ``key`` in a JSON answer ``{"key": [...]}`` that
+    arrives in ``chunks``, each as soon as it is whole (json's own decoder finds its
+    end). Items that are not objects are skipped, as ``call``'s callers skip them; an
+    answer that is not such an object is NotAnAPIError, one cut short a _Retryable."""
+    assert key == "messages"
+    decode = codecs.getincrementaldecoder("utf-8")().decode
+    scan = json.JSONDecoder().raw_decode
+    buf, pos = "", 0
+    state = "head"  # head, item (or ]), next (, or ]), end (}), done
+    for chunk in chunks:
+        try:
+            buf = buf[pos:] + decode(chunk)
+        except UnicodeDecodeError:
+            raise NotAnAPIError(where, 200, "text that is not UTF-8") from None
+        pos = 0
+        size = len(buf)
+        while pos < size:
+            char = buf[pos]
+            if char in " \t\r\n":
+                pos += 1
+            elif state == "head":
+                match = _ITEMS_HEAD.match(buf, pos)
+                if match is None:
+                    if size - pos < 64:
+                        break  # the rest of the head may come in the next chunk
+                    raise NotAnAPIError(where, 200, "an answer that is not a History")
+                pos, state = match.end(), "item"
+            elif char == "]" and state in ("item", "next"):
+                pos, state = pos + 1, "end"
+            elif state == "next":
+                if char != ",":
+                    raise NotAnAPIError(where, 200, "a History that is not a JSON list")
+                pos, state = pos + 1, "comma"
+            elif state in ("item", "comma"):
+                try:
+                    item, pos = scan(buf, pos)
+                except json.JSONDecodeError:
+                    if size - pos > _MAX_ITEM:
+                        raise NotAnAPIError(where, 200, "a History item that is not JSON") from None
+                    break  # not all of it is here yet
+                state = "next"
+                if isinstance(item, dict):
+                    yield item
+            elif state == "end" and char == "}":
+                pos, state = pos + 1, "done"
+            else:
+                if state == "done":
+                    pos = size
+                    break
+                raise NotAnAPIError(where, 200, "a History that is not a JSON object")
+    if state == "head":
+        raise NotAnAPIError(where, 200, "an answer that is not a History")
+    if state != "done":
+        raise _Retryable("cut", ConnectError(f"the answer from {where} was cut short", where=where))
 
 
 class BulkCut(Exception):

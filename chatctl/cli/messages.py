@@ -195,10 +195,11 @@ def _page(inv: Invocation, request: dict[str, Any], **cursor: Any) -> list[dict[
 def _messages(
     inv: Invocation, request: dict[str, Any], limit: int | None
 ) -> Iterator[dict[str, Any]]:
-    """Every message the request selects, oldest first, a page at a time.
+    """Every message the request selects, oldest first.
 
-    Forward from a cursor streams in constant memory; the latest N (with or without
-    --before) pages backwards and holds at most N messages.
+    All of them (no --limit) is one streamed History call; the first N after a cursor
+    pages forward; both run in constant memory. The latest N (with or without --before)
+    pages backwards and holds at most N messages.
     """
     limit = limit or request.pop("limit", None)
     before = request.pop("before", None) or None
@@ -220,6 +221,12 @@ def _messages(
             cursor = first
         for page in reversed(pages):
             yield from page
+        return
+    if limit is None:
+        # All of it: one History without a limit, read as it arrives (chatctl's server
+        # sends it in parts), rather than a call per page of 1,000: ~2x the rate.
+        bounds = {"after": after, "before": before}
+        yield from inv.client.history({**request, **{k: v for k, v in bounds.items() if v}})
         return
     cursor, left = after or START, limit
     while left is None or left > 0:
