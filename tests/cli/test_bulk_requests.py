@@ -15,10 +15,10 @@ import pytest
 from pytest_httpx import HTTPXMock
 
 from tests.conftest import Run
+from tests.helpers import CHATCTL_HEADERS
 
 URL = "http://chat.test"
 ROOM = "d8057208-f81a-4e14-ad7f-c29daa2bb910"
-OURS = {"chat-extensions": "paging, idempotency-key, bulk-send"}
 
 
 @pytest.fixture(autouse=True)
@@ -50,7 +50,7 @@ class Fake:
     """A chatctl server for the mock transport: answers Sends, unary or bulk, recording
     every message as (its key, its body). ``plan`` shapes the next bulk answers."""
 
-    headers: dict[str, str] = field(default_factory=lambda: dict(OURS))
+    headers: dict[str, str] = field(default_factory=lambda: dict(CHATCTL_HEADERS))
     sent: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     bulk_requests: list[httpx.Request] = field(default_factory=list)
     plan: list[Callable[[list[bytes], list[bytes]], httpx.Response]] = field(default_factory=list)

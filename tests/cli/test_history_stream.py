@@ -16,10 +16,10 @@ from pytest_httpx import HTTPXMock
 from chatctl.client import _Retryable, _streamed_items
 from chatctl.errors import NotAnAPIError
 from tests.conftest import Run
+from tests.helpers import CHATCTL_HEADERS
 
 URL = "http://chat.test"
 ROOM = "d8057208-f81a-4e14-ad7f-c29daa2bb910"
-OURS = {"chat-extensions": "paging, history-user, idempotency-key, bulk-send"}
 
 
 def message(n: int, text: str | None = None) -> dict[str, Any]:
@@ -86,11 +86,11 @@ def test_a_dropped_history_is_picked_up_after_the_last_message(
     cli: Run, httpx_mock: HTTPXMock, env: None
 ) -> None:
     first = body([message(n) for n in range(1, 6)])
-    httpx_mock.add_response(json={"rooms": []}, headers=OURS)
+    httpx_mock.add_response(json={"rooms": []}, headers=CHATCTL_HEADERS)
     # Three whole messages, then the server is gone; asked again, it sends the rest.
     cut_at = first.index(json.dumps(message(4)).encode()) + 20
-    httpx_mock.add_response(stream=Cut(first[:cut_at]), headers=OURS)
-    httpx_mock.add_response(content=body([message(4), message(5)]), headers=OURS)
+    httpx_mock.add_response(stream=Cut(first[:cut_at]), headers=CHATCTL_HEADERS)
+    httpx_mock.add_response(content=body([message(4), message(5)]), headers=CHATCTL_HEADERS)
     r = cli("history", ROOM, "-o", "jsonl")
     assert r.code == 0, r.stderr
     assert [json.loads(line)["id"] for line in r.stdout.splitlines()] == [
@@ -104,8 +104,8 @@ def test_a_dropped_history_is_picked_up_after_the_last_message(
 def test_after_and_before_go_with_the_streamed_call(
     cli: Run, httpx_mock: HTTPXMock, env: None
 ) -> None:
-    httpx_mock.add_response(json={"rooms": []}, headers=OURS)
-    httpx_mock.add_response(content=body([message(2)]), headers=OURS)
+    httpx_mock.add_response(json={"rooms": []}, headers=CHATCTL_HEADERS)
+    httpx_mock.add_response(content=body([message(2)]), headers=CHATCTL_HEADERS)
     a, b = message(1)["id"], message(3)["id"]
     r = cli("history", ROOM, "--after", a, "--before", b, "-o", "id")
     assert r.code == 0, r.stderr
