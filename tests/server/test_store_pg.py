@@ -111,7 +111,13 @@ def test_every_statement_has_an_index_to_use(url: str) -> None:
         seen = 0
         for statement in [*statements(sql, store_pg), store_pg._SEND, store_pg._SEND_KEYED]:
             spelled = store_pg.PostgresSession._dialect(statement)
-            named = {name: "1" for name in _names(spelled)}
+            # An array parameter (a bulk Send's columns, ``_SEND_MANY``) gets a list.
+            named = {
+                name: ["1"] if f"%({name})s::text[]" in spelled
+                else [1.0] if f"%({name})s::float8[]" in spelled
+                else "1"
+                for name in _names(spelled)
+            }  # fmt: skip
             args: Any = named if named else ["1"] * spelled.count("%s")
             explained = conn.execute("EXPLAIN " + spelled, args).fetchall()
             plan = "\n".join(row[0] for row in explained)
