@@ -101,6 +101,7 @@ __all__ = [
     "JoinStream",
     "NoBulk",
     "Server",
+    "backoff",
     "parse_url",
 ]
 
@@ -145,6 +146,13 @@ def parse_url(url: str) -> tuple[str, str | None]:
             "credentials",
         )
     return shown + parts.path.rstrip("/"), None
+
+
+def backoff(failures: int) -> float:
+    """Seconds to wait before retrying after ``failures`` failures in a row: capped at 2 s,
+    jittered, so clients that failed together do not come back together."""
+    wait: float = min(2.0, 0.05 * 2 ** min(failures, 6)) * (0.5 + random.random())
+    return wait
 
 
 def _host(host: str) -> str:
@@ -379,7 +387,7 @@ class Client:
             if wait is None:
                 if not self._reached and failures > self.retries:
                     raise error
-                wait = min(2.0, 0.05 * 2 ** min(failures, 6)) * (0.5 + random.random())
+                wait = backoff(failures)
             if time.monotonic() + wait >= deadline:
                 raise error  # the budget cannot cover the wait: report what we know
             self._sleep(wait)
@@ -417,38 +425,36 @@ class Client:
                         raise APIError(r.status_code, "the answer is larger than 256 MiB")
                     if time.monotonic() > deadline:
                         raise NoAnswerError(self.where, self.timeout, local=self._local)
-                return r.status_code, _Answer(
-                    bytes(body),
-                    r.headers.get("content-type", ""),
-                    r.headers.get("retry-after"),
-                    r.reason_phrase,
-                    r.headers.get(EXTENSIONS_HEADER),
-                )
-        except httpx.ConnectTimeout:
-            self.forget_connection()
-            error = self._connect_error("connection timed out")
-            raise _Retryable("timeout", error, delivered=False) from None
-        except httpx.TimeoutException:
-            # Connected and asked, but no answer within the whole budget.
-            raise NoAnswerError(self.where, self.timeout, local=self._local) from None
-        except httpx.ConnectError as e:
-            self.forget_connection()
-            tls = _tls_failure(e, self.where)
-            if tls is not None:
-                raise tls from None
-            error = self._connect_error(_reason(e))
-            raise _Retryable("unreachable", error, delivered=False) from None
+                return r.status_code, _answer_of(r, bytes(body))
         except (httpx.TransportError, OSError) as e:
-            # Refused mid-way, reset, closed without an answer: a server restarting. The
-            # request may have reached it.
-            self.forget_connection()
-            raise _Retryable("unreachable", self._connect_error(_reason(e))) from None
+            raise self._failure(e) from None
         except httpx.HTTPError as e:  # e.g. a body its content-encoding cannot decode
             self.forget_connection()
             raise ConnectError(
                 f"{self.where} sent an answer that cannot be read: {_reason(e)}",
                 where=self.where,
             ) from None
+
+    def _failure(self, e: httpx.TransportError | OSError) -> _Retryable:
+        """A request that failed on the way (no answer, or part of one): what a retry may
+        cure, as _Retryable (``delivered`` unless no connection was made). A timeout once
+        connected (the whole budget went by) and a TLS failure are final: raised."""
+        if isinstance(e, httpx.ConnectTimeout):
+            self.forget_connection()
+            error = self._connect_error("connection timed out")
+            return _Retryable("timeout", error, delivered=False)
+        if isinstance(e, httpx.TimeoutException):
+            # Connected and asked, but no answer within the whole budget.
+            raise NoAnswerError(self.where, self.timeout, local=self._local) from None
+        self.forget_connection()
+        if isinstance(e, httpx.ConnectError):
+            tls = _tls_failure(e, self.where)
+            if tls is not None:
+                raise tls from None
+            return _Retryable("unreachable", self._connect_error(_reason(e)), delivered=False)
+        # Refused mid-way, reset, closed without an answer: a server restarting. The
+        # request may have reached it.
+        return _Retryable("unreachable", self._connect_error(_reason(e)))
 
     def _decode(self, status: int, answer: _Answer) -> dict[str, Any]:
         data = answer.json()
@@ -517,17 +523,8 @@ class Client:
                         return
             except _Retryable as e:
                 error = e.error
-            except httpx.TimeoutException:
-                raise NoAnswerError(self.where, self.timeout, local=self._local) from None
-            except httpx.ConnectError as e:
-                self.forget_connection()
-                tls = _tls_failure(e, self.where)
-                if tls is not None:
-                    raise tls from None
-                error = self._connect_error(_reason(e))
             except (httpx.TransportError, OSError) as e:
-                self.forget_connection()
-                error = self._connect_error(_reason(e))
+                error = self._failure(e).error
             finally:
                 self._log("POST", path, status, started, f" ({read} messages)")
             if read and last is None:
@@ -535,7 +532,7 @@ class Client:
             failures += 1
             if not self._reached and failures > self.retries:
                 raise error
-            wait = min(2.0, 0.05 * 2 ** min(failures, 6)) * (0.5 + random.random())
+            wait = backoff(failures)
             if time.monotonic() + wait >= deadline:
                 raise error
             self._sleep(wait)
@@ -543,13 +540,7 @@ class Client:
     def _refused_read(self, r: httpx.Response, deadline: float) -> None:
         """A read answered with an error: raise it, or _Retryable for 429 and 502-504
         (after Retry-After, when the server says, within the budget)."""
-        answer = _Answer(
-            r.read()[:MAX_ANSWER_BYTES],
-            r.headers.get("content-type", ""),
-            r.headers.get("retry-after"),
-            r.reason_phrase,
-            r.headers.get(EXTENSIONS_HEADER),
-        )
+        answer = _answer_of(r, r.read()[:MAX_ANSWER_BYTES])
         error = self._api_error(r.status_code, answer)
         if r.status_code != 429 and r.status_code not in _RETRY_STATUSES:
             raise error
@@ -607,32 +598,15 @@ class Client:
                         yield self._bulk_answer(line, status)
                 if partial:
                     raise BulkCut(self._connect_error("the answer was cut short"))
-        except httpx.ConnectTimeout:
-            self.forget_connection()
-            raise BulkCut(self._connect_error("connection timed out"), sent=False) from None
-        except httpx.TimeoutException:
-            raise NoAnswerError(self.where, self.timeout, local=self._local) from None
-        except httpx.ConnectError as e:
-            self.forget_connection()
-            tls = _tls_failure(e, self.where)
-            if tls is not None:
-                raise tls from None
-            raise BulkCut(self._connect_error(_reason(e)), sent=False) from None
         except (httpx.TransportError, OSError) as e:
-            self.forget_connection()
-            raise BulkCut(self._connect_error(_reason(e))) from None
+            failure = self._failure(e)
+            raise BulkCut(failure.error, sent=failure.delivered) from None
         finally:
             self._log("POST", path, status, started, f" ({answered} of {len(lines)} lines)")
 
     def _refused_bulk(self, r: httpx.Response) -> None:
         """A bulk Send answered as a whole (not line by line): raise what it means."""
-        answer = _Answer(
-            r.read()[:MAX_ANSWER_BYTES],
-            r.headers.get("content-type", ""),
-            r.headers.get("retry-after"),
-            r.reason_phrase,
-            r.headers.get(EXTENSIONS_HEADER),
-        )
+        answer = _answer_of(r, r.read()[:MAX_ANSWER_BYTES])
         status = r.status_code
         if status == 200:  # not an NDJSON answer: whatever answered knows no bulk Send
             raise NotAnAPIError(self.where, status, answer.content_type)
@@ -790,6 +764,17 @@ class NoBulk(Exception):
     def __init__(self, error: APIError) -> None:
         super().__init__(error.message)
         self.error = error
+
+
+def _answer_of(r: httpx.Response, body: bytes) -> _Answer:
+    headers = r.headers
+    return _Answer(
+        body,
+        headers.get("content-type", ""),
+        headers.get("retry-after"),
+        r.reason_phrase,
+        headers.get(EXTENSIONS_HEADER),
+    )
 
 
 class _Retryable(Exception):

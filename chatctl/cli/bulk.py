@@ -25,7 +25,6 @@ from __future__ import annotations
 import contextlib
 import json
 import queue
-import random
 import threading
 import time
 import uuid
@@ -33,7 +32,7 @@ from collections.abc import Generator, Iterator
 from typing import TYPE_CHECKING
 
 from chatctl.cli.run import Call, OneByOne, Outcome
-from chatctl.client import BulkCut, NoBulk
+from chatctl.client import BulkCut, NoBulk, backoff
 from chatctl.errors import APIError, ChatctlError, UsageError
 from chatctl.schema import BULK_SEND, in_edition
 
@@ -190,7 +189,7 @@ class BulkSender:
                 error = client._connect_error("the answer ended before every line was answered")
             failures += 1
             if wait is None:
-                wait = min(2.0, 0.05 * 2 ** min(failures, 6)) * (0.5 + random.random())
+                wait = backoff(failures)
             if time.monotonic() + wait >= deadline:
                 # The budget is spent: this line's outcome is unknown. With --keep-going
                 # (and an answer from the server) the batch goes on from the next line.

@@ -11,9 +11,11 @@ import sys
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
+import pytest
 
 from tests.e2e.test_batches import make_room, sigint_pending
 from tests.helpers import ServerProcess, cli_env, wait_for
@@ -94,52 +96,63 @@ def stored(server: ServerProcess, room: str) -> list[dict[str, str]]:
     return messages
 
 
-def test_ctrl_c_during_a_bulk_send_finishes_it_and_prints_every_id_of_it(
-    start_server: Callable[..., ServerProcess],
-) -> None:
+@dataclass
+class Held:
+    """A batch whose bulk Send the proxy holds: the CLI process, the server and room, the
+    bulk bodies the proxy saw, and the event that lets the held request go on."""
+
+    server: ServerProcess
+    room: str
+    proc: subprocess.Popen[str]
+    bulks: list[bytes]
+    hold: threading.Event
+
+
+@pytest.fixture
+def held(start_server: Callable[..., ServerProcess]) -> Iterator[Held]:
     server = start_server(tcp=True)
     env = cli_env(server, CHATCTL_USER="u")
     room = make_room(server, env)
     hold = threading.Event()
     with holding_proxy(server.url, hold) as (url, bulks):
         proc = start_batch(env, url, room)
-        into_bulk(proc, bulks)
-        proc.send_signal(signal.SIGINT)
-        wait_for(lambda: not sigint_pending(proc.pid), 10, "the CLI to take the SIGINT")
-        assert proc.poll() is None  # still waiting for the held request's answers
-        hold.set()
-        out, err = proc.communicate(timeout=30)
+        try:
+            into_bulk(proc, bulks)
+            yield Held(server, room, proc, bulks, hold)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            proc.communicate(timeout=30)
+
+
+def test_ctrl_c_during_a_bulk_send_finishes_it_and_prints_every_id_of_it(held: Held) -> None:
+    proc = held.proc
+    proc.send_signal(signal.SIGINT)
+    wait_for(lambda: not sigint_pending(proc.pid), 10, "the CLI to take the SIGINT")
+    assert proc.poll() is None  # still waiting for the held request's answers
+    held.hold.set()
+    out, err = proc.communicate(timeout=30)
     assert proc.returncode == 130, err
-    messages = stored(server, room)
-    held = [line for line in bulks[0].decode().splitlines()]
-    assert len(held) >= 2 and len(bulks) == 1  # one bulk Send, finished; no other begun
+    messages = stored(held.server, held.room)
+    lines = held.bulks[0].decode().splitlines()
+    assert len(lines) >= 2 and len(held.bulks) == 1  # one bulk Send, finished; no other
     assert [m["text"] for m in messages] == [f"m{n}" for n in range(len(messages))]
-    assert len(messages) == 1 + len(held)
-    printed = [m for m in out.split()]
-    assert len(printed) == len(messages) - 1  # m0's id was read above
-    assert printed == [m["id"] for m in messages[1:]]
+    assert len(messages) == 1 + len(lines)
+    assert out.split() == [m["id"] for m in messages[1:]]  # m0's id was read before
     assert f"interrupted: {len(messages)} messages sent" in err
 
 
-def test_a_second_ctrl_c_abandons_the_bulk_send_and_names_its_lines(
-    start_server: Callable[..., ServerProcess],
-) -> None:
-    server = start_server(tcp=True)
-    env = cli_env(server, CHATCTL_USER="u")
-    room = make_room(server, env)
-    hold = threading.Event()
-    with holding_proxy(server.url, hold) as (url, bulks):
-        proc = start_batch(env, url, room)
-        into_bulk(proc, bulks)
-        assert proc.stderr is not None
-        proc.send_signal(signal.SIGINT)
-        assert proc.stderr.readline().startswith("chatctl: finishing the call in flight")
-        proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=30)
+def test_a_second_ctrl_c_abandons_the_bulk_send_and_names_its_lines(held: Held) -> None:
+    proc = held.proc
+    assert proc.stderr is not None
+    proc.send_signal(signal.SIGINT)
+    assert proc.stderr.readline().startswith("chatctl: finishing the call in flight")
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=30)
     assert proc.returncode == 130, err
-    held = len(bulks[0].decode().splitlines())
+    lines = len(held.bulks[0].decode().splitlines())
     assert out.split() == []
     assert (
-        f"interrupted during the call for line 2 to line {held + 1} ({held} in one request): "
+        f"interrupted during the call for line 2 to line {lines + 1} ({lines} in one request): "
         "they may or may not have been stored; 1 message sent before them"
     ) in err
