@@ -466,14 +466,7 @@ class Client:
         data = answer.json()
         retry_after = _retry_after(answer.retry_after)
         if isinstance(data, dict) and "detail" in data:
-            code = data.get("code")
-            return APIError(
-                code if isinstance(code, int) and 100 <= code < 600 else status,
-                str(data.get("detail", "")),
-                str(data.get("id", "")),
-                str(data.get("status", "")),
-                retry_after=retry_after,
-            )
+            return _error_of(data, status, retry_after)
         # No m3o error object: never show the body (a web page, a proxy's error page).
         if status >= 500 or status in (401, 403, 429):
             what = answer.content_type.split(";")[0].strip() or "an empty body"
@@ -630,13 +623,7 @@ class Client:
         if isinstance(data, dict) and isinstance(data.get("message"), dict):
             return data
         if isinstance(data, dict) and "detail" in data:
-            code = data.get("code")
-            return APIError(
-                code if isinstance(code, int) and 100 <= code < 600 else status,
-                str(data.get("detail", "")),
-                str(data.get("id", "")),
-                str(data.get("status", "")),
-            )
+            return _error_of(data, status)
         raise NotAnAPIError(self.where, status, NDJSON)
 
     # -- the Join stream ------------------------------------------------------------------
@@ -764,6 +751,18 @@ class NoBulk(Exception):
     def __init__(self, error: APIError) -> None:
         super().__init__(error.message)
         self.error = error
+
+
+def _error_of(data: dict[str, Any], status: int, retry_after: float | None = None) -> APIError:
+    """An m3o error object as an APIError; its code if it is one, else the HTTP status."""
+    code = data.get("code")
+    return APIError(
+        code if isinstance(code, int) and 100 <= code < 600 else status,
+        str(data.get("detail", "")),
+        str(data.get("id", "")),
+        str(data.get("status", "")),
+        retry_after=retry_after,
+    )
 
 
 def _answer_of(r: httpx.Response, body: bytes) -> _Answer:
