@@ -22,7 +22,7 @@ from chatctl.server import sql, store_sqlite
 from chatctl.server.domain import Key, MessageRow, NewMessage, RoomRow, Unavailable
 from chatctl.server.sql import Session
 from chatctl.server.store_sqlite import MIGRATIONS, SQLiteStore
-from chatctl.wire import UUIDv7, rfc3339
+from chatctl.wire import UUIDv7, random_uuid, rfc3339
 from tests.server.helpers import Ticker
 
 T = TypeVar("T")
@@ -137,6 +137,16 @@ def test_uuid7_is_monotonic_and_well_formed() -> None:
         assert u.version == 7 and u.variant == uuid.RFC_4122
     later = make(1_600_000_000_000_000_000)  # the clock stepped back
     assert later > ids[-1]
+
+
+def test_random_uuid_is_a_well_formed_version_4() -> None:
+    made = [random_uuid() for _ in range(2000)]
+    assert len(set(made)) == len(made)
+    for text in made:
+        u = uuid.UUID(text)
+        assert str(u) == text and u.version == 4 and u.variant == uuid.RFC_4122
+    # Every hex digit of the random part shows up: nothing fixed beyond the version bits.
+    assert {t[19] for t in made} == set("89ab") and len({t[0] for t in made}) == 16
 
 
 def test_rfc3339_nanoseconds() -> None:
