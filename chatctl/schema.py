@@ -114,6 +114,9 @@ class Field:
     #: For chatctl's extensions beyond m3o: the name under which a server announces it
     #: (``EXTENSIONS_HEADER``); None for m3o's own fields.
     extension: str | None = None
+    #: m3o's final edition's name for the field (``group_id`` for ``room_id``): a request
+    #: may name it either way, but not both (contract part 3, "Both editions").
+    alias: str | None = None
 
     @property
     def default(self) -> Any:
@@ -143,7 +146,9 @@ class Endpoint:
         return None
 
 
-_ROOM_ID = Field("room_id", "string", "The id of the room.", "missing room id")
+_ROOM_ID = Field(
+    "room_id", "string", "The id of the room.", "missing room id", alias="group_id"
+)
 _USER_ID = Field("user_id", "string", "The id of the user.", "missing user id", "max_user_id_bytes")
 
 ENDPOINTS: dict[str, Endpoint] = {
@@ -381,8 +386,12 @@ def _check_kind(f: Field, value: Any) -> Any:
     elif f.kind == "boolean":
         ok = isinstance(value, bool)
     elif f.kind == "integer":
-        # JSON numbers only; proto3 JSON also accepts integers written as strings.
-        if isinstance(value, str) and value.lstrip("-").isdigit():
+        # proto3 JSON also takes integers written as strings (ASCII digits only: int()
+        # refuses some that isdigit() takes; none of ours may be negative), and JSON
+        # Schema counts 5.0 as an integer.
+        if (isinstance(value, float) and value.is_integer()) or (
+            isinstance(value, str) and value.isascii() and value.isdigit()
+        ):
             value = int(value)
         ok = isinstance(value, int) and not isinstance(value, bool)
     else:
@@ -418,10 +427,12 @@ def validate_request(
 ) -> dict[str, Any]:
     """Check a request body against its endpoint and return it normalised.
 
-    Unknown fields are dropped, as m3o's gateway ignored them. With ``fill_defaults`` every
-    field is present (the server's view); without, only the fields given (the client's
-    view, which sends exactly what the user asked for). Raises ValidationError with
-    m3o's detail ("missing room id") or a detail naming the field and the limit.
+    Unknown fields are dropped, as m3o's gateway ignored them; a field given by its
+    ``alias`` (m3o's final edition's ``group_id``) comes out under its own name. With
+    ``fill_defaults`` every field is present (the server's view); without, only the fields
+    given (the client's view, which sends exactly what the user asked for). Raises
+    ValidationError with m3o's detail ("missing room id") or a detail naming the field and
+    the limit.
     """
     if body is None:
         body = {}
@@ -429,8 +440,13 @@ def validate_request(
         raise ValidationError("request body must be a JSON object")
     out: dict[str, Any] = {}
     for f in endpoint.request:
-        if f.name in body and body[f.name] is not None:
-            out[f.name] = _check_kind(f, body[f.name])
+        name = f.name
+        if f.alias is not None and f.alias in body:
+            if name in body:
+                raise ValidationError(f"give {name} or {f.alias}, not both")
+            name = f.alias
+        if name in body and body[name] is not None:
+            out[f.name] = _check_kind(f, body[name])
         elif fill_defaults:
             out[f.name] = f.default
     for f in endpoint.request:

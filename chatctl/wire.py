@@ -16,6 +16,10 @@ Stdlib only and cheap to import: the CLI may use it on every command.
   client should understand as that status (4403 kicked or left, 4404 room deleted).
 - ``rfc3339``: m3o's times, UTC with nanoseconds. ``UUIDv7``: message ids, which sort in
   time order, so an id is also a position (``uuid7_floor`` turns a time into one).
+- Editions: everything above is written in the seed's "room" names; ``in_group_edition``
+  renames an encoded answer or frame to m3o's final edition (``group``, ``groups``,
+  ``group_id``), ``in_both_editions`` gives a Create or List answer both keys, and
+  ``group_wording`` rewords an error's detail (``missing group id``).
 """
 
 from __future__ import annotations
@@ -38,12 +42,16 @@ __all__ = [
     "CLOSE_TOO_BIG",
     "CLOSE_TOO_SLOW",
     "NIL_UUID",
+    "UUID_PATTERN",
     "UUIDv7",
     "close_code_for",
     "encode",
     "error_frame",
     "error_object",
     "event_frame",
+    "group_wording",
+    "in_both_editions",
+    "in_group_edition",
     "is_uuid",
     "message_frame",
     "message_object",
@@ -153,12 +161,15 @@ def rfc3339(ns: int) -> str:
 #: sorts before every UUIDv7: "from the very beginning".
 NIL_UUID = "00000000-0000-0000-0000-000000000000"
 
-_UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
+#: a UUID in its canonical 8-4-4-4-12 form, in either case (a regular expression).
+UUID_PATTERN = "[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
+_UUID = re.compile(UUID_PATTERN)
 
 
 def is_uuid(text: str) -> bool:
-    """True for a UUID in its canonical 8-4-4-4-12 form, in either case."""
-    return _UUID.match(text) is not None
+    """True for a UUID in its canonical 8-4-4-4-12 form, in either case (nothing after it:
+    ``$`` alone would let a trailing newline through)."""
+    return _UUID.fullmatch(text) is not None
 
 
 def _uuid_text(value: int) -> str:
@@ -200,3 +211,47 @@ class UUIDv7:
         rand = int.from_bytes(os.urandom(8), "big") & ((1 << 62) - 1)
         value = (stamp >> 12) << 80 | 0x7 << 76 | (stamp & 0xFFF) << 64 | 0b10 << 62 | rand
         return _uuid_text(value)
+
+
+# -- m3o's two editions -----------------------------------------------------------------
+# Every body and frame above is made once, in the seed's "room" names, and stored, kept
+# for an Idempotency-Key and fanned out that way. m3o's final edition renamed the keys
+# only (contract part 4), so a group-edition reader gets the same encoded text with its
+# keys renamed: no decoding, and one rename per frame however many streams read it.
+#
+# Why a rename of the text is exact: in JSON written by ``encode``, a quote inside a
+# string is always escaped (``\"``), so ``"room_id":`` — a quote right after a letter,
+# then a colon — can only be the end of a key; and the keys of every object here are
+# fixed names (no key is ever made from input). So each match is one of our keys, and
+# every such key matches. tests/server/test_editions.py holds this against hostile text.
+
+_GROUP_WORDS = re.compile(r"\broom(s|_id)?\b")
+
+
+def in_group_edition(encoded: str) -> str:
+    """An answer or frame (or a part of one) in m3o's final edition's names: ``room_id``
+    → ``group_id`` wherever it is a key (messages, events), and an answer's own key
+    ``room`` → ``group``, ``rooms`` → ``groups`` (no object inside has those keys)."""
+    encoded = encoded.replace('"room_id":', '"group_id":')
+    if encoded.startswith(('{"room":', '{"rooms":')):
+        encoded = '{"group' + encoded[6:]
+    return encoded
+
+
+def in_both_editions(encoded: str) -> str:
+    """A Create or List answer (``{"room":R}``, ``{"rooms":[…]}``) with both editions'
+    key: ``{"room":R,"group":R}``, ``{"rooms":[…],"groups":[…]}``. Anything else as is."""
+    for key in ("room", "rooms"):
+        head = '{"' + key + '":'
+        if encoded.startswith(head):
+            value = encoded[len(head) : -1]
+            return head + value + ',"' + key.replace("room", "group") + '":' + value + "}"
+    return encoded
+
+
+def group_wording(detail: str) -> str:
+    """An error's detail as m3o's final edition words it: ``missing group id``, ``group
+    not found``, ``user is not in the group`` (and ``group_id`` for the field). Only for
+    the server's own details, which embed no input but names and numbers; a limit's flag
+    (``max_rooms_per_tenant``) keeps its name."""
+    return _GROUP_WORDS.sub(r"group\1", detail)

@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 
 _LISTEN = "Listening and access"
 _PER_TOKEN = "Per-token limits"
+_CLIENTS = "Browsers and m3o clients"
 
 
 _LIMIT_HELP = {
@@ -85,6 +86,12 @@ def _with_limit_options(command: Callable[..., None]) -> Callable[..., None]:
         [p for p in own if p.name != "limits"] + options
     )
     return with_limits
+
+
+class M3oEdition(enum.StrEnum):
+    both = "both"
+    room = "room"
+    group = "group"
 
 
 class LogLevel(enum.StrEnum):
@@ -230,6 +237,30 @@ def serve(
             rich_help_panel=_PER_TOKEN,
         ),
     ] = None,
+    cors_origin: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--cors-origin",
+            help="Let web pages of this origin call the server (repeatable): "
+            "scheme://host[:port] as the browser shows it, or * for any page. Tokens go in "
+            "the Authorization header (a WebSocket's as its subprotocol), never in cookies. "
+            "A Join WebSocket from another browser origin is refused.",
+            metavar="ORIGIN",
+            show_default=False,
+            rich_help_panel=_CLIENTS,
+        ),
+    ] = None,
+    m3o_edition: Annotated[
+        M3oEdition,
+        typer.Option(
+            "--m3o-edition",
+            help="The m3o edition Create and List answer in (they name neither room nor "
+            "group): both (a room and a group key, which clients of either edition read), "
+            "room (the seed's) or group (m3o's final). Calls naming room_id or group_id "
+            "are answered in their own edition whatever this says.",
+            rich_help_panel=_CLIENTS,
+        ),
+    ] = M3oEdition.both,
     log_level: Annotated[
         LogLevel, typer.Option(help="How much to log to stderr. Tokens are never logged.")
     ] = LogLevel.info,
@@ -277,6 +308,8 @@ def serve(
     --status and --stop look after that one.
 
     Example: chatctl serve --host 0.0.0.0 --tokens-file tokens --tls-cert c.pem --tls-key k.pem
+
+    Example: chatctl serve --tokens-file tokens --cors-origin https://app.example.com
     """
     if ctx.invoked_subcommand is not None:
         _no_serving_options(ctx)
@@ -310,6 +343,8 @@ def serve(
         **per_token,
         tls_cert=None if tls_cert is None else str(tls_cert),
         tls_key=None if tls_key is None else str(tls_key),
+        cors_origins=_cors_origins(cors_origin or []),
+        m3o_edition=m3o_edition.value,
     )
     run_server(
         config,
@@ -319,6 +354,21 @@ def serve(
         log_level=log_level.value,
         pid_file=None if pid_file is None else str(pid_file),
     )
+
+
+def _cors_origins(given: list[str]) -> tuple[str, ...]:
+    """--cors-origin values as browsers send an Origin; a usage error names a bad one."""
+    from chatctl.server.cors import parse_origin
+
+    origins: list[str] = []
+    for text in given:
+        try:
+            origin = parse_origin(text)
+        except ValueError as exc:
+            raise UsageError(f"--cors-origin: {exc}") from None
+        if origin not in origins:
+            origins.append(origin)
+    return tuple(origins)
 
 
 def _no_serving_options(ctx: typer.Context) -> None:

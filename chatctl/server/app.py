@@ -31,6 +31,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from chatctl.server.accesslog import AccessLog, crash, gateway_error
 from chatctl.server.config import ServerConfig
+from chatctl.server.cors import Cors
 from chatctl.server.domain import Unavailable
 from chatctl.server.edge import Edge
 from chatctl.server.hub import Hub
@@ -98,6 +99,9 @@ def create_app(config: ServerConfig) -> Starlette:
         lifespan=lifespan,
     )
     app.http = AccessLog(edge, hub, crash=True)
+    if edge.origins:
+        # Outermost, so that every answer has the CORS headers, the access log's 500 too.
+        app.http = Cors(app.http, edge.origins)
     app.state.config = config
     app.state.store = store
     app.state.hub = hub

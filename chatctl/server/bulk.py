@@ -40,7 +40,8 @@ from starlette.types import Receive, Scope, Send
 from chatctl.schema import ENDPOINTS, Endpoint
 from chatctl.server.domain import Refused, Unavailable
 from chatctl.server.edge import NDJSON_TYPES, Refusal, parse_json, validate
-from chatctl.wire import encode
+from chatctl.server.editions import GROUP, Edition, answer_in, request_edition
+from chatctl.wire import encode, group_wording
 
 if TYPE_CHECKING:
     from chatctl.server.config import ServerConfig
@@ -193,7 +194,7 @@ class _Group:
         #: the lines it numbers (a batch that stops in it still counts them all).
         self.size = size
         self.answers = answers
-        self.requests: list[tuple[int, dict[str, Any], str | None]] = []
+        self.requests: list[tuple[int, dict[str, Any], str | None, Edition]] = []
         #: False once the batch stops in this group (a refusal with ``stop``, a failure).
         self.go_on = True
 
@@ -230,6 +231,9 @@ class BulkSend(Response):
         self.stop = stop
         self.pace = pace
         self.group_lines = group_lines
+        #: the edition of a line that names no room (Send names one: ``room_id`` or
+        #: ``group_id``), as for a Send alone.
+        self.edition: Edition = config.m3o_edition
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
@@ -271,16 +275,17 @@ class BulkSend(Response):
         the first)."""
         group = _Group(len(lines), [""] * len(lines))
         for i, raw in enumerate(lines):
+            edition = self.edition
             try:
-                request = self._request(raw)
-            except Refusal as refusal:
-                group.answers[i] = encode(refusal.body())
+                request, edition = self._request(raw)
+            except _LineRefused as refused:
+                group.answers[i] = _worded(refused.refusal, refused.edition)
                 if self.stop:
                     group.cut(i)
                     break
                 continue
             key = None if self.key is None else f"{self.key}/{number + i}"
-            group.requests.append((i, request, key))
+            group.requests.append((i, request, key, edition))
         return group
 
     async def _store(self, group: _Group) -> list[str]:
@@ -292,27 +297,51 @@ class BulkSend(Response):
         answers = group.answers
         try:
             results = await self.service.send_many(
-                self.tenant, [(r, k) for _, r, k in requests], stop=self.stop
+                self.tenant, [(r, k) for _, r, k, _ in requests], stop=self.stop
             )
         except Unavailable as exc:
             failed = encode(Refusal.of(SEND.id, exc).body())
-            for i, _, _ in requests:
+            for i, _, _, _ in requests:
                 answers[i] = failed
             group.go_on = False
             return answers
-        for (i, _, _), result in zip(requests, results, strict=False):
+        for (i, _, _, edition), result in zip(requests, results, strict=False):
             if isinstance(result, Refused):
-                answers[i] = encode(Refusal.of(SEND.id, result).body())
+                answers[i] = _worded(Refusal.of(SEND.id, result), edition)
                 if self.stop:
                     group.cut(i)
                     return group.answers
             else:
-                answers[i] = result
+                answer = answer_in(edition, result)
+                assert isinstance(answer, str)
+                answers[i] = answer
         return answers
 
-    def _request(self, raw: bytes | None) -> dict[str, Any]:
-        """One line as a validated SendRequest, or the Refusal it would get alone."""
+    def _request(self, raw: bytes | None) -> tuple[dict[str, Any], Edition]:
+        """One line as a validated SendRequest and the edition it speaks (``group_id`` or
+        ``room_id``: each line is answered in its own), or the refusal it would get alone."""
         limit = self.config.limits.max_body_bytes
-        if raw is None:
-            raise Refusal("v1", 413, f"request line is larger than {limit} bytes (max_body_bytes)")
-        return validate(SEND, parse_json(raw, limit), self.config, raw)
+        edition = self.edition
+        try:
+            if raw is None:
+                detail = f"request line is larger than {limit} bytes (max_body_bytes)"
+                raise Refusal("v1", 413, detail)
+            body = parse_json(raw, limit)
+            edition = request_edition(SEND, body, self.edition)
+            return validate(SEND, body, self.config, raw), edition
+        except Refusal as refusal:
+            raise _LineRefused(refusal, edition) from None
+
+
+class _LineRefused(Exception):
+    def __init__(self, refusal: Refusal, edition: Edition) -> None:
+        super().__init__(refusal.detail)
+        self.refusal = refusal
+        self.edition = edition
+
+
+def _worded(refusal: Refusal, edition: Edition) -> str:
+    """A line's refusal, encoded, in the words of its edition (``missing group id``)."""
+    if edition == GROUP and "room" in refusal.detail:
+        refusal.detail = group_wording(refusal.detail)
+    return encode(refusal.body())

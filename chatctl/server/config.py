@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 from chatctl.schema import Limits
 
 if TYPE_CHECKING:
+    from chatctl.server.editions import Edition
     from chatctl.server.tokens import TokenRegistry
 
 __all__ = [
@@ -60,6 +61,12 @@ class ServerConfig:
     #: serve https and wss with this certificate chain and key (PEM files).
     tls_cert: str | None = None
     tls_key: str | None = None
+    #: browser origins allowed to call the server (``scheme://host[:port]`` as browsers
+    #: send them, or ``*``): CORS, and the Origin of a Join WebSocket (``server.cors``).
+    cors_origins: tuple[str, ...] = ()
+    #: the edition Create and List answer in (they name neither room nor group):
+    #: ``both`` (both keys), ``room`` or ``group`` (``server.editions``).
+    m3o_edition: Edition = "both"
 
     @property
     def open(self) -> bool:

@@ -5,7 +5,13 @@
 ``rules.ChatService``:
 
 - Paths are matched case-insensitively, as m3o's gateway did: ``POST /v1/chat/{Endpoint}``,
-  ``GET /health`` (never touches the database) and ``GET /openapi.json``.
+  ``GET /health`` (never touches the database) and ``GET /openapi.json``. Another method
+  on them is 405 with ``Allow`` (``_other_method``), but ``OPTIONS``, answered 204 with
+  ``Allow`` before any token is checked: a browser's CORS preflight (``cors`` adds what a
+  preflight needs for the origins it allows). An unknown path is 404 ``No such API``.
+- Both of m3o's editions (``editions``): a request naming ``group_id`` is answered in the
+  group edition, its refusals worded in it; Create and List in the server's edition.
+- An open server refuses a browser's request from an origin it does not allow (``cors``).
 - ``authenticate`` is the one place a credential becomes an identity: today the tenant
   key (a token's SHA-256, so the database never holds a token; ``""`` on an open server).
 - Errors are m3o's object, ``{"id", "code", "detail", "status"}`` with HTTP status ==
@@ -33,11 +39,13 @@ from starlette.types import Receive, Scope, Send
 
 from chatctl.schema import ENDPOINTS, Endpoint, ValidationError, endpoint_for, validate_request
 from chatctl.server.config import ServerConfig
+from chatctl.server.cors import Origins
 from chatctl.server.domain import Conflict, Forbidden, Invalid, NotFound, Refused, Unavailable
+from chatctl.server.editions import ROOM, answer_in, request_edition
 from chatctl.server.hub import Hub
 from chatctl.server.openapi import openapi_document
 from chatctl.server.rules import Answer, ChatService
-from chatctl.wire import encode, error_object
+from chatctl.wire import encode, error_object, group_wording
 
 if TYPE_CHECKING:
     from chatctl.server.streams import JoinStreams
@@ -60,11 +68,15 @@ NDJSON_TYPES = ("application/x-ndjson", "application/ndjson", "application/jsonl
 class Refusal(Exception):
     """An m3o error to answer with, raised anywhere on the edge."""
 
-    def __init__(self, id: str, code: int, detail: str) -> None:
+    def __init__(
+        self, id: str, code: int, detail: str, headers: dict[str, str] | None = None
+    ) -> None:
         super().__init__(detail)
         self.id = id
         self.code = code
         self.detail = detail
+        #: extra headers of the answer (429's Retry-After).
+        self.headers = headers
 
     def body(self) -> dict[str, Any]:
         return error_object(self.id, self.code, self.detail)
@@ -80,6 +92,30 @@ class Refusal(Exception):
 
 def no_such_api() -> Refusal:
     return Refusal("v1", 404, "No such API")
+
+
+#: the methods of the API's endpoints, and of /health and /openapi.json (``Allow``).
+ALLOW_POST = "POST"
+ALLOW_GET = "GET, HEAD"
+#: scope key: the edition a request is answered in, when not the seed's.
+EDITION = "chatctl.edition"
+
+
+def _other_method(method: str, allow: str) -> Response:
+    """``OPTIONS`` (a CORS preflight, or a client asking): 204 with ``Allow``. Any other
+    method the path does not take: 405, with ``Allow``."""
+    if method == "OPTIONS":
+        return Response(status_code=204, headers={"Allow": allow})
+    raise Refusal(
+        "v1", 405, f"method {method} not allowed here: use {allow}", {"Allow": allow}
+    )
+
+
+def worded_for(refusal: Refusal, scope: Scope) -> Refusal:
+    """A refusal in the words of the request's edition (``missing group id``)."""
+    if scope.get(EDITION) == "group" and "room" in refusal.detail:
+        refusal.detail = group_wording(refusal.detail)
+    return refusal
 
 
 class JSONAnswer(Response):
@@ -103,7 +139,13 @@ class JSONAnswer(Response):
 
     @classmethod
     def error(cls, refusal: Refusal) -> JSONAnswer:
-        return cls(encode(refusal.body()).encode(), refusal.code)
+        answer = cls(encode(refusal.body()).encode(), refusal.code)
+        if refusal.headers:
+            answer.raw_headers += [
+                (name.lower().encode("latin-1"), value.encode("latin-1"))
+                for name, value in refusal.headers.items()
+            ]
+        return answer
 
 
 class StreamedAnswer(Response):
@@ -184,6 +226,13 @@ def is_ndjson(content_type: str | None) -> bool:
     return content_type.split(";", 1)[0].strip().lower() in NDJSON_TYPES
 
 
+def origin_refused(origin: str) -> str:
+    return (
+        f"origin {origin} is not allowed (a server without tokens serves only the web pages"
+        f" it allows: chatctl serve --cors-origin {origin})"
+    )
+
+
 def bearer(authorization: str | None) -> str | None:
     """The token of an ``Authorization: Bearer …`` header."""
     if not authorization:
@@ -201,7 +250,10 @@ class Edge:
         self.hub = hub
         # Tenant keys are hashes, so the database never holds a token.
         self.tenants = {t: hashlib.sha256(t.encode()).hexdigest() for t in config.tokens}
-        self.openapi = encode(openapi_document(config.limits)).encode("utf-8")
+        self.openapi = encode(openapi_document(config.limits, config.m3o_edition)).encode()
+        #: the browser origins allowed (``--cors-origin``), and the default edition.
+        self.origins = Origins(config.cors_origins)
+        self.edition = config.m3o_edition
         #: the Join streams (WebSocket and NDJSON), set by the app.
         self.streams: JoinStreams
 
@@ -220,7 +272,7 @@ class Edge:
         try:
             response = await self._http(Request(scope, receive))
         except Refusal as refusal:
-            response = JSONAnswer.error(refusal)
+            response = JSONAnswer.error(worded_for(refusal, scope))
         except ClientDisconnect:
             return  # nobody is left to read an answer
         await response(scope, receive, send)
@@ -230,15 +282,14 @@ class Edge:
         method = request.method
         lowered = path.lower()
         if not lowered.startswith(CHAT_PREFIX):
-            if method in ("GET", "HEAD"):
-                if lowered == "/health":
-                    return JSONAnswer(b'{"status":"ok"}')
-                if lowered == "/openapi.json":
-                    return Response(self.openapi, media_type="application/json")
-            raise no_such_api()
+            return self._outside_chat(lowered, method)
         endpoint = endpoint_for(path[len(CHAT_PREFIX) :])
-        if endpoint is None or method != "POST":
+        if endpoint is None:
             raise no_such_api()
+        if method != "POST":
+            return _other_method(method, ALLOW_POST)
+        if self.config.open:
+            self._browser_origin(request.scope)
         tenant = self.authenticate(bearer(request.headers.get("authorization")))
         if tenant is None:
             raise Refusal("v1", 401, "Unauthorized")
@@ -246,9 +297,12 @@ class Edge:
             return self._bulk(endpoint, tenant, request)
         raw = await self._read_body(request)
         body = parse_json(raw, self.config.limits.max_body_bytes)
+        edition = request_edition(endpoint, body, self.edition)
+        if edition != ROOM:
+            request.scope[EDITION] = edition  # so that a refusal is worded in it
         req = validate(endpoint, body, self.config, raw)
         if endpoint is JOIN:
-            return await self.streams.ndjson(tenant, req)
+            return await self.streams.ndjson(tenant, req, edition)
         key = request.headers.get("idempotency-key") if endpoint.mutating else None
         if key is not None and not (0 < len(key) <= _MAX_IDEMPOTENCY_KEY):
             raise Refusal(
@@ -258,6 +312,8 @@ class Edge:
             answer: Answer = await self.service.call(endpoint.name, tenant, req, key)
         except (Refused, Unavailable) as exc:
             raise Refusal.of(endpoint.id, exc) from None
+        if edition != ROOM:
+            answer = answer_in(edition, answer)
         if isinstance(answer, str):
             return JSONAnswer(answer.encode())
         return StreamedAnswer(answer, endpoint.id)
@@ -268,6 +324,28 @@ class Edge:
         from chatctl.server.bulk import bulk_send
 
         return bulk_send(endpoint, tenant, request, self.service, self.config)
+
+    def _outside_chat(self, lowered: str, method: str) -> Response:
+        """``/health``, ``/openapi.json``, or no such API."""
+        if lowered == "/health":
+            if method in ("GET", "HEAD"):
+                return JSONAnswer(b'{"status":"ok"}')
+        elif lowered == "/openapi.json":
+            if method in ("GET", "HEAD"):
+                return Response(self.openapi, media_type="application/json")
+        else:
+            raise no_such_api()
+        return _other_method(method, ALLOW_GET)
+
+    def _browser_origin(self, scope: Scope) -> None:
+        """An open server (no token) serves a web page only from an origin it allows:
+        else any page its user opens could send to it (``cors``)."""
+        for key, value in scope["headers"]:
+            if key == b"origin":
+                origin = value.decode("latin-1")
+                if not self.origins.origin_allowed(origin, open_server=True, websocket=False):
+                    raise Refusal("v1", 403, origin_refused(origin))
+                return
 
     async def _read_body(self, request: Request) -> bytes:
         limit = self.config.limits.max_body_bytes

@@ -6,7 +6,9 @@ this process after the commit (SQLite), or as every replica hears them from the 
 (PostgreSQL, ``hub_pg.Listener``). Delivering never waits: a frame is appended to each
 subscriber's bounded queue, and the stream's own task writes it out. A subscriber whose
 queue is full is ended with close code 4008 instead of holding up the room; it resumes
-with ``since``. Frames are encoded once and the same ``str`` goes to every subscriber.
+with ``since``. Frames are encoded once and the same ``str`` goes to every subscriber;
+a subscriber of m3o's group edition (``group``) gets it renamed, once per frame for all of
+them (``wire.in_group_edition``).
 
 Each subscriber keeps the identity it was admitted with (``owner``: today the tenant key
 of its token), so that streams can be found by who opened them.
@@ -23,7 +25,7 @@ import time
 from collections import deque
 
 from chatctl.server.domain import EventNote, Note, Published
-from chatctl.wire import CLOSE_GOING_AWAY, CLOSE_TOO_SLOW
+from chatctl.wire import CLOSE_GOING_AWAY, CLOSE_TOO_SLOW, in_group_edition
 
 __all__ = ["Hub", "StreamEnded", "Subscriber"]
 
@@ -52,6 +54,7 @@ class Subscriber:
         "_items",
         "_wake",
         "events",
+        "group",
         "include_own",
         "maxsize",
         "owner",
@@ -69,8 +72,11 @@ class Subscriber:
         maxsize: int,
         include_own: bool = False,
         owner: str = "",
+        group: bool = False,
     ) -> None:
         self.tenant = tenant
+        #: True for a stream in m3o's group edition (``group_id`` in its frames).
+        self.group = group
         self.owner = owner
         self.include_own = include_own
         self.room_id = room_id
@@ -164,8 +170,11 @@ class Hub:
         events: bool,
         include_own: bool = False,
         owner: str = "",
+        group: bool = False,
     ) -> Subscriber:
-        sub = Subscriber(tenant, room_id, user_id, events, self.queue_size, include_own, owner)
+        sub = Subscriber(
+            tenant, room_id, user_id, events, self.queue_size, include_own, owner, group
+        )
         if self.closed or self.interrupted:
             reason = "server shutting down" if self.closed else self.interrupted
             sub.end(StreamEnded(CLOSE_GOING_AWAY, reason=reason))
@@ -223,9 +232,16 @@ class Hub:
         if not subs:
             return
         item = (seq, frame)
+        group_item: Item | None = None
         for sub in tuple(subs):
-            if (sub.user_id != sender or sub.include_own) and not sub.push(item):
-                self._too_slow(sub)
+            if sub.user_id != sender or sub.include_own:
+                if sub.group:
+                    if group_item is None:
+                        group_item = (seq, in_group_edition(frame))
+                    if not sub.push(group_item):
+                        self._too_slow(sub)
+                elif not sub.push(item):
+                    self._too_slow(sub)
 
     def publish_event(self, tenant: str, room_id: str, frame: str, skip_user: str = "") -> None:
         """Hand a membership event to the streams that asked for events."""
@@ -233,9 +249,16 @@ class Hub:
         if not subs:
             return
         item = (0, frame)
+        group_item: Item | None = None
         for sub in tuple(subs):
-            if sub.events and sub.user_id != skip_user and not sub.push(item):
-                self._too_slow(sub)
+            if sub.events and sub.user_id != skip_user:
+                if sub.group:
+                    if group_item is None:
+                        group_item = (0, in_group_edition(frame))
+                    if not sub.push(group_item):
+                        self._too_slow(sub)
+                elif not sub.push(item):
+                    self._too_slow(sub)
 
     def _too_slow(self, sub: Subscriber) -> None:
         self.unsubscribe(sub)

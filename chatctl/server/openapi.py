@@ -2,7 +2,19 @@
 
 Served at ``GET /openapi.json``. Made from the same declarations the server validates
 with, so the document cannot drift from what the server accepts; chatctl's extensions are
-marked with ``x-chatctl-extension: true``.
+marked with ``x-chatctl-extension: true``. It says what the server does, exactly enough
+for a fuzzer (tests/compat/test_openapi_fuzz.py) to find no request the two disagree on:
+
+- a required string has ``minLength: 1`` (the server takes ``""`` as missing), a bounded
+  one ``maxLength`` (its limit is in UTF-8 bytes, which the description says: a string
+  of that many characters that are not ASCII can still be too long);
+- ``room_id`` or ``group_id`` (m3o's final edition), exactly one of them (``oneOf``);
+  answers carry ``room``/``rooms``/``room_id`` or ``group``/``groups``/``group_id``;
+- an optional field may be ``null`` (m3o's proto-JSON reads it as the default, and so
+  does this server), a required one may not; an integer may come as a string of digits
+  (proto-JSON's int64); a cursor is a UUID or empty;
+- a body with a required field is a required body; the Idempotency-Key is 1 to 255
+  characters.
 """
 
 from __future__ import annotations
@@ -11,46 +23,96 @@ from typing import Any
 
 from chatctl import __version__
 from chatctl.schema import ENDPOINTS, EVENT_TYPES, Endpoint, Field, Limits
+from chatctl.wire import UUID_PATTERN
 
 __all__ = ["openapi_document"]
 
 _KIND_SCHEMAS: dict[str, dict[str, Any]] = {
     "string": {"type": "string"},
     "boolean": {"type": "boolean"},
-    "integer": {"type": "integer", "minimum": 0},
+    # proto-JSON's int64 may be written as a string of digits; none of ours is negative.
+    "integer": {
+        "anyOf": [
+            {"type": "integer", "minimum": 0},
+            {"type": "string", "pattern": "^[0-9]+$"},
+        ]
+    },
     "string_list": {"type": "array", "items": {"type": "string"}},
 }
+#: the fields that are message ids, or any UUID as a position (contract part 3); "" is none.
+_CURSORS = frozenset({"before", "after", "since"})
+_CURSOR_PATTERN = f"^({UUID_PATTERN})?$"
 
+_ROOM = {"$ref": "#/components/schemas/Room"}
+_ROOMS = {"type": "array", "items": {"$ref": "#/components/schemas/Room"}}
+_MESSAGE = {"$ref": "#/components/schemas/Message"}
+#: each answer's key(s): both editions' for a room (chatctl serve --m3o-edition says
+#: which Create and List carry; a call naming room_id or group_id gets its own).
 _RESPONSES: dict[str, dict[str, Any]] = {
-    "room": {"$ref": "#/components/schemas/Room"},
-    "rooms": {"type": "array", "items": {"$ref": "#/components/schemas/Room"}},
-    "message": {"$ref": "#/components/schemas/Message"},
-    "messages": {"type": "array", "items": {"$ref": "#/components/schemas/Message"}},
+    "room": {"room": _ROOM, "group": _ROOM},
+    "rooms": {"rooms": _ROOMS, "groups": _ROOMS},
+    "message": {"message": _MESSAGE},
+    "messages": {"messages": {"type": "array", "items": _MESSAGE}},
 }
 
 _TIME = {"type": "string", "format": "date-time", "description": "RFC 3339, UTC, nanoseconds."}
+_GROUP_ID = {"type": "string", "description": "room_id, in m3o's final (group) edition."}
+#: a message or event names its room in the edition of the request it answers.
+_ROOM_OR_GROUP = [{"required": ["room_id"]}, {"required": ["group_id"]}]
 
 
-def _field_schema(f: Field, limits: Limits) -> dict[str, Any]:
+def _field_schema(f: Field, limits: Limits, name: str | None = None) -> dict[str, Any]:
     schema = dict(_KIND_SCHEMAS[f.kind])
     schema["description"] = f.description
+    if f.kind == "string" and f.required:
+        schema["minLength"] = 1  # "" is missing: m3o's "missing room id"
+    if f.name in _CURSORS:
+        schema["pattern"] = _CURSOR_PATTERN
+        schema["description"] += " A UUID (any UUID is a position), or empty for none."
     if f.limit is not None:
         bound = getattr(limits, f.limit)
+        words = f"At most {bound} UTF-8 bytes (maxLength counts characters: fewer fit"
+        words += " if not ASCII)."
         if f.kind == "string_list":
-            schema["items"] = {"type": "string", "description": f"At most {bound} UTF-8 bytes."}
+            schema["items"] = {"type": "string", "maxLength": bound, "description": words}
         else:
-            schema["description"] += f" At most {bound} UTF-8 bytes."
+            schema["maxLength"] = bound
+            schema["description"] += " " + words
+    if name is not None and name != f.name:
+        schema["description"] = f"m3o's final edition's name for {f.name}: give one of them."
+    if not f.required:
+        _nullable(schema)
     if f.extension:
         schema["x-chatctl-extension"] = True
     return schema
 
 
+def _nullable(schema: dict[str, Any]) -> None:
+    """An optional field may be null: m3o's proto-JSON, and this server, read it as the
+    default."""
+    if "anyOf" in schema:
+        schema["anyOf"] = [*schema["anyOf"], {"type": "null"}]
+    else:
+        schema["type"] = [schema["type"], "null"]
+
+
 def _request_schema(endpoint: Endpoint, limits: Limits) -> dict[str, Any]:
-    return {
-        "type": "object",
-        "properties": {f.name: _field_schema(f, limits) for f in endpoint.request},
-        "required": [f.name for f in endpoint.request if f.required],
+    properties: dict[str, Any] = {}
+    either: list[dict[str, Any]] = []
+    for f in endpoint.request:
+        properties[f.name] = _field_schema(f, limits)
+        if f.alias is not None:
+            properties[f.alias] = _field_schema(f, limits, f.alias)
+            either = [{"required": [f.name]}, {"required": [f.alias]}]
+    schema: dict[str, Any] = {
+        # An empty body, or null, means {}: a body of its own only where nothing is required.
+        "type": "object" if any(f.required for f in endpoint.request) else ["object", "null"],
+        "properties": properties,
+        "required": [f.name for f in endpoint.request if f.required and f.alias is None],
     }
+    if either:
+        schema["oneOf"] = either  # one of room_id and group_id, not both
+    return schema
 
 
 def _error_responses(endpoint: Endpoint) -> dict[str, Any]:
@@ -61,6 +123,8 @@ def _error_responses(endpoint: Endpoint) -> dict[str, Any]:
         "404": "Room not found (or, with id v1, no such API).",
         "409": "Idempotency-Key reused with a different request.",
         "413": "Body over the limit (id v1).",
+        "429": "Over the token's rate limit (id v1); Retry-After says when to retry.",
+        "503": "Storage unavailable; retry (with the same Idempotency-Key).",
     }
     if not endpoint.mutating:
         del codes["409"]
@@ -73,13 +137,29 @@ def _error_responses(endpoint: Endpoint) -> dict[str, Any]:
     }
 
 
-def _operation(endpoint: Endpoint, limits: Limits) -> dict[str, Any]:
+def _links(edition: str) -> dict[str, Any]:
+    """Create's answer names the room the other calls take (OpenAPI links, which tools
+    such as schemathesis follow), at its key in the server's edition."""
+    key = "group" if edition == "group" else "room"
+    return {
+        f"{e.name}WithTheNewRoom": {
+            "operationId": e.name,
+            "requestBody": {"room_id": f"$response.body#/{key}/id"},
+            "description": f"{e.name} in the room just made.",
+        }
+        for e in ENDPOINTS.values()
+        if e.field("room_id") is not None and e.name != "Join"
+    }
+
+
+def _operation(endpoint: Endpoint, limits: Limits, edition: str) -> dict[str, Any]:
     name = endpoint.name
     op: dict[str, Any] = {
         "operationId": name,
         "summary": endpoint.summary,
         "requestBody": {
-            "required": False,
+            # An empty body means {}: fine where no field is required.
+            "required": any(f.required for f in endpoint.request),
             "description": "An empty body means {}.",
             "content": {
                 "application/json": {"schema": {"$ref": f"#/components/schemas/{name}Request"}}
@@ -118,11 +198,14 @@ def _operation(endpoint: Endpoint, limits: Limits) -> dict[str, Any]:
         },
         **_error_responses(endpoint),
     }
+    if name == "Create":
+        op["responses"]["200"]["links"] = _links(edition)
     return op
 
 
-def openapi_document(limits: Limits | None = None) -> dict[str, Any]:
-    """The whole API as an OpenAPI 3.1 document."""
+def openapi_document(limits: Limits | None = None, edition: str = "both") -> dict[str, Any]:
+    """The whole API as an OpenAPI 3.1 document, of a server whose Create and List answer
+    in ``edition``."""
     limits = limits or Limits()
     schemas: dict[str, Any] = {
         "Room": {
@@ -139,11 +222,13 @@ def openapi_document(limits: Limits | None = None) -> dict[str, Any]:
         },
         "Message": {
             "type": "object",
-            "required": ["id", "client", "room_id", "user_id", "sent_at", "subject", "text"],
+            "required": ["id", "client", "user_id", "sent_at", "subject", "text"],
+            "oneOf": _ROOM_OR_GROUP,
             "properties": {
                 "id": {"type": "string", "format": "uuid", "description": "A UUIDv7."},
                 "client": {"type": "string"},
                 "room_id": {"type": "string"},
+                "group_id": _GROUP_ID,
                 "user_id": {"type": "string"},
                 "sent_at": _TIME,
                 "subject": {"type": "string"},
@@ -153,10 +238,12 @@ def openapi_document(limits: Limits | None = None) -> dict[str, Any]:
         "Event": {
             "type": "object",
             "x-chatctl-extension": True,
-            "required": ["type", "room_id", "user_id", "at"],
+            "required": ["type", "user_id", "at"],
+            "oneOf": _ROOM_OR_GROUP,
             "properties": {
                 "type": {"type": "string", "enum": list(EVENT_TYPES)},
                 "room_id": {"type": "string"},
+                "group_id": _GROUP_ID,
                 "user_id": {"type": "string"},
                 "at": _TIME,
             },
@@ -190,12 +277,13 @@ def openapi_document(limits: Limits | None = None) -> dict[str, Any]:
     for name, endpoint in ENDPOINTS.items():
         schemas[f"{name}Request"] = _request_schema(endpoint, limits)
         if name != "Join":
+            keys = _RESPONSES[endpoint.response]
             schemas[f"{name}Response"] = {
                 "type": "object",
-                "required": [endpoint.response],
-                "properties": {endpoint.response: _RESPONSES[endpoint.response]},
+                "properties": keys,
+                "anyOf": [{"required": [key]} for key in keys],
             }
-        paths[f"/v1/chat/{name}"] = {"post": _operation(endpoint, limits)}
+        paths[f"/v1/chat/{name}"] = {"post": _operation(endpoint, limits, edition)}
     paths["/health"] = {
         "get": {
             "operationId": "Health",
@@ -223,7 +311,11 @@ def openapi_document(limits: Limits | None = None) -> dict[str, Any]:
             "version": __version__,
             "description": (
                 "The m3o Chat API, plus chatctl's extensions (x-chatctl-extension). Paths "
-                "are matched case-insensitively; an empty body means {}."
+                "are matched case-insensitively; an empty body means {}. Both of m3o's "
+                "editions: a request naming group_id (m3o's final edition) is answered "
+                "with group, groups and group_id; one naming room_id (the seed's) with "
+                "room, rooms and room_id; Create and List with the server's edition "
+                "(by default both keys)."
             ),
         },
         "servers": [{"url": "/"}],
@@ -241,7 +333,7 @@ def openapi_document(limits: Limits | None = None) -> dict[str, Any]:
                         "Makes the call safe to repeat: the same key within 24 h gets the "
                         "first answer back and changes nothing; with another body, 409."
                     ),
-                    "schema": {"type": "string", "maxLength": 255},
+                    "schema": {"type": "string", "minLength": 1, "maxLength": 255},
                     "x-chatctl-extension": True,
                 }
             },

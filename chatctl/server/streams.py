@@ -10,6 +10,12 @@ WebSocket specifics: the token may come as the ``Authorization`` header or as an
 subprotocol (browsers cannot set headers); the request is the first frame, within
 ``ServerConfig.join_request_timeout`` (else close 4408); a refusal is one error frame and a
 close with 4000 + its status. Keep-alive pings are uvicorn's (``protocol.uvicorn_config``).
+A WebSocket from a browser origin the server does not allow (``cors``) is refused with 403
+before the upgrade.
+
+A JoinRequest naming ``group_id`` is a stream of m3o's group edition (``editions``): its
+frames carry ``group_id`` (renamed once per frame by the hub, per frame of a replay here),
+and its refusals and final frames are worded in it.
 """
 
 from __future__ import annotations
@@ -23,11 +29,23 @@ from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from chatctl.server.domain import Refused, Unavailable
-from chatctl.server.edge import CHAT_PREFIX, JOIN, Edge, Refusal, bearer, no_such_api, parse_json
+from chatctl.server.edge import (
+    CHAT_PREFIX,
+    EDITION,
+    JOIN,
+    Edge,
+    Refusal,
+    bearer,
+    no_such_api,
+    origin_refused,
+    parse_json,
+    worded_for,
+)
 from chatctl.server.edge import validate as validate_request
+from chatctl.server.editions import GROUP, ROOM, Edition, end_frame_in, request_edition
 from chatctl.server.hub import StreamEnded, Subscriber
 from chatctl.server.rules import Admission
-from chatctl.wire import close_code_for, encode
+from chatctl.wire import close_code_for, encode, group_wording, in_group_edition
 
 __all__ = ["RAW_SEND", "JoinStreams"]
 
@@ -46,7 +64,9 @@ class JoinStreams:
         self.service = edge.service
         self.hub = edge.hub
 
-    async def admit(self, identity: str, req: dict[str, str]) -> tuple[Admission, Subscriber]:
+    async def admit(
+        self, identity: str, req: dict[str, str], edition: Edition = ROOM
+    ) -> tuple[Admission, Subscriber]:
         try:
             admission = await self.service.join(identity, req)
         except (Refused, Unavailable) as exc:
@@ -60,6 +80,7 @@ class JoinStreams:
             admission.events,
             admission.include_own,
             owner=identity,
+            group=edition == GROUP,
         )
         return admission, sub
 
@@ -69,7 +90,7 @@ class JoinStreams:
         try:
             async for chunk in self.service.replay(admission):
                 for _seq, frame in chunk:
-                    await write(frame)
+                    await write(in_group_edition(frame) if sub.group else frame)
                 last = chunk[-1][0]
                 if sub.ended:
                     break  # kicked, deleted or too slow meanwhile: stop replaying
@@ -84,14 +105,20 @@ class JoinStreams:
 
     # -- NDJSON -------------------------------------------------------------------------
 
-    async def ndjson(self, identity: str, req: dict[str, str]) -> Response:
-        admission, sub = await self.admit(identity, req)
+    async def ndjson(self, identity: str, req: dict[str, str], edition: Edition) -> Response:
+        admission, sub = await self.admit(identity, req, edition)
         return _NDJSONStream(self, admission, sub)
 
     # -- WebSocket ----------------------------------------------------------------------
 
     async def websocket(self, ws: WebSocket) -> None:
         edge = self.edge
+        origin = ws.headers.get("origin")
+        if not edge.origins.origin_allowed(origin, open_server=self.config.open, websocket=True):
+            # Before the upgrade: uvicorn answers the handshake 403, and the page's
+            # WebSocket fails without ever opening.
+            await ws.close(1008, origin_refused(origin or ""))
+            return
         identity = edge.authenticate(bearer(ws.headers.get("authorization")))
         offered: list[str] = list(ws.scope.get("subprotocols") or [])
         subprotocol = None
@@ -126,9 +153,12 @@ class JoinStreams:
             if raw is None:
                 raw = first.get("bytes") or b""
             body = parse_json(raw, self.config.limits.max_body_bytes)
+            edition = request_edition(JOIN, body, edge.edition)
+            ws.scope[EDITION] = edition
             req = validate_request(JOIN, body, self.config, raw)
-            admission, sub = await self.admit(identity, req)
+            admission, sub = await self.admit(identity, req, edition)
         except Refusal as refusal:
+            refusal = worded_for(refusal, ws.scope)
             with contextlib.suppress(WebSocketDisconnect, RuntimeError):
                 await ws.send_text(encode(refusal.body()))
                 await ws.close(close_code_for(refusal.code), refusal.detail[:120])
@@ -151,14 +181,19 @@ class JoinStreams:
             if end.code is not None:
                 with contextlib.suppress(WebSocketDisconnect, RuntimeError):
                     if end.frame:
-                        await ws.send_text(end.frame)
-                    await ws.close(end.code, end.reason[:120])
+                        await ws.send_text(end_frame_in(_edition_of(sub), end.frame))
+                    reason = group_wording(end.reason) if sub.group else end.reason
+                    await ws.close(end.code, reason[:120])
         except Unavailable as exc:
             await _end_unavailable(ws, exc)
         except (WebSocketDisconnect, OSError):
             pass  # the client went away (uvicorn's ClientDisconnected is an OSError)
         finally:
             watcher.cancel()
+
+
+def _edition_of(sub: Subscriber) -> Edition:
+    return GROUP if sub.group else ROOM
 
 
 async def _end_unavailable(ws: WebSocket, exc: Unavailable) -> None:
@@ -218,7 +253,7 @@ class _NDJSONStream(Response):
                 await self.streams.run(self.admission, sub, write)
             except StreamEnded as end:
                 if end.code is not None and end.frame:
-                    await write(end.frame)
+                    await write(end_frame_in(_edition_of(sub), end.frame))
             except Unavailable as exc:
                 await write(encode(Refusal.of(JOIN.id, exc).body()))
             await send({"type": "http.response.body", "body": b"", "more_body": False})

@@ -112,9 +112,6 @@ def test_npm_client_room_names_against_chatctl_serve(
     assert_works_end_to_end(report, not_found=404)
 
 
-@pytest.mark.xfail(
-    strict=True, reason="issue 14: chatctl serve does not speak the group edition yet"
-)
 def test_npm_client_group_names_against_chatctl_serve(
     m3o_npm: NpmClient, chatctl_serve: ServeFactory
 ) -> None:

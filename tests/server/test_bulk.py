@@ -363,3 +363,25 @@ def test_rate_limits_pace_the_batch_per_message() -> None:
         return asked
 
     assert asyncio.run(scenario()) == [5, 5, 2]
+
+
+def test_each_line_is_answered_in_its_own_edition(client: httpx.Client) -> None:
+    """A line naming ``group_id`` (m3o's final edition) is answered as a Send alone in that
+    edition would be: its message's ``group_id``, its refusals in the group's words."""
+    room = room_of(client, "u")
+    nowhere = "00000000-0000-0000-0000-000000000000"
+    answers = bulk_send(
+        client,
+        ndjson(
+            {"group_id": room, "user_id": "u", "text": "in the group edition"},
+            {"room_id": room, "user_id": "u", "text": "in the seed's"},
+            {"group_id": nowhere, "user_id": "u", "text": "x"},
+            {"group_id": room, "user_id": "stranger", "text": "x"},
+        ),
+    )
+    assert answers[0]["message"]["group_id"] == room and "room_id" not in answers[0]["message"]
+    assert answers[1]["message"]["room_id"] == room and "group_id" not in answers[1]["message"]
+    assert answers[2]["detail"] == "group not found"
+    assert answers[3]["detail"] == "user is not in the group"
+    alone = client.post("/v1/chat/Send", json={"group_id": nowhere, "user_id": "u", "text": "x"})
+    assert alone.json() == answers[2]
