@@ -51,12 +51,14 @@ local server (started on demand by ``chatctl.local``). A URL holding credentials
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import json
 import random
+import re
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Generator, Iterable, Sequence
 from datetime import datetime
 from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING, Any, TextIO
@@ -94,9 +96,12 @@ if TYPE_CHECKING:
 __all__ = [
     "CONNECT_TIMEOUT",
     "DEFAULT_TIMEOUT",
+    "BulkCut",
     "Client",
     "JoinStream",
+    "NoBulk",
     "Server",
+    "backoff",
     "parse_url",
 ]
 
@@ -107,6 +112,8 @@ CONNECT_TIMEOUT = 3.0
 #: the largest answer accepted (a full History page of maximal messages is ~65 MB).
 MAX_ANSWER_BYTES = 256 * 1024 * 1024
 _RETRY_STATUSES = frozenset({502, 503, 504})
+#: the media type of a bulk Send and of its answer.
+NDJSON = "application/x-ndjson"
 _SCHEMES = ("http", "https")
 
 
@@ -139,6 +146,13 @@ def parse_url(url: str) -> tuple[str, str | None]:
             "credentials",
         )
     return shown + parts.path.rstrip("/"), None
+
+
+def backoff(failures: int) -> float:
+    """Seconds to wait before retrying after ``failures`` failures in a row: capped at 2 s,
+    jittered, so clients that failed together do not come back together."""
+    wait: float = min(2.0, 0.05 * 2 ** min(failures, 6)) * (0.5 + random.random())
+    return wait
 
 
 def _host(host: str) -> str:
@@ -273,10 +287,12 @@ class Client:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _log(self, method: str, path: str, status: int | str, started: float) -> None:
+    def _log(
+        self, method: str, path: str, status: int | str, started: float, more: str = ""
+    ) -> None:
         if self.verbose is not None:
             ms = (time.perf_counter() - started) * 1000
-            print(f"{method} {self.where}{path} {status} {ms:.1f}ms", file=self.verbose)
+            print(f"{method} {self.where}{path} {status} {ms:.1f}ms{more}", file=self.verbose)
 
     def _connect_error(self, reason: str) -> ConnectError:
         return ConnectError(
@@ -285,21 +301,24 @@ class Client:
 
     # -- unary calls ----------------------------------------------------------------------
 
-    def call(self, endpoint: str, body: dict[str, Any]) -> dict[str, Any]:
+    def call(
+        self, endpoint: str, body: dict[str, Any], *, key: str | None = None
+    ) -> dict[str, Any]:
         """POST one request (built with the seed's names) in the server's edition and
-        return the decoded response object, as the server sent it, within the budget."""
+        return the decoded response object, as the server sent it, within the budget. A
+        change carries ``key`` as its Idempotency-Key (a fresh one when None)."""
         spec = ENDPOINTS[endpoint]
         self.require(spec, body)
         sent_as = self.server.edition
         try:
-            return self._call(spec, in_edition(body, sent_as))
+            return self._call(spec, in_edition(body, sent_as), key=key)
         except APIError as e:
             other = _other_edition(e, sent_as, body)
             if other is None:
                 raise
         # The other edition's server refused the id's name before doing anything.
         self.server.edition = other
-        return self._call(spec, in_edition(body, other))
+        return self._call(spec, in_edition(body, other), key=key)
 
     def require(self, spec: Endpoint, body: dict[str, Any]) -> None:
         """Refuse (UnsupportedError) a request using extensions the server lacks; ask it
@@ -325,11 +344,16 @@ class Client:
         return self.server
 
     def _call(
-        self, spec: Endpoint, body: dict[str, Any], deadline: float | None = None
+        self,
+        spec: Endpoint,
+        body: dict[str, Any],
+        deadline: float | None = None,
+        *,
+        key: str | None = None,
     ) -> dict[str, Any]:
         path = f"/v1/chat/{spec.name}"
         content = json.dumps(body).encode()
-        headers = {"Idempotency-Key": uuid.uuid4().hex} if spec.mutating else {}
+        headers = {"Idempotency-Key": key or uuid.uuid4().hex} if spec.mutating else {}
         if deadline is None:
             deadline = time.monotonic() + self.timeout
         failures = 0
@@ -363,7 +387,7 @@ class Client:
             if wait is None:
                 if not self._reached and failures > self.retries:
                     raise error
-                wait = min(2.0, 0.05 * 2 ** min(failures, 6)) * (0.5 + random.random())
+                wait = backoff(failures)
             if time.monotonic() + wait >= deadline:
                 raise error  # the budget cannot cover the wait: report what we know
             self._sleep(wait)
@@ -401,38 +425,36 @@ class Client:
                         raise APIError(r.status_code, "the answer is larger than 256 MiB")
                     if time.monotonic() > deadline:
                         raise NoAnswerError(self.where, self.timeout, local=self._local)
-                return r.status_code, _Answer(
-                    bytes(body),
-                    r.headers.get("content-type", ""),
-                    r.headers.get("retry-after"),
-                    r.reason_phrase,
-                    r.headers.get(EXTENSIONS_HEADER),
-                )
-        except httpx.ConnectTimeout:
-            self.forget_connection()
-            error = self._connect_error("connection timed out")
-            raise _Retryable("timeout", error, delivered=False) from None
-        except httpx.TimeoutException:
-            # Connected and asked, but no answer within the whole budget.
-            raise NoAnswerError(self.where, self.timeout, local=self._local) from None
-        except httpx.ConnectError as e:
-            self.forget_connection()
-            tls = _tls_failure(e, self.where)
-            if tls is not None:
-                raise tls from None
-            error = self._connect_error(_reason(e))
-            raise _Retryable("unreachable", error, delivered=False) from None
+                return r.status_code, _answer_of(r, bytes(body))
         except (httpx.TransportError, OSError) as e:
-            # Refused mid-way, reset, closed without an answer: a server restarting. The
-            # request may have reached it.
-            self.forget_connection()
-            raise _Retryable("unreachable", self._connect_error(_reason(e))) from None
+            raise self._failure(e) from None
         except httpx.HTTPError as e:  # e.g. a body its content-encoding cannot decode
             self.forget_connection()
             raise ConnectError(
                 f"{self.where} sent an answer that cannot be read: {_reason(e)}",
                 where=self.where,
             ) from None
+
+    def _failure(self, e: httpx.TransportError | OSError) -> _Retryable:
+        """A request that failed on the way (no answer, or part of one): what a retry may
+        cure, as _Retryable (``delivered`` unless no connection was made). A timeout once
+        connected (the whole budget went by) and a TLS failure are final: raised."""
+        if isinstance(e, httpx.ConnectTimeout):
+            self.forget_connection()
+            error = self._connect_error("connection timed out")
+            return _Retryable("timeout", error, delivered=False)
+        if isinstance(e, httpx.TimeoutException):
+            # Connected and asked, but no answer within the whole budget.
+            raise NoAnswerError(self.where, self.timeout, local=self._local) from None
+        self.forget_connection()
+        if isinstance(e, httpx.ConnectError):
+            tls = _tls_failure(e, self.where)
+            if tls is not None:
+                raise tls from None
+            return _Retryable("unreachable", self._connect_error(_reason(e)), delivered=False)
+        # Refused mid-way, reset, closed without an answer: a server restarting. The
+        # request may have reached it.
+        return _Retryable("unreachable", self._connect_error(_reason(e)))
 
     def _decode(self, status: int, answer: _Answer) -> dict[str, Any]:
         data = answer.json()
@@ -444,14 +466,7 @@ class Client:
         data = answer.json()
         retry_after = _retry_after(answer.retry_after)
         if isinstance(data, dict) and "detail" in data:
-            code = data.get("code")
-            return APIError(
-                code if isinstance(code, int) and 100 <= code < 600 else status,
-                str(data.get("detail", "")),
-                str(data.get("id", "")),
-                str(data.get("status", "")),
-                retry_after=retry_after,
-            )
+            return _error_of(data, status, retry_after)
         # No m3o error object: never show the body (a web page, a proxy's error page).
         if status >= 500 or status in (401, 403, 429):
             what = answer.content_type.split(";")[0].strip() or "an empty body"
@@ -461,6 +476,155 @@ class Client:
                 retry_after=retry_after,
             )
         return NotAnAPIError(self.where, status, answer.content_type)
+
+    # -- a long History, streamed ----------------------------------------------------------
+
+    def history(self, body: dict[str, Any]) -> Generator[dict[str, Any], None, None]:
+        """Every message one History call without ``limit`` answers, each decoded as it
+        arrives (chatctl's server sends a long one in parts), in constant memory. The
+        budget bounds each wait for more of the answer, not the whole of it; a connection
+        lost part-way is picked up after the last message read (``after``: the paging
+        extension, which the caller made sure the server has)."""
+        path = "/v1/chat/History"
+        request = in_edition(body, self.server.edition)
+        last: str | None = None
+        failures = 0
+        deadline = time.monotonic() + self.timeout
+        while True:
+            ask = request if last is None else {**request, "after": last}
+            started = time.perf_counter()
+            status: int | str = "unreachable"
+            read = 0
+            try:
+                timeout = httpx.Timeout(self.timeout, connect=min(CONNECT_TIMEOUT, self.timeout))
+                with self._client().stream(
+                    "POST", path, content=json.dumps(ask).encode(), timeout=timeout
+                ) as r:
+                    status = r.status_code
+                    if status != 200:
+                        self._refused_read(r, deadline)
+                    else:
+                        self._reached = True
+                        self.server.learn(r.headers.get(EXTENSIONS_HEADER))
+                        for item in _streamed_items(r.iter_bytes(), "messages", self.where):
+                            message_id = item.get("id")
+                            last = message_id if isinstance(message_id, str) else None
+                            read += 1
+                            failures = 0
+                            deadline = time.monotonic() + self.timeout
+                            yield item
+                        return
+            except _Retryable as e:
+                error = e.error
+            except (httpx.TransportError, OSError) as e:
+                error = self._failure(e).error
+            finally:
+                self._log("POST", path, status, started, f" ({read} messages)")
+            if read and last is None:
+                raise error  # cut short after a message without an id: no place to resume
+            failures += 1
+            if not self._reached and failures > self.retries:
+                raise error
+            wait = backoff(failures)
+            if time.monotonic() + wait >= deadline:
+                raise error
+            self._sleep(wait)
+
+    def _refused_read(self, r: httpx.Response, deadline: float) -> None:
+        """A read answered with an error: raise it, or _Retryable for 429 and 502-504
+        (after Retry-After, when the server says, within the budget)."""
+        answer = _answer_of(r, r.read()[:MAX_ANSWER_BYTES])
+        error = self._api_error(r.status_code, answer)
+        if r.status_code != 429 and r.status_code not in _RETRY_STATUSES:
+            raise error
+        asked = error.retry_after if isinstance(error, APIError) else None
+        if asked is not None:
+            if time.monotonic() + asked >= deadline:
+                raise error
+            self._sleep(max(asked, 0.05))
+        raise _Retryable("retry", error)
+
+    # -- bulk sends: chatctl's extension ------------------------------------------------
+
+    def send_bulk(
+        self, lines: Sequence[bytes], *, key: str, first: int, stop: bool, deadline: float
+    ) -> Generator[dict[str, Any] | APIError, None, None]:
+        """One bulk Send (contract part 3) of ``lines``, encoded SendRequests numbered from
+        ``first`` under the batch ``key``: each line's answer in order, as it arrives, its
+        SendResponse or the APIError of its refusal. It may end early: after the first
+        refusal with ``stop``, or after an answer of 503 (the server stored nothing
+        after it). Raises BulkCut when the rest may be answered by sending it again
+        (connection lost, 429, 502-504), NoBulk when the server refused the request as a
+        whole as one without bulk sends would (415, or its body as one bad JSON body),
+        and the other transport errors as ``call`` does; ``deadline`` bounds the wait for
+        each part of the answer."""
+        path = "/v1/chat/Send"
+        headers = {
+            "Content-Type": NDJSON,
+            "Idempotency-Key": key,
+            "Chat-First-Line": str(first),
+            "Chat-On-Error": "stop" if stop else "continue",
+        }
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise NoAnswerError(self.where, self.timeout, local=self._local)
+        timeout = httpx.Timeout(left, connect=min(CONNECT_TIMEOUT, left))
+        started = time.perf_counter()
+        answered = 0
+        status: int | str = "unreachable"
+        try:
+            with self._client().stream(
+                "POST", path, content=b"\n".join(lines) + b"\n", headers=headers, timeout=timeout
+            ) as r:
+                status = r.status_code
+                if status != 200 or not r.headers.get("content-type", "").startswith(NDJSON):
+                    self._refused_bulk(r)
+                self._reached = True
+                self.server.learn(r.headers.get(EXTENSIONS_HEADER))
+                partial = b""
+                for chunk in r.iter_bytes():
+                    *whole, partial = (partial + chunk).split(b"\n")
+                    if len(partial) > MAX_ANSWER_BYTES:
+                        raise APIError(status, "an answer line is larger than 256 MiB")
+                    for line in whole:
+                        answered += 1
+                        yield self._bulk_answer(line, status)
+                if partial:
+                    raise BulkCut(self._connect_error("the answer was cut short"))
+        except (httpx.TransportError, OSError) as e:
+            failure = self._failure(e)
+            raise BulkCut(failure.error, sent=failure.delivered) from None
+        finally:
+            self._log("POST", path, status, started, f" ({answered} of {len(lines)} lines)")
+
+    def _refused_bulk(self, r: httpx.Response) -> None:
+        """A bulk Send answered as a whole (not line by line): raise what it means."""
+        answer = _answer_of(r, r.read()[:MAX_ANSWER_BYTES])
+        status = r.status_code
+        if status == 200:  # not an NDJSON answer: whatever answered knows no bulk Send
+            raise NotAnAPIError(self.where, status, answer.content_type)
+        error = self._api_error(status, answer)
+        if answer.m3o_error():
+            self.server.learn(answer.extensions)
+        if isinstance(error, APIError):
+            # A server without bulk sends: it takes no NDJSON, or reads the lines as one
+            # JSON body (which is not JSON), refusing before anything is done.
+            if status == 415 or (status == 400 and "not valid JSON" in error.detail):
+                raise NoBulk(error)
+            if status == 429 or status in _RETRY_STATUSES:
+                raise BulkCut(error, sent=False, wait=error.retry_after)
+        raise error
+
+    def _bulk_answer(self, line: bytes, status: int) -> dict[str, Any] | APIError:
+        try:
+            data = json.loads(line)
+        except ValueError:
+            data = None
+        if isinstance(data, dict) and isinstance(data.get("message"), dict):
+            return data
+        if isinstance(data, dict) and "detail" in data:
+            return _error_of(data, status)
+        raise NotAnAPIError(self.where, status, NDJSON)
 
     # -- the Join stream ------------------------------------------------------------------
 
@@ -499,6 +663,117 @@ class _Answer:
         """Is the body an m3o error object (the API's own refusal, not a proxy's page)?"""
         data = self.json()
         return isinstance(data, dict) and "detail" in data
+
+
+#: The start of a History answer, up to its first message: ``{"messages": [``.
+_ITEMS_HEAD = re.compile(r'\s*\{\s*"messages"\s*:\s*\[')
+#: characters of one item read past the end of the answer's others, at most (a message
+#: of maximal fields is under 2 MiB encoded).
+_MAX_ITEM = 16 * 1024 * 1024
+
+
+def _streamed_items(
+    chunks: Iterable[bytes], key: str, where: str
+) -> Generator[dict[str, Any], None, None]:
+    """The objects of the list under ``key`` in a JSON answer ``{"key": [...]}`` that
+    arrives in ``chunks``, each as soon as it is whole (json's own decoder finds its
+    end). Items that are not objects are skipped, as ``call``'s callers skip them; an
+    answer that is not such an object is NotAnAPIError, one cut short a _Retryable."""
+    assert key == "messages"
+    decode = codecs.getincrementaldecoder("utf-8")().decode
+    scan = json.JSONDecoder().raw_decode
+    buf, pos = "", 0
+    state = "head"  # head, item (or ]), next (, or ]), end (}), done
+    for chunk in chunks:
+        try:
+            buf = buf[pos:] + decode(chunk)
+        except UnicodeDecodeError:
+            raise NotAnAPIError(where, 200, "text that is not UTF-8") from None
+        pos = 0
+        size = len(buf)
+        while pos < size:
+            char = buf[pos]
+            if char in " \t\r\n":
+                pos += 1
+            elif state == "head":
+                match = _ITEMS_HEAD.match(buf, pos)
+                if match is None:
+                    if size - pos < 64:
+                        break  # the rest of the head may come in the next chunk
+                    raise NotAnAPIError(where, 200, "an answer that is not a History")
+                pos, state = match.end(), "item"
+            elif char == "]" and state in ("item", "next"):
+                pos, state = pos + 1, "end"
+            elif state == "next":
+                if char != ",":
+                    raise NotAnAPIError(where, 200, "a History that is not a JSON list")
+                pos, state = pos + 1, "comma"
+            elif state in ("item", "comma"):
+                try:
+                    item, pos = scan(buf, pos)
+                except json.JSONDecodeError:
+                    if size - pos > _MAX_ITEM:
+                        raise NotAnAPIError(where, 200, "a History item that is not JSON") from None
+                    break  # not all of it is here yet
+                state = "next"
+                if isinstance(item, dict):
+                    yield item
+            elif state == "end" and char == "}":
+                pos, state = pos + 1, "done"
+            else:
+                if state == "done":
+                    pos = size
+                    break
+                raise NotAnAPIError(where, 200, "a History that is not a JSON object")
+    if state == "head":
+        raise NotAnAPIError(where, 200, "an answer that is not a History")
+    if state != "done":
+        raise _Retryable("cut", ConnectError(f"the answer from {where} was cut short", where=where))
+
+
+class BulkCut(Exception):
+    """A bulk Send ended before every line was answered, in a way that sending the
+    unanswered rest again (with the same key) may cure: ``error`` says what happened,
+    ``sent`` is False when the request provably never reached the server, ``wait`` is
+    the server's Retry-After."""
+
+    def __init__(self, error: ChatctlError, *, sent: bool = True, wait: float | None = None):
+        super().__init__(error.message)
+        self.error = error
+        self.sent = sent
+        self.wait = wait
+
+
+class NoBulk(Exception):
+    """The server refused a bulk Send as a whole, as one without them does; nothing of it
+    was done."""
+
+    def __init__(self, error: APIError) -> None:
+        super().__init__(error.message)
+        self.error = error
+
+
+def _error_of(data: dict[str, Any], status: int, retry_after: float | None = None) -> APIError:
+    """An m3o error object as an APIError; its code if it is one, else the HTTP status."""
+    code = data.get("code")
+    return APIError(
+        code if isinstance(code, int) and 100 <= code < 600 else status,
+        str(data.get("detail", "")),
+        str(data.get("id", "")),
+        str(data.get("status", "")),
+        retry_after=retry_after,
+    )
+
+
+def _answer_of(r: httpx.Response, body: bytes) -> _Answer:
+    headers = r.headers
+    return _Answer(
+        body,
+        headers.get("content-type", ""),
+        headers.get("retry-after"),
+        r.reason_phrase,
+        headers.get(EXTENSIONS_HEADER),
+    )
 
 
 class _Retryable(Exception):

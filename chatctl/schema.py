@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Literal, TypedDict
 
 __all__ = [
+    "BULK_SEND",
     "ENDPOINTS",
     "EVENT_TYPES",
     "EXTENSIONS_HEADER",
@@ -299,6 +300,8 @@ _BY_LOWER = {name.lower(): e for name, e in ENDPOINTS.items()}
 EXTENSIONS_HEADER = "Chat-Extensions"
 #: idempotency-key: the Idempotency-Key header makes a change safe to repeat.
 IDEMPOTENCY = "idempotency-key"
+#: bulk-send: ``POST /v1/chat/Send`` takes many SendRequests as NDJSON (contract part 3).
+BULK_SEND = "bulk-send"
 #: The extensions chatctl's server has: each request field's ``extension``, and the key.
 SERVER_EXTENSIONS: tuple[str, ...] = (
     "paging",
@@ -308,6 +311,7 @@ SERVER_EXTENSIONS: tuple[str, ...] = (
     "events",
     "include-own",
     IDEMPOTENCY,
+    BULK_SEND,
 )
 
 #: m3o's two editions: the seed's "room" names, and the final "group" names (part 4).

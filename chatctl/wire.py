@@ -55,6 +55,7 @@ __all__ = [
     "is_uuid",
     "message_frame",
     "message_object",
+    "random_uuid",
     "reason_phrase",
     "rfc3339",
     "room_object",
@@ -174,6 +175,13 @@ def is_uuid(text: str) -> bool:
 def _uuid_text(value: int) -> str:
     h = f"{value:032x}"
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+def random_uuid() -> str:
+    """A random UUID (version 4) as text, as ``str(uuid.uuid4())`` but in half the time
+    (a bulk Send makes one for every message without a ``client``)."""
+    h = os.urandom(16).hex()
+    return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{'89ab'[int(h[16], 16) & 3]}{h[17:20]}-{h[20:]}"
 
 
 def uuid7_floor(ms: int) -> str:

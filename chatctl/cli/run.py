@@ -16,11 +16,11 @@ import json
 import re
 import signal
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from chatctl.errors import (
     APIError,
@@ -228,6 +228,52 @@ def resolve_room(inv: Invocation, room: str) -> str:
 # -- calling and rendering -----------------------------------------------------------------
 
 
+class Sender(Protocol):
+    """How a write batch's calls reach the server (``call_all``): ``take`` the next calls
+    to send together, while reading input ([] at its end); ``send`` them, yielding each
+    call with its answer or its error, in order, as they arrive. ``outstanding`` holds
+    the calls of the request in flight not answered yet: empty between two requests,
+    where a batch interrupted by Ctrl-C stops."""
+
+    outstanding: list[Call]
+
+    def take(self, pending: Iterator[Call]) -> list[Call]: ...
+
+    def send(self, calls: list[Call]) -> Generator[tuple[Call, Outcome], None, None]: ...
+
+
+#: what one call came to: the decoded answer, or the error.
+Outcome = dict[str, Any] | ChatctlError
+
+
+class OneByOne:
+    """The Sender of one request per call, each with a fresh Idempotency-Key."""
+
+    def __init__(self, inv: Invocation, endpoint: str) -> None:
+        self.inv = inv
+        self.endpoint = endpoint
+        self.outstanding: list[Call] = []
+
+    def take(self, pending: Iterator[Call]) -> list[Call]:
+        call = next(pending, None)
+        return [] if call is None else [call]
+
+    def send(self, calls: list[Call]) -> Generator[tuple[Call, Outcome], None, None]:
+        for call in calls:
+            self.outstanding = [call]
+            outcome = self.one(call)
+            self.outstanding = []
+            yield call, outcome
+
+    def one(self, call: Call, key: str | None = None) -> Outcome:
+        if call.error is not None:
+            return call.error
+        try:
+            return self.inv.client.call(self.endpoint, call.body, key=key)
+        except ChatctlError as e:
+            return e
+
+
 def call_all(
     inv: Invocation,
     endpoint: str,
@@ -235,10 +281,12 @@ def call_all(
     *,
     total: int | None,
     keep_going: bool = False,
+    sender: Sender | None = None,
 ) -> None:
     """Make each call in order and render each answer as it arrives.
 
     ``total`` is None for a stream of unknown length (``send --lines``): a batch.
+    ``sender`` groups calls into requests (``bulk``); by default, one request each.
 
     A call that changes something is work, and its output only a report of it: when the
     reader of stdout goes away the batch goes on, and succeeds only if every call did.
@@ -254,6 +302,7 @@ def call_all(
         return
     from chatctl.output import progress
 
+    sender = sender or OneByOne(inv, endpoint)
     noun = spec.response.rstrip("s")
     batch = total is None or total > 1
     out = inv.renderer(batch=batch, report=True)
@@ -266,42 +315,49 @@ def call_all(
             while not guard.interrupted:
                 try:
                     with guard.reading():
-                        call = next(pending, None)
+                        chunk = sender.take(pending)
                 except KeyboardInterrupt:
                     break
-                if call is None:
+                if not chunk:
                     break
-                last = call.where
+                answers = sender.send(chunk)
                 try:
-                    if call.error is not None:
-                        raise call.error
-                    with guard.calling():
-                        response = inv.client.call(endpoint, call.body)
-                except KeyboardInterrupt:
-                    raise Interrupted(
-                        f"interrupted during the call for {call.where or 'the request'}: "
-                        f"it may or may not have been stored; {_count(done, noun)} before it",
-                    ) from None
-                except ChatctlError as e:
-                    if call.where:
-                        e.message = f"{call.where}: {e.message}"
-                    failed += 1
-                    if not (keep_going and isinstance(e, APIError | UsageError)):
-                        if batch:
-                            e.summary = _count(done, noun, failed=True)
-                        raise
-                    _report(inv, e)
-                    continue
-                with guard.calling():
-                    done += 1
-                    try:
-                        out.response(response)
-                    except OutputError as e:
-                        e.summary = f"{_count(done, noun)}; the last one's answer was not written"
-                        if batch:
-                            e.summary += " and the rest of the input was not sent"
-                        raise
-                    advance()
+                    # After a Ctrl-C, the request in flight is finished; no other begins.
+                    while not (guard.interrupted and not sender.outstanding):
+                        try:
+                            with guard.calling():
+                                item = next(answers, None)
+                        except KeyboardInterrupt:
+                            raise Interrupted(_in_flight(sender.outstanding, done, noun)) from None
+                        if item is None:
+                            break
+                        call, outcome = item
+                        last = call.where
+                        if isinstance(outcome, ChatctlError):
+                            e = outcome
+                            if call.where:
+                                e.message = f"{call.where}: {e.message}"
+                            failed += 1
+                            if not (keep_going and isinstance(e, APIError | UsageError)):
+                                if batch:
+                                    e.summary = _count(done, noun, failed=True)
+                                raise e
+                            _report(inv, e)
+                            continue
+                        with guard.calling():
+                            done += 1
+                            try:
+                                out.response(outcome)
+                            except OutputError as e:
+                                e.summary = (
+                                    f"{_count(done, noun)}; the last one's answer was not written"
+                                )
+                                if batch:
+                                    e.summary += " and the rest of the input was not sent"
+                                raise
+                            advance()
+                finally:
+                    answers.close()
     finally:
         out.close()
     if guard.interrupted:
@@ -309,6 +365,22 @@ def call_all(
         raise Interrupted(f"interrupted: {_count(done, noun)} (the ids printed){where}")
     if failed:
         raise ChatctlError(f"{failed} failed; {_count(done, noun)}")
+
+
+def _in_flight(calls: list[Call], done: int, noun: str) -> str:
+    """What a second Ctrl-C left unknown: the calls in flight."""
+    before = f"{_count(done, noun)} before {'it' if len(calls) <= 1 else 'them'}"
+    if len(calls) <= 1:
+        what = calls[0].where if calls and calls[0].where else "the request"
+        return (
+            f"interrupted during the call for {what}: it may or may not have been stored; {before}"
+        )
+    first, end = calls[0].where, calls[-1].where
+    what = f"{first} to {end}" if first and end else f"{len(calls)} requests"
+    return (
+        f"interrupted during the call for {what} ({len(calls)} in one request): "
+        f"they may or may not have been stored; {before}"
+    )
 
 
 def _count(done: int, noun: str, *, failed: bool = False) -> str:
@@ -411,6 +483,9 @@ def stdin_text(inv: Invocation) -> str:
 
 __all__ = [
     "Call",
+    "OneByOne",
+    "Outcome",
+    "Sender",
     "build_requests",
     "call_all",
     "check_request",

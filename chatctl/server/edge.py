@@ -59,7 +59,16 @@ from chatctl.wire import encode, error_object, group_wording
 if TYPE_CHECKING:
     from chatctl.server.streams import JoinStreams
 
-__all__ = ["STATUS", "Edge", "Refusal", "bind_actor", "parse_json", "validate"]
+__all__ = [
+    "NDJSON_TYPES",
+    "STATUS",
+    "Edge",
+    "Refusal",
+    "bind_actor",
+    "is_ndjson",
+    "parse_json",
+    "validate",
+]
 
 log = logging.getLogger("chatctl.server")
 
@@ -70,6 +79,8 @@ _MAX_IDEMPOTENCY_KEY = 255
 STATUS: dict[type[Refused], int] = {Invalid: 400, Forbidden: 403, NotFound: 404, Conflict: 409}
 #: what a client reads when the storage fails; the cause is logged, not sent.
 UNAVAILABLE_DETAIL = "storage unavailable; nothing was changed twice: try again"
+#: request media types of a bulk Send (the first is the one answered with).
+NDJSON_TYPES = ("application/x-ndjson", "application/ndjson", "application/jsonl")
 
 
 class Refusal(Exception):
@@ -239,6 +250,13 @@ def bind_actor(principal: Principal, endpoint: Endpoint, body: Any) -> Any:
         raise Refusal(endpoint.id, refused.code, refused.detail) from None
 
 
+def is_ndjson(content_type: str | None) -> bool:
+    """True when a request's Content-Type is NDJSON, a bulk Send (``bulk``)."""
+    if not content_type:
+        return False
+    return content_type.split(";", 1)[0].strip().lower() in NDJSON_TYPES
+
+
 def origin_refused(origin: str) -> str:
     return (
         f"origin {origin} is not allowed (a server without tokens serves only the web pages"
@@ -329,6 +347,8 @@ class Edge:
         principal = self.authenticate(bearer(request.headers.get("authorization")))
         if principal is None:
             raise Refusal("v1", 401, "Unauthorized")
+        if is_ndjson(request.headers.get("content-type")):
+            return self._bulk(endpoint, principal, request)  # paced per message instead
         if endpoint is not JOIN:  # a stream counts against the stream cap instead
             self.rate_limit(principal)
         raw = await self._read_body(request)
@@ -360,6 +380,18 @@ class Edge:
         if isinstance(answer, str):
             return JSONAnswer(answer.encode())
         return StreamedAnswer(answer, endpoint.id)
+
+    def _bulk(self, endpoint: Endpoint, principal: Principal, request: Request) -> Response:
+        """Many SendRequests in one NDJSON request (``bulk``; its own module, loaded when
+        first needed), each line bound to a user token's user, the batch paced to the
+        token's rate per message."""
+        from chatctl.server.bulk import bulk_send
+
+        limiter = self.limiter
+        pace = None if limiter is None else limiter.pacer(principal.token_id)
+        return bulk_send(
+            endpoint, principal.tenant, request, self.service, self.config, pace, principal
+        )
 
     def _outside_chat(self, lowered: str, method: str) -> Response:
         """``/health``, ``/openapi.json``, or no such API."""

@@ -200,7 +200,35 @@ def _operation(endpoint: Endpoint, limits: Limits, edition: str) -> dict[str, An
     }
     if name == "Create":
         op["responses"]["200"]["links"] = _links(edition)
+    if name == "Send":
+        _bulk_send(op)
     return op
+
+
+def _bulk_send(op: dict[str, Any]) -> None:
+    """The bulk Send (contract part 3, ``bulk``): NDJSON in, one answer line per line out."""
+    line = {"$ref": "#/components/schemas/SendRequest"}
+    op["requestBody"]["content"]["application/x-ndjson"] = {
+        "schema": line,
+        "x-chatctl-extension": True,
+    }
+    op["description"] = (
+        "A bulk Send (extension bulk-send): with Content-Type application/x-ndjson the body "
+        "is one SendRequest per line; the answer is one line per request line, in order, "
+        "written as they are stored: its SendResponse or its m3o error object. "
+        "Idempotency-Key is then the batch's key (line n is kept as KEY/n), "
+        "Chat-First-Line numbers the first line (default 1), and Chat-On-Error: stop ends "
+        "the answer after the first refused line."
+    )
+    op["responses"]["200"]["content"]["application/x-ndjson"] = {
+        "schema": {
+            "oneOf": [
+                {"$ref": "#/components/schemas/SendResponse"},
+                {"$ref": "#/components/schemas/Error"},
+            ]
+        },
+        "x-chatctl-extension": True,
+    }
 
 
 def openapi_document(limits: Limits | None = None, edition: str = "both") -> dict[str, Any]:

@@ -124,6 +124,27 @@ class RateLimiter:
             buckets.popitem(last=False)
         return wait
 
+    def pacer(self, key: str) -> Callable[[int], float]:
+        """For a batch (a bulk Send's groups of lines): ``pace(n)`` is the seconds to wait
+        before ``n`` more requests may go, asked again after each wait, and 0 once all
+        ``n`` are counted. ``n`` may be more than the burst: it is counted a burst at a
+        time, so a batch goes at the rate rather than never."""
+        owed = 0
+
+        def pace(count: int) -> float:
+            nonlocal owed
+            if not owed:
+                owed = count
+            while owed:
+                part = min(owed, int(self.burst))
+                wait = self.check(key, part)
+                if wait:
+                    return wait
+                owed -= part
+            return 0.0
+
+        return pace
+
 
 class StreamCounter:
     """Open Join streams per key, refused past ``cap`` (None: no cap). Only keys with a

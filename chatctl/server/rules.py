@@ -55,7 +55,7 @@ import hashlib
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -69,11 +69,12 @@ from chatctl.server.domain import (
     MessageRow,
     NewMessage,
     NotFound,
+    Refused,
     RoomRow,
     StreamsEnded,
 )
 from chatctl.server.sql import Session
-from chatctl.server.store import Store
+from chatctl.server.store import SendResult, Store
 from chatctl.server.tokens import Principal
 from chatctl.wire import (
     CLOSE_DELETED,
@@ -83,6 +84,7 @@ from chatctl.wire import (
     event_frame,
     is_uuid,
     message_frame,
+    random_uuid,
     rfc3339,
     room_object,
 )
@@ -207,19 +209,24 @@ class ChatService:
         return await self.store.write(purge)
 
     async def send(self, tenant: str, req: dict[str, Any], key: str | None = None) -> str:
-        message = NewMessage(
-            req["room_id"],  # the room's id: rooms are found by exact id
-            req["user_id"],
-            req["client"] or str(uuid.uuid4()),  # m3o filled in a random UUID
-            req["subject"],
-            req["text"],
-        )
-        sent = await self.store.send(tenant, message, self._key(tenant, "Send", req, key))
+        sent = await self.store.send(tenant, _new_message(req), self._key(tenant, "Send", req, key))
         if sent.answer is None:
-            if not sent.room_found:
-                raise NotFound("room not found")
-            raise (Forbidden if sent.private else Invalid)("user is not in the room")
+            raise _send_refusal(sent)
         return sent.answer
+
+    async def send_many(
+        self,
+        tenant: str,
+        requests: Sequence[tuple[dict[str, Any], str | None]],
+        *,
+        stop: bool = False,
+    ) -> list[str | Refused]:
+        """Several Sends (each request with its own Idempotency-Key, if any) in one
+        transaction, in order: each one's answer, or its refusal; with ``stop``, none is
+        done after the first refusal, and the list ends with it (bulk sends)."""
+        batch = [(_new_message(req), self._key(tenant, "Send", req, key)) for req, key in requests]
+        results = await self.store.send_many(tenant, batch, stop=stop)
+        return [_send_refusal(r) if r.answer is None else r.answer for r in results]
 
     async def _create(
         self, db: Session, tenant: str, req: dict[str, Any], actor: Principal | None
@@ -492,6 +499,25 @@ async def _authorize(
         access.authorize(actor, endpoint, req, facts)
     except access.Refusal as refused:
         raise (Forbidden if refused.code == 403 else NotFound)(refused.detail) from None
+
+
+def _new_message(req: dict[str, Any]) -> NewMessage:
+    return NewMessage(
+        req["room_id"],  # the room's id: rooms are found by exact id
+        req["user_id"],
+        req["client"] or random_uuid(),  # m3o filled in a random UUID
+        req["subject"],
+        req["text"],
+    )
+
+
+def _send_refusal(sent: SendResult) -> Refused:
+    """Why a Send stored nothing."""
+    if sent.refusal is not None:
+        return sent.refusal
+    if not sent.room_found:
+        return NotFound("room not found")
+    return (Forbidden if sent.private else Invalid)("user is not in the room")
 
 
 def _event(db: Session, kind: str, room: RoomRow, user_id: str) -> None:

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
 from chatctl.errors import ChatctlError
-from chatctl.server.domain import Fanout, Key, NewMessage
+from chatctl.server.domain import Fanout, Key, NewMessage, Refused
 from chatctl.server.sql import Session
 
 __all__ = ["SendResult", "Store", "is_postgres_url", "open_store"]
@@ -39,11 +39,17 @@ T = TypeVar("T")
 @dataclass(frozen=True, slots=True)
 class SendResult:
     """What a Send came to: its answer (the message, or the first answer of its key), or
-    nothing stored, and then whether the room exists and is private."""
+    nothing stored, and then whether the room exists and is private, or (``send_many``
+    only) the refusal of its key (Conflict: the key was used with another request)."""
 
     answer: str | None
     room_found: bool = True
     private: bool = False
+    refusal: Refused | None = None
+
+    @property
+    def refused(self) -> bool:
+        return self.answer is None
 
 
 class Store(Protocol):
@@ -62,11 +68,17 @@ class Store(Protocol):
         ...
 
     async def send_many(
-        self, tenant: str, messages: Sequence[tuple[NewMessage, Key | None]]
+        self,
+        tenant: str,
+        messages: Sequence[tuple[NewMessage, Key | None]],
+        *,
+        stop: bool = False,
     ) -> list[SendResult]:
         """Several Sends, each as ``send`` would do it, in one transaction, in order: their
         outcomes in the same order. A refused one (or a key's replay) stores nothing and
-        the others go on; a storage failure keeps none of them. For bulk sends."""
+        the others go on, or, with ``stop``, none after it is done (the outcomes then end
+        with the refused one's); a storage failure keeps none of them. Bulk sends
+        (``bulk``)."""
         ...
 
     async def purge_step(self) -> bool: ...

@@ -63,12 +63,13 @@ from chatctl.server.domain import (
     Key,
     NewMessage,
     Note,
+    Refused,
     RoomRow,
     StreamsEnded,
     Unavailable,
 )
 from chatctl.server.store import SendResult
-from chatctl.wire import UUIDv7, encode, message_frame
+from chatctl.wire import UUIDv7, encode, message_frame, rfc3339
 
 __all__ = ["CHANNEL", "MIGRATIONS", "NOTIFY_LIMIT", "PostgresSession", "PostgresStore"]
 
@@ -231,6 +232,124 @@ SELECT (SELECT private FROM room), EXISTS (SELECT FROM member), stored.seq,
 _SEND = _send_statement(keyed=False)
 _SEND_KEYED = _send_statement(keyed=True)
 
+
+#: What ``send_many`` makes of each message before its turn: the message, its answer (and
+#: frame), its key.
+_Made = tuple[dict[str, Any], str, Key | None]
+
+#: Several Sends in one statement, each as ``_SEND_KEYED`` would do it, in order (``ord``):
+#: the rooms and memberships looked up, the keys with an answer found (replayed, or a
+#: conflict) or claimed for members, each room's seq bumped once by its count of messages
+#: to store, which are numbered in order from the old value, stored, and notified in order.
+#: With ``stop``, nothing from the first refusal on (a non-member, no room, a key used with
+#: another request) claims or stores. One row per message, in order, as ``_SEND_KEYED``'s.
+#: No key may appear twice (``_runs``).
+_SEND_MANY = f"""
+WITH input AS (
+    SELECT * FROM unnest(
+        %(room_id)s::text[], %(user_id)s::text[], %(id)s::text[], %(client)s::text[],
+        %(sent_at)s::text[], %(subject)s::text[], %(text)s::text[], %(note)s::text[],
+        %(key)s::text[], %(request_hash)s::text[], %(answer)s::text[],
+        %(created)s::float8[], %(not_before)s::float8[]
+    ) WITH ORDINALITY AS t(room_id, user_id, id, client, sent_at, subject, text, note,
+        key, request_hash, answer, created, not_before, ord)
+), checked AS (
+    SELECT i.*, r.pk AS room_pk, r.private,
+        EXISTS (SELECT FROM members m WHERE m.room_pk = r.pk AND m.user_id = i.user_id)
+            AS member,
+        p.endpoint AS prior_endpoint, p.request_hash AS prior_hash, p.response AS prior
+    FROM input i
+    LEFT JOIN rooms r ON r.tenant = %(tenant)s AND r.id = i.room_id
+    LEFT JOIN idempotency p ON p.tenant = %(tenant)s AND p.key = i.key
+        AND p.created_at >= i.not_before
+), cut AS (
+    SELECT coalesce(min(ord), 9223372036854775807) AS ord FROM checked
+    WHERE %(stop)s AND CASE WHEN prior_endpoint IS NOT NULL
+        THEN prior_endpoint <> 'Send' OR prior_hash <> request_hash ELSE NOT member END
+), claimed AS (
+    INSERT INTO idempotency (tenant, key, endpoint, request_hash, response, created_at)
+    SELECT %(tenant)s, key, 'Send', request_hash, answer, created FROM checked
+    WHERE key IS NOT NULL AND prior_endpoint IS NULL AND member
+        AND ord < (SELECT ord FROM cut)
+    ON CONFLICT (tenant, key) DO UPDATE SET endpoint = excluded.endpoint,
+        request_hash = excluded.request_hash, response = excluded.response,
+        created_at = excluded.created_at
+    WHERE idempotency.created_at < %(oldest)s
+    RETURNING key
+), allowed AS (
+    SELECT ord, room_pk, row_number() OVER (PARTITION BY room_pk ORDER BY ord) AS n,
+        count(*) OVER (PARTITION BY room_pk) AS k
+    FROM checked
+    WHERE member AND ord < (SELECT ord FROM cut) AND prior_endpoint IS NULL
+        AND (key IS NULL OR key IN (SELECT key FROM claimed))
+), bumped AS (
+    UPDATE rooms SET last_seq = last_seq + a.k
+    FROM (SELECT DISTINCT room_pk, k FROM allowed) a
+    WHERE rooms.pk = a.room_pk
+    RETURNING rooms.pk, rooms.last_seq
+), stored AS (
+    INSERT INTO messages (room_pk, seq, id, client, user_id, sent_at, subject, text)
+    SELECT a.room_pk, b.last_seq - a.k + a.n, c.id, c.client, c.user_id, c.sent_at,
+        c.subject, c.text
+    FROM allowed a JOIN bumped b ON b.pk = a.room_pk JOIN checked c ON c.ord = a.ord
+    RETURNING id, seq
+)
+SELECT x.private, x.member, x.seq,
+    CASE WHEN x.seq IS NOT NULL THEN pg_notify(
+        '{CHANNEL}',
+        'm ' || x.seq || ' '
+        || json_build_array(%(tenant)s::text, x.room_id, x.room_pk, x.user_id)::text
+        || E'\\n' || x.note
+    ) END,
+    x.prior_endpoint, x.prior_hash, x.prior
+FROM (
+    -- In order, and notified in that order: the sort happens before the outer SELECT.
+    SELECT c.ord, c.private, c.member, s.seq, c.room_id, c.room_pk, c.user_id, c.note,
+        c.prior_endpoint, c.prior_hash, c.prior
+    FROM checked c LEFT JOIN stored s ON s.id = c.id
+    ORDER BY c.ord OFFSET 0
+) x
+"""
+
+
+def _runs(made: list[_Made]) -> list[list[_Made]]:
+    """``made`` cut into runs in which no key appears twice (one statement each: a
+    statement may claim a key once)."""
+    runs: list[list[_Made]] = [[]]
+    keys: set[str] = set()
+    for item in made:
+        key = item[2]
+        if key is not None:
+            if key.key in keys:
+                runs.append([])
+                keys.clear()
+            keys.add(key.key)
+        runs[-1].append(item)
+    return runs
+
+
+def _send_many_params(tenant: str, run: list[_Made], stop: bool) -> dict[str, Any]:
+    columns: dict[str, list[Any]] = {
+        name: []
+        for name in (
+            "room_id", "user_id", "id", "client", "sent_at", "subject", "text", "note",
+            "key", "request_hash", "answer", "created", "not_before",
+        )
+    }  # fmt: skip
+    oldest = 0.0
+    for message, answer, key in run:
+        for name in ("room_id", "user_id", "id", "client", "sent_at", "subject", "text"):
+            columns[name].append(message[name])
+        columns["note"].append(_note_frame(tenant, message, answer))
+        columns["answer"].append(answer)
+        columns["key"].append(None if key is None else key.key)
+        columns["request_hash"].append(None if key is None else key.request_hash)
+        columns["created"].append(None if key is None else key.now)
+        columns["not_before"].append(None if key is None else key.not_before)
+        if key is not None:
+            oldest = max(oldest, key.not_before)
+    return {"tenant": tenant, "stop": stop, "oldest": oldest, **columns}
+
 _INSERT_ROOM = (
     "INSERT INTO rooms (tenant, id, name, description, created_at, private, creator)"
     " VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING pk"
@@ -288,13 +407,21 @@ async def _one_send(
     return row
 
 
-def _sent(row: tuple[Any, ...], answer: str, key: Key | None) -> SendResult | None:
+def _sent(
+    row: tuple[Any, ...], answer: str, key: Key | None, *, refusals: bool = False
+) -> SendResult | None:
     """What a Send statement's row says; None when it must run again: a member whose key
     another replica claimed after the statement began (nothing was stored; run again, it
-    sees that replica's answer)."""
+    sees that replica's answer). A key used with another request raises Conflict, or with
+    ``refusals`` is a result carrying it."""
     private, member, seq = row[0], row[1], row[2]
     if key is not None and row[4] is not None:
-        return SendResult(key.replay(row[4], row[5], row[6]))
+        try:
+            return SendResult(key.replay(row[4], row[5], row[6]))
+        except Refused as refusal:
+            if not refusals:
+                raise
+            return SendResult(None, refusal=refusal)
     if seq is not None:
         return SendResult(answer)
     if private is None:
@@ -588,7 +715,11 @@ class PostgresStore:
             return await _one_send(conn, tenant, message, answer, key)
 
     async def send_many(
-        self, tenant: str, messages: Sequence[tuple[NewMessage, Key | None]]
+        self,
+        tenant: str,
+        messages: Sequence[tuple[NewMessage, Key | None]],
+        *,
+        stop: bool = False,
     ) -> list[SendResult]:
         deadline = time.monotonic() + self.timeout + _GRACE
         async with contextlib.AsyncExitStack() as turns:
@@ -600,29 +731,41 @@ class PostgresStore:
                 made.append((message, message_frame(message), key))
 
             async def call() -> list[SendResult]:
+                results: list[SendResult] = []
                 async with self._connection() as conn, conn.transaction():
-                    # One round trip for all of them; then, one at a time, any whose key
-                    # another replica claimed meanwhile (it sees that one's answer now).
-                    async with conn.pipeline() as pipeline:
-                        cursors = [
-                            await conn.execute(_statement(key), _send_params(tenant, m, a, key))
-                            for m, a, key in made
-                        ]
-                        await pipeline.sync()
-                        rows = [await cursor.fetchone() for cursor in cursors]
-                    results: list[SendResult] = []
-                    for (message, answer, key), row in zip(made, rows, strict=True):
-                        assert row is not None
-                        result = _sent(row, answer, key)
-                        if result is None:
-                            again = await _one_send(conn, tenant, message, answer, key)
-                            result = _sent(again, answer, key)
-                        if result is None:
-                            raise Unavailable("an Idempotency-Key stayed claimed but unanswered")
-                        results.append(result)
-                    return results
-
+                    for run in _runs(made):
+                        if await self._send_run(conn, tenant, run, stop, results):
+                            break
+                return results
             return await self._bounded(call(), deadline)
+
+    async def _send_run(
+        self,
+        conn: psycopg.AsyncConnection[tuple[Any, ...]],
+        tenant: str,
+        run: list[_Made],
+        stop: bool,
+        results: list[SendResult],
+    ) -> bool:
+        """Send ``run`` (no key twice) with one statement (``_SEND_MANY``), adding each
+        outcome to ``results``; True when ``stop`` stopped the batch at a refusal."""
+        cursor = await conn.execute(_SEND_MANY, _send_many_params(tenant, run, stop))
+        rows = await cursor.fetchall()
+        for (message, answer, key), row in zip(run, rows, strict=True):
+            result = _sent(row, answer, key, refusals=True)
+            if result is None:
+                # Another replica claimed the key after the statement began (nothing was
+                # stored): alone now, it sees that one's answer (or takes its turn).
+                message = {**message, "id": self._ids(), "sent_at": rfc3339(time.time_ns())}
+                answer = message_frame(message)
+                again = await _one_send(conn, tenant, message, answer, key)
+                result = _sent(again, answer, key, refusals=True)
+            if result is None:
+                raise Unavailable("an Idempotency-Key stayed claimed but unanswered")
+            results.append(result)
+            if stop and result.answer is None:
+                return True
+        return False
 
     async def purge_step(self) -> bool:
         """Remove the next chunk of a deleted room's messages; True while more remain.

@@ -62,6 +62,7 @@ from chatctl.server.domain import (
     NewMessage,
     Note,
     Published,
+    Refused,
     RoomRow,
     Unavailable,
 )
@@ -495,19 +496,34 @@ class SQLiteStore:
         return result
 
     async def send_many(
-        self, tenant: str, messages: Sequence[tuple[NewMessage, Key | None]]
+        self,
+        tenant: str,
+        messages: Sequence[tuple[NewMessage, Key | None]],
+        *,
+        stop: bool = False,
     ) -> list[SendResult]:
         def run(session: SQLiteSession) -> list[SendResult]:
             db = self._wdb
             results = []
             for new, key in messages:
-                db.execute("SAVEPOINT one")
+                # Only a key's claim can need undoing: a key-less refusal writes nothing.
+                if key is not None:
+                    db.execute("SAVEPOINT one")
+                stored = False
                 try:
-                    results.append(session.send(tenant, new, key, self._ids))
+                    result = session.send(tenant, new, key, self._ids)
+                    stored = True
                 except _Unsent as unsent:
-                    db.execute("ROLLBACK TO one")
-                    results.append(unsent.result)
-                db.execute("RELEASE one")
+                    result = unsent.result
+                except Refused as refusal:  # the key was used with another request
+                    result = SendResult(None, refusal=refusal)
+                if key is not None:
+                    if not stored:
+                        db.execute("ROLLBACK TO one")
+                    db.execute("RELEASE one")
+                results.append(result)
+                if stop and result.answer is None:
+                    break
             return results
 
         results: list[SendResult] = await self._submit(run, undoable=True)

@@ -1,8 +1,9 @@
 """``python -m tests.bench [--quick|--full] [--only NAME,...]``: run the suite, print one table.
 
-Sections: startup, batch, server, fanout, capacity, tail; and postgres (PostgreSQL beside
-SQLite, one and two replicas; needs CHATCTL_TEST_POSTGRES), which runs only when named with
---only. The mode also comes from ``CHATCTL_BENCH=quick|full`` (default full).
+Sections: startup, batch, server, history, bulk, export, fanout, capacity, tail; and, only
+when named with --only (they need CHATCTL_TEST_POSTGRES), postgres (PostgreSQL beside
+SQLite, one and two replicas), postgres-remote, history-postgres and bulk-postgres. The
+mode also comes from ``CHATCTL_BENCH=quick|full`` (default full).
 """
 
 from __future__ import annotations

@@ -9,6 +9,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from tests.bench import (
+    bulk_bench,
     client_bench,
     fanout_bench,
     history_bench,
@@ -24,15 +25,18 @@ SECTIONS: dict[str, Callable[[Mode, Path], list[Row]]] = {
     "batch": client_bench.batch,
     "server": server_bench.server,
     "history": history_bench.history,
+    "bulk": bulk_bench.bulk,
+    "export": bulk_bench.export,
     "fanout": fanout_bench.fanout,
     "capacity": fanout_bench.capacity,
     "tail": tail_bench.tail,
     "postgres": pg_bench.postgres_section,
     "postgres-remote": pg_remote_bench.postgres_remote,
     "history-postgres": history_bench.history_postgres,
+    "bulk-postgres": bulk_bench.bulk_postgres,
 }
 #: run only when named with --only: they need something the machine may not have.
-OPT_IN = {"postgres", "postgres-remote", "history-postgres"}
+OPT_IN = {"postgres", "postgres-remote", "history-postgres", "bulk-postgres"}
 
 
 def run(argv: Sequence[str] = (), only: Sequence[str] | None = None) -> tuple[list[Row], str]:

@@ -118,32 +118,20 @@ def test_send_lines_in_order(cli: Run, httpx_mock: HTTPXMock) -> None:
     assert r.stdout.splitlines() == [MESSAGE["id"]] * 3
 
 
-def test_history_pages_on_chatctls_server(cli: Run, httpx_mock: HTTPXMock) -> None:
+def test_history_reads_chatctls_server_in_one_streamed_call(
+    cli: Run, httpx_mock: HTTPXMock
+) -> None:
     # Asked by id, nothing is known of the server yet: a small seed-shaped List asks
-    # (read-only, filtered by the reader) before any extension is sent.
+    # (read-only, filtered by the reader) before any extension is sent. Then all of the
+    # room is one History without a limit, which chatctl's server streams in parts.
     httpx_mock.add_response(json={"rooms": []}, headers=CHATCTL_HEADERS)
-    httpx_mock.add_response(json={"messages": [MESSAGE]}, headers=CHATCTL_HEADERS)
-    httpx_mock.add_response(json={"messages": []}, headers=CHATCTL_HEADERS)
+    httpx_mock.add_response(json={"messages": [MESSAGE, MESSAGE]}, headers=CHATCTL_HEADERS)
     r = cli("history", ROOM, "-o", "json")
     assert r.code == 0, r.stderr
-    probe, first, second = httpx_mock.get_requests()
+    probe, history = httpx_mock.get_requests()
     check(probe, "List", {"user_id": "user-1"})
-    check(
-        first,
-        "History",
-        {
-            "room_id": ROOM,
-            "user_id": "user-1",
-            "limit": 1000,
-            "after": "00000000-0000-0000-0000-000000000000",
-        },
-    )
-    check(
-        second,
-        "History",
-        {"room_id": ROOM, "user_id": "user-1", "limit": 1000, "after": MESSAGE["id"]},
-    )
-    assert json.loads(r.stdout) == {"messages": [MESSAGE]}
+    check(history, "History", {"room_id": ROOM, "user_id": "user-1"})
+    assert json.loads(r.stdout) == {"messages": [MESSAGE, MESSAGE]}
 
 
 def test_history_limit_is_latest(cli: Run, httpx_mock: HTTPXMock) -> None:

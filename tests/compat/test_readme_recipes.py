@@ -157,6 +157,19 @@ def check_lines_keep_going(ws: Workspace, line: str) -> None:
     assert len((ws.cwd / "sent.ids").read_text().split()) == 2
 
 
+def check_import_rerun(ws: Workspace, line: str) -> None:
+    lines = [f"imported {n}" for n in range(1, 2001)]
+    (ws.cwd / "notes.txt").write_text("".join(t + "\n" for t in lines))
+    before = ws.texts()
+    done = ws.run(line)
+    assert done.returncode == 0, done.stderr
+    first = (ws.cwd / "ids.txt").read_text().split()
+    again = ws.run(line)  # the same import again: nothing doubled, every id printed
+    assert again.returncode == 0, again.stderr
+    assert (ws.cwd / "ids.txt").read_text().split() == first
+    assert ws.texts() == [*before, *lines]
+
+
 def check_join_tail(ws: Workspace, line: str) -> None:
     out = ws.tail(line, "carol", "bob", "hello carol")
     # jq -r .text printed the message's text, and nothing else.
@@ -180,6 +193,7 @@ CHECKS: list[tuple[str, Callable[[Workspace, str], None]]] = [
     (r"jq -c .* export\.json \| chatctl send -i -", check_replay_from_file),
     (r"chatctl history general -o jsonl > general\.jsonl", check_export),
     (r"chatctl send general --lines --keep-going -o id < notes\.txt", check_lines_keep_going),
+    (r"chatctl send general --lines --batch-key", check_import_rerun),
     (r"chatctl join general \| while read", check_join_tail),
     (r"websocat .*/v1/chat/Join", check_websocat),
 ]

@@ -329,6 +329,49 @@ def test_list_shows_a_creator_the_private_room_it_left(team: ServerProcess, room
     ok(team, ALICE, "Invite", {"room_id": rooms.private, "user_id": "alice"})
 
 
+def bulk(
+    server: ServerProcess, token: str, lines: list[dict[str, Any]], key: str | None = None
+) -> list[dict[str, Any]]:
+    """A bulk Send (NDJSON in): each line's answer."""
+    headers = {"Content-Type": "application/x-ndjson"}
+    if key is not None:
+        headers["Idempotency-Key"] = key
+    body = "".join(json.dumps(line) + "\n" for line in lines)
+    with server.http(token) as http:
+        r = http.post("/v1/chat/Send", content=body, headers=headers)
+    assert r.status_code == 200, r.text
+    return [json.loads(line) for line in r.text.splitlines()]
+
+
+def test_a_bulk_send_acts_as_the_tokens_user_line_by_line(
+    team: ServerProcess, rooms: Rooms
+) -> None:
+    before = state(team, rooms)
+    # mallory: as herself into the private room, as alice anywhere: every line refused.
+    answers = bulk(team, MALLORY, [
+        {"room_id": rooms.private, "text": "let me in"},
+        {"room_id": rooms.public, "user_id": "alice", "text": "I am alice"},
+        {"room_id": rooms.private, "user_id": "alice", "text": "I am alice"},
+    ])  # fmt: skip
+    assert [(a["id"], a["code"]) for a in answers] == [("chat.send", 403)] * 3, answers
+    assert "acts only as user mallory, not alice" in answers[1]["detail"]
+    assert state(team, rooms) == before
+    # bob: lines without a user are his; one naming alice is refused, the others stored.
+    answers = bulk(team, BOB, [
+        {"room_id": rooms.private, "text": "one"},
+        {"room_id": rooms.private, "user_id": "alice", "text": "as alice"},
+        {"room_id": rooms.private, "user_id": "bob", "text": "two"},
+    ], key="bob-batch")  # fmt: skip
+    assert [a.get("message", {}).get("user_id") for a in answers] == ["bob", None, "bob"]
+    assert answers[1]["code"] == 403
+    # alice's batch with bob's batch key is hers, not a replay of his lines.
+    mine = bulk(team, ALICE, [{"room_id": rooms.private, "text": "mine"}], key="bob-batch")
+    assert mine[0]["message"]["user_id"] == "alice" and mine[0]["message"]["text"] == "mine"
+    texts = [m["text"] for m in ok(team, ADMIN, "History", {"room_id": rooms.private,
+                                                              "user_id": "alice"})["messages"]]
+    assert texts == [f"hello {rooms.private[:8]}", "one", "two", "mine"]
+
+
 # -- Join, over a WebSocket (header or subprotocol) and NDJSON ------------------------------
 
 

@@ -162,3 +162,19 @@ def test_what_a_refused_client_is_told() -> None:
 def test_a_rate_is_said_as_the_operator_gave_it(per_second: float, said: str) -> None:
     assert describe_rate(per_second) == said
     assert over_rate(per_second, 0.5)[0].startswith(f"rate limit of {said} per token exceeded")
+
+
+def test_a_batch_is_paced_a_burst_at_a_time() -> None:
+    # A bulk Send's group of 25 against a bucket of 10 at 5/s: 10 at once, then the
+    # rest as the bucket refills, never refused for being more than a burst.
+    clock = Clock()
+    limiter = RateLimiter(rate=5, burst=10, clock=clock)
+    pace = limiter.pacer("t")
+    waited = 0.0
+    while (wait := pace(25)) > 0:
+        clock.now += wait
+        waited += wait
+    assert waited == pytest.approx(3.0)  # 15 more at 5/s
+    assert limiter.check("t") > 0  # the bucket is spent
+    clock.now += 0.2
+    assert pace(1) == 0.0  # the next group starts afresh

@@ -22,7 +22,7 @@ from chatctl.server import sql, store_sqlite
 from chatctl.server.domain import Key, MessageRow, NewMessage, RoomRow, Unavailable
 from chatctl.server.sql import Session
 from chatctl.server.store_sqlite import MIGRATIONS, SQLiteStore
-from chatctl.wire import UUIDv7, rfc3339
+from chatctl.wire import UUIDv7, random_uuid, rfc3339
 from tests.server.helpers import Ticker
 
 T = TypeVar("T")
@@ -155,6 +155,16 @@ def test_uuid7_is_monotonic_and_well_formed() -> None:
         assert u.version == 7 and u.variant == uuid.RFC_4122
     later = make(1_600_000_000_000_000_000)  # the clock stepped back
     assert later > ids[-1]
+
+
+def test_random_uuid_is_a_well_formed_version_4() -> None:
+    made = [random_uuid() for _ in range(2000)]
+    assert len(set(made)) == len(made)
+    for text in made:
+        u = uuid.UUID(text)
+        assert str(u) == text and u.version == 4 and u.variant == uuid.RFC_4122
+    # Every hex digit of the random part shows up: nothing fixed beyond the version bits.
+    assert {t[19] for t in made} == set("89ab") and len({t[0] for t in made}) == 16
 
 
 def test_rfc3339_nanoseconds() -> None:
@@ -337,11 +347,72 @@ async def several_sends_in_one_go(store: Any) -> None:
     assert [m.id for m in rows] == sorted(m.id for m in rows)  # ids in the room's order
 
 
+async def several_sends_that_stop(store: Any) -> None:
+    """``send_many`` with ``stop`` (a bulk Send told to stop at the first refused line):
+    nothing after the first refusal is claimed or stored, and the outcomes end with it; a
+    key used with another request is a refusal (Conflict), not a failure of the batch;
+    messages of two rooms each take their room's next seqs, in order."""
+    from chatctl.server.domain import Conflict
+
+    async def create(db: Session) -> tuple[RoomRow, RoomRow]:
+        a = await db.create_room("", "room-a", "a", "", "t", False, ["u"])
+        b = await db.create_room("", "room-b", "b", "", "t", False, ["u"])
+        return a, b
+
+    a, b = await store.write(create)
+    now = time.time()
+
+    def key(name: str, request: str = "") -> Key:
+        return Key("", name, "Send", f"hash-{name}{request}", now, now - 60)
+
+    def new(room: RoomRow, text: str, user: str = "u") -> NewMessage:
+        return NewMessage(room.id, user, "c", "", text)
+
+    results = await store.send_many(
+        "",
+        [(new(a, "a1"), None), (new(b, "b1"), key("kb1")), (new(a, "a2"), None)],
+        stop=True,
+    )
+    assert [json.loads(r.answer)["message"]["text"] for r in results] == ["a1", "b1", "a2"]
+    results = await store.send_many(
+        "",
+        [
+            (new(b, "b1 again"), key("kb1")),  # a replay: not a refusal
+            (new(a, "a3"), key("ka3")),
+            (new(b, "b2"), key("kb1", "other")),  # the key with another request: 409
+            (new(a, "never"), key("k-never")),
+            (new(a, "never either"), None),
+        ],
+        stop=True,
+    )
+    assert len(results) == 3
+    assert results[0].answer is not None and "b1" in results[0].answer
+    assert results[1].answer is not None and "a3" in results[1].answer
+    assert results[2].answer is None and isinstance(results[2].refusal, Conflict)
+    # Without stop the same refusal is one outcome among the others.
+    results = await store.send_many(
+        "", [(new(a, "x", user="stranger"), key("k-x")), (new(a, "a4"), key("k-never"))]
+    )
+    assert results[0].answer is None and results[0].room_found
+    assert results[1].answer is not None and "a4" in results[1].answer
+
+    async def texts(db: Session) -> tuple[list[str], list[str], list[int]]:
+        rows_a = await db.messages(a)
+        rows_b = await db.messages(b)
+        return [m.text for m in rows_a], [m.text for m in rows_b], [m.seq for m in rows_a]
+
+    in_a, in_b, seqs = await store.read(texts)
+    assert in_a == ["a1", "a2", "a3", "a4"]
+    assert in_b == ["b1"]
+    assert seqs == sorted(seqs)
+
+
 def test_several_sends_in_one_transaction(tmp_path: Path) -> None:
     async def scenario() -> None:
         store = SQLiteStore(str(tmp_path / "bulk.db"))
         try:
             await several_sends_in_one_go(store)
+            await several_sends_that_stop(store)
         finally:
             await store.close()
 

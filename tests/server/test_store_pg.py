@@ -146,7 +146,13 @@ def test_every_statement_has_an_index_to_use(url: str) -> None:
         seen = 0
         for statement in [*statements(sql, store_pg), store_pg._SEND, store_pg._SEND_KEYED]:
             spelled = store_pg.PostgresSession._dialect(statement)
-            named = {name: "1" for name in _names(spelled)}
+            # An array parameter (a bulk Send's columns, ``_SEND_MANY``) gets a list.
+            named = {
+                name: ["1"] if f"%({name})s::text[]" in spelled
+                else [1.0] if f"%({name})s::float8[]" in spelled
+                else "1"
+                for name in _names(spelled)
+            }  # fmt: skip
             args: Any = named if named else ["1"] * spelled.count("%s")
             explained = conn.execute("EXPLAIN " + spelled, args).fetchall()
             plan = "\n".join(row[0] for row in explained)
@@ -523,10 +529,11 @@ def test_a_big_room_is_deleted_at_once_and_its_messages_in_steps(
 
 
 def test_several_sends_in_one_transaction(url: str) -> None:
-    from tests.server.test_store import several_sends_in_one_go
+    from tests.server.test_store import several_sends_in_one_go, several_sends_that_stop
 
     async def scenario() -> None:
         async with started(url) as store:
             await several_sends_in_one_go(store)
+            await several_sends_that_stop(store)
 
     asyncio.run(scenario())
