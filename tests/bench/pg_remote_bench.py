@@ -13,13 +13,16 @@ stalled event loop shows in full. Every failed request of either kind is counted
 
 Only the servers of one configuration run at a time (an idle replica would still hear
 every other replica's notifications). Everything shares the machine's cores: the load
-generators, the proxies, the replicas and PostgreSQL.
+generators, the proxies, the replicas and PostgreSQL. Each load's note says how busy the
+machine's cores were meanwhile: a second replica can only add Sends where one replica left
+cores idle (it waited on the database), not where the machine was already busy.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import os
 import statistics
 import subprocess
 import time
@@ -81,6 +84,22 @@ def group(name: str, workdir: Path, pg_url: str) -> Iterator[list[ServerProcess]
         yield started
 
 
+def machine_ticks() -> tuple[int, int]:
+    """All and idle CPU ticks of the machine so far (``/proc/stat``; zeros elsewhere)."""
+    try:
+        with open("/proc/stat") as f:
+            ticks = [int(v) for v in f.readline().split()[1:]]
+    except OSError:
+        return 0, 0
+    return sum(ticks), ticks[3] + ticks[4]
+
+
+def busy_share(before: tuple[int, int], after: tuple[int, int]) -> float:
+    """The share of every core that was busy between two ``machine_ticks()``."""
+    total, idle = after[0] - before[0], after[1] - before[1]
+    return 1 - idle / total if total else 0.0
+
+
 def run_together(commands: Sequence[list[str]]) -> list[dict]:
     """Start every command at once; each prints one JSON line at the end."""
     procs = [subprocess.Popen(c, stdout=subprocess.PIPE, text=True) for c in commands]
@@ -129,7 +148,9 @@ def measure(mode: Mode, load: Load, servers: list[ServerProcess], seconds: float
                 spawn=True,
             )
         )
+    before = machine_ticks()
     outs = run_together(commands)
+    busy = busy_share(before, machine_ticks())
     sends, health = outs[: len(servers)], outs[len(servers) :]
     statuses: dict[str, int] = {}
     for o in outs:
@@ -143,6 +164,7 @@ def measure(mode: Mode, load: Load, servers: list[ServerProcess], seconds: float
         "health_max_ms": max(o["max_ms"] for o in health),
         "errors": sum(o["errors"] for o in outs),
         "statuses": statuses,
+        "busy": busy,
     }
 
 
@@ -212,7 +234,8 @@ def rows(
         r = m[load.name]
         note = (
             f"{how}; p50 {r['p50_ms']:.1f} ms, p99 {r['p99_ms']:.1f} ms; /health p99 "
-            f"{r['health_p99_ms']:.1f} ms; errors {r['errors']}"
+            f"{r['health_p99_ms']:.1f} ms; errors {r['errors']}; machine CPU busy "
+            f"{r['busy']:.0%} of {os.cpu_count()} cores"
         )
         if load.name == LOADS[0].name:
             note += (
