@@ -208,9 +208,9 @@ def _messages(
         pages: list[list[dict[str, Any]]] = []
         left, cursor = limit, before
         while left > 0:
-            page = _page(
-                inv, request, limit=min(left, PAGE), **({"before": cursor} if cursor else {})
-            )
+            size = min(left, PAGE)
+            page = _page(inv, request, limit=size, **({"before": cursor} if cursor else {}))
+            page = page[-size:]  # a server that says it pages but answered more: the latest
             first = page[0].get("id") if page else None
             if not page or (pages and first == pages[-1][0].get("id")):
                 break  # the end, or a server that does not page: nothing new
@@ -233,7 +233,7 @@ def _messages(
         size = PAGE if left is None else min(left, PAGE)
         page = _page(
             inv, request, limit=size, after=cursor, **({"before": before} if before else {})
-        )
+        )[:size]  # a server that says it pages but answered more: the first asked for
         last = page[-1].get("id") if page else None
         if not page or last == cursor:
             return  # the end, or a server that does not page (m3o answers all at once)

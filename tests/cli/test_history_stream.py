@@ -112,3 +112,32 @@ def test_after_and_before_go_with_the_streamed_call(
     assert r.stdout.split() == [message(2)["id"]]
     sent = json.loads(httpx_mock.get_requests()[1].content)
     assert sent == {"room_id": ROOM, "user_id": "u", "after": a, "before": b}
+
+
+@pytest.mark.parametrize(
+    ("flags", "answered", "printed"),
+    [
+        ((), range(1, 6), [4, 5]),  # the latest 2 of what it sent
+        (("--after", 1), range(2, 6), [2, 3]),  # the first 2 after the cursor
+        (("--before", 5), range(1, 5), [3, 4]),
+    ],
+    ids=["latest", "after", "before"],
+)
+def test_a_server_that_pages_but_answers_more_than_the_limit(
+    cli: Run,
+    httpx_mock: HTTPXMock,
+    env: None,
+    flags: tuple[Any, ...],
+    answered: range,
+    printed: list[int],
+) -> None:
+    """It says it has paging, honours the cursors but not the limit: --limit is still
+    what is printed, each message once, and the reading stops."""
+    httpx_mock.add_response(json={"rooms": []}, headers=CHATCTL_HEADERS)
+    everything = body([message(n) for n in answered])
+    httpx_mock.add_response(content=everything, headers=CHATCTL_HEADERS, is_reusable=True)
+    args = [message(f)["id"] if isinstance(f, int) else f for f in flags]
+    r = cli("history", ROOM, *args, "--limit", "2", "-o", "id")
+    assert r.code == 0, r.stderr
+    assert r.stdout.split() == [message(n)["id"] for n in printed]
+    assert len(httpx_mock.get_requests()) <= 3  # the List, then at most two pages

@@ -100,8 +100,14 @@ def test_page_from_an_origin_not_allowed_fails(
     srv = chatctl_serve("--cors-origin", allowed)
     result, log = run_page(chromium, other, srv.url, srv.tokens[0])
     assert_refused_by_the_browser(result, log)
-    # Nor may that page tail a room: its Join WebSocket is refused by Origin.
-    with chromium.page(f"{other}/page.html") as page:
-        join_url = srv.url.replace("http", "ws", 1) + "/v1/chat/Join"
-        closed = page.evaluate(f"openJoin({json.dumps(join_url)}, {json.dumps(srv.tokens[0])})")
-    assert closed.startswith("closed"), closed
+    # Nor may that page tail a room: its Join WebSocket is refused by Origin (the same
+    # socket, token and server open from the allowed origin's page).
+    join_url = srv.url.replace("http", "ws", 1) + "/v1/chat/Join"
+    opened = {}
+    for origin in (other, allowed):
+        with chromium.page(f"{origin}/page.html") as page:
+            opened[origin] = page.evaluate(
+                f"openJoin({json.dumps(join_url)}, {json.dumps(srv.tokens[0])})"
+            )
+    assert opened[allowed] == "open", opened
+    assert opened[other].startswith("closed"), opened

@@ -205,10 +205,14 @@ def recipe_params() -> list[Any]:
 
 @pytest.fixture(scope="module")
 def recipe_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    """One ``chatctl serve`` for every recipe, with a token (a tenant) for each test."""
+    """One ``chatctl serve`` for every recipe, with a token (a tenant) for each test.
+    Its rate limit is off: with the default (50/s a token) the big import's two runs of
+    2000 lines would spend over a minute being paced, which is not what a recipe shows
+    (tests/e2e/test_rate_limit.py holds a paced batch)."""
     tokens = [f"recipe-{uuid.uuid4().hex}" for _ in range(len(readme_recipes()) + 4)]
     workdir = tmp_path_factory.mktemp("recipes")
-    with ServerProcess(workdir, tcp=True, tokens=tokens) as srv:
+    extra = ["--rate-limit", "off"]
+    with ServerProcess(workdir, tcp=True, tokens=tokens, extra=extra) as srv:
         yield srv
 
 
