@@ -89,6 +89,7 @@ from chatctl.schema import (
     in_edition,
     parse_extensions,
 )
+from chatctl.wire import CLOSE_GOING_AWAY
 
 if TYPE_CHECKING:
     import ssl
@@ -998,7 +999,7 @@ def _closed_error(client: Client, e: Exception) -> ChatctlError:
     where, local = client.where, client._local
     if code is not None and 4000 <= code < 5000:
         return StreamClosed(code, reason)
-    if code == 1001:
+    if code == CLOSE_GOING_AWAY:
         return ConnectError(f"{where} is going away (restarting or stopping)", where=where)
     if code == 1000:
         return ConnectError(f"{where} closed the stream", where=where, local=local)

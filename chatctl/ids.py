@@ -11,12 +11,12 @@ from __future__ import annotations
 import re
 from datetime import UTC, datetime, timedelta
 
+from chatctl.wire import NIL_UUID, is_uuid, uuid7_floor
+
 __all__ = ["START", "cursor_for_time", "cursor_time_ns", "parse_cursor", "time_ns"]
 
-#: Sorts before every UUIDv7: "from the very beginning".
-START = "00000000-0000-0000-0000-000000000000"
-
-_UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+#: Sorts before every UUIDv7: "from the very beginning" (the server's ``wire.NIL_UUID``).
+START = NIL_UUID
 
 
 #: the last millisecond a UUIDv7 can name (in the year 10889).
@@ -32,9 +32,7 @@ def cursor_for_time(when: datetime) -> str:
     ms = int(when.timestamp() * 1000)
     if ms < 0:
         return START
-    value = min(ms, _MAX_MS) << 80 | 0x7 << 76 | 0x2 << 62
-    h = f"{value:032x}"
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+    return uuid7_floor(min(ms, _MAX_MS))
 
 
 def parse_cursor(text: str) -> str | None:
@@ -42,7 +40,7 @@ def parse_cursor(text: str) -> str | None:
     None if neither. A time without a zone is local time (``TZ`` is honoured), as ``date``
     and ``git log --since`` read it."""
     lowered = text.strip().lower()
-    if _UUID.match(lowered):
+    if is_uuid(lowered):
         return lowered
     try:
         when = datetime.fromisoformat(text.strip().replace("z", "Z").replace("Z", "+00:00"))
@@ -62,7 +60,7 @@ def cursor_time_ns(cursor: str) -> int | None:
     lowered = cursor.strip().lower()
     if lowered == START:
         return 0
-    if not _UUID.match(lowered) or lowered[14] != "7":
+    if not is_uuid(lowered) or lowered[14] != "7":
         return None
     return int(lowered[:8] + lowered[9:13], 16) * 1_000_000
 

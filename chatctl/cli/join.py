@@ -13,6 +13,7 @@ from chatctl.cli.context import Invocation, invocation
 from chatctl.cli.options import RoomArg, with_common_options
 from chatctl.errors import ConnectError, StreamClosed, UsageError
 from chatctl.ids import cursor_for_time, parse_cursor, time_ns
+from chatctl.wire import CLOSE_TOO_SLOW
 
 if TYPE_CHECKING:
     from chatctl.output import Renderer
@@ -189,7 +190,7 @@ def join(
                 if tail.catch_up(message) or tail.show(message):
                     return
         except StreamClosed as e:
-            if e.close_code != 4008 or no_reconnect:
+            if e.close_code != CLOSE_TOO_SLOW or no_reconnect:
                 raise
             inv.notice("this reader fell behind and was cut off; resuming")
         except ConnectError as e:

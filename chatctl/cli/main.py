@@ -41,6 +41,7 @@ from chatctl.errors import (
     StreamClosed,
     UnsupportedError,
 )
+from chatctl.wire import CLOSE_FORBIDDEN, CLOSE_TOO_SLOW
 
 app = typer.Typer(
     name="chatctl",
@@ -198,9 +199,9 @@ def hint_for(e: ChatctlError) -> str | None:
             "is the server running? check --url / CHATCTL_URL, or start one with: chatctl serve"
         )
     if isinstance(e, StreamClosed):
-        if e.close_code == 4008:
+        if e.close_code == CLOSE_TOO_SLOW:
             return "this reader fell behind; resume with --since the last message id"
-        if e.close_code == 4403:
+        if e.close_code == CLOSE_FORBIDDEN:
             return "ask a member to invite you again: chatctl invite ROOM USER"
         return None
     if isinstance(e, APIError):

@@ -45,7 +45,8 @@ _LIMIT_HELP = {
     "max_client_bytes": "Longest client label, in UTF-8 bytes.",
     "max_rooms_per_tenant": "Most rooms one token may hold.",
     "max_members_per_room": "Most users one room may hold.",
-    "max_history_page": "Most messages one History call returns.",
+    "max_history_page": "Most messages a History page returns (a larger limit is lowered to it;"
+    " without a limit, History answers every message, sent in parts).",
     "max_replay": "Most messages a Join replays before going live.",
 }
 

@@ -78,7 +78,7 @@ _MAX_IDEMPOTENCY_KEY = 255
 #: the HTTP status of each kind of refusal the rules raise.
 STATUS: dict[type[Refused], int] = {Invalid: 400, Forbidden: 403, NotFound: 404, Conflict: 409}
 #: what a client reads when the storage fails; the cause is logged, not sent.
-UNAVAILABLE_DETAIL = "storage unavailable; nothing was changed twice: try again"
+UNAVAILABLE_DETAIL = "storage unavailable: try again (with the same Idempotency-Key, if any)"
 #: request media types of a bulk Send (the first is the one answered with).
 NDJSON_TYPES = ("application/x-ndjson", "application/ndjson", "application/jsonl")
 
@@ -103,9 +103,14 @@ class Refusal(Exception):
     def of(cls, endpoint_id: str, exc: Refused | Unavailable) -> Refusal:
         """The answer to a refusal of the rules, or to the storage failing."""
         if isinstance(exc, Unavailable):
-            log.warning("%s: storage unavailable: %s", endpoint_id, exc)
+            log.warning("%s: storage unavailable: %s", endpoint_id, one_line(exc))
             return cls(endpoint_id, 503, UNAVAILABLE_DETAIL)
         return cls(endpoint_id, STATUS[type(exc)], exc.detail)
+
+
+def one_line(exc: BaseException) -> str:
+    """A storage failure's cause for the log, on one line (PostgreSQL's add a CONTEXT line)."""
+    return " ".join(str(exc).split())
 
 
 def no_such_api() -> Refusal:
@@ -188,7 +193,8 @@ class StreamedAnswer(Response):
         except Unavailable as exc:
             # Too late for an error object: the answer is cut short, which every JSON
             # reader notices, and uvicorn closes the connection.
-            log.warning("%s: storage unavailable mid-answer: %s", self.endpoint_id, exc)
+            cause = one_line(exc)
+            log.warning("%s: storage unavailable mid-answer: %s", self.endpoint_id, cause)
             return
         except OSError:
             return  # the client went away

@@ -91,18 +91,19 @@ COUNT_AFTER = (
     "SELECT count(*) FROM (SELECT 1 FROM messages WHERE room_pk = ? AND seq > ? LIMIT ?) t"
 )
 
+#: How a key is claimed, in ``CLAIM_KEY`` and in PostgreSQL's Send statements: its row
+#: inserted, or an expired one (created before the parameter that follows) taken over.
+KEY_INSERT = "INSERT INTO idempotency (tenant, key, endpoint, request_hash, response, created_at)"
+KEY_TAKEOVER = (
+    "ON CONFLICT (tenant, key) DO UPDATE SET endpoint = excluded.endpoint,"
+    " request_hash = excluded.request_hash, response = excluded.response,"
+    " created_at = excluded.created_at"
+    " WHERE idempotency.created_at <"
+)
 #: Claim a key for this call: a new row, or an expired one taken over. No row back when an
 #: answer is still kept (then ``PRIOR`` reads it). On PostgreSQL the same key claimed by
 #: another transaction at once waits here for it to end, so replicas take turns.
-CLAIM_KEY = (
-    "INSERT INTO idempotency (tenant, key, endpoint, request_hash, response, created_at)"
-    " VALUES (?, ?, ?, ?, ?, ?)"
-    " ON CONFLICT (tenant, key) DO UPDATE SET endpoint = excluded.endpoint,"
-    " request_hash = excluded.request_hash, response = excluded.response,"
-    " created_at = excluded.created_at"
-    " WHERE idempotency.created_at < ?"
-    " RETURNING 1"
-)
+CLAIM_KEY = f"{KEY_INSERT} VALUES (?, ?, ?, ?, ?, ?) {KEY_TAKEOVER} ? RETURNING 1"
 PRIOR = (
     "SELECT endpoint, request_hash, response FROM idempotency"
     " WHERE tenant = ? AND key = ? AND created_at >= ?"

@@ -183,15 +183,12 @@ WITH room AS (
 ), member AS (
     SELECT FROM members, room WHERE room_pk = room.pk AND user_id = %(user_id)s
 )"""
-    key = """
+    key = f"""
 , claimed AS (
-    INSERT INTO idempotency (tenant, key, endpoint, request_hash, response, created_at)
+    {sql.KEY_INSERT}
     SELECT %(tenant)s, %(key)s, %(endpoint)s, %(request_hash)s, %(answer)s, %(now)s
     WHERE EXISTS (SELECT FROM member)
-    ON CONFLICT (tenant, key) DO UPDATE SET endpoint = excluded.endpoint,
-        request_hash = excluded.request_hash, response = excluded.response,
-        created_at = excluded.created_at
-    WHERE idempotency.created_at < %(not_before)s
+    {sql.KEY_TAKEOVER} %(not_before)s
     RETURNING 1
 ), prior AS (
     SELECT endpoint, request_hash, response FROM idempotency
@@ -267,14 +264,11 @@ WITH input AS (
     WHERE %(stop)s AND CASE WHEN prior_endpoint IS NOT NULL
         THEN prior_endpoint <> 'Send' OR prior_hash <> request_hash ELSE NOT member END
 ), claimed AS (
-    INSERT INTO idempotency (tenant, key, endpoint, request_hash, response, created_at)
+    {sql.KEY_INSERT}
     SELECT %(tenant)s, key, 'Send', request_hash, answer, created FROM checked
     WHERE key IS NOT NULL AND prior_endpoint IS NULL AND member
         AND ord < (SELECT ord FROM cut)
-    ON CONFLICT (tenant, key) DO UPDATE SET endpoint = excluded.endpoint,
-        request_hash = excluded.request_hash, response = excluded.response,
-        created_at = excluded.created_at
-    WHERE idempotency.created_at < %(oldest)s
+    {sql.KEY_TAKEOVER} %(oldest)s
     RETURNING key
 ), allowed AS (
     SELECT ord, room_pk, row_number() OVER (PARTITION BY room_pk ORDER BY ord) AS n,

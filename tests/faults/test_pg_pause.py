@@ -22,9 +22,6 @@ Needs CHATCTL_TEST_POSTGRES. About 10 s; part of the default run of tests/faults
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -48,9 +45,9 @@ pytestmark = pytest.mark.postgres
 
 #: how long PostgreSQL stops answering.
 PAUSE = 3.0
-#: the server's database timeout for the drill (``chatctl serve --db-timeout``, when the
-#: server has it): statement_timeout and lock_timeout, and how long it waits on a database
-#: that does not answer at all, before it answers 503.
+#: the server's database timeout for the drill (``chatctl serve --db-timeout``):
+#: statement_timeout and lock_timeout, and how long it waits on a database that does not
+#: answer at all, before it answers 503.
 DB_TIMEOUT = 1.0
 #: every call needing the database is answered within this: the timeout, the server's
 #: grace past it (1 s) and slack for a shared, noisy 2-core machine. Below PAUSE, so a
@@ -217,23 +214,12 @@ class Tail:
             return len(self.texts)
 
 
-def timeout_flag() -> list[str]:
-    """``--db-timeout DB_TIMEOUT`` where ``chatctl serve`` has it (the server core of
-    issue 15); before it, the server's own fixed timeouts apply."""
-    help_text = subprocess.run(
-        [sys.executable, "-m", "chatctl", "serve", "--help"],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "COLUMNS": "200"},
-    ).stdout
-    return ["--db-timeout", str(DB_TIMEOUT)] if "--db-timeout" in help_text else []
-
-
 @pytest.fixture
 def replica(tmp_path: Path) -> Iterator[tuple[ServerProcess, DelayProxy]]:
     postgres.require()
     with postgres.fresh_database() as url, DelayProxy.to(url) as proxy:
-        server = ServerProcess(tmp_path, tcp=True, db=proxy.url_for(url), extra=timeout_flag())
+        timeout = ["--db-timeout", str(DB_TIMEOUT)]
+        server = ServerProcess(tmp_path, tcp=True, db=proxy.url_for(url), extra=timeout)
         with server:
             yield server, proxy
 

@@ -487,6 +487,47 @@ def test_a_database_that_stops_answering_is_unavailable_within_the_timeout(url: 
     assert answer is not None and json.loads(answer)["message"]["text"] == "back"
 
 
+def test_postgresql_gives_up_on_its_side_within_the_timeout(url: str) -> None:
+    """``--db-timeout`` is PostgreSQL's own ``statement_timeout`` (and half of it its
+    ``lock_timeout``) on every pooled connection: a Send waiting on a row lock another
+    session holds, and a statement running too long, are cancelled by PostgreSQL itself,
+    well before the replica's own deadline (the timeout and a second); the connection
+    serves the next call."""
+    import psycopg
+
+    async def scenario() -> tuple[list[str], float, str, float, str, str | None]:
+        async with started(url, timeout=1.0) as store:
+
+            async def settings(db: Session) -> list[str]:
+                names = ("statement_timeout", "lock_timeout")
+                return [str((await db._row(f"SHOW {name}", ()) or ("",))[0]) for name in names]
+
+            shown = await store.read(settings)
+            room = await new_room(store, "r", ["u"])
+            async with await psycopg.AsyncConnection.connect(url) as locker:
+                await locker.execute("SELECT pk FROM rooms FOR UPDATE")  # held: no commit
+                started_at = time.monotonic()
+                with pytest.raises(Unavailable) as locked:
+                    await store.send("", message(room, "locked out"), None)
+                lock_wait = time.monotonic() - started_at
+
+            async def slow(db: Session) -> object:
+                return await db._row("SELECT pg_sleep(10)", ())
+
+            started_at = time.monotonic()
+            with pytest.raises(Unavailable) as slowed:
+                await store.read(slow)
+            statement_wait = time.monotonic() - started_at
+            answer = (await store.send("", message(room, "back"), None)).answer
+            return shown, lock_wait, str(locked.value), statement_wait, str(slowed.value), answer
+
+    shown, lock_wait, locked, statement_wait, slowed, answer = asyncio.run(scenario())
+    assert shown == ["1s", "500ms"]
+    assert "lock timeout" in locked and 0.4 <= lock_wait < 1.5, (locked, lock_wait)
+    assert "statement timeout" in slowed and 0.9 <= statement_wait < 1.8, (slowed, statement_wait)
+    assert answer is not None and json.loads(answer)["message"]["text"] == "back"
+
+
 def test_a_big_room_is_deleted_at_once_and_its_messages_in_steps(
     url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
