@@ -388,3 +388,25 @@ def test_a_token_offered_as_a_subprotocol_is_never_logged(serve: Serve, tmp_path
     for secret in (*secrets, "tok-unknown-3e7f", "tok-unknown-4a0c", "tok-unknown-5b2e"):
         assert secret not in log  # ...never a token in it
     assert "authorization: [redacted]" in log.lower()
+
+
+def test_limits_are_on_by_default_with_tokens_and_off_without(serve: Serve, tmp_path: Path) -> None:
+    # With a tokens file and no --rate-limit: 50/s in bursts of 100. Calls one after
+    # another (far faster than 50 a second) get the burst, then 429 naming the rate.
+    path = tmp_path / "tokens"
+    path.write_text("tok-a\n")
+    path.chmod(0o600)
+    team = serve("--tokens-file", str(path))
+    answered = 0
+    with team.http("tok-a") as http:
+        while (r := http.post("/v1/chat/List", json={})).status_code == 200:
+            answered += 1
+            assert answered < 2000, "never rate limited"
+    assert r.status_code == 429 and answered >= 100, (r.status_code, answered)
+    assert r.json()["detail"] == "rate limit of 50 requests/s per token exceeded; retry after 1 s"
+    # An open server (as the embedded local one is): the same calls, none refused.
+    local = serve()
+    with local.http() as http:
+        statuses = {http.post("/v1/chat/List", json={}).status_code for _ in range(500)}
+    assert statuses == {200}
+    assert team.stop() == 0 and local.stop() == 0
