@@ -408,7 +408,11 @@ class _RedactingFormatter(logging.Formatter):
         super().__init__(fmt)
         secrets = sorted((re.escape(t) for t in tokens if t), key=len, reverse=True)
         patterns = [
-            r"(?i:(?<=bearer )\S+)",
+            # At debug level the handshake's headers are logged: an Authorization value
+            # goes whole (the server takes "Bearer  TOKEN", with any spacing, and a client
+            # may send a token with no scheme at all), and a Bearer elsewhere to its word.
+            r"(?i:(?<=authorization: )[^\r\n]+)",
+            r"(?i:(?<=bearer\s)\s*\S+)",
             # Browsers offer their token as the WebSocket subprotocol; at debug level the
             # handshake's headers are logged, and a token the server does not know (or
             # knows only by its hash) cannot be scrubbed by name: drop the whole value.

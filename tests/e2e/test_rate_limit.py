@@ -1,7 +1,8 @@
 """Rate limits as a team server's users meet them: a real ``chatctl serve --rate-limit``
 with a user token. A burst past the bucket is 429 with Retry-After in m3o's error shape;
-a ``send --lines`` batch of twice the bucket (a bulk Send, paced per message by the
-server) slows down rather than fails, every line stored once, in order; a single call
+a ``send --lines`` batch of twice the bucket slows down rather than fails, every line
+stored once, in order, whether it goes in bulk Sends (paced per message by the server)
+or one Send a line (a server without bulk Sends: each 429 waited out); a single call
 over the limit waits out its Retry-After inside its budget, and a wait longer than the
 budget is reported at once."""
 
@@ -11,8 +12,12 @@ import hashlib
 import re
 import time
 from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
+import httpx
+
+from tests.e2e.proxy import Handler, serve
 from tests.helpers import ServerProcess, chatctl, cli_env
 
 BURST = 10
@@ -70,6 +75,65 @@ def test_a_batch_of_twice_the_bucket_completes_in_order(
     assert r.returncode == 0, r.stderr
     # The second half waited for the bucket to refill: 10 messages at 10/s.
     assert took >= 0.95, took
+    ids = r.stdout.split()
+    with server.http(ADMIN) as http:
+        stored = http.post("/v1/chat/History", json={"room_id": room}).json()["messages"]
+    assert [m["text"] for m in stored] == lines  # each once, in order
+    assert [m["id"] for m in stored] == ids
+    assert {m["user_id"] for m in stored} == {"alice"}
+
+
+def hiding_bulk_send(http: httpx.Client) -> Handler:
+    """A proxy's handler that forwards every call through ``http`` to the real server
+    (whose bucket answers) and its answer back with its Retry-After, leaving
+    ``bulk-send`` out of Chat-Extensions: a chatctl server from before bulk Sends, to
+    which the CLI sends a batch one Send per line."""
+
+    def handle(request: BaseHTTPRequestHandler, body: bytes) -> tuple[int, dict[str, str], bytes]:
+        forwarded = {
+            k: v
+            for k, v in request.headers.items()
+            if k.lower() in ("authorization", "content-type", "idempotency-key")
+        }
+        r = http.post(request.path, content=body, headers=forwarded)
+        names = [n.strip() for n in r.headers.get("chat-extensions", "").split(",")]
+        headers = {
+            "Content-Type": r.headers.get("content-type", "application/json"),
+            "Chat-Extensions": ", ".join(n for n in names if n and n != "bulk-send"),
+        }
+        if "retry-after" in r.headers:
+            headers["Retry-After"] = r.headers["retry-after"]
+        return r.status_code, headers, r.content
+
+    return handle
+
+
+def test_a_batch_sent_one_send_a_line_waits_out_the_429s_in_order(
+    start_server: Callable[..., ServerProcess], tmp_path: Path
+) -> None:
+    # A server without bulk Sends gets the batch one Send per line, as fast as they are
+    # answered: past the bucket each is refused with Retry-After, which the CLI waits
+    # out (same Idempotency-Key) within its budget, and goes on with the next line.
+    server = limited_server(start_server, tmp_path, "--rate-limit", "5/s", "--rate-burst", "10")
+    with (
+        httpx.Client(base_url=server.url, timeout=30) as upstream,
+        serve(hiding_bulk_send(upstream)) as url,
+    ):
+        env = cli_env(CHATCTL_URL=url, CHATCTL_TOKEN=TOKEN, CHATCTL_USER="alice")
+        room = chatctl("create", "one by one", "-o", "id", env=env).stdout.strip()
+        lines = [f"line {n}" for n in range(2 * BURST)]
+        started = time.monotonic()
+        r = chatctl(
+            "send", room, "--lines", "-o", "id", "-v", env=env,
+            input="\n".join(lines) + "\n", timeout=120,
+        )  # fmt: skip
+        took = time.monotonic() - started
+    assert r.returncode == 0, r.stderr
+    # One Send a line (no bulk Send), some refused by the server's bucket and retried.
+    sends = re.findall(r"POST \S+/v1/chat/Send (\d{3}) ", r.stderr)
+    assert sends.count("200") == len(lines), r.stderr
+    assert "429" in sends and set(sends) == {"200", "429"}, r.stderr
+    assert took >= 1.9, took  # 20 Sends, a bucket of 10 refilled at 5/s: 2 s at least
     ids = r.stdout.split()
     with server.http(ADMIN) as http:
         stored = http.post("/v1/chat/History", json={"room_id": room}).json()["messages"]

@@ -364,18 +364,49 @@ def test_a_token_offered_as_a_subprotocol_is_never_logged(serve: Serve, tmp_path
                 ws.send(first)
             error = json.loads(ws.recv(timeout=10))
             assert error["code"] == code, (offered, where, error)
-    # ... nor as a bearer token, on a WebSocket or an HTTP call.
-    with unix_connect(
-        str(served.uds),
-        "ws://localhost/v1/chat/Join",
-        additional_headers={"Authorization": "Bearer tok-unknown-3e7f"},
-    ) as ws:
-        assert json.loads(ws.recv(timeout=10))["code"] == 401
+    # ... nor as a bearer token, on a WebSocket or an HTTP call: unknown, known only by
+    # its hash and spaced out (which the server accepts), or with no scheme at all.
+    for authorization, code in (
+        ("Bearer tok-unknown-3e7f", 401),
+        ("Bearer  tok-hashed-bob-77c2", 404),
+        ("tok-unknown-5b2e", 401),
+    ):
+        with unix_connect(
+            str(served.uds),
+            "ws://localhost/v1/chat/Join",
+            additional_headers={"Authorization": authorization},
+        ) as ws:
+            with contextlib.suppress(ConnectionClosed):
+                ws.send(room)
+            assert json.loads(ws.recv(timeout=10))["code"] == code, authorization
     with served.http("tok-unknown-4a0c") as http:
         assert http.post("/v1/chat/List", json={}).status_code == 401
     assert served.stop() == 0
     log = served.stderr()
     assert "sec-websocket-protocol: [redacted]" in log.lower()  # the handshake was logged...
     secrets = ("tok-unknown-1c9a", "tok-known-5e1d", "tok-hashed-bob-77c2", "tok-unknown-2d8b")
-    for secret in (*secrets, "tok-unknown-3e7f", "tok-unknown-4a0c"):
+    for secret in (*secrets, "tok-unknown-3e7f", "tok-unknown-4a0c", "tok-unknown-5b2e"):
         assert secret not in log  # ...never a token in it
+    assert "authorization: [redacted]" in log.lower()
+
+
+def test_limits_are_on_by_default_with_tokens_and_off_without(serve: Serve, tmp_path: Path) -> None:
+    # With a tokens file and no --rate-limit: 50/s in bursts of 100. Calls one after
+    # another (far faster than 50 a second) get the burst, then 429 naming the rate.
+    path = tmp_path / "tokens"
+    path.write_text("tok-a\n")
+    path.chmod(0o600)
+    team = serve("--tokens-file", str(path))
+    answered = 0
+    with team.http("tok-a") as http:
+        while (r := http.post("/v1/chat/List", json={})).status_code == 200:
+            answered += 1
+            assert answered < 2000, "never rate limited"
+    assert r.status_code == 429 and answered >= 100, (r.status_code, answered)
+    assert r.json()["detail"] == "rate limit of 50 requests/s per token exceeded; retry after 1 s"
+    # An open server (as the embedded local one is): the same calls, none refused.
+    local = serve()
+    with local.http() as http:
+        statuses = {http.post("/v1/chat/List", json={}).status_code for _ in range(500)}
+    assert statuses == {200}
+    assert team.stop() == 0 and local.stop() == 0
