@@ -78,9 +78,11 @@ def http_protocol(config: ServerConfig | None = None) -> type[asyncio.Protocol] 
     A request head must be complete within ``timeout_keep_alive`` (5 s) of the connection
     opening or of the previous response. A body must be complete within
     ``body_timeout`` of its head plus one second per ``body_min_rate`` bytes received
-    (the deadline moves on as bytes arrive, as Apache's ``RequestReadTimeout`` does): past
-    it the request is marked ``BODY_TOO_SLOW`` and the app woken, which answers 408 and
-    closes; an app already answering (a 429 before reading), or one that does not answer
+    (the deadline moves on as bytes arrive, as Apache's ``RequestReadTimeout`` does, and
+    starts again while the app is not reading: uvicorn has paused reading because the app
+    left 64 KiB unread, as a bulk Send its rate limit holds back does): past it the
+    request is marked ``BODY_TOO_SLOW`` and the app woken, which answers 408 and closes;
+    an app already answering (a 429 before reading), or one that does not answer
     within a second, has the connection closed. A request pipelined behind another is not
     timed: its body is not read until the one before is answered. WebSocket streams are
     not limited. Without httptools, uvicorn's h11 protocol as it is.
@@ -174,6 +176,14 @@ def http_protocol(config: ServerConfig | None = None) -> type[asyncio.Protocol] 
             self._body_timer = None
             cycle = self.cycle
             if not self._body_pending or cycle is None or self.transport.is_closing():
+                return
+            if self.flow.read_paused and not cycle.response_complete:
+                # The app, still at work on the request, is not taking the body (a bulk
+                # Send its rate limit holds back): the wait is the server's, so the
+                # client's time starts again from now. (An app that has answered wants
+                # none of the rest: that is the client's to finish in time.)
+                self._body_since, self._body_bytes = self.loop.time(), 0
+                self._arm_body_timer()
                 return
             if self.loop.time() < self._body_deadline():
                 self._arm_body_timer()  # bytes came meanwhile: the deadline moved on

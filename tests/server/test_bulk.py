@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -17,7 +18,7 @@ from chatctl.server.config import ServerConfig
 from chatctl.server.domain import Unavailable
 from tests.server.conftest import LiveServer
 from tests.server.helpers import join, run
-from tests.server.test_unary import assert_error, ok
+from tests.server.test_unary import assert_error, call, ok
 
 NDJSON = {"Content-Type": "application/x-ndjson"}
 
@@ -385,3 +386,28 @@ def test_each_line_is_answered_in_its_own_edition(client: httpx.Client) -> None:
     assert answers[3]["detail"] == "user is not in the group"
     alone = client.post("/v1/chat/Send", json={"group_id": nowhere, "user_id": "u", "text": "x"})
     assert alone.json() == answers[2]
+
+
+def test_a_bulk_send_held_back_by_its_rate_limit_is_not_cut_as_a_slow_body(
+    live_server: Callable[..., LiveServer],
+) -> None:
+    """While the rate limit holds a bulk Send back, the server reads no more of its body
+    (a group ahead, then uvicorn's 64 KiB buffer) and the client waits on it: that time is
+    the server's, not a slow client's, so the body floor (here 0.5 s, and 100 MB/s) does not
+    cut the request."""
+    srv = live_server(
+        tokens=frozenset({"t1"}),
+        rate_limit=1000.0,
+        rate_burst=100,
+        body_timeout=0.5,
+        body_min_rate=100_000_000.0,
+    )
+    texts = [f"{n:04d} " + "x" * 400 for n in range(2000)]  # 0.9 MB, paced over 1.9 s
+    with httpx.Client(base_url=srv.url, headers={"Authorization": "Bearer t1"}, timeout=30) as c:
+        room = room_of(c, "u")
+        body = ndjson(*({"room_id": room, "user_id": "u", "text": t} for t in texts))
+        lines = bulk_send(c, body)
+        assert [line["message"]["text"] for line in lines] == texts
+        while (r := call(c, "History", {"room_id": room})).status_code == 429:
+            time.sleep(float(r.headers["Retry-After"]))  # the bucket refills, as told
+        assert [m["text"] for m in r.json()["messages"]] == texts

@@ -65,6 +65,13 @@ def test_the_httptools_protocol_has_what_the_head_deadline_overrides() -> None:
     cycle = inspect.getsource(RequestResponseCycle.__init__)
     for attribute in ("self.scope", "self.message_event", "self.response_started"):
         assert attribute in cycle, f"RequestResponseCycle no longer sets {attribute}"
+    # ... and whether uvicorn has stopped reading the body for an app that does not take it.
+    made = inspect.getsource(HttpToolsProtocol.connection_made)
+    assert "self.flow = FlowControl(" in made, "HttpToolsProtocol no longer has its flow"
+    from uvicorn.protocols.http.flow_control import FlowControl
+
+    assert "self.read_paused" in inspect.getsource(FlowControl.__init__)
+    assert "pause_reading()" in inspect.getsource(HttpToolsProtocol.on_body)
     receive = inspect.getsource(RequestResponseCycle.receive)
     assert "await self.message_event.wait()" in receive and '"more_body"' in receive
 
@@ -238,3 +245,4 @@ def test_a_body_nobody_reads_is_not_waited_for(
         received = _answer_then_close(conn)
     assert received.startswith(b"HTTP/1.1 404 "), received
     assert received.count(b"HTTP/1.1") == 1
+
