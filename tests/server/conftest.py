@@ -1,8 +1,9 @@
 """Shared fixtures for the server tests: a real server on a real socket.
 
 ``live_server(**overrides)`` starts the app under uvicorn in a thread (as httpx's own test
-suite does) with a temporary SQLite file and returns its base URL; keyword arguments
-override ``ServerConfig`` fields (``tokens=frozenset({"t1"})``, ``stream_queue=5``...).
+suite does), with the HTTP protocol ``chatctl serve`` uses and a temporary SQLite file,
+and returns its base URL; keyword arguments override ``ServerConfig`` fields
+(``tokens=frozenset({"t1"})``, ``stream_queue=5``...).
 Other test packages may reuse it.
 """
 
@@ -21,7 +22,7 @@ from starlette.applications import Starlette
 
 from chatctl.server.app import create_app
 from chatctl.server.config import ServerConfig
-from chatctl.server.protocol import ChatServer, uvicorn_config
+from chatctl.server.protocol import ChatServer, http_protocol, uvicorn_config
 from tests import postgres
 from tests.helpers import free_port, wait_for
 
@@ -46,7 +47,13 @@ def start_server(db: str, **overrides: Any) -> LiveServer:
     port = free_port()
     server = ChatServer(
         uvicorn_config(
-            app, config, host="127.0.0.1", port=port, log_level="warning", loop="asyncio"
+            app,
+            config,
+            host="127.0.0.1",
+            port=port,
+            log_level="warning",
+            loop="asyncio",
+            http=http_protocol(config),  # as chatctl serve runs it
         )
     )
     thread = threading.Thread(target=server.run, daemon=True)
