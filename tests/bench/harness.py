@@ -233,10 +233,13 @@ def chat_server(workdir: Path, db: Path | None = None) -> Iterator[ServerProcess
 
 
 @contextlib.contextmanager
-def process(args: Sequence[str], port: int, log: Path) -> Iterator[subprocess.Popen[bytes]]:
-    """Any server process (a peer) listening on ``port``; killed at the end."""
+def process(
+    args: Sequence[str], port: int, log: Path, **popen: Any
+) -> Iterator[subprocess.Popen[bytes]]:
+    """Any server process (a peer) listening on ``port``; killed at the end. ``popen``:
+    more of ``subprocess.Popen``'s keywords (``cwd``, ``env``)."""
     with open(log, "ab") as out:
-        proc = subprocess.Popen(list(args), stdout=out, stderr=out, start_new_session=True)
+        proc = subprocess.Popen(list(args), stdout=out, stderr=out, start_new_session=True, **popen)
 
     def listening() -> bool:
         if proc.poll() is not None:

@@ -11,6 +11,7 @@ from pathlib import Path
 from tests.bench import (
     bulk_bench,
     client_bench,
+    core_ab_bench,
     fanout_bench,
     history_bench,
     pg_bench,
@@ -24,6 +25,7 @@ SECTIONS: dict[str, Callable[[Mode, Path], list[Row]]] = {
     "startup": client_bench.startup,
     "batch": client_bench.batch,
     "server": server_bench.server,
+    "server-before": core_ab_bench.server_before,
     "history": history_bench.history,
     "bulk": bulk_bench.bulk,
     "export": bulk_bench.export,
@@ -35,8 +37,9 @@ SECTIONS: dict[str, Callable[[Mode, Path], list[Row]]] = {
     "history-postgres": history_bench.history_postgres,
     "bulk-postgres": bulk_bench.bulk_postgres,
 }
-#: run only when named with --only: they need something the machine may not have.
-OPT_IN = {"postgres", "postgres-remote", "history-postgres", "bulk-postgres"}
+#: run only when named with --only: they need something the machine may not have
+#: (PostgreSQL; for server-before, this checkout's git history).
+OPT_IN = {"postgres", "postgres-remote", "history-postgres", "bulk-postgres", "server-before"}
 
 
 def run(argv: Sequence[str] = (), only: Sequence[str] | None = None) -> tuple[list[Row], str]:

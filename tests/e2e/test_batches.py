@@ -46,6 +46,18 @@ def sigint_pending(pid: int) -> bool:
     return any(mask & (1 << (signal.SIGINT - 1)) for mask in masks)
 
 
+def start_batch(env: dict[str, str], url: str, room: str) -> subprocess.Popen[str]:
+    """``chatctl send ROOM --lines -o id`` against ``url``, its three streams piped."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "chatctl", "send", room, "--lines", "-o", "id"],
+        env={**env, "CHATCTL_URL": url},
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
 def pipeline(script: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         ["bash", "-o", "pipefail", "-c", script],
@@ -114,9 +126,7 @@ def test_without_keep_going_a_batch_stops_at_the_bad_line_and_counts(
     env = cli_env(server, CHATCTL_USER="u")
     room = make_room(server, env)
     objects = [{"room_id": room, "text": t} for t in ("a", "b", "z" * (64 * 1024 + 1), "d")]
-    r = chatctl(
-        "send", "-i", "-", "-o", "id", env=env, input="\n".join(map(json.dumps, objects))
-    )
+    r = chatctl("send", "-i", "-", "-o", "id", env=env, input="\n".join(map(json.dumps, objects)))
     assert r.returncode == 1
     assert texts_in(server, room) == ["a", "b"]
     assert len(r.stdout.split()) == 2
@@ -176,14 +186,7 @@ def test_ctrl_c_during_a_call_finishes_it_and_prints_its_id(
                 release.wait(30)
 
     with serve(hold_the_third, upstream=server.url) as url:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "chatctl", "send", room, "--lines", "-o", "id"],
-            env={**env, "CHATCTL_URL": url},
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+        proc = start_batch(env, url, room)
         assert proc.stdin is not None
         proc.stdin.write("".join(f"m{n}\n" for n in range(6)))
         proc.stdin.flush()
@@ -217,14 +220,7 @@ def test_a_second_ctrl_c_abandons_the_call_and_says_its_outcome_is_unknown(
             release.wait(30)
 
     with serve(hold_the_second, upstream=server.url) as url:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "chatctl", "send", room, "--lines", "-o", "id"],
-            env={**env, "CHATCTL_URL": url},
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+        proc = start_batch(env, url, room)
         assert proc.stdin is not None
         proc.stdin.write("m0\nm1\nm2\n")
         proc.stdin.flush()

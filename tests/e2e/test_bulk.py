@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import signal
 import subprocess
-import sys
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -17,7 +16,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import httpx
 import pytest
 
-from tests.e2e.test_batches import make_room, sigint_pending
+from tests.e2e.test_batches import make_room, sigint_pending, start_batch
 from tests.helpers import ServerProcess, cli_env, wait_for
 
 #: hop-by-hop headers a proxy does not pass on.
@@ -63,17 +62,6 @@ def holding_proxy(upstream: str, hold: threading.Event) -> Iterator[tuple[str, l
         server.shutdown()
         server.server_close()
         http.close()
-
-
-def start_batch(env: dict[str, str], url: str, room: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "chatctl", "send", room, "--lines", "-o", "id"],
-        env={**env, "CHATCTL_URL": url},
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
 
 
 def into_bulk(proc: subprocess.Popen[str], bulks: list[bytes]) -> None:
