@@ -221,8 +221,9 @@ def hint_for(e: ChatctlError) -> str | None:
             return "ask the room's creator, or someone with an admin token"
         if e.code == 403:
             return (
-                "the room is private or the user was removed: act as a member with --user "
-                "(or CHATCTL_USER), or ask a member to invite this user"
+                "the room is private or the user was removed: ask a member to invite this "
+                "user, or act as a member with --user or CHATCTL_USER (with an admin token: "
+                "a user token acts only as its own user)"
             )
         if e.code == 429:
             wait = f" (retry after {e.retry_after:g}s)" if e.retry_after is not None else ""

@@ -205,3 +205,5 @@ def test_a_403_hint_names_the_acting_user_flag(cli: Run, httpx_mock: HTTPXMock) 
     r = cli("history", ROOM)
     assert r.code == 4
     assert r.stderr.splitlines()[1].startswith("hint: ") and "--user" in r.stderr
+    # With a user token --user cannot help: the hint says so rather than send them there.
+    assert "a user token acts only as its own user" in r.stderr
