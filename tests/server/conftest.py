@@ -41,7 +41,9 @@ class LiveServer:
         self.thread.join(10)
 
 
-def start_server(db: str, **overrides: Any) -> LiveServer:
+def start_server(db: str, uvicorn: dict[str, Any] | None = None, **overrides: Any) -> LiveServer:
+    """The app on a loopback port in a thread; ``overrides`` are ServerConfig fields,
+    ``uvicorn`` more of uvicorn's settings."""
     config = dataclasses.replace(ServerConfig(db=db), **overrides)
     app = create_app(config)
     port = free_port()
@@ -54,6 +56,7 @@ def start_server(db: str, **overrides: Any) -> LiveServer:
             log_level="warning",
             loop="asyncio",
             http=http_protocol(config),  # as chatctl serve runs it
+            **(uvicorn or {}),
         )
     )
     thread = threading.Thread(target=server.run, daemon=True)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import inspect
 import json
 import socket
-import threading
 import time
 from collections.abc import Iterator
 from importlib.metadata import requires, version
@@ -23,10 +22,9 @@ import uvicorn
 from packaging.requirements import Requirement
 from starlette.applications import Starlette
 
-from chatctl.server.app import create_app
 from chatctl.server.config import ServerConfig
-from chatctl.server.protocol import ChatServer, OneWrite, http_protocol, uvicorn_config
-from tests.helpers import free_port, wait_for
+from chatctl.server.protocol import OneWrite, uvicorn_config
+from tests.server.conftest import start_server
 
 pytest.importorskip("httptools")
 
@@ -90,20 +88,11 @@ def protocol_server(tmp_path: Path) -> Iterator[tuple[int, list[int]]]:
     """The app under uvicorn with this server's protocol (as ``chatctl serve`` runs it),
     a 0.3 s head deadline, a body floor of 0.5 s plus 1 s per 100 bytes, and a count of
     transport writes per answer."""
-    config = ServerConfig(db=str(tmp_path / "chat.db"), body_timeout=0.5, body_min_rate=100)
-    app = create_app(config)
-    port = free_port()
-    server = ChatServer(
-        uvicorn_config(
-            app,
-            config,
-            host="127.0.0.1",
-            port=port,
-            log_level="warning",
-            loop="asyncio",
-            http=http_protocol(config),
-            timeout_keep_alive=0.3,
-        )
+    live = start_server(
+        str(tmp_path / "chat.db"),
+        uvicorn={"timeout_keep_alive": 0.3},
+        body_timeout=0.5,
+        body_min_rate=100,
     )
     writes: list[int] = []
     original = OneWrite.__init__
@@ -122,17 +111,12 @@ def protocol_server(tmp_path: Path) -> Iterator[tuple[int, list[int]]]:
 
         original(self, Counted(), loop)  # type: ignore[arg-type]
 
-    OneWrite.__init__ = counting_init  # type: ignore[method-assign]
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
+    OneWrite.__init__ = counting_init  # type: ignore[method-assign]  # before any connection
     try:
-        wait_for(lambda: server.started or not thread.is_alive(), 10)
-        assert server.started
-        yield port, writes
+        yield int(live.url.rsplit(":", 1)[1]), writes
     finally:
         OneWrite.__init__ = original  # type: ignore[method-assign]
-        server.should_exit = True
-        thread.join(10)
+        live.stop()
 
 
 def test_an_answer_goes_out_in_one_write_and_a_silent_connection_is_closed(
@@ -245,4 +229,3 @@ def test_a_body_nobody_reads_is_not_waited_for(
         received = _answer_then_close(conn)
     assert received.startswith(b"HTTP/1.1 404 "), received
     assert received.count(b"HTTP/1.1") == 1
-
