@@ -894,7 +894,13 @@ class JoinStream:
         if client.server.edition is None and client.server.plain:
             user = body.get("user_id")
             client._call(ENDPOINTS["List"], {"user_id": user} if user else {})
-        self.ws.send(json.dumps(in_edition(body, client.server.edition)))
+        from websockets.exceptions import ConnectionClosed
+
+        # Closed before it took the request (a refused token's 4401 comes right after the
+        # handshake): the frames and close it sent are read by ``next``, which says why,
+        # as for a stream closed at any other moment.
+        with contextlib.suppress(ConnectionClosed):
+            self.ws.send(json.dumps(in_edition(body, client.server.edition)))
 
     @property
     def server_time(self) -> datetime | None:

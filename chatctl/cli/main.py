@@ -41,7 +41,7 @@ from chatctl.errors import (
     StreamClosed,
     UnsupportedError,
 )
-from chatctl.wire import CLOSE_FORBIDDEN, CLOSE_TOO_SLOW
+from chatctl.wire import CLOSE_FORBIDDEN, CLOSE_TOO_SLOW, close_code_for
 
 app = typer.Typer(
     name="chatctl",
@@ -153,6 +153,9 @@ _ClickException: type[Exception] = next(
 )
 
 
+_TOKEN_HINT = "set a token with --token, CHATCTL_TOKEN or: chatctl config set token -"
+
+
 def hint_for(e: ChatctlError) -> str | None:
     """The next step for the user after an error: the one place hints are worded."""
     if e.hint:
@@ -203,6 +206,8 @@ def hint_for(e: ChatctlError) -> str | None:
             return "this reader fell behind; resume with --since the last message id"
         if e.close_code == CLOSE_FORBIDDEN:
             return "ask a member to invite you again: chatctl invite ROOM USER"
+        if e.close_code == close_code_for(401):  # refused or revoked token
+            return _TOKEN_HINT
         return None
     if isinstance(e, APIError):
         detail = e.detail.lower()
@@ -211,7 +216,7 @@ def hint_for(e: ChatctlError) -> str | None:
                 "invite the user first (chatctl invite ROOM USER) or join it (chatctl join ROOM)"
             )
         if e.code == 401:
-            return "set a token with --token, CHATCTL_TOKEN or: chatctl config set token -"
+            return _TOKEN_HINT
         if e.code == 403 and "acts only as user" in detail:  # a user token (issue 13)
             return (
                 "leave out --user, or set the profile's user to the token's: "

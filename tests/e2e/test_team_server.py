@@ -523,3 +523,35 @@ def test_the_cli_with_a_user_token_says_what_went_wrong(team: ServerProcess, roo
     ]
     r = chatctl("send", rooms.private, "fine", "-o", "id", env=alice)
     assert r.returncode == 0, r.stderr
+
+
+def test_a_join_closed_before_it_sends_its_request_says_why(
+    team: ServerProcess, rooms: Rooms
+) -> None:
+    """An unknown token's stream is closed (4401) right after the handshake. When that
+    close has arrived before the client sends its JoinRequest, the send must not escape
+    as a traceback: the stream reports the close, as at any other moment, and the CLI
+    says it in one line with the token hint."""
+    from websockets.protocol import State
+
+    from chatctl.client import Client
+    from chatctl.errors import StreamClosed
+    from tests.helpers import chatctl, cli_env, wait_for
+
+    client = Client(team.url, UNKNOWN)
+    try:
+        stream = client.join()
+        wait_for(lambda: stream.ws.state is State.CLOSED, 10, "the server to close the stream")
+        stream.start({"room_id": rooms.private, "user_id": "alice"})
+        with pytest.raises(StreamClosed) as closed:
+            stream.next(timeout=10)
+        assert closed.value.close_code == 4401
+        stream.close()
+    finally:
+        client.close()
+    r = chatctl("join", rooms.private, "--count", "1", env=cli_env(team, CHATCTL_TOKEN=UNKNOWN))
+    assert r.returncode == 4
+    assert r.stderr.splitlines() == [
+        "error: stream closed: Unauthorized (close 4401)",
+        "hint: set a token with --token, CHATCTL_TOKEN or: chatctl config set token -",
+    ]
