@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
 import os
 import resource
 import socket
@@ -142,6 +143,8 @@ def ratio_row(
 def _fmt(value: float | None, unit: str = "") -> str:
     if value is None:
         return ""
+    if math.isnan(value):
+        return "not measured"
     if unit == "ms" or abs(value) < 100:
         text = f"{value:.3g}" if abs(value) < 10 else f"{value:.1f}"
     else:
