@@ -24,6 +24,8 @@ import sys
 from typing import TextIO
 from urllib.parse import urlsplit, urlunsplit
 
+from tests.bench.harness import run_fast
+
 PYTHON = sys.executable
 #: bytes one read takes at most; a chunk is forwarded whole.
 CHUNK = 1 << 16
@@ -239,15 +241,8 @@ def run() -> None:
     p.add_argument("--target", required=True, help="HOST:PORT to forward to")
     p.add_argument("--delay-ms", type=float, default=0.0, help="added each way")
     p.add_argument("--port", type=int, default=0, help="to listen on (default: any free)")
-    args = p.parse_args()
-    # On uvloop where installed, as the servers are: the proxy stands for a wire, so the
-    # less of the machine's CPU it takes from them the better.
-    try:
-        import uvloop
-    except ImportError:
-        asyncio.run(main(args))
-    else:
-        uvloop.run(main(args))
+    # The proxy stands for a wire: the less CPU it takes from the servers the better.
+    run_fast(main(p.parse_args()))
 
 
 if __name__ == "__main__":

@@ -186,16 +186,20 @@ def table(rows: Sequence[Row], mode: Mode) -> str:
 # -- processes --------------------------------------------------------------------------
 
 
-def run_client(main: Any) -> None:
-    """Run a load client's ``main()`` coroutine on uvloop where installed; print its JSON."""
-    raise_fd_limit()
+def run_fast(main: Any) -> Any:
+    """Run a coroutine on uvloop where installed (as the servers run), else asyncio's loop:
+    the harness's processes should take as little CPU from the servers as they can."""
     try:
         import uvloop
-
-        runner: Any = uvloop.run
     except ImportError:
-        runner = asyncio.run
-    print(json.dumps(runner(main)), flush=True)
+        return asyncio.run(main)
+    return uvloop.run(main)
+
+
+def run_client(main: Any) -> None:
+    """Run a load client's ``main()`` coroutine; print its JSON."""
+    raise_fd_limit()
+    print(json.dumps(run_fast(main)), flush=True)
 
 
 def raise_fd_limit() -> None:

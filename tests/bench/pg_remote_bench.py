@@ -295,7 +295,8 @@ def rows(
     out: list[Row] = []
     for load in LOADS:
         if load.name not in m:
-            target = "≥ 1.5x" if load.name == two else ""
+            at_least = peers[load.name][1]
+            target = f"≥ {at_least:g}x" if at_least else ""
             out.append(Row(f"Sends/s: {load.name}", NOT_MEASURED, "req/s", target=target,
                            note=f"not measured: {no_budget}"))  # fmt: skip
             continue
