@@ -47,6 +47,11 @@ def isolated_env(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.M
     for name in list(os.environ):
         if name.startswith(("CHATCTL_", "M3O_")):
             monkeypatch.delenv(name)
+    # A terminal's size comes from the terminal a test gives the CLI (a pty), not from the
+    # runner's environment: pytest-xdist's workers export COLUMNS=80 and LINES=24, which
+    # rich would prefer over the pty's own size.
+    monkeypatch.delenv("COLUMNS", raising=False)
+    monkeypatch.delenv("LINES", raising=False)
     monkeypatch.setenv("HOME", str(home))
     monkeypatch.setenv("XDG_CONFIG_HOME", str(home / ".config"))
     monkeypatch.setenv("XDG_DATA_HOME", str(home / ".local/share"))
