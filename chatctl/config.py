@@ -51,7 +51,9 @@ def config_path() -> Path:
 def load(path: Path | None = None) -> dict[str, Any]:
     path = path or config_path()
     try:
-        data = path.read_bytes()
+        with open(path, "rb") as file:
+            _check_owner(path, os.fstat(file.fileno()))
+            data = file.read()
     except FileNotFoundError:
         return {}
     except OSError as e:
@@ -65,6 +67,23 @@ def load(path: Path | None = None) -> dict[str, Any]:
         ) from None
     _check(config, path)
     return config
+
+
+def _check_owner(path: Path, st: os.stat_result) -> None:
+    """Refuse a config file someone else could have written: it says where the token goes.
+    Yours or root's, and writable by no one else (as ssh wants its config)."""
+    if st.st_uid not in (os.geteuid(), 0):
+        raise UsageError(
+            f"config file {path} belongs to another user (uid {st.st_uid}), who could send "
+            "your token and messages elsewhere",
+            hint="use a config file of your own (CHATCTL_CONFIG), or remove that one",
+        )
+    if st.st_mode & 0o022:
+        raise UsageError(
+            f"config file {path} may be written by other users "
+            f"(mode {st.st_mode & 0o777:04o}), who could send your token and messages elsewhere",
+            hint=f"make it private with: chmod 600 {path}",
+        )
 
 
 def _check(config: dict[str, Any], path: Path) -> None:
@@ -109,7 +128,9 @@ def save(config: dict[str, Any], path: Path | None = None) -> Path:
     path = path or config_path()
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    tmp.unlink(missing_ok=True)  # left by a chatctl of the same pid that died mid-write
+    # Made here and now (O_EXCL), never through a symlink someone placed.
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     try:
         with os.fdopen(fd, "wb") as f:
             os.fchmod(f.fileno(), 0o600)

@@ -5,6 +5,7 @@ names the problem and never the token. (The real processes: tests/e2e/test_secre
 from __future__ import annotations
 
 import json
+import os
 import socket
 from pathlib import Path
 
@@ -111,3 +112,40 @@ def test_a_transport_error_never_quotes_a_header() -> None:
     assert "SEC" in str(raised.value)  # what would have been printed
     assert "SEC" not in _reason(raised.value)
     assert "<redacted>" in _reason(raised.value)
+
+
+# -- the config file says where the token goes: nobody else may write it ------------------
+
+
+@pytest.mark.parametrize("kind", ["writable by others", "another user's"])
+def test_a_config_file_someone_else_could_write_is_refused(
+    cli: Run, isolated_env: Path, kind: str
+) -> None:
+    config = isolated_env / "chatctl.toml"
+    config.write_text('[profiles.default]\nurl = "http://elsewhere.test"\n')
+    if kind == "writable by others":
+        config.chmod(0o666)
+        fix = f"hint: make it private with: chmod 600 {config}"
+    else:
+        if os.geteuid() != 0:
+            pytest.skip("making a file another user's needs root (CI runs as root)")
+        config.chmod(0o644)
+        os.chown(config, 65534, 65534)
+        fix = "hint: use a config file of your own (CHATCTL_CONFIG), or remove that one"
+    r = cli("list")
+    assert (r.code, r.stdout) == (2, "")
+    error, hint = r.stderr.splitlines()
+    assert error.startswith(f"error: config file {config} ")
+    assert hint == fix
+
+
+def test_saving_the_config_never_writes_through_a_planted_link(
+    cli: Run, isolated_env: Path
+) -> None:
+    target = isolated_env / "planted"
+    (isolated_env / f".chatctl.toml.{os.getpid()}.tmp").symlink_to(target)
+    assert cli("config", "set", "token", "tok-1").code == 0
+    assert not target.exists()
+    config = isolated_env / "chatctl.toml"
+    assert "tok-1" in config.read_text()
+    assert config.stat().st_mode & 0o777 == 0o600
