@@ -131,14 +131,14 @@ def parse_url(url: str) -> tuple[str, str | None]:
         return "http://localhost", path
     if "://" not in url:
         url = "http://" + url
-    parts = urlsplit(url)
-    scheme = parts.scheme.lower()
-    if scheme not in _SCHEMES:
-        raise SettingError(f"unsupported URL scheme {scheme!r}", "scheme")
     try:
+        parts = urlsplit(url)  # "http://[::1" is a ValueError already
         host, port = parts.hostname, parts.port
     except ValueError as e:
         raise SettingError(f"malformed URL: {e}", "host") from None
+    scheme = parts.scheme.lower()
+    if scheme not in _SCHEMES:
+        raise SettingError(f"unsupported URL scheme {scheme!r}", "scheme")
     if not host:
         raise SettingError("the URL names no host", "host")
     shown = f"{scheme}://{_host(host)}{'' if port is None else f':{port}'}"

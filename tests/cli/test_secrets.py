@@ -149,3 +149,21 @@ def test_saving_the_config_never_writes_through_a_planted_link(
     config = isolated_env / "chatctl.toml"
     assert "tok-1" in config.read_text()
     assert config.stat().st_mode & 0o777 == 0o600
+
+
+@pytest.mark.parametrize(
+    ("url", "error"),
+    [
+        ("http://bob:SECRET@[::1", "error: malformed URL: Invalid IPv6 URL"),
+        ("http://bob:SECRET@chat.test:99999", "error: malformed URL: Port out of range 0-65535"),
+        ("http://bob:SECRET@chat.test", "error: the URL http://chat.test holds credentials"),
+    ],
+)
+def test_a_url_with_a_password_is_refused_without_showing_it(
+    cli: Run, httpx_mock: HTTPXMock, url: str, error: str
+) -> None:
+    r = cli("list", "--url", url)
+    assert (r.code, r.stdout) == (2, "")
+    assert r.stderr.startswith(error)
+    assert "SECRET" not in r.stderr and "Traceback" not in r.stderr
+    assert httpx_mock.get_requests() == []
