@@ -116,8 +116,9 @@ def _hide_secrets_from_ps() -> None:
     except ImportError:  # pragma: no cover - a runtime dependency; nothing else to do
         return
     # sys.orig_argv is the whole command (the interpreter and its options too) and ends
-    # with the same arguments as sys.argv.
-    head = sys.orig_argv[: len(sys.orig_argv) - len(args)] if args else sys.orig_argv
+    # with the same arguments as sys.argv, unless a caller set sys.argv itself.
+    orig = sys.orig_argv
+    head = orig[: len(orig) - len(args)] if orig[len(orig) - len(args) :] == args else orig[:1]
     try:
         # Setting the title also renames the process (what pgrep and top show): keep its name.
         with open("/proc/self/comm") as f:
