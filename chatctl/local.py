@@ -310,11 +310,9 @@ def _private_dir(path: Path, *, create: bool = True) -> bool:
             with contextlib.suppress(FileExistsError):
                 path.mkdir(mode=0o700)
         st = path.lstat()
-    except FileNotFoundError:
-        if create:
-            raise
-        return False
     except OSError as e:
+        if isinstance(e, FileNotFoundError) and not create:
+            return False
         raise UsageError(f"cannot use {path}: {e.strerror}", hint=_ELSEWHERE) from None
     if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode):
         what = "a symbolic link" if stat.S_ISLNK(st.st_mode) else "not a directory"
