@@ -101,6 +101,19 @@ def test_surrounding_whitespace_is_dropped_before_sending(
     assert request is not None and request.headers["Authorization"] == "Bearer tok-1"
 
 
+def test_config_set_stores_a_token_clean_and_refuses_one_it_could_not_send(
+    cli: Run, isolated_env: Path
+) -> None:
+    config = isolated_env / "chatctl.toml"
+    for args, stdin in ((["SEC\rRET"], ""), (["-"], "SEC RET\n")):
+        r = cli("config", "set", "token", *args, input=stdin)
+        assert (r.code, r.stdout) == (2, "")
+        assert "SEC" not in r.stderr and "cannot be sent" in r.stderr
+        assert not config.exists()
+    assert cli("config", "set", "token", "-", input=" tok-1\r\n").code == 0
+    assert cli("config", "get", "token", "--show-token").stdout == "tok-1\n"
+
+
 def test_a_transport_error_never_quotes_a_header() -> None:
     """h11 names a header value it refuses in full; the message the user sees does not."""
     with (

@@ -93,24 +93,7 @@ def test_the_token_is_hidden_before_the_first_request(tmp_path: Path) -> None:
             proc.wait()
 
 
-def test_a_token_ending_in_a_windows_line_end_works(team: ServerProcess, tmp_path: Path) -> None:
-    """Surrounding whitespace (a file saved on Windows) is dropped, wherever it came from."""
-    env = cli_env(team, CHATCTL_TOKEN=f"{TOKEN}\r\n")
-    assert chatctl("list", env=env).returncode == 0
-    # config set token - takes it the same way, and stores it clean.
-    env = cli_env(team, CHATCTL_CONFIG=str(tmp_path / "config.toml"))
-    stored = chatctl("config", "set", "token", "-", env=env, input=f" {TOKEN}\r\n")
-    assert stored.returncode == 0, stored.stderr
-    shown = chatctl("config", "get", "token", "--show-token", env=env)
-    assert shown.stdout == f"{TOKEN}\n"
-    assert chatctl("list", env=env).returncode == 0
-
-
-def test_config_set_refuses_a_token_it_could_not_send(tmp_path: Path) -> None:
-    config = tmp_path / "config.toml"
-    env = cli_env(CHATCTL_CONFIG=str(config))
-    for args, stdin in ((["SEC\rRET"], None), (["-"], "SEC RET\n")):
-        r = chatctl("config", "set", "token", *args, env=env, input=stdin)
-        assert r.returncode == 2, r.stderr
-        assert "SEC" not in r.stderr and "cannot be sent" in r.stderr
-        assert not config.exists()
+def test_a_token_ending_in_a_windows_line_end_works(team: ServerProcess) -> None:
+    """Surrounding whitespace (a file saved on Windows) is dropped: the server accepts it."""
+    listed = chatctl("list", env=cli_env(team, CHATCTL_TOKEN=f"{TOKEN}\r\n"))
+    assert listed.returncode == 0, listed.stderr

@@ -184,7 +184,6 @@ def test_a_runtime_dir_that_is_not_private_is_refused_and_nothing_goes_through_i
     try:
         for args in (
             ("send", "general", SECRET, "-u", "alice"),
-            ("list",),
             ("serve", "--stop"),
             ("serve", "--status"),
         ):
