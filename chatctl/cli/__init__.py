@@ -77,19 +77,21 @@ def _without_secrets(args: list[str]) -> list[str]:
             elif i + 1 < len(out):
                 i += 1
                 out[i] = _url_without_password(out[i])
+        elif name in ("-p", "--profile") and not eq:
+            i += 1  # config's profile option: its value is not the KEY of config set
         elif not arg.startswith("-"):
             positional.append(i)
         i += 1
-    # chatctl [options] config set [-p NAME] token VALUE, among the positionals (an
-    # option's value counts as one here, which can only hide more).
+    # chatctl [options] config set [-p NAME] token|url VALUE, among the positionals.
     words = [out[j] for j in positional]
     for k in range(len(words) - 1):
         if words[k : k + 2] == ["config", "set"]:
-            after = words[k + 2 :]
-            if "token" in after[:-1]:
-                m = k + 2 + after.index("token") + 1
-                if words[m] != "-":
-                    out[positional[m]] = HIDDEN
+            after = words[k + 2 : k + 4]
+            if len(after) == 2 and after[1] != "-":
+                if after[0] == "token":
+                    out[positional[k + 3]] = HIDDEN
+                elif after[0] == "url":
+                    out[positional[k + 3]] = _url_without_password(after[1])
             break
     return out
 

@@ -40,6 +40,10 @@ from tests.helpers import CHATCTL_HEADERS, free_port
             ["config", "set", "-p", "w", "token", "T"],
             ["config", "set", "-p", "w", "token", "<hidden>"],
         ),
+        (
+            ["config", "set", "url", "https://bob:pw@chat.test", "--profile", "w"],
+            ["config", "set", "url", "https://bob:<hidden>@chat.test", "--profile", "w"],
+        ),
         # Nothing to hide: the arguments stay as they are (and setproctitle is not loaded).
         (["config", "set", "token", "-"], ["config", "set", "token", "-"]),
         (["config", "set", "user", "T"], ["config", "set", "user", "T"]),
