@@ -55,8 +55,9 @@ HIDDEN = "<hidden>"
 
 def _without_secrets(args: list[str]) -> list[str]:
     """``args`` with every secret replaced by ``<hidden>``: the value of ``--token``
-    (``--token T`` and ``--token=T``), a password in a ``--db``/``--url`` URL, and the
-    value of ``config set token VALUE``. Nothing after ``--`` is an option."""
+    (``--token T`` and ``--token=T``), a password in a ``--db``/``--url`` URL, the value
+    of ``config set token VALUE`` and a password in ``config set url VALUE``. Nothing
+    after ``--`` is an option."""
     out = list(args)
     positional: list[int] = []
     i = 0
