@@ -66,6 +66,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 import httpx
 
 from chatctl import __version__
+from chatctl.config import header_token
 from chatctl.errors import (
     APIError,
     CertificateError,
@@ -130,14 +131,14 @@ def parse_url(url: str) -> tuple[str, str | None]:
         return "http://localhost", path
     if "://" not in url:
         url = "http://" + url
-    parts = urlsplit(url)
-    scheme = parts.scheme.lower()
-    if scheme not in _SCHEMES:
-        raise SettingError(f"unsupported URL scheme {scheme!r}", "scheme")
     try:
+        parts = urlsplit(url)  # "http://[::1" is a ValueError already
         host, port = parts.hostname, parts.port
     except ValueError as e:
         raise SettingError(f"malformed URL: {e}", "host") from None
+    scheme = parts.scheme.lower()
+    if scheme not in _SCHEMES:
+        raise SettingError(f"unsupported URL scheme {scheme!r}", "scheme")
     if not host:
         raise SettingError("the URL names no host", "host")
     shown = f"{scheme}://{_host(host)}{'' if port is None else f':{port}'}"
@@ -202,7 +203,8 @@ class Client:
         retries: int = 3,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
-        self.token = token
+        # The CLI checked it already (naming where it came from); this guards other callers.
+        self.token = header_token(token, "the caller") if token else None
         self.timeout = timeout
         self.ca_cert = ca_cert
         self.verbose = verbose
@@ -1012,8 +1014,13 @@ def _closed_error(client: Client, e: Exception) -> ChatctlError:
     return ConnectError(f"connection to {where} lost", where=where, local=local)
 
 
+_HEADER_VALUE = re.compile(r"""b'(?:[^'\\]|\\.)*'|b"(?:[^"\\]|\\.)*"|Bearer\s+\S+""")
+
+
 def _reason(e: BaseException) -> str:
-    text = str(e) or type(e).__name__
+    # A header the transport refused is quoted in its message (h11: "Illegal header value
+    # b'Bearer …'"): no quoted bytes, and no bearer token, ever reach the user.
+    text = _HEADER_VALUE.sub("<redacted>", str(e) or type(e).__name__)
     lower = text.lower()
     if "refused" in lower:
         return "connection refused"

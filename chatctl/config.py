@@ -31,7 +31,7 @@ from typing import Any
 
 from chatctl.errors import UsageError
 
-__all__ = ["KEYS", "Settings", "config_path", "load", "resolve", "save"]
+__all__ = ["KEYS", "Settings", "config_path", "header_token", "load", "resolve", "save"]
 
 #: the keys a profile may hold (each a string).
 KEYS: tuple[str, ...] = ("url", "token", "user", "ca_cert")
@@ -51,7 +51,9 @@ def config_path() -> Path:
 def load(path: Path | None = None) -> dict[str, Any]:
     path = path or config_path()
     try:
-        data = path.read_bytes()
+        with open(path, "rb") as file:
+            _check_owner(path, os.fstat(file.fileno()))
+            data = file.read()
     except FileNotFoundError:
         return {}
     except OSError as e:
@@ -65,6 +67,23 @@ def load(path: Path | None = None) -> dict[str, Any]:
         ) from None
     _check(config, path)
     return config
+
+
+def _check_owner(path: Path, st: os.stat_result) -> None:
+    """Refuse a config file someone else could have written: it says where the token goes.
+    Yours or root's, and writable by no one else (as ssh wants its config)."""
+    if st.st_uid not in (os.geteuid(), 0):
+        raise UsageError(
+            f"config file {path} belongs to another user (uid {st.st_uid}), who could send "
+            "your token and messages elsewhere",
+            hint="use a config file of your own (CHATCTL_CONFIG), or remove that one",
+        )
+    if st.st_mode & 0o022:
+        raise UsageError(
+            f"config file {path} may be written by other users "
+            f"(mode {st.st_mode & 0o777:04o}), who could send your token and messages elsewhere",
+            hint=f"make it private with: chmod 600 {path}",
+        )
 
 
 def _check(config: dict[str, Any], path: Path) -> None:
@@ -109,7 +128,9 @@ def save(config: dict[str, Any], path: Path | None = None) -> Path:
     path = path or config_path()
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    tmp.unlink(missing_ok=True)  # left by a chatctl of the same pid that died mid-write
+    # Made here and now (O_EXCL), never through a symlink someone placed.
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     try:
         with os.fdopen(fd, "wb") as f:
             os.fchmod(f.fileno(), 0o600)
@@ -119,6 +140,47 @@ def save(config: dict[str, Any], path: Path | None = None) -> Path:
         tmp.unlink(missing_ok=True)
         raise
     return path
+
+
+def header_token(value: str, source: str) -> str:
+    """``value`` as a token that can travel in an HTTP header, from ``source`` (named in
+    the error, as ``--token`` or ``CHATCTL_TOKEN``): surrounding whitespace, such as the
+    ``\\r\\n`` of a file saved on Windows, is dropped; what is left must be printable ASCII
+    without spaces (RFC 6750's token, loosely). Anything else is a UsageError naming the
+    problem and where it is, never the token itself.
+    """
+    token = value.strip()
+    if not token:
+        raise UsageError(f"the token from {source} is blank", hint=_token_fix(source))
+    for position, char in enumerate(token, 1):
+        if not "\x21" <= char <= "\x7e":
+            raise UsageError(
+                f"the token from {source} cannot be sent: it holds {_kind_of(char)} at "
+                f"position {position}; a token is printable ASCII without spaces (it "
+                "travels in an HTTP header)",
+                hint=_token_fix(source),
+            )
+    return token
+
+
+def _kind_of(char: str) -> str:
+    """What a character that may not be in a token is, without showing it."""
+    names = {"\r": "a carriage return (CR)", "\n": "a line feed (LF)", "\t": "a tab"}
+    if char in names:
+        return names[char]
+    if char == " " or char.isspace():
+        return "a space"
+    if char < " " or char == "\x7f":
+        return f"a control character (U+{ord(char):04X})"
+    return "a non-ASCII character"
+
+
+def _token_fix(source: str) -> str:
+    if source.startswith("profile"):
+        return "set it again with: printf %s TOKEN | chatctl config set token -"
+    if source.isupper():  # an environment variable
+        return f"set {source} to the token alone: no quotes, spaces or line breaks"
+    return "give the token alone: no quotes, spaces or line breaks"
 
 
 def profile_name(config: dict[str, Any], flag: str | None = None) -> str:
@@ -167,13 +229,16 @@ def resolve(
     prof = profile(config, name)
     env = os.environ
     chosen_user = user or env.get("CHATCTL_USER") or prof.get("user")
+    given = (
+        (token, "--token"),
+        (env.get("CHATCTL_TOKEN"), "CHATCTL_TOKEN"),
+        (prof.get("token"), f"profile {name} in {config_path()}"),
+        (env.get("M3O_API_TOKEN"), "M3O_API_TOKEN"),
+    )
+    chosen_token = next(((t, source) for t, source in given if t), None)
     return Settings(
         url=url or env.get("CHATCTL_URL") or prof.get("url") or None,
-        token=token
-        or env.get("CHATCTL_TOKEN")
-        or prof.get("token")
-        or env.get("M3O_API_TOKEN")
-        or None,
+        token=header_token(*chosen_token) if chosen_token else None,
         user=str(chosen_user or _login_name()),
         profile=name,
         user_explicit=bool(chosen_user),

@@ -11,6 +11,13 @@ Starting is serialised by an ``flock`` on ``server.lock`` beside the socket, so 
 start at the same moment make one server; the server writes ``server.pid`` there itself,
 for ``chatctl serve --status`` and ``--stop``.
 
+Those directories are trusted only when they are private, as tmux and ssh-agent trust
+theirs: each is looked at with ``lstat`` (a symlink is not followed) and must be a
+directory of this user's that no one else may write to, or nothing is read, written or
+connected to through it (exit 2, naming the directory and the fix). Another local user
+who made ``/tmp/chatctl`` first (``XDG_RUNTIME_DIR=/tmp``) gets nothing. Files in them
+are opened with ``O_NOFOLLOW``.
+
 Stdlib only at import (platformdirs is imported when a path is first needed): the CLI
 imports this module on its start-up path.
 """
@@ -22,6 +29,7 @@ import errno
 import os
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import time
@@ -29,7 +37,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from chatctl.errors import ChatctlError, ConnectError
+from chatctl.errors import ChatctlError, ConnectError, UsageError
 
 __all__ = [
     "IDLE_EXIT_SECONDS",
@@ -130,6 +138,7 @@ def ensure_local_server(timeout: float = 10.0) -> str:
     Raises ConnectError when the server does not answer within ``timeout`` seconds.
     """
     sock = socket_path()
+    _private_dir(sock.parent)
     if socket_answers(sock):
         return str(sock)
     deadline = time.monotonic() + timeout
@@ -148,7 +157,9 @@ def ensure_local_server(timeout: float = 10.0) -> str:
 def local_server_status() -> LocalServerStatus:
     """Whether the local server runs, and where its socket, database and log are."""
     sock = socket_path()
-    pid = _read_pid()
+    # Nothing runs where there is no directory yet; one that is not private is refused.
+    there = _private_dir(sock.parent, create=False)
+    pid = _read_pid() if there else None
     running = pid is not None and _alive(pid) and socket_answers(sock)
     return LocalServerStatus(
         running=running,
@@ -207,7 +218,8 @@ def _server_command(sock: Path) -> list[str]:
 _DETACH = """\
 import os, subprocess, sys
 os.umask(0o077)
-with open(sys.argv[1], "ab") as log:
+flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW
+with open(os.open(sys.argv[1], flags, 0o600), "ab") as log:
     server = subprocess.Popen(
         sys.argv[2:], stdin=subprocess.DEVNULL, stdout=log, stderr=log,
         start_new_session=True, cwd="/",
@@ -267,7 +279,7 @@ def _start_lock(deadline: float) -> Iterator[None]:
 
     path = _lock_path()
     _private_dir(path.parent)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    fd = _open_private(path, os.O_RDWR | os.O_CREAT)
     try:
         while True:
             try:
@@ -286,16 +298,91 @@ def _start_lock(deadline: float) -> Iterator[None]:
         os.close(fd)
 
 
-def _private_dir(path: Path) -> None:
-    """Create ``path`` (and missing parents) readable by the user alone."""
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    if path.stat().st_mode & 0o077:
-        path.chmod(0o700)
+def _private_dir(path: Path, *, create: bool = True) -> bool:
+    """Make sure ``path`` is a directory of this user's that no one else may write to:
+    created mode 0700 (with missing parents) when ``create``, else looked at with
+    ``lstat``. False when it is missing (and not created); a UsageError naming the
+    directory and the fix when it is not private. One only others may read is made 0700.
+    """
+    try:
+        if create:
+            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            with contextlib.suppress(FileExistsError):
+                path.mkdir(mode=0o700)
+        st = path.lstat()
+    except OSError as e:
+        if isinstance(e, FileNotFoundError) and not create:
+            return False
+        raise UsageError(f"cannot use {path}: {e.strerror}", hint=_ELSEWHERE) from None
+    if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode):
+        what = "a symbolic link" if stat.S_ISLNK(st.st_mode) else "not a directory"
+        raise UsageError(
+            f"{path} is {what}; chatctl keeps its socket, lock and log only in a private "
+            "directory of yours",
+            hint=f"remove it (rm {path}), or {_ELSEWHERE}",
+        )
+    if st.st_uid != os.geteuid():
+        raise UsageError(
+            f"{path} belongs to another user (uid {st.st_uid}); chatctl keeps its socket, "
+            "lock and log only in a private directory of yours",
+            hint=f"remove it (as its owner or root: rm -r {path}), or {_ELSEWHERE}",
+        )
+    if st.st_mode & 0o022:
+        raise UsageError(
+            f"{path} may be written by other users (mode {stat.S_IMODE(st.st_mode):04o}), "
+            "so what is in it cannot be trusted",
+            hint=f"make it private: chmod 700 {path} (and remove what you did not put there)",
+        )
+    parent = path.parent.stat()
+    if parent.st_mode & stat.S_IWOTH and not parent.st_mode & stat.S_ISVTX:
+        raise UsageError(
+            f"{path.parent} may be written by every user and has no sticky bit, so "
+            f"{path.name} in it could be replaced",
+            hint=f"chmod +t {path.parent}, or {_ELSEWHERE}",
+        )
+    if st.st_mode & 0o077:
+        # Others may only look: make it private, through a descriptor that is that directory.
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+        try:
+            os.fchmod(fd, 0o700)
+        finally:
+            os.close(fd)
+    return True
+
+
+_ELSEWHERE = "point XDG_RUNTIME_DIR (or XDG_STATE_HOME) at a directory of your own"
+
+
+def _open_private(path: Path, flags: int) -> int:
+    """Open a file in a private directory without following a symlink; it must be a
+    regular file of this user's (a FIFO would block, another user's file is not ours)."""
+    try:
+        fd = os.open(path, flags | os.O_NOFOLLOW | os.O_NONBLOCK, 0o600)
+    except OSError as e:
+        if e.errno != errno.ELOOP:
+            raise
+        raise UsageError(
+            f"{path} is a symbolic link; chatctl does not follow links there",
+            hint=f"remove it: rm {path}",
+        ) from None
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid():
+        os.close(fd)
+        raise UsageError(
+            f"{path} is not a file of yours; chatctl uses only its own files there",
+            hint=f"remove it: rm {path}",
+        )
+    return fd
 
 
 def _read_pid() -> int | None:
     try:
-        return int(_pid_path().read_text().strip())
+        fd = _open_private(_pid_path(), os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        with os.fdopen(fd, "rb") as file:
+            return int(file.read(32).strip())
     except (OSError, ValueError):
         return None
 

@@ -49,12 +49,16 @@ def set_(
     Example: printf %s "$TOKEN" | chatctl config set token - --profile work
     """
     _key(key)
+    source = "the command line"
     if value == "-":
         value = invocation(ctx).stdin.readline().rstrip("\r\n")
-        if not value:
+        source = "stdin"
+        if not value.strip():
             raise UsageError(
                 f"no {key} on stdin", hint=f"e.g. printf %s VALUE | chatctl config set {key} -"
             )
+    if key == "token":
+        value = config.header_token(value, source)
     data = config.load()
     name = config.profile_name(data, profile)
     data.setdefault("profiles", {}).setdefault(name, {})[key] = value

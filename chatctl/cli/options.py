@@ -48,7 +48,9 @@ TokenOpt = Annotated[
     str | None,
     typer.Option(
         "--token",
-        help="API token (beats CHATCTL_TOKEN, the profile and M3O_API_TOKEN). Never printed.",
+        help="API token (beats CHATCTL_TOKEN, the profile and M3O_API_TOKEN). Never printed, "
+        "and hidden from ps once chatctl starts; CHATCTL_TOKEN or the profile (chatctl config "
+        "set token -) is safer: a command line stays in shell history.",
         rich_help_panel=_CONN,
         show_default=False,
     ),

@@ -159,7 +159,8 @@ def serve(
         typer.Option(
             "--token",
             help="Accept this bearer token (repeatable); each token is its own tenant. "
-            "Prefer --tokens-file: a command line is visible to other users.",
+            "Hidden from ps once the server starts, but prefer --tokens-file: a command line "
+            "stays in shell history and is visible to other users until then.",
             show_default=False,
             rich_help_panel=_LISTEN,
         ),

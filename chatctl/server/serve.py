@@ -373,7 +373,10 @@ def _unlink_if_same(path: str, bound: os.stat_result) -> None:
 def _write_pid_file(path: str) -> None:
     # Written whole, then renamed, so a reader never sees half a number.
     tmp = f"{path}.{os.getpid()}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(tmp)  # left by a server of the same pid that died mid-write
+    # Made here and now (O_EXCL), never through a symlink someone placed.
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     with os.fdopen(fd, "w") as file:
         file.write(f"{os.getpid()}\n")
     os.replace(tmp, path)

@@ -60,6 +60,7 @@ print(json.dumps({{
     'httpx': 'httpx' in sys.modules,
     'rich': sorted(m for m in sys.modules if m.split('.')[0] in ('rich', 'pygments')),
     'httpx_cli': sys.modules.get('httpx._main') is not None,
+    'setproctitle': 'setproctitle' in sys.modules,
 }}))
 """
 
@@ -77,3 +78,16 @@ def test_a_one_shot_call_in_a_pipe_skips_rich_and_httpx_own_cli() -> None:
     assert result["code"] == 3  # nothing listens there: the call was really made
     assert result["httpx"] and not result["httpx_cli"]
     assert result["rich"] == []
+    assert not result["setproctitle"]  # loaded only to hide a secret given as an argument
+
+
+def test_a_token_argument_loads_setproctitle_and_nothing_else_heavy() -> None:
+    out = subprocess.run(
+        [sys.executable, "-c", ENTRY_PROBE.format(args=["list", "--token", "T", "-o", "json"])],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "CHATCTL_URL": f"http://127.0.0.1:{free_port()}"},
+    ).stdout
+    result = json.loads(out.strip().splitlines()[-1])
+    assert result["code"] == 3
+    assert result["setproctitle"] and result["rich"] == []

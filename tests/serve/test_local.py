@@ -63,8 +63,9 @@ def test_two_clis_start_one_server_that_status_sees_and_stop_ends(
     fresh_user: dict[str, str], tmp_path: Path
 ) -> None:
     sock = tmp_path / "run" / "chatctl" / "server.sock"
-    # A socket left by a server that died: nobody answers on it.
-    sock.parent.mkdir(mode=0o700)
+    # A socket left by a server that died: nobody answers on it. Its directory others may
+    # read (a mkdir under umask 022) is made private; others may not write to it.
+    sock.parent.mkdir(mode=0o755)
     with socket.socket(socket.AF_UNIX) as stale:
         stale.bind(str(sock))
 
@@ -97,6 +98,8 @@ def test_two_clis_start_one_server_that_status_sees_and_stop_ends(
         tmp_path / "home" / "state" / "chatctl" / "server.log",
     ):
         assert stat.S_IMODE(private.stat().st_mode) == 0o600, private
+    for directory in (sock.parent, tmp_path / "home" / "state" / "chatctl"):
+        assert stat.S_IMODE(directory.stat().st_mode) == 0o700, directory
 
     status = subprocess.run(
         chatctl("serve", "--status"), env=fresh_user, capture_output=True, text=True, timeout=30
@@ -135,3 +138,74 @@ def test_stop_without_a_server_says_so(fresh_user: dict[str, str]) -> None:
     )
     assert stop.returncode == 0
     assert "not running" in stop.stderr
+
+
+# -- a runtime directory that is not private (issue 22, item 5) ---------------------------
+
+SECRET = "the password is hunter2"
+
+
+@pytest.mark.parametrize("kind", ["open to all", "another user's", "symlinked lock"])
+def test_a_runtime_dir_that_is_not_private_is_refused_and_nothing_goes_through_it(
+    fresh_user: dict[str, str], tmp_path: Path, kind: str
+) -> None:
+    """XDG_RUNTIME_DIR=/tmp, where another user made chatctl/ first: a listening socket
+    and a lock that is a symlink to where they choose. Nothing reaches the socket, nothing
+    is made through the link; every command says which directory and what to do."""
+    if kind == "another user's" and os.geteuid() != 0:
+        pytest.skip("making a directory another user's needs root (CI runs as root)")
+    shared = tmp_path / "shared"  # as /tmp: everyone's, sticky
+    shared.mkdir()
+    shared.chmod(0o1777)
+    rogue = shared / "chatctl"
+    rogue.mkdir(mode=0o700)
+    planted = tmp_path / "planted"
+    (rogue / "server.lock").symlink_to(planted)
+    (rogue / "server.pid").symlink_to(planted)
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(str(rogue / "server.sock"))
+    listener.listen()
+    listener.setblocking(False)
+    os.chmod(rogue / "server.sock", 0o777)
+    if kind == "open to all":
+        rogue.chmod(0o777)
+        fix = f"hint: make it private: chmod 700 {rogue}"
+    elif kind == "another user's":
+        rogue.chmod(0o755)
+        for path in (rogue, rogue / "server.sock"):
+            os.chown(path, 65534, 65534)
+        fix = f"hint: remove it (as its owner or root: rm -r {rogue})"
+    else:
+        # A private directory of the user's, but the lock is a symlink (and nobody answers
+        # on the socket, so the CLI goes for the lock to start a server).
+        listener.close()
+        fix = f"hint: remove it: rm {rogue / 'server.lock'}"
+    env = {**fresh_user, "XDG_RUNTIME_DIR": str(shared)}
+    try:
+        for args in (
+            ("send", "general", SECRET, "-u", "alice"),
+            ("serve", "--stop"),
+            ("serve", "--status"),
+        ):
+            r = subprocess.run(chatctl(*args), env=env, capture_output=True, text=True, timeout=30)
+            assert (r.returncode, r.stdout) == (2, ""), (args, r.stderr)
+            if kind == "symlinked lock" and args == ("serve", "--status"):
+                error, hint = r.stderr.splitlines()  # the pid file is the link it meets
+                assert hint == f"hint: remove it: rm {rogue / 'server.pid'}"
+            else:
+                error, hint = r.stderr.splitlines()
+                assert hint.startswith(fix), (args, r.stderr)
+            assert error.startswith(f"error: {rogue}"), (args, r.stderr)
+        if kind != "symlinked lock":
+            with pytest.raises(BlockingIOError):
+                listener.accept()  # no CLI ever connected
+        assert not planted.exists() and not planted.is_symlink()
+        assert sorted(p.name for p in rogue.iterdir()) == [
+            "server.lock",
+            "server.pid",
+            "server.sock",
+        ]
+    finally:
+        listener.close()
+        for pid in servers_on(str(rogue / "server.sock")):  # started through it: a failure
+            os.kill(pid, signal.SIGKILL)

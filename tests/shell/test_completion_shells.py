@@ -207,3 +207,25 @@ def test_zsh_completes_on_the_first_tab_when_autoloaded(tmp_path: Path) -> None:
     assert '"join":"Join a room' in zsh_complete(
         "chatctl", "jo", env=shell_env(), autoload=tmp_path
     )
+
+
+def test_the_readmes_install_lines_work_in_a_fresh_home(tmp_path: Path) -> None:
+    """Each install line of the README, run as written by sh in a HOME with nothing in it
+    yet (issue 22: the bash line failed there), installs the committed script."""
+    section = (ROOT / "README.md").read_text().split("\n## Shell completion and man pages\n")[1]
+    block = section.split("```sh\n", 1)[1].split("```", 1)[0]
+    lines = [line for line in block.splitlines() if "chatctl completion" in line]
+    home = tmp_path / "home"
+    home.mkdir()
+    env = shell_env(HOME=str(home))
+    for line in lines:
+        ran = subprocess.run(["sh", "-c", line], env=env, capture_output=True, text=True)
+        assert ran.returncode == 0, (line, ran.stderr)
+    installed = {
+        home / ".local/share/bash-completion/completions/chatctl": BASH,
+        home / ".zfunc/_chatctl": ZSH,
+        home / ".config/fish/completions/chatctl.fish": FISH,
+    }
+    assert len(lines) == len(installed)
+    for path, script in installed.items():
+        assert path.read_text() == script.read_text(), path
