@@ -31,7 +31,7 @@ from typing import Any
 
 from chatctl.errors import UsageError
 
-__all__ = ["KEYS", "Settings", "config_path", "load", "resolve", "save"]
+__all__ = ["KEYS", "LoginName", "Settings", "config_path", "load", "resolve", "save"]
 
 #: the keys a profile may hold (each a string).
 KEYS: tuple[str, ...] = ("url", "token", "user", "ca_cert")
@@ -132,6 +132,14 @@ def profile(config: dict[str, Any], name: str) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
+class LoginName(str):
+    """The user chatctl acts as when none was given (no --user, CHATCTL_USER or profile
+    user): the login name, marked as such, so that the transport may put the token's own
+    user in its place where the server says who the token acts as (``Client.bound``)."""
+
+    __slots__ = ()
+
+
 @dataclass(frozen=True)
 class Settings:
     """Where and as whom to talk, after every source has been weighed."""
@@ -144,6 +152,9 @@ class Settings:
     user_explicit: bool
     #: a PEM file of the CA to trust (alone) for https:// (flag, else the profile).
     ca_cert: str | None = None
+    #: where the user came from: "--user", "CHATCTL_USER", "profile", or "" (nowhere:
+    #: the login name, a ``LoginName``).
+    user_from: str = ""
 
 
 def resolve(
@@ -166,7 +177,18 @@ def resolve(
         )
     prof = profile(config, name)
     env = os.environ
-    chosen_user = user or env.get("CHATCTL_USER") or prof.get("user")
+    chosen_user, user_from = next(
+        (
+            (value, source)
+            for value, source in (
+                (user, "--user"),
+                (env.get("CHATCTL_USER"), "CHATCTL_USER"),
+                (prof.get("user"), "profile"),
+            )
+            if value
+        ),
+        (None, ""),
+    )
     return Settings(
         url=url or env.get("CHATCTL_URL") or prof.get("url") or None,
         token=token
@@ -174,10 +196,11 @@ def resolve(
         or prof.get("token")
         or env.get("M3O_API_TOKEN")
         or None,
-        user=str(chosen_user or _login_name()),
+        user=str(chosen_user) if chosen_user else LoginName(_login_name()),
         profile=name,
         user_explicit=bool(chosen_user),
         ca_cert=_path(ca_cert or prof.get("ca_cert")),
+        user_from=user_from,
     )
 
 

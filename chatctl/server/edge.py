@@ -74,6 +74,7 @@ log = logging.getLogger("chatctl.server")
 
 CHAT_PREFIX = "/v1/chat/"
 JOIN = ENDPOINTS["Join"]
+WHOAMI = ENDPOINTS["Whoami"]
 _MAX_IDEMPOTENCY_KEY = 255
 #: the HTTP status of each kind of refusal the rules raise.
 STATUS: dict[type[Refused], int] = {Invalid: 400, Forbidden: 403, NotFound: 404, Conflict: 409}
@@ -366,6 +367,8 @@ class Edge:
         req = validate(endpoint, body, self.config, raw)
         if endpoint is JOIN:
             return await self.streams.ndjson(principal, req, edition)
+        if endpoint is WHOAMI:  # the token alone answers it: no storage, no room
+            return JSONAnswer(encode({"identity": access.whoami(principal)}).encode())
         key = request.headers.get("idempotency-key") if endpoint.mutating else None
         if key is not None:
             if not (0 < len(key) <= _MAX_IDEMPOTENCY_KEY):
