@@ -173,7 +173,10 @@ def _bound_hint(inv: Invocation | None, token_user: str, named: str) -> str:
     if source == "--user":
         return f"leave out --user: this token acts only as {token_user}"
     if source == "CHATCTL_USER":
-        return f"this token acts only as {token_user}: unset CHATCTL_USER (or set it to {token_user})"
+        return (
+            f"this token acts only as {token_user}: unset CHATCTL_USER (or set it to "
+            f"{token_user})"
+        )
     if source == "profile":
         return (
             f"this token acts only as {token_user}, and the profile's user is {named}: "

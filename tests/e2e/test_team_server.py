@@ -11,6 +11,7 @@ import contextlib
 import hashlib
 import json
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -510,8 +511,7 @@ def test_the_cli_with_a_user_token_says_what_went_wrong(team: ServerProcess, roo
     assert r.returncode == 4
     assert r.stderr.splitlines() == [
         "error: this token acts only as user alice, not bob (chat.send, HTTP 403)",
-        "hint: leave out --user, or set the profile's user to the token's: chatctl config set"
-        " user ID",
+        "hint: leave out --user: this token acts only as alice",
     ]
     bob = cli_env(team, CHATCTL_TOKEN=BOB, CHATCTL_USER="bob")
     r = chatctl("kick", rooms.private, "alice", "--yes", env=bob)
@@ -523,6 +523,41 @@ def test_the_cli_with_a_user_token_says_what_went_wrong(team: ServerProcess, roo
     ]
     r = chatctl("send", rooms.private, "fine", "-o", "id", env=alice)
     assert r.returncode == 0, r.stderr
+
+
+def test_a_room_name_resolves_among_the_acting_users_rooms_first(
+    team: ServerProcess, tmp_path: Path
+) -> None:
+    """Issue 22: bob names a public room like alice's; each one's commands by that name
+    still reach their own room (no user configured: the token's), and so do an admin
+    token's acting as one of them. Where the acting user's rooms do not settle it (carol
+    is in neither; alice in both, once invited), the name is ambiguous: exit 2, nothing
+    sent."""
+    from tests.helpers import chatctl, fresh_home_env
+
+    name = f"general-{uuid.uuid4().hex[:8]}"
+    alices = ok(team, ALICE, "Create", {"name": name})["room"]["id"]
+    bobs = ok(team, BOB, "Create", {"name": name})["room"]["id"]
+    env = fresh_home_env(tmp_path / "home", CHATCTL_URL=team.url)
+    alice, carol = {**env, "CHATCTL_TOKEN": ALICE}, {**env, "CHATCTL_TOKEN": CAROL}
+    for token, room in ((ALICE, alices), (BOB, bobs)):
+        r = chatctl("send", name, "mine", "-o", "json", env={**env, "CHATCTL_TOKEN": token})
+        assert r.returncode == 0, r.stderr
+        assert json.loads(r.stdout)["message"]["room_id"] == room
+    r = chatctl("history", name, "--user", "bob", "-o", "id", "--token", ADMIN, env=env)
+    assert r.returncode == 0, r.stderr
+    assert [ok(team, ADMIN, "History", {"room_id": bobs})["messages"][0]["id"]] == r.stdout.split()
+
+    def ambiguous(r: Any) -> None:
+        assert r.returncode == 2, r.stderr
+        assert r.stderr.startswith(f"error: 2 rooms are named '{name}': ")
+        assert r.stderr.splitlines()[1] == "hint: name the room by its id instead"
+
+    ambiguous(chatctl("send", name, "whose?", env=carol))
+    ok(team, BOB, "Invite", {"room_id": bobs, "user_id": "alice"})
+    ambiguous(chatctl("send", name, "which?", env=alice))
+    for room in (alices, bobs):
+        assert len(ok(team, ADMIN, "History", {"room_id": room})["messages"]) == 1
 
 
 def test_a_join_closed_before_it_sends_its_request_says_why(
