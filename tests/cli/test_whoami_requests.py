@@ -204,3 +204,62 @@ def test_whoami_in_every_format(cli: Run, httpx_mock: HTTPXMock, fmt: str, out: 
     assert r.code == 0, r.stderr
     assert r.stdout == out
     assert sent(httpx_mock) == [("List", {"user_id": "login-1"}), ("Whoami", {})]
+
+
+# -- a hint that fits what happened ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("given", "hint"),
+    [
+        ("--user", "leave out --user: this token acts only as bob"),
+        ("CHATCTL_USER", "this token acts only as bob: unset CHATCTL_USER (or set it to bob)"),
+        (
+            "profile",
+            "this token acts only as bob, and the profile's user is carol: "
+            "chatctl config set user bob",
+        ),
+        ("input", "the input names user carol: leave user_id out, or make it bob"),
+    ],
+)
+def test_a_refusal_to_act_as_another_user_says_where_that_user_came_from(
+    cli: Run,
+    httpx_mock: HTTPXMock,
+    monkeypatch: pytest.MonkeyPatch,
+    isolated_env: Any,
+    given: str,
+    hint: str,
+) -> None:
+    ours(httpx_mock, "Send", {**BOUND, "detail": "this token acts only as user bob, not carol"},
+         status_code=403)  # fmt: skip
+    args = ["send", ROOM, "hi"]
+    if given == "--user":
+        args += ["--user", "carol"]
+    elif given == "CHATCTL_USER":
+        monkeypatch.setenv("CHATCTL_USER", "carol")
+    elif given == "profile":
+        config = isolated_env / "chatctl.toml"
+        config.write_text('[profiles.default]\nuser = "carol"\n')
+    else:
+        args = ["send", ROOM, "-i", "-"]
+    r = cli(*args, input='{"text": "hi", "user_id": "carol"}')
+    assert r.code == 4
+    assert r.stderr.splitlines()[1] == f"hint: {hint}"
+    assert [name for name, _ in sent(httpx_mock)] == ["Send"]  # a user was given: no Whoami
+
+
+@pytest.mark.parametrize(
+    ("reason", "hint"),
+    [
+        ("user was kicked", "only the room's creator (or an admin token) can invite a kicked"),
+        ("user left the room", "join it again with: chatctl join ROOM"),
+        ("private room: the user must be invited first", "the room is private or the user"),
+        ("this token acts only as user bob, not login-1", "this server does not say whom"),
+    ],
+)
+def test_a_stream_closed_403_hints_after_its_reason(reason: str, hint: str) -> None:
+    from chatctl.cli.main import hint_for
+    from chatctl.errors import StreamClosed
+
+    said = hint_for(StreamClosed(4403, reason))
+    assert said is not None and said.startswith(hint)

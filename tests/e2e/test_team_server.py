@@ -500,6 +500,29 @@ def test_streams_are_capped_per_token_not_rate_limited(limited: ServerProcess) -
         assert time.monotonic() < deadline
 
 
+@pytest.mark.parametrize(
+    ("token", "tenant", "user", "admin"),
+    [
+        (ALICE, "acme", "alice", False),
+        (BOB, "acme", "bob", False),  # held as a hash
+        (ADMIN, "acme", "", True),
+        (OPS, "acme", "", True),
+        (GLOBEX_ALICE, "globex", "alice", False),
+        (LEGACY, "", "", True),  # its own tenant, keyed by its hash: not shown
+    ],
+    ids=["user", "hashed-user", "admin", "hashed-admin", "other-tenant", "legacy"],
+)
+def test_whoami_says_whom_each_token_acts_as(
+    team: ServerProcess, token: str, tenant: str, user: str, admin: bool
+) -> None:
+    r = call(team, token, "Whoami", {})
+    assert r.status_code == 200, r.text
+    identity = {"tenant": tenant, "user_id": user, "admin": admin, "open": False}
+    assert r.json() == {"identity": identity}
+    assert token not in r.text and hashlib.sha256(token.encode()).hexdigest() not in r.text
+    assert call(team, UNKNOWN, "Whoami", {}).status_code == 401
+
+
 # -- the CLI with a user token ----------------------------------------------------------------
 
 
