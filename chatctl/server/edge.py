@@ -26,6 +26,8 @@
   rules) have its id, ``chat.send``. The rules' refusals map to statuses in ``STATUS``.
   Storage failing is 503 with a generic detail; its cause, which may name internal hosts,
   goes to the server's log only. A 500 is only ever a bug of ours (``accesslog``).
+- ``Whoami`` (the ``whoami`` extension) is answered from the principal alone
+  (``access.whoami``): no storage, no room.
 - A History of any size is sent as the rules read it, part by part, without a
   Content-Length; every other answer is one body with its length.
 """
