@@ -607,9 +607,18 @@ def test_a_join_closed_before_it_sends_its_request_says_why(
         stream.close()
     finally:
         client.close()
-    r = chatctl("join", rooms.private, "--count", "1", env=cli_env(team, CHATCTL_TOKEN=UNKNOWN))
+    env = cli_env(team, CHATCTL_TOKEN=UNKNOWN, CHATCTL_USER="alice")
+    r = chatctl("join", rooms.private, "--count", "1", env=env)
     assert r.returncode == 4
     assert r.stderr.splitlines() == [
         "error: stream closed: Unauthorized (close 4401)",
+        "hint: set a token with --token, CHATCTL_TOKEN or: chatctl config set token -",
+    ]
+    # With no user configured, the Whoami asked after the handshake is refused first.
+    del env["CHATCTL_USER"]
+    r = chatctl("join", rooms.private, "--count", "1", env=env)
+    assert r.returncode == 4
+    assert r.stderr.splitlines() == [
+        "error: Unauthorized (v1, HTTP 401)",
         "hint: set a token with --token, CHATCTL_TOKEN or: chatctl config set token -",
     ]
