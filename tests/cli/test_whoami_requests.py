@@ -19,12 +19,8 @@ from tests.helpers import CHATCTL_HEADERS
 BOB = {"identity": {"tenant": "acme", "user_id": "bob", "admin": False, "open": False}}
 ADMIN = {"identity": {"tenant": "acme", "user_id": "", "admin": True, "open": False}}
 OTHER = "0190f2b4-0000-7000-8000-000000000001"
-BOUND = {
-    "id": "chat.send",
-    "code": 403,
-    "detail": "this token acts only as user bob, not login-1",
-    "status": "Forbidden",
-}
+DETAIL = "this token acts only as user bob, not login-1"
+BOUND = {"id": "chat.send", "code": 403, "detail": DETAIL, "status": "Forbidden"}
 
 
 @pytest.fixture(autouse=True)
