@@ -31,7 +31,7 @@ from typing import Any
 
 from chatctl.errors import UsageError
 
-__all__ = ["KEYS", "LoginName", "Settings", "config_path", "load", "resolve", "save"]
+__all__ = ["KEYS", "Settings", "config_path", "load", "resolve", "save"]
 
 #: the keys a profile may hold (each a string).
 KEYS: tuple[str, ...] = ("url", "token", "user", "ca_cert")
@@ -153,7 +153,7 @@ class Settings:
     #: a PEM file of the CA to trust (alone) for https:// (flag, else the profile).
     ca_cert: str | None = None
     #: where the user came from: "--user", "CHATCTL_USER", "profile", or "" (nowhere:
-    #: the login name, a ``LoginName``).
+    #: the login name).
     user_from: str = ""
 
 
@@ -177,18 +177,7 @@ def resolve(
         )
     prof = profile(config, name)
     env = os.environ
-    chosen_user, user_from = next(
-        (
-            (value, source)
-            for value, source in (
-                (user, "--user"),
-                (env.get("CHATCTL_USER"), "CHATCTL_USER"),
-                (prof.get("user"), "profile"),
-            )
-            if value
-        ),
-        (None, ""),
-    )
+    chosen_user = user or env.get("CHATCTL_USER") or prof.get("user")
     return Settings(
         url=url or env.get("CHATCTL_URL") or prof.get("url") or None,
         token=token
@@ -196,12 +185,18 @@ def resolve(
         or prof.get("token")
         or env.get("M3O_API_TOKEN")
         or None,
-        user=str(chosen_user) if chosen_user else LoginName(_login_name()),
+        user=str(chosen_user or _login_name()),
         profile=name,
         user_explicit=bool(chosen_user),
         ca_cert=_path(ca_cert or prof.get("ca_cert")),
-        user_from=user_from,
+        user_from=_user_from(user, prof),
     )
+
+
+def _user_from(flag: str | None, prof: dict[str, Any]) -> str:
+    """Which source gave the user, in the order of precedence; "" for none."""
+    given = ((flag, "--user"), (os.environ.get("CHATCTL_USER"), "CHATCTL_USER"))
+    return next((source for value, source in given if value), "profile" if prof.get("user") else "")
 
 
 def _path(value: str | None) -> str | None:

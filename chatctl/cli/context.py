@@ -59,7 +59,8 @@ class Invocation:
         own user where the server says who that is)."""
         if flag:
             self.user_flag = flag
-        return self.settings(flag).user
+        settings = self.settings(flag)
+        return settings.user if settings.user_explicit else config.LoginName(settings.user)
 
     def user_from(self) -> str:
         """Where the acting user came from: "--user", "CHATCTL_USER", "profile", or ""
