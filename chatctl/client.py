@@ -221,12 +221,12 @@ class Client:
         self._local = url is None
         #: the embedded local server is chatctl's own, of this very version.
         self.server = Server(ours=self._local)
+        #: the server's Whoami answer, once asked (``whoami``).
+        self.identity: dict[str, Any] | None = None
         self.base, self._uds = ("http://localhost", None) if url is None else parse_url(url)
         self.tls = self.base.startswith("https://")
         self._http: httpx.Client | None = None
         self._ssl: ssl.SSLContext | None = None
-        #: the server's Whoami answer, once asked (``whoami``).
-        self.identity: dict[str, Any] | None = None
 
     # -- plumbing -------------------------------------------------------------------------
 

@@ -159,59 +159,6 @@ _ClickException: type[Exception] = next(
 _TOKEN_HINT = "set a token with --token, CHATCTL_TOKEN or: chatctl config set token -"
 
 
-#: a user token's refusal to act as another user (issue 13): "…acts only as user U, not V".
-_BOUND_TO = re.compile(r"acts only as user (\S+), not (\S+)")
-
-
-def _bound_hint(inv: Invocation | None, token_user: str, named: str) -> str:
-    """What to do when a user token was asked to act as another user: it depends on
-    where that other user came from (``Invocation.user_from``)."""
-    source = inv.user_from() if inv is not None else ""
-    given = inv.settings(inv.user_flag).user if inv is not None else named
-    if named != given:
-        return f"the input names user {named}: leave user_id out, or make it {token_user}"
-    if source == "--user":
-        return f"leave out --user: this token acts only as {token_user}"
-    if source == "CHATCTL_USER":
-        return (
-            f"this token acts only as {token_user}: unset CHATCTL_USER (or set it to "
-            f"{token_user})"
-        )
-    if source == "profile":
-        return (
-            f"this token acts only as {token_user}, and the profile's user is {named}: "
-            f"chatctl config set user {token_user}"
-        )
-    # No user given, and a server that cannot say who the token is (no whoami).
-    return (
-        f"this server does not say whom a token acts as: give it, with --user {token_user}, "
-        f"CHATCTL_USER or: chatctl config set user {token_user}"
-    )
-
-
-def _forbidden_hint(inv: Invocation | None, detail: str) -> str:
-    """A 403 (a call's, or a stream's close 4403): membership, privacy, or the token."""
-    bound = _BOUND_TO.search(detail)
-    if bound:
-        return _bound_hint(inv, bound.group(1), bound.group(2))
-    if "creator" in detail:
-        return "ask the room's creator, or someone with an admin token"
-    if "kicked" in detail:
-        return "only the room's creator (or an admin token) can invite a kicked user back"
-    if "left the room" in detail:
-        return "join it again with: chatctl join ROOM (a private room needs an invitation)"
-    if "only a member" in detail:
-        return "ask a member of the room to invite them"
-    me = inv.token_user() if inv is not None else None
-    if me is not None:  # a user token, acting as its own user
-        return f"the room is private: ask a member to invite {me}: chatctl invite ROOM {me}"
-    return (
-        "the room is private or the user was removed: ask a member to invite this "
-        "user, or act as a member with --user or CHATCTL_USER (with an admin token: "
-        "a user token acts only as its own user)"
-    )
-
-
 def hint_for(e: ChatctlError, inv: Invocation | None = None) -> str | None:
     """The next step for the user after an error: the one place hints are worded. The
     run's ``inv`` says what happened (was --user given? whom does the token act as?)."""
@@ -289,6 +236,59 @@ def hint_for(e: ChatctlError, inv: Invocation | None = None) -> str | None:
         if e.code == 409:
             return "an Idempotency-Key was reused with a different request"
     return None
+
+
+#: a user token's refusal to act as another user (issue 13): "…acts only as user U, not V".
+_BOUND_TO = re.compile(r"acts only as user (\S+), not (\S+)")
+
+
+def _bound_hint(inv: Invocation | None, token_user: str, named: str) -> str:
+    """What to do when a user token was asked to act as another user: it depends on
+    where that other user came from (``Invocation.user_from``)."""
+    source = inv.user_from() if inv is not None else ""
+    given = inv.settings(inv.user_flag).user if inv is not None else named
+    if named != given:
+        return f"the input names user {named}: leave user_id out, or make it {token_user}"
+    if source == "--user":
+        return f"leave out --user: this token acts only as {token_user}"
+    if source == "CHATCTL_USER":
+        return (
+            f"this token acts only as {token_user}: unset CHATCTL_USER (or set it to "
+            f"{token_user})"
+        )
+    if source == "profile":
+        return (
+            f"this token acts only as {token_user}, and the profile's user is {named}: "
+            f"chatctl config set user {token_user}"
+        )
+    # No user given, and a server that cannot say who the token is (no whoami).
+    return (
+        f"this server does not say whom a token acts as: give it, with --user {token_user}, "
+        f"CHATCTL_USER or: chatctl config set user {token_user}"
+    )
+
+
+def _forbidden_hint(inv: Invocation | None, detail: str) -> str:
+    """A 403 (a call's, or a stream's close 4403): membership, privacy, or the token."""
+    bound = _BOUND_TO.search(detail)
+    if bound:
+        return _bound_hint(inv, bound.group(1), bound.group(2))
+    if "creator" in detail:
+        return "ask the room's creator, or someone with an admin token"
+    if "kicked" in detail:
+        return "only the room's creator (or an admin token) can invite a kicked user back"
+    if "left the room" in detail:
+        return "join it again with: chatctl join ROOM (a private room needs an invitation)"
+    if "only a member" in detail:
+        return "ask a member of the room to invite them"
+    me = inv.token_user() if inv is not None else None
+    if me is not None:  # a user token, acting as its own user
+        return f"the room is private: ask a member to invite {me}: chatctl invite ROOM {me}"
+    return (
+        "the room is private or the user was removed: ask a member to invite this "
+        "user, or act as a member with --user or CHATCTL_USER (with an admin token: "
+        "a user token acts only as its own user)"
+    )
 
 
 def _error(inv: Invocation, e: ChatctlError) -> None:
