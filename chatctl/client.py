@@ -35,6 +35,13 @@ A request using an extension the server does not have is never sent (Unsupported
 when nothing is known yet, one seed-shaped ``List`` (filtered by the user, so small)
 asks first. The embedded local server is chatctl's own: nothing to learn.
 
+Who the token acts as: a request whose acting user is the CLI's default (a
+``config.LoginName``: no user was configured) is sent as the token's own user where the
+server says who that is (``whoami``, asked once: ``Client.whoami``). Where the server
+was not known yet, the request goes as it would to any m3o server, and a 403 to it (a
+refusal changes nothing) is answered by asking and sending it once more as the token's
+user; servers without ``whoami`` get exactly the requests they always did.
+
 Retries of a change rest on the ``Idempotency-Key``, which only chatctl's server honours:
 on any other, a change is retried only when it provably never reached the server (no
 connection, or a 429); a connection lost mid-call or a gateway's 502/503/504 is reported
@@ -66,7 +73,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 import httpx
 
 from chatctl import __version__
-from chatctl.config import header_token
+from chatctl.config import LoginName, header_token
 from chatctl.errors import (
     APIError,
     CertificateError,
@@ -83,6 +90,7 @@ from chatctl.schema import (
     EXTENSIONS_HEADER,
     IDEMPOTENCY,
     SERVER_EXTENSIONS,
+    WHOAMI,
     Edition,
     Endpoint,
     edition_of,
@@ -214,6 +222,8 @@ class Client:
         self._local = url is None
         #: the embedded local server is chatctl's own, of this very version.
         self.server = Server(ours=self._local)
+        #: the server's Whoami answer, once asked (``whoami``).
+        self.identity: dict[str, Any] | None = None
         self.base, self._uds = ("http://localhost", None) if url is None else parse_url(url)
         self.tls = self.base.startswith("https://")
         self._http: httpx.Client | None = None
@@ -312,16 +322,60 @@ class Client:
         change carries ``key`` as its Idempotency-Key (a fresh one when None)."""
         spec = ENDPOINTS[endpoint]
         self.require(spec, body)
+        self.bound(spec, body)
         sent_as = self.server.edition
         try:
             return self._call(spec, in_edition(body, sent_as), key=key)
         except APIError as e:
             other = _other_edition(e, sent_as, body)
-            if other is None:
+            if other is not None:
+                # The other edition's server refused the id's name before doing anything.
+                self.server.edition = other
+            elif not self._rebound(spec, body, e):
                 raise
-        # The other edition's server refused the id's name before doing anything.
-        self.server.edition = other
-        return self._call(spec, in_edition(body, other), key=key)
+        return self._call(spec, in_edition(body, self.server.edition), key=key)
+
+    def whoami(self, user: str | None = None) -> dict[str, Any]:
+        """The server's Whoami answer (``{"identity": {...}}``: who the token acts as),
+        asked at most once per process; UnsupportedError from a server without
+        ``whoami`` (after one List, filtered by ``user``, when nothing is known of it)."""
+        if self.identity is None:
+            self.facts(user)
+            self.identity = self.call("Whoami", {})
+        return self.identity
+
+    def token_user(self) -> str | None:
+        """The user the token acts as, from the Whoami answer already had (None: not
+        asked, or an admin token, which acts as any user)."""
+        identity = (self.identity or {}).get("identity")
+        user = identity.get("user_id") if isinstance(identity, dict) else None
+        return user if isinstance(user, str) and user else None
+
+    def acting(self, user: str) -> str:
+        """``user``, or in place of the CLI's default (a ``LoginName``: none was given)
+        the token's own user, where the server says who that is (one Whoami, the first
+        time). Only a token can be bound to a user; an admin token acts as anyone."""
+        if isinstance(user, LoginName) and self.token and self.server.has(WHOAMI):
+            self.whoami()
+            return self.token_user() or user
+        return user
+
+    def bound(self, spec: Endpoint, body: dict[str, Any]) -> dict[str, Any]:
+        """The request with its acting user ``acting``, changed in place, so the caller
+        sees whom it acted as."""
+        user = body.get("user_id")
+        if spec.actor and isinstance(user, str):
+            body["user_id"] = self.acting(user)
+        return body
+
+    def _rebound(self, spec: Endpoint, body: dict[str, Any], refused: APIError) -> bool:
+        """After a 403 to a request sent as the CLI's default user before the server was
+        known: True (and the request bound to the token's user) when the server says the
+        token acts as someone else. A refusal changed nothing, so it may go again."""
+        if refused.code != 403 or self.identity is not None:
+            return False
+        before = body.get("user_id")
+        return self.bound(spec, body).get("user_id") != before
 
     def require(self, spec: Endpoint, body: dict[str, Any]) -> None:
         """Refuse (UnsupportedError) a request using extensions the server lacks; ask it
@@ -489,7 +543,7 @@ class Client:
         lost part-way is picked up after the last message read (``after``: the paging
         extension, which the caller made sure the server has)."""
         path = "/v1/chat/History"
-        request = in_edition(body, self.server.edition)
+        request = in_edition(self.bound(ENDPOINTS["History"], body), self.server.edition)
         last: str | None = None
         failures = 0
         deadline = time.monotonic() + self.timeout
@@ -893,6 +947,7 @@ class JoinStream:
         edition must be known first: one seed-shaped List asks when nothing has said."""
         client = self.client
         client.require(ENDPOINTS["Join"], body)
+        client.bound(ENDPOINTS["Join"], body)
         if client.server.edition is None and client.server.plain:
             user = body.get("user_id")
             client._call(ENDPOINTS["List"], {"user_id": user} if user else {})

@@ -194,6 +194,14 @@ def profile(config: dict[str, Any], name: str) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
+class LoginName(str):
+    """The user chatctl acts as when none was given (no --user, CHATCTL_USER or profile
+    user): the login name, marked as such, so that the transport may put the token's own
+    user in its place where the server says who the token acts as (``Client.bound``)."""
+
+    __slots__ = ()
+
+
 @dataclass(frozen=True)
 class Settings:
     """Where and as whom to talk, after every source has been weighed."""
@@ -206,6 +214,9 @@ class Settings:
     user_explicit: bool
     #: a PEM file of the CA to trust (alone) for https:// (flag, else the profile).
     ca_cert: str | None = None
+    #: where the user came from: "--user", "CHATCTL_USER", "profile", or "" (nowhere:
+    #: the login name).
+    user_from: str = ""
 
 
 def resolve(
@@ -243,7 +254,14 @@ def resolve(
         profile=name,
         user_explicit=bool(chosen_user),
         ca_cert=_path(ca_cert or prof.get("ca_cert")),
+        user_from=_user_from(user, prof),
     )
+
+
+def _user_from(flag: str | None, prof: dict[str, Any]) -> str:
+    """Which source gave the user, in the order of precedence; "" for none."""
+    given = ((flag, "--user"), (os.environ.get("CHATCTL_USER"), "CHATCTL_USER"))
+    return next((source for value, source in given if value), "profile" if prof.get("user") else "")
 
 
 def _path(value: str | None) -> str | None:

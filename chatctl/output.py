@@ -74,7 +74,10 @@ _KEYS = {
     "message": "message",
     "messages": "message",
     "event": "event",
+    "identity": "identity",
 }
+#: The fields of a Whoami answer's identity, in their order (tsv's columns).
+IDENTITY_FIELDS: tuple[str, ...] = ("tenant", "user_id", "admin", "open")
 
 # -- untrusted text ------------------------------------------------------------------------
 
@@ -205,6 +208,8 @@ def _fields(kind: str, item: dict[str, Any]) -> tuple[str, ...]:
     if kind == "message":
         grouped = "group_id" in item and "room_id" not in item
         return _GROUP_MESSAGE_FIELDS if grouped else MESSAGE_FIELDS
+    if kind == "identity":
+        return IDENTITY_FIELDS
     return tuple(item)
 
 
@@ -339,7 +344,11 @@ class TSVRenderer(Renderer):
 
 class IDRenderer(Renderer):
     def item(self, kind: str, item: dict[str, Any]) -> None:
-        if "id" in item:
+        if kind == "identity":
+            # Its id is its user (none for an admin token, which acts as anyone).
+            if item.get("user_id"):
+                self._line(tsv_cell(item["user_id"]))
+        elif "id" in item:
             self._line(tsv_cell(item["id"]))
 
 
@@ -406,6 +415,17 @@ class TableRenderer(_RichRenderer):
                         visible(m.get("id")),
                     ]
                     for m in rows
+                ]
+            elif kind == "identity":
+                columns = ("TENANT", "USER", "ADMIN", "OPEN")
+                cells = [
+                    [
+                        visible(r.get("tenant")) or "-",
+                        visible(r.get("user_id")) or ("any" if r.get("admin") is True else "-"),
+                        "yes" if r.get("admin") is True else "no",
+                        "yes" if r.get("open") is True else "no",
+                    ]
+                    for r in rows
                 ]
             else:
                 keys = list(rows[0]) if rows else []

@@ -22,6 +22,7 @@ __all__ = [
     "MESSAGE_FIELDS",
     "ROOM_FIELDS",
     "SERVER_EXTENSIONS",
+    "WHOAMI",
     "Edition",
     "Endpoint",
     "Event",
@@ -129,10 +130,17 @@ class Endpoint:
     name: str
     summary: str
     request: tuple[Field, ...]
-    #: the key of the response object: room, rooms, message or messages.
-    response: Literal["room", "rooms", "message", "messages"]
+    #: the key of the response object: room, rooms, message, messages or identity.
+    response: Literal["room", "rooms", "message", "messages", "identity"]
     #: True when a call changes something (so an Idempotency-Key makes sense).
     mutating: bool
+    #: True when the request's ``user_id`` names the acting user (Send, Join, History,
+    #: Leave): a user token may name only its own user there, and leaving it out means
+    #: the token's user. (For Invite and Kick it names the target; for List, a filter.)
+    actor: bool = False
+    #: For an endpoint m3o did not have: the extension that announces it
+    #: (``EXTENSIONS_HEADER``); None for m3o's own.
+    extension: str | None = None
 
     @property
     def id(self) -> str:
@@ -202,6 +210,7 @@ ENDPOINTS: dict[str, Endpoint] = {
             ),
             "message",
             True,
+            actor=True,
         ),
         Endpoint(
             "History",
@@ -234,6 +243,7 @@ ENDPOINTS: dict[str, Endpoint] = {
             ),
             "messages",
             False,
+            actor=True,
         ),
         Endpoint("Kick", "Kick a user from a chat room", (_ROOM_ID, _USER_ID), "room", True),
         Endpoint(
@@ -284,8 +294,17 @@ ENDPOINTS: dict[str, Endpoint] = {
             ),
             "message",
             False,
+            actor=True,
         ),
-        Endpoint("Leave", "Leave a chat room", (_ROOM_ID, _USER_ID), "room", True),
+        Endpoint("Leave", "Leave a chat room", (_ROOM_ID, _USER_ID), "room", True, actor=True),
+        Endpoint(
+            "Whoami",
+            "Who the token acts as: its tenant, its user, and whether it is an admin",
+            (),
+            "identity",
+            False,
+            extension="whoami",
+        ),
     )
 }
 
@@ -302,7 +321,10 @@ EXTENSIONS_HEADER = "Chat-Extensions"
 IDEMPOTENCY = "idempotency-key"
 #: bulk-send: ``POST /v1/chat/Send`` takes many SendRequests as NDJSON (contract part 3).
 BULK_SEND = "bulk-send"
-#: The extensions chatctl's server has: each request field's ``extension``, and the key.
+#: whoami: ``POST /v1/chat/Whoami`` says who the token acts as (contract part 3).
+WHOAMI = "whoami"
+#: The extensions chatctl's server has: each request field's ``extension``, the key,
+#: and each endpoint's ``extension``.
 SERVER_EXTENSIONS: tuple[str, ...] = (
     "paging",
     "history-user",
@@ -312,6 +334,7 @@ SERVER_EXTENSIONS: tuple[str, ...] = (
     "include-own",
     IDEMPOTENCY,
     BULK_SEND,
+    WHOAMI,
 )
 
 #: m3o's two editions: the seed's "room" names, and the final "group" names (part 4).
@@ -324,12 +347,16 @@ def parse_extensions(value: str) -> frozenset[str]:
 
 
 def extensions_of(endpoint: Endpoint, body: dict[str, Any]) -> set[str]:
-    """The extensions a request body uses (a field given with a value that is not null)."""
-    return {
+    """The extensions a request uses: the endpoint's own, if it is one, and each field
+    given with a value that is not null."""
+    used = {
         f.extension
         for f in endpoint.request
         if f.extension is not None and body.get(f.name) is not None
     }
+    if endpoint.extension is not None:
+        used.add(endpoint.extension)
+    return used
 
 
 def edition_of(answer: dict[str, Any]) -> Edition | None:

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING
 from chatctl.cli.run import Call, OneByOne, Outcome
 from chatctl.client import BulkCut, NoBulk, backoff
 from chatctl.errors import APIError, ChatctlError, UsageError
-from chatctl.schema import BULK_SEND, in_edition
+from chatctl.schema import BULK_SEND, ENDPOINTS, in_edition
 
 if TYPE_CHECKING:
     from chatctl.cli.context import Invocation
@@ -144,7 +144,11 @@ class BulkSender:
         client = self.inv.client
         first = self._number(len(calls))
         edition = client.server.edition
-        lines = [json.dumps(in_edition(call.body, edition)).encode() for call in calls]
+        send = ENDPOINTS["Send"]
+        lines = [
+            json.dumps(in_edition(client.bound(send, call.body), edition)).encode()
+            for call in calls
+        ]
         done = 0  # calls answered
         failures = 0
         deadline = time.monotonic() + client.timeout

@@ -42,6 +42,9 @@ class Invocation:
         self._client: Client | None = None
         self._settings: dict[str | None, config.Settings] = {}
         self._rooms: list[dict[str, Any]] | None = None
+        #: the command's --user, when given (hints say what to leave out).
+        self.user_flag: str | None = None
+        self._token_user: str | None = None
 
     def settings(self, user: str | None = None) -> config.Settings:
         """Where and as whom to talk: the options over the environment and the profile."""
@@ -51,8 +54,18 @@ class Invocation:
         return self._settings[user]
 
     def acting_user(self, flag: str | None = None) -> str:
-        """The user every command acts or reads as: --user, else the settings' user."""
-        return self.settings(flag).user
+        """The user every command acts or reads as: --user, else the settings' user (a
+        ``config.LoginName`` when none was given, which the client binds to the token's
+        own user where the server says who that is)."""
+        if flag:
+            self.user_flag = flag
+        settings = self.settings(flag)
+        return settings.user if settings.user_explicit else config.LoginName(settings.user)
+
+    def user_from(self) -> str:
+        """Where the acting user came from: "--user", "CHATCTL_USER", "profile", or ""
+        (nowhere: the login name, or the token's own user)."""
+        return "--user" if self.user_flag else self.settings().user_from
 
     @property
     def client(self) -> Client:
@@ -101,8 +114,16 @@ class Invocation:
         with contextlib.suppress(OSError, ValueError):
             print(f"chatctl: {visible(text)}", file=self.stderr, flush=True)
 
+    def token_user(self) -> str | None:
+        """The user the token acts as, if the server said so during this run (never
+        asked here: an error's hint reads it after the client is closed)."""
+        if self._client is not None:
+            self._token_user = self._client.token_user()
+        return self._token_user
+
     def close(self) -> None:
         if self._client is not None:
+            self.token_user()
             self._client.close()
             self._client = None
 

@@ -99,7 +99,7 @@ def join(
     request: dict[str, Any] = {"user_id": user, "events": events or None}
     if include_own:
         request["include_own"] = True
-    defaults = {"user_id": inv.acting_user()}
+    defaults = {"user_id": inv.acting_user(user)}
     body = run.build_requests(inv, "Join", request, defaults, room=room)[0].body
     client = inv.client
     # What only the server can do is checked before anything is sent (m3o's Join fails
@@ -233,7 +233,8 @@ class _Tail:
         self.inv = inv
         self.printer = printer
         self.room_id: str = request["room_id"]
-        self.user_id: str = request["user_id"]
+        #: the JoinRequest, whose user the stream binds to the token's own (in place)
+        self.request = request
         self.include_own = include_own
         self.count = count
         self.printed = 0
@@ -260,7 +261,7 @@ class _Tail:
         sent = time_ns(message.get("sent_at"))
         if sent is not None and (self.latest_ns is None or sent > self.latest_ns):
             self.latest_ns = sent
-        if not self.include_own and message.get("user_id") == self.user_id:
+        if not self.include_own and message.get("user_id") == self.request["user_id"]:
             return False
         self.printer.response({"message": message})
         self.printed += 1

@@ -9,13 +9,14 @@ call the client and hand responses to a renderer.
 
 import contextlib
 import os
+import re
 import sys
 from typing import Annotated
 
 import typer
 
 from chatctl import __version__
-from chatctl.cli import completion, config_cmd, join, members, messages, rooms
+from chatctl.cli import completion, config_cmd, identity, join, members, messages, rooms
 from chatctl.cli.context import Invocation, invocation
 from chatctl.cli.options import (
     CaCertOpt,
@@ -41,6 +42,7 @@ from chatctl.errors import (
     StreamClosed,
     UnsupportedError,
 )
+from chatctl.schema import WHOAMI
 from chatctl.wire import CLOSE_FORBIDDEN, CLOSE_TOO_SLOW, close_code_for
 
 app = typer.Typer(
@@ -53,13 +55,14 @@ app = typer.Typer(
 # In the order of a room's life, so the help's examples run top to bottom.
 _COMMANDS = {
     c.callback.__name__: c
-    for family in (rooms, members, messages, join)
+    for family in (rooms, members, messages, join, identity)
     for c in family.app.registered_commands
     if c.callback is not None
 }
 for name in ("create", "invite", "send", "history", "list_rooms", "join", "kick", "leave"):
     app.registered_commands.append(_COMMANDS[name])
 app.registered_commands.append(_COMMANDS["delete"])
+app.registered_commands.append(_COMMANDS["whoami"])
 app.add_typer(serve_app, name="serve")
 app.command("completion")(completion.completion)
 app.add_typer(config_cmd.app, name="config")
@@ -156,8 +159,9 @@ _ClickException: type[Exception] = next(
 _TOKEN_HINT = "set a token with --token, CHATCTL_TOKEN or: chatctl config set token -"
 
 
-def hint_for(e: ChatctlError) -> str | None:
-    """The next step for the user after an error: the one place hints are worded."""
+def hint_for(e: ChatctlError, inv: Invocation | None = None) -> str | None:
+    """The next step for the user after an error: the one place hints are worded. The
+    run's ``inv`` says what happened (was --user given? whom does the token act as?)."""
     if e.hint:
         return e.hint
     if e.outcome_unknown:
@@ -167,6 +171,11 @@ def hint_for(e: ChatctlError) -> str | None:
             "list) before trying again"
         )
     if isinstance(e, UnsupportedError):
+        if e.feature == WHOAMI:
+            return (
+                "an m3o token acts as any user: name yours with --user, CHATCTL_USER or: "
+                "chatctl config set user ID"
+            )
         return (
             "that needs chatctl's own server (chatctl serve); against other m3o servers, "
             "run without that option"
@@ -205,7 +214,7 @@ def hint_for(e: ChatctlError) -> str | None:
         if e.close_code == CLOSE_TOO_SLOW:
             return "this reader fell behind; resume with --since the last message id"
         if e.close_code == CLOSE_FORBIDDEN:
-            return "ask a member to invite you again: chatctl invite ROOM USER"
+            return _forbidden_hint(inv, e.reason)
         if e.close_code == close_code_for(401):  # refused or revoked token
             return _TOKEN_HINT
         return None
@@ -217,19 +226,8 @@ def hint_for(e: ChatctlError) -> str | None:
             )
         if e.code == 401:
             return _TOKEN_HINT
-        if e.code == 403 and "acts only as user" in detail:  # a user token (issue 13)
-            return (
-                "leave out --user, or set the profile's user to the token's: "
-                "chatctl config set user ID"
-            )
-        if e.code == 403 and "creator" in detail:
-            return "ask the room's creator, or someone with an admin token"
         if e.code == 403:
-            return (
-                "the room is private or the user was removed: ask a member to invite this "
-                "user, or act as a member with --user or CHATCTL_USER (with an admin token: "
-                "a user token acts only as its own user)"
-            )
+            return _forbidden_hint(inv, e.detail)
         if e.code == 429:
             wait = f" (retry after {e.retry_after:g}s)" if e.retry_after is not None else ""
             return f"the server limits this token's calls{wait}; retry later, or raise --timeout"
@@ -240,11 +238,64 @@ def hint_for(e: ChatctlError) -> str | None:
     return None
 
 
+#: a user token's refusal to act as another user (issue 13): "…acts only as user U, not V".
+_BOUND_TO = re.compile(r"acts only as user (\S+), not (\S+)")
+
+
+def _bound_hint(inv: Invocation | None, token_user: str, named: str) -> str:
+    """What to do when a user token was asked to act as another user: it depends on
+    where that other user came from (``Invocation.user_from``)."""
+    source = inv.user_from() if inv is not None else ""
+    given = inv.settings(inv.user_flag).user if inv is not None else named
+    if named != given:
+        return f"the input names user {named}: leave user_id out, or make it {token_user}"
+    if source == "--user":
+        return f"leave out --user: this token acts only as {token_user}"
+    if source == "CHATCTL_USER":
+        return (
+            f"this token acts only as {token_user}: unset CHATCTL_USER (or set it to "
+            f"{token_user})"
+        )
+    if source == "profile":
+        return (
+            f"this token acts only as {token_user}, and the profile's user is {named}: "
+            f"chatctl config set user {token_user}"
+        )
+    # No user given, and a server that cannot say who the token is (no whoami).
+    return (
+        f"this server does not say whom a token acts as: give it, with --user {token_user}, "
+        f"CHATCTL_USER or: chatctl config set user {token_user}"
+    )
+
+
+def _forbidden_hint(inv: Invocation | None, detail: str) -> str:
+    """A 403 (a call's, or a stream's close 4403): membership, privacy, or the token."""
+    bound = _BOUND_TO.search(detail)
+    if bound:
+        return _bound_hint(inv, bound.group(1), bound.group(2))
+    if "creator" in detail:
+        return "ask the room's creator, or someone with an admin token"
+    if "kicked" in detail:
+        return "only the room's creator (or an admin token) can invite a kicked user back"
+    if "left the room" in detail:
+        return "join it again with: chatctl join ROOM (a private room needs an invitation)"
+    if "only a member" in detail:
+        return "ask a member of the room to invite them"
+    me = inv.token_user() if inv is not None else None
+    if me is not None:  # a user token, acting as its own user
+        return f"the room is private: ask a member to invite {me}: chatctl invite ROOM {me}"
+    return (
+        "the room is private or the user was removed: ask a member to invite this "
+        "user, or act as a member with --user or CHATCTL_USER (with an admin token: "
+        "a user token acts only as its own user)"
+    )
+
+
 def _error(inv: Invocation, e: ChatctlError) -> None:
     from chatctl.output import visible  # a detail may be the server's text: escape it
 
     lines = [f"error: {e.message}"]
-    hint = hint_for(e)
+    hint = hint_for(e, inv)
     if hint:
         lines.append(f"hint: {hint}")
     if e.summary:

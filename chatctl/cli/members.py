@@ -85,6 +85,6 @@ def leave(
     """
     inv = invocation(ctx)
     calls = run.build_requests(
-        inv, "Leave", {"user_id": user}, {"user_id": inv.acting_user()}, room=room
+        inv, "Leave", {"user_id": user}, {"user_id": inv.acting_user(user)}, room=room
     )
     run.call_all(inv, "Leave", calls, total=len(calls))

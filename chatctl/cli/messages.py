@@ -78,7 +78,7 @@ def send(
     inv = invocation(ctx)
     bulk.check_batch_key(batch_key)
     flags: dict[str, Any] = {"user_id": user, "subject": subject, "client": client_label}
-    defaults = {"user_id": inv.acting_user()}
+    defaults = {"user_id": inv.acting_user(user)}
     if lines:
         if text is not None:
             raise UsageError("give either TEXT or --lines, not both")
@@ -155,7 +155,7 @@ def history(
         inv,
         "History",
         {"before": before, "after": after, "limit": None, "user_id": user},
-        {"user_id": inv.acting_user()},
+        {"user_id": inv.acting_user(user)},
         room=room,
     )
     out = inv.renderer(batch=len(calls) > 1)

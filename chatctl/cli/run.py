@@ -159,9 +159,11 @@ def build_requests(
             check_request(endpoint, request, len(calls) + 1, total)
             calls.append(Call(request, where))
             rooms.append(named)
+    actor = ENDPOINTS[endpoint].actor
     for call, named in zip(calls, rooms, strict=True):
         if named is not None:
-            call.body["room_id"] = resolve_room(inv, named)
+            user = call.body.get("user_id") if actor else None
+            call.body["room_id"] = resolve_room(inv, named, user)
     return calls
 
 
@@ -197,14 +199,24 @@ def _missing_hint(detail: str) -> str | None:
     return None
 
 
-def resolve_room(inv: Invocation, room: str) -> str:
-    """A room id as is; a room name through List. Unknown or ambiguous names are errors."""
+def resolve_room(inv: Invocation, room: str, user: Any = None) -> str:
+    """A room id as is; a room name through List: among the rooms the acting user
+    (``user``, else the run's) is in first, then among all the token sees, so that a room
+    someone else named alike (a public one, say) cannot take the name from the user's
+    own. Unknown names, and names the user's rooms do not settle, are errors."""
     if _UUID.match(room):
         return room
     from chatctl.output import visible
 
     rooms = inv.listed_rooms()
     matches = [r for r in rooms if r.get("name") == room]
+    if len(matches) > 1:
+        # Who acts is asked only now, when it matters (a Whoami at most, once a run).
+        me = inv.client.acting(user if isinstance(user, str) else inv.acting_user())
+        mine = [
+            r for r in matches if isinstance(r.get("user_ids"), list) and me in r["user_ids"]
+        ]
+        matches = mine or matches
     if len(matches) == 1:
         return str(matches[0]["id"])
     if not matches:

@@ -39,7 +39,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from chatctl.server.tokens import Principal
+from chatctl.schema import ENDPOINTS
+from chatctl.server.tokens import NAMED_TENANT, OPEN, Principal
 
 __all__ = [
     "ListScope",
@@ -51,11 +52,12 @@ __all__ = [
     "idempotency_scope",
     "list_scope",
     "visible",
+    "whoami",
 ]
 
 #: endpoints whose ``user_id`` names the actor (for Invite and Kick it names the target,
-#: for List it is a filter).
-_ACTOR_FIELD = frozenset({"Send", "Join", "History", "Leave"})
+#: for List it is a filter): declared with the endpoint (``schema.Endpoint.actor``).
+_ACTOR_FIELD = frozenset(name for name, e in ENDPOINTS.items() if e.actor)
 
 
 class Refusal(Exception):
@@ -176,3 +178,18 @@ def idempotency_scope(principal: Principal, key: str) -> str:
     could replay another user's key and get back the answer to a call (a Delete, say)
     they were never allowed to make. Admin tokens keep the tenant's keys as before."""
     return key if principal.user is None else f"{principal.token_id}:{key}"
+
+
+def whoami(principal: Principal) -> dict[str, Any]:
+    """Who the token acts as, for Whoami (contract part 3), answered from the token alone:
+    its tenant's name (``""`` for a token that is its own tenant, whose key is a hash, and
+    on an open server), its user (``""`` for an admin token, which acts as anyone), whether
+    it is an admin, and whether the server is open (no tokens). Never the token, nor any
+    hash: a tenant keyed by one is unnamed."""
+    tenant = principal.tenant
+    return {
+        "tenant": tenant[len(NAMED_TENANT) :] if tenant.startswith(NAMED_TENANT) else "",
+        "user_id": principal.user or "",
+        "admin": principal.admin,
+        "open": principal == OPEN,
+    }

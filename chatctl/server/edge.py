@@ -26,6 +26,8 @@
   rules) have its id, ``chat.send``. The rules' refusals map to statuses in ``STATUS``.
   Storage failing is 503 with a generic detail; its cause, which may name internal hosts,
   goes to the server's log only. A 500 is only ever a bug of ours (``accesslog``).
+- ``Whoami`` (the ``whoami`` extension) is answered from the principal alone
+  (``access.whoami``): no storage, no room.
 - A History of any size is sent as the rules read it, part by part, without a
   Content-Length; every other answer is one body with its length.
 """
@@ -74,6 +76,7 @@ log = logging.getLogger("chatctl.server")
 
 CHAT_PREFIX = "/v1/chat/"
 JOIN = ENDPOINTS["Join"]
+WHOAMI = ENDPOINTS["Whoami"]
 _MAX_IDEMPOTENCY_KEY = 255
 #: the HTTP status of each kind of refusal the rules raise.
 STATUS: dict[type[Refused], int] = {Invalid: 400, Forbidden: 403, NotFound: 404, Conflict: 409}
@@ -366,6 +369,8 @@ class Edge:
         req = validate(endpoint, body, self.config, raw)
         if endpoint is JOIN:
             return await self.streams.ndjson(principal, req, edition)
+        if endpoint is WHOAMI:  # the token alone answers it: no storage, no room
+            return JSONAnswer(encode({"identity": access.whoami(principal)}).encode())
         key = request.headers.get("idempotency-key") if endpoint.mutating else None
         if key is not None:
             if not (0 < len(key) <= _MAX_IDEMPOTENCY_KEY):

@@ -53,6 +53,7 @@ _RESPONSES: dict[str, dict[str, Any]] = {
     "rooms": {"rooms": _ROOMS, "groups": _ROOMS},
     "message": {"message": _MESSAGE},
     "messages": {"messages": {"type": "array", "items": _MESSAGE}},
+    "identity": {"identity": {"$ref": "#/components/schemas/Identity"}},
 }
 
 _TIME = {"type": "string", "format": "date-time", "description": "RFC 3339, UTC, nanoseconds."}
@@ -168,6 +169,8 @@ def _operation(endpoint: Endpoint, limits: Limits, edition: str) -> dict[str, An
     }
     if endpoint.mutating:
         op["parameters"] = [{"$ref": "#/components/parameters/IdempotencyKey"}]
+    if endpoint.extension:
+        op["x-chatctl-extension"] = True
     if name == "Join":
         op["description"] = (
             "A WebSocket at this path (token in Authorization or Sec-WebSocket-Protocol): send "
@@ -202,6 +205,12 @@ def _operation(endpoint: Endpoint, limits: Limits, edition: str) -> dict[str, An
         op["responses"]["200"]["links"] = _links(edition)
     if name == "Send":
         _bulk_send(op)
+    if name == "Whoami":
+        op["description"] = (
+            "Who the token acts as (extension whoami), answered from the token alone: the "
+            "tenant's name, the user a user token acts as, whether it is an admin token "
+            "(which acts as any user), and whether the server is open (no tokens)."
+        )
     return op
 
 
@@ -289,6 +298,30 @@ def openapi_document(limits: Limits | None = None, edition: str = "both") -> dic
                     "properties": {"event": {"$ref": "#/components/schemas/Event"}},
                 },
             ]
+        },
+        "Identity": {
+            "type": "object",
+            "x-chatctl-extension": True,
+            "required": ["tenant", "user_id", "admin", "open"],
+            "properties": {
+                "tenant": {
+                    "type": "string",
+                    "description": "The tenant's name (tenant=NAME); empty for a token that "
+                    "is its own tenant, and on an open server.",
+                },
+                "user_id": {
+                    "type": "string",
+                    "description": "The user a user token acts as; empty for an admin token.",
+                },
+                "admin": {
+                    "type": "boolean",
+                    "description": "An admin token: acts as any user of its tenant.",
+                },
+                "open": {
+                    "type": "boolean",
+                    "description": "The server has no tokens (loopback only; one admin).",
+                },
+            },
         },
         "Error": {
             "type": "object",

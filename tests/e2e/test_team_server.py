@@ -11,6 +11,7 @@ import contextlib
 import hashlib
 import json
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -499,6 +500,29 @@ def test_streams_are_capped_per_token_not_rate_limited(limited: ServerProcess) -
         assert time.monotonic() < deadline
 
 
+@pytest.mark.parametrize(
+    ("token", "tenant", "user", "admin"),
+    [
+        (ALICE, "acme", "alice", False),
+        (BOB, "acme", "bob", False),  # held as a hash
+        (ADMIN, "acme", "", True),
+        (OPS, "acme", "", True),
+        (GLOBEX_ALICE, "globex", "alice", False),
+        (LEGACY, "", "", True),  # its own tenant, keyed by its hash: not shown
+    ],
+    ids=["user", "hashed-user", "admin", "hashed-admin", "other-tenant", "legacy"],
+)
+def test_whoami_says_whom_each_token_acts_as(
+    team: ServerProcess, token: str, tenant: str, user: str, admin: bool
+) -> None:
+    r = call(team, token, "Whoami", {})
+    assert r.status_code == 200, r.text
+    identity = {"tenant": tenant, "user_id": user, "admin": admin, "open": False}
+    assert r.json() == {"identity": identity}
+    assert token not in r.text and hashlib.sha256(token.encode()).hexdigest() not in r.text
+    assert call(team, UNKNOWN, "Whoami", {}).status_code == 401
+
+
 # -- the CLI with a user token ----------------------------------------------------------------
 
 
@@ -510,8 +534,7 @@ def test_the_cli_with_a_user_token_says_what_went_wrong(team: ServerProcess, roo
     assert r.returncode == 4
     assert r.stderr.splitlines() == [
         "error: this token acts only as user alice, not bob (chat.send, HTTP 403)",
-        "hint: leave out --user, or set the profile's user to the token's: chatctl config set"
-        " user ID",
+        "hint: leave out --user: this token acts only as alice",
     ]
     bob = cli_env(team, CHATCTL_TOKEN=BOB, CHATCTL_USER="bob")
     r = chatctl("kick", rooms.private, "alice", "--yes", env=bob)
@@ -523,6 +546,41 @@ def test_the_cli_with_a_user_token_says_what_went_wrong(team: ServerProcess, roo
     ]
     r = chatctl("send", rooms.private, "fine", "-o", "id", env=alice)
     assert r.returncode == 0, r.stderr
+
+
+def test_a_room_name_resolves_among_the_acting_users_rooms_first(
+    team: ServerProcess, tmp_path: Path
+) -> None:
+    """Issue 22: bob names a public room like alice's; each one's commands by that name
+    still reach their own room (no user configured: the token's), and so do an admin
+    token's acting as one of them. Where the acting user's rooms do not settle it (carol
+    is in neither; alice in both, once invited), the name is ambiguous: exit 2, nothing
+    sent."""
+    from tests.helpers import chatctl, fresh_home_env
+
+    name = f"general-{uuid.uuid4().hex[:8]}"
+    alices = ok(team, ALICE, "Create", {"name": name})["room"]["id"]
+    bobs = ok(team, BOB, "Create", {"name": name})["room"]["id"]
+    env = fresh_home_env(tmp_path / "home", CHATCTL_URL=team.url)
+    alice, carol = {**env, "CHATCTL_TOKEN": ALICE}, {**env, "CHATCTL_TOKEN": CAROL}
+    for token, room in ((ALICE, alices), (BOB, bobs)):
+        r = chatctl("send", name, "mine", "-o", "json", env={**env, "CHATCTL_TOKEN": token})
+        assert r.returncode == 0, r.stderr
+        assert json.loads(r.stdout)["message"]["room_id"] == room
+    r = chatctl("history", name, "--user", "bob", "-o", "id", "--token", ADMIN, env=env)
+    assert r.returncode == 0, r.stderr
+    assert [ok(team, ADMIN, "History", {"room_id": bobs})["messages"][0]["id"]] == r.stdout.split()
+
+    def ambiguous(r: Any) -> None:
+        assert r.returncode == 2, r.stderr
+        assert r.stderr.startswith(f"error: 2 rooms are named '{name}': ")
+        assert r.stderr.splitlines()[1] == "hint: name the room by its id instead"
+
+    ambiguous(chatctl("send", name, "whose?", env=carol))
+    ok(team, BOB, "Invite", {"room_id": bobs, "user_id": "alice"})
+    ambiguous(chatctl("send", name, "which?", env=alice))
+    for room in (alices, bobs):
+        assert len(ok(team, ADMIN, "History", {"room_id": room})["messages"]) == 1
 
 
 def test_a_join_closed_before_it_sends_its_request_says_why(
@@ -549,9 +607,18 @@ def test_a_join_closed_before_it_sends_its_request_says_why(
         stream.close()
     finally:
         client.close()
-    r = chatctl("join", rooms.private, "--count", "1", env=cli_env(team, CHATCTL_TOKEN=UNKNOWN))
+    env = cli_env(team, CHATCTL_TOKEN=UNKNOWN, CHATCTL_USER="alice")
+    r = chatctl("join", rooms.private, "--count", "1", env=env)
     assert r.returncode == 4
     assert r.stderr.splitlines() == [
         "error: stream closed: Unauthorized (close 4401)",
+        "hint: set a token with --token, CHATCTL_TOKEN or: chatctl config set token -",
+    ]
+    # With no user configured, the Whoami asked after the handshake is refused first.
+    del env["CHATCTL_USER"]
+    r = chatctl("join", rooms.private, "--count", "1", env=env)
+    assert r.returncode == 4
+    assert r.stderr.splitlines() == [
+        "error: Unauthorized (v1, HTTP 401)",
         "hint: set a token with --token, CHATCTL_TOKEN or: chatctl config set token -",
     ]

@@ -18,7 +18,7 @@ import httpx
 import pytest
 import trustme
 
-from tests.helpers import chatctl, cli_env, free_port, wait_for
+from tests.helpers import chatctl, cli_env, free_port, fresh_home_env, wait_for
 
 ALICE = "tok-tls-alice-41c7"
 BOB = "tok-tls-bob-9e02"
@@ -130,3 +130,54 @@ def test_a_ca_cert_that_cannot_be_read_is_a_usage_error(tls_server: TLSServer) -
     r = chatctl("list", "--ca-cert", "/nonexistent/ca.pem", env=cli_env(CHATCTL_URL=tls_server.url))
     assert r.returncode == 2
     assert r.stderr.startswith("error: cannot use the CA certificate /nonexistent/ca.pem")
+
+
+def test_a_members_first_commands_act_as_the_tokens_user(
+    tls_server: TLSServer, tmp_path: Path
+) -> None:
+    """Issue 22: a user token and no user anywhere (a fresh HOME: no profile, no
+    CHATCTL_USER), given by CHATCTL_TOKEN (alice) and by --token (bob): every command acts
+    as the token's user; naming another user is still refused, with a hint that fits."""
+    home = fresh_home_env(tmp_path / "home", CHATCTL_URL=tls_server.url)
+    ca = ["--ca-cert", str(tls_server.ca)]
+    alice = {**home, "CHATCTL_TOKEN": ALICE}
+    bob = ["--token", BOB, *ca]
+
+    r = chatctl("whoami", "-o", "json", *ca, env=alice)
+    assert r.returncode == 0, r.stderr
+    identity = {"tenant": "team", "user_id": "alice", "admin": False, "open": False}
+    assert json.loads(r.stdout) == {"identity": identity}
+    r = chatctl("whoami", "-o", "id", *bob, env=home)
+    assert (r.returncode, r.stdout) == (0, "bob\n"), r.stderr
+
+    r = chatctl("create", "lobby", "-o", "id", *bob, env=home)
+    assert r.returncode == 0, r.stderr
+    room = r.stdout.strip()
+    r = chatctl("send", room, "hello from bob", "-o", "jsonl", *bob, env=home)
+    assert r.returncode == 0, r.stderr
+    # A public room: alice's join makes her a member, as alice.
+    r = chatctl(
+        "join", "lobby", "--history", "1", "--count", "1", "-o", "jsonl", *ca,
+        env=alice, timeout=30,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["user_id"] == "bob"
+    r = chatctl("send", "lobby", "hi", "-o", "jsonl", *ca, env=alice)
+    assert r.returncode == 0, r.stderr
+    r = chatctl("send", "lobby", "--lines", "-o", "jsonl", *ca, env=alice, input="one\ntwo\n")
+    assert r.returncode == 0, r.stderr
+    r = chatctl("history", "lobby", "-o", "jsonl", *ca, env=alice)
+    assert r.returncode == 0, r.stderr
+    said = [(m["user_id"], m["text"]) for m in map(json.loads, r.stdout.splitlines())]
+    assert said == [("bob", "hello from bob"), ("alice", "hi"), ("alice", "one"), ("alice", "two")]
+
+    for args in (["send", "lobby", "as bob"], ["join", room, "--count", "1"]):
+        r = chatctl(*args, "--user", "bob", *ca, env=alice, timeout=30)
+        assert r.returncode == 4, r.stderr
+        error, *hint = r.stderr.splitlines()
+        assert "this token acts only as user alice, not bob" in error
+        assert hint == ["hint: leave out --user: this token acts only as alice"]
+
+    r = chatctl("leave", "lobby", "-o", "json", *ca, env=alice)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["room"]["user_ids"] == ["bob"]

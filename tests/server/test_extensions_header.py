@@ -15,7 +15,10 @@ from tests.server.conftest import LiveServer
 
 #: Written out, not imported: clients of other projects read this exact header.
 HEADER = "Chat-Extensions"
-VALUE = "paging, history-user, resume, replay, events, include-own, idempotency-key, bulk-send"
+VALUE = (
+    "paging, history-user, resume, replay, events, include-own, idempotency-key, bulk-send,"
+    " whoami"
+)
 
 
 def test_on_unary_answers_and_every_kind_of_error(
