@@ -413,7 +413,7 @@ def test_events(server: LiveServer) -> None:
 def test_slow_reader_is_closed_4008_without_holding_up_the_room(
     live_server: Callable[..., LiveServer],
 ) -> None:
-    srv = live_server(stream_queue=4, limits=Limits(max_text_bytes=200_000))
+    srv = live_server(stream_queue=4, limits=Limits(max_text_chars=200_000))
 
     async def scenario() -> None:
         async with client(srv) as http:
