@@ -156,6 +156,7 @@ def test_an_open_server_serves_only_the_pages_it_allows(
     with pytest.raises(InvalidStatus) as refused, connect(ws_url(srv), origin=OTHER):
         pass
     assert refused.value.response.status_code == 403
+    assert json.loads(refused.value.response.body)["detail"] == detail
 
     allowing = live_server(cors_origins=(PAGE,))
     with httpx.Client(base_url=allowing.url, headers={"Origin": PAGE}) as c:
