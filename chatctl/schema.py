@@ -88,15 +88,17 @@ _DEFAULTS: dict[str, Any] = {"string": "", "boolean": False, "integer": 0, "stri
 
 @dataclass(frozen=True)
 class Limits:
-    """Size limits the server enforces; each is a ``chatctl serve`` flag."""
+    """Size limits the server enforces; each is a ``chatctl serve`` flag. A field's length
+    (``*_chars``) counts characters (code points), as the OpenAPI document's ``maxLength``
+    does; a body's (``max_body_bytes``) counts bytes."""
 
     max_body_bytes: int = 1024 * 1024
-    max_text_bytes: int = 64 * 1024
-    max_name_bytes: int = 256
-    max_description_bytes: int = 4096
-    max_subject_bytes: int = 1024
-    max_user_id_bytes: int = 256
-    max_client_bytes: int = 256
+    max_text_chars: int = 64 * 1024
+    max_name_chars: int = 256
+    max_description_chars: int = 4096
+    max_subject_chars: int = 1024
+    max_user_id_chars: int = 256
+    max_client_chars: int = 256
     max_rooms_per_tenant: int = 10_000
     max_members_per_room: int = 10_000
     max_history_page: int = 1000
@@ -110,7 +112,8 @@ class Field:
     description: str
     #: m3o's detail when the field is missing or empty, e.g. "missing room id".
     required: str | None = None
-    #: the attribute of Limits that bounds its length in UTF-8 bytes (or each item's).
+    #: the attribute of Limits that bounds its length in characters (Unicode code points,
+    #: as JSON Schema's maxLength counts them), or each item's.
     limit: str | None = None
     #: For chatctl's extensions beyond m3o: the name under which a server announces it
     #: (``EXTENSIONS_HEADER``); None for m3o's own fields.
@@ -157,7 +160,7 @@ class Endpoint:
 _ROOM_ID = Field(
     "room_id", "string", "The id of the room.", "missing room id", alias="group_id"
 )
-_USER_ID = Field("user_id", "string", "The id of the user.", "missing user id", "max_user_id_bytes")
+_USER_ID = Field("user_id", "string", "The id of the user.", "missing user id", "max_user_id_chars")
 
 ENDPOINTS: dict[str, Endpoint] = {
     e.name: e
@@ -166,20 +169,20 @@ ENDPOINTS: dict[str, Endpoint] = {
             "Create",
             "Create a new chat room",
             (
-                Field("name", "string", "The name of the room.", None, "max_name_bytes"),
+                Field("name", "string", "The name of the room.", None, "max_name_chars"),
                 Field(
                     "description",
                     "string",
                     "A description of the room.",
                     None,
-                    "max_description_bytes",
+                    "max_description_chars",
                 ),
                 Field(
                     "user_ids",
                     "string_list",
                     "The users allowed in the room.",
                     None,
-                    "max_user_id_bytes",
+                    "max_user_id_chars",
                 ),
                 Field("private", "boolean", "Whether the room is private (invite only)."),
             ),
@@ -195,17 +198,17 @@ ENDPOINTS: dict[str, Endpoint] = {
                 _ROOM_ID,
                 _USER_ID,
                 Field(
-                    "text", "string", "The text of the message.", "missing text", "max_text_bytes"
+                    "text", "string", "The text of the message.", "missing text", "max_text_chars"
                 ),
                 Field(
-                    "subject", "string", "The subject of the message.", None, "max_subject_bytes"
+                    "subject", "string", "The subject of the message.", None, "max_subject_chars"
                 ),
                 Field(
                     "client",
                     "string",
                     "A free label of the sending client, e.g. web.",
                     None,
-                    "max_client_bytes",
+                    "max_client_chars",
                 ),
             ),
             "message",
@@ -222,7 +225,7 @@ ENDPOINTS: dict[str, Endpoint] = {
                     "string",
                     "The reading user; required for a private room.",
                     None,
-                    "max_user_id_bytes",
+                    "max_user_id_chars",
                     extension="history-user",
                 ),
                 Field(
@@ -255,7 +258,7 @@ ENDPOINTS: dict[str, Endpoint] = {
                     "string",
                     "Only rooms whose members include this user.",
                     None,
-                    "max_user_id_bytes",
+                    "max_user_id_chars",
                 ),
             ),
             "rooms",
@@ -440,9 +443,12 @@ def _check_length(f: Field, value: Any, limits: Limits) -> None:
     bound: int = getattr(limits, f.limit)
     items = value if isinstance(value, list) else [value]
     for item in items:
-        # n code points are at most 4n bytes of UTF-8: most values need no encoding to pass.
-        if len(item) * 4 > bound and len(item.encode("utf-8", "surrogatepass")) > bound:
-            raise ValidationError(f"{f.name} is longer than the limit of {bound} bytes ({f.limit})")
+        # Characters, as the OpenAPI document's maxLength counts them (so a checker can
+        # verify it); in UTF-8 at most four bytes each, and the body limit bounds it too.
+        if len(item) > bound:
+            raise ValidationError(
+                f"{f.name} is longer than the limit of {bound} characters ({f.limit})"
+            )
 
 
 def validate_request(
@@ -483,6 +489,9 @@ def validate_request(
         for f in endpoint.request:
             if f.name in out:
                 _check_length(f, out[f.name], limits)
+                if f.kind == "string_list" and "" in out[f.name]:
+                    # a member no call could name: "" is a missing user id everywhere else
+                    raise ValidationError(f"{f.name} must not hold an empty string")
         for name in ("limit", "history"):
             value = out.get(name)
             if isinstance(value, int) and value < 0:

@@ -37,12 +37,12 @@ _CLIENTS = "Browsers and m3o clients"
 
 _LIMIT_HELP = {
     "max_body_bytes": "Largest request body or Join frame, in bytes (413, or close 1009).",
-    "max_text_bytes": "Longest message text, in UTF-8 bytes.",
-    "max_name_bytes": "Longest room name, in UTF-8 bytes.",
-    "max_description_bytes": "Longest room description, in UTF-8 bytes.",
-    "max_subject_bytes": "Longest message subject, in UTF-8 bytes.",
-    "max_user_id_bytes": "Longest user id, in UTF-8 bytes.",
-    "max_client_bytes": "Longest client label, in UTF-8 bytes.",
+    "max_text_chars": "Longest message text, in characters (Unicode code points).",
+    "max_name_chars": "Longest room name, in characters (Unicode code points).",
+    "max_description_chars": "Longest room description, in characters (Unicode code points).",
+    "max_subject_chars": "Longest message subject, in characters (Unicode code points).",
+    "max_user_id_chars": "Longest user id, in characters (Unicode code points).",
+    "max_client_chars": "Longest client label, in characters (Unicode code points).",
     "max_rooms_per_tenant": "Most rooms one token may hold.",
     "max_members_per_room": "Most users one room may hold.",
     "max_history_page": "Most messages a History page returns (a larger limit is lowered to it;"

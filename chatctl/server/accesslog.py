@@ -54,7 +54,7 @@ class AccessLog:
         async def send_and_note(message: Message) -> None:
             nonlocal status
             kind = message["type"]
-            if kind == "http.response.start":
+            if kind in ("http.response.start", "websocket.http.response.start"):
                 status = message["status"]
                 message = {**message, "headers": [*message.get("headers", ()), EXTENSIONS]}
             elif kind == "websocket.accept":

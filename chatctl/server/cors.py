@@ -23,14 +23,21 @@ pages call with fetch's default credentials mode and ``*`` is safe to offer.
 
 Browsers do not preflight a WebSocket; they send ``Origin`` with it. ``origin_allowed``
 is the rule for that and for an open server: when origins are configured, a Join
-WebSocket from another origin is refused (403, before the upgrade); an open server (no
-token, loopback only) refuses every request from a browser origin it does not allow,
-since otherwise any web page its user opens could send to and read from it. A request
-without ``Origin`` (the CLI, curl, Node, websocat) is never refused for it.
+WebSocket from another origin is refused (403, before the upgrade, with a body saying
+which ``--cors-origin`` would allow it); an open server (no token, loopback only) refuses
+every request from a browser origin it does not allow, since otherwise any web page its
+user opens could send to and read from it. A request without ``Origin`` (the CLI, curl,
+Node, websocat) is never refused for it, nor one whose ``Origin`` is the server's own
+(``same_origin``: the scheme the request came by, its ``Host``, default ports dropped),
+which is no other origin: Python's websocket-client sends ``Origin: http://HOST:PORT``
+by default. On an open server the own origin counts only when ``Host`` is a loopback
+address or ``localhost``: a page that rebinds its own name to 127.0.0.1 sends its own
+name as ``Host`` and stays a foreign origin.
 """
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Iterable
 from urllib.parse import urlsplit
 
@@ -38,7 +45,15 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from chatctl.schema import EXTENSIONS_HEADER
 
-__all__ = ["ALLOW_HEADERS", "EXPOSE_HEADERS", "MAX_AGE", "Cors", "Origins", "parse_origin"]
+__all__ = [
+    "ALLOW_HEADERS",
+    "EXPOSE_HEADERS",
+    "MAX_AGE",
+    "Cors",
+    "Origins",
+    "parse_origin",
+    "same_origin",
+]
 
 #: the request headers the API reads, besides the simple ones.
 ALLOW_HEADERS = "Authorization, Content-Type, Idempotency-Key"
@@ -100,12 +115,48 @@ class Origins:
     def allows(self, origin: str) -> bool:
         return self.any or origin in self.exact
 
-    def origin_allowed(self, origin: str | None, *, open_server: bool, websocket: bool) -> bool:
-        """Whether a request from a browser with this ``Origin`` (None: not a browser) may
-        be served: see the module's docstring."""
+    def origin_allowed(
+        self, origin: str | None, scope: Scope, *, open_server: bool, websocket: bool
+    ) -> bool:
+        """Whether a request (``scope``) from a browser with this ``Origin`` (None: not a
+        browser) may be served: see the module's docstring."""
         if origin is None or self.allows(origin):
             return True
-        return not (open_server or (websocket and bool(self)))
+        if not (open_server or (websocket and bool(self))):
+            return True
+        return same_origin(origin, scope, loopback_only=open_server)
+
+
+#: the schemes a request comes by, as the scheme of its own origin.
+_ORIGIN_SCHEME = {"http": "http", "ws": "http", "https": "https", "wss": "https"}
+
+
+def same_origin(origin: str, scope: Scope, *, loopback_only: bool) -> bool:
+    """Whether ``origin`` is the origin the request itself was sent to: the scheme it came
+    by (https/wss behind TLS) and its ``Host``, both written as browsers write origins.
+    With ``loopback_only``, only when ``Host`` names a loopback address or ``localhost``
+    (what an open server is reached by; any other name may be a rebinding page's)."""
+    host = _header(scope, b"host")
+    scheme = _ORIGIN_SCHEME.get(scope.get("scheme", ""))
+    if host is None or scheme is None:
+        return False
+    try:
+        own = parse_origin(f"{scheme}://{host.decode('latin-1')}")
+        theirs = parse_origin(origin)
+    except ValueError:
+        return False
+    if own != theirs:
+        return False
+    return not loopback_only or _is_loopback(urlsplit(own).hostname or "")
+
+
+def _is_loopback(hostname: str) -> bool:
+    if hostname == "localhost" or hostname.endswith(".localhost"):
+        return True  # browsers resolve these to loopback themselves (RFC 6761)
+    try:
+        return ipaddress.ip_address(hostname).is_loopback
+    except ValueError:
+        return False
 
 
 def _header(scope: Scope, name: bytes) -> bytes | None:

@@ -266,10 +266,17 @@ def is_ndjson(content_type: str | None) -> bool:
     return content_type.split(";", 1)[0].strip().lower() in NDJSON_TYPES
 
 
-def origin_refused(origin: str) -> str:
+def origin_refused(origin: str, open_server: bool = True) -> str:
+    """Why a browser origin was refused, and the flag that would allow it."""
+    if open_server:
+        return (
+            f"origin {origin} is not allowed (a server without tokens serves only the web"
+            f" pages it allows: chatctl serve --cors-origin {origin})"
+        )
     return (
-        f"origin {origin} is not allowed (a server without tokens serves only the web pages"
-        f" it allows: chatctl serve --cors-origin {origin})"
+        f"origin {origin} is not allowed to open a Join WebSocket (this server allows only"
+        f" the web pages of its --cors-origin list; to allow this one: chatctl serve"
+        f" --cors-origin {origin})"
     )
 
 
@@ -422,7 +429,9 @@ class Edge:
         for key, value in scope["headers"]:
             if key == b"origin":
                 origin = value.decode("latin-1")
-                if not self.origins.origin_allowed(origin, open_server=True, websocket=False):
+                if not self.origins.origin_allowed(
+                    origin, scope, open_server=True, websocket=False
+                ):
                     raise Refusal("v1", 403, origin_refused(origin))
                 return
 

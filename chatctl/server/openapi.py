@@ -6,8 +6,8 @@ marked with ``x-chatctl-extension: true``. It says what the server does, exactly
 for a fuzzer (tests/compat/test_openapi_fuzz.py) to find no request the two disagree on:
 
 - a required string has ``minLength: 1`` (the server takes ``""`` as missing), a bounded
-  one ``maxLength`` (its limit is in UTF-8 bytes, which the description says: a string
-  of that many characters that are not ASCII can still be too long);
+  one ``maxLength``: the server's limit, which counts characters (code points) as
+  ``maxLength`` does, so a string of that many characters is never refused for its size;
 - ``room_id`` or ``group_id`` (m3o's final edition), exactly one of them (``oneOf``);
   answers carry ``room``/``rooms``/``room_id`` or ``group``/``groups``/``group_id``;
 - an optional field may be ``null`` (m3o's proto-JSON reads it as the default, and so
@@ -72,10 +72,15 @@ def _field_schema(f: Field, limits: Limits, name: str | None = None) -> dict[str
         schema["description"] += " A UUID (any UUID is a position), or empty for none."
     if f.limit is not None:
         bound = getattr(limits, f.limit)
-        words = f"At most {bound} UTF-8 bytes (maxLength counts characters: fewer fit"
-        words += " if not ASCII)."
+        words = f"At most {bound} characters (Unicode code points, as maxLength counts)."
         if f.kind == "string_list":
-            schema["items"] = {"type": "string", "maxLength": bound, "description": words}
+            # "" is refused in a list as it is in a required string (schema.validate_request)
+            schema["items"] = {
+                "type": "string",
+                "minLength": 1,
+                "maxLength": bound,
+                "description": words,
+            }
         else:
             schema["maxLength"] = bound
             schema["description"] += " " + words
@@ -138,18 +143,44 @@ def _error_responses(endpoint: Endpoint) -> dict[str, Any]:
     }
 
 
+#: the text of the message a link sends (a link's body is a whole SendRequest).
+_LINKED_TEXT = "hello"
+
+
 def _links(edition: str) -> dict[str, Any]:
     """Create's answer names the room the other calls take (OpenAPI links, which tools
-    such as schemathesis follow), at its key in the server's edition."""
+    such as schemathesis follow), at its key in the server's edition. Not Send's: only a
+    member may Send (anyone else is m3o's 400 ``user is not in the room``), and a room
+    may be made with none; Invite's answer leads to Send, with the user it invited."""
     key = "group" if edition == "group" else "room"
-    return {
+    links: dict[str, Any] = {
         f"{e.name}WithTheNewRoom": {
             "operationId": e.name,
             "requestBody": {"room_id": f"$response.body#/{key}/id"},
             "description": f"{e.name} in the room just made.",
         }
         for e in ENDPOINTS.values()
-        if e.field("room_id") is not None and e.name != "Join"
+        if e.field("room_id") is not None and e.name not in ("Join", "Send")
+    }
+    return links
+
+
+def _invite_links() -> dict[str, Any]:
+    """Invite's answer names the room, of which the invited user is now a member: a
+    whole SendRequest by that member. Its room and user go together or not at all
+    (``merge_body: false``, schemathesis' extension: it would otherwise take each field
+    by itself, and a room with a user of its own making is a Send the server refuses)."""
+    return {
+        "SendAsTheInvitedUser": {
+            "operationId": "Send",
+            "requestBody": {
+                "room_id": "$response.body#/room/id",
+                "user_id": "$request.body#/user_id",
+                "text": _LINKED_TEXT,
+            },
+            "description": "Send to the room as the user just invited.",
+            "x-schemathesis": {"merge_body": False},
+        }
     }
 
 
@@ -203,6 +234,8 @@ def _operation(endpoint: Endpoint, limits: Limits, edition: str) -> dict[str, An
     }
     if name == "Create":
         op["responses"]["200"]["links"] = _links(edition)
+    if name == "Invite":
+        op["responses"]["200"]["links"] = _invite_links()
     if name == "Send":
         _bulk_send(op)
     if name == "Whoami":
@@ -216,9 +249,12 @@ def _operation(endpoint: Endpoint, limits: Limits, edition: str) -> dict[str, An
 
 def _bulk_send(op: dict[str, Any]) -> None:
     """The bulk Send (contract part 3, ``bulk``): NDJSON in, one answer line per line out."""
-    line = {"$ref": "#/components/schemas/SendRequest"}
-    op["requestBody"]["content"]["application/x-ndjson"] = {
-        "schema": line,
+    # Not a second media type of the request body: a tool then cannot tell which one a
+    # body it is given (a link's, an example's) is in (schemathesis stops there), and
+    # none can write NDJSON. The extension says it instead.
+    op["x-chatctl-bulk-send"] = {
+        "media-type": "application/x-ndjson",
+        "line": {"$ref": "#/components/schemas/SendRequest"},
         "x-chatctl-extension": True,
     }
     op["description"] = (

@@ -11,7 +11,9 @@ subprotocol (browsers cannot set headers); the request is the first frame, withi
 ``ServerConfig.join_request_timeout`` (else close 4408); a refusal is one error frame and a
 close with 4000 + its status. Keep-alive pings are uvicorn's (``protocol.uvicorn_config``).
 A WebSocket from a browser origin the server does not allow (``cors``) is refused with 403
-before the upgrade.
+before the upgrade, its body m3o's error object naming the ``--cors-origin`` to give. A
+Join offering subprotocols gets one back even when none is a token the server accepts
+(the first offered), so a browser completes the handshake and reads the 401 frame.
 
 A JoinRequest naming ``group_id`` is a stream of m3o's group edition (``editions``): its
 frames carry ``group_id`` (renamed once per frame by the hub, per frame of a replay here),
@@ -61,6 +63,8 @@ __all__ = ["RAW_SEND", "REVOKED", "JoinStreams"]
 RAW_SEND = "chatctl.raw_send"
 
 Write = Callable[[str], Awaitable[None]]
+
+JSON = "application/json"
 
 #: how a revoked token's streams end: a final error frame, then close 4401.
 REVOKED = "token revoked"
@@ -154,24 +158,33 @@ class JoinStreams:
     async def websocket(self, ws: WebSocket) -> None:
         edge = self.edge
         origin = ws.headers.get("origin")
-        if not edge.origins.origin_allowed(origin, open_server=self.config.open, websocket=True):
-            # Before the upgrade: uvicorn answers the handshake 403, and the page's
-            # WebSocket fails without ever opening.
-            await ws.close(1008, origin_refused(origin or ""))
+        open_server = self.config.open
+        if not edge.origins.origin_allowed(
+            origin, ws.scope, open_server=open_server, websocket=True
+        ):
+            # Before the upgrade: a 403 with m3o's error object saying which --cors-origin
+            # would allow it; the page's WebSocket fails without ever opening.
+            detail = origin_refused(origin or "", open_server)
+            if "websocket.http.response" in ws.scope.get("extensions", {}):
+                body = encode(Refusal("v1", 403, detail).body())
+                await ws.send_denial_response(Response(body, 403, media_type=JSON))
+            else:  # a server without the denial extension: a bare 403
+                await ws.close(1008, detail[:120])
             return
         principal = edge.authenticate(bearer(ws.headers.get("authorization")))
         offered: list[str] = list(ws.scope.get("subprotocols") or [])
         subprotocol = None
         if offered:
-            if self.config.open:
-                # A browser fails the handshake unless one offered protocol is chosen.
-                subprotocol = offered[0]
-            elif principal is None:
+            if principal is None:
                 for candidate in offered:
                     principal = edge.authenticate(candidate)
                     if principal is not None:
                         subprotocol = candidate
                         break
+            # A browser fails the handshake unless one offered protocol is chosen: with
+            # none that authenticates (or no token needed), the first, so that a page
+            # refused its token reads the 401 frame and close 4401 below, not a bare 1006.
+            subprotocol = subprotocol or offered[0]
         await ws.accept(subprotocol=subprotocol)
         try:
             if ws.scope["path"].lower() != CHAT_PREFIX + "join":

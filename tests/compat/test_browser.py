@@ -111,3 +111,30 @@ def test_page_from_an_origin_not_allowed_fails(
             )
     assert opened[allowed] == "open", opened
     assert opened[other].startswith("closed"), opened
+
+
+def test_a_page_tells_a_wrong_token_from_a_server_down(
+    chromium: Chromium, page_origins: tuple[str, str], chatctl_serve: ServeFactory
+) -> None:
+    """A Join offering a wrong token as its subprotocol still completes the handshake (the
+    server echoes the protocol), so the page reads the 401 error frame and close 4401;
+    a server that is not there is 1006, which the page shows otherwise."""
+    origin = page_origins[0]
+    srv = chatctl_serve("--cors-origin", origin)
+    join_url = srv.url.replace("http", "ws", 1) + "/v1/chat/Join"
+    request = {"room_id": "00000000-0000-0000-0000-000000000000", "user_id": "bob"}
+    with chromium.page(f"{origin}/page.html") as page:
+        wrong = page.evaluate(
+            f"joinOutcome({json.dumps(join_url)}, 'not-the-token', {json.dumps(request)})"
+        )
+        srv.stop()
+        down = page.evaluate(
+            f"joinOutcome({json.dumps(join_url)}, {json.dumps(srv.tokens[0])}, {{}})"
+        )
+    assert wrong["protocol"] == "not-the-token", wrong
+    assert wrong["frames"] == [
+        {"id": "v1", "code": 401, "detail": "Unauthorized", "status": "Unauthorized"}
+    ], wrong
+    assert wrong["close"]["code"] == 4401, wrong
+    assert wrong["shown"] == "401 Unauthorized"
+    assert down["close"]["code"] == 1006 and down["shown"] == "server unreachable", down

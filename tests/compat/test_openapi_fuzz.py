@@ -1,15 +1,19 @@
 """``GET /openapi.json`` says what the server does: a bounded schemathesis run (every check,
 every phase, Join's stream left out) against a real ``chatctl serve``, the document checked
-as OpenAPI 3.1 with openapi-spec-validator, and each gap issue 14 names probed directly.
+as OpenAPI 3.1 with openapi-spec-validator, and each gap issues 14 and 23 name probed
+directly.
 
 schemathesis runs as its own command (``python -m schemathesis.cli run``), as a user would
-run it, so no test process imports it; its pytest plugin is kept out of every run by
-``-p no:schemathesis`` in pyproject's addopts. One run (a few seconds, fixed seed) feeds
-the tests through its JSON report, which must hold no failure of any check. Its phases:
-coverage (each field's edges), fuzzing, and stateful (Create's links give the other calls
-a real room); ``schemathesis.toml`` beside this file says why Send may answer 400 there.
-A fuzzer finds some gaps only with some seeds, so each gap issue 14 named is also probed
-directly, deterministically.
+run it, with its defaults and no configuration file: nothing but the server's address,
+the token, and the run's size (examples per operation, a fixed seed) is given. No test
+process imports it; its pytest plugin is kept out of every run by ``-p no:schemathesis``
+in pyproject's addopts. One run (15-30 s on a loaded box) feeds the tests through its
+JSON report, which must hold no failure of any check. Its phases: coverage (each field's
+edges, the length limits' too: characters, as the server counts them), fuzzing, and
+stateful (Create's links give the other calls a real room, Invite's link a Send by the
+member it invited). Join is left out: its stream has no end for a fuzzer to judge. A
+fuzzer finds some gaps only with some seeds, so each gap is also probed directly,
+deterministically.
 """
 
 from __future__ import annotations
@@ -18,7 +22,6 @@ import json
 import subprocess
 import sys
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -31,7 +34,6 @@ TOKEN = "schemathesis-token"
 #: Cases per operation and phase; with a fixed seed the run is much the same each time.
 MAX_EXAMPLES = 25
 SEED = 20260101
-CONFIG = Path(__file__).parent / "schemathesis.toml"
 UNARY = ("Create", "Delete", "Invite", "Send", "History", "Kick", "List", "Leave")
 
 
@@ -51,7 +53,6 @@ def fuzz_report(server: ServerProcess, tmp_path_factory: pytest.TempPathFactory)
         sys.executable,
         "-m",
         "schemathesis.cli",
-        f"--config-file={CONFIG}",
         "run",
         f"{server.url}/openapi.json",
         "--checks=all",
@@ -228,3 +229,61 @@ def test_null_is_refused_or_documented(server: ServerProcess, api: httpx.Client,
             if accepted != allows_null(prop):
                 disagree.append((endpoint, field, "accepted" if accepted else "refused"))
     assert disagree == []
+
+
+def test_length_limits_count_characters_as_max_length_does(
+    server: ServerProcess, api: httpx.Client
+) -> None:
+    """Issue 23: the limits were UTF-8 bytes under a maxLength (characters), so 129 'é'
+    in a user id (258 bytes) were schema-valid and refused. Now both count characters."""
+    items = request_schema(document(server), "Create")["properties"]["user_ids"]["items"]
+    bound = items["maxLength"]
+    for user, status in (("é" * bound, 200), ("😀" * bound, 200), ("é" * (bound + 1), 400)):
+        r = api.post("/v1/chat/Create", json={"user_ids": [user]})
+        assert r.status_code == status, (len(user), r.text)
+    assert r.json()["detail"] == (
+        f"user_ids is longer than the limit of {bound} characters (max_user_id_chars)"
+    )
+
+
+def test_an_empty_user_id_is_refused_where_the_document_refuses_it(
+    server: ServerProcess, api: httpx.Client
+) -> None:
+    """A member "" could never be named again ("" is a missing user id): the stateful
+    phase made one, then its Send as "" was refused."""
+    items = request_schema(document(server), "Create")["properties"]["user_ids"]["items"]
+    assert items["minLength"] == 1
+    r = api.post("/v1/chat/Create", json={"user_ids": ["a", ""]})
+    assert r.status_code == 400 and r.json()["detail"] == "user_ids must not hold an empty string"
+
+
+def resolve(expression: Any, request: dict[str, Any], response: dict[str, Any]) -> Any:
+    """An OpenAPI runtime expression of the two kinds the document's links use."""
+    if not isinstance(expression, str) or not expression.startswith("$"):
+        return expression
+    source, _, pointer = expression.partition("#")
+    value: Any = {"$request.body": request, "$response.body": response}[source]
+    for part in pointer.strip("/").split("/"):
+        value = value[int(part)] if isinstance(value, list) else value[part]
+    return value
+
+
+def test_the_links_lead_a_send_only_to_a_member(
+    server: ServerProcess, api: httpx.Client, room: str
+) -> None:
+    """Issue 23: the stateful phase followed Create's link to Send with a user of its own
+    making (400 user is not in the room). Create links no Send now; Invite's link gives a
+    whole SendRequest by the user it invited, all or nothing."""
+    doc = document(server)
+    create_links = doc["paths"]["/v1/chat/Create"]["post"]["responses"]["200"]["links"]
+    assert "Send" not in {link["operationId"] for link in create_links.values()}
+    (link,) = doc["paths"]["/v1/chat/Invite"]["post"]["responses"]["200"]["links"].values()
+    assert link["operationId"] == "Send"
+    assert link["x-schemathesis"] == {"merge_body": False}
+    invite = {"room_id": room, "user_id": "invited-by-the-link"}
+    invited = api.post("/v1/chat/Invite", json=invite)
+    assert invited.status_code == 200, invited.text
+    body = {k: resolve(v, invite, invited.json()) for k, v in link["requestBody"].items()}
+    sent = api.post("/v1/chat/Send", json=body)
+    assert sent.status_code == 200, sent.text
+    assert sent.json()["message"]["user_id"] == "invited-by-the-link"

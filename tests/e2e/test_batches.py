@@ -98,7 +98,7 @@ def test_a_batch_whose_reader_left_and_a_line_failed_says_so(server: ServerProce
     assert shell.returncode == 1
     assert texts_in(server, room) == [x for x in lines if x != too_long]
     assert shell.stderr.splitlines() == [
-        "error: line 201: text is longer than the limit of 65536 bytes (max_text_bytes) "
+        "error: line 201: text is longer than the limit of 65536 characters (max_text_chars) "
         "(chat.send, HTTP 400)",
         "error: 1 failed; 399 messages sent",
     ]

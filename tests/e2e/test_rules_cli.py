@@ -174,12 +174,12 @@ def test_a_send_whose_answer_is_lost_is_retried_and_stored_once(
 def test_limits_and_server_clock_through_the_cli(
     start_server: Callable[..., ServerProcess],
 ) -> None:
-    server = start_server(extra=["--max-text-bytes", "10"])
+    server = start_server(extra=["--max-text-chars", "10"])
     env = cli_env(server, CHATCTL_USER="u")
     room = chatctl("create", "r", "-u", "u", "-o", "id", env=env).stdout.strip()
     r = chatctl("send", room, "x" * 11, env=env)
     assert r.returncode == 1
-    assert "max_text_bytes" in r.stderr.splitlines()[0]
+    assert "max_text_chars" in r.stderr.splitlines()[0]
     assert "(chat.send, HTTP 400)" in r.stderr.splitlines()[0]
     # A client cannot date its own message: sent_at in the request is ignored.
     forged = json.dumps({"room_id": room, "text": "hi", "sent_at": "2000-01-01T00:00:00Z"})

@@ -183,7 +183,7 @@ def test_exits_by_itself_when_idle(serve: Serve) -> None:
 
 
 def test_limits_are_flags(serve: Serve) -> None:
-    served = serve("--max-text-bytes", "5", "--max-rooms-per-tenant", "1")
+    served = serve("--max-text-chars", "5", "--max-rooms-per-tenant", "1")
     with served.http() as http:
         room = http.post("/v1/chat/Create", json={"name": "general", "user_ids": ["alice"]})
         assert room.status_code == 200, room.text

@@ -99,6 +99,46 @@ def test_https_and_wss_with_the_ca(tls_server: tuple[Served, int], pki: Pki) -> 
     assert "warning" not in served.stderr()
 
 
+def test_websocket_client_joins_over_wss_with_its_default_origin(
+    serve: Serve, pki: Pki, tmp_path: Path
+) -> None:
+    """Behind TLS the server's own origin is https://HOST:PORT, which websocket-client
+    sends by default for a wss:// URL: with --cors-origin listing another page it joins
+    (the same origin by http:// would be another one: tests/server/test_cors.py)."""
+    import websocket
+
+    served = serve(
+        "--port", "0", "--token", TOKEN, "--tls-cert", str(pki.cert), "--tls-key", str(pki.key),
+        "--cors-origin", "https://app.example.com", uds=False,
+    )  # fmt: skip
+    port = https_port(served)
+    ca = tmp_path / "ca.pem"
+    pki.ca.cert_pem.write_to_path(ca)
+    with httpx.Client(
+        base_url=f"https://127.0.0.1:{port}", headers=AUTH, verify=pki.client_context()
+    ) as http:
+        room_id = http.post("/v1/chat/Create", json={"user_ids": ["alice"]}).json()["room"]["id"]
+        ws = websocket.create_connection(
+            f"wss://127.0.0.1:{port}/v1/chat/Join",
+            header=[f"Authorization: Bearer {TOKEN}"],
+            sslopt={"ca_certs": str(ca)},
+            timeout=10,
+        )
+        try:
+            ws.send(json.dumps({"room_id": room_id, "user_id": "bob"}))
+            deadline = time.monotonic() + 10
+            while True:  # bob is a member once the Join was admitted
+                listed = http.post("/v1/chat/List", json={"user_id": "bob"}).json()["rooms"]
+                if listed:
+                    break
+                assert time.monotonic() < deadline, "the Join was never admitted"
+                time.sleep(0.05)
+            http.post("/v1/chat/Send", json={"room_id": room_id, "user_id": "alice", "text": "t"})
+            assert json.loads(ws.recv())["message"]["text"] == "t"
+        finally:
+            ws.close()
+
+
 def test_a_client_without_the_ca_is_refused(tls_server: tuple[Served, int]) -> None:
     _, port = tls_server
     with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):

@@ -95,7 +95,7 @@ def test_one_answer_per_line_in_order_each_line_on_its_own(client: httpx.Client)
 def test_a_line_over_the_body_limit_is_413_and_the_rest_goes_on(
     live_server: Callable[..., LiveServer],
 ) -> None:
-    srv = live_server(limits=dataclass_replace_limits(max_body_bytes=200, max_text_bytes=100))
+    srv = live_server(limits=dataclass_replace_limits(max_body_bytes=200, max_text_chars=100))
     with httpx.Client(base_url=srv.url) as client:
         room = room_of(client, "u")
         big = {"room_id": room, "user_id": "u", "text": "y" * 400}

@@ -17,7 +17,7 @@ from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
 from chatctl.schema import Limits
-from chatctl.server.cors import Cors, Origins, parse_origin
+from chatctl.server.cors import Cors, Origins, parse_origin, same_origin
 from tests.serve.conftest import chatctl
 from tests.server.conftest import LiveServer
 from tests.server.test_unary import assert_error
@@ -156,6 +156,7 @@ def test_an_open_server_serves_only_the_pages_it_allows(
     with pytest.raises(InvalidStatus) as refused, connect(ws_url(srv), origin=OTHER):
         pass
     assert refused.value.response.status_code == 403
+    assert json.loads(refused.value.response.body)["detail"] == detail
 
     allowing = live_server(cors_origins=(PAGE,))
     with httpx.Client(base_url=allowing.url, headers={"Origin": PAGE}) as c:
@@ -165,6 +166,74 @@ def test_an_open_server_serves_only_the_pages_it_allows(
         ws.send(json.dumps({"room_id": r.json()["room"]["id"], "user_id": "u", "history": 1}))
         with pytest.raises(TimeoutError):  # admitted: nothing to say, and no refusal
             ws.recv(timeout=0.3)
+
+
+def test_a_refused_join_websocket_says_why_and_how_to_allow_it(
+    cors_server: LiveServer,
+) -> None:
+    with pytest.raises(InvalidStatus) as refused, connect(ws_url(cors_server), origin=OTHER):
+        pass
+    response = refused.value.response
+    assert response.status_code == 403
+    assert response.headers["content-type"] == "application/json"
+    assert json.loads(response.body) == {
+        "id": "v1",
+        "code": 403,
+        "detail": f"origin {OTHER} is not allowed to open a Join WebSocket (this server"
+        " allows only the web pages of its --cors-origin list; to allow this one:"
+        f" chatctl serve --cors-origin {OTHER})",
+        "status": "Forbidden",
+    }
+
+
+def own_origin(srv: LiveServer) -> str:
+    return srv.url.replace("localhost", "127.0.0.1")
+
+
+@pytest.mark.parametrize("open_server", [True, False])
+def test_the_servers_own_origin_is_not_another_origin(
+    live_server: Callable[..., LiveServer], open_server: bool
+) -> None:
+    """Origin: http://HOST:PORT of the very Host the request names (what websocket-client
+    sends by default) is the same origin: served like a request without Origin, on an open
+    server and with --cors-origin; a port or scheme apart is another origin."""
+    tokens = frozenset() if open_server else frozenset({TOKEN})
+    srv = live_server(tokens=tokens, cors_origins=() if open_server else (PAGE,))
+    own = own_origin(srv)
+    headers = {} if open_server else AUTH
+    with httpx.Client(base_url=own, headers=headers) as c:
+        room = c.post("/v1/chat/Create", json={"user_ids": ["a"]}, headers={"Origin": own})
+        assert room.status_code == 200, room.text
+        room_id = room.json()["room"]["id"]
+        c.post("/v1/chat/Send", json={"room_id": room_id, "user_id": "a", "text": "hi"})
+    request = json.dumps({"room_id": room_id, "user_id": "b", "history": 1})
+    protocols = {} if open_server else {"subprotocols": [TOKEN]}
+    with connect(ws_url(srv).replace("localhost", "127.0.0.1"), origin=own, **protocols) as ws:
+        ws.send(request)
+        assert json.loads(ws.recv(timeout=5))["message"]["text"] == "hi"
+    port = int(own.rsplit(":", 1)[1])
+    for other in (f"http://127.0.0.1:{port + 1}", f"https://127.0.0.1:{port}"):
+        with pytest.raises(InvalidStatus) as refused, connect(ws_url(srv), origin=other):
+            pass
+        assert refused.value.response.status_code == 403, other
+
+
+def test_an_open_server_takes_its_own_origin_only_by_a_loopback_name(
+    live_server: Callable[..., LiveServer],
+) -> None:
+    """A page that rebinds its own name to 127.0.0.1 sends that name as Host and as its
+    Origin: the same origin as the request, but not one the open server is known by."""
+    srv = live_server()
+    port = int(srv.url.rsplit(":", 1)[1])
+    with httpx.Client(base_url=srv.url) as c:
+        for host, accepted in (
+            ("rebound.example", False),
+            ("localhost", True),
+            ("127.0.0.1", True),
+        ):
+            origin = f"http://{host}:{port}"
+            r = c.post("/v1/chat/List", headers={"Host": f"{host}:{port}", "Origin": origin})
+            assert r.status_code == (200 if accepted else 403), (host, r.text)
 
 
 def test_a_crash_still_names_the_origin() -> None:
@@ -228,3 +297,22 @@ def test_a_bad_origin_is_a_usage_error() -> None:
     assert result.returncode == 2, result.stderr
     (line,) = result.stderr.strip().splitlines()[:1]
     assert line.startswith("error: --cors-origin:") and "no path" in line, result.stderr
+
+
+@pytest.mark.parametrize(
+    ("origin", "scheme", "host", "same"),
+    [
+        ("https://chat.example:8443", "wss", "chat.example:8443", True),  # behind TLS
+        ("https://chat.example", "wss", "chat.example:443", True),  # a default port
+        ("http://chat.example", "ws", "Chat.Example:80", True),
+        ("http://chat.example:8443", "wss", "chat.example:8443", False),  # not the scheme
+        ("https://chat.example:8443", "https", "chat.example:8444", False),
+        ("http://[::1]:8080", "http", "[::1]:8080", True),
+        ("null", "http", "null", False),
+    ],
+)
+def test_the_own_origin_is_the_scheme_and_host_of_the_request(
+    origin: str, scheme: str, host: str, same: bool
+) -> None:
+    scope = {"type": "websocket", "scheme": scheme, "headers": [(b"host", host.encode())]}
+    assert same_origin(origin, scope, loopback_only=False) is same

@@ -129,8 +129,8 @@ def test_idempotency(live_server: Callable[..., LiveServer]) -> None:
 
 def test_limits(live_server: Callable[..., LiveServer]) -> None:
     limits = Limits(
-        max_text_bytes=10,
-        max_name_bytes=5,
+        max_text_chars=10,
+        max_name_chars=5,
         max_rooms_per_tenant=2,
         max_members_per_room=2,
     )
@@ -138,7 +138,7 @@ def test_limits(live_server: Callable[..., LiveServer]) -> None:
     with httpx.Client(base_url=srv.url) as client:
         r = call(client, "Create", {"name": "toolong"})
         assert_error(r, 400, "chat.create")
-        assert "max_name_bytes" in r.json()["detail"]
+        assert "max_name_chars" in r.json()["detail"]
         r = call(client, "Create", {"user_ids": ["a", "b", "c"]})
         assert "max_members_per_room" in r.json()["detail"]
         room_id = ok(client, "Create", {"user_ids": ["a", "b"]})["room"]["id"]
@@ -146,10 +146,12 @@ def test_limits(live_server: Callable[..., LiveServer]) -> None:
         assert_error(r, 400, "chat.invite")
         assert "max_members_per_room" in r.json()["detail"]
         ok(client, "Invite", {"room_id": room_id, "user_id": "a"})  # already in: fine
-        r = call(client, "Send", {"room_id": room_id, "user_id": "a", "text": "é" * 6})
+        # Characters, as the OpenAPI document's maxLength counts them (not UTF-8 bytes).
+        r = call(client, "Send", {"room_id": room_id, "user_id": "a", "text": "é" * 11})
         assert_error(r, 400, "chat.send")
-        assert "max_text_bytes" in r.json()["detail"]
-        ok(client, "Send", {"room_id": room_id, "user_id": "a", "text": "é" * 5})
+        detail = "text is longer than the limit of 10 characters (max_text_chars)"
+        assert r.json()["detail"] == detail
+        ok(client, "Send", {"room_id": room_id, "user_id": "a", "text": "😀" * 10})
         ok(client, "Create", {})
         r = call(client, "Create", {})
         assert_error(r, 400, "chat.create")

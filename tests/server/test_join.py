@@ -82,10 +82,19 @@ def test_ws_token_in_header_or_subprotocol(live_server: Callable[..., LiveServer
                 await ws.close()
             anonymous = await join(srv, {"room_id": room_id, "user_id": "d"}, wait=False)
             frames, code = await closed(anonymous)
-            assert frames == [
-                {"id": "v1", "code": 401, "detail": "Unauthorized", "status": "Unauthorized"}
-            ]
+            unauthorized = {
+                "id": "v1", "code": 401, "detail": "Unauthorized", "status": "Unauthorized"
+            }
+            assert frames == [unauthorized]
             assert code == 4401
+            # A wrong token offered as the subprotocol (a browser's way) still gets one
+            # back, or a browser fails the handshake and its page sees only 1006: then
+            # the same 401 frame and 4401, which tell a page "wrong token" from "down".
+            wrong = await join(
+                srv, {"room_id": room_id, "user_id": "e"}, subprotocols=["nope", "x"], wait=False
+            )
+            assert wrong.subprotocol == "nope"
+            assert await closed(wrong) == ([unauthorized], 4401)
 
     run(scenario)
 
@@ -404,7 +413,7 @@ def test_events(server: LiveServer) -> None:
 def test_slow_reader_is_closed_4008_without_holding_up_the_room(
     live_server: Callable[..., LiveServer],
 ) -> None:
-    srv = live_server(stream_queue=4, limits=Limits(max_text_bytes=200_000))
+    srv = live_server(stream_queue=4, limits=Limits(max_text_chars=200_000))
 
     async def scenario() -> None:
         async with client(srv) as http:
