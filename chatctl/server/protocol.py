@@ -169,12 +169,13 @@ def http_protocol(config: ServerConfig | None = None) -> type[asyncio.Protocol] 
                 piece, data = data[:room], data[room:]
                 self._head_bytes += len(piece)
                 super().data_received(piece)
-                if self.transport.get_protocol() is not self:
-                    # Upgraded to a WebSocket: the rest is its first frames.
-                    if data:
-                        self.transport.get_protocol().data_received(data)  # type: ignore[attr-defined]
-                    return
-                if self.parser is None or self.transport.is_closing():
+                if (
+                    self.parser is None
+                    or self.transport.is_closing()
+                    or self.transport.get_protocol() is not self
+                ):
+                    # Closed, or upgraded to a WebSocket (uvicorn hands over the head
+                    # only; a client sends no frame before the 101 anyway).
                     return
                 if self._awaiting_head and self._head_bytes >= max_head:
                     self._refuse_head()
