@@ -60,8 +60,10 @@ class AccessLog:
             elif kind == "websocket.accept":
                 status = 101
                 message = {**message, "headers": [*message.get("headers", ()), EXTENSIONS]}
-            elif kind == "websocket.close" and status in (0, 101):
+            elif kind == "websocket.close" and status == 101:
                 status = message.get("code", 1000)
+            elif kind == "websocket.close" and status == 0:
+                status = 403  # closed before accepting: the handshake is answered 403
             await send(message)
 
         try:

@@ -29,6 +29,7 @@ import asyncio
 import importlib.util
 import logging
 from typing import Any
+from urllib.parse import unquote
 
 import uvicorn
 from starlette.applications import Starlette
@@ -346,9 +347,18 @@ def ws_protocol() -> type[asyncio.Protocol]:
                 # websockets refused the request itself (a header line over 8 KiB, more
                 # than 128 headers) and queued its answer, which uvicorn never sends: the
                 # connection would hang until the client gave up.
-                log.info("WebSocket handshake refused: %s", self.conn.handshake_exc)
+                log.info("WS handshake refused: %s", self.conn.handshake_exc)
                 self.transport.write(b"".join(self.conn.data_to_send()))
                 self.transport.close()
+
+        def handle_connect(self, event: Any) -> None:
+            super().handle_connect(event)
+            status = self.response.status_code
+            if status != 101:
+                # Refused by websockets (no Sec-WebSocket-Key...) before the app saw it,
+                # so the app logs no line for it: this is the request's line.
+                path = unquote(event.path.partition("?")[0])
+                log.info("WS %s %d (%s)", path, status, self.conn.handshake_exc)
 
     return JoinSocketProtocol
 

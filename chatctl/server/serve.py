@@ -470,10 +470,19 @@ def _indented(text: str) -> str:
     return "\n".join("    " + visible(line) for line in text.split("\n"))
 
 
+#: what websockets logs (on uvicorn's logger) for every handshake's outcome: the app logs
+#: the request's own line (``WS PATH 101``), and ``protocol.ws_protocol`` one for a
+#: handshake refused before the app saw it.
+_HANDSHAKE_LINES = frozenset(
+    {"connection open", "connection rejected (%d %s)", "HTTP response sent (%d %s)"}
+)
+
+
 def _drop_websocket_lines(record: logging.LogRecord) -> bool:
     # uvicorn logs '<client> - "WebSocket <path?query>" [accepted]' on its error logger;
     # the app logs its own line without the query string.
-    return not str(record.msg).startswith('%s - "WebSocket')
+    msg = str(record.msg)
+    return not msg.startswith('%s - "WebSocket') and msg not in _HANDSHAKE_LINES
 
 
 def _configure_logging(level: str, tokens: Iterable[str]) -> None:

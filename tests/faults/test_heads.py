@@ -23,6 +23,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from websockets.exceptions import InvalidStatus
+from websockets.sync.client import connect
 
 from chatctl.cli import serve as serve_cli
 from chatctl.server import config as server_config
@@ -147,12 +149,17 @@ def test_a_path_with_an_escape_and_a_newline_is_one_escaped_log_line(
     with info_server.http() as c:
         r = c.post("/v1/chat/%1b%5b31mRED%0aFAKE%20LOG%20LINE")
         assert r.status_code == 404
+        # A WebSocket too: its handshake is no line of its own, its path as escaped.
+        with pytest.raises(InvalidStatus) as refused:
+            connect(f"{info_server.url.replace('http', 'ws')}/v1/chat/%1b%0aJoin")
+        assert refused.value.response.status_code == 403
         assert c.get("/health").status_code == 200  # the next request's line marks the end
     lines = log_after(info_server, offset, "GET /health 200")
-    assert len(lines) == 2, lines  # one line for each request
+    assert len(lines) == 3, lines  # one line for each request
     line, _, took = lines[0].rpartition(" ")
     assert line.endswith(" INFO chatctl.server: POST /v1/chat/\\x1b[31mRED\\nFAKE LOG LINE 404")
     assert took.endswith("ms"), lines
+    assert " INFO chatctl.server: WS /v1/chat/\\x1b\\nJoin 403 " in lines[1], lines
     assert "\x1b" not in "".join(lines)
 
 

@@ -95,9 +95,9 @@ def test_what_the_head_limit_and_the_websocket_protocol_rely_on() -> None:
     sent = inspect.getsource(WebSocketsSansIOProtocol.send_receive_event_to_app)
     assert f"self.logger.exception({_INVALID_UTF8!r})" in sent.replace('"', "'")
     assert "self.logger = " in inspect.getsource(WebSocketsSansIOProtocol.__init__)
-    assert "self.handshake_initiated = True" in inspect.getsource(
-        WebSocketsSansIOProtocol.handle_connect
-    )
+    connect_source = inspect.getsource(WebSocketsSansIOProtocol.handle_connect)
+    assert "self.handshake_initiated = True" in connect_source
+    assert "self.response = self.conn.accept(event)" in connect_source
     from websockets.server import ServerProtocol
 
     assert "self.handshake_exc = exc" in inspect.getsource(ServerProtocol.parse)
