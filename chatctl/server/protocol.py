@@ -72,6 +72,8 @@ def uvicorn_config(app: Starlette, config: ServerConfig, **options: Any) -> uvic
     options.setdefault("lifespan", "on")
     # A frame is a request: the same bound as an HTTP body (over it: close 1009).
     options.setdefault("ws_max_size", config.limits.max_body_bytes)
+    # Without httptools (PyPy), h11 bounds a head in bytes by this instead.
+    options.setdefault("h11_max_incomplete_event_size", config.max_head_bytes)
     return uvicorn.Config(
         app,
         ws_ping_interval=config.ping_interval,

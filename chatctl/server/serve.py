@@ -434,7 +434,9 @@ class _RedactingFormatter(logging.Formatter):
     def formatMessage(self, record: logging.LogRecord) -> str:
         message = record.message
         if not message.isprintable():  # most lines: nothing to escape, no search
-            record.message = visible(message.rstrip("\n"))
+            if isinstance(record.msg, str) and record.msg.endswith("\n"):
+                message = message[:-1]  # uvicorn's "Exception in ASGI application\n"
+            record.message = visible(message)
         return super().formatMessage(record)
 
     def formatException(self, ei: Any) -> str:

@@ -353,3 +353,37 @@ def test_max_head_bytes_is_a_serve_option_and_a_unix_socket_server_has_it(
             refused = c.get("/health", headers={"X-Too-Big": "a" * 3000})
         assert refused.status_code == 431, refused.text
         assert "over 2048 bytes" in refused.json()["detail"]
+
+
+def test_the_log_format_keeps_every_record_on_its_own_line() -> None:
+    import logging
+
+    from chatctl.server.serve import _RedactingFormatter
+
+    formatter = _RedactingFormatter("%(levelname)s %(message)s", ["tok-secret"])
+
+    def record(level: int, msg: str, *args: object, exc: BaseException | None = None) -> str:
+        info = (type(exc), exc, exc.__traceback__) if exc is not None else None
+        made = logging.LogRecord("t", level, __file__, 1, msg, args, info)
+        return formatter.format(made)
+
+    try:
+        raise ValueError("bad \x1b[2J value\nFAKE 2026 INFO forged tok-secret")
+    except ValueError as caught:
+        exc = caught
+    # A bug's traceback (ERROR) keeps its lines, escaped and indented under the record.
+    lines = record(logging.ERROR, "internal error on %s", "/v1/\x1b\n", exc=exc).split("\n")
+    assert lines[0] == "ERROR internal error on /v1/\\x1b\\n", lines
+    assert len(lines) > 2 and all(line.startswith("    ") for line in lines[1:]), lines
+    assert "\x1b" not in "".join(lines) and "tok-secret" not in "".join(lines)
+    # Below ERROR an exception is told on the record's own line.
+    told = record(logging.DEBUG, "! invalid handshake", exc=exc)
+    assert "\n" not in told and "Traceback" not in told, told
+    assert told.startswith("DEBUG ! invalid handshake (ValueError: bad \\x1b[2J value\\nFAKE")
+
+
+def test_the_server_does_not_import_rich() -> None:
+    # It escapes log lines with the CLI's own function, from a module that imports rich
+    # only where it renders.
+    code = "import sys, chatctl.server.serve; assert 'rich' not in sys.modules, 'rich'"
+    subprocess.run([sys.executable, "-c", code], check=True)
