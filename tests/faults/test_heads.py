@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import socket
@@ -387,3 +388,43 @@ def test_the_server_does_not_import_rich() -> None:
     # only where it renders.
     code = "import sys, chatctl.server.serve; assert 'rich' not in sys.modules, 'rich'"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_pipelined_requests_are_parsed_one_answer_ahead(tmp_path: Path) -> None:
+    # 20 connections each send 256 KiB of tiny pipelined requests (7,000 each) and read
+    # nothing: parsed all at once they would cost ~1 KiB of memory each (190 MB here).
+    request = b"GET /v1/chat/List HTTP/1.1\r\nHost: x\r\n\r\n"
+    with ServerProcess(tmp_path, tcp=True, tokens=[TOKEN]) as server:
+        assert server.proc is not None and server.port is not None
+        address = ("127.0.0.1", server.port)
+        probe_health(server.port)
+        baseline = peak = rss_kib(server.proc.pid)
+        hoarders = []
+        try:
+            for _ in range(20):
+                conn = socket.create_connection(address)
+                conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+                conn.setblocking(False)
+                with contextlib.suppress(BlockingIOError):  # what fits in the buffers
+                    conn.send(request * (256 * 1024 // len(request)))
+                hoarders.append(conn)
+            until = time.monotonic() + 1.5
+            while time.monotonic() < until:
+                peak = max(peak, rss_kib(server.proc.pid))
+                time.sleep(0.05)
+            probe_health(server.port)
+        finally:
+            for conn in hoarders:
+                conn.close()
+        # A client that reads gets every answer, in order.
+        with socket.create_connection(address) as conn:
+            last = request.replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n")
+            conn.sendall(request * 1999 + last)
+            conn.settimeout(30)
+            answers = b""
+            while chunk := conn.recv(1 << 20):
+                answers += chunk
+        assert answers.count(b"HTTP/1.1 405 ") == 2000  # GET on an API path
+    growth = (peak - baseline) / 1024
+    report("pipelined-hoard", conns=20, rss_growth_mib=f"{growth:.1f}")
+    assert growth < 32, f"server RSS grew {growth:.0f} MiB for 20 hoarding connections"

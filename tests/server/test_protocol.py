@@ -87,6 +87,11 @@ def test_what_the_head_limit_and_the_websocket_protocol_rely_on() -> None:
         HttpToolsProtocol.handle_websocket_upgrade
     )
     assert STATUS_LINE[431].startswith(b"HTTP/1.1 431 ")
+    # A request parsed behind an unanswered one is queued (and reading paused), and the
+    # queue is taken from when an answer completes: what parsing one answer ahead reads.
+    assert "self.pipeline.appendleft(" in inspect.getsource(HttpToolsProtocol.on_headers_complete)
+    assert "self.pipeline.pop()" in inspect.getsource(HttpToolsProtocol.on_response_complete)
+    assert "self.headers.append((name, value))" in inspect.getsource(HttpToolsProtocol.on_header)
     # The WebSocket protocol logs an invalid UTF-8 frame through self.logger.exception with
     # this message (turned into one warning line), and leaves a refused handshake's answer
     # in its connection, which ws_protocol sends.
