@@ -124,9 +124,9 @@ def http_protocol(config: ServerConfig | None = None) -> type[asyncio.Protocol] 
     A request head is counted in bytes as they arrive, before httptools gathers them
     (it would join a header value of any size): one over ``max_head_bytes`` is answered
     431 with m3o's error object and the connection closed (after a second with reading
-    paused, so that a client still sending reads the answer). A request pipelined in the
-    same packet as the end of the one before is counted from the next packet on, so a
-    head is cut at twice the limit at worst. At most ``max_pending_heads`` connections
+    paused, so that a client still sending reads the answer). A head that begins within
+    4 KiB of the end of the request before it, in the same read, is counted from there on,
+    so a head is cut at most 4 KiB past the limit. At most ``max_pending_heads`` connections
     may be waiting for a head at once (opened and not yet sent one, or part way through
     the next one): a newcomer past that closes the one waiting longest, so a flood of
     connections that never finish a head holds a bounded number of sockets and bytes,
