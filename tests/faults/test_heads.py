@@ -15,6 +15,7 @@ import base64
 import contextlib
 import json
 import os
+import re
 import socket
 import struct
 import subprocess
@@ -302,6 +303,10 @@ def test_no_client_input_puts_a_traceback_in_the_log(info_server: ServerProcess)
     lines = log_after(info_server, offset, "GET /health 200")
     text = "\n".join(lines)
     assert "Traceback" not in text and " ERROR " not in text, text
+    # Nothing the client did is logged as the server's failure: a request it cut short
+    # is a 499 (nginx's "client closed request"), not a 500.
+    assert not [line for line in lines if re.search(r" 5\d\d [\d.]+ms$", line)], text
+    assert re.search(r"POST /v1/chat/Send 499 [\d.]+ms", text), text
     assert all(line[:4].isdigit() for line in lines), text  # every line a record of its own
 
 
