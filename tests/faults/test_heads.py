@@ -157,11 +157,15 @@ def test_a_path_with_an_escape_and_a_newline_is_one_escaped_log_line(
         assert refused.value.response.status_code == 403
         assert c.get("/health").status_code == 200  # the next request's line marks the end
     lines = log_after(info_server, offset, "GET /health 200")
-    assert len(lines) == 3, lines  # one line for each request
-    line, _, took = lines[0].rpartition(" ")
+    # One line for each request, escaped; every line a record (it starts with its time).
+    forged = [line for line in lines if "RED" in line]
+    assert len(forged) == 1, lines
+    line, _, took = forged[0].rpartition(" ")
     assert line.endswith(" INFO chatctl.server: POST /v1/chat/\\x1b[31mRED\\nFAKE LOG LINE 404")
     assert took.endswith("ms"), lines
-    assert " INFO chatctl.server: WS /v1/chat/\\x1b\\nJoin 403 " in lines[1], lines
+    joins = [line for line in lines if "Join" in line]
+    assert len(joins) == 1 and " INFO chatctl.server: WS /v1/chat/\\x1b\\nJoin 403 " in joins[0]
+    assert all(line[:4].isdigit() for line in lines), lines
     assert "\x1b" not in "".join(lines)
 
 
