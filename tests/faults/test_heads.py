@@ -6,7 +6,10 @@
   answered 431 (or closed), and a Send works afterwards.
 - A request whose path holds an ESC and a newline leaves one log line, escaped.
 - An invalid UTF-8 text frame closes its WebSocket with 1007 and logs one warning line.
-- A fuzz of malformed HTTP and WebSocket input leaves no traceback in the log.
+- A fuzz of malformed HTTP and WebSocket input leaves no traceback in the log, and no
+  500 for what the client did.
+- A head over the limit is answered 431 in m3o's shape; ``--max-head-bytes`` sets it.
+- Connections that pipeline thousands of requests and read nothing cost little memory.
 """
 
 from __future__ import annotations
