@@ -33,6 +33,11 @@ if TYPE_CHECKING:
 _LISTEN = "Listening and access"
 _PER_TOKEN = "Per-token limits"
 _CLIENTS = "Browsers and m3o clients"
+_CONNECTIONS = "Connections"
+#: ServerConfig's defaults, repeated: the CLI does not import the server to show its help
+#: (tests/faults/test_heads.py holds them equal).
+DEFAULT_MAX_HEAD_BYTES = 64 * 1024
+DEFAULT_MAX_PENDING_HEADS = 256
 
 
 _LIMIT_HELP = {
@@ -186,6 +191,26 @@ def serve(
             metavar="SECONDS",
         ),
     ] = 5.0,
+    max_head_bytes: Annotated[
+        int,
+        typer.Option(
+            help="Largest request head (request line and headers), counted as it arrives, "
+            "before any token is read; over it: 431 and the connection closed.",
+            min=1024,
+            metavar="N",
+            rich_help_panel=_CONNECTIONS,
+        ),
+    ] = DEFAULT_MAX_HEAD_BYTES,
+    max_pending_heads: Annotated[
+        int,
+        typer.Option(
+            help="Connections that may be waiting for their request head at once (opened, "
+            "head not yet whole); past it, the one waiting longest is closed.",
+            min=1,
+            metavar="N",
+            rich_help_panel=_CONNECTIONS,
+        ),
+    ] = DEFAULT_MAX_PENDING_HEADS,
     tls_cert: Annotated[
         Path | None,
         typer.Option(
@@ -344,6 +369,8 @@ def serve(
         tls_key=None if tls_key is None else str(tls_key),
         cors_origins=_cors_origins(cors_origin or []),
         m3o_edition=m3o_edition.value,
+        max_head_bytes=max_head_bytes,
+        max_pending_heads=max_pending_heads,
     )
     run_server(
         config,

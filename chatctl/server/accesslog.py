@@ -1,7 +1,8 @@
 """One log line per request, activity counts for the idle watchdog, and bugs as a 500.
 
 ``AccessLog`` wraps the app (HTTP and WebSocket): it logs method, path (never the query
-string, where tokens may travel), status and milliseconds (``ACCESS_LINE``; ``serve``'s
+string, where tokens may travel), status (499 when the client left before an answer)
+and milliseconds (``ACCESS_LINE``; ``serve``'s
 formatter knows such a line needs no full token scrub), counts open requests and streams
 on the hub (``hub.active``), puts the ``Chat-Extensions`` header on every answer and
 WebSocket handshake, and, with ``crash``, answers an exception raised before the
@@ -29,6 +30,9 @@ log = logging.getLogger("chatctl.server")
 
 #: the access log's format (this very object): method, path, status, ms.
 ACCESS_LINE = "%s %s %s %.1fms"
+#: the status logged for a request the client left (or the protocol answered, as a body
+#: that does not parse) before the app answered: nginx's "client closed request".
+CLIENT_GONE = 499
 #: On every answer (errors, NDJSON Join, the Join WebSocket's 101): the extensions this
 #: server has, so that a client knows before it sends one (contract part 3).
 EXTENSIONS = (EXTENSIONS_HEADER.lower().encode(), ", ".join(SERVER_EXTENSIONS).encode())
@@ -60,13 +64,17 @@ class AccessLog:
             elif kind == "websocket.accept":
                 status = 101
                 message = {**message, "headers": [*message.get("headers", ()), EXTENSIONS]}
-            elif kind == "websocket.close" and status in (0, 101):
+            elif kind == "websocket.close" and status == 101:
                 status = message.get("code", 1000)
+            elif kind == "websocket.close" and status == 0:
+                status = 403  # closed before accepting: the handshake is answered 403
             await send(message)
 
+        failed = False
         try:
             await self.app(scope, receive, send_and_note)
         except Exception as exc:
+            failed = True
             if self.crash:
                 response = await crash(Request(scope), exc)
                 if not status:
@@ -81,7 +89,8 @@ class AccessLog:
                     ACCESS_LINE,
                     method,
                     scope["path"],
-                    status or 500,
+                    # No answer and no bug: the client went away first (nginx's 499).
+                    status or (500 if failed else CLIENT_GONE),
                     (time.perf_counter() - started) * 1000,
                 )
 

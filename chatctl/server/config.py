@@ -14,6 +14,8 @@ if TYPE_CHECKING:
 __all__ = [
     "DEFAULT_BODY_MIN_RATE",
     "DEFAULT_BODY_TIMEOUT",
+    "DEFAULT_MAX_HEAD_BYTES",
+    "DEFAULT_MAX_PENDING_HEADS",
     "DEFAULT_MAX_STREAMS_PER_TOKEN",
     "DEFAULT_RATE_BURST",
     "DEFAULT_RATE_LIMIT",
@@ -34,6 +36,14 @@ DEFAULT_MAX_STREAMS_PER_TOKEN = 100
 #: is cut after 10 s plus 1 s per KiB it managed to send.
 DEFAULT_BODY_TIMEOUT = 10.0
 DEFAULT_BODY_MIN_RATE = 1024.0
+#: the largest request head (request line and headers), as nginx's
+#: ``large_client_header_buffers`` (4 x 8 KiB) would allow many times over: a head of
+#: chatctl or a browser is well under 2 KiB. Over it: 431, and the connection is closed.
+DEFAULT_MAX_HEAD_BYTES = 64 * 1024
+#: connections at once that have not sent a whole request head (no token read yet): at
+#: most this many times ``max_head_bytes`` held (16 MiB by default); past it, the one
+#: waiting longest is closed for the newcomer (a client's head arrives in a round trip).
+DEFAULT_MAX_PENDING_HEADS = 256
 
 
 @dataclass
@@ -74,6 +84,10 @@ class ServerConfig:
     #: second for every ``body_min_rate`` bytes of it; slower, it is cut with 408.
     body_timeout: float = DEFAULT_BODY_TIMEOUT
     body_min_rate: float = DEFAULT_BODY_MIN_RATE
+    #: a request head over this many bytes is answered 431 and its connection closed.
+    max_head_bytes: int = DEFAULT_MAX_HEAD_BYTES
+    #: connections that may be waiting for their request head at once (``protocol``).
+    max_pending_heads: int = DEFAULT_MAX_PENDING_HEADS
     #: browser origins allowed to call the server (``scheme://host[:port]`` as browsers
     #: send them, or ``*``): CORS, and the Origin of a Join WebSocket (``server.cors``).
     cors_origins: tuple[str, ...] = ()

@@ -48,6 +48,7 @@ import uvicorn
 
 from chatctl.errors import ChatctlError, UsageError
 from chatctl.local import socket_answers
+from chatctl.output import visible
 from chatctl.server.accesslog import ACCESS_LINE
 from chatctl.server.app import create_app
 from chatctl.server.config import ServerConfig
@@ -252,8 +253,6 @@ def run_server(
                 port=port,
                 loop="uvloop" if has_module("uvloop") else "asyncio",
                 http=http_protocol(config),
-                # On the websockets package, without its deprecated legacy layer.
-                ws="websockets-sansio",
                 # Logging is configured above; the app logs one line per request itself,
                 # and uvicorn's access line would carry query strings.
                 log_config=None,
@@ -405,7 +404,16 @@ def _prepare_db(path: str) -> None:
 
 
 class _RedactingFormatter(logging.Formatter):
-    """Scrubs tokens from every formatted line, tracebacks included."""
+    """Scrubs tokens from every formatted line, tracebacks included, and keeps every
+    record on its own line, as plain text.
+
+    A record's message is escaped as the CLI escapes text for a terminal
+    (``output.visible``: ``\\x1b``, ``\\n``), so a path, header or close reason a client
+    chose can neither start a line of its own nor drive the terminal of whoever reads
+    the log. A traceback (at ERROR and above only: a bug of the server) keeps its lines,
+    escaped, each indented so that none passes for a record; below ERROR an exception is
+    told on the record's own line (``websockets`` logs a refused handshake's at debug).
+    """
 
     def __init__(self, fmt: str, tokens: Iterable[str]) -> None:
         super().__init__(fmt)
@@ -426,7 +434,27 @@ class _RedactingFormatter(logging.Formatter):
         ]
         self._secrets = re.compile("|".join(patterns))
 
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        message = record.message
+        if not message.isprintable():  # most lines: nothing to escape, no search
+            if isinstance(record.msg, str) and record.msg.endswith("\n"):
+                message = message[:-1]  # uvicorn's "Exception in ASGI application\n"
+            record.message = visible(message)
+        return super().formatMessage(record)
+
+    def formatException(self, ei: Any) -> str:
+        return _indented(super().formatException(ei))
+
+    def formatStack(self, stack_info: str) -> str:
+        return _indented(super().formatStack(stack_info))
+
     def format(self, record: logging.LogRecord) -> str:
+        if record.exc_info and record.levelno < logging.ERROR:
+            exc = record.exc_info[1]
+            record.exc_info = record.exc_text = None
+            if exc is not None:
+                told = (record.getMessage(), type(exc).__name__, exc)
+                record.msg, record.args = "%s (%s: %s)", told
         line = super().format(record)
         # The access line (one per request) is method, path, status and ms: only the
         # path comes from the client, so only it is searched (the query string, where
@@ -442,10 +470,24 @@ class _RedactingFormatter(logging.Formatter):
         return self._secrets.sub("[redacted]", line)
 
 
+def _indented(text: str) -> str:
+    """A traceback's lines, escaped and indented: none can pass for a log record."""
+    return "\n".join("    " + visible(line) for line in text.split("\n"))
+
+
+#: what websockets logs (on uvicorn's logger) for every handshake's outcome: the app logs
+#: the request's own line (``WS PATH 101``), and ``protocol.ws_protocol`` one for a
+#: handshake refused before the app saw it.
+_HANDSHAKE_LINES = frozenset(
+    {"connection open", "connection rejected (%d %s)", "HTTP response sent (%d %s)"}
+)
+
+
 def _drop_websocket_lines(record: logging.LogRecord) -> bool:
     # uvicorn logs '<client> - "WebSocket <path?query>" [accepted]' on its error logger;
     # the app logs its own line without the query string.
-    return not str(record.msg).startswith('%s - "WebSocket')
+    msg = str(record.msg)
+    return not msg.startswith('%s - "WebSocket') and msg not in _HANDSHAKE_LINES
 
 
 def _configure_logging(level: str, tokens: Iterable[str]) -> None:

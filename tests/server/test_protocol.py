@@ -21,6 +21,7 @@ import pytest
 import uvicorn
 from packaging.requirements import Requirement
 from starlette.applications import Starlette
+from websockets.sync.client import connect
 
 from chatctl.server.config import ServerConfig
 from chatctl.server.protocol import OneWrite, uvicorn_config
@@ -74,11 +75,47 @@ def test_the_httptools_protocol_has_what_the_head_deadline_overrides() -> None:
     assert "await self.message_event.wait()" in receive and '"more_body"' in receive
 
 
+def test_what_the_head_limit_and_the_websocket_protocol_rely_on() -> None:
+    from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+    from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+
+    # The head limit feeds the parser piecewise through data_received, which is where
+    # uvicorn sends its 400 (replaced by m3o's shape) and hands an upgrade over.
+    received = inspect.getsource(HttpToolsProtocol.data_received)
+    assert "self.send_400_response(" in received and "handle_websocket_upgrade()" in received
+    assert "self.transport.set_protocol(" in inspect.getsource(
+        HttpToolsProtocol.handle_websocket_upgrade
+    )
+    assert STATUS_LINE[431].startswith(b"HTTP/1.1 431 ")
+    # A request parsed behind an unanswered one is queued (and reading paused), and the
+    # queue is taken from when an answer completes: what parsing one answer ahead reads.
+    assert "self.pipeline.appendleft(" in inspect.getsource(HttpToolsProtocol.on_headers_complete)
+    assert "self.pipeline.pop()" in inspect.getsource(HttpToolsProtocol.on_response_complete)
+    assert "self.headers.append((name, value))" in inspect.getsource(HttpToolsProtocol.on_header)
+    # The WebSocket protocol logs an invalid UTF-8 frame through self.logger.exception with
+    # this message (turned into one warning line), and leaves a refused handshake's answer
+    # in its connection, which ws_protocol sends.
+    from chatctl.server.protocol import _INVALID_UTF8
+
+    sent = inspect.getsource(WebSocketsSansIOProtocol.send_receive_event_to_app)
+    assert f"self.logger.exception({_INVALID_UTF8!r})" in sent.replace('"', "'")
+    assert "self.logger = " in inspect.getsource(WebSocketsSansIOProtocol.__init__)
+    connect_source = inspect.getsource(WebSocketsSansIOProtocol.handle_connect)
+    assert "self.handshake_initiated = True" in connect_source
+    assert "self.response = self.conn.accept(event)" in connect_source
+    from websockets.server import ServerProtocol
+
+    assert "self.handshake_exc = exc" in inspect.getsource(ServerProtocol.parse)
+
+
 def test_the_server_hooks_and_settings_exist() -> None:
     params = inspect.signature(uvicorn.Server.shutdown).parameters
     assert list(params) == ["self", "sockets"]
     config = uvicorn_config(Starlette(), ServerConfig(db=":memory:"))
-    assert config.ws == "websockets-sansio" and config.ws_per_message_deflate is False
+    from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+
+    assert isinstance(config.ws, type) and issubclass(config.ws, WebSocketsSansIOProtocol)
+    assert config.ws_per_message_deflate is False
     assert config.ws_max_size == ServerConfig(db=":memory:").limits.max_body_bytes
     assert config.ws_ping_interval == 15.0 and config.ws_ping_timeout == 45.0
 
@@ -229,3 +266,63 @@ def test_a_body_nobody_reads_is_not_waited_for(
         received = _answer_then_close(conn)
     assert received.startswith(b"HTTP/1.1 404 "), received
     assert received.count(b"HTTP/1.1") == 1
+
+
+def test_connections_waiting_for_a_head_are_bounded_the_longest_waiting_closed(
+    tmp_path: Path,
+) -> None:
+    live = start_server(str(tmp_path / "chat.db"), max_pending_heads=3)
+    port = int(live.url.rsplit(":", 1)[1])
+    try:
+        waiting = [socket.create_connection(("127.0.0.1", port)) for _ in range(3)]
+        waiting[1].sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n")  # part of a head
+        time.sleep(0.2)  # the three are waiting, oldest first
+        started = time.monotonic()
+        with httpx.Client(base_url=live.url) as client:  # a fourth: served
+            assert client.get("/health").status_code == 200
+        waiting[0].settimeout(5)
+        assert waiting[0].recv(1) == b""  # the one waiting longest, closed for it
+        assert time.monotonic() - started < 2  # not at the 5 s head deadline
+        # The others are still there: the one with part of a head finishes it.
+        waiting[1].sendall(b"Connection: close\r\n\r\n")
+        assert _answer_then_close(waiting[1]).startswith(b"HTTP/1.1 200 ")
+        for conn in waiting:
+            conn.close()
+    finally:
+        live.stop()
+
+
+def test_a_head_is_counted_in_bytes_however_it_is_cut_and_pipelining_still_works(
+    tmp_path: Path,
+) -> None:
+    live = start_server(str(tmp_path / "chat.db"), max_head_bytes=2048)
+    port = int(live.url.rsplit(":", 1)[1])
+    request = b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n"
+    try:
+        # Three requests in one packet, each head well under the limit, together over it.
+        padded = request[:-2] + b"X-Pad: " + b"p" * 800 + b"\r\n\r\n"
+        last = padded[:-2] + b"Connection: close\r\n\r\n"
+        with socket.create_connection(("127.0.0.1", port)) as conn:
+            conn.sendall(padded * 2 + last)
+            assert _answer_then_close(conn).count(b"HTTP/1.1 200 ") == 3
+        # A head of exactly the limit, a byte at a time at first, then the rest: served.
+        head = b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\nX-Pad: "
+        head += b"p" * (2048 - len(head) - 4) + b"\r\n\r\n"
+        assert len(head) == 2048
+        with socket.create_connection(("127.0.0.1", port)) as conn:
+            for at in range(100):
+                conn.sendall(head[at : at + 1])
+            conn.sendall(head[100:])
+            assert _answer_then_close(conn).startswith(b"HTTP/1.1 200 ")
+        # One byte more, dribbled: 431, and a second later the connection is closed.
+        with socket.create_connection(("127.0.0.1", port)) as conn:
+            conn.sendall(head[:-4])
+            conn.sendall(b"p\r\n\r\n")
+            answer = _answer_then_close(conn)
+        assert answer.startswith(b"HTTP/1.1 431 "), answer
+        # A WebSocket upgrade still works under the limit.
+        with connect(live.ws_url + "/v1/chat/Join") as ws:
+            ws.send(json.dumps({"room_id": "nope", "user_id": "u"}))
+            assert json.loads(ws.recv(timeout=10))["code"] == 404
+    finally:
+        live.stop()
