@@ -10,6 +10,7 @@ Stdlib only: the CLI imports this on every call.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any, Literal, TypedDict
 
@@ -19,6 +20,7 @@ __all__ = [
     "EVENT_TYPES",
     "EXTENSIONS_HEADER",
     "IDEMPOTENCY",
+    "INVISIBLE",
     "MESSAGE_FIELDS",
     "ROOM_FIELDS",
     "SERVER_EXTENSIONS",
@@ -36,6 +38,7 @@ __all__ = [
     "in_edition",
     "parse_extensions",
     "rooms_in",
+    "unseen_character",
     "validate_request",
 ]
 
@@ -100,6 +103,72 @@ class Limits:
     max_members_per_room: int = 10_000
     max_history_page: int = 1000
     max_replay: int = 10_000
+    # Quotas of a server with tokens (contract part 3, "Quotas"). A tenant's message bytes
+    # per UTC day, every token of it counted; and each user token's share of its tenant's
+    # rooms, of a room's members, and of those bytes. None: half the tenant's figure.
+    max_bytes_per_tenant_day: int = 1 << 30
+    max_rooms_per_user: int | None = None
+    max_invites_per_user: int | None = None
+    max_bytes_per_user_day: int | None = None
+
+    @property
+    def rooms_per_user(self) -> int:
+        """Rooms one user's tokens may have made in a tenant (and not deleted)."""
+        return _share(self.max_rooms_per_user, self.max_rooms_per_tenant)
+
+    @property
+    def invites_per_user(self) -> int:
+        """Members one user token may add to a room it did not create."""
+        return _share(self.max_invites_per_user, self.max_members_per_room)
+
+    @property
+    def bytes_per_user_day(self) -> int:
+        """Message bytes one user's tokens may store in a tenant on a UTC day."""
+        return _share(self.max_bytes_per_user_day, self.max_bytes_per_tenant_day)
+
+
+def _share(given: int | None, tenant: int) -> int:
+    """A user's quota: as given, else half the tenant's (a user alone can never take all
+    of it, and two can still each do a lot), at least 1."""
+    return given if given is not None else max(1, tenant // 2)
+
+
+#: The characters no user id or room name a server takes may hold, as a regular
+#: expression class: Unicode's controls (Cc), format characters (Cf: the zero-width joiner
+#: that shows ``al\u200dice`` as "alice", the bidi controls that show ``bob\u202e`` and
+#: what follows reversed, the soft hyphen, the BOM) and the line and paragraph separators
+#: (Zl, Zp), as of Unicode 15 (a test compares it with ``unicodedata``). The OpenAPI
+#: document gives the same class as the fields' ``pattern``.
+INVISIBLE = (
+    "\x00-\x1f\x7f-\x9f\xad\u0600-\u0605\u061c\u06dd\u070f\u0890\u0891\u08e2\u180e"
+    "\u200b-\u200f\u2028-\u202e\u2060-\u2064\u2066-\u206f\ufeff\ufff9-\ufffb"
+    "\U000110bd\U000110cd\U00013430-\U0001343f\U0001bca0-\U0001bca3"
+    "\U0001d173-\U0001d17a\U000e0001\U000e0020-\U000e007f"
+)
+#: what a user id may not hold besides: the separator the CLI joins user ids with (a
+#: tab or a newline, which it also joins with, is a control character already).
+ID_SEPARATORS = ","
+#: each field rule's characters: ``id`` (user ids) and ``name`` (room names).
+_UNSEEN = {
+    "id": re.compile(f"[{INVISIBLE}{ID_SEPARATORS}]"),
+    "name": re.compile(f"[{INVISIBLE}]"),
+}
+
+
+def unseen_character(value: str, rule: Literal["id", "name"], field: str) -> str | None:
+    """Why ``value`` cannot be a new user id (``rule="id"``) or room name (``"name"``) on
+    a server: a detail naming ``field``, the character and the rule; None when it can."""
+    found = _UNSEEN[rule].search(value)
+    if found is None:
+        return None
+    char = found.group()
+    if char in ID_SEPARATORS:
+        return f"{field} must not contain {char!r}: user ids are listed joined with it"
+    what = "a user id" if rule == "id" else "a room name"
+    return (
+        f"{field} must not contain U+{ord(char):04X}: {what} must be visible characters"
+        " only (no control, format, bidi or line-separator characters)"
+    )
 
 
 @dataclass(frozen=True)
@@ -117,6 +186,11 @@ class Field:
     #: m3o's final edition's name for the field (``group_id`` for ``room_id``): a request
     #: may name it either way, but not both (contract part 3, "Both editions").
     alias: str | None = None
+    #: a string (or each item) a server keeps as a new user id (``id``) or room name
+    #: (``name``): ``unseen_character`` refuses what would display as something else.
+    #: Only where a request brings a new one in: Send, Leave or Kick name a member the
+    #: room already has, whatever it was accepted as (contract part 3).
+    chars: Literal["id", "name"] | None = None
 
     @property
     def default(self) -> Any:
@@ -150,6 +224,10 @@ _ROOM_ID = Field(
     "room_id", "string", "The id of the room.", "missing room id", alias="group_id"
 )
 _USER_ID = Field("user_id", "string", "The id of the user.", "missing user id", "max_user_id_bytes")
+#: a user id that becomes a member (Invite's).
+_NEW_USER_ID = Field(
+    "user_id", "string", "The id of the user.", "missing user id", "max_user_id_bytes", chars="id"
+)
 
 ENDPOINTS: dict[str, Endpoint] = {
     e.name: e
@@ -158,7 +236,9 @@ ENDPOINTS: dict[str, Endpoint] = {
             "Create",
             "Create a new chat room",
             (
-                Field("name", "string", "The name of the room.", None, "max_name_bytes"),
+                Field(
+                    "name", "string", "The name of the room.", None, "max_name_bytes", chars="name"
+                ),
                 Field(
                     "description",
                     "string",
@@ -172,6 +252,7 @@ ENDPOINTS: dict[str, Endpoint] = {
                     "The users allowed in the room.",
                     None,
                     "max_user_id_bytes",
+                    chars="id",
                 ),
                 Field("private", "boolean", "Whether the room is private (invite only)."),
             ),
@@ -179,7 +260,7 @@ ENDPOINTS: dict[str, Endpoint] = {
             True,
         ),
         Endpoint("Delete", "Delete a chat room and all its messages", (_ROOM_ID,), "room", True),
-        Endpoint("Invite", "Invite a user to a chat room", (_ROOM_ID, _USER_ID), "room", True),
+        Endpoint("Invite", "Invite a user to a chat room", (_ROOM_ID, _NEW_USER_ID), "room", True),
         Endpoint(
             "Send",
             "Send a message to a chat room",
@@ -407,11 +488,16 @@ def _check_kind(f: Field, value: Any) -> Any:
     return value
 
 
-def _check_length(f: Field, value: Any, limits: Limits) -> None:
+def _check_server_rules(f: Field, value: Any, limits: Limits) -> None:
+    items = value if isinstance(value, list) else [value]
+    if f.chars is not None:
+        for item in items:
+            detail = unseen_character(item, f.chars, f.name)
+            if detail is not None:
+                raise ValidationError(detail)
     if f.limit is None:
         return
     bound: int = getattr(limits, f.limit)
-    items = value if isinstance(value, list) else [value]
     for item in items:
         # n code points are at most 4n bytes of UTF-8: most values need no encoding to pass.
         if len(item) * 4 > bound and len(item.encode("utf-8", "surrogatepass")) > bound:
@@ -432,7 +518,9 @@ def validate_request(
     ``fill_defaults`` every field is present (the server's view); without, only the fields
     given (the client's view, which sends exactly what the user asked for). Raises
     ValidationError with m3o's detail ("missing room id") or a detail naming the field and
-    the limit.
+    the limit. With ``limits`` (the server's view) the server's rules are checked too: the
+    length limits, and the characters of new user ids and room names (``Field.chars``);
+    the CLI sends what it is given, and another server may take what chatctl's refuses.
     """
     if body is None:
         body = {}
@@ -455,7 +543,7 @@ def validate_request(
     if limits is not None:
         for f in endpoint.request:
             if f.name in out:
-                _check_length(f, out[f.name], limits)
+                _check_server_rules(f, out[f.name], limits)
         for name in ("limit", "history"):
             value = out.get(name)
             if isinstance(value, int) and value < 0:

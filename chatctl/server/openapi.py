@@ -13,6 +13,8 @@ for a fuzzer (tests/compat/test_openapi_fuzz.py) to find no request the two disa
 - an optional field may be ``null`` (m3o's proto-JSON reads it as the default, and so
   does this server), a required one may not; an integer may come as a string of digits
   (proto-JSON's int64); a cursor is a UUID or empty;
+- a new user id or room name (Create, Invite) has a ``pattern`` that excludes the
+  characters the server refuses in them (``schema.INVISIBLE``; ',' in a user id);
 - a body with a required field is a required body; the Idempotency-Key is 1 to 255
   characters.
 """
@@ -22,7 +24,15 @@ from __future__ import annotations
 from typing import Any
 
 from chatctl import __version__
-from chatctl.schema import ENDPOINTS, EVENT_TYPES, Endpoint, Field, Limits
+from chatctl.schema import (
+    ENDPOINTS,
+    EVENT_TYPES,
+    ID_SEPARATORS,
+    INVISIBLE,
+    Endpoint,
+    Field,
+    Limits,
+)
 from chatctl.wire import UUID_PATTERN
 
 __all__ = ["openapi_document"]
@@ -42,6 +52,8 @@ _KIND_SCHEMAS: dict[str, dict[str, Any]] = {
 #: the fields that are message ids, or any UUID as a position (contract part 3); "" is none.
 _CURSORS = frozenset({"before", "after", "since"})
 _CURSOR_PATTERN = f"^({UUID_PATTERN})?$"
+#: ``Field.chars``: no control, format or line-separator character; no ',' in a user id.
+_VISIBLE = {"id": f"^[^{INVISIBLE}{ID_SEPARATORS}]*$", "name": f"^[^{INVISIBLE}]*$"}
 
 _ROOM = {"$ref": "#/components/schemas/Room"}
 _ROOMS = {"type": "array", "items": {"$ref": "#/components/schemas/Room"}}
@@ -78,6 +90,13 @@ def _field_schema(f: Field, limits: Limits, name: str | None = None) -> dict[str
         else:
             schema["maxLength"] = bound
             schema["description"] += " " + words
+    if f.chars is not None:
+        # The characters the server refuses in a new user id or room name (schema.INVISIBLE).
+        rule = {"pattern": _VISIBLE[f.chars]}
+        if f.kind == "string_list":
+            schema["items"].update(rule)
+        else:
+            schema.update(rule)
     if name is not None and name != f.name:
         schema["description"] = f"m3o's final edition's name for {f.name}: give one of them."
     if not f.required:
