@@ -48,7 +48,7 @@ _LIMIT_HELP = {
     "max_history_page": "Most messages a History page returns (a larger limit is lowered to it;"
     " without a limit, History answers every message, sent in parts).",
     "max_replay": "Most messages a Join replays before going live.",
-    "max_bytes_per_tenant_day": "Most message bytes (text, subject, client) one tenant may store"
+    "max_bytes_per_tenant_day": "Most message bytes (UTF-8 text and subject) one tenant may store"
     " per UTC day; over it, 403. Not on an open server.",
     "max_rooms_per_user": "Most rooms a user token's user may have created in its tenant; over"
     " it, 403. Default: half of --max-rooms-per-tenant.",

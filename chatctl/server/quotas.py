@@ -12,7 +12,8 @@ part 3, "Quotas". Admin tokens are bound by the tenant's figures only; an open s
   not create (``members.invited_by``), counted in Invite's own transaction. The room's
   creator is bound only by the room's size: the room is theirs, and they can kick.
 - Bytes (``max_bytes_per_user_day``, ``max_bytes_per_tenant_day``): the UTF-8 bytes of
-  the text, subject and client label of each message stored, per UTC day. Per day, not
+  the text and subject of each message stored, per UTC day (the client label, at most
+  ``max_client_bytes``, is left out: the server makes one up when none is given). Per day, not
   in total: a total would have to be given back when a room is deleted (its messages
   are purged in steps, long after) and a member at their cap would stay stuck until an
   operator stepped in; a day's cap renews itself and bounds how fast the database grows,
@@ -58,11 +59,11 @@ def utc_day(now: float | None = None) -> str:
     return time.strftime("%Y-%m-%d", time.gmtime(time.time() if now is None else now))
 
 
-def message_bytes(text: str, subject: str, client: str) -> int:
-    """What a message costs of a byte quota: its UTF-8 bytes a store keeps."""
+def message_bytes(text: str, subject: str) -> int:
+    """What a message costs of a byte quota: the UTF-8 bytes of its text and subject."""
     return sum(
         len(s) if s.isascii() else len(s.encode("utf-8", "surrogatepass"))
-        for s in (text, subject, client)
+        for s in (text, subject)
     )
 
 

@@ -256,7 +256,7 @@ class ChatService:
         open server or for the rules' own callers (no actor), which have none."""
         if actor is None or actor is OPEN:
             return None
-        size = message_bytes(new.text, new.subject, new.client)
+        size = message_bytes(new.text, new.subject)
         return await self.meter.charge(self.store.read, tenant, actor.user or "", size)
 
     def _refund(self, charge: Charge | None) -> None:
