@@ -10,6 +10,7 @@ Stdlib only: the CLI imports this on every call.
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from typing import Any, Literal, TypedDict
@@ -148,17 +149,19 @@ INVISIBLE = (
 #: what a user id may not hold besides: the separator the CLI joins user ids with (a
 #: tab or a newline, which it also joins with, is a control character already).
 ID_SEPARATORS = ","
-#: each field rule's characters: ``id`` (user ids) and ``name`` (room names).
-_UNSEEN = {
-    "id": re.compile(f"[{INVISIBLE}{ID_SEPARATORS}]"),
-    "name": re.compile(f"[{INVISIBLE}]"),
-}
+
+
+@functools.cache
+def _unseen(rule: Literal["id", "name"]) -> re.Pattern[str]:
+    """The characters ``rule`` refuses (compiled when a server first needs it: a few ms,
+    which the CLI's start-up does not pay)."""
+    return re.compile(f"[{INVISIBLE}{ID_SEPARATORS if rule == 'id' else ''}]")
 
 
 def unseen_character(value: str, rule: Literal["id", "name"], field: str) -> str | None:
     """Why ``value`` cannot be a new user id (``rule="id"``) or room name (``"name"``) on
     a server: a detail naming ``field``, the character and the rule; None when it can."""
-    found = _UNSEEN[rule].search(value)
+    found = _unseen(rule).search(value)
     if found is None:
         return None
     char = found.group()
