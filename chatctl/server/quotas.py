@@ -29,7 +29,7 @@ from __future__ import annotations
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import NamedTuple, TypeVar
 
 from chatctl.schema import Limits
 from chatctl.server.domain import Forbidden
@@ -81,9 +81,9 @@ def invites_refusal(limits: Limits, user: str) -> Forbidden:
     )
 
 
-@dataclass(frozen=True, slots=True)
-class Charge:
-    """Bytes counted for a Send, to give back if it stores nothing."""
+class Charge(NamedTuple):
+    """Bytes counted for a Send, to give back if it stores nothing (a tuple: made on
+    every Send, three times faster than a frozen dataclass)."""
 
     tenant: str
     day: str
@@ -98,13 +98,20 @@ class _Tally:
 
     synced: dict[str, int]
     pending: dict[str, int] = field(default_factory=dict)
+    #: the sum of both, kept as they change (a tenant may have many users).
+    total: int = 0
     #: ``time.monotonic()`` of its last charge.
     used: float = 0.0
 
-    def total(self, payer: str | None = None) -> int:
-        if payer is None:
-            return sum(self.synced.values()) + sum(self.pending.values())
+    def __post_init__(self) -> None:
+        self.total = sum(self.synced.values()) + sum(self.pending.values())
+
+    def of(self, payer: str) -> int:
         return self.synced.get(payer, 0) + self.pending.get(payer, 0)
+
+    def add(self, payer: str, size: int) -> None:
+        self.pending[payer] = self.pending.get(payer, 0) + size
+        self.total += size
 
 
 Read = Callable[[Callable[[Session], Awaitable[T]]], Awaitable[T]]
@@ -131,14 +138,25 @@ class ByteMeter:
 
     def __init__(self, limits: Limits) -> None:
         self.limits = limits
+        self._tenant_cap = limits.max_bytes_per_tenant_day
+        self._user_cap = limits.bytes_per_user_day
         self._tallies: dict[tuple[str, str], _Tally] = {}
+        self._day = ""
+        self._day_ends = 0.0
+
+    def _today(self) -> str:
+        """``utc_day()``, worked out once a day (it is a tenth of a Send's checks)."""
+        now = time.time()
+        if now >= self._day_ends:
+            self._day, self._day_ends = utc_day(now), (now // _DAY + 1) * _DAY
+        return self._day
 
     async def charge(
         self, read: Read[dict[str, int]], tenant: str, payer: str, size: int
     ) -> Charge:
         """Count ``size`` bytes for ``payer`` (a user token's user; ``''``: an admin token)
         of ``tenant`` today; Forbidden, counting nothing, when it passes a quota."""
-        day = utc_day()
+        day = self._today()
         tally = self._tallies.get((tenant, day))
         if tally is None:
 
@@ -147,18 +165,17 @@ class ByteMeter:
 
             synced = await read(seed)
             tally = self._tallies.setdefault((tenant, day), _Tally(synced))
-        limits = self.limits
-        if tally.total() + size > limits.max_bytes_per_tenant_day:
+        if tally.total + size > self._tenant_cap:
             raise Forbidden(
-                f"quota: this tenant may store at most {limits.max_bytes_per_tenant_day}"
-                " message bytes a day (max_bytes_per_tenant_day); it renews at 00:00 UTC"
+                f"quota: this tenant may store at most {self._tenant_cap} message bytes a"
+                " day (max_bytes_per_tenant_day); it renews at 00:00 UTC"
             )
-        if payer and tally.total(payer) + size > limits.bytes_per_user_day:
+        if payer and tally.of(payer) + size > self._user_cap:
             raise Forbidden(
-                f"quota: user {payer} may store at most {limits.bytes_per_user_day} message"
-                " bytes a day in this tenant (max_bytes_per_user_day); it renews at 00:00 UTC"
+                f"quota: user {payer} may store at most {self._user_cap} message bytes a"
+                " day in this tenant (max_bytes_per_user_day); it renews at 00:00 UTC"
             )
-        tally.pending[payer] = tally.pending.get(payer, 0) + size
+        tally.add(payer, size)
         tally.used = time.monotonic()
         return Charge(tenant, day, payer, size)
 
@@ -166,7 +183,7 @@ class ByteMeter:
         """Give back a charge whose Send stored nothing."""
         tally = self._tallies.get((charge.tenant, charge.day))
         if tally is not None:
-            tally.pending[charge.payer] = tally.pending.get(charge.payer, 0) - charge.size
+            tally.add(charge.payer, -charge.size)
 
     async def sync(self, write: Read[dict[tuple[str, str], dict[str, int]]]) -> None:
         """Add the bytes counted here to the database and read back every replica's, for
@@ -196,6 +213,7 @@ class ByteMeter:
                     del tally.pending[payer]
             if key in synced:
                 tally.synced = synced[key]
+                tally.__post_init__()
             elif not tally.pending:
                 del self._tallies[key]
 
