@@ -7,14 +7,15 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from typing import Any
 
 import httpx
 import pytest
 
 from tests import postgres
-from tests.e2e.test_team_server import tokens_file
+from tests.e2e.test_team_server import _close_clients, call, ok, team_server
 from tests.helpers import ServerProcess
+
+__all__ = ["_close_clients"]  # closes the keep-alive clients of call() after the module
 
 #: the tenants' figures; each user token's share is half of them.
 ROOMS_PER_TENANT = 4
@@ -35,29 +36,12 @@ def _tokens() -> dict[str, tuple[str, bool]]:
 def quotas_server(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[ServerProcess]:
+    extra = ("--max-rooms-per-tenant", str(ROOMS_PER_TENANT))
+    extra += ("--max-members-per-room", str(MEMBERS_PER_ROOM))
+    extra += ("--max-bytes-per-tenant-day", str(BYTES_PER_TENANT_DAY))
     workdir = tmp_path_factory.mktemp("quotas")
-    path = tokens_file(workdir / "tokens", _tokens())
-    extra = ["--tokens-file", str(path), "--rate-limit", "off"]
-    extra += ["--max-rooms-per-tenant", str(ROOMS_PER_TENANT)]
-    extra += ["--max-members-per-room", str(MEMBERS_PER_ROOM)]
-    extra += ["--max-bytes-per-tenant-day", str(BYTES_PER_TENANT_DAY)]
-    with (
-        postgres.database_for(request.param, str(workdir / "chat.db")) as db,
-        ServerProcess(workdir, tcp=True, db=db, extra=extra) as server,
-    ):
+    with team_server(request.param, workdir, _tokens(), extra) as server:
         yield server
-
-
-def call(server: ServerProcess, token: str, endpoint: str, body: Any, **kw: Any) -> httpx.Response:
-    with server.http(token) as client:
-        return client.post(f"/v1/chat/{endpoint}", json=body, **kw)
-
-
-def ok(server: ServerProcess, token: str, endpoint: str, body: Any) -> dict[str, Any]:
-    r = call(server, token, endpoint, body)
-    assert r.status_code == 200, (endpoint, body, r.text)
-    answer: dict[str, Any] = r.json()
-    return answer
 
 
 def refused(r: httpx.Response, code: int, *words: str) -> str:
