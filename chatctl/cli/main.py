@@ -156,6 +156,15 @@ _ClickException: type[Exception] = next(
 _TOKEN_HINT = "set a token with --token, CHATCTL_TOKEN or: chatctl config set token -"
 
 
+def _quota_hint(detail: str) -> str:
+    """What to do about a quota of chatctl's server (its detail names it and its flag)."""
+    if "max_invites_per_user" in detail:
+        return "ask the room's creator to invite them, or someone with an admin token"
+    if "a day" in detail:
+        return "it renews at 00:00 UTC; or ask the server's operator to raise it"
+    return "delete a room you made (chatctl delete ROOM), or ask the server's operator"
+
+
 def hint_for(e: ChatctlError) -> str | None:
     """The next step for the user after an error: the one place hints are worded."""
     if e.hint:
@@ -217,6 +226,8 @@ def hint_for(e: ChatctlError) -> str | None:
             )
         if e.code == 401:
             return _TOKEN_HINT
+        if e.code == 403 and detail.startswith("quota:"):  # a user token's share (issue 23)
+            return _quota_hint(detail)
         if e.code == 403 and "acts only as user" in detail:  # a user token (issue 13)
             return (
                 "leave out --user, or set the profile's user to the token's: "

@@ -92,7 +92,8 @@ def test_a_member_cannot_fill_the_room_its_creator_made(quotas_server: ServerPro
     ok(server, "tok-invites-alice", "Invite", {"room_id": room_id, "user_id": "carol"})
     # Inviting someone already in the room adds nobody, so it is no quota's business.
     ok(server, "tok-invites-bob", "Invite", {"room_id": room_id, "user_id": "junk0"})
-    members = ok(server, "tok-invites-admin", "List", {})["rooms"][0]["user_ids"]
+    rooms = ok(server, "tok-invites-admin", "List", {})["rooms"]
+    members = next(r["user_ids"] for r in rooms if r["id"] == room_id)
     assert members == ["alice", "bob", *(f"junk{i}" for i in range(share)), "carol"]
     # Once the creator kicks one of bob's, bob has a seat of his share again.
     ok(server, "tok-invites-alice", "Kick", {"room_id": room_id, "user_id": "junk0"})
@@ -136,3 +137,19 @@ def test_a_member_over_the_byte_quota_is_refused_with_the_quota_named(
     ok(server, "tok-bytes-admin", "Send", {**admin_sends, "text": "y" * 550})
     history = ok(server, "tok-bytes-admin", "History", {"room_id": room_id})["messages"]
     assert [len(m["text"]) for m in history] == [500, 400, 50, 500, 550]
+
+
+def test_the_cli_says_which_quota_and_what_to_do(quotas_server: ServerProcess) -> None:
+    from tests.helpers import chatctl, cli_env
+
+    # The invites tenant: nobody has sent anything there.
+    carol = cli_env(quotas_server, CHATCTL_TOKEN="tok-invites-carol", CHATCTL_USER="carol")
+    share = BYTES_PER_TENANT_DAY // 2
+    room_id = ok(quotas_server, "tok-invites-carol", "Create", {"name": "carol's"})["room"]["id"]
+    r = chatctl("send", room_id, "x" * (share + 1), env=carol)
+    assert (r.returncode, r.stdout) == (4, "")
+    assert r.stderr.splitlines() == [
+        f"error: quota: user carol may store at most {share} message bytes a day in this tenant"
+        " (max_bytes_per_user_day); it renews at 00:00 UTC (chat.send, HTTP 403)",
+        "hint: it renews at 00:00 UTC; or ask the server's operator to raise it",
+    ]
