@@ -62,8 +62,7 @@ def utc_day(now: float | None = None) -> str:
 def message_bytes(text: str, subject: str) -> int:
     """What a message costs of a byte quota: the UTF-8 bytes of its text and subject."""
     return sum(
-        len(s) if s.isascii() else len(s.encode("utf-8", "surrogatepass"))
-        for s in (text, subject)
+        len(s) if s.isascii() else len(s.encode("utf-8", "surrogatepass")) for s in (text, subject)
     )
 
 
