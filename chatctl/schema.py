@@ -23,6 +23,7 @@ __all__ = [
     "IDEMPOTENCY",
     "INVISIBLE",
     "MESSAGE_FIELDS",
+    "NEW_NAMES",
     "ROOM_FIELDS",
     "SERVER_EXTENSIONS",
     "Edition",
@@ -158,6 +159,17 @@ def _unseen(rule: Literal["id", "name"]) -> re.Pattern[str]:
     return re.compile(f"[{INVISIBLE}{ID_SEPARATORS if rule == 'id' else ''}]")
 
 
+#: Where a request brings a new user id or room name in, and which rule of
+#: ``unseen_character`` its characters follow (each item of a list). Only there: Send,
+#: Leave, Kick or History name a member the room already has, whatever it was accepted
+#: as (contract part 3); a Join that would add its user is checked by the rules.
+NEW_NAMES: dict[tuple[str, str], Literal["id", "name"]] = {
+    ("Create", "name"): "name",
+    ("Create", "user_ids"): "id",
+    ("Invite", "user_id"): "id",
+}
+
+
 def unseen_character(value: str, rule: Literal["id", "name"], field: str) -> str | None:
     """Why ``value`` cannot be a new user id (``rule="id"``) or room name (``"name"``) on
     a server: a detail naming ``field``, the character and the rule; None when it can."""
@@ -172,6 +184,16 @@ def unseen_character(value: str, rule: Literal["id", "name"], field: str) -> str
         f"{field} must not contain U+{ord(char):04X}: {what} must be visible characters"
         " only (no control, format, bidi or line-separator characters)"
     )
+
+
+def _check_characters(endpoint: Endpoint, request: dict[str, Any]) -> None:
+    for (name, field), rule in NEW_NAMES.items():
+        if name == endpoint.name and field in request:
+            value = request[field]
+            for item in value if isinstance(value, list) else [value]:
+                detail = unseen_character(item, rule, field)
+                if detail is not None:
+                    raise ValidationError(detail)
 
 
 @dataclass(frozen=True)
@@ -189,11 +211,6 @@ class Field:
     #: m3o's final edition's name for the field (``group_id`` for ``room_id``): a request
     #: may name it either way, but not both (contract part 3, "Both editions").
     alias: str | None = None
-    #: a string (or each item) a server keeps as a new user id (``id``) or room name
-    #: (``name``): ``unseen_character`` refuses what would display as something else.
-    #: Only where a request brings a new one in: Send, Leave or Kick name a member the
-    #: room already has, whatever it was accepted as (contract part 3).
-    chars: Literal["id", "name"] | None = None
 
     @property
     def default(self) -> Any:
@@ -227,10 +244,6 @@ _ROOM_ID = Field(
     "room_id", "string", "The id of the room.", "missing room id", alias="group_id"
 )
 _USER_ID = Field("user_id", "string", "The id of the user.", "missing user id", "max_user_id_bytes")
-#: a user id that becomes a member (Invite's).
-_NEW_USER_ID = Field(
-    "user_id", "string", "The id of the user.", "missing user id", "max_user_id_bytes", chars="id"
-)
 
 ENDPOINTS: dict[str, Endpoint] = {
     e.name: e
@@ -239,9 +252,7 @@ ENDPOINTS: dict[str, Endpoint] = {
             "Create",
             "Create a new chat room",
             (
-                Field(
-                    "name", "string", "The name of the room.", None, "max_name_bytes", chars="name"
-                ),
+                Field("name", "string", "The name of the room.", None, "max_name_bytes"),
                 Field(
                     "description",
                     "string",
@@ -255,7 +266,6 @@ ENDPOINTS: dict[str, Endpoint] = {
                     "The users allowed in the room.",
                     None,
                     "max_user_id_bytes",
-                    chars="id",
                 ),
                 Field("private", "boolean", "Whether the room is private (invite only)."),
             ),
@@ -263,7 +273,7 @@ ENDPOINTS: dict[str, Endpoint] = {
             True,
         ),
         Endpoint("Delete", "Delete a chat room and all its messages", (_ROOM_ID,), "room", True),
-        Endpoint("Invite", "Invite a user to a chat room", (_ROOM_ID, _NEW_USER_ID), "room", True),
+        Endpoint("Invite", "Invite a user to a chat room", (_ROOM_ID, _USER_ID), "room", True),
         Endpoint(
             "Send",
             "Send a message to a chat room",
@@ -491,16 +501,11 @@ def _check_kind(f: Field, value: Any) -> Any:
     return value
 
 
-def _check_server_rules(f: Field, value: Any, limits: Limits) -> None:
-    items = value if isinstance(value, list) else [value]
-    if f.chars is not None:
-        for item in items:
-            detail = unseen_character(item, f.chars, f.name)
-            if detail is not None:
-                raise ValidationError(detail)
+def _check_length(f: Field, value: Any, limits: Limits) -> None:
     if f.limit is None:
         return
     bound: int = getattr(limits, f.limit)
+    items = value if isinstance(value, list) else [value]
     for item in items:
         # n code points are at most 4n bytes of UTF-8: most values need no encoding to pass.
         if len(item) * 4 > bound and len(item.encode("utf-8", "surrogatepass")) > bound:
@@ -522,7 +527,7 @@ def validate_request(
     given (the client's view, which sends exactly what the user asked for). Raises
     ValidationError with m3o's detail ("missing room id") or a detail naming the field and
     the limit. With ``limits`` (the server's view) the server's rules are checked too: the
-    length limits, and the characters of new user ids and room names (``Field.chars``);
+    length limits, and the characters of new user ids and room names (``NEW_NAMES``);
     the CLI sends what it is given, and another server may take what chatctl's refuses.
     """
     if body is None:
@@ -546,9 +551,10 @@ def validate_request(
     if limits is not None:
         for f in endpoint.request:
             if f.name in out:
-                _check_server_rules(f, out[f.name], limits)
+                _check_length(f, out[f.name], limits)
         for name in ("limit", "history"):
             value = out.get(name)
             if isinstance(value, int) and value < 0:
                 raise ValidationError(f"{name} must not be negative")
+        _check_characters(endpoint, out)
     return out

@@ -43,7 +43,7 @@ _LIMIT_HELP = {
     "max_subject_bytes": "Longest message subject, in UTF-8 bytes.",
     "max_user_id_bytes": "Longest user id, in UTF-8 bytes.",
     "max_client_bytes": "Longest client label, in UTF-8 bytes.",
-    "max_rooms_per_tenant": "Most rooms one tenant may hold (all its tokens together).",
+    "max_rooms_per_tenant": "Most rooms one token may hold.",
     "max_members_per_room": "Most users one room may hold.",
     "max_history_page": "Most messages a History page returns (a larger limit is lowered to it;"
     " without a limit, History answers every message, sent in parts).",

@@ -29,6 +29,7 @@ from chatctl.schema import (
     EVENT_TYPES,
     ID_SEPARATORS,
     INVISIBLE,
+    NEW_NAMES,
     Endpoint,
     Field,
     Limits,
@@ -90,13 +91,6 @@ def _field_schema(f: Field, limits: Limits, name: str | None = None) -> dict[str
         else:
             schema["maxLength"] = bound
             schema["description"] += " " + words
-    if f.chars is not None:
-        # The characters the server refuses in a new user id or room name (schema.INVISIBLE).
-        rule = {"pattern": _VISIBLE[f.chars]}
-        if f.kind == "string_list":
-            schema["items"].update(rule)
-        else:
-            schema.update(rule)
     if name is not None and name != f.name:
         schema["description"] = f"m3o's final edition's name for {f.name}: give one of them."
     if not f.required:
@@ -131,6 +125,11 @@ def _request_schema(endpoint: Endpoint, limits: Limits) -> dict[str, Any]:
     }
     if either:
         schema["oneOf"] = either  # one of room_id and group_id, not both
+    for (name, field), rule in NEW_NAMES.items():
+        # The characters the server refuses in a new user id or room name (schema.INVISIBLE).
+        if name == endpoint.name:
+            where = properties[field]
+            where.get("items", where)["pattern"] = _VISIBLE[rule]  # a list: each item
     return schema
 
 
