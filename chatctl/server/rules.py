@@ -239,9 +239,16 @@ class ChatService:
         actor: Principal | None = None,
     ) -> str:
         new = _new_message(req)
-        charge = await self._charge(tenant, new, actor)
+        sending = self._key(tenant, "Send", req, key)
         try:
-            sent = await self.store.send(tenant, new, self._key(tenant, "Send", req, key))
+            charge = await self._charge(tenant, new, actor)
+        except Forbidden:
+            kept = await self._kept_answer(sending)
+            if kept is None:
+                raise
+            return kept
+        try:
+            sent = await self.store.send(tenant, new, sending)
         except BaseException:
             self._refund(charge)
             raise
@@ -263,6 +270,17 @@ class ChatService:
         if charge is not None:
             self.meter.refund(charge)
 
+    async def _kept_answer(self, key: Key | None) -> str | None:
+        """For a Send over a quota: its key's first answer, if that Send was stored before,
+        so that a retry is answered as the first try was (and counted once)."""
+        if key is None:
+            return None
+
+        async def kept(db: Session) -> str | None:
+            return await db.kept_answer(key)
+
+        return await self.store.read(kept)
+
     async def send_many(
         self,
         tenant: str,
@@ -275,20 +293,25 @@ class ChatService:
         transaction, in order: each one's answer, or its refusal; with ``stop``, none is
         done after the first refusal, and the list ends with it (bulk sends). A Send over
         a byte quota is refused as it would be alone."""
-        outcomes: list[Refused | None] = []  # None: handed to the store, in order
+        outcomes: list[str | Refused | None] = []  # None: handed to the store, in order
         batch: list[tuple[NewMessage, Key | None]] = []
         charges: list[Charge | None] = []
         for req, key in requests:
             new = _new_message(req)
+            sending = self._key(tenant, "Send", req, key)
             try:
                 charges.append(await self._charge(tenant, new, actor))
             except Refused as over:
-                outcomes.append(over)
-                if stop:
+                try:
+                    kept: str | Refused | None = await self._kept_answer(sending)
+                except Refused as conflict:  # the key was used with another request
+                    kept = conflict
+                outcomes.append(over if kept is None else kept)
+                if stop and not isinstance(kept, str):
                     break
                 continue
             outcomes.append(None)
-            batch.append((new, self._key(tenant, "Send", req, key)))
+            batch.append((new, sending))
         try:
             results = await self.store.send_many(tenant, batch, stop=stop) if batch else []
         except BaseException:

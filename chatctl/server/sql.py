@@ -315,6 +315,12 @@ class Session:
         assert prior is not None, "a key neither claimed nor kept"
         return key.replay(prior[0], prior[1], prior[2])
 
+    async def kept_answer(self, key: Key) -> str | None:
+        """The answer kept for ``key``, if any (Conflict for another request); claims
+        nothing."""
+        prior = await self._row(PRIOR, (key.tenant, key.key, key.not_before))
+        return None if prior is None else key.replay(prior[0], prior[1], prior[2])
+
     async def keep_answer(self, key: Key, answer: str) -> None:
         await self._change(KEEP_ANSWER, (answer, key.tenant, key.key))
 

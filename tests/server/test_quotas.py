@@ -128,3 +128,36 @@ def test_a_bulk_send_refuses_the_lines_over_a_quota(tmp_path: Path, stop: bool) 
             await store.close()
 
     asyncio.run(scenario())
+
+
+def test_a_retry_at_the_cap_gets_the_first_answer(database: str) -> None:
+    """A Send whose answer was lost is retried with its Idempotency-Key: at the cap it is
+    answered as the first try was (and counted once), alone or in a bulk Send; a new Send
+    is refused."""
+    limits = Limits(max_bytes_per_tenant_day=2000)  # alice's share: 1,000 a day
+
+    async def scenario() -> None:
+        store = await _started(database)
+        try:
+            service = ChatService(store, limits)
+            room = json.loads(await service.create("tenant:acme", ROOM))["room"]["id"]
+            send = {"room_id": room, "user_id": "alice", "client": "", "subject": ""}
+            full = {**send, "text": "x" * 600}
+            first = await service.send("tenant:acme", full, "k1", actor=ALICE)
+            lines = [({**send, "text": "y" * 400}, "k2")]
+            [second] = await service.send_many("tenant:acme", lines, actor=ALICE)
+            assert await service.send("tenant:acme", full, "k1", actor=ALICE) == first
+            again = await service.send_many("tenant:acme", lines, stop=True, actor=ALICE)
+            assert again == [second]
+            with pytest.raises(Forbidden, match="max_bytes_per_user_day"):
+                await service.send("tenant:acme", {**send, "text": "z"}, "k3", actor=ALICE)
+            await service.sync_quotas()
+
+            async def counted(db: Session) -> dict[str, int]:
+                return await db.daily_bytes("tenant:acme", utc_day())
+
+            assert await store.read(counted) == {"alice": 1000}
+        finally:
+            await store.close()
+
+    asyncio.run(scenario())
