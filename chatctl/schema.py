@@ -10,6 +10,8 @@ Stdlib only: the CLI imports this on every call.
 
 from __future__ import annotations
 
+import functools
+import re
 from dataclasses import dataclass
 from typing import Any, Literal, TypedDict
 
@@ -19,7 +21,9 @@ __all__ = [
     "EVENT_TYPES",
     "EXTENSIONS_HEADER",
     "IDEMPOTENCY",
+    "INVISIBLE",
     "MESSAGE_FIELDS",
+    "NEW_NAMES",
     "ROOM_FIELDS",
     "SERVER_EXTENSIONS",
     "WHOAMI",
@@ -37,6 +41,7 @@ __all__ = [
     "in_edition",
     "parse_extensions",
     "rooms_in",
+    "unseen_character",
     "validate_request",
 ]
 
@@ -103,6 +108,95 @@ class Limits:
     max_members_per_room: int = 10_000
     max_history_page: int = 1000
     max_replay: int = 10_000
+    # Quotas of a server with tokens (contract part 3, "Quotas"). A tenant's message bytes
+    # per UTC day, every token of it counted; and each user token's share of its tenant's
+    # rooms, of a room's members, and of those bytes. None: half the tenant's figure.
+    max_bytes_per_tenant_day: int = 1 << 30
+    max_rooms_per_user: int | None = None
+    max_invites_per_user: int | None = None
+    max_bytes_per_user_day: int | None = None
+
+    @property
+    def rooms_per_user(self) -> int:
+        """Rooms one user's tokens may have made in a tenant (and not deleted)."""
+        return _share(self.max_rooms_per_user, self.max_rooms_per_tenant)
+
+    @property
+    def invites_per_user(self) -> int:
+        """Members one user token may add to a room it did not create."""
+        return _share(self.max_invites_per_user, self.max_members_per_room)
+
+    @property
+    def bytes_per_user_day(self) -> int:
+        """Message bytes one user's tokens may store in a tenant on a UTC day."""
+        return _share(self.max_bytes_per_user_day, self.max_bytes_per_tenant_day)
+
+
+def _share(given: int | None, tenant: int) -> int:
+    """A user's quota: as given, else half the tenant's (a user alone can never take all
+    of it, and two can still each do a lot), at least 1."""
+    return given if given is not None else max(1, tenant // 2)
+
+
+#: The characters no user id or room name a server takes may hold, as a regular
+#: expression class: Unicode's controls (Cc), format characters (Cf: the zero-width joiner
+#: that shows ``al\u200dice`` as "alice", the bidi controls that show ``bob\u202e`` and
+#: what follows reversed, the soft hyphen, the BOM) and the line and paragraph separators
+#: (Zl, Zp), as of Unicode 15 (a test compares it with ``unicodedata``). The OpenAPI
+#: document gives the same class as the fields' ``pattern``.
+INVISIBLE = (
+    "\x00-\x1f\x7f-\x9f\xad\u0600-\u0605\u061c\u06dd\u070f\u0890\u0891\u08e2\u180e"
+    "\u200b-\u200f\u2028-\u202e\u2060-\u2064\u2066-\u206f\ufeff\ufff9-\ufffb"
+    "\U000110bd\U000110cd\U00013430-\U0001343f\U0001bca0-\U0001bca3"
+    "\U0001d173-\U0001d17a\U000e0001\U000e0020-\U000e007f"
+)
+#: what a user id may not hold besides: the separator the CLI joins user ids with (a
+#: tab or a newline, which it also joins with, is a control character already).
+ID_SEPARATORS = ","
+
+
+@functools.cache
+def _unseen(rule: Literal["id", "name"]) -> re.Pattern[str]:
+    """The characters ``rule`` refuses (compiled when a server first needs it: a few ms,
+    which the CLI's start-up does not pay)."""
+    return re.compile(f"[{INVISIBLE}{ID_SEPARATORS if rule == 'id' else ''}]")
+
+
+#: Where a request brings a new user id or room name in, and which rule of
+#: ``unseen_character`` its characters follow (each item of a list). Only there: Send,
+#: Leave, Kick or History name a member the room already has, whatever it was accepted
+#: as (contract part 3); a Join that would add its user is checked by the rules.
+NEW_NAMES: dict[tuple[str, str], Literal["id", "name"]] = {
+    ("Create", "name"): "name",
+    ("Create", "user_ids"): "id",
+    ("Invite", "user_id"): "id",
+}
+
+
+def unseen_character(value: str, rule: Literal["id", "name"], field: str) -> str | None:
+    """Why ``value`` cannot be a new user id (``rule="id"``) or room name (``"name"``) on
+    a server: a detail naming ``field``, the character and the rule; None when it can."""
+    found = _unseen(rule).search(value)
+    if found is None:
+        return None
+    char = found.group()
+    if char in ID_SEPARATORS:
+        return f"{field} must not contain {char!r}: user ids are listed joined with it"
+    what = "a user id" if rule == "id" else "a room name"
+    return (
+        f"{field} must not contain U+{ord(char):04X}: {what} must be visible characters"
+        " only (no control, format, bidi or line-separator characters)"
+    )
+
+
+def _check_characters(endpoint: Endpoint, request: dict[str, Any]) -> None:
+    for (name, field), rule in NEW_NAMES.items():
+        if name == endpoint.name and field in request:
+            value = request[field]
+            for item in value if isinstance(value, list) else [value]:
+                detail = unseen_character(item, rule, field)
+                if detail is not None:
+                    raise ValidationError(detail)
 
 
 @dataclass(frozen=True)
@@ -465,7 +559,9 @@ def validate_request(
     ``fill_defaults`` every field is present (the server's view); without, only the fields
     given (the client's view, which sends exactly what the user asked for). Raises
     ValidationError with m3o's detail ("missing room id") or a detail naming the field and
-    the limit.
+    the limit. With ``limits`` (the server's view) the server's rules are checked too: the
+    length limits, and the characters of new user ids and room names (``NEW_NAMES``);
+    the CLI sends what it is given, and another server may take what chatctl's refuses.
     """
     if body is None:
         body = {}
@@ -496,4 +592,5 @@ def validate_request(
             value = out.get(name)
             if isinstance(value, int) and value < 0:
                 raise ValidationError(f"{name} must not be negative")
+        _check_characters(endpoint, out)
     return out

@@ -220,6 +220,8 @@ def hint_for(e: ChatctlError, inv: Invocation | None = None) -> str | None:
         return None
     if isinstance(e, APIError):
         detail = e.detail.lower()
+        if e.code == 403 and detail.startswith("quota:"):  # a user token's share (issue 23)
+            return _quota_hint(detail)
         if "not in the room" in detail or "not in the group" in detail:
             return (
                 "invite the user first (chatctl invite ROOM USER) or join it (chatctl join ROOM)"
@@ -321,3 +323,12 @@ def _closed_pipe(inv: Invocation) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, inv.stdout.fileno())
     return int(ExitStatus.OK)
+
+
+def _quota_hint(detail: str) -> str:
+    """What to do about a quota of chatctl's server (its detail names it and its flag)."""
+    if "max_invites_per_user" in detail:
+        return "ask the room's creator to invite them, or someone with an admin token"
+    if "a day" in detail:
+        return "it renews at 00:00 UTC; or ask the server's operator to raise it"
+    return "delete a room you made (chatctl delete ROOM), or ask the server's operator"

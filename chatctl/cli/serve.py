@@ -53,7 +53,21 @@ _LIMIT_HELP = {
     "max_history_page": "Most messages a History page returns (a larger limit is lowered to it;"
     " without a limit, History answers every message, sent in parts).",
     "max_replay": "Most messages a Join replays before going live.",
+    "max_bytes_per_tenant_day": "Most message bytes (UTF-8 text and subject) one tenant may store"
+    " per UTC day; over it, 403. Not on an open server.",
+    "max_rooms_per_user": "Most rooms a user token's user may have created in its tenant; over"
+    " it, 403. Default: half of --max-rooms-per-tenant.",
+    "max_invites_per_user": "Most users a user token may add to one room it did not create"
+    " (the creator is bound by --max-members-per-room only); over it, 403. Default: half of"
+    " --max-members-per-room.",
+    "max_bytes_per_user_day": "Most message bytes a user token's user may store in its tenant"
+    " per UTC day; over it, 403. Default: half of --max-bytes-per-tenant-day.",
 }
+
+
+def _default_words(default: int | None) -> str:
+    """A limit's default for its help; a quota without one says its own (a share)."""
+    return "" if default is None else f" Default: {default}."
 
 
 def _with_limit_options(command: Callable[..., None]) -> Callable[..., None]:
@@ -70,7 +84,7 @@ def _with_limit_options(command: Callable[..., None]) -> Callable[..., None]:
                 typer.Option(
                     "--" + field.name.replace("_", "-"),
                     help=_LIMIT_HELP.get(field.name, field.name.replace("_", " ").capitalize())
-                    + f" Default: {getattr(defaults, field.name)}.",
+                    + _default_words(getattr(defaults, field.name)),
                     min=1,
                     metavar="N",
                     show_default=False,

@@ -6,7 +6,8 @@ A request goes ``serve`` (the process) → ``protocol`` (uvicorn, as this server
 ``store_pg`` (sharing ``sql``) → back through ``hub`` (and ``hub_pg`` across replicas) to
 the live streams. ``domain`` holds the types they share; ``chatctl.wire`` what travels.
 Who a token is comes from ``tokens`` (the tokens file, its reloads), what it may do from
-``access`` (asked by ``edge`` and ``rules``), and its limits from ``ratelimit``.
+``access`` (asked by ``edge`` and ``rules``), its limits from ``ratelimit``, and a user
+token's share of its tenant from ``quotas`` (asked by ``rules``).
 The README's "How it is built" has one line per module. Nothing here is imported on the
 CLI's client path.
 """

@@ -37,6 +37,7 @@ from chatctl.server.cors import Cors
 from chatctl.server.domain import Unavailable
 from chatctl.server.edge import Edge
 from chatctl.server.hub import Hub
+from chatctl.server.quotas import SYNC_INTERVAL
 from chatctl.server.rules import ChatService
 from chatctl.server.store import Store, open_store
 from chatctl.server.streams import JoinStreams, revoked
@@ -81,13 +82,17 @@ def create_app(config: ServerConfig) -> Starlette:
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await store.start()
         housekeeping = asyncio.create_task(_housekeeping(store, service))
+        quotas = asyncio.create_task(_sync_quotas(service))
         try:
             yield
         finally:
             housekeeping.cancel()
+            quotas.cancel()
             hub.end_all()
             # Let stream handlers write their close frames before the store goes away.
             await hub.until_quiet(1.0)
+            with contextlib.suppress(Unavailable):  # the last second's byte counts
+                await service.sync_quotas()
             await store.close()
 
     app = _App(
@@ -125,6 +130,18 @@ def _ender_of_revoked_streams(hub: Hub) -> Callable[[Reload], None]:
             log.info("ended %d streams of revoked tokens", ended)
 
     return tokens_reloaded
+
+
+async def _sync_quotas(service: ChatService) -> None:
+    """Keep the byte quotas' counts in the store, every ``quotas.SYNC_INTERVAL``."""
+    while True:
+        await asyncio.sleep(SYNC_INTERVAL)
+        try:
+            await service.sync_quotas()
+        except Unavailable as exc:  # counted here still: the next round adds them
+            log.warning("syncing the byte quotas failed: %s", exc)
+        except Exception:
+            log.exception("syncing the byte quotas failed")
 
 
 async def _housekeeping(store: Store, service: ChatService) -> None:

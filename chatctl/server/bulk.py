@@ -308,7 +308,10 @@ class BulkSend(Response):
         answers = group.answers
         try:
             results = await self.service.send_many(
-                self.tenant, [(r, k) for _, r, k, _ in requests], stop=self.stop
+                self.tenant,
+                [(r, k) for _, r, k, _ in requests],
+                stop=self.stop,
+                actor=self.principal,
             )
         except Unavailable as exc:
             failed = encode(Refusal.of(SEND.id, exc).body())

@@ -13,6 +13,8 @@ for a fuzzer (tests/compat/test_openapi_fuzz.py) to find no request the two disa
 - an optional field may be ``null`` (m3o's proto-JSON reads it as the default, and so
   does this server), a required one may not; an integer may come as a string of digits
   (proto-JSON's int64); a cursor is a UUID or empty;
+- a new user id or room name (Create, Invite) has a ``pattern`` that excludes the
+  characters the server refuses in them (``schema.INVISIBLE``; ',' in a user id);
 - a body with a required field is a required body; the Idempotency-Key is 1 to 255
   characters.
 """
@@ -22,7 +24,16 @@ from __future__ import annotations
 from typing import Any
 
 from chatctl import __version__
-from chatctl.schema import ENDPOINTS, EVENT_TYPES, Endpoint, Field, Limits
+from chatctl.schema import (
+    ENDPOINTS,
+    EVENT_TYPES,
+    ID_SEPARATORS,
+    INVISIBLE,
+    NEW_NAMES,
+    Endpoint,
+    Field,
+    Limits,
+)
 from chatctl.wire import UUID_PATTERN
 
 __all__ = ["openapi_document"]
@@ -42,6 +53,8 @@ _KIND_SCHEMAS: dict[str, dict[str, Any]] = {
 #: the fields that are message ids, or any UUID as a position (contract part 3); "" is none.
 _CURSORS = frozenset({"before", "after", "since"})
 _CURSOR_PATTERN = f"^({UUID_PATTERN})?$"
+#: ``Field.chars``: no control, format or line-separator character; no ',' in a user id.
+_VISIBLE = {"id": f"^[^{INVISIBLE}{ID_SEPARATORS}]*$", "name": f"^[^{INVISIBLE}]*$"}
 
 _ROOM = {"$ref": "#/components/schemas/Room"}
 _ROOMS = {"type": "array", "items": {"$ref": "#/components/schemas/Room"}}
@@ -118,6 +131,11 @@ def _request_schema(endpoint: Endpoint, limits: Limits) -> dict[str, Any]:
     }
     if either:
         schema["oneOf"] = either  # one of room_id and group_id, not both
+    for (name, field), rule in NEW_NAMES.items():
+        # The characters the server refuses in a new user id or room name (schema.INVISIBLE).
+        if name == endpoint.name:
+            where = properties[field]
+            where.get("items", where)["pattern"] = _VISIBLE[rule]  # a list: each item
     return schema
 
 
@@ -125,7 +143,7 @@ def _error_responses(endpoint: Endpoint) -> dict[str, Any]:
     codes = {
         "400": "Invalid request (e.g. missing room id, user is not in the room).",
         "401": "Missing or unknown token (id v1).",
-        "403": "Membership or privacy refused.",
+        "403": "Membership, privacy or a quota refused (a quota's detail starts quota:).",
         "404": "Room not found (or, with id v1, no such API).",
         "409": "Idempotency-Key reused with a different request.",
         "413": "Body over the limit (id v1).",

@@ -47,6 +47,13 @@ Rules beyond m3o (contract part 2), and the choices this server makes where it i
   body is 409.
 - Count limits (rooms per tenant, members per room) are 400 with a detail naming the limit;
   413 is kept for bodies over ``max_body_bytes``.
+- Quotas (``quotas``): on a server with tokens, a user token's rooms, the members it adds
+  to a room it did not create, and its message bytes a day; a tenant's message bytes a
+  day. Over one: 403 with a detail naming the quota, its figure and its flag.
+- A new user id (Create's ``user_ids``, Invite's, a Join that adds the user to a public
+  room) and a new room name hold only visible characters, and no id holds ','
+  (``schema.unseen_character``): 400 naming the rule. Ids already in a room keep working
+  (Send, Leave, Kick, History, a member's Join): nothing was rewritten.
 """
 
 from __future__ import annotations
@@ -59,7 +66,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from chatctl.schema import ENDPOINTS, Limits
+from chatctl.schema import ENDPOINTS, Limits, unseen_character
 from chatctl.server import access
 from chatctl.server.domain import (
     EventNote,
@@ -73,9 +80,16 @@ from chatctl.server.domain import (
     RoomRow,
     StreamsEnded,
 )
+from chatctl.server.quotas import (
+    ByteMeter,
+    Charge,
+    invites_refusal,
+    message_bytes,
+    rooms_refusal,
+)
 from chatctl.server.sql import Session
 from chatctl.server.store import SendResult, Store
-from chatctl.server.tokens import Principal
+from chatctl.server.tokens import OPEN, Principal
 from chatctl.wire import (
     CLOSE_DELETED,
     CLOSE_FORBIDDEN,
@@ -123,6 +137,8 @@ class ChatService:
     def __init__(self, store: Store, limits: Limits | None = None) -> None:
         self.store = store
         self.limits = limits or Limits()
+        #: the byte quotas' counts (``quotas``); ``sync_quotas`` keeps them in the store.
+        self.meter = ByteMeter(self.limits)
         self._changes: dict[str, _Change] = {
             "Create": self._create,
             "Delete": self._delete,
@@ -143,9 +159,9 @@ class ChatService:
         actor: Principal | None = None,
     ) -> Answer:
         """Answer one unary call by endpoint name (``Send``); the edge's single entry.
-        Send and History need nothing of the actor beyond ``access.bind``."""
+        History needs nothing of the actor beyond ``access.bind``; Send, its byte quota."""
         if endpoint == "Send":
-            return await self.send(tenant, request, idempotency_key)
+            return await self.send(tenant, request, idempotency_key, actor=actor)
         if endpoint == "History":
             return await self.history(tenant, request)
         if endpoint == "List":
@@ -201,18 +217,69 @@ class ChatService:
         return Key(tenant, key, endpoint, request_hash, now, now - IDEMPOTENCY_TTL)
 
     async def forget_expired_keys(self) -> int:
-        """Delete keys past their 24 h (they are ignored on read; this bounds the table)."""
+        """Delete keys past their 24 h (they are ignored on read; this bounds the table),
+        and the byte quotas' counts of days gone by."""
 
         async def purge(db: Session) -> int:
+            await db.purge_daily_bytes(ByteMeter.oldest_kept())
             return await db.purge_keys(time.time() - IDEMPOTENCY_TTL)
 
         return await self.store.write(purge)
 
-    async def send(self, tenant: str, req: dict[str, Any], key: str | None = None) -> str:
-        sent = await self.store.send(tenant, _new_message(req), self._key(tenant, "Send", req, key))
+    async def sync_quotas(self) -> None:
+        """Keep the byte quotas' counts in the store (``quotas.ByteMeter.sync``)."""
+        await self.meter.sync(self.store.write)
+
+    async def send(
+        self,
+        tenant: str,
+        req: dict[str, Any],
+        key: str | None = None,
+        *,
+        actor: Principal | None = None,
+    ) -> str:
+        new = _new_message(req)
+        sending = self._key(tenant, "Send", req, key)
+        try:
+            charge = await self._charge(tenant, new, actor)
+        except Forbidden:
+            kept = await self._kept_answer(sending)
+            if kept is None:
+                raise
+            return kept
+        try:
+            sent = await self.store.send(tenant, new, sending)
+        except BaseException:
+            self._refund(charge)
+            raise
+        if not sent.stored:
+            self._refund(charge)
         if sent.answer is None:
             raise _send_refusal(sent)
         return sent.answer
+
+    async def _charge(self, tenant: str, new: NewMessage, actor: Principal | None) -> Charge | None:
+        """Count a message against the byte quotas (Forbidden when over one); None on an
+        open server or for the rules' own callers (no actor), which have none."""
+        if actor is None or actor is OPEN:
+            return None
+        size = message_bytes(new.text, new.subject)
+        return await self.meter.charge(self.store.read, tenant, actor.user or "", size)
+
+    def _refund(self, charge: Charge | None) -> None:
+        if charge is not None:
+            self.meter.refund(charge)
+
+    async def _kept_answer(self, key: Key | None) -> str | None:
+        """For a Send over a quota: its key's first answer, if that Send was stored before,
+        so that a retry is answered as the first try was (and counted once)."""
+        if key is None:
+            return None
+
+        async def kept(db: Session) -> str | None:
+            return await db.kept_answer(key)
+
+        return await self.store.read(kept)
 
     async def send_many(
         self,
@@ -220,13 +287,53 @@ class ChatService:
         requests: Sequence[tuple[dict[str, Any], str | None]],
         *,
         stop: bool = False,
+        actor: Principal | None = None,
     ) -> list[str | Refused]:
         """Several Sends (each request with its own Idempotency-Key, if any) in one
         transaction, in order: each one's answer, or its refusal; with ``stop``, none is
-        done after the first refusal, and the list ends with it (bulk sends)."""
-        batch = [(_new_message(req), self._key(tenant, "Send", req, key)) for req, key in requests]
-        results = await self.store.send_many(tenant, batch, stop=stop)
-        return [_send_refusal(r) if r.answer is None else r.answer for r in results]
+        done after the first refusal, and the list ends with it (bulk sends). A Send over
+        a byte quota is refused as it would be alone."""
+        outcomes: list[str | Refused | None] = []  # None: handed to the store, in order
+        batch: list[tuple[NewMessage, Key | None]] = []
+        charges: list[Charge | None] = []
+        for req, key in requests:
+            new = _new_message(req)
+            sending = self._key(tenant, "Send", req, key)
+            try:
+                charges.append(await self._charge(tenant, new, actor))
+            except Refused as over:
+                try:
+                    kept: str | Refused | None = await self._kept_answer(sending)
+                except Refused as conflict:  # the key was used with another request
+                    kept = conflict
+                outcomes.append(over if kept is None else kept)
+                if stop and not isinstance(kept, str):
+                    break
+                continue
+            outcomes.append(None)
+            batch.append((new, sending))
+        try:
+            results = await self.store.send_many(tenant, batch, stop=stop) if batch else []
+        except BaseException:
+            for charge in charges:
+                self._refund(charge)
+            raise
+        for i, charge in enumerate(charges):
+            if i >= len(results) or not results[i].stored:
+                self._refund(charge)
+        answers: list[str | Refused] = []
+        stored = iter(results)
+        for outcome in outcomes:
+            if outcome is None:
+                result = next(stored, None)
+                if result is None:  # the store stopped at an earlier refusal
+                    break
+                answers.append(_send_refusal(result) if result.answer is None else result.answer)
+                if stop and result.answer is None:
+                    break
+            else:
+                answers.append(outcome)
+        return answers
 
     async def _create(
         self, db: Session, tenant: str, req: dict[str, Any], actor: Principal | None
@@ -238,9 +345,14 @@ class ChatService:
                 f"too many users: a room holds at most {limits.max_members_per_room}"
                 " (max_members_per_room)"
             )
+        user = None if actor is None else actor.user
+        if user is not None and await db.count_rooms_created(tenant, user) >= (
+            limits.rooms_per_user
+        ):
+            raise rooms_refusal(limits, user)
         if await db.count_rooms(tenant) >= limits.max_rooms_per_tenant:
             raise Invalid(
-                f"too many rooms: at most {limits.max_rooms_per_tenant} per token"
+                f"too many rooms: at most {limits.max_rooms_per_tenant} per tenant"
                 " (max_rooms_per_tenant)"
             )
         room = await db.create_room(
@@ -275,8 +387,15 @@ class ChatService:
         user_id = req["user_id"]
         await db.set_barred(room, user_id, False)
         if not await db.is_member(room, user_id):
+            inviter = None if actor is None else actor.user
+            if (
+                inviter is not None
+                and inviter != room.creator
+                and await db.count_invited_by(room, inviter) >= self.limits.invites_per_user
+            ):
+                raise invites_refusal(self.limits, inviter)
             await self._check_room_size(db, room)
-            await db.add_member(room, user_id)
+            await db.add_member(room, user_id, inviter)
             _event(db, "invited", room, user_id)
         return _room_answer(room, await db.members(room))
 
@@ -403,6 +522,9 @@ class ChatService:
                     raise Forbidden("private room: the user must be invited first")
                 if await db.is_barred(room, user_id):
                     raise Forbidden("user was kicked from the room; invite them again")
+                unseen = unseen_character(user_id, "id", "user_id")
+                if unseen is not None:  # a new member: only a member may keep such an id
+                    raise Invalid(unseen)
                 await self._check_room_size(db, room)
                 await db.add_member(room, user_id)
             _event(db, "joined", room, user_id)

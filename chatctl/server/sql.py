@@ -10,8 +10,10 @@ how a big room's messages are purged), where a cursor that is no message falls
 (``message_position``), and caches.
 
 The schemas differ in types, never in names: ``rooms``, ``members`` (``position`` is the
-order of joining), ``barred``, ``messages`` (``seq`` is a room's one order) and
-``idempotency``.
+order of joining, ``invited_by`` the user token's user who added the member), ``barred``,
+``messages`` (``seq`` is a room's one order), ``idempotency`` and ``daily_bytes`` (the
+message bytes each user token's user, or ``''`` for admin tokens, stored in a tenant on a
+UTC day: ``quotas``).
 """
 
 from __future__ import annotations
@@ -55,6 +57,7 @@ class Dialect:
 
 ROOM = f"SELECT {ROOM_COLUMNS} FROM rooms WHERE tenant = ? AND id = ?"
 COUNT_ROOMS = "SELECT count(*) FROM rooms WHERE tenant = ?"
+COUNT_ROOMS_CREATED = "SELECT count(*) FROM rooms WHERE tenant = ? AND creator = ?"
 ROOMS = f"SELECT {ROOM_COLUMNS} FROM rooms WHERE tenant = ? ORDER BY pk"
 ROOMS_MEMBERS = "SELECT room_pk, user_id FROM members WHERE tenant = ? ORDER BY position"
 ROOMS_OF_USER = (
@@ -69,8 +72,10 @@ ROOMS_OF_USER_MEMBERS = (
 MEMBERS = "SELECT user_id FROM members WHERE room_pk = ? ORDER BY position"
 IS_MEMBER = "SELECT 1 FROM members WHERE room_pk = ? AND user_id = ?"
 COUNT_MEMBERS = "SELECT count(*) FROM members WHERE room_pk = ?"
+COUNT_INVITED_BY = "SELECT count(*) FROM members WHERE room_pk = ? AND invited_by = ?"
 ADD_MEMBER = (
-    "INSERT INTO members (tenant, room_pk, user_id) VALUES (?, ?, ?) ON CONFLICT DO NOTHING"
+    "INSERT INTO members (tenant, room_pk, user_id, invited_by) VALUES (?, ?, ?, ?)"
+    " ON CONFLICT DO NOTHING"
 )
 REMOVE_MEMBER = "DELETE FROM members WHERE room_pk = ? AND user_id = ?"
 IS_BARRED = "SELECT 1 FROM barred WHERE room_pk = ? AND user_id = ?"
@@ -110,6 +115,13 @@ PRIOR = (
 )
 KEEP_ANSWER = "UPDATE idempotency SET response = ? WHERE tenant = ? AND key = ?"
 PURGE_KEYS = "DELETE FROM idempotency WHERE created_at < ?"
+
+DAILY_BYTES = "SELECT user_id, bytes FROM daily_bytes WHERE tenant = ? AND day = ?"
+ADD_DAILY_BYTES = (
+    "INSERT INTO daily_bytes (tenant, day, user_id, bytes) VALUES (?, ?, ?, ?)"
+    " ON CONFLICT (day, tenant, user_id) DO UPDATE SET bytes = daily_bytes.bytes + excluded.bytes"
+)
+PURGE_DAILY_BYTES = "DELETE FROM daily_bytes WHERE day < ?"
 
 
 def claim_args(key: Key, answer: str = "") -> Args:
@@ -190,7 +202,7 @@ class Session:
         room = RoomRow(0, tenant, room_id, name, description, created_at, private, creator)
         room = dataclasses.replace(room, pk=await self._insert_room(room))
         for user_id in user_ids:
-            await self.add_member(room, user_id)
+            await self.add_member(room, user_id, creator)
         return room
 
     async def _insert_room(self, room: RoomRow) -> int:
@@ -207,6 +219,10 @@ class Session:
 
     async def count_rooms(self, tenant: str) -> int:
         return await self._count(COUNT_ROOMS, (tenant,))
+
+    async def count_rooms_created(self, tenant: str, creator: str) -> int:
+        """The rooms of the tenant ``creator``'s user tokens made (and not deleted)."""
+        return await self._count(COUNT_ROOMS_CREATED, (tenant, creator))
 
     async def list_rooms(
         self, tenant: str, user_id: str | None = None
@@ -234,9 +250,15 @@ class Session:
     async def count_members(self, room: RoomRow) -> int:
         return await self._count(COUNT_MEMBERS, (room.pk,))
 
-    async def add_member(self, room: RoomRow, user_id: str) -> bool:
-        """Add at the end of the member list; False when already a member."""
-        return await self._change(ADD_MEMBER, (room.tenant, room.pk, user_id)) > 0
+    async def count_invited_by(self, room: RoomRow, inviter: str) -> int:
+        """The room's members ``inviter`` (a user token's user) added."""
+        return await self._count(COUNT_INVITED_BY, (room.pk, inviter))
+
+    async def add_member(self, room: RoomRow, user_id: str, invited_by: str | None = None) -> bool:
+        """Add at the end of the member list, added by ``invited_by`` (a user token's user;
+        None: an admin token, or the user joined a public room); False when already a
+        member."""
+        return await self._change(ADD_MEMBER, (room.tenant, room.pk, user_id, invited_by)) > 0
 
     async def remove_member(self, room: RoomRow, user_id: str) -> bool:
         return await self._change(REMOVE_MEMBER, (room.pk, user_id)) > 0
@@ -293,9 +315,28 @@ class Session:
         assert prior is not None, "a key neither claimed nor kept"
         return key.replay(prior[0], prior[1], prior[2])
 
+    async def kept_answer(self, key: Key) -> str | None:
+        """The answer kept for ``key``, if any (Conflict for another request); claims
+        nothing."""
+        prior = await self._row(PRIOR, (key.tenant, key.key, key.not_before))
+        return None if prior is None else key.replay(prior[0], prior[1], prior[2])
+
     async def keep_answer(self, key: Key, answer: str) -> None:
         await self._change(KEEP_ANSWER, (answer, key.tenant, key.key))
 
     async def purge_keys(self, older_than: float) -> int:
         """Forget keys whose answers are no longer kept (they are ignored on read)."""
         return await self._change(PURGE_KEYS, (older_than,))
+
+    # -- daily bytes (``quotas``) -------------------------------------------------------
+
+    async def daily_bytes(self, tenant: str, day: str) -> dict[str, int]:
+        """The message bytes each payer (a user, ``''`` for admin tokens) stored on ``day``."""
+        return {row[0]: int(row[1]) for row in await self._rows(DAILY_BYTES, (tenant, day))}
+
+    async def add_daily_bytes(self, tenant: str, day: str, payer: str, count: int) -> None:
+        await self._change(ADD_DAILY_BYTES, (tenant, day, payer, count))
+
+    async def purge_daily_bytes(self, before_day: str) -> int:
+        """Forget the days before ``before_day`` (``YYYY-MM-DD``)."""
+        return await self._change(PURGE_DAILY_BYTES, (before_day,))

@@ -46,10 +46,17 @@ class SendResult:
     room_found: bool = True
     private: bool = False
     refusal: Refused | None = None
+    #: the answer is a key's first answer: this call stored nothing.
+    replayed: bool = False
 
     @property
     def refused(self) -> bool:
         return self.answer is None
+
+    @property
+    def stored(self) -> bool:
+        """This call stored a message (its bytes count: ``quotas``)."""
+        return self.answer is not None and not self.replayed
 
 
 class Store(Protocol):

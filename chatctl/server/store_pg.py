@@ -159,6 +159,21 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE rooms ADD COLUMN creator text;
     """,
+    # v4: quotas per user inside a tenant (issue 23): who added each member (a member may
+    # add only so many to a room), the rooms each user made, and the message bytes each
+    # user (or the tenant's admin tokens, as '') stored on a UTC day.
+    """
+    ALTER TABLE members ADD COLUMN invited_by text;
+    CREATE INDEX members_by_inviter ON members (room_pk, invited_by);
+    CREATE INDEX rooms_by_creator ON rooms (tenant, creator);
+    CREATE TABLE daily_bytes (
+        tenant  text NOT NULL,
+        day     text NOT NULL,
+        user_id text NOT NULL,
+        bytes   bigint NOT NULL,
+        PRIMARY KEY (day, tenant, user_id)
+    );
+    """,
 )
 
 # -- the Send statement -------------------------------------------------------------------
@@ -344,6 +359,7 @@ def _send_many_params(tenant: str, run: list[_Made], stop: bool) -> dict[str, An
             oldest = max(oldest, key.not_before)
     return {"tenant": tenant, "stop": stop, "oldest": oldest, **columns}
 
+
 _INSERT_ROOM = (
     "INSERT INTO rooms (tenant, id, name, description, created_at, private, creator)"
     " VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING pk"
@@ -411,7 +427,7 @@ def _sent(
     private, member, seq = row[0], row[1], row[2]
     if key is not None and row[4] is not None:
         try:
-            return SendResult(key.replay(row[4], row[5], row[6]))
+            return SendResult(key.replay(row[4], row[5], row[6]), replayed=True)
         except Refused as refusal:
             if not refusals:
                 raise
@@ -731,6 +747,7 @@ class PostgresStore:
                         if await self._send_run(conn, tenant, run, stop, results):
                             break
                 return results
+
             return await self._bounded(call(), deadline)
 
     async def _send_run(

@@ -166,6 +166,21 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE rooms ADD COLUMN creator TEXT;
     """,
+    # v6: quotas per user inside a tenant (issue 23): who added each member (a member may
+    # add only so many to a room), the rooms each user made, and the message bytes each
+    # user (or the tenant's admin tokens, as '') stored on a UTC day.
+    """
+    ALTER TABLE members ADD COLUMN invited_by TEXT;
+    CREATE INDEX members_by_inviter ON members (room_pk, invited_by);
+    CREATE INDEX rooms_by_creator ON rooms (tenant, creator);
+    CREATE TABLE daily_bytes (
+        tenant  TEXT NOT NULL,
+        day     TEXT NOT NULL,
+        user_id TEXT NOT NULL,
+        bytes   INTEGER NOT NULL,
+        PRIMARY KEY (day, tenant, user_id)
+    ) WITHOUT ROWID;
+    """,
 )
 
 #: ms a read waits, holding up the event loop, for another process's lock; the read is
@@ -346,7 +361,7 @@ class SQLiteSession(sql.Session):
         answer = message_frame(message)
         if key is not None and not self._claimed(key, answer):
             prior = self._db.execute(sql.PRIOR, (key.tenant, key.key, key.not_before))
-            raise _Unsent(SendResult(key.replay(*prior.fetchone())))
+            raise _Unsent(SendResult(key.replay(*prior.fetchone()), replayed=True))
         room = self.room(tenant, new.room_id)
         if room is None:
             raise _Unsent(SendResult(None, room_found=False))

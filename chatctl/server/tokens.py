@@ -44,6 +44,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from chatctl.errors import NotFoundError, UsageError
+from chatctl.schema import unseen_character
 
 __all__ = [
     "OPEN",
@@ -478,6 +479,9 @@ def add_token(
         raise TokensFileError(
             f"user id {user!r} cannot be written in a tokens file (printable, no spaces)"
         )
+    unseen = None if user is None else unseen_character(user, "id", "user")
+    if unseen is not None:  # the server would refuse the user's every Create
+        raise TokensFileError(unseen)
     token = new_token()
     line = f"sha256:{token_digest(token)} tenant={tenant} " + (
         "admin" if user is None else f"user={user}"

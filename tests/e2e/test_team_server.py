@@ -59,19 +59,30 @@ def tokens_file(path: Path, tokens: dict[str, tuple[str, bool]] = TOKENS) -> Pat
     return path
 
 
+@contextlib.contextmanager
+def team_server(
+    backend: str,
+    workdir: Path,
+    tokens: dict[str, tuple[str, bool]] = TOKENS,
+    extra: tuple[str, ...] = (),
+) -> Iterator[ServerProcess]:
+    """A team server on ``backend`` serving ``tokens``, with ``extra`` flags."""
+    path = tokens_file(workdir / "tokens", tokens)
+    # No rate limit here: these tests make many calls a second (limits are tested below).
+    flags = ["--tokens-file", str(path), "--rate-limit", "off", *extra]
+    with (
+        postgres.database_for(backend, str(workdir / "chat.db")) as db,
+        ServerProcess(workdir, tcp=True, db=db, extra=flags) as server,
+    ):
+        yield server
+
+
 @pytest.fixture(scope="module", params=postgres.BACKENDS)
 def team(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[ServerProcess]:
     """One team server per backend for the module: each test makes its own rooms."""
-    workdir = tmp_path_factory.mktemp("team")
-    path = tokens_file(workdir / "tokens")
-    # No rate limit here: these tests make many calls a second (limits are tested below).
-    extra = ["--tokens-file", str(path), "--rate-limit", "off"]
-    with (
-        postgres.database_for(request.param, str(workdir / "chat.db")) as db,
-        ServerProcess(workdir, tcp=True, db=db, extra=extra) as server,
-    ):
+    with team_server(request.param, tmp_path_factory.mktemp("team")) as server:
         yield server
 
 
@@ -368,8 +379,12 @@ def test_a_bulk_send_acts_as_the_tokens_user_line_by_line(
     # alice's batch with bob's batch key is hers, not a replay of his lines.
     mine = bulk(team, ALICE, [{"room_id": rooms.private, "text": "mine"}], key="bob-batch")
     assert mine[0]["message"]["user_id"] == "alice" and mine[0]["message"]["text"] == "mine"
-    texts = [m["text"] for m in ok(team, ADMIN, "History", {"room_id": rooms.private,
-                                                              "user_id": "alice"})["messages"]]
+    texts = [
+        m["text"]
+        for m in ok(team, ADMIN, "History", {"room_id": rooms.private, "user_id": "alice"})[
+            "messages"
+        ]
+    ]
     assert texts == [f"hello {rooms.private[:8]}", "one", "two", "mine"]
 
 

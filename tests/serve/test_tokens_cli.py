@@ -82,6 +82,7 @@ def test_add_keeps_what_the_file_had(cli: Run, tmp_path: Path) -> None:
         (("--admin", "-t", "tenant:acme"), "tenant name"),
         (("-u", "alice smith"), "cannot be written in a tokens file"),
         (("-u", "alice\tsmith"), "cannot be written in a tokens file"),
+        (("-u", "alice,bob"), "must not contain ','"),
         (("--admin", "-c", "two\nlines"), "one line of printable text"),
     ],
 )

@@ -258,7 +258,12 @@ class Service:
         self.fail_on = fail_on
 
     async def send_many(
-        self, tenant: str, requests: list[tuple[dict[str, Any], str | None]], *, stop: bool
+        self,
+        tenant: str,
+        requests: list[tuple[dict[str, Any], str | None]],
+        *,
+        stop: bool,
+        actor: Any = None,
     ) -> list[str]:
         self.groups.append(len(requests))
         if len(self.groups) == self.fail_on:
