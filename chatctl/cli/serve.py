@@ -48,7 +48,7 @@ _LIMIT_HELP = {
     "max_subject_chars": "Longest message subject, in characters (Unicode code points).",
     "max_user_id_chars": "Longest user id, in characters (Unicode code points).",
     "max_client_chars": "Longest client label, in characters (Unicode code points).",
-    "max_rooms_per_tenant": "Most rooms one token may hold.",
+    "max_rooms_per_tenant": "Most rooms one tenant may hold (all its tokens together).",
     "max_members_per_room": "Most users one room may hold.",
     "max_history_page": "Most messages a History page returns (a larger limit is lowered to it;"
     " without a limit, History answers every message, sent in parts).",
