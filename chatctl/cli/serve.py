@@ -95,9 +95,29 @@ def _with_limit_options(command: Callable[..., None]) -> Callable[..., None]:
         for field in dataclasses.fields(Limits)
     ]
     names = [option.name for option in options]
+    # Before the field limits counted characters they were --max-…-bytes: hidden aliases, so
+    # that a unit file written then keeps starting (a count of characters is never stricter).
+    old_names = {
+        name.removesuffix("chars") + "bytes": name for name in names if name.endswith("_chars")
+    }
+    options += [
+        inspect.Parameter(
+            old,
+            inspect.Parameter.KEYWORD_ONLY,
+            default=None,
+            annotation=Annotated[
+                int | None, typer.Option("--" + old.replace("_", "-"), min=1, hidden=True)
+            ],
+        )
+        for old in old_names
+    ]
 
     @functools.wraps(command)
     def with_limits(**given: Any) -> None:
+        for old, name in old_names.items():
+            value = given.pop(old)
+            if given[name] is None:
+                given[name] = value
         chosen = {name: value for name in names if (value := given.pop(name)) is not None}
         command(**given, limits=dataclasses.replace(defaults, **chosen))
 

@@ -202,3 +202,16 @@ def test_a_postgresql_password_never_reaches_an_error_message() -> None:
     assert "s3cr" not in shown
     assert shown == "postgresql://chat:***@db.example:5432/chat?sslmode=require"
     assert _without_password("postgresql://chat@db/chat") == "postgresql://chat@db/chat"
+
+
+def test_a_limits_old_bytes_name_still_starts_the_server(serve: Serve) -> None:
+    # --max-text-bytes was the flag before limits counted characters; a unit file that
+    # still says it must keep starting, with the figure applied to the new count.
+    served = serve("--max-text-bytes", "5")
+    with served.http() as http:
+        room = http.post("/v1/chat/Create", json={"name": "general", "user_ids": ["alice"]})
+        send = {"room_id": room.json()["room"]["id"], "user_id": "alice"}
+        assert http.post("/v1/chat/Send", json={**send, "text": "héllo"}).status_code == 200
+        too_long = http.post("/v1/chat/Send", json={**send, "text": "hello!"})
+        assert too_long.status_code == 400, too_long.text
+        assert "max_text_chars" in too_long.json()["detail"]
