@@ -877,11 +877,18 @@ def _streamed_items(
     text = codecs.getincrementaldecoder("utf-8")().decode
     buf, pos = "", 0
     state = "head"  # head, item (or ]), next (, or ]), end (}), done
+    since = 0  # characters read since the last item (or the start)
     for chunk in chunks:
         try:
-            buf = buf[pos:] + text(chunk)
+            more = text(chunk)
         except UnicodeDecodeError:
             raise NotAnAPIError(where, 200, "text that is not UTF-8") from None
+        since += len(more)
+        if since > _MAX_ITEM:
+            raise BadAnswerError(
+                where, f"more than {_MAX_ITEM >> 20} MiB of a History without a message", 200
+            )
+        buf = buf[pos:] + more
         pos = 0
         size = len(buf)
         while pos < size:
@@ -907,10 +914,9 @@ def _streamed_items(
                 except TooDeep as e:
                     raise BadAnswerError(where, f"a History item of {e}", 200) from None
                 except json.JSONDecodeError:
-                    if size - pos > _MAX_ITEM:
-                        raise NotAnAPIError(where, 200, "a History item that is not JSON") from None
-                    break  # not all of it is here yet
+                    break  # not all of it is here yet (``since`` bounds how much)
                 state = "next"
+                since = size - pos
                 if isinstance(item, dict):
                     yield item
             elif state == "end" and char == "}":
@@ -1200,6 +1206,7 @@ def _join_connect_error(client: Client, e: Exception) -> ChatctlError:
             response.headers.get("Content-Type", ""),
             response.headers.get("Retry-After"),
             response.reason_phrase,
+            location=response.headers.get("Location"),
         )
         error = client._api_error(response.status_code, answer)
         if isinstance(error, APIError) and not error.id:
