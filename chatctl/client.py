@@ -122,8 +122,8 @@ DEFAULT_TIMEOUT = 10.0
 #: seconds one attempt may take to connect (within the call's budget).
 CONNECT_TIMEOUT = 3.0
 #: the largest answer accepted, once decompressed: twice a full History page of maximal
-#: messages (~65 MB); held whole before it is decoded, so the CLI's memory stays near
-#: twice this at most.
+#: messages (~65 MB). An answer is held whole before it is decoded, so refusing a larger
+#: one (a gzip bomb) costs this much memory at most.
 MAX_ANSWER_BYTES = 128 * 1024 * 1024
 #: decompressed bytes made from an answer at a time (a gzip bomb inflates ~1000x).
 _PIECE = 1024 * 1024

@@ -381,3 +381,21 @@ def test_a_long_error_detail_is_shortened_with_its_length() -> None:
         r = run(["list"], url)
     assert r.code == 1, r
     assert one_error(r.stderr) == f"error: {'y' * 300}… (102400 bytes) (chat.list, HTTP 400)"
+
+
+def test_completion_offers_nothing_quickly_from_a_trickling_server() -> None:
+    # Completion's budget (0.3 s) is the client's deadline, as for any call.
+    with serve(trickling("head")) as url:
+        env = cli_env(CHATCTL_URL=url) | {
+            "_CHATCTL_COMPLETE": "complete_bash",
+            "COMP_WORDS": "chatctl send ",
+            "COMP_CWORD": "2",
+        }
+        started = time.monotonic()
+        r = subprocess.run(
+            [sys.executable, "-m", "chatctl"], env=env, capture_output=True, text=True, timeout=60
+        )
+        took = time.monotonic() - started
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == ""
+    assert took < WITHIN - TIMEOUT, f"{took:.1f}s"
