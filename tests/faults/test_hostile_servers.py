@@ -54,14 +54,14 @@ class Run:
     rss_mib: float
 
 
-def run(args: list[str], url: str, *, timeout: float = 60) -> Run:
+def run(args: list[str], url: str, *, timeout: float = 60, input: bytes = b"") -> Run:
     """The real CLI against ``url`` with ``--timeout TIMEOUT``: its exit, output, time and
     peak memory (its own rusage, from wait4)."""
     env = cli_env(CHATCTL_URL=url, CHATCTL_USER="u")
-    with (
-        open(os.devnull, "rb") as stdin,
-        contextlib.ExitStack() as stack,
-    ):
+    with contextlib.ExitStack() as stack:
+        stdin = stack.enter_context(tempfile.TemporaryFile())
+        stdin.write(input)
+        stdin.seek(0)
         out = stack.enter_context(tempfile.TemporaryFile())
         err = stack.enter_context(tempfile.TemporaryFile())
         started = time.monotonic()
@@ -381,6 +381,25 @@ def test_a_long_error_detail_is_shortened_with_its_length() -> None:
         r = run(["list"], url)
     assert r.code == 1, r
     assert one_error(r.stderr) == f"error: {'y' * 300}… (102400 bytes) (chat.list, HTTP 400)"
+
+
+def test_a_trickled_bulk_answer_ends_at_the_timeout() -> None:
+    sent = {"id": "0190a0b0-0000-7000-8000-000000000001", "text": "1"}
+
+    def handle(request: BaseHTTPRequestHandler, body: bytes) -> str:
+        if request.headers.get("Content-Type", "").startswith("application/x-ndjson"):
+            headers = {"Content-Type": "application/x-ndjson", **chatctl_server()}
+            with contextlib.suppress(OSError):
+                request.wfile.write(head("200 OK", headers))
+            return trickle(request, b'{"message": {"id": "' + b"7" * PAD)
+        return answer(request, json.dumps({"message": sent}).encode())  # the first line
+
+    with serve(handle) as url:
+        r = run(["send", ROOM, "--lines", "-o", "id"], url, input=b"1\n2\n3\n")
+    assert r.code == 3, r
+    assert one_error(r.stderr) == f"error: {url} did not answer within {TIMEOUT}s"
+    assert r.seconds < WITHIN, f"{r.seconds:.1f}s"
+    assert r.stdout.split() == [sent["id"]]  # what was stored
 
 
 def test_completion_offers_nothing_quickly_from_a_trickling_server() -> None:
