@@ -153,7 +153,6 @@ def trickling(where: str, only: str | None = None) -> Handler:
     "args, only, where",
     [
         (["list"], None, "head"),
-        (["send", ROOM, "hi"], None, "body"),
         # chatctl's streamed History, after a List that says the server has it
         (["history", ROOM], "History", "head"),
         (["history", ROOM], "History", "body"),
