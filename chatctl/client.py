@@ -1055,9 +1055,6 @@ class JoinStream:
         if client.token:
             headers["Authorization"] = f"Bearer {client.token}"
         started = time.perf_counter()
-        #: the budget of opening the stream and starting it (``start``), as of a call:
-        #: websockets bounds its connect, TLS and handshake by one deadline too.
-        self.deadline = time.monotonic() + client.timeout
         # A ping every ping_interval, unanswered for 2 intervals, drops the connection: a
         # dead one is noticed within 3 intervals (24 s) even when no close frame arrives.
         # close_timeout is short because a dead peer will never finish a close handshake.
@@ -1073,8 +1070,10 @@ class JoinStream:
         try:
             if client.tls:
                 options["ssl"] = client.ssl_context()
-            uds = client._socket()
-            options["open_timeout"] = max(self.deadline - time.monotonic(), 0.001)
+            uds = client._socket()  # the embedded local server, started if need be
+            #: the budget of opening the stream and starting it (``start``), as of a call:
+            #: websockets bounds its connect, TLS and handshake by one deadline too.
+            self.deadline = time.monotonic() + client.timeout
             self._opened: Any
             if hasattr(ws, "reconnect"):
                 # websockets 17.1+ follows redirects (with the token, to the same host);
