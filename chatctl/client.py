@@ -19,9 +19,15 @@ yet reached its server gives up after ``retries`` quick retries (a typo in ``--u
 should not hang); once it has, a call keeps retrying until its budget is spent, riding
 through a server restart.
 
-Untrusted answers: a body larger than ``MAX_ANSWER_BYTES`` or still trickling in when
-the budget ends is refused; an answer that is not an m3o one (a web page, a proxy's error
-page) is reported as such, never printed.
+Untrusted answers: the budget is a deadline every read and write checks (``_Deadline``,
+the transport's network backend), so a server that trickles its answer, its head
+included, a byte at a time is cut off when the budget ends, as one that sends nothing.
+A body is decompressed here, a bounded piece at a time, and refused (BadAnswerError)
+past ``MAX_ANSWER_BYTES`` decompressed (a History stream or a bulk answer: past
+``_MAX_ITEM`` for one item or line), in an encoding chatctl cannot decode, or as JSON
+nested deeper than any m3o answer (``wire.decode``). An answer that is not an m3o one (a
+web page, a proxy's error page) is reported as such, never printed; a redirect is named
+as one and not followed (the token would go where it points).
 
 Which server: m3o came in two editions (the seed's "room" names and the final "group"
 ones), and chatctl's server has extensions no other m3o server has. The client learns
@@ -63,24 +69,29 @@ import contextlib
 import json
 import random
 import re
+import socket
 import time
 import uuid
+import zlib
 from collections.abc import Callable, Generator, Iterable, Sequence
 from datetime import datetime
 from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING, Any, TextIO
 
+import httpcore
 import httpx
 
 from chatctl import __version__
 from chatctl.config import LoginName, header_token
 from chatctl.errors import (
     APIError,
+    BadAnswerError,
     CertificateError,
     ChatctlError,
     ConnectError,
     NoAnswerError,
     NotAnAPIError,
+    RedirectError,
     SettingError,
     StreamClosed,
     UnsupportedError,
@@ -98,7 +109,7 @@ from chatctl.schema import (
     in_edition,
     parse_extensions,
 )
-from chatctl.wire import CLOSE_GOING_AWAY
+from chatctl.wire import CLOSE_GOING_AWAY, TooDeep, decode, decode_at
 
 if TYPE_CHECKING:
     import ssl
@@ -119,8 +130,14 @@ __all__ = [
 DEFAULT_TIMEOUT = 10.0
 #: seconds one attempt may take to connect (within the call's budget).
 CONNECT_TIMEOUT = 3.0
-#: the largest answer accepted (a full History page of maximal messages is ~65 MB).
-MAX_ANSWER_BYTES = 256 * 1024 * 1024
+#: the largest answer accepted, once decompressed: twice a full History page of maximal
+#: messages (~65 MB). An answer is held whole before it is decoded, so refusing a larger
+#: one (a gzip bomb) costs this much memory at most.
+MAX_ANSWER_BYTES = 128 * 1024 * 1024
+#: decompressed bytes made from an answer at a time (a gzip bomb inflates ~1000x).
+_PIECE = 1024 * 1024
+#: the encodings an answer may come in, as the request's Accept-Encoding says.
+_ENCODINGS = {"gzip": zlib.MAX_WBITS | 16, "x-gzip": zlib.MAX_WBITS | 16, "deflate": 0}
 _RETRY_STATUSES = frozenset({502, 503, 504})
 #: the media type of a bulk Send and of its answer.
 NDJSON = "application/x-ndjson"
@@ -228,6 +245,8 @@ class Client:
         self.tls = self.base.startswith("https://")
         self._http: httpx.Client | None = None
         self._ssl: ssl.SSLContext | None = None
+        #: when the request in flight must be done by: every read and write checks it.
+        self._deadline = _Deadline()
 
     # -- plumbing -------------------------------------------------------------------------
 
@@ -265,9 +284,15 @@ class Client:
         if self._http is None:
             # Plain HTTP has nothing to verify: no trust store is loaded for it.
             verify: ssl.SSLContext | bool = self.ssl_context() if self.tls else False
+            transport = httpx.HTTPTransport(uds=self._socket(), verify=verify)
+            # httpx takes no network backend; its pool (httpcore's) does: every socket
+            # it opens goes through the deadline.
+            pool = transport._pool
+            assert isinstance(pool, httpcore.ConnectionPool)
+            pool._network_backend = self._deadline
             self._http = httpx.Client(
                 base_url=self.base,
-                transport=httpx.HTTPTransport(uds=self._socket(), verify=verify),
+                transport=transport,
                 verify=verify,
                 headers=self._headers(),
                 follow_redirects=False,
@@ -275,7 +300,12 @@ class Client:
         return self._http
 
     def _headers(self) -> dict[str, str]:
-        headers = {"Content-Type": "application/json", "User-Agent": f"chatctl/{__version__}"}
+        headers = {
+            "Content-Type": "application/json",
+            "User-Agent": f"chatctl/{__version__}",
+            # What _pieces decodes (httpx would add br and zstd where they are installed).
+            "Accept-Encoding": "gzip, deflate",
+        }
         if self.token:
             headers["Authorization"] = f"Bearer {self.token}"
         return headers
@@ -472,25 +502,66 @@ class Client:
         if left <= 0:
             raise NoAnswerError(self.where, self.timeout, local=self._local)
         timeout = httpx.Timeout(left, connect=min(CONNECT_TIMEOUT, left))
+        self._deadline.at = deadline
         try:
             http = self._client()
             with http.stream("POST", path, content=content, headers=headers, timeout=timeout) as r:
-                body = bytearray()
-                for chunk in r.iter_bytes():
-                    body += chunk
-                    if len(body) > MAX_ANSWER_BYTES:
-                        raise APIError(r.status_code, "the answer is larger than 256 MiB")
-                    if time.monotonic() > deadline:
-                        raise NoAnswerError(self.where, self.timeout, local=self._local)
-                return r.status_code, _answer_of(r, bytes(body))
+                return r.status_code, _answer_of(r, self._read(r))
         except (httpx.TransportError, OSError) as e:
             raise self._failure(e) from None
-        except httpx.HTTPError as e:  # e.g. a body its content-encoding cannot decode
-            self.forget_connection()
-            raise ConnectError(
-                f"{self.where} sent an answer that cannot be read: {_reason(e)}",
-                where=self.where,
-            ) from None
+        except BadAnswerError:
+            self.forget_connection()  # what is left of it is not worth reading
+            raise
+
+    def _read(self, r: httpx.Response) -> bytearray:
+        """The whole body of an answer, decompressed: BadAnswerError past
+        ``MAX_ANSWER_BYTES``."""
+        body = bytearray()
+        for piece in self._pieces(r):
+            body += piece
+            if len(body) > MAX_ANSWER_BYTES:
+                limit = MAX_ANSWER_BYTES // (1024 * 1024)
+                raise BadAnswerError(
+                    self.where, f"an answer larger than {limit} MiB", r.status_code
+                )
+        return body
+
+    def _pieces(self, r: httpx.Response) -> Generator[bytes, None, None]:
+        """The body of an answer as it arrives, decompressed here (not by httpx, which
+        inflates a read whole: a 64 KiB read of a gzip bomb is 64 MB) at most ``_PIECE``
+        bytes at a time, within the deadline."""
+        given = r.headers.get("content-encoding", "").lower().split(",")
+        names = [name for name in (n.strip() for n in given) if name and name != "identity"]
+        if len(names) > 1 or (names and names[0] not in _ENCODINGS):
+            raise BadAnswerError(
+                self.where,
+                f"an answer in an encoding chatctl cannot decode ({', '.join(names)[:100]})",
+                r.status_code,
+            )
+        inflate = None
+        for raw in r.iter_raw():
+            self._deadline.left(None, httpx.ReadTimeout)
+            if not names:
+                yield raw
+                continue
+            try:
+                if inflate is None:
+                    # deflate is zlib's format, or raw deflate from some servers.
+                    wbits = _ENCODINGS[names[0]] or (
+                        zlib.MAX_WBITS if raw[:1] == b"\x78" else -zlib.MAX_WBITS
+                    )
+                    inflate = zlib.decompressobj(wbits)
+                data = raw
+                while data and not inflate.eof:
+                    piece = inflate.decompress(data, _PIECE)
+                    data = inflate.unconsumed_tail
+                    if piece:
+                        yield piece
+                        self._deadline.left(None, httpx.ReadTimeout)
+            except zlib.error:
+                raise BadAnswerError(
+                    self.where, f"an answer that is not valid {names[0]}", r.status_code
+                ) from None
 
     def _failure(self, e: httpx.TransportError | OSError) -> _Retryable:
         """A request that failed on the way (no answer, or part of one): what a retry may
@@ -514,13 +585,23 @@ class Client:
         return _Retryable("unreachable", self._connect_error(_reason(e)))
 
     def _decode(self, status: int, answer: _Answer) -> dict[str, Any]:
-        data = answer.json()
+        data = self._json(status, answer)
         if not isinstance(data, dict):
             raise NotAnAPIError(self.where, status, answer.content_type)
         return data
 
+    def _json(self, status: int, answer: _Answer) -> Any:
+        """The answer's body as JSON (None when it is not JSON); BadAnswerError when it
+        nests deeper than any m3o answer."""
+        try:
+            return answer.json()
+        except TooDeep as e:
+            raise BadAnswerError(self.where, str(e), status) from None
+
     def _api_error(self, status: int, answer: _Answer) -> ChatctlError:
-        data = answer.json()
+        if 300 <= status < 400:
+            return RedirectError(self.where, status, answer.location)
+        data = self._json(status, answer)
         retry_after = _retry_after(answer.retry_after)
         if isinstance(data, dict) and "detail" in data:
             return _error_of(data, status, retry_after)
@@ -539,9 +620,10 @@ class Client:
     def history(self, body: dict[str, Any]) -> Generator[dict[str, Any], None, None]:
         """Every message one History call without ``limit`` answers, each decoded as it
         arrives (chatctl's server sends a long one in parts), in constant memory. The
-        budget bounds each wait for more of the answer, not the whole of it; a connection
-        lost part-way is picked up after the last message read (``after``: the paging
-        extension, which the caller made sure the server has)."""
+        budget bounds the wait for each message (from the request, then from when the
+        caller asks for the next one), not the whole of it; a connection lost part-way
+        is picked up after the last message read (``after``: the paging extension, which
+        the caller made sure the server has)."""
         path = "/v1/chat/History"
         request = in_edition(self.bound(ENDPOINTS["History"], body), self.server.edition)
         last: str | None = None
@@ -554,6 +636,7 @@ class Client:
             read = 0
             try:
                 timeout = httpx.Timeout(self.timeout, connect=min(CONNECT_TIMEOUT, self.timeout))
+                self._deadline.at = time.monotonic() + self.timeout
                 with self._client().stream(
                     "POST", path, content=json.dumps(ask).encode(), timeout=timeout
                 ) as r:
@@ -563,13 +646,16 @@ class Client:
                     else:
                         self._reached = True
                         self.server.learn(r.headers.get(EXTENSIONS_HEADER))
-                        for item in _streamed_items(r.iter_bytes(), "messages", self.where):
+                        for item in _streamed_items(self._pieces(r), "messages", self.where):
                             message_id = item.get("id")
                             last = message_id if isinstance(message_id, str) else None
                             read += 1
                             failures = 0
-                            deadline = time.monotonic() + self.timeout
                             yield item
+                            # The wait for the next one starts now, not while the caller
+                            # wrote this one out (to a pipe that may be slow).
+                            deadline = time.monotonic() + self.timeout
+                            self._deadline.at = deadline
                         return
             except _Retryable as e:
                 error = e.error
@@ -590,7 +676,7 @@ class Client:
     def _refused_read(self, r: httpx.Response, deadline: float) -> None:
         """A read answered with an error: raise it, or _Retryable for 429 and 502-504
         (after Retry-After, when the server says, within the budget)."""
-        answer = _answer_of(r, r.read()[:MAX_ANSWER_BYTES])
+        answer = _answer_of(r, self._read(r))
         error = self._api_error(r.status_code, answer)
         if r.status_code != 429 and r.status_code not in _RETRY_STATUSES:
             raise error
@@ -629,6 +715,7 @@ class Client:
         started = time.perf_counter()
         answered = 0
         status: int | str = "unreachable"
+        self._deadline.at = deadline
         try:
             with self._client().stream(
                 "POST", path, content=b"\n".join(lines) + b"\n", headers=headers, timeout=timeout
@@ -639,13 +726,16 @@ class Client:
                 self._reached = True
                 self.server.learn(r.headers.get(EXTENSIONS_HEADER))
                 partial = b""
-                for chunk in r.iter_bytes():
+                for chunk in self._pieces(r):
                     *whole, partial = (partial + chunk).split(b"\n")
-                    if len(partial) > MAX_ANSWER_BYTES:
-                        raise APIError(status, "an answer line is larger than 256 MiB")
+                    if len(partial) > _MAX_ITEM:
+                        raise BadAnswerError(
+                            self.where, f"an answer line larger than {_MAX_ITEM >> 20} MiB", status
+                        )
                     for line in whole:
                         answered += 1
                         yield self._bulk_answer(line, status)
+                        self._deadline.at = time.monotonic() + self.timeout
                 if partial:
                     raise BulkCut(self._connect_error("the answer was cut short"))
         except (httpx.TransportError, OSError) as e:
@@ -656,7 +746,7 @@ class Client:
 
     def _refused_bulk(self, r: httpx.Response) -> None:
         """A bulk Send answered as a whole (not line by line): raise what it means."""
-        answer = _answer_of(r, r.read()[:MAX_ANSWER_BYTES])
+        answer = _answer_of(r, self._read(r))
         status = r.status_code
         if status == 200:  # not an NDJSON answer: whatever answered knows no bulk Send
             raise NotAnAPIError(self.where, status, answer.content_type)
@@ -674,7 +764,9 @@ class Client:
 
     def _bulk_answer(self, line: bytes, status: int) -> dict[str, Any] | APIError:
         try:
-            data = json.loads(line)
+            data = decode(line)
+        except TooDeep as e:
+            raise BadAnswerError(self.where, f"an answer line of {e}", status) from None
         except ValueError:
             data = None
         if isinstance(data, dict) and isinstance(data.get("message"), dict):
@@ -691,16 +783,106 @@ class Client:
         return JoinStream(self, ping_interval)
 
 
+class _Deadline(httpcore.NetworkBackend):
+    """httpcore's network backend, with a deadline (``at``, monotonic; None: none) that
+    every connect, TLS handshake, read and write checks: each is given what is left of
+    it at most, and fails with the timeout of its kind once it has passed. httpx's own
+    timeouts are for one operation each, so a byte every 0.5 s, in the head or the body,
+    would reset them for ever."""
+
+    def __init__(self) -> None:
+        self.inner = httpcore.SyncBackend()
+        self.at: float | None = None
+
+    def left(self, timeout: float | None, error: type[Exception]) -> float | None:
+        """``timeout``, or what is left before the deadline if that is shorter; raises
+        ``error`` once the deadline has passed."""
+        if self.at is None:
+            return timeout
+        left = self.at - time.monotonic()
+        if left <= 0:
+            raise error("the call's time is up")
+        return left if timeout is None else min(timeout, left)
+
+    def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Iterable[Any] | None = None,
+    ) -> httpcore.NetworkStream:
+        wait = self.left(timeout, httpcore.ConnectTimeout)
+        stream = self.inner.connect_tcp(host, port, wait, local_address, socket_options)
+        return _DeadlineStream(stream, self)
+
+    def connect_unix_socket(
+        self, path: str, timeout: float | None = None, socket_options: Iterable[Any] | None = None
+    ) -> httpcore.NetworkStream:
+        wait = self.left(timeout, httpcore.ConnectTimeout)
+        return _DeadlineStream(self.inner.connect_unix_socket(path, wait, socket_options), self)
+
+    def sleep(self, seconds: float) -> None:
+        self.inner.sleep(seconds)
+
+
+class _DeadlineStream(httpcore.NetworkStream):
+    """A connection whose every operation ends by its backend's deadline."""
+
+    def __init__(self, inner: httpcore.NetworkStream, deadline: _Deadline) -> None:
+        self.inner = inner
+        self.deadline = deadline
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        return self.inner.read(max_bytes, self.deadline.left(timeout, httpcore.ReadTimeout))
+
+    def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        # httpcore's write sends in a loop, each send with the whole timeout: a peer
+        # taking a little at a time would stretch it. Here each send gets what is left.
+        sock = self.inner.get_extra_info("socket")
+        if not isinstance(sock, socket.socket):
+            self.inner.write(buffer, self.deadline.left(timeout, httpcore.WriteTimeout))
+            return
+        view = memoryview(buffer)
+        while view:
+            try:
+                sock.settimeout(self.deadline.left(timeout, httpcore.WriteTimeout))
+                sent = sock.send(view)
+            except TimeoutError:
+                raise httpcore.WriteTimeout("the call's time is up") from None
+            except OSError as e:
+                raise httpcore.WriteError(e) from None
+            view = view[sent:]
+
+    def close(self) -> None:
+        self.inner.close()
+
+    def start_tls(
+        self,
+        ssl_context: ssl.SSLContext,
+        server_hostname: str | None = None,
+        timeout: float | None = None,
+    ) -> httpcore.NetworkStream:
+        wait = self.deadline.left(timeout, httpcore.ConnectTimeout)
+        return _DeadlineStream(
+            self.inner.start_tls(ssl_context, server_hostname, wait), self.deadline
+        )
+
+    def get_extra_info(self, info: str) -> Any:
+        return self.inner.get_extra_info(info)
+
+
 class _Answer:
     """An HTTP answer's raw parts; the body is decoded only when asked for."""
 
     def __init__(
         self,
-        body: bytes,
+        body: bytes | bytearray,
         content_type: str,
         retry_after: str | None,
         reason: str,
         extensions: str | None = None,
+        location: str | None = None,
     ) -> None:
         self.body = body
         self.content_type = content_type
@@ -708,19 +890,30 @@ class _Answer:
         self.reason = reason
         #: the Chat-Extensions header, if the server sent one.
         self.extensions = extensions
+        #: where a redirect points.
+        self.location = location
+        self._json: Any = _UNREAD
 
     def json(self) -> Any:
-        """The body as JSON, or None when it is not JSON."""
-        try:
-            return json.loads(self.body)
-        except ValueError:
-            return None
+        """The body as JSON (decoded once), or None when it is not JSON; TooDeep when it
+        nests deeper than any m3o answer."""
+        if self._json is _UNREAD:
+            try:
+                self._json = decode(self.body)
+            except TooDeep:
+                raise
+            except ValueError:
+                self._json = None
+        return self._json
 
     def m3o_error(self) -> bool:
         """Is the body an m3o error object (the API's own refusal, not a proxy's page)?"""
         data = self.json()
         return isinstance(data, dict) and "detail" in data
 
+
+_UNREAD = object()
+_SPACE = re.compile(r"[ \t\r\n]+")
 
 #: The start of a History answer, up to its first message: ``{"messages": [``.
 _ITEMS_HEAD = re.compile(r'\s*\{\s*"messages"\s*:\s*\[')
@@ -737,21 +930,27 @@ def _streamed_items(
     end). Items that are not objects are skipped, as ``call``'s callers skip them; an
     answer that is not such an object is NotAnAPIError, one cut short a _Retryable."""
     assert key == "messages"
-    decode = codecs.getincrementaldecoder("utf-8")().decode
-    scan = json.JSONDecoder().raw_decode
+    text = codecs.getincrementaldecoder("utf-8")().decode
     buf, pos = "", 0
     state = "head"  # head, item (or ]), next (, or ]), end (}), done
+    since = 0  # characters read since the last item (or the start)
     for chunk in chunks:
         try:
-            buf = buf[pos:] + decode(chunk)
+            more = text(chunk)
         except UnicodeDecodeError:
             raise NotAnAPIError(where, 200, "text that is not UTF-8") from None
+        since += len(more)
+        if since > _MAX_ITEM:
+            raise BadAnswerError(
+                where, f"more than {_MAX_ITEM >> 20} MiB of a History without a message", 200
+            )
+        buf = buf[pos:] + more
         pos = 0
         size = len(buf)
         while pos < size:
             char = buf[pos]
             if char in " \t\r\n":
-                pos += 1
+                pos = _SPACE.match(buf, pos).end()  # type: ignore[union-attr]
             elif state == "head":
                 match = _ITEMS_HEAD.match(buf, pos)
                 if match is None:
@@ -767,12 +966,13 @@ def _streamed_items(
                 pos, state = pos + 1, "comma"
             elif state in ("item", "comma"):
                 try:
-                    item, pos = scan(buf, pos)
+                    item, pos = decode_at(buf, pos)
+                except TooDeep as e:
+                    raise BadAnswerError(where, f"a History item of {e}", 200) from None
                 except json.JSONDecodeError:
-                    if size - pos > _MAX_ITEM:
-                        raise NotAnAPIError(where, 200, "a History item that is not JSON") from None
-                    break  # not all of it is here yet
+                    break  # not all of it is here yet (``since`` bounds how much)
                 state = "next"
+                since = size - pos
                 if isinstance(item, dict):
                     yield item
             elif state == "end" and char == "}":
@@ -822,7 +1022,7 @@ def _error_of(data: dict[str, Any], status: int, retry_after: float | None = Non
     )
 
 
-def _answer_of(r: httpx.Response, body: bytes) -> _Answer:
+def _answer_of(r: httpx.Response, body: bytes | bytearray) -> _Answer:
     headers = r.headers
     return _Answer(
         body,
@@ -830,6 +1030,7 @@ def _answer_of(r: httpx.Response, body: bytes) -> _Answer:
         headers.get("retry-after"),
         r.reason_phrase,
         headers.get(EXTENSIONS_HEADER),
+        headers.get("location"),
     )
 
 
@@ -899,7 +1100,7 @@ class JoinStream:
     has), then the request is sent as the first frame (``start``), then frames are read."""
 
     def __init__(self, client: Client, ping_interval: float) -> None:
-        from websockets.sync.client import connect, unix_connect
+        from websockets.sync import client as ws
 
         self.client = client
         #: an error frame chatctl's server sent before closing; the close says the rest.
@@ -925,9 +1126,24 @@ class JoinStream:
         try:
             if client.tls:
                 options["ssl"] = client.ssl_context()
-            uds = client._socket()
+            uds = client._socket()  # the embedded local server, started if need be
+            #: the budget of opening the stream and starting it (``start``), as of a call:
+            #: websockets bounds its connect, TLS and handshake by one deadline too.
+            self.deadline = time.monotonic() + client.timeout
+            self._opened: Any
+            if hasattr(ws, "reconnect"):
+                # websockets 17.1+ follows redirects (with the token, to the same host);
+                # chatctl follows none, as for its other calls: a 3xx is reported.
+                opener = ws.unix_reconnect(uds, uri, **options) if uds else ws.reconnect(
+                    uri, **options
+                )
+                opener.process_redirect = _no_redirect  # type: ignore[method-assign]
+                self._opened = opener
+            else:
+                self._opened = ws.unix_connect(uds, uri, **options) if uds else ws.connect(
+                    uri, **options
+                )
             # Entered as a context manager: websockets 17.1+ deprecates a bare connect().
-            self._opened = unix_connect(uds, uri, **options) if uds else connect(uri, **options)
             self.ws = self._opened.__enter__()
         except ChatctlError:
             client._log("JOIN", "/v1/chat/Join", "unreachable", started)
@@ -950,7 +1166,7 @@ class JoinStream:
         client.bound(ENDPOINTS["Join"], body)
         if client.server.edition is None and client.server.plain:
             user = body.get("user_id")
-            client._call(ENDPOINTS["List"], {"user_id": user} if user else {})
+            client._call(ENDPOINTS["List"], {"user_id": user} if user else {}, self.deadline)
         from websockets.exceptions import ConnectionClosed
 
         # Closed before it took the request (a refused token's 4401 comes right after the
@@ -996,7 +1212,9 @@ class JoinStream:
                     local=self.client._local,
                 ) from None
             try:
-                frame = json.loads(raw)
+                frame = decode(raw)
+            except TooDeep as e:
+                raise BadAnswerError(self.client.where, f"a Join frame of {e}") from None
             except ValueError:
                 continue
             if not isinstance(frame, dict):
@@ -1015,6 +1233,10 @@ class JoinStream:
 
     def close(self) -> None:
         self._opened.__exit__(None, None, None)
+
+
+def _no_redirect(exc: Exception) -> Exception:
+    return exc
 
 
 def _error_frame(frame: dict[str, Any]) -> APIError | None:
@@ -1040,6 +1262,7 @@ def _join_connect_error(client: Client, e: Exception) -> ChatctlError:
             response.headers.get("Content-Type", ""),
             response.headers.get("Retry-After"),
             response.reason_phrase,
+            location=response.headers.get("Location"),
         )
         error = client._api_error(response.status_code, answer)
         if isinstance(error, APIError) and not error.id:

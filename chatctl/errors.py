@@ -9,9 +9,13 @@ The exception tree::
     ├── ConnectError             3  the server could not be reached (refused, DNS, lost)
     │   ├── NoAnswerError        3  it accepted the connection but did not answer in time
     │   ├── CertificateError     3  its TLS certificate is not trusted (or TLS failed)
-    │   └── NotAnAPIError        3  something answered, but not an m3o Chat API (a web page)
+    │   ├── NotAnAPIError        3  something answered, but not an m3o Chat API (a web page)
+    │   └── RedirectError        3  it answered with a redirect, which chatctl does not follow
+    ├── BadAnswerError           3  an answer chatctl will not read: too large once
+    │                               decompressed, undecodable, or JSON nested too deeply
     ├── NotFoundError            5  nothing by that name (found out by the client itself)
-    ├── APIError                 from the HTTP code: 401/403 -> 4, 404 -> 5, other -> 1
+    ├── APIError                 from the HTTP code: 401/403 -> 4, 404 -> 5, other -> 1;
+    │                            m3o's 400 ``room not found``/``group not found`` -> 5
     ├── StreamClosed             the server ended a Join stream on purpose (kicked,
     │                            room deleted, too slow); exit from the close code
     ├── OutputError              1  the output could not be written (full disk, closed stdout)
@@ -29,6 +33,7 @@ from http import HTTPStatus
 
 __all__ = [
     "APIError",
+    "BadAnswerError",
     "CertificateError",
     "ChatctlError",
     "ConnectError",
@@ -38,13 +43,29 @@ __all__ = [
     "NotAnAPIError",
     "NotFoundError",
     "OutputError",
+    "RedirectError",
     "SettingError",
     "StreamClosed",
     "UnsupportedError",
     "UsageError",
     "exit_status_for_http",
     "reason_phrase",
+    "shorten",
 ]
+
+#: characters of a server's text (an error's detail, a header) shown in an error line.
+SHOWN = 300
+#: m3o's details for an unknown room (it answers them with 400, not 404).
+_NOT_FOUND_DETAILS = frozenset({"room not found", "group not found"})
+
+
+def shorten(text: str, limit: int = SHOWN) -> str:
+    """A server's text as an error line shows it: whole when short, else its first
+    ``limit`` characters and its length (``… (102400 bytes)``)."""
+    if len(text) <= limit:
+        return text
+    size = len(text.encode("utf-8", "surrogatepass"))
+    return f"{text[:limit]}… ({size} bytes)"
 
 
 class ExitStatus(enum.IntEnum):
@@ -165,11 +186,37 @@ class NotAnAPIError(ConnectError):
     """Something answered at the URL, but not as an m3o Chat API (e.g. a web page)."""
 
     def __init__(self, where: str, status: int, content_type: str) -> None:
-        what = content_type.split(";")[0].strip() or "no content type"
+        what = shorten(content_type.split(";")[0].strip(), 100) or "no content type"
         super().__init__(
             f"{where} is not an m3o Chat API: it answered HTTP {status} with {what}",
             where=where,
         )
+        self.status = status
+
+
+class RedirectError(ConnectError):
+    """The server answered with a redirect (3xx). chatctl follows none: the request, and
+    its token, would go to wherever the answer says. ``location`` is what it named."""
+
+    def __init__(self, where: str, status: int, location: str | None) -> None:
+        to = f"to {shorten(location, 200)}" if location else "without saying where"
+        super().__init__(f"{where} redirects {to} (HTTP {status})", where=where)
+        self.status = status
+        self.location = location
+
+
+class BadAnswerError(ChatctlError):
+    """The server answered, but with an answer chatctl will not read: larger than the
+    limit once decompressed, in an encoding it cannot decode, or JSON nested deeper than
+    any m3o answer. ``problem`` says which (``an answer larger than 128 MiB``)."""
+
+    exit_status = ExitStatus.UNREACHABLE
+
+    def __init__(self, where: str, problem: str, status: int | None = None) -> None:
+        http = f" (HTTP {status})" if status is not None else ""
+        super().__init__(f"{where} sent {problem}{http}")
+        self.where = where
+        self.problem = problem
         self.status = status
 
 
@@ -198,11 +245,13 @@ class APIError(ChatctlError):
         self.status = status or reason_phrase(code)
         #: seconds the server asked us to wait before retrying (429/503 Retry-After).
         self.retry_after = retry_after
-        where = f"{id}, HTTP {code}" if id else f"HTTP {code}"
-        super().__init__(f"{detail} ({where})", hint)
+        where = f"{shorten(id, 100)}, HTTP {code}" if id else f"HTTP {code}"
+        super().__init__(f"{shorten(detail)} ({where})", hint)
 
     @property
     def exit_status(self) -> ExitStatus:  # type: ignore[override]
+        if self.code == 400 and self.detail.strip().lower() in _NOT_FOUND_DETAILS:
+            return ExitStatus.NOT_FOUND  # m3o answers an unknown room so
         return exit_status_for_http(self.code)
 
     def to_body(self) -> dict[str, object]:

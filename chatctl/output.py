@@ -251,9 +251,16 @@ class Renderer:
     def item(self, kind: str, item: dict[str, Any]) -> None:
         raise NotImplementedError
 
-    def close(self) -> None:
+    def close(self, *, failed: bool | None = None) -> None:
+        """Write what is held. After a failure (``failed``; by default, when closed in a
+        ``finally`` that an exception goes through), only a report of work done (a batch's
+        stored messages), and never a placeholder for nothing."""
         with self.writing():
             self.out.flush()
+
+    @staticmethod
+    def _failed(failed: bool | None) -> bool:
+        return sys.exc_info()[1] is not None if failed is None else failed
 
     def _line(self, text: str) -> None:
         if self.reader_gone:
@@ -384,10 +391,13 @@ class TableRenderer(_RichRenderer):
     def item(self, kind: str, item: dict[str, Any]) -> None:
         self.rows.setdefault(kind, []).append(item)
 
-    def close(self) -> None:
+    def close(self, *, failed: bool | None = None) -> None:
         from rich.table import Table
         from rich.text import Text
 
+        failed = self._failed(failed)
+        if failed and not self.report:
+            self.rows = {}
         for kind, rows in self.rows.items():
             table = Table(box=None, header_style="bold", pad_edge=False)
             columns: tuple[str, ...]
@@ -436,9 +446,9 @@ class TableRenderer(_RichRenderer):
             for row in cells:
                 table.add_row(*(Text(cell) for cell in row))
             self.print(table)
-        if not self.rows:
+        if not self.rows and not failed:
             self.print(Text("nothing to show", style="dim"))
-        super().close()
+        super().close(failed=failed)
 
 
 def _strings(value: Any) -> list[Any]:

@@ -8,6 +8,9 @@ an idempotent replay and a PostgreSQL notification. The client may take the same
 Stdlib only and cheap to import: the CLI may use it on every command.
 
 - ``encode``: compact JSON (no spaces, UTF-8 kept), as every body and frame is written.
+- ``decode`` / ``decode_at``: JSON from the other side, nested at most ``MAX_DEPTH`` deep
+  (``TooDeep`` past that: never a RecursionError), as the client reads every answer,
+  History item, bulk answer line and Join frame.
 - ``message_frame`` / ``event_frame``: a Join frame, ``{"message": {...}}`` or
   ``{"event": {...}}``; ``message_frame`` is also the answer of a Send.
 - ``error_object`` / ``error_frame``: m3o's error, ``{"id", "code", "detail", "status"}``,
@@ -28,12 +31,9 @@ import json
 import os
 import re
 import time
-from typing import TYPE_CHECKING
+from typing import Any
 
 from chatctl.errors import reason_phrase
-
-if TYPE_CHECKING:
-    from typing import Any
 
 __all__ = [
     "CLOSE_DELETED",
@@ -41,10 +41,14 @@ __all__ = [
     "CLOSE_GOING_AWAY",
     "CLOSE_TOO_BIG",
     "CLOSE_TOO_SLOW",
+    "MAX_DEPTH",
     "NIL_UUID",
     "UUID_PATTERN",
+    "TooDeep",
     "UUIDv7",
     "close_code_for",
+    "decode",
+    "decode_at",
     "encode",
     "error_frame",
     "error_object",
@@ -64,6 +68,57 @@ __all__ = [
 
 #: compact JSON, as every frame and body the server writes.
 encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+
+#: how deep JSON read from the other side may nest: m3o's deepest (a Join event's
+#: member list in its frame) is 3; anything near Python's recursion limit would break
+#: whatever handles it next (rendering it, for one).
+MAX_DEPTH = 32
+_raw_decode = json.JSONDecoder().raw_decode
+
+
+class TooDeep(ValueError):
+    """JSON nested deeper than ``MAX_DEPTH``."""
+
+    def __init__(self) -> None:
+        super().__init__(f"JSON nested more than {MAX_DEPTH} deep")
+
+
+def decode(text: str | bytes | bytearray) -> Any:
+    """JSON as ``json.loads`` reads it (ValueError when it is not JSON), but TooDeep when
+    it nests deeper than ``MAX_DEPTH``."""
+    try:
+        value = json.loads(text)
+    except RecursionError:
+        raise TooDeep from None
+    _check_depth(value)
+    return value
+
+
+def decode_at(text: str, pos: int) -> tuple[Any, int]:
+    """The JSON value that starts at ``pos`` and where it ends, as ``raw_decode`` finds
+    them (ValueError when there is none whole), nested at most ``MAX_DEPTH`` deep."""
+    try:
+        value, end = _raw_decode(text, pos)
+    except RecursionError:
+        raise TooDeep from None
+    _check_depth(value)
+    return value, end
+
+
+def _check_depth(value: Any) -> None:
+    if not isinstance(value, dict | list):
+        return
+    level: list[Any] = [value]
+    for _ in range(MAX_DEPTH):
+        level = [
+            child
+            for container in level
+            for child in (container.values() if isinstance(container, dict) else container)
+            if isinstance(child, dict | list)
+        ]
+        if not level:
+            return
+    raise TooDeep
 
 # -- close codes ------------------------------------------------------------------------
 

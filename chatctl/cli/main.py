@@ -31,6 +31,7 @@ from chatctl.cli.options import (
 from chatctl.cli.serve import app as serve_app
 from chatctl.errors import (
     APIError,
+    BadAnswerError,
     CertificateError,
     ChatctlError,
     ConnectError,
@@ -38,6 +39,7 @@ from chatctl.errors import (
     Interrupted,
     NoAnswerError,
     NotAnAPIError,
+    RedirectError,
     SettingError,
     StreamClosed,
     UnsupportedError,
@@ -199,6 +201,16 @@ def hint_for(e: ChatctlError, inv: Invocation | None = None) -> str | None:
         return (
             "check --url / CHATCTL_URL: give the API's base address "
             "(chatctl adds /v1/chat/ENDPOINT)"
+        )
+    if isinstance(e, RedirectError):
+        return (
+            "chatctl follows no redirects (the token would go along); if the API has "
+            "moved, give its new address with --url / CHATCTL_URL"
+        )
+    if isinstance(e, BadAnswerError):
+        return (
+            "no m3o Chat API answers so: check --url / CHATCTL_URL and any proxy in front "
+            "of the server"
         )
     if isinstance(e, NoAnswerError):
         if e.local:

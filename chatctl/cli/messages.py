@@ -159,11 +159,13 @@ def history(
         room=room,
     )
     out = inv.renderer(batch=len(calls) > 1)
+    finished = False
     try:
         for call in calls:
             out.stream("messages", _read(inv, call.body, limit))
+        finished = True
     finally:
-        out.close()
+        out.close(failed=not finished)
 
 
 def _read(

@@ -25,12 +25,14 @@ from typing import TYPE_CHECKING, Any, Protocol
 from chatctl.errors import (
     APIError,
     ChatctlError,
+    ExitStatus,
     Interrupted,
     NotFoundError,
     OutputError,
     UsageError,
 )
 from chatctl.schema import ENDPOINTS, ValidationError, validate_request
+from chatctl.wire import TooDeep, decode
 
 if TYPE_CHECKING:
     from chatctl.cli.context import Invocation
@@ -66,7 +68,9 @@ def read_input(inv: Invocation, path: Path) -> list[tuple[str | None, dict[str, 
     if not text.strip():
         raise UsageError(f"{name} is empty; expected a JSON object", hint=_INPUT_HINT)
     try:
-        whole = json.loads(text)
+        whole = decode(text)
+    except TooDeep as e:
+        raise UsageError(f"{name} holds {e}", hint=_INPUT_HINT) from None
     except json.JSONDecodeError as e:
         return _ndjson(text, name, e)
     if not isinstance(whole, dict):
@@ -85,7 +89,9 @@ def _ndjson(
     objects: list[tuple[str | None, dict[str, Any]]] = []
     for lineno, line in lines:
         try:
-            obj = json.loads(line)
+            obj = decode(line)
+        except TooDeep as e:
+            raise UsageError(f"line {lineno} of {name} holds {e}", hint=_INPUT_HINT) from None
         except json.JSONDecodeError as le:
             raise _malformed(name, lineno, le.colno, le.msg) from None
         if not isinstance(obj, dict):
@@ -99,8 +105,8 @@ _INPUT_HINT = 'give one object, e.g. {"room_id": "…", "text": "hi"}, or one ob
 
 def _is_object(line: str) -> bool:
     try:
-        return isinstance(json.loads(line), dict)
-    except json.JSONDecodeError:
+        return isinstance(decode(line), dict)
+    except ValueError:  # not JSON, or too deep
         return False
 
 
@@ -321,6 +327,7 @@ def call_all(
     done = failed = 0
     last: str | None = None
     guard = _CtrlC(inv)
+    finished = False
     try:
         with guard, progress(total, endpoint) as advance:
             pending = iter(calls)
@@ -353,6 +360,9 @@ def call_all(
                             if not (keep_going and isinstance(e, APIError | UsageError)):
                                 if batch:
                                     e.summary = _count(done, noun, failed=True)
+                                if isinstance(e, UsageError) and done:
+                                    # Exit 2 says nothing was sent; this batch sent some.
+                                    e.exit_status = ExitStatus.API_ERROR
                                 raise e
                             _report(inv, e)
                             continue
@@ -370,8 +380,9 @@ def call_all(
                             advance()
                 finally:
                     answers.close()
+        finished = True
     finally:
-        out.close()
+        out.close(failed=not finished or bool(failed) or guard.interrupted)
     if guard.interrupted:
         where = f"; stopped after {last}" if last else ""
         raise Interrupted(f"interrupted: {_count(done, noun)} (the ids printed){where}")
@@ -413,11 +424,13 @@ def _report(inv: Invocation, e: ChatctlError) -> None:
 
 def _read_all(inv: Invocation, endpoint: str, calls: Iterable[Call], total: int | None) -> None:
     out = inv.renderer(batch=total is None or total > 1)
+    finished = False
     try:
         for call in calls:
             out.response(inv.client.call(endpoint, call.body))
+        finished = True
     finally:
-        out.close()
+        out.close(failed=not finished)
 
 
 class _CtrlC:

@@ -67,6 +67,24 @@ def test_input_not_an_object(cli: Run) -> None:
     assert "not an object" in r.stderr
 
 
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"room_id": ' + "[" * 100_000 + "]" * 100_000 + "}",
+        '{"a": 1}\n{"b": ' + "[" * 5000 + "]" * 5000 + "}",
+    ],
+    ids=["whole", "a-line"],
+)
+def test_input_nested_too_deeply_is_one_line(
+    cli: Run, httpx_mock: HTTPXMock, text: str
+) -> None:
+    r = cli("send", "-i", "-", input=text)
+    assert r.code == 2
+    assert_clean_error(r.stderr)
+    assert "holds JSON nested more than 32 deep" in r.stderr.splitlines()[0]
+    assert httpx_mock.get_requests() == []
+
+
 def test_unknown_flag(cli: Run, httpx_mock: HTTPXMock) -> None:
     r = cli("list", "--frobnicate")
     assert r.code == 2
@@ -118,6 +136,9 @@ def test_unreachable_server_exits_3_with_one_line(
         (401, "Unauthorized", 4),
         (403, "user is not allowed in this private room", 4),
         (404, "room not found", 5),
+        (400, "room not found", 5),  # m3o's own servers
+        (400, "group not found", 5),
+        (400, "user is not in the room", 1),
     ],
 )
 def test_error_answers_map_to_exit_statuses(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import subprocess
@@ -65,3 +66,20 @@ def test_a_users_colour_is_the_same_in_every_run() -> None:
         for seed in ("1", "2", "3")
     }
     assert len(colours) == 1
+
+
+def test_a_table_closed_after_a_failure_writes_nothing() -> None:
+    def close_after(error: Exception | None, **close: bool) -> str:
+        out = io.StringIO()
+        table = make_renderer("table", out)
+        with contextlib.suppress(ValueError):
+            try:
+                if error is not None:
+                    raise error
+            finally:
+                table.close(**close)
+        return out.getvalue()
+
+    assert "nothing to show" in close_after(None)
+    assert close_after(ValueError()) == ""  # closed in a finally the error goes through
+    assert close_after(None, failed=True) == ""

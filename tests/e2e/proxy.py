@@ -2,6 +2,8 @@
 for servers that are not chat servers at all: a proxy that holds a Send until the test
 lets it through, a plain web server, and a server that answers 500 with a web page. Each
 runs in a thread on a real loopback socket; the CLI under test is a real process.
+A handler may also write its answer itself (``ANSWERED``), byte by byte if it likes, for
+hostile servers (tests/faults/test_hostile_servers.py).
 """
 
 from __future__ import annotations
@@ -10,16 +12,21 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Final, Literal
 
 import httpx
 
-Handler = Callable[[BaseHTTPRequestHandler, bytes], tuple[int, dict[str, str], bytes] | None]
+#: what a handler returns when it has written its answer to ``request.wfile`` itself.
+ANSWERED: Final = "answered"
+Handler = Callable[
+    [BaseHTTPRequestHandler, bytes], tuple[int, dict[str, str], bytes] | Literal["answered"] | None
+]
 
 
 @contextmanager
 def serve(handle: Handler, upstream: str | None = None) -> Iterator[str]:
     """Serve on 127.0.0.1; ``handle`` answers a request, or returns None to forward it to
-    ``upstream``. Yields the server's URL."""
+    ``upstream``, or ANSWERED when it wrote the answer itself. Yields the server's URL."""
     http = httpx.Client(base_url=upstream, timeout=30) if upstream else None
 
     class _Handler(BaseHTTPRequestHandler):
@@ -28,6 +35,9 @@ def serve(handle: Handler, upstream: str | None = None) -> Iterator[str]:
         def do_POST(self) -> None:
             body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
             answer = handle(self, body)
+            if isinstance(answer, str):  # ANSWERED
+                self.close_connection = True
+                return
             if answer is None:
                 assert http is not None
                 forwarded = {
@@ -56,7 +66,7 @@ def serve(handle: Handler, upstream: str | None = None) -> Iterator[str]:
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
     server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
     thread.start()
     try:
         yield f"http://127.0.0.1:{server.server_address[1]}"

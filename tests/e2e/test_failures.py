@@ -4,6 +4,7 @@ servers or do not answer, URLs chatctl cannot use. The CLI runs as a real proces
 
 from __future__ import annotations
 
+import json
 import socket
 import subprocess
 import sys
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.compat.m3o_standin import RunningStandIn
 from tests.e2e.proxy import serve
 from tests.helpers import ServerProcess, chatctl, cli_env
 
@@ -153,3 +155,61 @@ def test_a_wrong_url_still_fails_fast() -> None:
     assert r.returncode == 3
     assert time.monotonic() - started < 5
     assert one_error(r.stderr) == f"error: cannot reach {url}: connection refused"
+
+
+# -- exits that mean what the README says (issue 22) ---------------------------------------
+
+
+def test_a_batch_stopped_by_bad_input_after_sending_some_exits_1(server: ServerProcess) -> None:
+    env = cli_env(server, CHATCTL_USER="u")
+    assert chatctl("create", "r", "-u", "u", env=env).returncode == 0
+    r = shell(f"printf 'ok\\n\\xff\\nnever\\n' | {CHATCTL} send r --lines -o id", env)
+    assert r.returncode == 1, r.stderr  # exit 2 would say nothing was sent
+    assert one_error(r.stderr) == "error: line 2: not UTF-8 text"
+    assert r.stderr.splitlines()[-1] == "chatctl: 1 message sent before it; the rest was not sent"
+    stored = chatctl("history", "r", "-o", "jsonl", env=env).stdout.splitlines()
+    assert [json.loads(m)["text"] for m in stored] == ["ok"]
+    assert r.stdout.split() == [json.loads(stored[0])["id"]]  # what was stored, and no more
+    first = shell(f"printf '\\xff\\nok\\n' | {CHATCTL} send r --lines -o id", env)
+    assert first.returncode == 2  # nothing was sent
+    assert first.stderr.splitlines()[-1] == (
+        "chatctl: 0 messages sent before it; the rest was not sent"
+    )
+    assert first.stdout == ""
+
+
+def test_a_batch_sent_a_line_at_a_time_stopped_by_bad_input_exits_1(
+    m3o_room_server: RunningStandIn,
+) -> None:
+    # A plain m3o server has no bulk sends: the batch is one Send a line.
+    srv = m3o_room_server
+    env = cli_env(CHATCTL_URL=srv.url, CHATCTL_TOKEN=srv.token, CHATCTL_USER="u")
+    assert chatctl("create", "r", "-u", "u", env=env).returncode == 0
+    r = shell(f"printf 'ok\\n\\xff\\nnever\\n' | {CHATCTL} send r --lines", env)
+    assert r.returncode == 1, r.stderr
+    assert one_error(r.stderr) == "error: line 2: not UTF-8 text"
+    assert r.stderr.splitlines()[-1] == "chatctl: 1 message sent before it; the rest was not sent"
+    sends = [q for q in srv.requests if q.endpoint == "Send"]
+    assert [q.body["text"] for q in sends] == ["ok"]
+
+
+def test_a_failed_send_writes_nothing_on_stdout(server: ServerProcess) -> None:
+    env = cli_env(server, CHATCTL_USER="u")
+    for output in ("table", "json", "id"):
+        r = chatctl("send", "0190f2b4-0000-7000-8000-000000000000", "hi", "-o", output, env=env)
+        assert r.returncode == 5, r.stderr
+        assert r.stdout == "", output
+
+
+@pytest.mark.parametrize("args", [["send", "{room}", "hi"], ["history", "{room}"]])
+def test_an_unknown_room_on_a_plain_m3o_server_exits_5(
+    m3o_server: RunningStandIn, args: list[str]
+) -> None:
+    # m3o answers it 400 "room not found" (the group edition: "group not found").
+    env = cli_env(CHATCTL_URL=m3o_server.url, CHATCTL_TOKEN=m3o_server.token, CHATCTL_USER="u")
+    room = "0190f2b4-0000-7000-8000-000000000000"
+    r = chatctl(*(a.format(room=room) for a in args), env=env)
+    assert r.returncode == 5, r.stderr
+    assert f"{m3o_server.edition} not found" in one_error(r.stderr)
+    assert "HTTP 400" in r.stderr
+    assert r.stdout == ""
