@@ -16,14 +16,20 @@ markup or terminal control:
 
 - output for a person (tables, ``join`` lines) is built from rich ``Text`` objects, so
   ``[bold]`` or ``[/]`` stays literal text, and every control character (C0 but tab,
-  DEL, C1), bidi override or isolate, directional mark, line separator and lone surrogate
-  is shown escaped, as ``\\x1b`` or ``\\u202e`` (the way ``ls`` and ``git`` show odd file
-  names). A message's further lines are indented under it, so they cannot pass for
-  messages of their own; a user's colour is chatctl's choice, never the data's;
-- ``tsv`` and ``id`` escape backslash, tab, newline and every control character, so one
-  record stays one line;
-- JSON escapes as JSON does, and also writes DEL, C1, bidi controls, line separators and
-  lone surrogates as ``\\uXXXX`` (the same data, safe on a terminal and encodable as UTF-8).
+  DEL, C1), format character (Unicode's Cf: zero-width spaces and joiners, bidi controls,
+  directional marks, BOM, tags), line separator and lone surrogate is shown escaped, as
+  ``\\x1b``, ``\\u202e`` or ``al\\u200dice`` (the way ``ls`` and ``git`` show odd file
+  names); tabs are expanded to spaces. A message's further lines are indented under it,
+  so they cannot pass for messages of their own; a user's colour is chatctl's choice,
+  never the data's;
+- ``tsv`` and ``id`` escape backslash, tab, newline and every control and format
+  character, so one record stays one line;
+- a list (a room's members) is its items joined with commas (", " in tables), each
+  item's own commas and backslashes escaped (``\\,``, ``\\\\``): ``alice\\,bob,carol`` is
+  two members;
+- JSON escapes as JSON does, and also writes DEL, C1, format characters, line separators
+  and lone surrogates as ``\\uXXXX`` (the same data, safe on a terminal and encodable as
+  UTF-8).
 
 Data goes to stdout, diagnostics to stderr. NO_COLOR is honoured (by rich). When the
 reader of stdout goes away, a read command stops (BrokenPipeError reaches the CLI's edge,
@@ -55,6 +61,7 @@ __all__ = [
     "FORMATS",
     "Renderer",
     "default_format",
+    "isatty",
     "json_text",
     "make_renderer",
     "progress",
@@ -78,22 +85,37 @@ _KEYS = {
 
 # -- untrusted text ------------------------------------------------------------------------
 
-#: Shown escaped to a person: C0 but tab (and newline, handled by the caller), DEL, C1,
-#: the Arabic letter mark, LRM/RLM, line and paragraph separators, the bidi embeddings and
-#: overrides (U+202A-202E) and isolates (U+2066-2069), and lone surrogates.
-_UNSAFE_FOR_PEOPLE = re.compile(
-    "[\x00-\x08\x0a-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069\ud800-\udfff]"
+#: Unicode's format characters (category Cf, as of Unicode 15), which draw nothing: the
+#: soft hyphen, zero-width space, joiners and marks (U+200B-200F), word joiner and
+#: invisible operators (U+2060-2064), the byte-order mark, tags (U+E0000 block), and so
+#: on; with them the Hangul fillers, letters that draw as blank space. Shown escaped, so
+#: ``al\u200dice`` never passes for ``alice``. The bidi controls are among them.
+_FORMAT = (
+    "\xad\u0600-\u0605\u061c\u06dd\u070f\u0890\u0891\u08e2\u115f\u1160\u180e"
+    "\u200b\u200c\u200e\u200f\u202a-\u202e\u2060-\u2064\u2066-\u206f\u3164\ufeff"
+    "\uffa0\ufff9-\ufffb\U000110bd\U000110cd\U00013430-\U0001343f\U0001bca0-\U0001bca3"
+    "\U0001d173-\U0001d17a\U000e0001\U000e0020-\U000e007f"
 )
+#: C1 controls, DEL, line and paragraph separators and lone surrogates.
+_CONTROL = "\x7f-\x9f\u2028\u2029\ud800-\udfff"
+#: Pictographs (and VS16) that a zero-width joiner may join into one emoji (a
+#: woman, U+200D, a laptop):
+#: between two of them U+200D is left as it is, anywhere else it is escaped.
+_EMOJI = "\u2190-\u21ff\u2300-\u23ff\u2600-\u27bf\u2b00-\u2bff\ufe0f\U0001f000-\U0001faff"
+_ZWJ = f"(?<![{_EMOJI}])\u200d|\u200d(?![{_EMOJI}])"
+
+#: Shown escaped to a person: C0 but tab (and newline, handled by the caller) and all of
+#: the above.
+_UNSAFE_FOR_PEOPLE = re.compile(f"{_ZWJ}|[\x00-\x08\x0a-\x1f{_CONTROL}{_FORMAT}]")
 #: Escaped in tsv and id output: backslash, every C0 (tab and newline too), and all that
 #: is escaped for people (tsv is read on terminals too).
-_UNSAFE_IN_TSV = re.compile(
-    "[\\\\\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069\ud800-\udfff]"
-)
+_UNSAFE_IN_TSV = re.compile(f"{_ZWJ}|[\\\\\x00-\x1f{_CONTROL}{_FORMAT}]")
+#: An item of a list (a room's members), in a table or tsv: escaped as in tsv, and its
+#: commas too, so that the commas between items are the only bare ones.
+_UNSAFE_IN_ITEM = re.compile(f"{_ZWJ}|[,\\\\\x00-\x1f{_CONTROL}{_FORMAT}]")
 #: Left raw by json.dumps(ensure_ascii=False) but escaped by us (\uXXXX, same data).
-_UNSAFE_IN_JSON = re.compile(
-    "[\x7f-\x9f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069\ud800-\udfff]"
-)
-_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t", "\\": "\\\\"}
+_UNSAFE_IN_JSON = re.compile(f"[\u200d{_CONTROL}{_FORMAT}]")
+_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t", "\\": "\\\\", ",": "\\,"}
 
 
 def _escape(match: re.Match[str]) -> str:
@@ -102,27 +124,65 @@ def _escape(match: re.Match[str]) -> str:
     if named is not None:
         return named
     code = ord(char)
-    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+    if code < 0x100:
+        return f"\\x{code:02x}"
+    return f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
 
 
 def _json_escape(match: re.Match[str]) -> str:
-    return f"\\u{ord(match.group()):04x}"
+    code = ord(match.group())
+    if code < 0x10000:
+        return f"\\u{code:04x}"
+    code -= 0x10000  # JSON writes the rest of Unicode as a UTF-16 surrogate pair
+    return f"\\u{0xD800 + (code >> 10):04x}\\u{0xDC00 + (code & 0x3FF):04x}"
 
 
-def visible(value: Any, *, multiline: bool = False) -> str:
-    """Untrusted text as a person should see it: every control character escaped.
+def visible(value: Any, *, multiline: bool = False, column: int = 0) -> str:
+    """Untrusted text as a person should see it: every control and format character
+    escaped, tabs expanded to spaces (stops every 8 columns, counted from ``column``,
+    where the text starts on its first line, and from 0 on the others). A list (a room's
+    members) is its items joined with ", ", each item's commas and backslashes escaped.
 
     With ``multiline`` a newline stays a newline (the caller indents what follows it);
     otherwise it is shown as ``\\n``, like the rest.
     """
+    if isinstance(value, list):
+        return ", ".join(_UNSAFE_IN_ITEM.sub(_escape, _plain(v)) for v in value)
     text = _plain(value)
     if multiline:
-        return "\n".join(_UNSAFE_FOR_PEOPLE.sub(_escape, line) for line in text.split("\n"))
-    return _UNSAFE_FOR_PEOPLE.sub(_escape, text)
+        lines = text.split("\n")
+        return "\n".join(
+            _expand_tabs(_UNSAFE_FOR_PEOPLE.sub(_escape, line), column if i == 0 else 0)
+            for i, line in enumerate(lines)
+        )
+    return _expand_tabs(_UNSAFE_FOR_PEOPLE.sub(_escape, text), column)
+
+
+def _expand_tabs(text: str, column: int) -> str:
+    """Tabs as the spaces to the next stop (every 8 cells, the text starting at
+    ``column``), counted in terminal cells: a terminal's own tab stops are not the text
+    column's, and rich would measure a tab as nothing."""
+    if "\t" not in text:
+        return text
+    from rich.cells import cell_len
+
+    at = column
+    out: list[str] = []
+    for i, part in enumerate(text.split("\t")):
+        if i:
+            pad = 8 - at % 8
+            out.append(" " * pad)
+            at += pad
+        out.append(part)
+        at += cell_len(part)
+    return "".join(out)
 
 
 def tsv_cell(value: Any) -> str:
-    """One field of a tsv record: backslash, tab, newline and controls escaped."""
+    """One field of a tsv record: backslash, tab, newline and controls escaped; a list's
+    items joined with ",", each item's commas escaped too (``\\,``)."""
+    if isinstance(value, list):
+        return ",".join(_UNSAFE_IN_ITEM.sub(_escape, _plain(v)) for v in value)
     return _UNSAFE_IN_TSV.sub(_escape, _plain(value))
 
 
@@ -173,10 +233,10 @@ def local_time(stamp: Any, fmt: str = "%Y-%m-%d %H:%M:%S %z") -> str:
 
 def default_format(stream: TextIO | None = None) -> str:
     stream = stream or sys.stdout
-    return "table" if _isatty(stream) else "json"
+    return "table" if isatty(stream) else "json"
 
 
-def _isatty(stream: TextIO | None) -> bool:
+def isatty(stream: TextIO | None) -> bool:
     try:
         return stream is not None and stream.isatty()
     except (AttributeError, ValueError, OSError):
@@ -389,7 +449,7 @@ class TableRenderer(_RichRenderer):
                         visible(r.get("id")),
                         visible(r.get("name")),
                         visible(r.get("description"), multiline=True),
-                        ", ".join(visible(u) for u in _strings(r.get("user_ids"))),
+                        visible(_strings(r.get("user_ids"))),
                         "yes" if r.get("private") is True else "no",
                         local_time(r.get("created_at")),
                     ]
@@ -438,19 +498,46 @@ def user_style(user_id: str) -> str:
 
 
 class LineRenderer(_RichRenderer):
-    """A live Join stream on a terminal: one line per message or event, as they come."""
+    """A live Join stream on a terminal: one line per message or event, as they come;
+    with ``show_ids``, each message's id after its time."""
 
-    def __init__(self, stream: TextIO, *, batch: bool = False, report: bool = False) -> None:
+    def __init__(
+        self,
+        stream: TextIO,
+        *,
+        batch: bool = False,
+        report: bool = False,
+        show_ids: bool = False,
+    ) -> None:
         super().__init__(stream, batch=batch, report=report, width=None)
+        self.show_ids = show_ids
 
     def item(self, kind: str, item: dict[str, Any]) -> None:
         if kind == "message":
-            self.print(message_line(item))
+            self.print(message_line(item, show_id=self.show_ids))
         elif kind == "event":
             self.print(event_line(item))
 
 
-def message_line(m: dict[str, Any]) -> RenderableType:
+def line_time(stamp: Any) -> str:
+    """A server's time on a ``join`` line: local time to the millisecond (cut, not
+    rounded, so ``--since`` reads it back as the millisecond the server wrote), the date
+    first when it is not today: ``09:41:07.250`` or ``2026-12-06 23:59:59.999``."""
+    from chatctl.ids import time_ns
+
+    ns = time_ns(stamp)
+    if ns is None:
+        return local_time(stamp, "%H:%M:%S")
+    seconds, ms = divmod(ns // 1_000_000, 1000)
+    try:
+        when = datetime.fromtimestamp(seconds, UTC).astimezone()
+    except (OverflowError, OSError, ValueError):
+        return visible(stamp)
+    fmt = "%H:%M:%S" if when.date() == datetime.now().astimezone().date() else "%Y-%m-%d %H:%M:%S"
+    return f"{when.strftime(fmt)}.{ms:03d}"
+
+
+def message_line(m: dict[str, Any], *, show_id: bool = False) -> RenderableType:
     """Time, user (in a stable colour), subject if any, then the text in a column of its
     own: its further lines, and its wrapped ones on a narrow terminal, start under its
     first, never at column 0 where every message starts."""
@@ -458,14 +545,17 @@ def message_line(m: dict[str, Any]) -> RenderableType:
     from rich.text import Text
 
     user = _plain(m.get("user_id"))
-    head = Text(local_time(m.get("sent_at"), "%H:%M:%S") + " ", style="dim")
+    head = Text(line_time(m.get("sent_at")) + " ", style="dim")
+    if show_id:
+        head.append(visible(m.get("id")) + " ", style="dim")
     head.append(visible(user), style=f"bold {user_style(user)}")
     head.append(":")
     body = Text()
     subject = visible(m.get("subject"))
     if subject:
         body.append(f"[{subject}] ", style="italic")
-    body.append(visible(m.get("text"), multiline=True))
+    # Tab stops count from the text column; the subject comes first on the first line.
+    body.append(visible(m.get("text"), multiline=True, column=body.cell_len))
     grid = Table.grid(padding=(0, 1))
     grid.add_column(no_wrap=True)
     grid.add_column(overflow="fold")
@@ -476,7 +566,7 @@ def message_line(m: dict[str, Any]) -> RenderableType:
 def event_line(e: dict[str, Any]) -> Text:
     from rich.text import Text
 
-    clock = local_time(e.get("at"), "%H:%M:%S")
+    clock = line_time(e.get("at"))
     return Text(f"{clock} * {visible(e.get('user_id'))} {visible(e.get('type'))}", style="dim")
 
 
@@ -496,10 +586,13 @@ def make_renderer(
     batch: bool = False,
     report: bool = False,
     live: bool = False,
+    show_ids: bool = False,
 ) -> Renderer:
-    """The renderer for ``fmt``; ``live`` (a Join stream) prints tables as lines."""
-    cls = LineRenderer if live and fmt == "table" else _RENDERERS[fmt]
-    return cls(stream or sys.stdout, batch=batch or live, report=report)
+    """The renderer for ``fmt``; ``live`` (a Join stream) prints tables as lines, with
+    each message's id after its time if ``show_ids``."""
+    if live and fmt == "table":
+        return LineRenderer(stream or sys.stdout, batch=True, report=report, show_ids=show_ids)
+    return _RENDERERS[fmt](stream or sys.stdout, batch=batch or live, report=report)
 
 
 def _console(stream: TextIO, width: int | None = None) -> Console:
@@ -522,7 +615,7 @@ def progress(total: int | None, what: str) -> Iterator[Callable[[], None]]:
     Shows a progress bar on stderr for batches (more than one item; ``None`` is a stream
     of unknown length) when stderr is a terminal; in a pipe or a log, nothing at all.
     """
-    if (total is not None and total <= 1) or not _isatty(sys.stderr):
+    if (total is not None and total <= 1) or not isatty(sys.stderr):
         yield lambda: None
         return
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
