@@ -43,11 +43,10 @@ def join(
         str | None,
         typer.Option(
             "--since",
-            help="Print every message after this message id or time, then go live. A time "
-            "is read as join prints it (09:41:07.250: the latest such local time; "
-            "2026-12-06 23:59:59.999) or as RFC 3339 (2026-11-25T09:00:00Z), to the "
-            "millisecond, and that millisecond's messages are left out; a date alone "
-            "starts at its midnight; a time without a zone is local.",
+            help="Print every message after this message id or time, then go live: a time "
+            "as join shows it (09:41:07.250, the latest such) or RFC 3339, local unless it "
+            "names a zone, leaves out that millisecond's messages; a date starts at its "
+            "midnight.",
             show_default=False,
         ),
     ] = None,
