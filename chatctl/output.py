@@ -89,30 +89,59 @@ _KEYS = {
 #: soft hyphen, zero-width space, joiners and marks (U+200B-200F), word joiner and
 #: invisible operators (U+2060-2064), the byte-order mark, tags (U+E0000 block), and so
 #: on; with them the Hangul fillers, letters that draw as blank space. Shown escaped, so
-#: ``al\u200dice`` never passes for ``alice``. The bidi controls are among them.
+#: ``al\u200dice`` never passes for ``alice``. The bidi controls are among them. Those
+#: past U+FFFF are searched for apart, and only in text that has such characters: ranges
+#: past U+FFFF make a class several times slower to search.
 _FORMAT = (
     "\xad\u0600-\u0605\u061c\u06dd\u070f\u0890\u0891\u08e2\u115f\u1160\u180e"
     "\u200b\u200c\u200e\u200f\u202a-\u202e\u2060-\u2064\u2066-\u206f\u3164\ufeff"
-    "\uffa0\ufff9-\ufffb\U000110bd\U000110cd\U00013430-\U0001343f\U0001bca0-\U0001bca3"
-    "\U0001d173-\U0001d17a\U000e0001\U000e0020-\U000e007f"
+    "\uffa0\ufff9-\ufffb"
+)
+_ASTRAL_FORMAT = re.compile(
+    "[\U000110bd\U000110cd\U00013430-\U0001343f\U0001bca0-\U0001bca3\U0001d173-\U0001d17a"
+    "\U000e0001\U000e0020-\U000e007f]"
 )
 #: C1 controls, DEL, line and paragraph separators and lone surrogates.
 _CONTROL = "\x7f-\x9f\u2028\u2029\ud800-\udfff"
-#: Pictographs (and VS16) that a zero-width joiner may join into one emoji (a
-#: woman, U+200D, a laptop):
-#: between two of them U+200D is left as it is, anywhere else it is escaped.
-_EMOJI = "\u2190-\u21ff\u2300-\u23ff\u2600-\u27bf\u2b00-\u2bff\ufe0f\U0001f000-\U0001faff"
-_ZWJ = f"(?<![{_EMOJI}])\u200d|\u200d(?![{_EMOJI}])"
+#: Pictographs (and VS16) that a zero-width joiner may join into one emoji (a woman,
+#: U+200D, a laptop): between two of them U+200D is left as it is, anywhere else escaped.
+_EMOJI = re.compile(
+    "[\u2190-\u21ff\u2300-\u23ff\u2600-\u27bf\u2b00-\u2bff\ufe0f\U0001f000-\U0001faff]"
+)
+
+
+class _Unsafe:
+    """The characters one output escapes: ``ascii_chars`` (a regular expression's class
+    of ASCII ones), DEL, and every control and format character beyond ASCII. Text that
+    is all ASCII (``str.isascii`` tells at once) is searched for the ASCII ones only."""
+
+    def __init__(self, ascii_chars: str) -> None:
+        self._ascii = re.compile(f"[{ascii_chars}\x7f]")
+        self._all = re.compile(f"[{ascii_chars}{_CONTROL}{_FORMAT}\u200d]")
+
+    def escape(self, text: str) -> str:
+        if text.isascii():
+            return self._ascii.sub(_escape, text)
+        return _past_bmp(self._all.sub(_escape, text), _escape)
+
+
+def _past_bmp(text: str, escape: Callable[[re.Match[str]], str]) -> str:
+    """``text`` with its format characters past U+FFFF escaped, if it has any such
+    character (its UTF-16 is then longer than two bytes a character)."""
+    if len(text.encode("utf-16-le", "surrogatepass")) == 2 * len(text):
+        return text
+    return _ASTRAL_FORMAT.sub(escape, text)
+
 
 #: Shown escaped to a person: C0 but tab (and newline, handled by the caller) and all of
 #: the above.
-_UNSAFE_FOR_PEOPLE = re.compile(f"{_ZWJ}|[\x00-\x08\x0a-\x1f{_CONTROL}{_FORMAT}]")
+_FOR_PEOPLE = _Unsafe("\x00-\x08\x0a-\x1f")
 #: Escaped in tsv and id output: backslash, every C0 (tab and newline too), and all that
 #: is escaped for people (tsv is read on terminals too).
-_UNSAFE_IN_TSV = re.compile(f"{_ZWJ}|[\\\\\x00-\x1f{_CONTROL}{_FORMAT}]")
+_IN_TSV = _Unsafe("\\\\\x00-\x1f")
 #: An item of a list (a room's members), in a table or tsv: escaped as in tsv, and its
 #: commas too, so that the commas between items are the only bare ones.
-_UNSAFE_IN_ITEM = re.compile(f"{_ZWJ}|[,\\\\\x00-\x1f{_CONTROL}{_FORMAT}]")
+_IN_ITEM = _Unsafe(",\\\\\x00-\x1f")
 #: Left raw by json.dumps(ensure_ascii=False) but escaped by us (\uXXXX, same data).
 _UNSAFE_IN_JSON = re.compile(f"[\u200d{_CONTROL}{_FORMAT}]")
 _NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t", "\\": "\\\\", ",": "\\,"}
@@ -124,9 +153,15 @@ def _escape(match: re.Match[str]) -> str:
     if named is not None:
         return named
     code = ord(char)
+    if code == 0x200D and _joins_emoji(match.string, match.start()):
+        return char
     if code < 0x100:
         return f"\\x{code:02x}"
     return f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
+
+
+def _joins_emoji(text: str, at: int) -> bool:
+    return at > 0 and bool(_EMOJI.match(text, at - 1)) and bool(_EMOJI.match(text, at + 1))
 
 
 def _json_escape(match: re.Match[str]) -> str:
@@ -147,15 +182,15 @@ def visible(value: Any, *, multiline: bool = False, column: int = 0) -> str:
     otherwise it is shown as ``\\n``, like the rest.
     """
     if isinstance(value, list):
-        return ", ".join(_UNSAFE_IN_ITEM.sub(_escape, _plain(v)) for v in value)
+        return ", ".join(_IN_ITEM.escape(_plain(v)) for v in value)
     text = _plain(value)
     if multiline:
         lines = text.split("\n")
         return "\n".join(
-            _expand_tabs(_UNSAFE_FOR_PEOPLE.sub(_escape, line), column if i == 0 else 0)
+            _expand_tabs(_FOR_PEOPLE.escape(line), column if i == 0 else 0)
             for i, line in enumerate(lines)
         )
-    return _expand_tabs(_UNSAFE_FOR_PEOPLE.sub(_escape, text), column)
+    return _expand_tabs(_FOR_PEOPLE.escape(text), column)
 
 
 def _expand_tabs(text: str, column: int) -> str:
@@ -182,8 +217,8 @@ def tsv_cell(value: Any) -> str:
     """One field of a tsv record: backslash, tab, newline and controls escaped; a list's
     items joined with ",", each item's commas escaped too (``\\,``)."""
     if isinstance(value, list):
-        return ",".join(_UNSAFE_IN_ITEM.sub(_escape, _plain(v)) for v in value)
-    return _UNSAFE_IN_TSV.sub(_escape, _plain(value))
+        return ",".join(_IN_ITEM.escape(_plain(v)) for v in value)
+    return _IN_TSV.escape(_plain(value))
 
 
 def json_text(value: Any, *, indent: int | None = None) -> str:
@@ -193,8 +228,9 @@ def json_text(value: Any, *, indent: int | None = None) -> str:
         # Most text is ASCII, where only DEL needs escaping: no search needed.
         if text.isascii() and "\x7f" not in text:
             return text
-        return _UNSAFE_IN_JSON.sub(_json_escape, text)
-    return _UNSAFE_IN_JSON.sub(_json_escape, json.dumps(value, ensure_ascii=False, indent=indent))
+    else:
+        text = json.dumps(value, ensure_ascii=False, indent=indent)
+    return _past_bmp(_UNSAFE_IN_JSON.sub(_json_escape, text), _json_escape)
 
 
 #: json.dumps(value, ensure_ascii=False) without making an encoder each time (an export
