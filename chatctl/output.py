@@ -249,19 +249,31 @@ def _plain(value: Any) -> str:
 
 
 def local_time(stamp: Any, fmt: str = "%Y-%m-%d %H:%M:%S %z") -> str:
-    """An RFC 3339 time from the server in the local time zone (``TZ`` is honoured);
-    anything that is not such a time is shown as it came, escaped."""
-    text = _plain(stamp)
+    """An RFC 3339 time from the server in the local time zone (``TZ`` is honoured), in
+    ``fmt``, where ``%f`` is the millisecond (cut, not rounded, so ``--since`` reads it
+    back as the millisecond the server wrote); anything that is not such a time is shown
+    as it came, escaped."""
+    when = _local(stamp)
+    return visible(stamp) if when is None else _strftime(when, fmt)
+
+
+def _strftime(when: datetime, fmt: str) -> str:
+    return when.strftime(fmt.replace("%f", f"{when.microsecond // 1000:03d}"))
+
+
+def _local(stamp: Any) -> datetime | None:
+    from chatctl.ids import time_ns
+
+    ns = time_ns(stamp)
     try:
-        when = datetime.fromisoformat(text)
-    except ValueError:
-        return visible(text)
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    try:
-        return when.astimezone().strftime(fmt)
+        if ns is not None:  # exact: fromisoformat would take at most 6 digits
+            seconds, ms = divmod(ns // 1_000_000, 1000)
+            when = datetime.fromtimestamp(seconds, UTC).astimezone()
+            return when.replace(microsecond=ms * 1000)
+        when = datetime.fromisoformat(_plain(stamp))
+        return (when if when.tzinfo else when.replace(tzinfo=UTC)).astimezone()
     except (OverflowError, OSError, ValueError):
-        return visible(text)
+        return None
 
 
 # -- formats -------------------------------------------------------------------------------
@@ -495,7 +507,7 @@ class TableRenderer(_RichRenderer):
                 columns = ("TIME", "USER", "SUBJECT", "TEXT", "ID")
                 cells = [
                     [
-                        local_time(m.get("sent_at")),
+                        local_time(m.get("sent_at"), "%Y-%m-%d %H:%M:%S.%f %z"),
                         visible(m.get("user_id")),
                         visible(m.get("subject")),
                         visible(m.get("text"), multiline=True),
@@ -556,21 +568,13 @@ class LineRenderer(_RichRenderer):
 
 
 def line_time(stamp: Any) -> str:
-    """A server's time on a ``join`` line: local time to the millisecond (cut, not
-    rounded, so ``--since`` reads it back as the millisecond the server wrote), the date
-    first when it is not today: ``09:41:07.250`` or ``2026-12-06 23:59:59.999``."""
-    from chatctl.ids import time_ns
-
-    ns = time_ns(stamp)
-    if ns is None:
-        return local_time(stamp, "%H:%M:%S")
-    seconds, ms = divmod(ns // 1_000_000, 1000)
-    try:
-        when = datetime.fromtimestamp(seconds, UTC).astimezone()
-    except (OverflowError, OSError, ValueError):
+    """A server's time on a ``join`` line: local time to the millisecond, the date first
+    when it is not today: ``09:41:07.250`` or ``2026-12-06 23:59:59.999``."""
+    when = _local(stamp)
+    if when is None:
         return visible(stamp)
-    fmt = "%H:%M:%S" if when.date() == datetime.now().astimezone().date() else "%Y-%m-%d %H:%M:%S"
-    return f"{when.strftime(fmt)}.{ms:03d}"
+    today = when.date() == datetime.now().astimezone().date()
+    return _strftime(when, "%H:%M:%S.%f" if today else "%Y-%m-%d %H:%M:%S.%f")
 
 
 def message_line(m: dict[str, Any], *, show_id: bool = False) -> RenderableType:
