@@ -16,20 +16,21 @@ markup or terminal control:
 
 - output for a person (tables, ``join`` lines) is built from rich ``Text`` objects, so
   ``[bold]`` or ``[/]`` stays literal text, and every control character (C0 but tab,
-  DEL, C1), format character (Unicode's Cf: zero-width spaces and joiners, bidi controls,
-  directional marks, BOM, tags), line separator and lone surrogate is shown escaped, as
+  DEL, C1), invisible character (Unicode's Cf and default-ignorables: zero-width spaces
+  and joiners, bidi controls, directional marks, BOM, tags, variation selectors; but not
+  a joiner or VS16 inside an emoji), line separator and lone surrogate is shown escaped, as
   ``\\x1b``, ``\\u202e`` or ``al\\u200dice`` (the way ``ls`` and ``git`` show odd file
   names); tabs are expanded to spaces. A message's further lines are indented under it,
   so they cannot pass for messages of their own; a user's colour is chatctl's choice,
   never the data's;
-- ``tsv`` and ``id`` escape backslash, tab, newline and every control and format
+- ``tsv`` and ``id`` escape backslash, tab, newline and every control and invisible
   character, so one record stays one line;
 - a list (a room's members) is its items joined with commas (", " in tables), each
   item's own commas and backslashes escaped (``\\,``, ``\\\\``): ``alice\\,bob,carol`` is
   two members;
-- JSON escapes as JSON does, and also writes DEL, C1, format characters, line separators
-  and lone surrogates as ``\\uXXXX`` (the same data, safe on a terminal and encodable as
-  UTF-8).
+- JSON escapes as JSON does, and also writes DEL, C1, invisible characters, line
+  separators and lone surrogates as ``\\uXXXX`` (the same data, safe on a terminal and
+  encodable as UTF-8).
 
 Data goes to stdout, diagnostics to stderr. NO_COLOR is honoured (by rich). When the
 reader of stdout goes away, a read command stops (BrokenPipeError reaches the CLI's edge,
@@ -85,91 +86,100 @@ _KEYS = {
 
 # -- untrusted text ------------------------------------------------------------------------
 
-#: Unicode's format characters (category Cf, as of Unicode 15), which draw nothing: the
-#: soft hyphen, zero-width space, joiners and marks (U+200B-200F), word joiner and
-#: invisible operators (U+2060-2064), the byte-order mark, tags (U+E0000 block), and so
-#: on; with them the Hangul fillers, letters that draw as blank space. Shown escaped, so
-#: ``al\u200dice`` never passes for ``alice``. The bidi controls are among them. Those
-#: past U+FFFF are searched for apart, and only in text that has such characters: ranges
-#: past U+FFFF make a class several times slower to search.
-_FORMAT = (
-    "\xad\u0600-\u0605\u061c\u06dd\u070f\u0890\u0891\u08e2\u115f\u1160\u180e"
-    "\u200b\u200c\u200e\u200f\u202a-\u202e\u2060-\u2064\u2066-\u206f\u3164\ufeff"
-    "\uffa0\ufff9-\ufffb"
+#: What draws nothing: Unicode's default-ignorable code points (format characters, Cf:
+#: the soft hyphen, zero-width space, joiners and marks U+200B-200F, word joiner and
+#: invisible operators, bidi controls, the byte-order mark, tags; the Hangul fillers;
+#: variation selectors; the combining grapheme joiner) and the rest of Cf. Shown escaped,
+#: so ``al\u200dice`` never passes for ``alice``. Those past U+FFFF are searched for apart,
+#: only in text that has such characters: ranges past U+FFFF make a class several times
+#: slower to search.
+_INVISIBLE = (
+    "\xad\u034f\u0600-\u0605\u061c\u06dd\u070f\u0890\u0891\u08e2\u115f\u1160\u17b4\u17b5"
+    "\u180b-\u180f\u200b-\u200f\u202a-\u202e\u2060-\u206f\u3164\ufe00-\ufe0f\ufeff\uffa0"
+    "\ufff0-\ufffb"
 )
-_ASTRAL_FORMAT = re.compile(
+_ASTRAL_INVISIBLE = re.compile(
     "[\U000110bd\U000110cd\U00013430-\U0001343f\U0001bca0-\U0001bca3\U0001d173-\U0001d17a"
-    "\U000e0001\U000e0020-\U000e007f]"
+    "\U000e0000-\U000e0fff]"
 )
 #: C1 controls, DEL, line and paragraph separators and lone surrogates.
 _CONTROL = "\x7f-\x9f\u2028\u2029\ud800-\udfff"
-#: Pictographs (and VS16) that a zero-width joiner may join into one emoji (a woman,
-#: U+200D, a laptop): between two of them U+200D is left as it is, anywhere else escaped.
+#: Pictographs, and what an emoji sequence holds between them.
 _EMOJI = re.compile(
-    "[\u2190-\u21ff\u2300-\u23ff\u2600-\u27bf\u2b00-\u2bff\ufe0f\U0001f000-\U0001faff]"
+    "[\xa9\xae\u203c\u2049\u2122\u2139\u2190-\u21ff\u2300-\u23ff\u24c2\u25aa-\u27bf"
+    "\u2934\u2935\u2b00-\u2bff\u3030\u303d\u3297\u3299\ufe0f\U0001f000-\U0001faff]"
 )
+
+
+def _in_emoji(text: str, at: int) -> bool:
+    """Whether the invisible character at ``at`` is part of an emoji, not a disguise: a
+    zero-width joiner between two pictographs (a woman, U+200D, a laptop), or a text or
+    emoji presentation selector (VS15, VS16) after one (a heart, U+FE0F) or in a keycap."""
+    char = text[at]
+    if char == "\u200d":
+        return at > 0 and bool(_EMOJI.match(text, at - 1)) and bool(_EMOJI.match(text, at + 1))
+    if char in "\ufe0e\ufe0f":
+        return (at > 0 and bool(_EMOJI.match(text, at - 1))) or text.startswith("\u20e3", at + 1)
+    return False
 
 
 class _Unsafe:
     """The characters one output escapes: ``ascii_chars`` (a regular expression's class
-    of ASCII ones), DEL, and every control and format character beyond ASCII. Text that
-    is all ASCII (``str.isascii`` tells at once) is searched for the ASCII ones only."""
+    of ASCII ones), DEL, and every control and invisible character beyond ASCII, each
+    written by ``write``. Text that is all ASCII (``str.isascii`` tells at once) is
+    searched for the ASCII ones only."""
 
-    def __init__(self, ascii_chars: str) -> None:
+    def __init__(self, ascii_chars: str, write: Callable[[int], str]) -> None:
         self._ascii = re.compile(f"[{ascii_chars}\x7f]")
-        self._all = re.compile(f"[{ascii_chars}{_CONTROL}{_FORMAT}\u200d]")
+        self._all = re.compile(f"[{ascii_chars}{_CONTROL}{_INVISIBLE}]")
+        self._write = write
 
     def escape(self, text: str) -> str:
         if text.isascii():
-            return self._ascii.sub(_escape, text)
-        return _past_bmp(self._all.sub(_escape, text), _escape)
+            return self._ascii.sub(self._escape, text)
+        text = self._all.sub(self._escape, text)
+        # Past U+FFFF only if there is any such character (UTF-16 then takes 4 bytes).
+        if len(text.encode("utf-16-le", "surrogatepass")) == 2 * len(text):
+            return text
+        return _ASTRAL_INVISIBLE.sub(self._escape, text)
+
+    def _escape(self, match: re.Match[str]) -> str:
+        char = match.group()
+        named = _NAMED.get(char)
+        if named is not None:
+            return named
+        if _in_emoji(match.string, match.start()):
+            return char
+        return self._write(ord(char))
 
 
-def _past_bmp(text: str, escape: Callable[[re.Match[str]], str]) -> str:
-    """``text`` with its format characters past U+FFFF escaped, if it has any such
-    character (its UTF-16 is then longer than two bytes a character)."""
-    if len(text.encode("utf-16-le", "surrogatepass")) == 2 * len(text):
-        return text
-    return _ASTRAL_FORMAT.sub(escape, text)
-
-
-#: Shown escaped to a person: C0 but tab (and newline, handled by the caller) and all of
-#: the above.
-_FOR_PEOPLE = _Unsafe("\x00-\x08\x0a-\x1f")
-#: Escaped in tsv and id output: backslash, every C0 (tab and newline too), and all that
-#: is escaped for people (tsv is read on terminals too).
-_IN_TSV = _Unsafe("\\\\\x00-\x1f")
-#: An item of a list (a room's members), in a table or tsv: escaped as in tsv, and its
-#: commas too, so that the commas between items are the only bare ones.
-_IN_ITEM = _Unsafe(",\\\\\x00-\x1f")
-#: Left raw by json.dumps(ensure_ascii=False) but escaped by us (\uXXXX, same data).
-_UNSAFE_IN_JSON = re.compile(f"[\u200d{_CONTROL}{_FORMAT}]")
 _NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t", "\\": "\\\\", ",": "\\,"}
 
 
-def _escape(match: re.Match[str]) -> str:
-    char = match.group()
-    named = _NAMED.get(char)
-    if named is not None:
-        return named
-    code = ord(char)
-    if code == 0x200D and _joins_emoji(match.string, match.start()):
-        return char
+def _as_people_read(code: int) -> str:
     if code < 0x100:
         return f"\\x{code:02x}"
     return f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
 
 
-def _joins_emoji(text: str, at: int) -> bool:
-    return at > 0 and bool(_EMOJI.match(text, at - 1)) and bool(_EMOJI.match(text, at + 1))
-
-
-def _json_escape(match: re.Match[str]) -> str:
-    code = ord(match.group())
+def _as_json_writes(code: int) -> str:
     if code < 0x10000:
         return f"\\u{code:04x}"
     code -= 0x10000  # JSON writes the rest of Unicode as a UTF-16 surrogate pair
     return f"\\u{0xD800 + (code >> 10):04x}\\u{0xDC00 + (code & 0x3FF):04x}"
+
+
+#: Shown escaped to a person: C0 but tab (and newline, handled by the caller) and all of
+#: the above.
+_FOR_PEOPLE = _Unsafe("\x00-\x08\x0a-\x1f", _as_people_read)
+#: Escaped in tsv and id output: backslash, every C0 (tab and newline too), and all that
+#: is escaped for people (tsv is read on terminals too).
+_IN_TSV = _Unsafe("\\\\\x00-\x1f", _as_people_read)
+#: An item of a list (a room's members), in a table or tsv: escaped as in tsv, and its
+#: commas too, so that the commas between items are the only bare ones.
+_IN_ITEM = _Unsafe(",\\\\\x00-\x1f", _as_people_read)
+#: What json.dumps(ensure_ascii=False) leaves raw but we escape (\uXXXX, the same data).
+_IN_JSON = _Unsafe("", _as_json_writes)
 
 
 def visible(value: Any, *, multiline: bool = False, column: int = 0) -> str:
@@ -230,7 +240,7 @@ def json_text(value: Any, *, indent: int | None = None) -> str:
             return text
     else:
         text = json.dumps(value, ensure_ascii=False, indent=indent)
-    return _past_bmp(_UNSAFE_IN_JSON.sub(_json_escape, text), _json_escape)
+    return _IN_JSON.escape(text)
 
 
 #: json.dumps(value, ensure_ascii=False) without making an encoder each time (an export

@@ -44,13 +44,38 @@ CORPUS: dict[str, str] = {
 }
 BIG = "x" * (1024 * 1024)
 
+#: Unicode's default-ignorable code points (DerivedCoreProperties.txt, Unicode 15): what
+#: draws nothing, so that a name holding one looks like a name without it.
+DEFAULT_IGNORABLE = [
+    (0x00AD, 0x00AD), (0x034F, 0x034F), (0x061C, 0x061C), (0x115F, 0x1160),
+    (0x17B4, 0x17B5), (0x180B, 0x180F), (0x200B, 0x200F), (0x202A, 0x202E),
+    (0x2060, 0x206F), (0x3164, 0x3164), (0xFE00, 0xFE0F), (0xFEFF, 0xFEFF),
+    (0xFFA0, 0xFFA0), (0xFFF0, 0xFFF8), (0x1BCA0, 0x1BCA3), (0x1D173, 0x1D17A),
+    (0xE0000, 0xE0FFF),
+]  # fmt: skip
+def ranges(chars: list[str]) -> list[tuple[str, str]]:
+    """Sorted characters as runs (first, last): a class of runs is quick to search."""
+    runs: list[tuple[str, str]] = []
+    for c in chars:
+        if runs and ord(c) == ord(runs[-1][1]) + 1:
+            runs[-1] = (runs[-1][0], c)
+        else:
+            runs.append((c, c))
+    return runs
+
+
+#: every character that draws nothing, or is a format character (Cf).
+INVISIBLE = sorted(
+    {chr(c) for first, last in DEFAULT_IGNORABLE for c in range(first, last + 1)}
+    | {chr(c) for c in range(sys.maxunicode + 1) if unicodedata.category(chr(c)) == "Cf"}
+)
+
 #: a character that must never reach a terminal raw from the data: C0 but tab and the
-#: newlines we print ourselves, DEL, C1, line separators, lone surrogates, every format
-#: character (Unicode's Cf: bidi controls and marks, zero-width ones, BOM, tags...) and
-#: the Hangul fillers (letters that draw as blank).
+#: newlines we print ourselves, DEL, C1, line separators, lone surrogates, and every
+#: invisible or format character (bidi controls and marks, zero-width ones, BOM, tags...).
 RAW_CONTROL = re.compile(
-    "[\x00-\x08\x0b-\x0c\x0e-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff\u115f\u1160\u3164\uffa0"
-    + "".join(chr(c) for c in range(sys.maxunicode + 1) if unicodedata.category(chr(c)) == "Cf")
+    "[\x00-\x08\x0b-\x0c\x0e-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff"
+    + "".join(f"{re.escape(a)}-{re.escape(b)}" for a, b in ranges(INVISIBLE))
     + "]"
 )
 
@@ -219,19 +244,20 @@ def test_invisible_characters_are_shown_escaped_and_json_keeps_them() -> None:
     assert "al\\u200dice" in as_json and json.loads(as_json) == sly
 
 
-def test_every_format_character_is_escaped_but_an_emoji_keeps_its_joiner() -> None:
-    every = "".join(
-        chr(c) for c in range(sys.maxunicode + 1) if unicodedata.category(chr(c)) == "Cf"
-    )
+def test_every_invisible_character_is_escaped_but_an_emoji_stays_whole() -> None:
+    every = "".join(INVISIBLE)
     out = render(
         "table", [{"message": {**message(every), "subject": "", "user_id": "u"}}], live=True
     )
     assert not RAW_CONTROL.search(out)
     flat = out.replace("\n", "").replace(" ", "")  # folded on an 80-column terminal
     assert "\\U000e0041" in flat and "\\xad" in flat and "\\u2064" in flat
-    # A ZWJ sequence (woman, ZWJ, laptop) is one emoji, not a disguise: it stays whole.
-    technologist = "\U0001f469\u200d\U0001f4bb"
-    assert technologist in render("table", [{"message": message(technologist)}], live=True)
+    # A ZWJ sequence (woman, ZWJ, laptop), a red heart (VS16) and a keycap are emoji, not
+    # disguises: they stay whole. The same characters after a letter are escaped.
+    for emoji in ("\U0001f469\u200d\U0001f4bb", "\u2764\ufe0f", "1\ufe0f\u20e3"):
+        assert emoji in render("table", [{"message": message(emoji)}], live=True)
+        assert emoji in render("jsonl", [{"messages": [message(emoji)]}])
+    assert "al\\ufe0fi\\u200dce" in render("tsv", [{"messages": [message("al\ufe0fi\u200dce")]}])
     assert json.loads(render("jsonl", [{"messages": [message(every)]}])) == message(every)
 
 
