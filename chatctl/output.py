@@ -16,14 +16,21 @@ markup or terminal control:
 
 - output for a person (tables, ``join`` lines) is built from rich ``Text`` objects, so
   ``[bold]`` or ``[/]`` stays literal text, and every control character (C0 but tab,
-  DEL, C1), bidi override or isolate, directional mark, line separator and lone surrogate
-  is shown escaped, as ``\\x1b`` or ``\\u202e`` (the way ``ls`` and ``git`` show odd file
-  names). A message's further lines are indented under it, so they cannot pass for
-  messages of their own; a user's colour is chatctl's choice, never the data's;
-- ``tsv`` and ``id`` escape backslash, tab, newline and every control character, so one
-  record stays one line;
-- JSON escapes as JSON does, and also writes DEL, C1, bidi controls, line separators and
-  lone surrogates as ``\\uXXXX`` (the same data, safe on a terminal and encodable as UTF-8).
+  DEL, C1), invisible character (Unicode's Cf and default-ignorables: zero-width spaces
+  and joiners, bidi controls, directional marks, BOM, tags, variation selectors; but not
+  a joiner or VS16 inside an emoji), line separator and lone surrogate is shown escaped, as
+  ``\\x1b``, ``\\u202e`` or ``al\\u200dice`` (the way ``ls`` and ``git`` show odd file
+  names); tabs are expanded to spaces. A message's further lines are indented under it,
+  so they cannot pass for messages of their own; a user's colour is chatctl's choice,
+  never the data's;
+- ``tsv`` and ``id`` escape backslash, tab, newline and every control and invisible
+  character, so one record stays one line;
+- a list (a room's members) is its items joined with commas (", " in tables), each
+  item's own commas and backslashes escaped (``\\,``, ``\\\\``): ``alice\\,bob,carol`` is
+  two members;
+- JSON escapes as JSON does, and also writes DEL, C1, invisible characters, line
+  separators and lone surrogates as ``\\uXXXX`` (the same data, safe on a terminal and
+  encodable as UTF-8).
 
 Data goes to stdout, diagnostics to stderr. NO_COLOR is honoured (by rich). When the
 reader of stdout goes away, a read command stops (BrokenPipeError reaches the CLI's edge,
@@ -55,6 +62,7 @@ __all__ = [
     "FORMATS",
     "Renderer",
     "default_format",
+    "isatty",
     "json_text",
     "make_renderer",
     "progress",
@@ -81,52 +89,149 @@ IDENTITY_FIELDS: tuple[str, ...] = ("tenant", "user_id", "admin", "open")
 
 # -- untrusted text ------------------------------------------------------------------------
 
-#: Shown escaped to a person: C0 but tab (and newline, handled by the caller), DEL, C1,
-#: the Arabic letter mark, LRM/RLM, line and paragraph separators, the bidi embeddings and
-#: overrides (U+202A-202E) and isolates (U+2066-2069), and lone surrogates.
-_UNSAFE_FOR_PEOPLE = re.compile(
-    "[\x00-\x08\x0a-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069\ud800-\udfff]"
+#: What draws nothing: Unicode's default-ignorable code points (format characters, Cf:
+#: the soft hyphen, zero-width space, joiners and marks U+200B-200F, word joiner and
+#: invisible operators, bidi controls, the byte-order mark, tags; the Hangul fillers;
+#: variation selectors; the combining grapheme joiner) and the rest of Cf. Shown escaped,
+#: so ``al\u200dice`` never passes for ``alice``. Those past U+FFFF are searched for apart,
+#: only in text that has such characters: ranges past U+FFFF make a class several times
+#: slower to search.
+_INVISIBLE = (
+    "\xad\u034f\u0600-\u0605\u061c\u06dd\u070f\u0890\u0891\u08e2\u115f\u1160\u17b4\u17b5"
+    "\u180b-\u180f\u200b-\u200f\u202a-\u202e\u2060-\u206f\u3164\ufe00-\ufe0f\ufeff\uffa0"
+    "\ufff0-\ufffb"
 )
+_ASTRAL_INVISIBLE = re.compile(
+    "[\U000110bd\U000110cd\U00013430-\U0001343f\U0001bca0-\U0001bca3\U0001d173-\U0001d17a"
+    "\U000e0000-\U000e0fff]"
+)
+#: C1 controls, DEL, line and paragraph separators and lone surrogates.
+_CONTROL = "\x7f-\x9f\u2028\u2029\ud800-\udfff"
+#: Pictographs, and what an emoji sequence holds between them.
+_EMOJI = re.compile(
+    "[\xa9\xae\u203c\u2049\u2122\u2139\u2190-\u21ff\u2300-\u23ff\u24c2\u25aa-\u27bf"
+    "\u2934\u2935\u2b00-\u2bff\u3030\u303d\u3297\u3299\ufe0f\U0001f000-\U0001faff]"
+)
+
+
+def _in_emoji(text: str, at: int) -> bool:
+    """Whether the invisible character at ``at`` is part of an emoji, not a disguise: a
+    zero-width joiner between two pictographs (a woman, U+200D, a laptop), or a text or
+    emoji presentation selector (VS15, VS16) after one (a heart, U+FE0F) or in a keycap."""
+    char = text[at]
+    if char == "\u200d":
+        return at > 0 and bool(_EMOJI.match(text, at - 1)) and bool(_EMOJI.match(text, at + 1))
+    if char in "\ufe0e\ufe0f":
+        return (at > 0 and bool(_EMOJI.match(text, at - 1))) or text.startswith("\u20e3", at + 1)
+    return False
+
+
+class _Unsafe:
+    """The characters one output escapes: ``ascii_chars`` (a regular expression's class
+    of ASCII ones), DEL, and every control and invisible character beyond ASCII, each
+    written by ``write``. Text that is all ASCII (``str.isascii`` tells at once) is
+    searched for the ASCII ones only."""
+
+    def __init__(self, ascii_chars: str, write: Callable[[int], str]) -> None:
+        self._ascii = re.compile(f"[{ascii_chars}\x7f]")
+        self._all = re.compile(f"[{ascii_chars}{_CONTROL}{_INVISIBLE}]")
+        self._write = write
+
+    def escape(self, text: str) -> str:
+        if text.isascii():
+            return self._ascii.sub(self._escape, text)
+        text = self._all.sub(self._escape, text)
+        # Past U+FFFF only if there is any such character (UTF-16 then takes 4 bytes).
+        if len(text.encode("utf-16-le", "surrogatepass")) == 2 * len(text):
+            return text
+        return _ASTRAL_INVISIBLE.sub(self._escape, text)
+
+    def _escape(self, match: re.Match[str]) -> str:
+        char = match.group()
+        named = _NAMED.get(char)
+        if named is not None:
+            return named
+        if _in_emoji(match.string, match.start()):
+            return char
+        return self._write(ord(char))
+
+
+_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t", "\\": "\\\\", ",": "\\,"}
+
+
+def _as_people_read(code: int) -> str:
+    if code < 0x100:
+        return f"\\x{code:02x}"
+    return f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
+
+
+def _as_json_writes(code: int) -> str:
+    if code < 0x10000:
+        return f"\\u{code:04x}"
+    code -= 0x10000  # JSON writes the rest of Unicode as a UTF-16 surrogate pair
+    return f"\\u{0xD800 + (code >> 10):04x}\\u{0xDC00 + (code & 0x3FF):04x}"
+
+
+#: Shown escaped to a person: C0 but tab (and newline, handled by the caller) and all of
+#: the above.
+_FOR_PEOPLE = _Unsafe("\x00-\x08\x0a-\x1f", _as_people_read)
 #: Escaped in tsv and id output: backslash, every C0 (tab and newline too), and all that
 #: is escaped for people (tsv is read on terminals too).
-_UNSAFE_IN_TSV = re.compile(
-    "[\\\\\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069\ud800-\udfff]"
-)
-#: Left raw by json.dumps(ensure_ascii=False) but escaped by us (\uXXXX, same data).
-_UNSAFE_IN_JSON = re.compile(
-    "[\x7f-\x9f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069\ud800-\udfff]"
-)
-_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t", "\\": "\\\\"}
+_IN_TSV = _Unsafe("\\\\\x00-\x1f", _as_people_read)
+#: An item of a list (a room's members), in a table or tsv: escaped as in tsv, and its
+#: commas too, so that the commas between items are the only bare ones.
+_IN_ITEM = _Unsafe(",\\\\\x00-\x1f", _as_people_read)
+#: What json.dumps(ensure_ascii=False) leaves raw but we escape (\uXXXX, the same data).
+_IN_JSON = _Unsafe("", _as_json_writes)
 
 
-def _escape(match: re.Match[str]) -> str:
-    char = match.group()
-    named = _NAMED.get(char)
-    if named is not None:
-        return named
-    code = ord(char)
-    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
-
-
-def _json_escape(match: re.Match[str]) -> str:
-    return f"\\u{ord(match.group()):04x}"
-
-
-def visible(value: Any, *, multiline: bool = False) -> str:
-    """Untrusted text as a person should see it: every control character escaped.
+def visible(value: Any, *, multiline: bool = False, column: int = 0) -> str:
+    """Untrusted text as a person should see it: every control and format character
+    escaped, tabs expanded to spaces (stops every 8 columns, counted from ``column``,
+    where the text starts on its first line, and from 0 on the others). A list (a room's
+    members) is its items joined with ", ", each item's commas and backslashes escaped.
 
     With ``multiline`` a newline stays a newline (the caller indents what follows it);
     otherwise it is shown as ``\\n``, like the rest.
     """
+    if isinstance(value, list):
+        return ", ".join(_IN_ITEM.escape(_plain(v)) for v in value)
     text = _plain(value)
     if multiline:
-        return "\n".join(_UNSAFE_FOR_PEOPLE.sub(_escape, line) for line in text.split("\n"))
-    return _UNSAFE_FOR_PEOPLE.sub(_escape, text)
+        lines = text.split("\n")
+        return "\n".join(
+            _expand_tabs(_FOR_PEOPLE.escape(line), column if i == 0 else 0)
+            for i, line in enumerate(lines)
+        )
+    return _expand_tabs(_FOR_PEOPLE.escape(text), column)
+
+
+def _expand_tabs(text: str, column: int) -> str:
+    """Tabs as the spaces to the next stop (every 8 cells, the text starting at
+    ``column``), counted in terminal cells: a terminal's own tab stops are not the text
+    column's, and rich would measure a tab as nothing."""
+    if "\t" not in text:
+        return text
+    from rich.cells import cell_len
+
+    at = column
+    out: list[str] = []
+    for i, part in enumerate(text.split("\t")):
+        if i:
+            pad = 8 - at % 8
+            out.append(" " * pad)
+            at += pad
+        out.append(part)
+        at += cell_len(part)
+    return "".join(out)
 
 
 def tsv_cell(value: Any) -> str:
-    """One field of a tsv record: backslash, tab, newline and controls escaped."""
-    return _UNSAFE_IN_TSV.sub(_escape, _plain(value))
+    """One field of a tsv record: backslash, tab, newline and controls escaped; a list's
+    items joined with ",", each item's commas escaped too (``\\,``)."""
+    if isinstance(value, list):
+        return ",".join(_IN_ITEM.escape(_plain(v)) for v in value)
+    return _IN_TSV.escape(_plain(value))
 
 
 def json_text(value: Any, *, indent: int | None = None) -> str:
@@ -136,8 +241,9 @@ def json_text(value: Any, *, indent: int | None = None) -> str:
         # Most text is ASCII, where only DEL needs escaping: no search needed.
         if text.isascii() and "\x7f" not in text:
             return text
-        return _UNSAFE_IN_JSON.sub(_json_escape, text)
-    return _UNSAFE_IN_JSON.sub(_json_escape, json.dumps(value, ensure_ascii=False, indent=indent))
+    else:
+        text = json.dumps(value, ensure_ascii=False, indent=indent)
+    return _IN_JSON.escape(text)
 
 
 #: json.dumps(value, ensure_ascii=False) without making an encoder each time (an export
@@ -156,19 +262,31 @@ def _plain(value: Any) -> str:
 
 
 def local_time(stamp: Any, fmt: str = "%Y-%m-%d %H:%M:%S %z") -> str:
-    """An RFC 3339 time from the server in the local time zone (``TZ`` is honoured);
-    anything that is not such a time is shown as it came, escaped."""
-    text = _plain(stamp)
+    """An RFC 3339 time from the server in the local time zone (``TZ`` is honoured), in
+    ``fmt``, where ``%f`` is the millisecond (cut, not rounded, so ``--since`` reads it
+    back as the millisecond the server wrote); anything that is not such a time is shown
+    as it came, escaped."""
+    when = _local(stamp)
+    return visible(stamp) if when is None else _strftime(when, fmt)
+
+
+def _strftime(when: datetime, fmt: str) -> str:
+    return when.strftime(fmt.replace("%f", f"{when.microsecond // 1000:03d}"))
+
+
+def _local(stamp: Any) -> datetime | None:
+    from chatctl.ids import time_ns
+
+    ns = time_ns(stamp)
     try:
-        when = datetime.fromisoformat(text)
-    except ValueError:
-        return visible(text)
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    try:
-        return when.astimezone().strftime(fmt)
+        if ns is not None:  # exact: fromisoformat would take at most 6 digits
+            seconds, ms = divmod(ns // 1_000_000, 1000)
+            when = datetime.fromtimestamp(seconds, UTC).astimezone()
+            return when.replace(microsecond=ms * 1000)
+        when = datetime.fromisoformat(_plain(stamp))
+        return (when if when.tzinfo else when.replace(tzinfo=UTC)).astimezone()
     except (OverflowError, OSError, ValueError):
-        return visible(text)
+        return None
 
 
 # -- formats -------------------------------------------------------------------------------
@@ -176,10 +294,10 @@ def local_time(stamp: Any, fmt: str = "%Y-%m-%d %H:%M:%S %z") -> str:
 
 def default_format(stream: TextIO | None = None) -> str:
     stream = stream or sys.stdout
-    return "table" if _isatty(stream) else "json"
+    return "table" if isatty(stream) else "json"
 
 
-def _isatty(stream: TextIO | None) -> bool:
+def isatty(stream: TextIO | None) -> bool:
     try:
         return stream is not None and stream.isatty()
     except (AttributeError, ValueError, OSError):
@@ -408,7 +526,7 @@ class TableRenderer(_RichRenderer):
                         visible(r.get("id")),
                         visible(r.get("name")),
                         visible(r.get("description"), multiline=True),
-                        ", ".join(visible(u) for u in _strings(r.get("user_ids"))),
+                        visible(_strings(r.get("user_ids"))),
                         "yes" if r.get("private") is True else "no",
                         local_time(r.get("created_at")),
                     ]
@@ -418,7 +536,7 @@ class TableRenderer(_RichRenderer):
                 columns = ("TIME", "USER", "SUBJECT", "TEXT", "ID")
                 cells = [
                     [
-                        local_time(m.get("sent_at")),
+                        local_time(m.get("sent_at"), "%Y-%m-%d %H:%M:%S.%f %z"),
                         visible(m.get("user_id")),
                         visible(m.get("subject")),
                         visible(m.get("text"), multiline=True),
@@ -468,19 +586,38 @@ def user_style(user_id: str) -> str:
 
 
 class LineRenderer(_RichRenderer):
-    """A live Join stream on a terminal: one line per message or event, as they come."""
+    """A live Join stream on a terminal: one line per message or event, as they come;
+    with ``show_ids``, each message's id after its time."""
 
-    def __init__(self, stream: TextIO, *, batch: bool = False, report: bool = False) -> None:
+    def __init__(
+        self,
+        stream: TextIO,
+        *,
+        batch: bool = False,
+        report: bool = False,
+        show_ids: bool = False,
+    ) -> None:
         super().__init__(stream, batch=batch, report=report, width=None)
+        self.show_ids = show_ids
 
     def item(self, kind: str, item: dict[str, Any]) -> None:
         if kind == "message":
-            self.print(message_line(item))
+            self.print(message_line(item, show_id=self.show_ids))
         elif kind == "event":
             self.print(event_line(item))
 
 
-def message_line(m: dict[str, Any]) -> RenderableType:
+def line_time(stamp: Any) -> str:
+    """A server's time on a ``join`` line: local time to the millisecond, the date first
+    when it is not today: ``09:41:07.250`` or ``2026-12-06 23:59:59.999``."""
+    when = _local(stamp)
+    if when is None:
+        return visible(stamp)
+    today = when.date() == datetime.now().astimezone().date()
+    return _strftime(when, "%H:%M:%S.%f" if today else "%Y-%m-%d %H:%M:%S.%f")
+
+
+def message_line(m: dict[str, Any], *, show_id: bool = False) -> RenderableType:
     """Time, user (in a stable colour), subject if any, then the text in a column of its
     own: its further lines, and its wrapped ones on a narrow terminal, start under its
     first, never at column 0 where every message starts."""
@@ -488,14 +625,17 @@ def message_line(m: dict[str, Any]) -> RenderableType:
     from rich.text import Text
 
     user = _plain(m.get("user_id"))
-    head = Text(local_time(m.get("sent_at"), "%H:%M:%S") + " ", style="dim")
+    head = Text(line_time(m.get("sent_at")) + " ", style="dim")
+    if show_id:
+        head.append(visible(m.get("id")) + " ", style="dim")
     head.append(visible(user), style=f"bold {user_style(user)}")
     head.append(":")
     body = Text()
     subject = visible(m.get("subject"))
     if subject:
         body.append(f"[{subject}] ", style="italic")
-    body.append(visible(m.get("text"), multiline=True))
+    # Tab stops count from the text column; the subject comes first on the first line.
+    body.append(visible(m.get("text"), multiline=True, column=body.cell_len))
     grid = Table.grid(padding=(0, 1))
     grid.add_column(no_wrap=True)
     grid.add_column(overflow="fold")
@@ -506,7 +646,7 @@ def message_line(m: dict[str, Any]) -> RenderableType:
 def event_line(e: dict[str, Any]) -> Text:
     from rich.text import Text
 
-    clock = local_time(e.get("at"), "%H:%M:%S")
+    clock = line_time(e.get("at"))
     return Text(f"{clock} * {visible(e.get('user_id'))} {visible(e.get('type'))}", style="dim")
 
 
@@ -526,10 +666,13 @@ def make_renderer(
     batch: bool = False,
     report: bool = False,
     live: bool = False,
+    show_ids: bool = False,
 ) -> Renderer:
-    """The renderer for ``fmt``; ``live`` (a Join stream) prints tables as lines."""
-    cls = LineRenderer if live and fmt == "table" else _RENDERERS[fmt]
-    return cls(stream or sys.stdout, batch=batch or live, report=report)
+    """The renderer for ``fmt``; ``live`` (a Join stream) prints tables as lines, with
+    each message's id after its time if ``show_ids``."""
+    if live and fmt == "table":
+        return LineRenderer(stream or sys.stdout, batch=True, report=report, show_ids=show_ids)
+    return _RENDERERS[fmt](stream or sys.stdout, batch=batch or live, report=report)
 
 
 def _console(stream: TextIO, width: int | None = None) -> Console:
@@ -552,7 +695,7 @@ def progress(total: int | None, what: str) -> Iterator[Callable[[], None]]:
     Shows a progress bar on stderr for batches (more than one item; ``None`` is a stream
     of unknown length) when stderr is a terminal; in a pipe or a log, nothing at all.
     """
-    if (total is not None and total <= 1) or not _isatty(sys.stderr):
+    if (total is not None and total <= 1) or not isatty(sys.stderr):
         yield lambda: None
         return
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn

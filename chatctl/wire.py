@@ -63,6 +63,7 @@ __all__ = [
     "reason_phrase",
     "rfc3339",
     "room_object",
+    "uuid7_ceiling",
     "uuid7_floor",
 ]
 
@@ -244,6 +245,11 @@ def uuid7_floor(ms: int) -> str:
     return _uuid_text((ms & (2**48 - 1)) << 80 | 0x7 << 76 | 0x2 << 62)
 
 
+def uuid7_ceiling(ms: int) -> str:
+    """The largest UUIDv7 of a millisecond: it sorts after every id made in it or before."""
+    return _uuid_text((ms & (2**48 - 1)) << 80 | 0x7FFF << 64 | 0xBFFF_FFFF_FFFF_FFFF)
+
+
 class UUIDv7:
     """A monotonic UUIDv7 generator (RFC 9562, method 3: 12-bit sub-millisecond counter).
 
@@ -255,6 +261,17 @@ class UUIDv7:
 
     def __init__(self) -> None:
         self._last = 0
+
+    def stamp(self) -> tuple[str, int]:
+        """A new id and the moment it names (ns since 1970), for a message's ``id`` and
+        ``sent_at``: the time's millisecond is the id's, so a time shown to the
+        millisecond maps back to the id's place exactly (``chatctl join --since``). An id
+        forced past the clock (a burst of ids in one millisecond, or a clock stepped back)
+        moves its time with it."""
+        ns = time.time_ns()
+        made = self(ns)
+        ms = int(made[:8] + made[9:13], 16)
+        return made, max(ns, ms * 1_000_000)
 
     def __call__(self, ns: int | None = None) -> str:
         if ns is None:

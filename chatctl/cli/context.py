@@ -100,17 +100,23 @@ class Invocation:
         fmt = default_format(self.stdout)
         return "jsonl" if live and fmt == "json" else fmt
 
-    def renderer(self, *, batch: bool, report: bool = False, live: bool = False) -> Renderer:
+    def renderer(
+        self, *, batch: bool, report: bool = False, live: bool = False, show_ids: bool = False
+    ) -> Renderer:
         from chatctl.output import make_renderer
 
+        fmt = self.output_format(live=live)
         return make_renderer(
-            self.output_format(live=live), self.stdout, batch=batch, report=report, live=live
+            fmt, self.stdout, batch=batch, report=report, live=live, show_ids=show_ids
         )
 
-    def notice(self, text: str) -> None:
-        """One line of news for the person at the terminal (stderr), never data."""
-        from chatctl.output import visible
+    def notice(self, text: str, *, terminal_only: bool = False) -> None:
+        """One line of news for the person at the terminal (stderr), never data;
+        ``terminal_only``: news that is noise in a log (only when stderr is a terminal)."""
+        from chatctl.output import isatty, visible
 
+        if terminal_only and not isatty(self.stderr):
+            return
         with contextlib.suppress(OSError, ValueError):
             print(f"chatctl: {visible(text)}", file=self.stderr, flush=True)
 

@@ -43,8 +43,10 @@ def join(
         str | None,
         typer.Option(
             "--since",
-            help="Print every message after this message id or time (2026-11-25T09:00:00Z; "
-            "a time without a zone is local), then go live.",
+            help="Print every message after this message id or time, then go live: a time "
+            "as join shows it (09:41:07.250, the latest such) or RFC 3339, local unless it "
+            "names a zone, leaves out that millisecond's messages; a date starts at its "
+            "midnight.",
             show_default=False,
         ),
     ] = None,
@@ -75,10 +77,18 @@ def join(
         bool,
         typer.Option("--events", help="Also print joins, leaves, kicks, invites and deletion."),
     ] = False,
+    show_ids: Annotated[
+        bool,
+        typer.Option(
+            "--show-ids",
+            help="On a terminal, print each message's id after its time (for --since).",
+        ),
+    ] = False,
 ) -> None:
     """Join a room and print its messages as they arrive, until Ctrl-C.
 
-    On a terminal each message is one line (local time); in a pipe, one JSON object per
+    On a terminal each message is one line, with its local time to the millisecond
+    (--since takes it back and leaves that message out); in a pipe, one JSON object per
     line. A dropped connection or a server restart (the embedded local server too) is
     resumed after the last printed message, so every message is printed exactly once, in
     order.
@@ -95,7 +105,10 @@ def join(
     if since is not None:
         cursor = parse_cursor(since)
         if cursor is None:
-            raise UsageError(f"--since takes a message id or a time, not {since!r}")
+            raise UsageError(
+                f"--since takes a message id, a time (09:41:07.250, as join prints it, or "
+                f"2026-11-25T09:00:00Z) or a date, not {since!r}"
+            )
     request: dict[str, Any] = {"user_id": user, "events": events or None}
     if include_own:
         request["include_own"] = True
@@ -120,7 +133,7 @@ def join(
                 raise plain.unsupported(inv, f"join {flag}", feature)
     replay = history if history and cursor is None else None
 
-    printer = inv.renderer(batch=True, live=True)
+    printer = inv.renderer(batch=True, live=True, show_ids=show_ids)
     tail = _Tail(inv, printer, body, include_own, count)
     last_frame = time.monotonic()
     attempt = 0
@@ -165,6 +178,9 @@ def join(
                     "meanwhile is read from its History"
                 )
                 tail.catch_up_later("gap")
+            if not joined:
+                label = room if room is not None else body["room_id"]
+                inv.notice(f"joined {label}, waiting for messages", terminal_only=True)
             joined = True
             attempt = 0
             while True:

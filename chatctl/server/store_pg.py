@@ -710,7 +710,7 @@ class PostgresStore:
         deadline = time.monotonic() + self.timeout + _GRACE
         async with self._turns.of((tenant, new.room_id), deadline):
             for _ in range(3):
-                message = new.to_wire(self._ids(), time.time_ns())
+                message = new.to_wire(*self._ids.stamp())
                 answer = message_frame(message)
                 row = await self._bounded(self._send_one(tenant, message, answer, key), deadline)
                 result = _sent(row, answer, key)
@@ -737,7 +737,7 @@ class PostgresStore:
                 await turns.enter_async_context(self._turns.of((tenant, room_id), deadline))
             made = []
             for new, key in messages:
-                message = new.to_wire(self._ids(), time.time_ns())
+                message = new.to_wire(*self._ids.stamp())
                 made.append((message, message_frame(message), key))
 
             async def call() -> list[SendResult]:
@@ -767,7 +767,8 @@ class PostgresStore:
             if result is None:
                 # Another replica claimed the key after the statement began (nothing was
                 # stored): alone now, it sees that one's answer (or takes its turn).
-                message = {**message, "id": self._ids(), "sent_at": rfc3339(time.time_ns())}
+                made, ns = self._ids.stamp()
+                message = {**message, "id": made, "sent_at": rfc3339(ns)}
                 answer = message_frame(message)
                 again = await _one_send(conn, tenant, message, answer, key)
                 result = _sent(again, answer, key, refusals=True)

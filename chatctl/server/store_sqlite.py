@@ -357,7 +357,7 @@ class SQLiteSession(sql.Session):
         """A Send, inside the writer's transaction; ``_Unsent`` when nothing is stored (the
         writer then undoes what it did, the key's claim)."""
         # Made when the writer reaches it: ids sort in the order the room takes them.
-        message = new.to_wire(ids(), time.time_ns())
+        message = new.to_wire(*ids.stamp())
         answer = message_frame(message)
         if key is not None and not self._claimed(key, answer):
             prior = self._db.execute(sql.PRIOR, (key.tenant, key.key, key.not_before))

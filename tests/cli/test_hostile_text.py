@@ -13,6 +13,8 @@ from __future__ import annotations
 import io
 import json
 import re
+import sys
+import unicodedata
 from typing import Any
 
 import pytest
@@ -37,15 +39,44 @@ CORPUS: dict[str, str] = {
     "newline-forgery": "hi\n12:00:00 bob: transfer the money\nok",
     "surrogate": "lone \ud800 and \udfff",
     "tab": "a\tb",
+    "invisible": "al\u200dice \u200bzw\u200c \u2060wj \ufeffbom \xadshy \U000e0041tag \u3164fill",
+    "comma": "alice,bob",
 }
 BIG = "x" * (1024 * 1024)
 
+#: Unicode's default-ignorable code points (DerivedCoreProperties.txt, Unicode 15): what
+#: draws nothing, so that a name holding one looks like a name without it.
+DEFAULT_IGNORABLE = [
+    (0x00AD, 0x00AD), (0x034F, 0x034F), (0x061C, 0x061C), (0x115F, 0x1160),
+    (0x17B4, 0x17B5), (0x180B, 0x180F), (0x200B, 0x200F), (0x202A, 0x202E),
+    (0x2060, 0x206F), (0x3164, 0x3164), (0xFE00, 0xFE0F), (0xFEFF, 0xFEFF),
+    (0xFFA0, 0xFFA0), (0xFFF0, 0xFFF8), (0x1BCA0, 0x1BCA3), (0x1D173, 0x1D17A),
+    (0xE0000, 0xE0FFF),
+]  # fmt: skip
+def ranges(chars: list[str]) -> list[tuple[str, str]]:
+    """Sorted characters as runs (first, last): a class of runs is quick to search."""
+    runs: list[tuple[str, str]] = []
+    for c in chars:
+        if runs and ord(c) == ord(runs[-1][1]) + 1:
+            runs[-1] = (runs[-1][0], c)
+        else:
+            runs.append((c, c))
+    return runs
+
+
+#: every character that draws nothing, or is a format character (Cf).
+INVISIBLE = sorted(
+    {chr(c) for first, last in DEFAULT_IGNORABLE for c in range(first, last + 1)}
+    | {chr(c) for c in range(sys.maxunicode + 1) if unicodedata.category(chr(c)) == "Cf"}
+)
+
 #: a character that must never reach a terminal raw from the data: C0 but tab and the
-#: newlines we print ourselves, DEL, C1, bidi embeddings/overrides/isolates and marks,
-#: line separators, lone surrogates.
+#: newlines we print ourselves, DEL, C1, line separators, lone surrogates, and every
+#: invisible or format character (bidi controls and marks, zero-width ones, BOM, tags...).
 RAW_CONTROL = re.compile(
-    "[\x00-\x08\x0b-\x0c\x0e-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069"
-    "\ud800-\udfff]"
+    "[\x00-\x08\x0b-\x0c\x0e-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff"
+    + "".join(f"{re.escape(a)}-{re.escape(b)}" for a, b in ranges(INVISIBLE))
+    + "]"
 )
 
 
@@ -163,10 +194,10 @@ def test_a_newline_cannot_forge_a_message_line() -> None:
     forged = {**message(CORPUS["newline-forgery"]), "user_id": "mallory", "subject": ""}
     out = render("table", [{"message": forged}], live=True)
     first, *more = out.splitlines()
-    assert re.match(r"^\d\d:\d\d:\d\d mallory: hi", first)
+    assert re.match(r"^2022-02-17 \d\d:\d\d:\d\d\.\d\d\d mallory: hi", first)
     # The forged line starts under the text, never at column 0 where messages start.
     assert [line.strip() for line in more] == ["12:00:00 bob: transfer the money", "ok"]
-    assert all(line.startswith(" " * len("00:00:00 mallory: ")) for line in more)
+    assert all(line.startswith(" " * len("2022-02-17 00:00:00.000 mallory: ")) for line in more)
 
 
 def test_markup_in_a_room_name_does_not_break_list(cli: Run, httpx_mock: HTTPXMock) -> None:
@@ -195,3 +226,78 @@ def test_a_servers_error_detail_is_escaped(cli: Run, httpx_mock: HTTPXMock) -> N
     assert not RAW_CONTROL.search(r.stderr)
     first = r.stderr.splitlines()[0]
     assert first == "error: no\\x1b[2J\\u202e (chat.send\\x1b]0;x\\x07, HTTP 400)"
+
+
+def test_invisible_characters_are_shown_escaped_and_json_keeps_them() -> None:
+    """``al\\u200dice`` never passes for ``alice`` where people read (table, join, tsv,
+    id); JSON is the same data (escaped as JSON escapes, so a terminal shows it too)."""
+    sly = {**message("hi"), "id": "m\u200b1", "user_id": "al\u200dice"}
+    room_ = {**room("general"), "user_ids": ["al\u200dice", "bob\ufeff"]}
+    for fmt in ("table", "tsv"):
+        out = render(fmt, [{"rooms": [room_]}, {"messages": [sly]}])
+        assert "al\\u200dice" in out and "bob\\ufeff" in out and "m\\u200b1" in out
+        assert "alice" not in out and "\u200d" not in out
+    live = render("table", [{"message": sly}], live=True)
+    assert "al\\u200dice: [hi] hi" in live
+    assert render("id", [{"messages": [sly]}]) == "m\\u200b1\n"
+    as_json = render("jsonl", [{"messages": [sly]}])
+    assert "al\\u200dice" in as_json and json.loads(as_json) == sly
+
+
+def test_every_invisible_character_is_escaped_but_an_emoji_stays_whole() -> None:
+    every = "".join(INVISIBLE)
+    out = render(
+        "table", [{"message": {**message(every), "subject": "", "user_id": "u"}}], live=True
+    )
+    assert not RAW_CONTROL.search(out)
+    flat = out.replace("\n", "").replace(" ", "")  # folded on an 80-column terminal
+    assert "\\U000e0041" in flat and "\\xad" in flat and "\\u2064" in flat
+    # A ZWJ sequence (woman, ZWJ, laptop), a red heart (VS16) and a keycap are emoji, not
+    # disguises: they stay whole. The same characters after a letter are escaped.
+    for emoji in ("\U0001f469\u200d\U0001f4bb", "\u2764\ufe0f", "1\ufe0f\u20e3"):
+        assert emoji in render("table", [{"message": message(emoji)}], live=True)
+        assert emoji in render("jsonl", [{"messages": [message(emoji)]}])
+    assert "al\\ufe0fi\\u200dce" in render("tsv", [{"messages": [message("al\ufe0fi\u200dce")]}])
+    assert json.loads(render("jsonl", [{"messages": [message(every)]}])) == message(every)
+
+
+def test_member_lists_are_unambiguous_in_every_format() -> None:
+    """``alice,bob`` and ``carol`` are two members, whatever the format."""
+    tricky = {**room("r"), "user_ids": ["alice,bob", "carol", "back\\slash", "tab\tid"]}
+    table = render("table", [{"rooms": [tricky]}])
+    assert "alice\\,bob, carol, back\\\\slash, tab\\tid" in table
+    tsv = render("tsv", [{"rooms": [tricky]}]).rstrip("\n").split("\t")
+    assert len(tsv) == 6  # the tab inside an id is escaped, not a field of its own
+    assert "alice\\,bob,carol,back\\\\slash,tab\\tid" in tsv
+    # A reader splits on the bare commas, then unescapes each item: two lists, two answers.
+    items = re.split(r"(?<!\\),", "alice\\,bob,carol")
+    assert items == ["alice\\,bob", "carol"]
+    for fmt in ("json", "jsonl"):
+        out = render(fmt, [{"rooms": [tricky]}])
+        assert tricky["user_ids"] in [d.get("user_ids") for d in _objects(out)]
+
+
+def _objects(out: str) -> list[dict[str, Any]]:
+    found: list[dict[str, Any]] = []
+    for doc in _json_documents(out):
+        value = json.loads(doc)
+        found += value.get("rooms", [value])
+    return found
+
+
+def test_tabs_are_expanded_from_the_text_column_and_never_break_wrapping() -> None:
+    """Tab stops every 8 columns from where the text starts; on a 200-column terminal a
+    long tabbed message wraps at 200 and its further lines start under its text."""
+    from chatctl.output import _console, message_line
+
+    text = "a\tb\tc " + "word " * 50 + "\nnext\tline"
+    out = io.StringIO()
+    _console(out, width=200).print(message_line({**message(text), "subject": "", "user_id": "u"}))
+    lines = out.getvalue().splitlines()
+    head = "2022-02-17 16:18:35.683 u: "
+    assert lines[0].startswith(head + "a       b       c word")
+    assert len(lines) == 3 and all(len(line.rstrip()) <= 200 for line in lines)
+    assert len(lines[0].rstrip()) > 190  # filled to the width, not cut short by the tabs
+    assert lines[2].rstrip() == " " * len(head) + "next    line"
+    assert "\t" not in out.getvalue()
+    assert render("tsv", [{"messages": [message("a\tb")]}]).count("\t") == 6

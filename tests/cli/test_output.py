@@ -7,8 +7,11 @@ import io
 import os
 import subprocess
 import sys
+import time
+from datetime import datetime
 
 from chatctl.output import make_renderer
+from chatctl.wire import rfc3339
 
 MESSAGE = {
     "id": "m1",
@@ -36,11 +39,28 @@ def test_terminal_lines_for_messages_and_events() -> None:
             }
         }
     )
+    # Not today: the date too. To the millisecond, cut (…35.683008885 is .683, not .684).
     assert [line.rstrip() for line in out.getvalue().splitlines()] == [
-        "16:18:35 user-1: [Random] Hey whats up?",
-        "16:18:35 user-1: no subject",
-        "16:19:00 * bob kicked",
+        "2022-02-17 16:18:35.683 user-1: [Random] Hey whats up?",
+        "2022-02-17 16:18:35.683 user-1: no subject",
+        "2022-02-17 16:19:00.000 * bob kicked",
     ]
+
+
+def test_todays_lines_show_the_time_to_the_millisecond_and_ids_on_request() -> None:
+    now = time.time_ns()
+    sent = rfc3339(now)
+    clock = datetime.fromtimestamp(now // 10**9).strftime("%H:%M:%S")
+    fraction = f"{now // 10**6 % 1000:03d}"
+    out = io.StringIO()
+    make_renderer("table", out, live=True).response({"message": {**MESSAGE, "sent_at": sent}})
+    make_renderer("table", out, live=True, show_ids=True).response(
+        {"message": {**MESSAGE, "sent_at": sent}}
+    )
+    first, second = (line.rstrip() for line in out.getvalue().splitlines())
+    if datetime.fromtimestamp(now // 10**9).date() == datetime.now().date():  # not midnight
+        assert first == f"{clock}.{fraction} user-1: [Random] Hey whats up?"
+        assert second == f"{clock}.{fraction} m1 user-1: [Random] Hey whats up?"
 
 
 def test_pipe_lines_are_json_objects() -> None:

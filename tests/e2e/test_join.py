@@ -4,6 +4,7 @@ stopped and restarted under it. Every exit path has a test."""
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -187,6 +188,31 @@ def test_since_replays_then_goes_live(tcp_server: ServerProcess) -> None:
     code, err = tail.finish()
     assert code == 0, err
     assert [m["text"] for m in tail.messages()] == ["b", "c", "d"]
+
+
+def test_since_the_time_a_join_line_shows_resumes_right_after_it(
+    tcp_server: ServerProcess,
+) -> None:
+    """What a person copies from a join line (local time, to the millisecond) is what
+    --since takes: the message on that line is not printed again, the next one is."""
+    room = make_room(tcp_server, "sender")
+    send(tcp_server, room, "first")
+    send(tcp_server, room, "second")  # another call: a later millisecond
+    env = cli_env(tcp_server, TZ="EST5")  # times are local: not UTC
+    seen = chatctl(
+        "join", room, "-u", "watcher", "-o", "table", "--history", "2", "--count", "1", env=env
+    )  # fmt: skip
+    assert seen.returncode == 0, seen.stderr
+    shown = re.fullmatch(
+        r"((?:\d{4}-\d\d-\d\d )?\d\d:\d\d:\d\d\.\d{3}) sender: first", seen.stdout.strip()
+    )
+    assert shown is not None, seen.stdout
+    resumed = chatctl(
+        "join", room, "-u", "watcher", "--since", shown[1], "--count", "1", "-o", "jsonl", env=env
+    )  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr
+    assert [json.loads(line)["text"] for line in resumed.stdout.splitlines()] == ["second"]
+    assert "joined" not in resumed.stderr  # stderr is no terminal: no "joined" line
 
 
 @pytest.mark.parametrize(

@@ -10,6 +10,7 @@ from typing import Any
 import httpx
 import pytest
 
+from chatctl.ids import cursor_time_ns, time_ns
 from chatctl.schema import Limits
 from chatctl.server import sql
 from tests.helpers import wait_for
@@ -54,6 +55,14 @@ def test_history_pagination(client: httpx.Client) -> None:
         pages = [m["text"] for m in page["messages"]] + pages
         before = page["messages"][0]["id"]
     assert pages == every
+
+
+def test_a_messages_id_and_sent_at_are_one_instant(client: httpx.Client) -> None:
+    """The id's millisecond is sent_at's, so a time shown to the millisecond is a cursor
+    that splits the room exactly there (``chatctl join --since``)."""
+    _, sent = make_room(client, 20)
+    for m in sent:
+        assert cursor_time_ns(m["id"]) == (time_ns(m["sent_at"]) or 0) // 10**6 * 10**6, m
 
 
 def test_history_cursors_are_positions(client: httpx.Client) -> None:

@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 
 import pytest
 
+from chatctl.ids import cursor_time_ns
 from chatctl.server import sql, store_sqlite
 from chatctl.server.domain import Key, MessageRow, NewMessage, RoomRow, Unavailable
 from chatctl.server.sql import Session
@@ -155,6 +156,18 @@ def test_uuid7_is_monotonic_and_well_formed() -> None:
         assert u.version == 7 and u.variant == uuid.RFC_4122
     later = make(1_600_000_000_000_000_000)  # the clock stepped back
     assert later > ids[-1]
+
+
+def test_a_stamped_id_names_its_times_millisecond() -> None:
+    """A message's id and sent_at are one instant (``chatctl join --since`` maps a shown
+    time to the id's place by it), even when the id is forced past the clock."""
+    make = UUIDv7()
+    for _ in range(2000):
+        made, ns = make.stamp()
+        assert cursor_time_ns(made) == ns // 1_000_000 * 1_000_000
+    ahead = make(time.time_ns() + 10**9)  # as if the clock stepped back a second
+    made, ns = make.stamp()
+    assert made > ahead and cursor_time_ns(made) == ns // 1_000_000 * 1_000_000
 
 
 def test_random_uuid_is_a_well_formed_version_4() -> None:

@@ -69,10 +69,11 @@ def test_join_lines_on_a_terminal(chat_server: ServerProcess) -> None:
     assert result.code == 0, result.terminal
     assert_no_raw_control(result.terminal)
     lines = OWN_STYLING.sub("", result.terminal).replace("\r\n", "\n").splitlines()
-    # Every line at column 0 is a message's own (it starts with its clock): the forged
-    # "12:00:00 bob: ..." line is indented under the message that holds it.
-    starts = [line for line in lines if line and not line.startswith(" ")]
-    assert all(re.match(r"^\d\d:\d\d:\d\d ", line) for line in starts), starts
+    # Every line at column 0 is a message's own (it starts with its clock) or chatctl's
+    # own news: the forged "12:00:00 bob: ..." line is indented under the message that
+    # holds it.
+    starts = [line for line in lines if line and not line.startswith((" ", "chatctl: "))]
+    assert all(re.match(r"^(\d{4}-\d\d-\d\d )?\d\d:\d\d:\d\d\.\d{3} ", x) for x in starts), starts
     assert any(line.strip() == "12:00:00 bob: transfer the money" for line in lines)
     assert not any(line.startswith("12:00:00 bob") for line in lines)
 

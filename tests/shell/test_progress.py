@@ -59,3 +59,23 @@ def test_progress_on_a_terminal(chat_server: ServerProcess, n: int) -> None:
     assert endpoint in result.terminal  # the bar's label, drawn on the terminal
     assert re.search(r"\d+/(\d+|\?)", result.terminal)  # and its count of done items
     assert result.stdout is not None and endpoint not in result.stdout
+
+
+def test_join_says_when_it_is_live_on_a_terminal_only(chat_server: ServerProcess) -> None:
+    """A person watching a quiet room sees that the tail is live; a script's stderr gets
+    nothing of it."""
+    room = make_room(chat_server)
+    args = ["join", room.name, "--user", "watcher", "--timeout", "1"]
+    shown = on_pty(*args, env=shell_env(chat_server), stdout_on_pty=False)
+    assert shown.code == 0, shown.terminal
+    assert f"chatctl: joined {room.name}, waiting for messages" in shown.terminal
+    assert shown.stdout == ""
+    piped = subprocess.run(
+        [sys.executable, "-m", "chatctl", *args],
+        capture_output=True,
+        text=True,
+        env=shell_env(chat_server),
+        timeout=30,
+    )
+    assert piped.returncode == 0, piped.stderr
+    assert piped.stderr == "" and piped.stdout == ""
