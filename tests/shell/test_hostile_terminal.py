@@ -33,10 +33,17 @@ def assert_no_raw_control(terminal: str) -> None:
 def fill(server: ServerProcess, room_id: str) -> None:
     with server.http() as http:
         for name, text in SERVER_STORES.items():
-            http.post("/v1/chat/Invite", json={"room_id": room_id, "user_id": text})
+            # chatctl's server refuses a new user id holding invisible characters or a comma
+            # (400); such an id then sends as the corpus entry's name, its text stays hostile.
+            # (Hostile ids from other m3o servers are rendered in tests/cli/test_hostile_text.)
+            user = text
+            if http.post("/v1/chat/Invite", json={"room_id": room_id, "user_id": user}).is_error:
+                user = name
+                invited = http.post("/v1/chat/Invite", json={"room_id": room_id, "user_id": user})
+                assert invited.status_code == 200, (name, invited.text)
             r = http.post(
                 "/v1/chat/Send",
-                json={"room_id": room_id, "user_id": text, "subject": text, "text": text},
+                json={"room_id": room_id, "user_id": user, "subject": text, "text": text},
             )
             assert r.status_code == 200, (name, r.text)
 
@@ -95,10 +102,18 @@ def test_events_from_hostile_user_ids_on_a_terminal(chat_server: ServerProcess) 
             return any(r["id"] == room.id for r in rooms.get("rooms", []))
 
         wait_for(joined, 15, "the watcher's Join to make it a member")
-        for text in SERVER_STORES.values():
-            http.post("/v1/chat/Invite", json={"room_id": room.id, "user_id": text})
+        # An id holding a control or format character is refused (400) since issue 23;
+        # the ones it still takes (markup, OSC-looking text without ESC) come as events.
+        refused = [
+            text
+            for text in SERVER_STORES.values()
+            if http.post("/v1/chat/Invite", json={"room_id": room.id, "user_id": text}).is_error
+        ]
+    assert any("\x1b" in text for text in refused)
     tail.join(40)
     (result,) = results
     assert result.code == 0, result.terminal
     assert_no_raw_control(result.terminal)
-    assert "invited" in result.terminal and "\\x1b[2J" in result.terminal
+    assert "[link=https://evil.example]click me[/link] [bold red]alarm[/] invited" in (
+        OWN_STYLING.sub("", result.terminal)
+    )
