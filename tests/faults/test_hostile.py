@@ -22,6 +22,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
 from chatctl.schema import Limits
+from chatctl.wire import NIL_UUID
 from tests.faults.drill import create_room, report, rss_kib
 from tests.helpers import ServerProcess
 
@@ -209,7 +210,11 @@ def test_oversized_frame_after_the_first_closes_that_stream_only(tmp_path: Path)
         room_id = create_room(server, "big", ["writer"])
         url = f"ws://127.0.0.1:{server.port}/v1/chat/Join"
         with connect(url, max_size=None) as bystander, connect(url, max_size=None) as hostile:
-            bystander.send(json.dumps({"room_id": room_id, "user_id": "bystander"}))
+            # since the nil id: the message below reaches it whether its stream was live
+            # before the Send or only after (the server replays, then goes live).
+            bystander.send(
+                json.dumps({"room_id": room_id, "user_id": "bystander", "since": NIL_UUID})
+            )
             hostile.send(json.dumps({"room_id": room_id, "user_id": "hostile"}))
             # ws_max_size is the body limit (1 MiB): it bounds every frame after the first.
             with pytest.raises(ConnectionClosed) as closed:
