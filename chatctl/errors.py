@@ -88,6 +88,9 @@ class ChatctlError(Exception):
     #: or a gateway failed mid-call) on a server that cannot make a retry safe, so it was
     #: not retried: it may or may not have been done.
     outcome_unknown: bool = False
+    #: what a restart, a proxy or a database blip produces (a connection lost, a gateway's
+    #: 502/503/504, a stream closed 1001 or 4503): ``join`` reconnects and resumes.
+    passing: bool = False
 
     def __init__(self, message: str, hint: str | None = None) -> None:
         super().__init__(message)
@@ -132,6 +135,7 @@ class ConnectError(ChatctlError):
     """
 
     exit_status = ExitStatus.UNREACHABLE
+    passing = True
 
     def __init__(
         self, message: str, hint: str | None = None, *, where: str = "", local: bool = False
@@ -154,6 +158,8 @@ class NoAnswerError(ConnectError):
 class CertificateError(ConnectError):
     """TLS failed: the server's certificate is not trusted, or the handshake broke."""
 
+    passing = False
+
     def __init__(self, where: str, reason: str, *, verify: bool = True) -> None:
         what = "the certificate of" if verify else "the TLS handshake with"
         super().__init__(f"{what} {where} {reason}", where=where)
@@ -163,6 +169,8 @@ class CertificateError(ConnectError):
 
 class NotAnAPIError(ConnectError):
     """Something answered at the URL, but not as an m3o Chat API (e.g. a web page)."""
+
+    passing = False
 
     def __init__(self, where: str, status: int, content_type: str) -> None:
         what = content_type.split(";")[0].strip() or "no content type"
@@ -198,6 +206,7 @@ class APIError(ChatctlError):
         self.status = status or reason_phrase(code)
         #: seconds the server asked us to wait before retrying (429/503 Retry-After).
         self.retry_after = retry_after
+        self.passing = code in (502, 503, 504)
         where = f"{id}, HTTP {code}" if id else f"HTTP {code}"
         super().__init__(f"{detail} ({where})", hint)
 
@@ -218,6 +227,8 @@ class StreamClosed(ChatctlError):
         self.reason = reason
         http = close_code - 4000 if 4000 <= close_code < 5000 else 0
         self.http_code = http
+        #: fell behind (4008), or the server or a gateway failed (4502-4504): resumable.
+        self.passing = close_code == 4008 or http in (502, 503, 504)
         super().__init__(f"stream closed: {reason or 'no reason given'} (close {close_code})", hint)
 
     @property

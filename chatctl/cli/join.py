@@ -1,6 +1,5 @@
 """``chatctl join``: tail a room live, resuming after drops without loss or repeats."""
 
-import random
 import time
 from collections import deque
 from datetime import UTC, datetime
@@ -11,11 +10,12 @@ import typer
 from chatctl.cli import plain, run
 from chatctl.cli.context import Invocation, invocation
 from chatctl.cli.options import RoomArg, with_common_options
-from chatctl.errors import ConnectError, StreamClosed, UsageError
+from chatctl.errors import ChatctlError, ConnectError, StreamClosed, UsageError
 from chatctl.ids import cursor_for_time, parse_cursor, time_ns
 from chatctl.wire import CLOSE_TOO_SLOW
 
 if TYPE_CHECKING:
+    from chatctl.client import JoinStream
     from chatctl.output import Renderer
 
 app = typer.Typer()
@@ -65,7 +65,8 @@ def join(
     no_reconnect: Annotated[
         bool,
         typer.Option(
-            "--no-reconnect", help="Exit 3 when the connection drops instead of resuming."
+            "--no-reconnect",
+            help="Exit 3 instead of resuming when the stream drops or the server restarts.",
         ),
     ] = False,
     include_own: Annotated[
@@ -79,9 +80,11 @@ def join(
     """Join a room and print its messages as they arrive, until Ctrl-C.
 
     On a terminal each message is one line (local time); in a pipe, one JSON object per
-    line. A dropped connection or a server restart (the embedded local server too) is
-    resumed after the last printed message, so every message is printed exactly once, in
-    order.
+    line. A dropped connection, a server restart (the embedded local server too), a
+    proxy's 502 while the server is down, a server without its database (close 4503): each
+    is waited out, with backoff, for as long as join runs, and the stream is resumed after
+    the last printed message, so every message is printed exactly once, in order. Being
+    kicked, the room deleted or the token refused ends it.
 
     Another m3o server cannot resume a stream: after a reconnect, what was sent meanwhile
     is printed from the room's History, and --history is read from it too; --since,
@@ -123,18 +126,12 @@ def join(
     printer = inv.renderer(batch=True, live=True)
     tail = _Tail(inv, printer, body, include_own, count)
     last_frame = time.monotonic()
-    attempt = 0
+    outage = _Outage(inv)
     joined = False  # a stream was started before (so this is a resume)
     while True:
+        stream: JoinStream | None = None
         try:
             stream = client.join()
-        except ConnectError:
-            if attempt == 0 or no_reconnect:
-                raise
-            _pause(inv, attempt, "reconnect failed")
-            attempt += 1
-            continue
-        try:
             # The handshake said what the server has (chatctl's server: resume and
             # replay; a plain m3o server: neither).
             resumable = client.server.has("resume")
@@ -147,8 +144,7 @@ def join(
                 body["history"] = replay
             stream.start(body)
             if resumable:
-                if attempt:
-                    inv.notice("reconnected; resuming after the last message printed")
+                outage.started("reconnected; resuming after the last message printed")
                 if cursor is None:
                     # Nothing received yet: a resume must start from the moment we
                     # joined, by the server's clock (message ids are made by it), so a
@@ -156,29 +152,31 @@ def join(
                     # header's second rounds down.
                     cursor = cursor_for_time(stream.server_time or datetime.now(UTC))
             elif not joined:
+                outage.started()
                 tail.joined_at(stream.server_time)
                 if replay:
                     tail.catch_up_later("replay", replay)
             else:
-                inv.notice(
+                outage.started(
                     "reconnected; this server cannot resume a stream: what was sent "
                     "meanwhile is read from its History"
                 )
                 tail.catch_up_later("gap")
             joined = True
-            attempt = 0
             while True:
                 left = None if idle is None else idle - (time.monotonic() - last_frame)
                 if left is not None and left <= 0:
                     return
-                settle = tail.settle_left()
-                wait = left if settle is None else settle if left is None else min(left, settle)
+                due = (left, tail.settle_left(), outage.trial_left())
+                waits = [wait for wait in due if wait is not None]
                 try:
-                    frame = stream.next(timeout=wait)
+                    frame = stream.next(timeout=min(waits, default=None))
                 except TimeoutError:
+                    outage.check()
                     if tail.settle_left() == 0 and tail.catch_up(None):
                         return
                     continue
+                outage.over()
                 last_frame = time.monotonic()
                 message = frame.get("message")
                 if not isinstance(message, dict):
@@ -189,19 +187,22 @@ def join(
                 cursor = str(message.get("id", ""))
                 if tail.catch_up(message) or tail.show(message):
                     return
-        except StreamClosed as e:
-            if e.close_code != CLOSE_TOO_SLOW or no_reconnect:
+        except ChatctlError as e:
+            # What a restart, a proxy or a database blip does (a drop, a gateway's 502,
+            # close 1001 or 4503) is waited out and resumed; the stream's own refusals
+            # (kicked, room deleted, a refused token) end the tail with their exits.
+            first = not joined  # a first failure is quick: a wrong --url must not hang
+            if not e.passing or (first and (no_reconnect or outage.failures >= client.retries)):
                 raise
-            inv.notice("this reader fell behind and was cut off; resuming")
-        except ConnectError as e:
             if no_reconnect:
-                raise
+                raise _not_resumed(e, client.where) from None
             # The embedded local server may have been stopped: the next attempt starts it.
             client.forget_connection()
-            _pause(inv, attempt, e.message)
+            slow = isinstance(e, StreamClosed) and e.close_code == CLOSE_TOO_SLOW
+            outage.failed("this reader fell behind and was cut off" if slow else e.message)
         finally:
-            stream.close()
-        attempt += 1
+            if stream is not None:
+                stream.close()
 
 
 #: On a server that cannot resume, a gap is filled from History with the messages sent
@@ -306,11 +307,78 @@ class _Tail:
         return any(self.show(m) for m in chosen)
 
 
-def _backoff(attempt: int) -> float:
-    return float(min(MAX_BACKOFF, 0.1 * 2**attempt) * (0.5 + random.random() / 2))
+#: seconds a stream opened after a failure must stay up (unless a frame comes sooner) to
+#: count as reconnected: one a replica without its database admits and at once closes
+#: with 4503 is one more failed attempt, backed off from, not a reconnect.
+TRIAL = 1.0
+#: seconds between reminders that the same failure goes on (a long outage).
+REMIND = 30.0
 
 
-def _pause(inv: Invocation, attempt: int, why: str) -> None:
-    delay = _backoff(attempt)
-    inv.notice(f"{why}; reconnecting in {delay:.1f}s")
-    time.sleep(delay)
+class _Outage:
+    """The failed attempts since the stream was last live, and what stderr was told of
+    them: one line when a failure is news (the first, or a different reason), a reminder
+    every REMIND seconds while the same one goes on, and one when a stream is live again.
+    A tail through a long outage says a few lines, not one an attempt."""
+
+    def __init__(self, inv: Invocation) -> None:
+        self.inv = inv
+        #: failed attempts in a row (0: live, or never failed).
+        self.failures = 0
+        self.began = 0.0
+        self.told: set[str] = set()
+        self.told_at = 0.0
+        #: when a stream opened after a failure counts as live (monotonic), and its line.
+        self.trial: float | None = None
+        self.note: str | None = None
+
+    def failed(self, why: str) -> None:
+        """An attempt failed, or a stream ended for a passing reason: wait, then retry."""
+        from chatctl.client import backoff  # the transport's one backoff (not at start-up)
+
+        now = time.monotonic()
+        if not self.failures:
+            self.began, self.told = now, set()
+        self.failures += 1
+        self.trial = None
+        delay = backoff(self.failures, cap=MAX_BACKOFF)
+        if why not in self.told:
+            self.told.add(why)
+            self.told_at = now
+            self.inv.notice(f"{why}; reconnecting in {delay:.1f}s")
+        elif now - self.told_at >= REMIND:
+            self.told_at = now
+            self.inv.notice(
+                f"still reconnecting after {now - self.began:.0f}s "
+                f"({self.failures} attempts): {why}"
+            )
+        time.sleep(delay)
+
+    def started(self, note: str | None = None) -> None:
+        """A stream started. After failures it is on trial: live once a frame comes or
+        TRIAL seconds pass (then ``note`` is said)."""
+        if self.failures:
+            self.trial = time.monotonic() + TRIAL
+            self.note = note
+
+    def trial_left(self) -> float | None:
+        return None if self.trial is None else max(0.0, self.trial - time.monotonic())
+
+    def check(self) -> None:
+        if self.trial is not None and time.monotonic() >= self.trial:
+            self.over()
+
+    def over(self) -> None:
+        """The stream is live: the outage, if any, is over."""
+        if self.failures and self.note:
+            self.inv.notice(self.note)
+        self.failures = 0
+        self.trial = None
+
+
+def _not_resumed(e: ChatctlError, where: str) -> ConnectError:
+    """With --no-reconnect, what would have been resumed ends the tail: exit 3, the cause
+    in the message."""
+    error = e if isinstance(e, ConnectError) else ConnectError(e.message, where=where)
+    error.hint = "join again with --since the last message's id to resume from it"
+    return error
