@@ -308,9 +308,10 @@ class _Tail:
 
 
 #: seconds a stream opened after a failure must stay up (unless a frame comes sooner) to
-#: count as reconnected: one a replica without its database admits and at once closes
-#: with 4503 is one more failed attempt, backed off from, not a reconnect.
-TRIAL = 1.0
+#: count as reconnected: one that a replica without its database closes with 4503 once
+#: its database timeout (5 s by default, and a second) is spent is one more failed
+#: attempt, backed off from and not announced, not a reconnect.
+TRIAL = 10.0
 #: seconds between reminders that the same failure goes on (a long outage).
 REMIND = 30.0
 

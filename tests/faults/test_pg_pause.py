@@ -39,7 +39,7 @@ from chatctl.ids import START
 from tests import postgres
 from tests.bench.delay_proxy import DelayProxy
 from tests.faults.drill import create_room, history, report
-from tests.helpers import ServerProcess, wait_for
+from tests.helpers import ServerProcess, chatctl, cli_env, wait_for
 
 pytestmark = pytest.mark.postgres
 
@@ -322,3 +322,29 @@ def test_postgres_paused_3s_under_load(replica: tuple[ServerProcess, DelayProxy]
         stream_closes=tail.closes,
         stored=len(stored),
     )
+
+
+def test_a_send_answered_503_until_its_budget_ends_reports_the_503(
+    replica: tuple[ServerProcess, DelayProxy],
+) -> None:
+    """While the database does not answer, each attempt of a send is answered 503 (after
+    the server's database timeout) until --timeout is spent, the last one cut off by it:
+    the user is told the answer, 503 storage unavailable (exit 1), not that the server
+    did not answer (issue 22)."""
+    server, proxy = replica
+    room = create_room(server, "paused", ["alice"])
+    proxy.pause()
+    try:
+        started = time.monotonic()
+        sent = chatctl(
+            "--timeout", "4", "send", room, "hello", "--user", "alice", env=cli_env(server)
+        )
+        took = time.monotonic() - started
+    finally:
+        proxy.resume()
+    assert sent.returncode == 1, sent.stderr
+    assert sent.stdout == ""
+    first = sent.stderr.splitlines()[0]
+    assert "storage unavailable" in first and "HTTP 503" in first, sent.stderr
+    assert "did not answer" not in sent.stderr
+    assert took < 4 + 5, took  # its budget, and the interpreter's start on a busy machine
