@@ -199,7 +199,8 @@ def join(
             # The embedded local server may have been stopped: the next attempt starts it.
             client.forget_connection()
             slow = isinstance(e, StreamClosed) and e.close_code == CLOSE_TOO_SLOW
-            outage.failed("this reader fell behind and was cut off" if slow else e.message)
+            why = "this reader fell behind and was cut off" if slow else e.message
+            outage.failed(why, quiet=first)
         finally:
             if stream is not None:
                 stream.close()
@@ -333,8 +334,9 @@ class _Outage:
         self.trial: float | None = None
         self.note: str | None = None
 
-    def failed(self, why: str) -> None:
-        """An attempt failed, or a stream ended for a passing reason: wait, then retry."""
+    def failed(self, why: str, *, quiet: bool = False) -> None:
+        """An attempt failed, or a stream ended for a passing reason: wait, then retry.
+        ``quiet``: the first connection's quick retries, silent as a call's are."""
         from chatctl.client import backoff  # the transport's one backoff (not at start-up)
 
         now = time.monotonic()
@@ -343,6 +345,11 @@ class _Outage:
         self.failures += 1
         self.trial = None
         delay = backoff(self.failures, cap=MAX_BACKOFF)
+        if not quiet:
+            self._tell(why, delay, now)
+        time.sleep(delay)
+
+    def _tell(self, why: str, delay: float, now: float) -> None:
         if why not in self.told:
             self.told.add(why)
             self.told_at = now
@@ -353,7 +360,6 @@ class _Outage:
                 f"still reconnecting after {now - self.began:.0f}s "
                 f"({self.failures} attempts): {why}"
             )
-        time.sleep(delay)
 
     def started(self, note: str | None = None) -> None:
         """A stream started. After failures it is on trial: live once a frame comes or

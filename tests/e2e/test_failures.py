@@ -153,3 +153,28 @@ def test_a_wrong_url_still_fails_fast() -> None:
     assert r.returncode == 3
     assert time.monotonic() - started < 5
     assert one_error(r.stderr) == f"error: cannot reach {url}: connection refused"
+
+
+@pytest.mark.parametrize(("flags", "attempts"), [((), 4), (("--no-reconnect",), 1)])
+def test_a_join_whose_first_handshake_gets_a_proxys_502_gives_up_quickly(
+    flags: tuple[str, ...], attempts: int
+) -> None:
+    """Before any stream started, a proxy's page is tried again three times (not with
+    --no-reconnect), then reported: a wrong --url does not hang. (Once a stream has run,
+    the same is waited out: tests/faults/test_deploys.py.)"""
+    asked: list[str] = []
+
+    def gateway(request: BaseHTTPRequestHandler, body: bytes) -> tuple[int, dict[str, str], bytes]:
+        asked.append(request.path)
+        return 502, {"Content-Type": "text/html"}, b"<html><h1>502 Bad Gateway</h1></html>"
+
+    room = "0b7f3a52-3b5e-4c1e-9d7a-2f0c6f1e8a11"
+    with serve(gateway) as url:
+        started = time.monotonic()
+        r = chatctl("--url", url, "join", room, "--user", "w", *flags, env=cli_env())
+        took = time.monotonic() - started
+    assert r.returncode == 1, r.stderr
+    assert r.stderr.startswith("error: Bad Gateway (the answer is not an m3o error object")
+    assert "HTTP 502" in r.stderr and "<h1>" not in r.stderr and "Traceback" not in r.stderr
+    assert asked == ["/v1/chat/Join"] * attempts
+    assert took < 10, took
