@@ -173,8 +173,10 @@ def join(
                     frame = stream.next(timeout=min(waits, default=None))
                 except TimeoutError:
                     outage.check()
-                    if tail.settle_left() == 0 and tail.catch_up(None):
-                        return
+                    if tail.settle_left() == 0:
+                        outage.over()  # a plain server's stream has surely started by now
+                        if tail.catch_up(None):
+                            return
                     continue
                 outage.over()
                 last_frame = time.monotonic()
