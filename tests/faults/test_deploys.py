@@ -13,10 +13,9 @@ The two-replica and database tests need CHATCTL_TEST_POSTGRES; about 30 s in all
 
 from __future__ import annotations
 
-import json
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -32,16 +31,24 @@ from tests.nginx import Nginx
 OUTAGE = 10.0
 
 
-def tail_through(nginx: Nginx, replica: ServerProcess, room: str) -> Tail:
-    """A `chatctl join` of the room through the proxy, once its user is a member."""
+def drill(nginx: Nginx, replica: ServerProcess, *faults: Callable[[], None]) -> str:
+    """A tail of a new room through the proxy, a writer sending through it, and each of
+    ``faults`` in turn, with messages acknowledged before, between and after them; then
+    ``check``. Returns what the tail said on stderr."""
+    room = create_room(replica, "deploys", ["sender"])
     tail = Tail(replica, room, url=nginx.url)
     tail.wait_joined()
-    return tail
+    tally = Tally()
 
+    def sent_meanwhile(more: int) -> None:
+        tally.wait_for_count(len(tally) + more, 60, f"{more} more messages acknowledged")
 
-def sent_meanwhile(tally: Tally, more: int) -> None:
-    """Wait until the writer has ``more`` messages acknowledged than now."""
-    tally.wait_for_count(len(tally) + more, 60, f"{more} more messages acknowledged")
+    with Writers(nginx, room, ["sender"], tally, timeout=90):
+        sent_meanwhile(5)
+        for fault in faults:
+            fault()
+            sent_meanwhile(5)
+    return check(tail, replica, room)
 
 
 def check(tail: Tail, replica: ServerProcess, room: str) -> str:
@@ -74,14 +81,7 @@ def test_a_tail_through_nginx_outlives_a_restart_of_its_one_replica(tmp_path: Pa
         ServerProcess(tmp_path, tcp=True) as replica,
         Nginx(tmp_path / "nginx", [replica.port]) as nginx,
     ):
-        room = create_room(replica, "deploys", ["sender"])
-        tail = tail_through(nginx, replica, room)
-        tally = Tally()
-        with Writers(nginx, room, ["sender"], tally, timeout=60):
-            sent_meanwhile(tally, 5)
-            replica.restart()  # SIGTERM, then started again on the same database
-            sent_meanwhile(tally, 5)
-        err = check(tail, replica, room)
+        err = drill(nginx, replica, replica.restart)  # SIGTERM, then started again
     assert "Bad Gateway" in err  # nginx answered for the replica while it was down
 
 
@@ -106,15 +106,7 @@ def test_a_tail_through_nginx_outlives_a_rolling_restart_of_two_replicas(
     """Each replica is back before the next goes; nginx still counts the first one down
     (fail_timeout=10s) when the second goes, so for a while it has none to offer."""
     a, b, nginx = two_replicas
-    room = create_room(a, "deploys", ["sender"])
-    tail = tail_through(nginx, a, room)
-    tally = Tally()
-    with Writers(nginx, room, ["sender"], tally, timeout=90):
-        sent_meanwhile(tally, 5)
-        for replica in (a, b):
-            replica.restart()
-            sent_meanwhile(tally, 5)
-    check(tail, a, room)
+    drill(nginx, a, a.restart, b.restart)
 
 
 @pytest.fixture
@@ -140,19 +132,15 @@ def test_a_tail_through_nginx_outlives_a_database_outage(
     failover): the stream ends (1001: its fan-out is gone), and every new one is closed
     with 4503 until the database is back; the writer's Sends get 503 meanwhile."""
     replica, proxy, nginx = replica_with_pausable_database
-    room = create_room(replica, "deploys", ["sender"])
-    tail = tail_through(nginx, replica, room)
-    tally = Tally()
-    with Writers(nginx, room, ["sender"], tally, timeout=90):
-        sent_meanwhile(tally, 5)
+
+    def outage() -> None:
         proxy.pause()
         proxy.drop()
         # The fault lasts OUTAGE seconds: this sleep is its duration, not a wait on a race.
         time.sleep(OUTAGE)
         proxy.resume()
-        sent_meanwhile(tally, 5)
-    err = check(tail, replica, room)
+
+    err = drill(nginx, replica, outage)
     assert "(close 4503)" in err  # the tail did meet the replica without its database
     # One line for it, not one for each of the attempts a 10 s outage takes.
     assert sum("4503" in line for line in err.splitlines()) == 1, err
-    assert all(json.loads(line)["text"].startswith("sender-") for line in tail.lines)
