@@ -174,11 +174,11 @@ def join(
                 except TimeoutError:
                     outage.check()
                     if tail.settle_left() == 0:
-                        outage.over()  # a plain server's stream has surely started by now
+                        outage.live()  # a plain server's stream has surely started by now
                         if tail.catch_up(None):
                             return
                     continue
-                outage.over()
+                outage.live()
                 last_frame = time.monotonic()
                 message = frame.get("message")
                 if not isinstance(message, dict):
@@ -310,30 +310,31 @@ class _Tail:
         return any(self.show(m) for m in chosen)
 
 
-#: seconds a stream opened after a failure must stay up (unless a frame comes sooner) to
-#: count as reconnected: one that a replica without its database closes with 4503 once
-#: its database timeout (5 s by default, and a second) is spent is one more failed
-#: attempt, backed off from and not announced, not a reconnect.
+#: seconds a stream opened after a failure must stay up to end the outage (its backoff
+#: and what was said of it); it is announced sooner if a frame comes. A replica without
+#: its database closes a stream with 4503 only once its database timeout (5 s by default,
+#: and a second) is spent: one more failed attempt, backed off from, not a reconnect.
 TRIAL = 10.0
 #: seconds between reminders that the same failure goes on (a long outage).
 REMIND = 30.0
 
 
 class _Outage:
-    """The failed attempts since the stream was last live, and what stderr was told of
-    them: one line when a failure is news (the first, or a different reason), a reminder
-    every REMIND seconds while the same one goes on, and one when a stream is live again.
-    A tail through a long outage says a few lines, not one an attempt."""
+    """The failed attempts since a stream last stayed up TRIAL seconds, and what stderr
+    was told of them: one line when a failure is news (the first, or a different reason),
+    a reminder every REMIND seconds while the same one goes on, and one when a stream is
+    live again. A tail through a long outage, or against a server that closes every
+    stream at once, says a few lines and backs off, not a line and a retry an attempt."""
 
     def __init__(self, inv: Invocation) -> None:
         self.inv = inv
-        #: failed attempts in a row (0: live, or never failed).
+        #: failed attempts in a row (0: none since a stream stayed up, or never failed).
         self.failures = 0
         self.began = 0.0
         self.told: set[str] = set()
         self.told_at = 0.0
-        #: when a stream opened after a failure counts as live (monotonic), and its line.
-        self.trial: float | None = None
+        #: when the current stream opened (monotonic), and the line that announces it.
+        self.opened = 0.0
         self.note: str | None = None
 
     def failed(self, why: str, *, quiet: bool = False) -> None:
@@ -342,10 +343,10 @@ class _Outage:
         from chatctl.client import backoff  # the transport's one backoff (not at start-up)
 
         now = time.monotonic()
-        if not self.failures:
-            self.began, self.told = now, set()
+        if not self.told:
+            self.began = now
         self.failures += 1
-        self.trial = None
+        self.note = None
         delay = backoff(self.failures, cap=MAX_BACKOFF)
         if not quiet:
             self._tell(why, delay, now)
@@ -364,25 +365,30 @@ class _Outage:
             )
 
     def started(self, note: str | None = None) -> None:
-        """A stream started. After failures it is on trial: live once a frame comes or
-        TRIAL seconds pass (then ``note`` is said)."""
-        if self.failures:
-            self.trial = time.monotonic() + TRIAL
-            self.note = note
+        """A stream started; after failures, ``note`` announces it once it is live."""
+        self.opened = time.monotonic()
+        self.note = note if self.failures else None
 
     def trial_left(self) -> float | None:
-        return None if self.trial is None else max(0.0, self.trial - time.monotonic())
+        """Seconds until the stream has stayed up long enough to end the outage."""
+        if not self.failures:
+            return None
+        return max(0.0, self.opened + TRIAL - time.monotonic())
+
+    def live(self) -> None:
+        """A frame came: the stream is live. Said once; the next failure is news again,
+        but the backoff goes on growing until the stream has stayed up TRIAL seconds."""
+        if self.note is not None:
+            self.inv.notice(self.note)
+            self.note = None
+            self.told = set()
+        self.check()
 
     def check(self) -> None:
-        if self.trial is not None and time.monotonic() >= self.trial:
-            self.over()
-
-    def over(self) -> None:
-        """The stream is live: the outage, if any, is over."""
-        if self.failures and self.note:
-            self.inv.notice(self.note)
-        self.failures = 0
-        self.trial = None
+        """The outage is over once the stream has stayed up TRIAL seconds."""
+        if self.failures and time.monotonic() - self.opened >= TRIAL:
+            self.failures = 0
+            self.live()
 
 
 def _not_resumed(e: ChatctlError, where: str) -> ConnectError:

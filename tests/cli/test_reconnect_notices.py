@@ -65,11 +65,15 @@ def test_streams_refused_right_after_they_open_are_not_reconnects(clock: Clock) 
     assert outage.failures == 7
     outage.started("reconnected")
     assert outage.trial_left() == pytest.approx(join.TRIAL)
-    outage.over()  # a message came
+    outage.live()  # a message came
     assert len(said.lines) == 3, said.lines
     assert said.lines[1].startswith("stream closed (close 4503); reconnecting in ")
     assert said.lines[2] == "reconnected"
-    assert outage.failures == 0
+    # The backoff is reset only once the stream has stayed up a while.
+    assert outage.failures == 7
+    clock.sleep(join.TRIAL)
+    outage.check()
+    assert outage.failures == 0 and outage.trial_left() is None and len(said.lines) == 3
 
 
 def test_a_quiet_stream_counts_as_live_after_its_trial(clock: Clock) -> None:
@@ -83,3 +87,16 @@ def test_a_quiet_stream_counts_as_live_after_its_trial(clock: Clock) -> None:
     clock.sleep(0.1)
     outage.check()
     assert said.lines[-1] == "reconnected" and outage.failures == 0
+
+
+def test_two_restarts_seconds_apart_are_told_twice(clock: Clock) -> None:
+    said = Notices()
+    outage = join._Outage(said)  # type: ignore[arg-type]
+    for _ in range(2):
+        outage.failed("going away")
+        outage.failed("refused")
+        outage.started("reconnected")
+        clock.sleep(1)
+        outage.live()
+    told = [line.split(";")[0] for line in said.lines]
+    assert told == ["going away", "refused", "reconnected"] * 2
