@@ -4,6 +4,7 @@ servers or do not answer, URLs chatctl cannot use. The CLI runs as a real proces
 
 from __future__ import annotations
 
+import json
 import socket
 import subprocess
 import sys
@@ -13,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from chatctl.client import Client
+from chatctl.errors import APIError
 from tests.e2e.proxy import serve
 from tests.helpers import ServerProcess, chatctl, cli_env
 
@@ -178,3 +181,27 @@ def test_a_join_whose_first_handshake_gets_a_proxys_502_gives_up_quickly(
     assert "HTTP 502" in r.stderr and "<h1>" not in r.stderr and "Traceback" not in r.stderr
     assert asked == ["/v1/chat/Join"] * attempts
     assert took < 10, took
+
+
+def test_a_history_answered_503_then_not_at_all_reports_the_503() -> None:
+    """A long History read: its first attempt answered 503, the retry not within the
+    budget. The answer is reported (exit 1), not silence (issue 22)."""
+    asked: list[float] = []
+
+    def unavailable(
+        request: BaseHTTPRequestHandler, body: bytes
+    ) -> tuple[int, dict[str, str], bytes]:
+        asked.append(time.monotonic())
+        if len(asked) > 1:
+            time.sleep(3)  # past the client's budget: it stops waiting first
+        error = {"id": "chat.history", "code": 503, "detail": "storage unavailable", "status": ""}
+        return 503, {"Content-Type": "application/json"}, json.dumps(error).encode()
+
+    with (
+        serve(unavailable) as url,
+        Client(url, timeout=1.5) as client,
+        pytest.raises(APIError) as refused,
+    ):
+        list(client.history({"room_id": "r"}))
+    assert refused.value.code == 503 and refused.value.detail == "storage unavailable"
+    assert len(asked) == 2
