@@ -17,7 +17,8 @@ Connection errors and 502/503/504 are retried with capped, jittered backoff, and
 after the ``Retry-After`` it names, all inside the call's budget. A process that has not
 yet reached its server gives up after ``retries`` quick retries (a typo in ``--url``
 should not hang); once it has, a call keeps retrying until its budget is spent, riding
-through a server restart.
+through a server restart. When the budget ends, the last answer is reported (a 503
+``storage unavailable``), not silence: NoAnswerError only if nothing ever answered.
 
 Untrusted answers: a body larger than ``MAX_ANSWER_BYTES`` or still trickling in when
 the budget ends is refused; an answer that is not an m3o one (a web page, a proxy's error
