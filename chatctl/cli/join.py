@@ -317,6 +317,8 @@ class _Tail:
 TRIAL = 10.0
 #: seconds between reminders that the same failure goes on (a long outage).
 REMIND = 30.0
+#: different reasons told in one outage at most; past them, only the reminders.
+MAX_TOLD = 5
 
 
 class _Outage:
@@ -353,7 +355,8 @@ class _Outage:
         time.sleep(delay)
 
     def _tell(self, why: str, delay: float, now: float) -> None:
-        if why not in self.told:
+        # A server may word each failure anew: news is bounded too.
+        if why not in self.told and len(self.told) < MAX_TOLD:
             self.told.add(why)
             self.told_at = now
             self.inv.notice(f"{why}; reconnecting in {delay:.1f}s")

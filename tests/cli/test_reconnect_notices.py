@@ -32,8 +32,7 @@ class Notices:
 @pytest.fixture
 def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
     clock = Clock()
-    monkeypatch.setattr(join.time, "monotonic", clock.monotonic)
-    monkeypatch.setattr(join.time, "sleep", clock.sleep)
+    monkeypatch.setattr(join, "time", clock)  # join's own clock, not the process's
     return clock
 
 
@@ -100,3 +99,14 @@ def test_two_restarts_seconds_apart_are_told_twice(clock: Clock) -> None:
         outage.live()
     told = [line.split(";")[0] for line in said.lines]
     assert told == ["going away", "refused", "reconnected"] * 2
+
+
+def test_a_server_that_words_each_failure_anew_gets_a_few_lines(clock: Clock) -> None:
+    said = Notices()
+    outage = join._Outage(said)  # type: ignore[arg-type]
+    for n in range(100):
+        outage.failed(f"stream closed: unavailable #{n} (close 4503)")
+    assert 100 * 2.5 < clock.now - 1000 < 100 * 7.5  # backed off, not a busy loop
+    news = [line for line in said.lines if not line.startswith("still reconnecting")]
+    assert len(news) == join.MAX_TOLD
+    assert len(said.lines) - len(news) <= (clock.now - 1000) / join.REMIND
