@@ -70,7 +70,7 @@ def test_streams_refused_right_after_they_open_are_not_reconnects(clock: Clock) 
     assert said.lines[2] == "reconnected"
     # The backoff is reset only once the stream has stayed up a while.
     assert outage.failures == 7
-    clock.sleep(join.TRIAL)
+    clock.sleep(join.TRIAL + 0.01)
     outage.check()
     assert outage.failures == 0 and outage.trial_left() is None and len(said.lines) == 3
 
@@ -83,7 +83,7 @@ def test_a_quiet_stream_counts_as_live_after_its_trial(clock: Clock) -> None:
     clock.sleep(join.TRIAL - 0.1)
     outage.check()
     assert said.lines[-1] != "reconnected"
-    clock.sleep(0.1)
+    clock.sleep(0.11)
     outage.check()
     assert said.lines[-1] == "reconnected" and outage.failures == 0
 
