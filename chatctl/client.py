@@ -894,7 +894,10 @@ class JoinStream:
             client._log("JOIN", "/v1/chat/Join", "unreachable", started)
             raise
         except Exception as e:
-            client._log("JOIN", "/v1/chat/Join", "unreachable", started)
+            from websockets.exceptions import InvalidStatus
+
+            status = e.response.status_code if isinstance(e, InvalidStatus) else "unreachable"
+            client._log("JOIN", "/v1/chat/Join", status, started)
             client.forget_connection()
             error = _join_connect_error(client, e)
             error.passing = _passing_handshake(e, error)
