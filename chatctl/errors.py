@@ -201,12 +201,12 @@ class APIError(ChatctlError):
         retry_after: float | None = None,
     ) -> None:
         self.code = code
+        self.passing = code in (502, 503, 504)  # a gateway's, or the server's outage
         self.detail = detail
         self.id = id
         self.status = status or reason_phrase(code)
         #: seconds the server asked us to wait before retrying (429/503 Retry-After).
         self.retry_after = retry_after
-        self.passing = code in (502, 503, 504)
         where = f"{id}, HTTP {code}" if id else f"HTTP {code}"
         super().__init__(f"{detail} ({where})", hint)
 

@@ -4,7 +4,6 @@ servers or do not answer, URLs chatctl cannot use. The CLI runs as a real proces
 
 from __future__ import annotations
 
-import json
 import socket
 import subprocess
 import sys
@@ -14,8 +13,6 @@ from pathlib import Path
 
 import pytest
 
-from chatctl.client import Client
-from chatctl.errors import APIError
 from tests.e2e.proxy import serve
 from tests.helpers import ServerProcess, chatctl, cli_env
 
@@ -156,52 +153,3 @@ def test_a_wrong_url_still_fails_fast() -> None:
     assert r.returncode == 3
     assert time.monotonic() - started < 5
     assert one_error(r.stderr) == f"error: cannot reach {url}: connection refused"
-
-
-@pytest.mark.parametrize(("flags", "attempts"), [((), 4), (("--no-reconnect",), 1)])
-def test_a_join_whose_first_handshake_gets_a_proxys_502_gives_up_quickly(
-    flags: tuple[str, ...], attempts: int
-) -> None:
-    """Before any stream started, a proxy's page is tried again three times (not with
-    --no-reconnect), then reported: a wrong --url does not hang. (Once a stream has run,
-    the same is waited out: tests/faults/test_deploys.py.)"""
-    asked: list[str] = []
-
-    def gateway(request: BaseHTTPRequestHandler, body: bytes) -> tuple[int, dict[str, str], bytes]:
-        asked.append(request.path)
-        return 502, {"Content-Type": "text/html"}, b"<html><h1>502 Bad Gateway</h1></html>"
-
-    room = "0b7f3a52-3b5e-4c1e-9d7a-2f0c6f1e8a11"
-    with serve(gateway) as url:
-        started = time.monotonic()
-        r = chatctl("--url", url, "join", room, "--user", "w", *flags, env=cli_env())
-        took = time.monotonic() - started
-    assert r.returncode == 1, r.stderr
-    assert r.stderr.startswith("error: Bad Gateway (the answer is not an m3o error object")
-    assert "HTTP 502" in r.stderr and "<h1>" not in r.stderr and "Traceback" not in r.stderr
-    assert asked == ["/v1/chat/Join"] * attempts
-    assert took < 10, took
-
-
-def test_a_history_answered_503_then_not_at_all_reports_the_503() -> None:
-    """A long History read: its first attempt answered 503, the retry not within the
-    budget. The answer is reported (exit 1), not silence (issue 22)."""
-    asked: list[float] = []
-
-    def unavailable(
-        request: BaseHTTPRequestHandler, body: bytes
-    ) -> tuple[int, dict[str, str], bytes]:
-        asked.append(time.monotonic())
-        if len(asked) > 1:
-            time.sleep(3)  # past the client's budget: it stops waiting first
-        error = {"id": "chat.history", "code": 503, "detail": "storage unavailable", "status": ""}
-        return 503, {"Content-Type": "application/json"}, json.dumps(error).encode()
-
-    with (
-        serve(unavailable) as url,
-        Client(url, timeout=1.5) as client,
-        pytest.raises(APIError) as refused,
-    ):
-        list(client.history({"room_id": "r"}))
-    assert refused.value.code == 503 and refused.value.detail == "storage unavailable"
-    assert len(asked) == 2

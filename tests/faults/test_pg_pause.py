@@ -334,7 +334,7 @@ def test_a_send_answered_503_until_its_budget_ends_reports_the_503(
     """While the database does not answer, each attempt of a send is answered 503 (after
     the server's database timeout) until --timeout is spent, the last one cut off by it:
     the user is told the answer, 503 storage unavailable (exit 1), not that the server
-    did not answer (issue 22). (A streamed History: tests/e2e/test_failures.py.)"""
+    did not answer (issue 22). (A streamed History: tests/e2e/test_outages.py.)"""
     server, proxy = replica
     room = create_room(server, "paused", ["alice"])
     proxy.pause()
