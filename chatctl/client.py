@@ -17,7 +17,8 @@ Connection errors and 502/503/504 are retried with capped, jittered backoff, and
 after the ``Retry-After`` it names, all inside the call's budget. A process that has not
 yet reached its server gives up after ``retries`` quick retries (a typo in ``--url``
 should not hang); once it has, a call keeps retrying until its budget is spent, riding
-through a server restart.
+through a server restart. When the budget ends, the last answer is reported (a 503
+``storage unavailable``), not silence: NoAnswerError only if nothing ever answered.
 
 Untrusted answers: the budget is a deadline every read and write checks (``_Deadline``,
 the transport's network backend), so a server that trickles its answer, its head
@@ -175,10 +176,11 @@ def parse_url(url: str) -> tuple[str, str | None]:
     return shown + parts.path.rstrip("/"), None
 
 
-def backoff(failures: int) -> float:
-    """Seconds to wait before retrying after ``failures`` failures in a row: capped at 2 s,
-    jittered, so clients that failed together do not come back together."""
-    wait: float = min(2.0, 0.05 * 2 ** min(failures, 6)) * (0.5 + random.random())
+def backoff(failures: int, cap: float = 2.0) -> float:
+    """Seconds to wait before retrying after ``failures`` failures in a row: doubling from
+    0.1 s up to ``cap``, jittered by half either way, so clients that failed together do
+    not come back together."""
+    wait: float = min(cap, 0.05 * 2 ** min(failures, 16)) * (0.5 + random.random())
     return wait
 
 
@@ -444,10 +446,17 @@ class Client:
         if deadline is None:
             deadline = time.monotonic() + self.timeout
         failures = 0
+        answered: ChatctlError | None = None  # the last answer's error, if one came
         while True:
             started = time.perf_counter()
             try:
                 status, answer = self._attempt(path, content, headers, deadline)
+            except NoAnswerError:
+                # The budget ended waiting: an answer that came before says more than
+                # silence (a 503 "storage unavailable" on every attempt is not a timeout).
+                if answered is None:
+                    raise
+                raise answered from None
             except _Retryable as e:
                 self._log("POST", path, e.label, started)
                 error: ChatctlError = e.error
@@ -461,7 +470,7 @@ class Client:
                     data = self._decode(status, answer)
                     self.server.learn(answer.extensions, data)
                     return data
-                error = self._api_error(status, answer)
+                error = answered = self._api_error(status, answer)
                 if answer.m3o_error():
                     self.server.learn(answer.extensions)
                 if status != 429 and status not in _RETRY_STATUSES:
@@ -628,6 +637,7 @@ class Client:
         request = in_edition(self.bound(ENDPOINTS["History"], body), self.server.edition)
         last: str | None = None
         failures = 0
+        answered: ChatctlError | None = None  # the last refusal's error, if one came
         deadline = time.monotonic() + self.timeout
         while True:
             ask = request if last is None else {**request, "after": last}
@@ -659,8 +669,15 @@ class Client:
                         return
             except _Retryable as e:
                 error = e.error
+                if isinstance(error, APIError):
+                    answered = error
             except (httpx.TransportError, OSError) as e:
-                error = self._failure(e).error
+                try:
+                    error = self._failure(e).error
+                except NoAnswerError:
+                    if answered is None:
+                        raise
+                    raise answered from None  # an answer says more than silence
             finally:
                 self._log("POST", path, status, started, f" ({read} messages)")
             if read and last is None:
@@ -1149,9 +1166,14 @@ class JoinStream:
             client._log("JOIN", "/v1/chat/Join", "unreachable", started)
             raise
         except Exception as e:
-            client._log("JOIN", "/v1/chat/Join", "unreachable", started)
+            from websockets.exceptions import InvalidStatus
+
+            status = e.response.status_code if isinstance(e, InvalidStatus) else "unreachable"
+            client._log("JOIN", "/v1/chat/Join", status, started)
             client.forget_connection()
-            raise _join_connect_error(client, e) from None
+            error = _join_connect_error(client, e)
+            error.passing = _passing_handshake(e, error)
+            raise error from None
         client._log("JOIN", "/v1/chat/Join", 101, started)
         if not client._local:
             response = self.ws.response
@@ -1278,6 +1300,29 @@ def _join_connect_error(client: Client, e: Exception) -> ChatctlError:
     return client._connect_error(_reason(e))
 
 
+def _passing_handshake(e: Exception, error: ChatctlError) -> bool:
+    """Is a failed Join handshake what a restart, a proxy or a database blip produces? An
+    error status is, unless it is the API's own refusal (an m3o error object, and not
+    502-504): a proxy answers for a replica that is down with a page of its own, whatever
+    its status. Otherwise as the error says: a connection refused or lost is, a TLS
+    failure or something that is not an m3o server is not."""
+    from websockets.exceptions import InvalidStatus
+
+    if isinstance(e, InvalidStatus):
+        status = e.response.status_code
+        if status in _RETRY_STATUSES:
+            return True
+        body = _Answer(bytes(e.response.body or b""), "", None, "")
+        return status >= 400 and not body.m3o_error()
+    return error.passing
+
+
+#: close codes of a stream ended by a restart, a proxy or a blip (None: no close frame
+#: came, the connection dropped): the stream is resumed. 1008 (policy: a refused Origin),
+#: 1009 (too big) and the protocol errors would end the same way again.
+_PASSING_CLOSES = frozenset({None, 1000, 1001, 1005, 1006, 1011, 1012, 1013, 1014})
+
+
 def _closed_error(client: Client, e: Exception) -> ChatctlError:
     rcvd = getattr(e, "rcvd", None)
     code = rcvd.code if rcvd is not None else None
@@ -1289,7 +1334,15 @@ def _closed_error(client: Client, e: Exception) -> ChatctlError:
         return ConnectError(f"{where} is going away (restarting or stopping)", where=where)
     if code == 1000:
         return ConnectError(f"{where} closed the stream", where=where, local=local)
-    return ConnectError(f"connection to {where} lost", where=where, local=local)
+    if code in (None, 1005, 1006):
+        return ConnectError(f"connection to {where} lost", where=where, local=local)
+    error = ConnectError(
+        f"{where} closed the stream: {reason or 'no reason given'} (close {code})",
+        where=where,
+        local=local,
+    )
+    error.passing = code in _PASSING_CLOSES
+    return error
 
 
 _HEADER_VALUE = re.compile(r"""b'(?:[^'\\]|\\.)*'|b"(?:[^"\\]|\\.)*"|Bearer\s+\S+""")

@@ -109,6 +109,9 @@ class ChatctlError(Exception):
     #: or a gateway failed mid-call) on a server that cannot make a retry safe, so it was
     #: not retried: it may or may not have been done.
     outcome_unknown: bool = False
+    #: what a restart, a proxy or a database blip produces (a connection lost, a gateway's
+    #: 502/503/504, a stream closed 1001 or 4503): ``join`` reconnects and resumes.
+    passing: bool = False
 
     def __init__(self, message: str, hint: str | None = None) -> None:
         super().__init__(message)
@@ -153,6 +156,7 @@ class ConnectError(ChatctlError):
     """
 
     exit_status = ExitStatus.UNREACHABLE
+    passing = True
 
     def __init__(
         self, message: str, hint: str | None = None, *, where: str = "", local: bool = False
@@ -175,6 +179,8 @@ class NoAnswerError(ConnectError):
 class CertificateError(ConnectError):
     """TLS failed: the server's certificate is not trusted, or the handshake broke."""
 
+    passing = False
+
     def __init__(self, where: str, reason: str, *, verify: bool = True) -> None:
         what = "the certificate of" if verify else "the TLS handshake with"
         super().__init__(f"{what} {where} {reason}", where=where)
@@ -184,6 +190,8 @@ class CertificateError(ConnectError):
 
 class NotAnAPIError(ConnectError):
     """Something answered at the URL, but not as an m3o Chat API (e.g. a web page)."""
+
+    passing = False
 
     def __init__(self, where: str, status: int, content_type: str) -> None:
         what = shorten(content_type.split(";")[0].strip(), 100) or "no content type"
@@ -240,6 +248,7 @@ class APIError(ChatctlError):
         retry_after: float | None = None,
     ) -> None:
         self.code = code
+        self.passing = code in (502, 503, 504)  # a gateway's, or the server's outage
         self.detail = detail
         self.id = id
         self.status = status or reason_phrase(code)
@@ -267,6 +276,8 @@ class StreamClosed(ChatctlError):
         self.reason = reason
         http = close_code - 4000 if 4000 <= close_code < 5000 else 0
         self.http_code = http
+        #: fell behind (4008), or the server or a gateway failed (4502-4504): resumable.
+        self.passing = close_code == 4008 or http in (502, 503, 504)
         super().__init__(f"stream closed: {reason or 'no reason given'} (close {close_code})", hint)
 
     @property

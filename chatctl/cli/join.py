@@ -1,6 +1,5 @@
 """``chatctl join``: tail a room live, resuming after drops without loss or repeats."""
 
-import random
 import time
 from collections import deque
 from datetime import UTC, datetime
@@ -11,11 +10,12 @@ import typer
 from chatctl.cli import plain, run
 from chatctl.cli.context import Invocation, invocation
 from chatctl.cli.options import RoomArg, with_common_options
-from chatctl.errors import ConnectError, StreamClosed, UsageError
+from chatctl.errors import ChatctlError, ConnectError, StreamClosed, UsageError
 from chatctl.ids import cursor_for_time, parse_cursor, time_ns
 from chatctl.wire import CLOSE_TOO_SLOW
 
 if TYPE_CHECKING:
+    from chatctl.client import JoinStream
     from chatctl.output import Renderer
 
 app = typer.Typer()
@@ -67,7 +67,8 @@ def join(
     no_reconnect: Annotated[
         bool,
         typer.Option(
-            "--no-reconnect", help="Exit 3 when the connection drops instead of resuming."
+            "--no-reconnect",
+            help="Exit 3 instead of resuming when the stream drops or the server restarts.",
         ),
     ] = False,
     include_own: Annotated[
@@ -89,9 +90,11 @@ def join(
 
     On a terminal each message is one line, with its local time to the millisecond
     (--since takes it back and leaves that message out); in a pipe, one JSON object per
-    line. A dropped connection or a server restart (the embedded local server too) is
-    resumed after the last printed message, so every message is printed exactly once, in
-    order.
+    line. A dropped connection, a server restart (the embedded local server too), a
+    proxy's 502 while the server is down, a server without its database (close 4503): each
+    is waited out, with backoff, for as long as join runs, and the stream is resumed after
+    the last printed message, so every message is printed exactly once, in order. Being
+    kicked, the room deleted or the token refused ends it.
 
     Another m3o server cannot resume a stream: after a reconnect, what was sent meanwhile
     is printed from the room's History, and --history is read from it too; --since,
@@ -136,18 +139,12 @@ def join(
     printer = inv.renderer(batch=True, live=True, show_ids=show_ids)
     tail = _Tail(inv, printer, body, include_own, count)
     last_frame = time.monotonic()
-    attempt = 0
+    outage = _Outage(inv)
     joined = False  # a stream was started before (so this is a resume)
     while True:
+        stream: JoinStream | None = None
         try:
             stream = client.join()
-        except ConnectError:
-            if attempt == 0 or no_reconnect:
-                raise
-            _pause(inv, attempt, "reconnect failed")
-            attempt += 1
-            continue
-        try:
             # The handshake said what the server has (chatctl's server: resume and
             # replay; a plain m3o server: neither).
             resumable = client.server.has("resume")
@@ -160,8 +157,7 @@ def join(
                 body["history"] = replay
             stream.start(body)
             if resumable:
-                if attempt:
-                    inv.notice("reconnected; resuming after the last message printed")
+                outage.started("reconnected; resuming after the last message printed")
                 if cursor is None:
                     # Nothing received yet: a resume must start from the moment we
                     # joined, by the server's clock (message ids are made by it), so a
@@ -169,11 +165,12 @@ def join(
                     # header's second rounds down.
                     cursor = cursor_for_time(stream.server_time or datetime.now(UTC))
             elif not joined:
+                outage.started()
                 tail.joined_at(stream.server_time)
                 if replay:
                     tail.catch_up_later("replay", replay)
             else:
-                inv.notice(
+                outage.started(
                     "reconnected; this server cannot resume a stream: what was sent "
                     "meanwhile is read from its History"
                 )
@@ -182,19 +179,22 @@ def join(
                 label = room if room is not None else body["room_id"]
                 inv.notice(f"joined {label}, waiting for messages", terminal_only=True)
             joined = True
-            attempt = 0
             while True:
                 left = None if idle is None else idle - (time.monotonic() - last_frame)
                 if left is not None and left <= 0:
                     return
-                settle = tail.settle_left()
-                wait = left if settle is None else settle if left is None else min(left, settle)
+                due = (left, tail.settle_left(), outage.trial_left())
+                waits = [wait for wait in due if wait is not None]
                 try:
-                    frame = stream.next(timeout=wait)
+                    frame = stream.next(timeout=min(waits, default=None))
                 except TimeoutError:
-                    if tail.settle_left() == 0 and tail.catch_up(None):
-                        return
+                    outage.check()
+                    if tail.settle_left() == 0:
+                        outage.live()  # a plain server's stream has surely started by now
+                        if tail.catch_up(None):
+                            return
                     continue
+                outage.live()
                 last_frame = time.monotonic()
                 message = frame.get("message")
                 if not isinstance(message, dict):
@@ -205,19 +205,23 @@ def join(
                 cursor = str(message.get("id", ""))
                 if tail.catch_up(message) or tail.show(message):
                     return
-        except StreamClosed as e:
-            if e.close_code != CLOSE_TOO_SLOW or no_reconnect:
+        except ChatctlError as e:
+            # What a restart, a proxy or a database blip does (a drop, a gateway's 502,
+            # close 1001 or 4503) is waited out and resumed; the stream's own refusals
+            # (kicked, room deleted, a refused token) end the tail with their exits.
+            first = not joined  # a first failure is quick: a wrong --url must not hang
+            if not e.passing or (first and (no_reconnect or outage.failures >= client.retries)):
                 raise
-            inv.notice("this reader fell behind and was cut off; resuming")
-        except ConnectError as e:
             if no_reconnect:
-                raise
+                raise _not_resumed(e, client.where) from None
             # The embedded local server may have been stopped: the next attempt starts it.
             client.forget_connection()
-            _pause(inv, attempt, e.message)
+            slow = isinstance(e, StreamClosed) and e.close_code == CLOSE_TOO_SLOW
+            why = "this reader fell behind and was cut off" if slow else e.message
+            outage.failed(why, quiet=first)
         finally:
-            stream.close()
-        attempt += 1
+            if stream is not None:
+                stream.close()
 
 
 #: On a server that cannot resume, a gap is filled from History with the messages sent
@@ -323,11 +327,93 @@ class _Tail:
         return any(self.show(m) for m in chosen)
 
 
-def _backoff(attempt: int) -> float:
-    return float(min(MAX_BACKOFF, 0.1 * 2**attempt) * (0.5 + random.random() / 2))
+#: seconds a stream opened after a failure must stay up to end the outage (its backoff
+#: and what was said of it); it is announced sooner if a frame comes. A replica without
+#: its database closes a stream with 4503 only once its database timeout (5 s by default,
+#: and a second) is spent: one more failed attempt, backed off from, not a reconnect.
+TRIAL = 10.0
+#: seconds between reminders that the same failure goes on (a long outage).
+REMIND = 30.0
+#: different reasons told in one outage at most; past them, only the reminders.
+MAX_TOLD = 5
 
 
-def _pause(inv: Invocation, attempt: int, why: str) -> None:
-    delay = _backoff(attempt)
-    inv.notice(f"{why}; reconnecting in {delay:.1f}s")
-    time.sleep(delay)
+class _Outage:
+    """The failed attempts since a stream last stayed up TRIAL seconds, and what stderr
+    was told of them: one line when a failure is news (the first, or a different reason),
+    a reminder every REMIND seconds while the same one goes on, and one when a stream is
+    live again. A tail through a long outage, or against a server that closes every
+    stream at once, says a few lines and backs off, not a line and a retry an attempt."""
+
+    def __init__(self, inv: Invocation) -> None:
+        self.inv = inv
+        #: failed attempts in a row (0: none since a stream stayed up, or never failed).
+        self.failures = 0
+        self.began = 0.0
+        self.told: set[str] = set()
+        self.told_at = 0.0
+        #: when the current stream opened (monotonic), and the line that announces it.
+        self.opened = 0.0
+        self.note: str | None = None
+
+    def failed(self, why: str, *, quiet: bool = False) -> None:
+        """An attempt failed, or a stream ended for a passing reason: wait, then retry.
+        ``quiet``: the first connection's quick retries, silent as a call's are."""
+        from chatctl.client import backoff  # the transport's one backoff (not at start-up)
+
+        now = time.monotonic()
+        if not self.told:
+            self.began = now
+        self.failures += 1
+        self.note = None
+        delay = backoff(self.failures, cap=MAX_BACKOFF)
+        if not quiet:
+            self._tell(why, delay, now)
+        time.sleep(delay)
+
+    def _tell(self, why: str, delay: float, now: float) -> None:
+        # A server may word each failure anew: news is bounded too.
+        if why not in self.told and len(self.told) < MAX_TOLD:
+            self.told.add(why)
+            self.told_at = now
+            self.inv.notice(f"{why}; reconnecting in {delay:.1f}s")
+        elif now - self.told_at >= REMIND:
+            self.told_at = now
+            self.inv.notice(
+                f"still reconnecting after {now - self.began:.0f}s "
+                f"({self.failures} attempts): {why}"
+            )
+
+    def started(self, note: str | None = None) -> None:
+        """A stream started; after failures, ``note`` announces it once it is live."""
+        self.opened = time.monotonic()
+        self.note = note if self.failures else None
+
+    def trial_left(self) -> float | None:
+        """Seconds until the stream has stayed up long enough to end the outage."""
+        if not self.failures:
+            return None
+        return max(0.0, self.opened + TRIAL - time.monotonic())
+
+    def live(self) -> None:
+        """A frame came: the stream is live. Said once; the next failure is news again,
+        but the backoff goes on growing until the stream has stayed up TRIAL seconds."""
+        if self.note is not None:
+            self.inv.notice(self.note)
+            self.note = None
+            self.told = set()
+        self.check()
+
+    def check(self) -> None:
+        """The outage is over once the stream has stayed up TRIAL seconds."""
+        if self.failures and time.monotonic() - self.opened >= TRIAL:
+            self.failures = 0
+            self.live()
+
+
+def _not_resumed(e: ChatctlError, where: str) -> ConnectError:
+    """With --no-reconnect, what would have been resumed ends the tail: exit 3, the cause
+    in the message."""
+    error = e if isinstance(e, ConnectError) else ConnectError(e.message, where=where)
+    error.hint = "join again with --since the last message's id to resume from it"
+    return error

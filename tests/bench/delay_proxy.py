@@ -4,7 +4,9 @@ server and its database, and can stop forwarding on command (the database "pause
 ``python -m tests.bench.delay_proxy --target HOST:PORT [--delay-ms 1] [--port P]`` prints
 ``READY <port>``, then obeys lines on stdin: ``pause`` (stop forwarding both ways;
 connections stay open and bytes wait, as with a database that stopped answering) and
-``resume``, each acknowledged with a line ``ok <command>``. It exits when stdin closes.
+``resume``, and ``drop`` (close every connection it relays, as a database that restarts
+or fails over does; new ones are taken, and wait while paused), each acknowledged with a
+line ``ok <command>``. It exits when stdin closes.
 
 A pipeline, not stop-and-wait: per direction, one task reads and stamps each chunk with
 its due time (arrival + delay) and another writes it once due, so many chunks are in
@@ -77,8 +79,8 @@ class _Direction:
                 await writer.drain()
             if writer.can_write_eof():
                 writer.write_eof()
-        except OSError:
-            pass
+        except (OSError, RuntimeError):
+            pass  # RuntimeError: the transport was closed under it (``drop``)
 
 
 async def _relay(
@@ -148,6 +150,9 @@ async def main(args: argparse.Namespace) -> None:
             running.clear()
         elif command == "resume":
             running.set()
+        elif command == "drop":
+            for t in list(relays):
+                t.cancel()
         else:
             print(f"unknown command {command!r}", flush=True)
             return
@@ -162,7 +167,7 @@ async def main(args: argparse.Namespace) -> None:
 
 class DelayProxy:
     """The proxy as a subprocess, for ``with``: ``port``, ``url_for(url)``, ``pause()``,
-    ``resume()``. ``delay_ms`` each way (0: a plain relay that can pause)."""
+    ``resume()``, ``drop()``. ``delay_ms`` each way (0: a plain relay that can pause)."""
 
     def __init__(self, target_host: str, target_port: int, delay_ms: float = 0.0) -> None:
         self.args = [
@@ -219,6 +224,9 @@ class DelayProxy:
 
     def resume(self) -> None:
         self._command("resume")
+
+    def drop(self) -> None:
+        self._command("drop")
 
     def __exit__(self, *exc: object) -> None:
         proc, self.proc = self.proc, None

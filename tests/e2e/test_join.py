@@ -67,10 +67,12 @@ class Tail:
         *args: str,
         user: str = "watcher",
         command: Sequence[str] = CHATCTL,
+        url: str | None = None,
     ) -> None:
+        """``url``: join through it (a proxy in front of ``server``) instead."""
         self.proc = subprocess.Popen(
             [*command, "join", room, "--user", user, *args],
-            env=cli_env(server),
+            env=cli_env(server) if url is None else cli_env(server, CHATCTL_URL=url),
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,

@@ -16,7 +16,11 @@ the pause out (some 503s); and once the database is back everything recovers by 
 Sends succeed again without a restart, every acknowledged message is stored once in
 order, and the tail has every message once.
 
-Needs CHATCTL_TEST_POSTGRES. About 10 s; part of the default run of tests/faults.
+And what the CLI says of such a server (issue 22): a send answered 503 until its budget
+ends reports the 503, and a Join refused with 4503 is resumed (tests/faults/test_deploys.py),
+or with --no-reconnect ends with exit 3.
+
+Needs CHATCTL_TEST_POSTGRES. About 20 s; part of the default run of tests/faults.
 """
 
 from __future__ import annotations
@@ -39,7 +43,7 @@ from chatctl.ids import START
 from tests import postgres
 from tests.bench.delay_proxy import DelayProxy
 from tests.faults.drill import create_room, history, report
-from tests.helpers import ServerProcess, wait_for
+from tests.helpers import ServerProcess, chatctl, cli_env, wait_for
 
 pytestmark = pytest.mark.postgres
 
@@ -322,3 +326,48 @@ def test_postgres_paused_3s_under_load(replica: tuple[ServerProcess, DelayProxy]
         stream_closes=tail.closes,
         stored=len(stored),
     )
+
+
+def test_a_send_answered_503_until_its_budget_ends_reports_the_503(
+    replica: tuple[ServerProcess, DelayProxy],
+) -> None:
+    """While the database does not answer, each attempt of a send is answered 503 (after
+    the server's database timeout) until --timeout is spent, the last one cut off by it:
+    the user is told the answer, 503 storage unavailable (exit 1), not that the server
+    did not answer (issue 22). (A streamed History: tests/e2e/test_outages.py.)"""
+    server, proxy = replica
+    room = create_room(server, "paused", ["alice"])
+    proxy.pause()
+    try:
+        started = time.monotonic()
+        sent = chatctl(
+            "--timeout", "4", "send", room, "hello", "--user", "alice", env=cli_env(server)
+        )
+        took = time.monotonic() - started
+    finally:
+        proxy.resume()
+    assert sent.returncode == 1, sent.stderr
+    assert sent.stdout == ""
+    first = sent.stderr.splitlines()[0]
+    assert "storage unavailable" in first and "HTTP 503" in first, sent.stderr
+    assert "did not answer" not in sent.stderr
+    assert took < 4 + 5, took  # its budget, and the interpreter's start on a busy machine
+
+
+def test_a_join_refused_4503_with_no_reconnect_exits_3(
+    replica: tuple[ServerProcess, DelayProxy],
+) -> None:
+    """A stream the server closes with 4503 (no database to admit it) would be resumed;
+    with --no-reconnect it ends the tail as a drop does: exit 3, the cause in the line."""
+    server, proxy = replica
+    room = create_room(server, "paused", ["alice"])
+    proxy.pause()
+    try:
+        joined = chatctl("join", room, "--user", "watcher", "--no-reconnect", env=cli_env(server))
+    finally:
+        proxy.resume()
+    assert joined.returncode == 3, joined.stderr
+    assert joined.stdout == ""
+    error, hint = joined.stderr.splitlines()
+    assert error.startswith("error: stream closed: storage unavailable") and "(close 4503)" in error
+    assert hint.startswith("hint: join again with --since")

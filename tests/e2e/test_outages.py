@@ -1,0 +1,65 @@
+"""What a server's outage looks like from the CLI when no stream has run yet, or for a
+call: small real HTTP servers on loopback (tests/e2e/proxy.py) answering as a proxy in
+front of a stopped server, or as a server without its database, would (issue 22). The
+tail that outlives them once it has run: tests/faults/test_deploys.py."""
+
+from __future__ import annotations
+
+import json
+import time
+from http.server import BaseHTTPRequestHandler
+
+import pytest
+
+from chatctl.client import Client
+from chatctl.errors import APIError
+from tests.e2e.proxy import serve
+from tests.helpers import chatctl, cli_env
+
+Answer = tuple[int, dict[str, str], bytes]
+
+
+@pytest.mark.parametrize(("flags", "attempts"), [((), 4), (("--no-reconnect",), 1)])
+def test_a_join_whose_first_handshake_gets_a_proxys_502_gives_up_quickly(
+    flags: tuple[str, ...], attempts: int
+) -> None:
+    """Before any stream started, a proxy's page is tried again three times (not with
+    --no-reconnect), then reported: a wrong --url does not hang."""
+    asked: list[str] = []
+
+    def gateway(request: BaseHTTPRequestHandler, body: bytes) -> Answer:
+        asked.append(request.path)
+        return 502, {"Content-Type": "text/html"}, b"<html><h1>502 Bad Gateway</h1></html>"
+
+    room = "0b7f3a52-3b5e-4c1e-9d7a-2f0c6f1e8a11"
+    with serve(gateway) as url:
+        started = time.monotonic()
+        r = chatctl("--url", url, "join", room, "--user", "w", *flags, env=cli_env())
+        took = time.monotonic() - started
+    assert r.returncode == 1, r.stderr
+    assert r.stderr.startswith("error: Bad Gateway (the answer is not an m3o error object")
+    assert "HTTP 502" in r.stderr and "<h1>" not in r.stderr and "Traceback" not in r.stderr
+    assert asked == ["/v1/chat/Join"] * attempts
+    assert took < 10, took
+
+
+def test_a_history_answered_503_then_not_at_all_reports_the_503() -> None:
+    """A long History read: its first attempt answered 503, the retry not within the
+    budget. The answer is reported (exit 1), not silence."""
+    asked: list[float] = []
+
+    def unavailable(request: BaseHTTPRequestHandler, body: bytes) -> Answer:
+        asked.append(time.monotonic())
+        if len(asked) > 1:
+            time.sleep(3)  # past the client's budget: it stops waiting first
+        error = {"id": "chat.history", "code": 503, "detail": "storage unavailable", "status": ""}
+        return 503, {"Content-Type": "application/json"}, json.dumps(error).encode()
+
+    with (
+        serve(unavailable) as url,
+        Client(url, timeout=1.5) as client,
+        pytest.raises(APIError) as refused,
+    ):
+        list(client.history({"room_id": "r"}))
+    assert refused.value.code == 503 and refused.value.detail == "storage unavailable"
+    assert len(asked) == 2
