@@ -140,6 +140,7 @@ def join(
     tail = _Tail(inv, printer, body, include_own, count)
     last_frame = time.monotonic()
     outage = _Outage(inv)
+    began = time.monotonic()  # the first connection's tries end within --timeout
     joined = False  # a stream was started before (so this is a resume)
     while True:
         stream: JoinStream | None = None
@@ -209,8 +210,13 @@ def join(
             # What a restart, a proxy or a database blip does (a drop, a gateway's 502,
             # close 1001 or 4503) is waited out and resumed; the stream's own refusals
             # (kicked, room deleted, a refused token) end the tail with their exits.
-            first = not joined  # a first failure is quick: a wrong --url must not hang
-            if not e.passing or (first and (no_reconnect or outage.failures >= client.retries)):
+            # A first failure is quick: a wrong --url must not hang, and the first
+            # connection's tries share one --timeout, as a call's retries do.
+            first = not joined
+            spent = time.monotonic() - began >= client.timeout
+            if not e.passing or (
+                first and (no_reconnect or spent or outage.failures >= client.retries)
+            ):
                 raise
             if no_reconnect:
                 raise _not_resumed(e, client.where) from None
