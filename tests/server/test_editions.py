@@ -251,6 +251,14 @@ def test_the_document_follows_the_servers_edition(
 # -- Join -----------------------------------------------------------------------------
 
 
+async def until_message(ws: Any, most: int = 5) -> list[dict[str, Any]]:
+    """A stream's frames up to and including its first message frame."""
+    frames = [await frame(ws)]
+    while "message" not in frames[-1] and len(frames) < most:
+        frames.append(await frame(ws))
+    return frames
+
+
 def test_join_streams_in_the_edition_it_was_asked_in(server: LiveServer) -> None:
     """A room-edition and a group-edition stream of one room each get every frame in
     their own names: messages, events, and the final frame when the room is deleted."""
@@ -264,17 +272,22 @@ def test_join_streams_in_the_edition_it_was_asked_in(server: LiveServer) -> None
             await join(server, {"room_id": gid, "user_id": "x"})  # an event for both
             body = {"group_id": gid, "user_id": "a", "text": "hello"}
             message = (await http.post("/v1/chat/Send", json=body)).json()["message"]
-            room_frames = [await frame(by_room) for _ in range(3)]
-            group_frames = [await frame(by_group) for _ in range(2)]
-            events = [(f["event"]["type"], f["event"]["user_id"]) for f in room_frames[:2]]
-            assert events == [("joined", "g"), ("joined", "x")]
-            assert list(room_frames[0]["event"]) == ["type", "room_id", "user_id", "at"]
-            assert room_frames[0]["event"]["room_id"] == gid
-            assert list(group_frames[0]["event"]) == ["type", "group_id", "user_id", "at"]
-            assert group_frames[0]["event"]["user_id"] == "x"
-            assert group_frames[0]["event"]["group_id"] == gid
-            assert room_frames[2] == {"message": _renamed_back(message)}
-            assert group_frames[1] == {"message": message}
+            room_frames = await until_message(by_room)
+            group_frames = await until_message(by_group)
+            # On PostgreSQL a membership event reaches the hub by NOTIFY, so a stream that
+            # went live just after a join may still see it: what is asserted is each
+            # stream's naming and the joins it must see, in order.
+            events = [(f["event"]["type"], f["event"]["user_id"]) for f in room_frames[:-1]]
+            assert events[-2:] == [("joined", "g"), ("joined", "x")], events
+            for f in room_frames[:-1]:
+                assert list(f["event"]) == ["type", "room_id", "user_id", "at"]
+                assert f["event"]["room_id"] == gid
+            assert group_frames[-2]["event"]["user_id"] == "x"
+            for f in group_frames[:-1]:
+                assert list(f["event"]) == ["type", "group_id", "user_id", "at"]
+                assert f["event"]["group_id"] == gid
+            assert room_frames[-1] == {"message": _renamed_back(message)}
+            assert group_frames[-1] == {"message": message}
             await http.post("/v1/chat/Delete", json={"room_id": gid})
             room_end, room_code = await closed(by_room)
             group_end, group_code = await closed(by_group)
