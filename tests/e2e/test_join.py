@@ -66,11 +66,10 @@ class Tail:
         *args: str,
         user: str = "watcher",
         command: Sequence[str] = CHATCTL,
-        env: dict[str, str] | None = None,
     ) -> None:
         self.proc = subprocess.Popen(
             [*command, "join", room, "--user", user, *args],
-            env=cli_env(server, **(env or {})),
+            env=cli_env(server),
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -303,7 +302,8 @@ def test_a_silent_dead_connection_is_noticed_by_pings(tcp_server: ServerProcess)
     is 0.5 s here (``CHATCTL_PING_INTERVAL``), not 8, so that this takes seconds: the
     default's 24 s is checked by ``test_the_default_pings_are_the_readmes``."""
     room = make_room(tcp_server, "sender")
-    tail = Tail(tcp_server, room, "--count", "2", env={"CHATCTL_PING_INTERVAL": "0.5"})
+    fast = ["env", "CHATCTL_PING_INTERVAL=0.5", *CHATCTL]
+    tail = Tail(tcp_server, room, "--count", "2", command=fast)
     tail.wait_joined()
     send(tcp_server, room, "before")
     wait_for(lambda: tail.lines, 10, "the first message")
