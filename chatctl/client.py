@@ -68,6 +68,8 @@ from __future__ import annotations
 import codecs
 import contextlib
 import json
+import math
+import os
 import random
 import re
 import socket
@@ -96,6 +98,7 @@ from chatctl.errors import (
     SettingError,
     StreamClosed,
     UnsupportedError,
+    UsageError,
 )
 from chatctl.schema import (
     ENDPOINTS,
@@ -794,10 +797,37 @@ class Client:
 
     # -- the Join stream ------------------------------------------------------------------
 
-    def join(self, *, ping_interval: float = 8.0) -> JoinStream:
+    def join(self, *, ping_interval: float | None = None) -> JoinStream:
         """Open the Join stream, learning what the server has from its handshake; send
-        the request with ``start(body)``, then call ``next()`` for each decoded frame."""
-        return JoinStream(self, ping_interval)
+        the request with ``start(body)``, then call ``next()`` for each decoded frame.
+        ``ping_interval``: seconds between its pings (default: ``join_ping_interval()``)."""
+        return JoinStream(self, join_ping_interval() if ping_interval is None else ping_interval)
+
+
+#: seconds between a Join's pings. One unanswered for two more intervals drops the
+#: connection, so a silent one is noticed within three (24 s, as the README says).
+PING_INTERVAL = 8.0
+#: the ``CHATCTL_PING_INTERVAL`` values accepted, in seconds.
+PING_INTERVAL_RANGE = (0.5, 300.0)
+
+
+def join_ping_interval() -> float:
+    """``PING_INTERVAL``, or ``CHATCTL_PING_INTERVAL`` when set (a network that drops idle
+    connections sooner, or a test that must not wait 24 s for a dead one)."""
+    text = os.environ.get("CHATCTL_PING_INTERVAL", "").strip()
+    if not text:
+        return PING_INTERVAL
+    low, high = PING_INTERVAL_RANGE
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not low <= value <= high:  # NaN included
+        raise UsageError(
+            f"CHATCTL_PING_INTERVAL must be seconds from {low:g} to {high:g},"
+            f" not {text[:40]!r}: fix or unset it"
+        )
+    return value
 
 
 class _Deadline(httpcore.NetworkBackend):

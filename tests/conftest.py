@@ -14,9 +14,14 @@ from pathlib import Path
 import pytest
 
 from chatctl.cli.main import run_cli
+from tests import postgres
 
 # m3o_group_server, m3o_room_server, m3o_server: stand-ins for m3o's own servers.
 pytest_plugins = ["tests.compat.fixtures"]
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    postgres.one_backend_only(config, items)
 
 
 @dataclass

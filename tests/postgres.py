@@ -3,6 +3,13 @@ each test creates (and afterwards drops) its own database.
 
 Read at import, before the autouse fixture clears every ``CHATCTL_*`` variable. Unset, the
 PostgreSQL tests skip, saying why; unset under CI (``CI`` set), they fail: CI must run them.
+
+The backend matrix: a server fixture with ``params=BACKENDS`` runs each test using it on
+SQLite and on PostgreSQL. That is for what storage does (rules, Sends, fan-out across
+replicas, persistence, failures). A test storage cannot change (HTTP methods and paths,
+validation, the openapi document, the CLI's exits on a closed pipe or Ctrl-C, pings, rate
+limits, Whoami) is marked ``@pytest.mark.one_backend`` and runs on SQLite only:
+``one_backend_only``, called from tests/conftest.py, deselects its other runs.
 """
 
 from __future__ import annotations
@@ -17,8 +24,30 @@ import pytest
 
 #: e.g. postgresql://postgres@127.0.0.1:5432/postgres
 URL = os.environ.get("CHATCTL_TEST_POSTGRES", "")
-#: parametrise a backend fixture with these.
+#: parametrise a backend fixture with these. A test marked ``one_backend`` (it never
+#: touches storage, or touches it in no way the backends differ: methods, paths,
+#: validation, the CLI's own behaviour) runs on the first only (``one_backend_only``).
 BACKENDS = ["sqlite", "postgres"]
+
+
+def one_backend_only(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Deselect the ``one_backend`` tests' runs on any backend but ``BACKENDS[0]``: the
+    matrix is for what storage does, and a 405 is the same on both."""
+    dropped = [
+        item
+        for item in items
+        if item.get_closest_marker("one_backend") is not None
+        and any(value in BACKENDS[1:] for value in _params(item).values())
+    ]
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        kept = set(map(id, dropped))
+        items[:] = [item for item in items if id(item) not in kept]
+
+
+def _params(item: pytest.Item) -> dict[str, object]:
+    callspec = getattr(item, "callspec", None)
+    return dict(callspec.params) if callspec is not None else {}
 
 
 def require() -> str:

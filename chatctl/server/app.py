@@ -31,15 +31,17 @@ from starlette.middleware import Middleware
 from starlette.routing import Route, WebSocketRoute
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from chatctl.errors import ChatctlError
 from chatctl.server.accesslog import AccessLog, crash, gateway_error
 from chatctl.server.config import ServerConfig
 from chatctl.server.cors import Cors
-from chatctl.server.domain import Unavailable
+from chatctl.server.domain import Fanout, Unavailable
 from chatctl.server.edge import Edge
 from chatctl.server.hub import Hub
 from chatctl.server.quotas import SYNC_INTERVAL
 from chatctl.server.rules import ChatService
-from chatctl.server.store import Store, open_store
+from chatctl.server.store import Store, is_postgres_url
+from chatctl.server.store_sqlite import SQLiteStore
 from chatctl.server.streams import JoinStreams, revoked
 from chatctl.server.tokens import Reload
 
@@ -69,6 +71,20 @@ class _App(Starlette):
             await super().__call__(scope, receive, send)
 
 
+def open_store(db: str, fanout: Fanout, timeout: float) -> Store:
+    """The store for ``--db``, opened and migrated (before the event loop runs); a database
+    it cannot open or reach is a ChatctlError naming it, with a hint."""
+    if is_postgres_url(db):
+        try:
+            from chatctl.server.store_pg import PostgresStore
+        except ImportError as exc:
+            raise ChatctlError(
+                f"serving from PostgreSQL needs psycopg ({exc}): pip install 'chatctl[postgres]'"
+            ) from None
+        return PostgresStore.open(db, fanout, timeout=timeout)
+    return SQLiteStore.open(db, fanout, timeout=timeout)
+
+
 def create_app(config: ServerConfig) -> Starlette:
     """The chat server as an ASGI app; ``app.state`` holds ``config``, ``store``, ``hub``,
     ``service``."""
@@ -76,7 +92,8 @@ def create_app(config: ServerConfig) -> Starlette:
     store = open_store(config.db, hub, config.db_timeout)
     service = ChatService(store, config.limits)
     edge = Edge(config, service, hub)
-    streams = edge.streams = JoinStreams(edge)
+    streams = JoinStreams(edge)
+    edge.join_ndjson = streams.ndjson
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

@@ -39,8 +39,8 @@ from starlette.types import Receive, Scope, Send
 
 from chatctl.schema import ENDPOINTS, Endpoint
 from chatctl.server import access
+from chatctl.server.decode import NDJSON_TYPES, Refusal, bind_actor, parse_json, validate
 from chatctl.server.domain import Refused, Unavailable
-from chatctl.server.edge import NDJSON_TYPES, Refusal, bind_actor, parse_json, validate
 from chatctl.server.editions import GROUP, Edition, answer_in, request_edition
 from chatctl.server.tokens import OPEN, Principal
 from chatctl.wire import encode, group_wording

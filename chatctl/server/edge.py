@@ -23,7 +23,7 @@
 - Errors are m3o's object, ``{"id", "code", "detail", "status"}`` with HTTP status ==
   code. The gateway's own (the path, the token, the body as bytes: 401, 404 ``No such
   API``, 413, 400 for a body that is not JSON) have id ``v1``; an endpoint's (validation,
-  rules) have its id, ``chat.send``. The rules' refusals map to statuses in ``STATUS``.
+  rules) have its id, ``chat.send``. The rules' refusals map to statuses in ``decode.STATUS``.
   Storage failing is 503 with a generic detail; its cause, which may name internal hosts,
   goes to the server's log only. A 500 is only ever a bug of ours (``accesslog``).
 - ``Whoami`` (the ``whoami`` extension) is answered from the principal alone
@@ -35,42 +35,39 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Any
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from chatctl.schema import ENDPOINTS, Endpoint, ValidationError, endpoint_for, validate_request
+from chatctl.schema import ENDPOINTS, Endpoint, endpoint_for
 from chatctl.server import access
+from chatctl.server.bulk import bulk_send
 from chatctl.server.config import ServerConfig
 from chatctl.server.cors import Origins
-from chatctl.server.domain import Conflict, Forbidden, Invalid, NotFound, Refused, Unavailable
-from chatctl.server.editions import ROOM, answer_in, request_edition
+from chatctl.server.decode import (
+    Refusal,
+    bind_actor,
+    is_ndjson,
+    no_such_api,
+    one_line,
+    parse_json,
+    validate,
+)
+from chatctl.server.domain import Refused, Unavailable
+from chatctl.server.editions import ROOM, Edition, answer_in, request_edition
 from chatctl.server.hub import Hub
 from chatctl.server.openapi import openapi_document
 from chatctl.server.protocol import BODY_TOO_SLOW
 from chatctl.server.ratelimit import RateLimiter, over_rate
 from chatctl.server.rules import Answer, ChatService
 from chatctl.server.tokens import OPEN, Principal
-from chatctl.wire import encode, error_object, group_wording
+from chatctl.wire import encode, group_wording
 
-if TYPE_CHECKING:
-    from chatctl.server.streams import JoinStreams
-
-__all__ = [
-    "NDJSON_TYPES",
-    "STATUS",
-    "Edge",
-    "Refusal",
-    "bind_actor",
-    "is_ndjson",
-    "parse_json",
-    "validate",
-]
+__all__ = ["Edge", "JSONAnswer", "StreamedAnswer"]
 
 log = logging.getLogger("chatctl.server")
 
@@ -78,46 +75,6 @@ CHAT_PREFIX = "/v1/chat/"
 JOIN = ENDPOINTS["Join"]
 WHOAMI = ENDPOINTS["Whoami"]
 _MAX_IDEMPOTENCY_KEY = 255
-#: the HTTP status of each kind of refusal the rules raise.
-STATUS: dict[type[Refused], int] = {Invalid: 400, Forbidden: 403, NotFound: 404, Conflict: 409}
-#: what a client reads when the storage fails; the cause is logged, not sent.
-UNAVAILABLE_DETAIL = "storage unavailable: try again (with the same Idempotency-Key, if any)"
-#: request media types of a bulk Send (the first is the one answered with).
-NDJSON_TYPES = ("application/x-ndjson", "application/ndjson", "application/jsonl")
-
-
-class Refusal(Exception):
-    """An m3o error to answer with, raised anywhere on the edge."""
-
-    def __init__(
-        self, id: str, code: int, detail: str, headers: dict[str, str] | None = None
-    ) -> None:
-        super().__init__(detail)
-        self.id = id
-        self.code = code
-        self.detail = detail
-        #: extra headers of the answer (429's Retry-After).
-        self.headers = headers
-
-    def body(self) -> dict[str, Any]:
-        return error_object(self.id, self.code, self.detail)
-
-    @classmethod
-    def of(cls, endpoint_id: str, exc: Refused | Unavailable) -> Refusal:
-        """The answer to a refusal of the rules, or to the storage failing."""
-        if isinstance(exc, Unavailable):
-            log.warning("%s: storage unavailable: %s", endpoint_id, one_line(exc))
-            return cls(endpoint_id, 503, UNAVAILABLE_DETAIL)
-        return cls(endpoint_id, STATUS[type(exc)], exc.detail)
-
-
-def one_line(exc: BaseException) -> str:
-    """A storage failure's cause for the log, on one line (PostgreSQL's add a CONTEXT line)."""
-    return " ".join(str(exc).split())
-
-
-def no_such_api() -> Refusal:
-    return Refusal("v1", 404, "No such API")
 
 
 #: the methods of the API's endpoints, and of /health and /openapi.json (``Allow``).
@@ -204,68 +161,6 @@ class StreamedAnswer(Response):
         await send({"type": "http.response.body", "body": b""})
 
 
-def parse_json(raw: bytes | str, limit: int) -> Any:
-    """A request body as JSON; empty means {} (m3o)."""
-    if len(raw) > limit:
-        raise Refusal("v1", 413, f"request body is larger than {limit} bytes (max_body_bytes)")
-    if isinstance(raw, bytes):
-        try:
-            raw = raw.decode("utf-8")
-        except UnicodeDecodeError:
-            raise Refusal("v1", 400, "request body is not valid UTF-8") from None
-    if not raw.strip():
-        return {}
-    try:
-        return json.loads(raw)
-    except RecursionError:
-        raise Refusal("v1", 400, "request body is nested too deeply") from None
-    except ValueError as exc:
-        raise Refusal("v1", 400, f"request body is not valid JSON: {exc}") from None
-
-
-def validate(
-    endpoint: Endpoint, body: Any, config: ServerConfig, raw: bytes | str
-) -> dict[str, Any]:
-    try:
-        request = validate_request(endpoint, body, config.limits)
-    except ValidationError as exc:
-        raise Refusal(endpoint.id, exc.code, exc.detail) from None
-    # JSON may carry lone surrogates ("\ud800"), which no UTF-8 store or client can take.
-    # Only a \u escape can make one (UTF-8 bytes cannot), so most bodies skip the check.
-    escaped = b"\\u" in raw if isinstance(raw, bytes) else "\\u" in raw
-    if not escaped:
-        return request
-    for name, value in request.items():
-        items = value if isinstance(value, list) else [value]
-        for item in items:
-            if isinstance(item, str):
-                try:
-                    item.encode("utf-8")
-                except UnicodeEncodeError:
-                    raise Refusal(endpoint.id, 400, f"{name} is not valid Unicode") from None
-    return request
-
-
-def bind_actor(principal: Principal, endpoint: Endpoint, body: Any) -> Any:
-    """The parsed body with a user token's user filled in as the actor (``access.bind``);
-    403 with the endpoint's id when it names another user. Before validation, so an absent
-    ``user_id`` is the token's user rather than m3o's ``missing user id``; a body that is
-    not an object is left for validation to refuse."""
-    if principal.user is None or not isinstance(body, dict):
-        return body
-    try:
-        return access.bind(principal, endpoint.name, body)
-    except access.Refusal as refused:
-        raise Refusal(endpoint.id, refused.code, refused.detail) from None
-
-
-def is_ndjson(content_type: str | None) -> bool:
-    """True when a request's Content-Type is NDJSON, a bulk Send (``bulk``)."""
-    if not content_type:
-        return False
-    return content_type.split(";", 1)[0].strip().lower() in NDJSON_TYPES
-
-
 def origin_refused(origin: str, open_server: bool = True) -> str:
     """Why a browser origin was refused, and the flag that would allow it."""
     if open_server:
@@ -307,8 +202,8 @@ class Edge:
         #: the browser origins allowed (``--cors-origin``), and the default edition.
         self.origins = Origins(config.cors_origins)
         self.edition = config.m3o_edition
-        #: the Join streams (WebSocket and NDJSON), set by the app.
-        self.streams: JoinStreams
+        #: a Join over NDJSON (``streams.JoinStreams.ndjson``), set by the app.
+        self.join_ndjson: Callable[[Principal, dict[str, Any], Edition], Awaitable[Response]]
 
     def authenticate(self, token: str | None) -> Principal | None:
         """Who a bearer token is, or None when it is refused: the principal of a token the
@@ -375,7 +270,7 @@ class Edge:
         body = bind_actor(principal, endpoint, body)
         req = validate(endpoint, body, self.config, raw)
         if endpoint is JOIN:
-            return await self.streams.ndjson(principal, req, edition)
+            return await self.join_ndjson(principal, req, edition)
         if endpoint is WHOAMI:  # the token alone answers it: no storage, no room
             return JSONAnswer(encode({"identity": access.whoami(principal)}).encode())
         key = request.headers.get("idempotency-key") if endpoint.mutating else None
@@ -400,11 +295,8 @@ class Edge:
         return StreamedAnswer(answer, endpoint.id)
 
     def _bulk(self, endpoint: Endpoint, principal: Principal, request: Request) -> Response:
-        """Many SendRequests in one NDJSON request (``bulk``; its own module, loaded when
-        first needed), each line bound to a user token's user, the batch paced to the
-        token's rate per message."""
-        from chatctl.server.bulk import bulk_send
-
+        """Many SendRequests in one NDJSON request (``bulk``), each line bound to a user
+        token's user, the batch paced to the token's rate per message."""
         limiter = self.limiter
         pace = None if limiter is None else limiter.pacer(principal.token_id)
         return bulk_send(

@@ -1,10 +1,11 @@
 """Fan-out across replicas: every replica hears, through PostgreSQL, what any replica did.
 
-``store_pg.PostgresStore`` notifies on one channel of the shared database, in the
-transaction of each change (so only once it commits, in commit order, which is each
+``store_pg.PostgresStore`` notifies on one channel of the shared database (``CHANNEL``), in
+the transaction of each change (so only once it commits, in commit order, which is each
 room's seq order). ``Listener`` LISTENs on that channel and hands each change to this
 replica's hub as a ``domain`` note, the replica that made the change included, so there
-is one path and one order. What travels:
+is one path and one order. What travels (written by ``notifications`` and ``store_pg``'s
+Send statements, read by ``Listener``; this module is the format's one home):
 
 - ``m SEQ HEAD\\nFRAME``: a message (HEAD ``[tenant, room_id, room_pk, sender]``); FRAME
   is the Join frame, or empty when it would not fit a notification.
@@ -38,17 +39,23 @@ from chatctl.server import sql
 from chatctl.server.domain import (
     EventNote,
     Fanout,
+    Note,
     Published,
     RoomRow,
     StreamsEnded,
     Unavailable,
 )
-from chatctl.server.store_pg import CHANNEL, PostgresStore
-from chatctl.wire import CLOSE_GOING_AWAY, message_frame
+from chatctl.server.store import Store
+from chatctl.wire import CLOSE_GOING_AWAY, encode, message_frame
 
-__all__ = ["Listener"]
+__all__ = ["CHANNEL", "NOTIFY_LIMIT", "Listener", "note_frame", "notifications"]
 
 log = logging.getLogger("chatctl.server")
+
+#: the LISTEN/NOTIFY channel every replica of one database shares.
+CHANNEL = "chatctl"
+#: PostgreSQL refuses a NOTIFY payload of 8000 bytes or more; stay a little under.
+NOTIFY_LIMIT = 7900
 
 #: seconds between attempts to listen again after the connection dropped.
 _RETRY = 0.5
@@ -58,7 +65,11 @@ _INTERRUPTED = "fan-out interrupted: resume"
 class Listener:
     """Hears every replica's changes and delivers them to this replica's streams."""
 
-    def __init__(self, store: PostgresStore, fanout: Fanout) -> None:
+    def __init__(self, url: str, timeout: float, store: Store, fanout: Fanout) -> None:
+        #: the database to LISTEN on, and its connect timeout (``--db-timeout``).
+        self.url = url
+        self.timeout = timeout
+        #: where a missed message is read back from.
         self.store = store
         self.fanout = fanout
         self._delivered: dict[tuple[str, str], int] = {}
@@ -85,9 +96,9 @@ class Listener:
         while True:
             try:
                 conn = await psycopg.AsyncConnection.connect(
-                    self.store.url,
+                    self.url,
                     autocommit=True,
-                    connect_timeout=max(2, round(self.store.timeout)),
+                    connect_timeout=max(2, round(self.timeout)),
                 )
             except psycopg.OperationalError as exc:
                 if first:
@@ -170,3 +181,28 @@ class Listener:
             answer = message_frame(row.to_wire(room_id))
             self.fanout.deliver(Published(tenant, room_id, row.seq, answer, row.user_id))
             self._delivered[key] = row.seq
+
+
+def notifications(notes: list[Note]) -> list[str]:
+    """Notes as notification payloads (``Listener`` reads them back): what a
+    ``store_pg`` transaction notifies at its end."""
+    payloads = []
+    for note in notes:
+        if isinstance(note, EventNote):
+            head: list[Any] = ["e", note.tenant, note.room_id, note.skip_user]
+        elif isinstance(note, StreamsEnded):
+            if note.user_id is None:
+                head = ["d", note.tenant, note.room_id, note.code, note.reason]
+            else:
+                head = ["k", note.tenant, note.room_id, note.user_id, note.code, note.reason]
+        else:  # a Published message notifies in the statement that stores it
+            continue
+        payloads.append(head[0] + " " + encode(head[1:]) + "\n" + note.frame)
+    return payloads
+
+
+def note_frame(tenant: str, message: dict[str, Any], answer: str) -> str:
+    """The frame a message's notification carries: empty when too big to notify."""
+    # The head's size, bounded: the room's pk is at most 19 digits.
+    head = len(encode([tenant, message["room_id"], 0, message["user_id"]])) + 20
+    return "" if head + len(answer.encode()) + 32 > NOTIFY_LIMIT else answer

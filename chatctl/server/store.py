@@ -16,9 +16,10 @@ Every operation is awaitable, on either backend:
 - ``start`` / ``close``: on the running event loop (pools, listeners, threads).
 
 Errors: ``domain.Unavailable`` when the storage fails (nothing half-done); ``domain``
-refusals from ``send``. ``open_store(db, fanout)`` picks the backend by the ``--db`` value:
+refusals from ``send``. ``app.open_store`` picks the backend by the ``--db`` value:
 ``store_sqlite.SQLiteStore`` for a path, ``store_pg.PostgresStore`` for a
-``postgresql://`` URL (imported only then: psycopg is an optional extra).
+``postgresql://`` URL (imported only then: psycopg is an optional extra). The backends
+import this module, never the other way round.
 """
 
 from __future__ import annotations
@@ -27,11 +28,10 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
-from chatctl.errors import ChatctlError
-from chatctl.server.domain import Fanout, Key, NewMessage, Refused
+from chatctl.server.domain import Key, NewMessage, Refused
 from chatctl.server.sql import Session
 
-__all__ = ["SendResult", "Store", "is_postgres_url", "open_store"]
+__all__ = ["SendResult", "Store", "is_postgres_url"]
 
 T = TypeVar("T")
 
@@ -94,18 +94,3 @@ class Store(Protocol):
 def is_postgres_url(db: str) -> bool:
     return db.startswith(("postgresql://", "postgres://"))
 
-
-def open_store(db: str, fanout: Fanout, timeout: float) -> Store:
-    """The store for ``--db``, opened and migrated (before the event loop runs); a database
-    it cannot open or reach is a ChatctlError naming it, with a hint."""
-    if is_postgres_url(db):
-        try:
-            from chatctl.server.store_pg import PostgresStore
-        except ImportError as exc:
-            raise ChatctlError(
-                f"serving from PostgreSQL needs psycopg ({exc}): pip install 'chatctl[postgres]'"
-            ) from None
-        return PostgresStore.open(db, fanout, timeout=timeout)
-    from chatctl.server.store_sqlite import SQLiteStore
-
-    return SQLiteStore.open(db, fanout, timeout=timeout)

@@ -58,28 +58,22 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from chatctl.errors import ChatctlError
 from chatctl.server import sql
 from chatctl.server.domain import (
-    EventNote,
     Fanout,
     Key,
     NewMessage,
-    Note,
     Refused,
     RoomRow,
-    StreamsEnded,
     Unavailable,
 )
+from chatctl.server.hub_pg import CHANNEL, Listener, note_frame, notifications
 from chatctl.server.store import SendResult
-from chatctl.wire import UUIDv7, encode, message_frame, rfc3339
+from chatctl.wire import UUIDv7, message_frame, rfc3339
 
-__all__ = ["CHANNEL", "MIGRATIONS", "NOTIFY_LIMIT", "PostgresSession", "PostgresStore"]
+__all__ = ["MIGRATIONS", "PostgresSession", "PostgresStore"]
 
 T = TypeVar("T")
 log = logging.getLogger("chatctl.server")
 
-#: the LISTEN/NOTIFY channel every replica of one database shares.
-CHANNEL = "chatctl"
-#: PostgreSQL refuses a NOTIFY payload of 8000 bytes or more; stay a little under.
-NOTIFY_LIMIT = 7900
 #: connections of a replica's pool. A room's Sends take turns on its row lock and every
 #: notifying commit on PostgreSQL's one notification-queue lock, but neither is held
 #: across a network round trip (a Send is one statement), so more connections hide the
@@ -349,7 +343,7 @@ def _send_many_params(tenant: str, run: list[_Made], stop: bool) -> dict[str, An
     for message, answer, key in run:
         for name in ("room_id", "user_id", "id", "client", "sent_at", "subject", "text"):
             columns[name].append(message[name])
-        columns["note"].append(_note_frame(tenant, message, answer))
+        columns["note"].append(note_frame(tenant, message, answer))
         columns["answer"].append(answer)
         columns["key"].append(None if key is None else key.key)
         columns["request_hash"].append(None if key is None else key.request_hash)
@@ -390,7 +384,7 @@ def _send_params(
         "sent_at": message["sent_at"],
         "subject": message["subject"],
         "text": message["text"],
-        "note": _note_frame(tenant, message, answer),
+        "note": note_frame(tenant, message, answer),
     }
     if key is not None:
         params.update(
@@ -441,30 +435,6 @@ def _sent(
     return None
 
 
-def _notifications(notes: list[Note]) -> list[str]:
-    """Notes as notification payloads (``hub_pg`` reads them back)."""
-    payloads = []
-    for note in notes:
-        if isinstance(note, EventNote):
-            head: list[Any] = ["e", note.tenant, note.room_id, note.skip_user]
-        elif isinstance(note, StreamsEnded):
-            if note.user_id is None:
-                head = ["d", note.tenant, note.room_id, note.code, note.reason]
-            else:
-                head = ["k", note.tenant, note.room_id, note.user_id, note.code, note.reason]
-        else:  # a Published message notifies in the statement that stores it
-            continue
-        payloads.append(head[0] + " " + encode(head[1:]) + "\n" + note.frame)
-    return payloads
-
-
-def _note_frame(tenant: str, message: dict[str, Any], answer: str) -> str:
-    """The frame a message's notification carries: empty when too big to notify."""
-    # The head's size, bounded: the room's pk is at most 19 digits.
-    head = len(encode([tenant, message["room_id"], 0, message["user_id"]])) + 20
-    return "" if head + len(answer.encode()) + 32 > NOTIFY_LIMIT else answer
-
-
 class PostgresSession(sql.Session):
     """The shared SQL on one pooled connection (in a transaction when writing)."""
 
@@ -490,7 +460,7 @@ class PostgresSession(sql.Session):
 
     async def notify(self) -> None:
         """Queue what was published, sent by PostgreSQL when the transaction commits."""
-        payloads = _notifications(self.notes)
+        payloads = notifications(self.notes)
         if payloads:
             calls = ", ".join([f"pg_notify('{CHANNEL}', %s)"] * len(payloads))
             await self._conn.execute(f"SELECT {calls}", payloads)
@@ -629,9 +599,7 @@ class PostgresStore:
         await pool.open(wait=True, timeout=max(15.0, self.timeout))
         self._pool = pool
         if self.fanout is not None:
-            from chatctl.server.hub_pg import Listener
-
-            self._listener = Listener(self, self.fanout)
+            self._listener = Listener(self.url, self.timeout, self, self.fanout)
             await self._listener.start()
 
     async def close(self) -> None:

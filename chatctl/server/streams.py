@@ -19,7 +19,7 @@ A JoinRequest naming ``group_id`` is a stream of m3o's group edition (``editions
 frames carry ``group_id`` (renamed once per frame by the hub, per frame of a replay here),
 and its refusals and final frames are worded in it.
 
-Tokens: a user token's request is bound to its user (``edge.bind_actor``) before it is
+Tokens: a user token's request is bound to its user (``decode.bind_actor``) before it is
 validated; each stream counts against its token's cap (``--max-streams-per-token``: one
 more is 429, close 4429 on a WebSocket) until it ends; a subscriber's ``owner`` is its
 token's id, so a revoked token's streams can be ended (``hub.Hub.end_tokens``, close 4401).
@@ -35,21 +35,10 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
+from chatctl.server.decode import Refusal, bind_actor, no_such_api, parse_json
+from chatctl.server.decode import validate as validate_request
 from chatctl.server.domain import Refused, Unavailable
-from chatctl.server.edge import (
-    CHAT_PREFIX,
-    EDITION,
-    JOIN,
-    Edge,
-    Refusal,
-    bearer,
-    bind_actor,
-    no_such_api,
-    origin_refused,
-    parse_json,
-    worded_for,
-)
-from chatctl.server.edge import validate as validate_request
+from chatctl.server.edge import CHAT_PREFIX, EDITION, JOIN, Edge, bearer, origin_refused, worded_for
 from chatctl.server.editions import GROUP, ROOM, Edition, end_frame_in, request_edition
 from chatctl.server.hub import StreamEnded, Subscriber
 from chatctl.server.ratelimit import StreamCounter, over_stream_cap

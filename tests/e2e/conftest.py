@@ -1,5 +1,6 @@
 """The end-to-end ``server``: a real ``chatctl serve`` process, once on SQLite and once on
-PostgreSQL (``CHATCTL_TEST_POSTGRES``; see ``tests/postgres.py``)."""
+PostgreSQL (``CHATCTL_TEST_POSTGRES``; see ``tests/postgres.py``), or on SQLite only for a
+test marked ``one_backend`` (the backend matrix, explained there)."""
 
 from __future__ import annotations
 

@@ -238,6 +238,7 @@ def test_a_second_ctrl_c_abandons_the_call_and_says_its_outcome_is_unknown(
     assert "1 message sent before it" in err
 
 
+@pytest.mark.one_backend
 def test_read_commands_exit_0_quietly_on_a_closed_pipe(server: ServerProcess) -> None:
     env = cli_env(server, CHATCTL_USER="u")
     room = make_room(server, env)

@@ -9,6 +9,8 @@ import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
 
+import pytest
+
 from tests.helpers import ServerProcess, chatctl, cli_env
 
 STAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{9}Z$")
@@ -120,6 +122,7 @@ def test_errors_from_the_real_server(server: ServerProcess) -> None:
     assert "user is not in the room" in r.stderr and "hint: invite" in r.stderr
 
 
+@pytest.mark.one_backend
 def test_closed_pipe_is_quiet(server: ServerProcess) -> None:
     env = cli_env(server)
     for n in range(3):

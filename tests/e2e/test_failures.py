@@ -48,6 +48,7 @@ def test_a_full_disk(server: ServerProcess) -> None:
     assert r.stderr.splitlines()[-1].startswith("chatctl: 1 message sent;")
 
 
+@pytest.mark.one_backend
 @pytest.mark.parametrize("args", ["list", "--version", "list -o json"])
 def test_a_closed_stdout(server: ServerProcess, args: str) -> None:
     env = cli_env(server)
@@ -118,6 +119,7 @@ def test_an_unsupported_url_scheme(url: str) -> None:
     assert one_error(r.stderr) == f"error: unsupported URL scheme {url.split(':')[0]!r}"
 
 
+@pytest.mark.one_backend
 def test_credentials_in_a_url_are_never_printed_nor_used(server: ServerProcess) -> None:
     url = "http://alice:hunter2@127.0.0.1:9"
     for args in (["list"], ["list", "-v"], ["send", "r", "hi", "-v"]):

@@ -134,6 +134,7 @@ def send(server: ServerProcess, room: str, *texts: str, user: str = "sender") ->
     assert r.returncode == 0, r.stderr
 
 
+@pytest.mark.one_backend
 def test_count_exits_zero_after_n_messages(tcp_server: ServerProcess) -> None:
     room = make_room(tcp_server, "sender")
     tail = Tail(tcp_server, room, "--count", "2")
@@ -144,6 +145,7 @@ def test_count_exits_zero_after_n_messages(tcp_server: ServerProcess) -> None:
     assert [m["text"] for m in tail.messages()] == ["one", "two"]
 
 
+@pytest.mark.one_backend
 def test_timeout_exits_zero_after_silence(tcp_server: ServerProcess) -> None:
     room = make_room(tcp_server)
     started = time.monotonic()
@@ -235,6 +237,7 @@ def test_kick_and_delete_end_the_tail(
     assert "Traceback" not in err
 
 
+@pytest.mark.one_backend
 def test_no_reconnect_exits_3_when_the_server_goes(tcp_server: ServerProcess) -> None:
     room = make_room(tcp_server)
     tail = Tail(tcp_server, room, "--no-reconnect")
@@ -245,6 +248,7 @@ def test_no_reconnect_exits_3_when_the_server_goes(tcp_server: ServerProcess) ->
     assert err.startswith("error: ") and "Traceback" not in err
 
 
+@pytest.mark.one_backend
 def test_ctrl_c_exits_130_without_traceback(tcp_server: ServerProcess) -> None:
     room = make_room(tcp_server)
     tail = Tail(tcp_server, room)
@@ -255,6 +259,7 @@ def test_ctrl_c_exits_130_without_traceback(tcp_server: ServerProcess) -> None:
     assert "Traceback" not in err
 
 
+@pytest.mark.one_backend
 def test_closed_pipe_exits_zero_quietly(tcp_server: ServerProcess) -> None:
     room = make_room(tcp_server, "sender")
     env = cli_env(tcp_server)
@@ -318,11 +323,15 @@ def test_a_resume_before_the_first_message_goes_by_the_servers_clock(
     assert "reconnect" in err
 
 
-def test_a_silent_dead_connection_is_noticed_within_30s(tcp_server: ServerProcess) -> None:
-    """The server freezes (SIGSTOP): no close frame ever comes. Pings notice within 30 s,
-    and once the server thaws the tail resumes with nothing lost."""
+@pytest.mark.one_backend
+def test_a_silent_dead_connection_is_noticed_by_pings(tcp_server: ServerProcess) -> None:
+    """The server freezes (SIGSTOP): no close frame ever comes. Pings notice within three
+    intervals, and once the server thaws the tail resumes with nothing lost. The interval
+    is 0.5 s here (``CHATCTL_PING_INTERVAL``), not 8, so that this takes seconds: the
+    default's 24 s is checked by ``test_the_default_pings_are_the_readmes``."""
     room = make_room(tcp_server, "sender")
-    tail = Tail(tcp_server, room, "--count", "2")
+    fast = ["env", "CHATCTL_PING_INTERVAL=0.5", *CHATCTL]
+    tail = Tail(tcp_server, room, "--count", "2", command=fast)
     tail.wait_joined()
     send(tcp_server, room, "before")
     wait_for(lambda: tail.lines, 10, "the first message")
@@ -335,11 +344,42 @@ def test_a_silent_dead_connection_is_noticed_within_30s(tcp_server: ServerProces
         )[0]
     finally:
         tcp_server.proc.send_signal(signal.SIGCONT)
-    assert noticed - frozen <= 30
+    assert noticed - frozen <= 10  # 1.5 s nominal; the default would take up to 24 s
     send(tcp_server, room, "after")
     code, err = tail.finish(60)
     assert code == 0, err
     assert [m["text"] for m in tail.messages()] == ["before", "after"]
+
+
+@pytest.mark.one_backend
+def test_the_default_pings_are_the_readmes(tcp_server: ServerProcess) -> None:
+    """Without ``CHATCTL_PING_INTERVAL`` a Join pings every 8 s and gives up on a ping after
+    16 more, so a silent connection is noticed within 24 s: what the README promises."""
+    from chatctl.client import Client
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    row = readme.split("| `CHATCTL_PING_INTERVAL` |", 1)[1].split("\n", 1)[0]
+    assert "pings (default 8," in row and "(24 s by default)" in row
+    with Client(tcp_server.url) as client:
+        stream = client.join()
+        try:
+            assert (stream.ws.ping_interval, stream.ws.ping_timeout) == (8.0, 16.0)
+        finally:
+            stream.close()
+
+
+@pytest.mark.one_backend
+def test_a_ping_interval_out_of_range_is_refused(tcp_server: ServerProcess) -> None:
+    room = make_room(tcp_server, "sender")
+    for value in ("fast", "0.1"):
+        env = cli_env(tcp_server, CHATCTL_PING_INTERVAL=value)
+        r = chatctl("join", room, "--user", "w", env=env)
+        assert r.returncode == 2, r.stderr
+        assert r.stdout == ""
+        assert r.stderr.splitlines() == [
+            f"error: CHATCTL_PING_INTERVAL must be seconds from 0.5 to 300, not {value!r}:"
+            " fix or unset it"
+        ]
 
 
 def test_join_on_the_local_server_starts_it_again_after_serve_stop(tmp_path: Path) -> None:

@@ -16,6 +16,7 @@ from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import httpx
+import pytest
 
 from tests.e2e.proxy import Handler, serve
 from tests.helpers import ServerProcess, chatctl, cli_env
@@ -40,6 +41,7 @@ def limited_server(
     )
 
 
+@pytest.mark.one_backend
 def test_a_burst_past_the_bucket_is_429_with_retry_after(
     start_server: Callable[..., ServerProcess], tmp_path: Path
 ) -> None:
@@ -142,6 +144,7 @@ def test_a_batch_sent_one_send_a_line_waits_out_the_429s_in_order(
     assert {m["user_id"] for m in stored} == {"alice"}
 
 
+@pytest.mark.one_backend
 def test_a_call_over_the_limit_waits_out_its_retry_after(
     start_server: Callable[..., ServerProcess], tmp_path: Path
 ) -> None:
@@ -161,6 +164,7 @@ def test_a_call_over_the_limit_waits_out_its_retry_after(
     assert [(m["id"], m["text"]) for m in stored] == [(r.stdout.strip(), "after the wait")]
 
 
+@pytest.mark.one_backend
 def test_a_retry_after_longer_than_the_budget_is_reported_at_once(
     start_server: Callable[..., ServerProcess], tmp_path: Path
 ) -> None:

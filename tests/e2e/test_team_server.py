@@ -486,6 +486,7 @@ def limited(start_server: Callable[..., ServerProcess], tmp_path: Path) -> Serve
     )  # fmt: skip
 
 
+@pytest.mark.one_backend
 def test_streams_are_capped_per_token_not_rate_limited(limited: ServerProcess) -> None:
     room = ok(limited, ALICE, "Create", {"name": "capped"})["room"]["id"]
     ok(limited, ALICE, "Send", {"room_id": room, "text": "first"})
@@ -515,6 +516,7 @@ def test_streams_are_capped_per_token_not_rate_limited(limited: ServerProcess) -
         assert time.monotonic() < deadline
 
 
+@pytest.mark.one_backend
 @pytest.mark.parametrize(
     ("token", "tenant", "user", "admin"),
     [
@@ -598,6 +600,7 @@ def test_a_room_name_resolves_among_the_acting_users_rooms_first(
         assert len(ok(team, ADMIN, "History", {"room_id": room})["messages"]) == 1
 
 
+@pytest.mark.one_backend
 def test_a_join_closed_before_it_sends_its_request_says_why(
     team: ServerProcess, rooms: Rooms
 ) -> None:

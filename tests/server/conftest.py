@@ -93,7 +93,8 @@ def shared_server(
 ) -> Iterator[LiveServer]:
     """One open (single-tenant) server with default config, shared by every test that does
     not depend on what others stored (each makes its own rooms), to keep the run short;
-    one on SQLite and one on PostgreSQL (``tests/postgres.py``)."""
+    one on SQLite and one on PostgreSQL (``tests/postgres.py``; a test marked ``one_backend``
+    uses the SQLite one only)."""
     sqlite_path = str(tmp_path_factory.mktemp("shared") / "chat.db")
     with postgres.database_for(request.param, sqlite_path) as db:
         srv = start_server(db=db)

@@ -143,6 +143,7 @@ def test_a_limits_flag_keeps_its_name(live_server: Any) -> None:
         assert_error(r, 400, "chat.invite", detail)
 
 
+@pytest.mark.one_backend
 def test_naming_both_is_refused(client: httpx.Client) -> None:
     gid = new_group(client, "a")
     for endpoint in ("Delete", "Invite", "Send", "History", "Kick", "Leave"):
@@ -233,6 +234,7 @@ def test_room_server_answers_the_seeds_shapes(live_server: Any) -> None:
         assert list(ok(c, "Invite", {"group_id": gid, "user_id": "u"})) == ["group"]
 
 
+@pytest.mark.one_backend
 def test_the_document_follows_the_servers_edition(
     client: httpx.Client, group_client: httpx.Client
 ) -> None:

@@ -43,6 +43,7 @@ def test_on_unary_answers_and_every_kind_of_error(
         assert r.headers.get(HEADER) == VALUE, f"{what}: {r.status_code} {dict(r.headers)}"
 
 
+@pytest.mark.one_backend
 def test_on_the_ndjson_join(server: LiveServer) -> None:
     with httpx.Client(base_url=server.url, timeout=10) as http:
         room_id = http.post("/v1/chat/Create", json={"name": "r"}).json()["room"]["id"]
@@ -53,6 +54,7 @@ def test_on_the_ndjson_join(server: LiveServer) -> None:
             assert r.headers.get(HEADER) == VALUE
 
 
+@pytest.mark.one_backend
 @pytest.mark.parametrize("room", ["known", "unknown"])
 def test_on_the_websocket_handshake_before_the_request(server: LiveServer, room: str) -> None:
     with httpx.Client(base_url=server.url, timeout=10) as http:

@@ -16,6 +16,9 @@ from chatctl.schema import ENDPOINTS
 from tests.server.conftest import LiveServer
 from tests.server.test_unary import assert_error
 
+#: methods and paths are the edge's alone: one backend is enough (tests/postgres.py).
+pytestmark = pytest.mark.one_backend
+
 OTHER_METHODS = ("GET", "HEAD", "PUT", "DELETE", "PATCH", "TRACE")
 
 

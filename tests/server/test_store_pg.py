@@ -244,8 +244,9 @@ def test_membership_notifications_commit_with_the_change(url: str) -> None:
     import psycopg
     from psycopg.pq import TransactionStatus
 
+    from chatctl.server.hub_pg import CHANNEL
     from chatctl.server.rules import ChatService
-    from chatctl.server.store_pg import CHANNEL, PostgresSession
+    from chatctl.server.store_pg import PostgresSession
 
     with psycopg.connect(url, autocommit=True) as listener:
         listener.execute(f"LISTEN {CHANNEL}")
@@ -328,8 +329,8 @@ def test_a_send_is_one_round_trip_keyed_or_not_and_refuses_as_the_rules_do(url: 
     nothing stored, kept or notified for a refusal."""
     import psycopg
 
+    from chatctl.server.hub_pg import CHANNEL
     from chatctl.server.rules import ChatService
-    from chatctl.server.store_pg import CHANNEL
 
     executed: list[str] = []
     execute = psycopg.AsyncConnection.execute

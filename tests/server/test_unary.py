@@ -131,11 +131,13 @@ def test_send_defaults_and_every_field(client: httpx.Client) -> None:
     uuid.UUID(message["client"])  # m3o filled in a random UUID
 
 
+@pytest.mark.one_backend
 def test_paths_are_case_insensitive(client: httpx.Client) -> None:
     for path in ("/v1/chat/create", "/v1/chat/CREATE", "/V1/Chat/cReAtE"):
         assert_room(client.post(path, json={"name": path}).json()["room"])
 
 
+@pytest.mark.one_backend
 def test_empty_body_means_empty_object(client: httpx.Client) -> None:
     assert list(ok(client, "List")) == ["rooms", "groups"]
     room = ok(client, "Create")["room"]
@@ -144,6 +146,7 @@ def test_empty_body_means_empty_object(client: httpx.Client) -> None:
     assert_error(r, 400, "chat.send", "missing room id")
 
 
+@pytest.mark.one_backend
 @pytest.mark.parametrize(
     ("endpoint", "body", "detail"),
     [
@@ -176,6 +179,7 @@ def test_send_needs_membership(client: httpx.Client) -> None:
     assert_error(r, 400, "chat.send", "user is not in the room")
 
 
+@pytest.mark.one_backend
 @pytest.mark.parametrize(
     ("method", "path"),
     [
@@ -192,6 +196,7 @@ def test_unknown_path(client: httpx.Client, method: str, path: str) -> None:
     assert_error(client.request(method, path), 404, "v1", "No such API")
 
 
+@pytest.mark.one_backend
 def test_health_and_openapi(client: httpx.Client) -> None:
     assert client.get("/health").json() == {"status": "ok"}
     doc = client.get("/openapi.json").json()
@@ -241,6 +246,7 @@ def test_oversized_body(live_server: Callable[..., LiveServer]) -> None:
         assert_error(r, 413, "v1")
 
 
+@pytest.mark.one_backend
 @pytest.mark.parametrize(
     "body",
     [b"{", b"nope", b"\xff\xfe{}", b"[" * 100_000 + b"]" * 100_000, b'{"name": 1e999999}'],
@@ -251,6 +257,7 @@ def test_malformed_json(client: httpx.Client, body: bytes) -> None:
     assert r.json()["id"] in ("v1", "chat.create")
 
 
+@pytest.mark.one_backend
 @pytest.mark.parametrize(
     "body",
     [[], "x", 1, None, {"name": 5}, {"user_ids": "a"}, {"private": "yes"}, {"name": "\ud800"}],

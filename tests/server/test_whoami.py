@@ -8,10 +8,12 @@ import hashlib
 from collections.abc import Callable
 
 import httpx
+import pytest
 
 from tests.server.conftest import LiveServer
 
 
+@pytest.mark.one_backend
 def test_an_open_server_is_one_admin_and_says_it_is_open(shared_server: LiveServer) -> None:
     r = httpx.post(f"{shared_server.url}/v1/chat/whoami", timeout=10)  # no body: {}
     assert r.status_code == 200, r.text
