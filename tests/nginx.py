@@ -1,5 +1,5 @@
-"""Debian's nginx in front of chatctl replicas, configured as the README tells users to:
-its own proxy block, read from README.md (so the docs and the test cannot drift apart),
+"""Debian's nginx in front of chatctl replicas, configured as the docs tell users to:
+its own proxy block, read from docs/deployment.md (so the docs and the test cannot drift apart),
 and nginx's defaults for all it does not say (an upstream's ``max_fails=1
 fail_timeout=10s``).
 
@@ -24,7 +24,7 @@ import pytest
 
 from tests.helpers import free_port, wait_for
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+DEPLOYMENT = Path(__file__).resolve().parent.parent / "docs" / "deployment.md"
 
 
 def binary() -> str:
@@ -39,9 +39,9 @@ def binary() -> str:
 
 
 def readme_proxy_block() -> tuple[str, str]:
-    """The README's nginx block for a team server: its ``map`` line and its ``location``
-    block, as written there."""
-    text = README.read_text()
+    """The docs' nginx block for a team server (docs/deployment.md, "Behind a proxy"): its
+    ``map`` line and its ``location`` block, as written there."""
+    text = DEPLOYMENT.read_text()
     start = text.index("nginx:\n\n```\n") + len("nginx:\n\n```\n")
     block = text[start : text.index("```", start)]
     mapping = next(line for line in block.splitlines() if line.startswith("map "))
@@ -52,7 +52,7 @@ def readme_proxy_block() -> tuple[str, str]:
 
 
 class Nginx:
-    """nginx proxying to replicas on ``ports``: one replica as the README's block has it
+    """nginx proxying to replicas on ``ports``: one replica as the docs' block has it
     (``proxy_pass`` to its address), several through an ``upstream`` with nginx's
     defaults. ``url`` is where clients go."""
 

@@ -9,6 +9,6 @@ the live streams. ``domain`` holds the types they share; ``chatctl.wire`` what t
 Who a token is comes from ``tokens`` (the tokens file, its reloads), what it may do from
 ``access`` (asked by ``edge`` and ``rules``), its limits from ``ratelimit``, and a user
 token's share of its tenant from ``quotas`` (asked by ``rules``).
-The README's "How it is built" has one line per module. Nothing here is imported on the
-CLI's client path.
+docs/architecture.md ("How it is built") has one line per module. Nothing here is imported
+on the CLI's client path.
 """

@@ -10,7 +10,8 @@
   answered and the streams told, in commit order, on the event loop. The event loop never
   waits for a commit, a checkpoint or another process's lock. One writer makes the room's
   order: a message gets its id and seq when the writer reaches it, so ids sort in seq order.
-  Measured against running everything on the event loop: see the README's "How it is built".
+  Measured against running everything on the event loop: see docs/architecture.md, "How it
+  is built".
 - **Reads** (History, List, a Join's replay) run on the event loop's own connection: each
   statement a snapshot of what is committed, well under a millisecond.
 

@@ -24,7 +24,7 @@ import httpx
 from tests.bench.harness import PYTHON, Mode, Row, chat_server, free_port, peer_server, process
 from tests.bench.server_bench import USER, create_room, load
 
-#: main before the server core change (README "Before the server core change").
+#: main before the server core change (docs/benchmarks.md, "Before the server core change").
 BEFORE = "ea93925"
 #: today's rate over the old server's, per round: "SQLite stays in-process and as fast as
 #: today or faster" (issue 15), to within what a median of rounds here can tell apart.

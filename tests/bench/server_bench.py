@@ -91,7 +91,7 @@ def create_room(server_http, name: str, users: list[str]) -> str:  # type: ignor
 
 #: chatctl's Send over the raw minimal app's, measured on main before the server core change
 #: of issue 15 (2026-11-30, medians of 13 runs of this section, 10 quick and 3 full, on the
-#: shared 2-core machine: key-less 0.39-0.78x, keyed 0.48-0.85x; README "Benchmarks").
+#: shared 2-core machine: key-less 0.39-0.78x, keyed 0.48-0.85x; docs/benchmarks.md).
 #: The core change must not fall below them (issue 15: "not below today's ratios").
 BEFORE_CORE = {"plain": 0.49, "keyed": 0.63}
 

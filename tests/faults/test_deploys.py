@@ -1,6 +1,7 @@
-"""A tail through nginx outlives deploys (issue 22): `chatctl join` behind the README's own
-nginx block, with nginx's defaults (max_fails=1 fail_timeout=10s), while a writer sends
-through the same proxy and the replicas behind it are restarted or lose their database.
+"""A tail through nginx outlives deploys (issue 22): `chatctl join` behind the docs' own
+nginx block (docs/deployment.md), with nginx's defaults (max_fails=1 fail_timeout=10s),
+while a writer sends through the same proxy and the replicas behind it are restarted or
+lose their database.
 
 What the proxy adds to a restart: a Join handshake answered by nginx's HTML 502 while a
 replica is down (and, with two replicas, for as long as nginx counts both down), and a
