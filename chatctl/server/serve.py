@@ -245,7 +245,7 @@ def run_server(
         bound = os.stat(uds)
     try:
         app = create_app(config)
-        server = _Server(
+        server = ChatServer(
             uvicorn_config(
                 app,
                 config,
@@ -310,16 +310,6 @@ def _run(
         signal.signal(signum, server.handle_exit)
     with asyncio.Runner(loop_factory=server.config.get_loop_factory()) as runner:
         runner.run(main())
-
-
-class _Server(ChatServer):
-    """The app's server (streams end with 1001 before uvicorn shuts down), announcing a
-    Unix socket, since uvicorn announces only the sockets it binds itself."""
-
-    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
-        await super().startup(sockets=sockets)
-        for sock in sockets or ():
-            log.info("listening on unix socket %s", sock.getsockname())
 
 
 async def _exit_when_idle(server: uvicorn.Server, hub: Hub, idle: float) -> None:
