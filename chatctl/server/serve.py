@@ -120,7 +120,26 @@ def tls_options(config: ServerConfig, uds: str | None = None) -> dict[str, Any]:
     if uds is not None:
         raise UsageError("--tls-cert is for TCP: a Unix socket stays on this machine")
     _load_tls(cert, key)
-    return {"ssl_certfile": cert, "ssl_keyfile": key, "ssl_ciphers": TLS_CIPHERS}
+    return {
+        "ssl_certfile": cert,
+        "ssl_keyfile": key,
+        "ssl_ciphers": TLS_CIPHERS,
+        "ssl_context_factory": LiveTLS(),
+    }
+
+
+class LiveTLS:
+    """uvicorn's ``ssl_context_factory``: the context uvicorn makes from the settings,
+    kept, so that SIGHUP loads a renewed certificate into the one the server uses."""
+
+    def __init__(self) -> None:
+        self.context: ssl.SSLContext | None = None
+
+    def __call__(
+        self, config: uvicorn.Config, default: Callable[[], ssl.SSLContext]
+    ) -> ssl.SSLContext:
+        self.context = default()
+        return self.context
 
 
 def check_tls_key(key: str) -> None:
@@ -193,7 +212,8 @@ def on_hangup(
 
     def hangup() -> None:
         done = []
-        live = getattr(server.config, "ssl", None)
+        factory = getattr(server.config, "ssl_context_factory", None)
+        live = factory.context if isinstance(factory, LiveTLS) else None
         if config.tls_cert and config.tls_key and isinstance(live, ssl.SSLContext):
             try:
                 _load_tls(config.tls_cert, config.tls_key, into=live)

@@ -118,6 +118,18 @@ def test_what_the_head_limit_and_the_websocket_protocol_rely_on() -> None:
 
 def test_the_server_hooks_and_settings_exist() -> None:
     with seam(MODULE, "uvicorn", SUPPORTED):
+        # The public settings protocol.py and serve.py use instead of internals.
+        settings = set(inspect.signature(uvicorn.Config).parameters)
+        for name in (
+            "h11_max_incomplete_event_size",
+            "ws_max_size",
+            "ws_per_message_deflate",
+            "timeout_keep_alive",
+            "timeout_graceful_shutdown",
+            "ssl_context_factory",
+            "server_header",
+        ):
+            assert name in settings, f"uvicorn.Config takes no {name}"
         for hook in (uvicorn.Server.shutdown, uvicorn.Server.startup):
             params = inspect.signature(hook).parameters
             assert list(params) == ["self", "sockets"], f"uvicorn.Server.{hook.__name__}"
