@@ -24,6 +24,12 @@ if what they rely on moves). What uvicorn offers as settings is used as settings
   that ``websockets`` refuses itself (a header line over 8 KiB) instead of hanging, and
   logging a text frame that is not UTF-8 (closed 1007) as one warning line, not an
   ERROR with a traceback: no client input puts a traceback in the log.
+
+uvicorn settings weighed and not used for these: ``timeout_keep_alive`` is armed only
+after a response (it still sets the head deadline's length); httptools takes no limit on
+a head's size (``h11_max_incomplete_event_size`` is set, for h11 only); and
+``limit_concurrency`` is checked only once a head is complete (it bounds no connection
+still sending one), counts Join streams with requests, and answers 503 in text/plain.
 """
 
 from __future__ import annotations
