@@ -17,11 +17,10 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-# Private to Typer, which is pinned below 0.29 in pyproject.toml.
-from typer._completion_classes import completion_init
+from chatctl.cli.typer_seam import completion_class, register_completion
 
 if TYPE_CHECKING:
-    from typer._click import Command
+    from chatctl.cli.typer_seam import Command
 
 __all__ = ["COMPLETE_VAR", "Shell", "completion", "script"]
 
@@ -38,7 +37,7 @@ class Shell(enum.StrEnum):
 
 
 # What Typer does itself only with add_completion=True (see the module docstring).
-completion_init()
+register_completion()
 
 
 def completion(
@@ -60,9 +59,7 @@ def completion(
 
 def script(cli: Command, shell: Shell | str) -> str:
     """The completion script for ``shell``; its first lines say how it was made."""
-    from typer._click.shell_completion import get_completion_class
-
-    cls = get_completion_class(str(shell))
+    cls = completion_class(str(shell))
     if cls is None:  # pragma: no cover  # Shell lists only what Typer supports
         raise ValueError(f"no completion for {shell}")
     comp = cls(cli, {}, PROG, COMPLETE_VAR)

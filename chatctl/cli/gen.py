@@ -22,7 +22,7 @@ from chatctl.cli.completion import REGENERATE, Shell, script
 from chatctl.errors import ExitStatus
 
 if TYPE_CHECKING:
-    from typer._click import Command, Context, Parameter
+    from chatctl.cli.typer_seam import Command, Context, Parameter
 
 __all__ = ["completions", "generate", "main", "man_pages", "stale"]
 

@@ -29,6 +29,7 @@ from chatctl.cli.options import (
     VerboseOpt,
 )
 from chatctl.cli.serve import app as serve_app
+from chatctl.cli.typer_seam import ClickException
 from chatctl.errors import (
     APIError,
     BadAnswerError,
@@ -136,9 +137,9 @@ def run_cli(argv: list[str] | None = None) -> int:
         return int(ExitStatus.API_ERROR)
     except KeyboardInterrupt:
         return _interrupted(inv)
-    except _ClickException as e:
-        e.show()  # type: ignore[attr-defined]
-        return int(e.exit_code)  # type: ignore[attr-defined]
+    except ClickException as e:
+        e.show()
+        return int(e.exit_code)
     except typer.Exit as e:
         return e.exit_code
     except BrokenPipeError:
@@ -152,10 +153,6 @@ def run_cli(argv: list[str] | None = None) -> int:
     return result if isinstance(result, int) else 0
 
 
-# Typer 0.28 vendors click; find its ClickException without naming a private module.
-_ClickException: type[Exception] = next(
-    c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException"
-)
 
 
 _TOKEN_HINT = "set a token with --token, CHATCTL_TOKEN or: chatctl config set token -"

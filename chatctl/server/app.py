@@ -55,11 +55,19 @@ PURGE_INTERVAL = 0.5
 KEY_SWEEP_INTERVAL = 3600.0
 
 
+#: the Starlette versions ``_App`` (and the answers of edge.py and bulk.py, which skip
+#: ``Response.__init__``) are written for: pyproject.toml pins the same range, and
+#: tests/server/test_starlette_seam.py fails with one line naming it on any other.
+STARLETTE_SUPPORTED = ">=0.40,<2"
+
+
 class _App(Starlette):
     """Starlette for WebSockets and the lifespan; HTTP requests go straight to the edge
     under the access log, which also turns a bug into the 500. Starlette's middleware
     stack, router and exception wrappers were a sixth of a Send's CPU, for one route that
-    takes every path and an edge that answers every error itself."""
+    takes every path and an edge that answers every error itself. (For HTTP, Starlette's
+    own ``__call__`` does no more than set ``scope["app"]`` and run that stack: the seam
+    test checks it.)"""
 
     http: ASGIApp
 

@@ -1,13 +1,16 @@
 """What the server changes in uvicorn, in one place, and the uvicorn settings it runs with.
 
-These lean on uvicorn's internals (pinned in ``pyproject.toml`` to the versions they are
-tested on; ``tests/server/test_protocol.py`` fails loudly if what they rely on moves):
+The one module of chatctl that uses uvicorn's internals (``SUPPORTED``, pinned in
+``pyproject.toml``; ``tests/server/test_protocol.py`` fails with one line naming that range
+if what they rely on moves). What uvicorn offers as settings is used as settings
+(``uvicorn_config``); the rest is here because no setting does it:
 
 - ``uvicorn_config``: WebSockets on the ``websockets`` package (sans-I/O), no
   permessage-deflate, every frame bounded by the body limit, and uvicorn's keep-alive
   pings at ``ServerConfig.ping_interval``/``ping_timeout`` (this app sends none itself).
 - ``ChatServer``: uvicorn's server, ending every Join stream with 1001 before uvicorn's own
-  shutdown, which would close WebSockets with 1012 and wait forever on NDJSON streams.
+  shutdown, which would close WebSockets with 1012 and wait forever on NDJSON streams,
+  and announcing the Unix socket ``serve`` binds itself.
   Whoever runs the app another way should ``app.state.hub.end_all()`` first.
 - ``http_protocol``: httptools' protocol with a deadline for each request head (uvicorn
   arms its keep-alive timer only after a response, so a connection that never sends a
@@ -21,6 +24,12 @@ tested on; ``tests/server/test_protocol.py`` fails loudly if what they rely on m
   that ``websockets`` refuses itself (a header line over 8 KiB) instead of hanging, and
   logging a text frame that is not UTF-8 (closed 1007) as one warning line, not an
   ERROR with a traceback: no client input puts a traceback in the log.
+
+uvicorn settings weighed and not used for these: ``timeout_keep_alive`` is armed only
+after a response (it still sets the head deadline's length); httptools takes no limit on
+a head's size (``h11_max_incomplete_event_size`` is set, for h11 only); and
+``limit_concurrency`` is checked only once a head is complete (it bounds no connection
+still sending one), counts Join streams with requests, and answers 503 in text/plain.
 """
 
 from __future__ import annotations
@@ -28,6 +37,7 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import logging
+import socket
 from typing import Any
 from urllib.parse import unquote
 
@@ -41,6 +51,7 @@ from chatctl.wire import error_frame
 
 __all__ = [
     "BODY_TOO_SLOW",
+    "SUPPORTED",
     "ChatServer",
     "OneWrite",
     "http_protocol",
@@ -50,6 +61,10 @@ __all__ = [
 ]
 
 log = logging.getLogger("chatctl.server")
+
+#: the uvicorn versions this module is written for (pyproject.toml pins the same range;
+#: tests/server/test_protocol.py fails with one line naming it on any other).
+SUPPORTED = ">=0.54.0,<0.55"
 
 #: scope key set on a request whose body fell below the floor; the edge answers 408.
 BODY_TOO_SLOW = "chatctl.body_too_slow"
@@ -87,7 +102,14 @@ def uvicorn_config(app: Starlette, config: ServerConfig, **options: Any) -> uvic
 
 class ChatServer(uvicorn.Server):
     """uvicorn's server, ending every Join stream with 1001 before uvicorn's own shutdown
-    (which would close WebSockets with 1012 and wait forever on NDJSON streams)."""
+    (which would close WebSockets with 1012 and wait forever on NDJSON streams), and
+    announcing a Unix socket given to it, as uvicorn announces only the sockets it binds."""
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets=sockets)
+        for sock in sockets or ():
+            if sock.family == socket.AF_UNIX:
+                log.info("listening on unix socket %s", sock.getsockname())
 
     async def shutdown(self, sockets: Any = None) -> None:
         app = self.config.app

@@ -120,7 +120,26 @@ def tls_options(config: ServerConfig, uds: str | None = None) -> dict[str, Any]:
     if uds is not None:
         raise UsageError("--tls-cert is for TCP: a Unix socket stays on this machine")
     _load_tls(cert, key)
-    return {"ssl_certfile": cert, "ssl_keyfile": key, "ssl_ciphers": TLS_CIPHERS}
+    return {
+        "ssl_certfile": cert,
+        "ssl_keyfile": key,
+        "ssl_ciphers": TLS_CIPHERS,
+        "ssl_context_factory": LiveTLS(),
+    }
+
+
+class LiveTLS:
+    """uvicorn's ``ssl_context_factory``: the context uvicorn makes from the settings,
+    kept, so that SIGHUP loads a renewed certificate into the one the server uses."""
+
+    def __init__(self) -> None:
+        self.context: ssl.SSLContext | None = None
+
+    def __call__(
+        self, config: uvicorn.Config, default: Callable[[], ssl.SSLContext]
+    ) -> ssl.SSLContext:
+        self.context = default()
+        return self.context
 
 
 def check_tls_key(key: str) -> None:
@@ -193,7 +212,8 @@ def on_hangup(
 
     def hangup() -> None:
         done = []
-        live = getattr(server.config, "ssl", None)
+        factory = getattr(server.config, "ssl_context_factory", None)
+        live = factory.context if isinstance(factory, LiveTLS) else None
         if config.tls_cert and config.tls_key and isinstance(live, ssl.SSLContext):
             try:
                 _load_tls(config.tls_cert, config.tls_key, into=live)
@@ -245,7 +265,7 @@ def run_server(
         bound = os.stat(uds)
     try:
         app = create_app(config)
-        server = _Server(
+        server = ChatServer(
             uvicorn_config(
                 app,
                 config,
@@ -310,16 +330,6 @@ def _run(
         signal.signal(signum, server.handle_exit)
     with asyncio.Runner(loop_factory=server.config.get_loop_factory()) as runner:
         runner.run(main())
-
-
-class _Server(ChatServer):
-    """The app's server (streams end with 1001 before uvicorn shuts down), announcing a
-    Unix socket, since uvicorn announces only the sockets it binds itself."""
-
-    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
-        await super().startup(sockets=sockets)
-        for sock in sockets or ():
-            log.info("listening on unix socket %s", sock.getsockname())
 
 
 async def _exit_when_idle(server: uvicorn.Server, hub: Hub, idle: float) -> None:

@@ -1,8 +1,9 @@
 """What ``chatctl.server.protocol`` relies on in uvicorn's internals, checked loudly.
 
-uvicorn is pinned in pyproject.toml to the versions this passed on. When a new uvicorn
-moves what these tests touch, they fail here, naming it, rather than the server quietly
-losing its head deadline or sending every answer in two writes.
+uvicorn is pinned in pyproject.toml to the versions this passed on (``protocol.SUPPORTED``).
+When a new uvicorn moves what these tests touch, they fail here with one line naming what
+moved and the supported range, rather than the server quietly losing its head deadline
+or sending every answer in two writes.
 """
 
 from __future__ import annotations
@@ -12,112 +13,133 @@ import json
 import socket
 import time
 from collections.abc import Iterator
-from importlib.metadata import requires, version
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 import uvicorn
-from packaging.requirements import Requirement
 from starlette.applications import Starlette
 from websockets.sync.client import connect
 
 from chatctl.server.config import ServerConfig
-from chatctl.server.protocol import OneWrite, uvicorn_config
+from chatctl.server.protocol import SUPPORTED, OneWrite, uvicorn_config
+from tests.seams import check_pin, seam
 from tests.server.conftest import start_server
 
 pytest.importorskip("httptools")
 
 
+MODULE = "chatctl/server/protocol.py"
+
+
 def test_the_installed_uvicorn_is_one_the_pin_allows() -> None:
-    (pin,) = [Requirement(r) for r in requires("chatctl") or [] if Requirement(r).name == "uvicorn"]
-    assert pin.specifier.contains(version("uvicorn")), (version("uvicorn"), str(pin))
+    check_pin(MODULE, "uvicorn", SUPPORTED)
 
 
 def test_the_httptools_protocol_has_what_the_head_deadline_overrides() -> None:
-    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
+    with seam(MODULE, "uvicorn", SUPPORTED):
+        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
-    for name in (
-        "connection_made",
-        "data_received",
-        "on_headers_complete",
-        "on_body",
-        "on_message_complete",
-        "on_response_complete",
-    ):
-        assert callable(getattr(HttpToolsProtocol, name, None)), name
-    assert list(inspect.signature(HttpToolsProtocol.connection_lost).parameters) == [
-        "self",
-        "exc",
-    ]
-    init = inspect.getsource(HttpToolsProtocol.__init__)
-    for attribute in ("self.timeout_keep_alive", "self.pipeline", "self.cycle", "self.loop"):
-        assert attribute in init, f"HttpToolsProtocol no longer sets {attribute}"
-    # The response's head and body go out through the cycle's transport (OneWrite joins
-    # them), and a new cycle is made in on_headers_complete (where OneWrite is put in).
-    send = inspect.getsource(RequestResponseCycle.send)
-    assert send.count("self.transport.write(") >= 2, "RequestResponseCycle writes elsewhere"
-    assert "RequestResponseCycle(" in inspect.getsource(HttpToolsProtocol.on_headers_complete)
-    # The body floor wakes the app's receive() through the cycle's event, and reads
-    # whether the answer has begun.
-    cycle = inspect.getsource(RequestResponseCycle.__init__)
-    for attribute in ("self.scope", "self.message_event", "self.response_started"):
-        assert attribute in cycle, f"RequestResponseCycle no longer sets {attribute}"
-    # ... and whether uvicorn has stopped reading the body for an app that does not take it.
-    made = inspect.getsource(HttpToolsProtocol.connection_made)
-    assert "self.flow = FlowControl(" in made, "HttpToolsProtocol no longer has its flow"
-    from uvicorn.protocols.http.flow_control import FlowControl
+        for name in (
+            "connection_made",
+            "data_received",
+            "on_headers_complete",
+            "on_body",
+            "on_message_complete",
+            "on_response_complete",
+        ):
+            assert callable(getattr(HttpToolsProtocol, name, None)), name
+        assert list(inspect.signature(HttpToolsProtocol.connection_lost).parameters) == [
+            "self",
+            "exc",
+        ]
+        init = inspect.getsource(HttpToolsProtocol.__init__)
+        for attribute in ("self.timeout_keep_alive", "self.pipeline", "self.cycle", "self.loop"):
+            assert attribute in init, f"HttpToolsProtocol no longer sets {attribute}"
+        # The response's head and body go out through the cycle's transport (OneWrite joins
+        # them), and a new cycle is made in on_headers_complete (where OneWrite is put in).
+        send = inspect.getsource(RequestResponseCycle.send)
+        assert send.count("self.transport.write(") >= 2, "RequestResponseCycle writes elsewhere"
+        assert "RequestResponseCycle(" in inspect.getsource(HttpToolsProtocol.on_headers_complete)
+        # The body floor wakes the app's receive() through the cycle's event, and reads
+        # whether the answer has begun.
+        cycle = inspect.getsource(RequestResponseCycle.__init__)
+        for attribute in ("self.scope", "self.message_event", "self.response_started"):
+            assert attribute in cycle, f"RequestResponseCycle no longer sets {attribute}"
+        # ... and whether uvicorn has stopped reading the body for an app that does not take it.
+        made = inspect.getsource(HttpToolsProtocol.connection_made)
+        assert "self.flow = FlowControl(" in made, "HttpToolsProtocol no longer has its flow"
+        from uvicorn.protocols.http.flow_control import FlowControl
 
-    assert "self.read_paused" in inspect.getsource(FlowControl.__init__)
-    assert "pause_reading()" in inspect.getsource(HttpToolsProtocol.on_body)
-    receive = inspect.getsource(RequestResponseCycle.receive)
-    assert "await self.message_event.wait()" in receive and '"more_body"' in receive
+        assert "self.read_paused" in inspect.getsource(FlowControl.__init__)
+        assert "pause_reading()" in inspect.getsource(HttpToolsProtocol.on_body)
+        receive = inspect.getsource(RequestResponseCycle.receive)
+        assert "await self.message_event.wait()" in receive and '"more_body"' in receive
 
 
 def test_what_the_head_limit_and_the_websocket_protocol_rely_on() -> None:
-    from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
-    from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+    with seam(MODULE, "uvicorn", SUPPORTED):
+        from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+        from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
-    # The head limit feeds the parser piecewise through data_received, which is where
-    # uvicorn sends its 400 (replaced by m3o's shape) and hands an upgrade over.
-    received = inspect.getsource(HttpToolsProtocol.data_received)
-    assert "self.send_400_response(" in received and "handle_websocket_upgrade()" in received
-    assert "self.transport.set_protocol(" in inspect.getsource(
-        HttpToolsProtocol.handle_websocket_upgrade
-    )
-    assert STATUS_LINE[431].startswith(b"HTTP/1.1 431 ")
-    # A request parsed behind an unanswered one is queued (and reading paused), and the
-    # queue is taken from when an answer completes: what parsing one answer ahead reads.
-    assert "self.pipeline.appendleft(" in inspect.getsource(HttpToolsProtocol.on_headers_complete)
-    assert "self.pipeline.pop()" in inspect.getsource(HttpToolsProtocol.on_response_complete)
-    assert "self.headers.append((name, value))" in inspect.getsource(HttpToolsProtocol.on_header)
-    # The WebSocket protocol logs an invalid UTF-8 frame through self.logger.exception with
-    # this message (turned into one warning line), and leaves a refused handshake's answer
-    # in its connection, which ws_protocol sends.
-    from chatctl.server.protocol import _INVALID_UTF8
+        # The head limit feeds the parser piecewise through data_received, which is where
+        # uvicorn sends its 400 (replaced by m3o's shape) and hands an upgrade over.
+        received = inspect.getsource(HttpToolsProtocol.data_received)
+        assert "self.send_400_response(" in received and "handle_websocket_upgrade()" in received
+        assert "self.transport.set_protocol(" in inspect.getsource(
+            HttpToolsProtocol.handle_websocket_upgrade
+        )
+        assert STATUS_LINE[431].startswith(b"HTTP/1.1 431 ")
+        # A request parsed behind an unanswered one is queued (and reading paused), and the
+        # queue is taken from when an answer completes: what parsing one answer ahead reads.
+        assert "self.pipeline.appendleft(" in inspect.getsource(
+            HttpToolsProtocol.on_headers_complete
+        )
+        assert "self.pipeline.pop()" in inspect.getsource(HttpToolsProtocol.on_response_complete)
+        assert "self.headers.append((name, value))" in inspect.getsource(
+            HttpToolsProtocol.on_header
+        )
+        # The WebSocket protocol logs an invalid UTF-8 frame through self.logger.exception with
+        # this message (turned into one warning line), and leaves a refused handshake's answer
+        # in its connection, which ws_protocol sends.
+        from chatctl.server.protocol import _INVALID_UTF8
 
-    sent = inspect.getsource(WebSocketsSansIOProtocol.send_receive_event_to_app)
-    assert f"self.logger.exception({_INVALID_UTF8!r})" in sent.replace('"', "'")
-    assert "self.logger = " in inspect.getsource(WebSocketsSansIOProtocol.__init__)
-    connect_source = inspect.getsource(WebSocketsSansIOProtocol.handle_connect)
-    assert "self.handshake_initiated = True" in connect_source
-    assert "self.response = self.conn.accept(event)" in connect_source
-    from websockets.server import ServerProtocol
+        sent = inspect.getsource(WebSocketsSansIOProtocol.send_receive_event_to_app)
+        assert f"self.logger.exception({_INVALID_UTF8!r})" in sent.replace('"', "'")
+        assert "self.logger = " in inspect.getsource(WebSocketsSansIOProtocol.__init__)
+        connect_source = inspect.getsource(WebSocketsSansIOProtocol.handle_connect)
+        assert "self.handshake_initiated = True" in connect_source
+        assert "self.response = self.conn.accept(event)" in connect_source
+        from websockets.server import ServerProtocol
 
-    assert "self.handshake_exc = exc" in inspect.getsource(ServerProtocol.parse)
+        assert "self.handshake_exc = exc" in inspect.getsource(ServerProtocol.parse)
 
 
 def test_the_server_hooks_and_settings_exist() -> None:
-    params = inspect.signature(uvicorn.Server.shutdown).parameters
-    assert list(params) == ["self", "sockets"]
-    config = uvicorn_config(Starlette(), ServerConfig(db=":memory:"))
-    from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+    with seam(MODULE, "uvicorn", SUPPORTED):
+        # The public settings protocol.py and serve.py use instead of internals.
+        settings = set(inspect.signature(uvicorn.Config).parameters)
+        for name in (
+            "h11_max_incomplete_event_size",
+            "ws_max_size",
+            "ws_per_message_deflate",
+            "timeout_keep_alive",
+            "timeout_graceful_shutdown",
+            "ssl_context_factory",
+            "server_header",
+        ):
+            assert name in settings, f"uvicorn.Config takes no {name}"
+        for hook in (uvicorn.Server.shutdown, uvicorn.Server.startup):
+            params = inspect.signature(hook).parameters
+            assert list(params) == ["self", "sockets"], f"uvicorn.Server.{hook.__name__}"
+        config = uvicorn_config(Starlette(), ServerConfig(db=":memory:"))
+        from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
-    assert isinstance(config.ws, type) and issubclass(config.ws, WebSocketsSansIOProtocol)
-    assert config.ws_per_message_deflate is False
-    assert config.ws_max_size == ServerConfig(db=":memory:").limits.max_body_bytes
-    assert config.ws_ping_interval == 15.0 and config.ws_ping_timeout == 45.0
+        assert isinstance(config.ws, type) and issubclass(config.ws, WebSocketsSansIOProtocol)
+        assert config.ws_per_message_deflate is False
+        assert config.ws_max_size == ServerConfig(db=":memory:").limits.max_body_bytes
+        assert config.ws_ping_interval == 15.0 and config.ws_ping_timeout == 45.0
 
 
 @pytest.fixture
