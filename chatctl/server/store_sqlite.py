@@ -706,4 +706,3 @@ def _failed(job: _Job, cause: str) -> bool:
     job.error = Unavailable(cause)
     job.notes.clear()
     return True
-
