@@ -18,7 +18,9 @@ UTC day: ``quotas``).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+from collections.abc import Iterator
 from typing import Any
 
 from chatctl.server.domain import Key, MessageRow, Note, RoomRow
@@ -160,6 +162,22 @@ class Session:
     def __init__(self) -> None:
         #: what the current write tells the live streams, once it commits.
         self.notes: list[Note] = []
+        #: statements running now (``statement``): a write's work may wait only on these
+        #: (``store.session_only``).
+        self._running = 0
+
+    @property
+    def in_statement(self) -> bool:
+        return self._running > 0
+
+    @contextlib.contextmanager
+    def statement(self) -> Iterator[None]:
+        """Around each wait on the database: what a write's work may wait on."""
+        self._running += 1
+        try:
+            yield
+        finally:
+            self._running -= 1
 
     async def _rows(self, sql: str, args: Args) -> list[tuple[Any, ...]]:
         raise NotImplementedError

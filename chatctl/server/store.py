@@ -6,8 +6,11 @@ Every operation is awaitable, on either backend:
   what it returns; ``write`` is one transaction, delivering what the session published
   to the live streams only once it committed. The rules pass their work in, rather than
   holding a transaction open around it, so that a store can bound the whole of it in
-  time (PostgreSQL) or hand it to its writer thread (SQLite). ``work`` awaits only its
-  session: on SQLite it runs to its end in one step, on the writer's thread.
+  time (PostgreSQL) or hand it to its writer thread (SQLite). ``work`` may await nothing
+  but its session's methods: SQLite runs it to its end in one step on the writer's thread
+  (``run_to_end``), where nothing else could ever wake it, and PostgreSQL checks each of
+  its waits (``session_only``), so a rule that awaits anything else (a ``read``, a sleep,
+  a lock) fails with ``AwaitedOutside`` on both backends, in the first test that runs it.
 - ``send``: a whole Send (the Idempotency-Key, the room, the membership, the room's
   next seq, the message and its fan-out) as one operation, because it is the call that
   matters most and each backend does it its own fastest way; ``send_many``: several in
@@ -24,14 +27,21 @@ import this module, never the other way round.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Generator, Sequence
 from dataclasses import dataclass
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from chatctl.server.domain import Key, NewMessage, Refused
 from chatctl.server.sql import Session
 
-__all__ = ["SendResult", "Store", "is_postgres_url"]
+__all__ = [
+    "AwaitedOutside",
+    "SendResult",
+    "Store",
+    "is_postgres_url",
+    "run_to_end",
+    "session_only",
+]
 
 T = TypeVar("T")
 
@@ -94,3 +104,63 @@ class Store(Protocol):
 def is_postgres_url(db: str) -> bool:
     return db.startswith(("postgresql://", "postgres://"))
 
+
+# -- what a write's work may await --------------------------------------------------------
+
+
+class AwaitedOutside(RuntimeError):
+    """A write's work awaited something other than its session (``Store.write``)."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "a store write awaited something outside its session: a write's work may await"
+            " only its session's methods (store.Store.write)"
+        )
+
+
+def run_to_end(work: Awaitable[T]) -> T:
+    """The result of a write's ``work`` on a session whose methods never wait (SQLite's
+    writer): run to its end in one step, or ``AwaitedOutside`` if it waits on anything."""
+    steps = work.__await__()
+    try:
+        steps.send(None)
+    except StopIteration as finished:
+        result: T = finished.value
+        return result
+    except RuntimeError as exc:
+        # What asyncio says off the event loop (a sleep, a task): the same mistake.
+        if "no running event loop" not in str(exc):
+            raise
+        raise AwaitedOutside() from exc
+    steps.close()
+    raise AwaitedOutside()
+
+
+def session_only(session: Session, work: Awaitable[T]) -> Awaitable[T]:
+    """``work``, failing with ``AwaitedOutside`` (its transaction then rolls back) the
+    first time it waits while none of ``session``'s statements is running (PostgreSQL)."""
+    return _SessionOnly(session, work)
+
+
+class _SessionOnly(Awaitable[T]):
+    def __init__(self, session: Session, work: Awaitable[T]) -> None:
+        self._session = session
+        self._work = work
+
+    def __await__(self) -> Generator[Any, Any, T]:
+        steps = self._work.__await__()
+        sent: Any = None
+        thrown: BaseException | None = None
+        while True:
+            try:
+                waits_on = steps.send(sent) if thrown is None else steps.throw(thrown)
+            except StopIteration as finished:
+                result: T = finished.value
+                return result
+            if not self._session.in_statement:
+                steps.close()
+                raise AwaitedOutside()
+            try:
+                sent, thrown = (yield waits_on), None
+            except BaseException as exc:  # a cancellation, say: handed on to the work
+                sent, thrown = None, exc

@@ -66,7 +66,7 @@ from chatctl.server.domain import (
     Unavailable,
 )
 from chatctl.server.hub_pg import CHANNEL, Listener, note_frame, notifications
-from chatctl.server.store import SendResult
+from chatctl.server.store import SendResult, session_only
 from chatctl.wire import UUIDv7, message_frame, rfc3339
 
 __all__ = ["MIGRATIONS", "PostgresSession", "PostgresStore"]
@@ -448,22 +448,26 @@ class PostgresSession(sql.Session):
         self._store = store
 
     async def _rows(self, sql: str, args: sql.Args) -> list[tuple[Any, ...]]:
-        cursor = await self._conn.execute(self._dialect(sql), args)
-        return await cursor.fetchall()
+        with self.statement():
+            cursor = await self._conn.execute(self._dialect(sql), args)
+            return await cursor.fetchall()
 
     async def _row(self, sql: str, args: sql.Args) -> tuple[Any, ...] | None:
-        cursor = await self._conn.execute(self._dialect(sql), args)
-        return await cursor.fetchone()
+        with self.statement():
+            cursor = await self._conn.execute(self._dialect(sql), args)
+            return await cursor.fetchone()
 
     async def _change(self, sql: str, args: sql.Args) -> int:
-        return (await self._conn.execute(self._dialect(sql), args)).rowcount
+        with self.statement():
+            return (await self._conn.execute(self._dialect(sql), args)).rowcount
 
     async def notify(self) -> None:
         """Queue what was published, sent by PostgreSQL when the transaction commits."""
         payloads = notifications(self.notes)
         if payloads:
             calls = ", ".join([f"pg_notify('{CHANNEL}', %s)"] * len(payloads))
-            await self._conn.execute(f"SELECT {calls}", payloads)
+            with self.statement():
+                await self._conn.execute(f"SELECT {calls}", payloads)
 
     async def _insert_room(self, room: RoomRow) -> int:
         values = (room.tenant, room.id, room.name, room.description, room.created_at)
@@ -663,7 +667,8 @@ class PostgresStore:
         async def call() -> T:
             async with self._connection() as conn, conn.transaction():
                 session = PostgresSession(conn, self)
-                result = await work(session)
+                # As strict as SQLite's writer: a rule awaiting anything else fails here too.
+                result = await session_only(session, work(session))
                 # Notifications commit with the change, or not at all: a replica dying
                 # between the commit and a separate notify cannot leave streams open.
                 await session.notify()

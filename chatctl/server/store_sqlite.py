@@ -67,7 +67,7 @@ from chatctl.server.domain import (
     RoomRow,
     Unavailable,
 )
-from chatctl.server.store import SendResult
+from chatctl.server.store import SendResult, run_to_end
 from chatctl.wire import UUIDv7, message_frame
 
 __all__ = ["MIGRATIONS", "SQLiteSession", "SQLiteStore"]
@@ -488,6 +488,9 @@ class SQLiteStore:
     # -- the Store operations -----------------------------------------------------------
 
     async def read(self, work: Callable[[sql.Session], Awaitable[T]]) -> T:
+        # On the event loop only: inside a write's work (the writer's thread) this fails,
+        # and the write with it (``store.run_to_end``), as on PostgreSQL.
+        asyncio.get_running_loop()
         deadline = time.monotonic() + self.timeout
         pause = 0.005
         while True:
@@ -500,7 +503,7 @@ class SQLiteStore:
             pause = min(pause * 2, 0.1)
 
     async def write(self, work: Callable[[sql.Session], Awaitable[T]]) -> T:
-        result: T = await self._submit(lambda session: _done(work(session)), undoable=True)
+        result: T = await self._submit(lambda session: run_to_end(work(session)), undoable=True)
         return result
 
     async def send(self, tenant: str, new: NewMessage, key: Key | None) -> SendResult:
@@ -704,16 +707,3 @@ def _failed(job: _Job, cause: str) -> bool:
     job.error = Unavailable(cause)
     job.notes.clear()
     return True
-
-
-def _done(work: Awaitable[T]) -> T:
-    """The result of a session's ``work``, run to its end here: on this store's sessions
-    nothing awaited ever waits, so the coroutine finishes in one step."""
-    coroutine = work.__await__()
-    try:
-        coroutine.send(None)
-    except StopIteration as finished:
-        result: T = finished.value
-        return result
-    coroutine.close()
-    raise RuntimeError("a store write awaited something outside the store")
