@@ -126,8 +126,8 @@ def bind_actor(principal: Principal, endpoint: Endpoint, body: Any) -> Any:
         return body
     try:
         return access.bind(principal, endpoint.name, body)
-    except access.Refusal as refused:
-        raise Refusal(endpoint.id, refused.code, refused.detail) from None
+    except Refused as refused:
+        raise Refusal.of(endpoint.id, refused) from None
 
 
 def is_ndjson(content_type: str | None) -> bool:
