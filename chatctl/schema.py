@@ -35,6 +35,7 @@ __all__ = [
     "Message",
     "Room",
     "ValidationError",
+    "declare",
     "edition_of",
     "endpoint_for",
     "extensions_of",
@@ -250,15 +251,39 @@ class Endpoint:
                 return f
         return None
 
+    @functools.cached_property
+    def names_room(self) -> bool:
+        """True when its request names a room (``room_id``, or ``group_id`` in m3o's
+        group edition): it is answered in the edition it names it in."""
+        return self.field("room_id") is not None
+
 
 _ROOM_ID = Field(
     "room_id", "string", "The id of the room.", "missing room id", alias="group_id"
 )
 _USER_ID = Field("user_id", "string", "The id of the user.", "missing user id", "max_user_id_chars")
 
-ENDPOINTS: dict[str, Endpoint] = {
-    e.name: e
-    for e in (
+#: Every endpoint, by name: the one declaration the server (routes, access binding,
+#: validation, OpenAPI, editions) reads at call time, and the CLI and the contract are
+#: checked against (tests/server/test_declarations.py). ``declare`` adds one.
+ENDPOINTS: dict[str, Endpoint] = {}
+_BY_LOWER: dict[str, Endpoint] = {}
+
+
+def declare(endpoint: Endpoint) -> Endpoint:
+    """Add an endpoint to ``ENDPOINTS``: from then on the server routes it (its path,
+    matched case-insensitively), binds a user token's user into it when ``actor``,
+    validates it, answers it in the edition it names the room in, and documents it in
+    ``/openapi.json``. An extension endpoint's ``extension`` must be in
+    ``SERVER_EXTENSIONS``, and its CLI command and contract row exist (the tests check)."""
+    if endpoint.name.lower() in _BY_LOWER:
+        raise ValueError(f"endpoint {endpoint.name} is declared twice")
+    ENDPOINTS[endpoint.name] = endpoint
+    _BY_LOWER[endpoint.name.lower()] = endpoint
+    return endpoint
+
+
+for _e in (
         Endpoint(
             "Create",
             "Create a new chat room",
@@ -402,10 +427,9 @@ ENDPOINTS: dict[str, Endpoint] = {
             False,
             extension="whoami",
         ),
-    )
-}
-
-_BY_LOWER = {name.lower(): e for name, e in ENDPOINTS.items()}
+):
+    declare(_e)
+del _e
 
 # -- what a server has: its edition and chatctl's extensions ----------------------------
 

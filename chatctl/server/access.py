@@ -53,9 +53,6 @@ __all__ = [
     "whoami",
 ]
 
-#: endpoints whose ``user_id`` names the actor (for Invite and Kick it names the target,
-#: for List it is a filter): declared with the endpoint (``schema.Endpoint.actor``).
-_ACTOR_FIELD = frozenset(name for name, e in ENDPOINTS.items() if e.actor)
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,7 +80,11 @@ def bind(principal: Principal, endpoint: str, request: Mapping[str, Any]) -> dic
     user = principal.user
     if user is None:
         return out
-    if endpoint in _ACTOR_FIELD:
+    declared = ENDPOINTS.get(endpoint)
+    # ``user_id`` names the actor where the endpoint declares it (``schema.Endpoint.actor``:
+    # Send, Join, History, Leave); for Invite and Kick it names the target, for List it
+    # is a filter.
+    if declared is not None and declared.actor:
         given = out.get("user_id")
         if given is None or given == "":
             out["user_id"] = user

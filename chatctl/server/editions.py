@@ -28,7 +28,7 @@ import json
 from collections.abc import AsyncIterator
 from typing import Any, Final, Literal
 
-from chatctl.schema import ENDPOINTS, Endpoint
+from chatctl.schema import Endpoint
 from chatctl.wire import encode, group_wording, in_both_editions, in_group_edition
 
 __all__ = [
@@ -49,15 +49,12 @@ GROUP: Final = "group"
 BOTH: Final = "both"
 EDITIONS: tuple[Edition, ...] = (ROOM, GROUP, BOTH)
 
-#: the endpoints whose requests name the room (``room_id`` or ``group_id``).
-_NAMING = frozenset(name for name, e in ENDPOINTS.items() if e.field("room_id") is not None)
-
 
 def request_edition(endpoint: Endpoint, body: Any, default: Edition) -> Edition:
     """The edition a request is answered in: ``group`` when it names ``group_id``,
     ``room`` when it names ``room_id`` (or both, which validation refuses in the seed's
     words), else the server's ``default``."""
-    if endpoint.name in _NAMING and isinstance(body, dict):
+    if endpoint.names_room and isinstance(body, dict):
         if "room_id" in body:
             return ROOM
         if "group_id" in body:
