@@ -33,6 +33,7 @@ __all__ = [
     "Field",
     "Limits",
     "Message",
+    "Refused",
     "Room",
     "ValidationError",
     "declare",
@@ -518,12 +519,22 @@ def endpoint_for(name: str) -> Endpoint | None:
     return _BY_LOWER.get(name.lower())
 
 
-class ValidationError(Exception):
+class Refused(Exception):
+    """The root of every refusal, client and server: a request that will not be done, and
+    ``detail``, the text its sender reads. The server's kinds are ``server.domain``'s
+    (``Invalid``, ``Forbidden``, ``NotFound``, ``Conflict``) and ``server.decode.Refusal``
+    (the edge's own), mapped to statuses in one place (``server.decode.Refusal.of``)."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+
+class ValidationError(Refused):
     """A request that does not fit its endpoint; ``code`` is 400 or 413."""
 
     def __init__(self, detail: str, code: int = 400) -> None:
         super().__init__(detail)
-        self.detail = detail
         self.code = code
 
 

@@ -106,7 +106,8 @@ class Refusal(Refused):
         if isinstance(exc, Unavailable):
             log.warning("%s: storage unavailable: %s", endpoint_id, one_line(exc))
             return cls(endpoint_id, 503, UNAVAILABLE_DETAIL, edition=edition)
-        return cls(endpoint_id, STATUS[type(exc)], exc.detail, edition=edition)
+        code = exc.code if isinstance(exc, ValidationError) else STATUS[type(exc)]
+        return cls(endpoint_id, code, exc.detail, edition=edition)
 
 
 def streams_ended(
@@ -153,7 +154,7 @@ def validate(
     try:
         request = validate_request(endpoint, body, config.limits)
     except ValidationError as exc:
-        raise Refusal(endpoint.id, exc.code, exc.detail) from None
+        raise Refusal.of(endpoint.id, exc) from None
     # JSON may carry lone surrogates ("\ud800"), which no UTF-8 store or client can take.
     # Only a \u escape can make one (UTF-8 bytes cannot), so most bodies skip the check.
     escaped = b"\\u" in raw if isinstance(raw, bytes) else "\\u" in raw

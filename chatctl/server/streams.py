@@ -44,7 +44,7 @@ from chatctl.server.hub import StreamEnded, Subscriber
 from chatctl.server.ratelimit import StreamCounter, over_stream_cap
 from chatctl.server.rules import Admission
 from chatctl.server.tokens import Principal
-from chatctl.wire import close_code_for, encode, error_frame, group_wording, in_group_edition
+from chatctl.wire import encode, group_wording, in_group_edition
 
 __all__ = ["RAW_SEND", "REVOKED", "JoinStreams"]
 
@@ -232,7 +232,8 @@ class JoinStreams:
 
 def revoked() -> StreamEnded:
     """How a revoked token's stream ends: 401's error frame, then close 4401."""
-    return StreamEnded(close_code_for(401), error_frame("v1", 401, REVOKED), REVOKED)
+    refusal = Refusal("v1", 401, REVOKED)
+    return StreamEnded(refusal.close_code, encode(refusal.body()), REVOKED)
 
 
 def _edition_of(sub: Subscriber) -> Edition:
