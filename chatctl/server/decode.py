@@ -33,9 +33,9 @@ from chatctl.server.domain import (
     StreamsEnded,
     Unavailable,
 )
-from chatctl.server.editions import GROUP, ROOM, Edition, request_edition
+from chatctl.server.editions import GROUP, ROOM, Edition, request_edition, worded_in
 from chatctl.server.tokens import Principal
-from chatctl.wire import close_code_for, error_frame, error_object, group_wording
+from chatctl.wire import close_code_for, error_frame, error_object
 
 __all__ = [
     "NDJSON_TYPES",
@@ -84,9 +84,9 @@ class Refusal(Refused):
 
     def in_edition(self, edition: Edition) -> Refusal:
         """The refusal in the words of ``edition`` (``missing group id``, ``group not
-        found``); the one place a refusal is reworded for m3o's group edition."""
-        if edition == GROUP and self.edition != GROUP and "room" in self.detail:
-            self.detail = group_wording(self.detail)
+        found``: ``editions.worded_in``), once."""
+        if self.edition != GROUP:
+            self.detail = worded_in(edition, self.detail)
         self.edition = edition
         return self
 

@@ -40,6 +40,7 @@ __all__ = [
     "answer_in",
     "end_frame_in",
     "request_edition",
+    "worded_in",
 ]
 
 Edition = Literal["room", "group", "both"]
@@ -78,6 +79,15 @@ async def _parts_in_group_edition(parts: AsyncIterator[str]) -> AsyncIterator[st
         yield in_group_edition(part)
 
 
+def worded_in(edition: Edition, detail: str) -> str:
+    """A refusal's detail in ``edition``'s words (``missing group id``, ``group not
+    found``): the one place the server rewords one, for a refusal (``decode.Refusal``)
+    and for the end of a stream (``end_frame_in``, its close reason)."""
+    if edition == GROUP and "room" in detail:
+        return group_wording(detail)
+    return detail
+
+
 def end_frame_in(edition: Edition, frame: str) -> str:
     """The final frame of a stream (an error object: kicked, room deleted) in
     ``edition``'s words; once per stream, so decoding it is fine."""
@@ -85,5 +95,5 @@ def end_frame_in(edition: Edition, frame: str) -> str:
         return frame
     error: dict[str, Any] = json.loads(frame)
     if isinstance(error.get("detail"), str):
-        error["detail"] = group_wording(error["detail"])
+        error["detail"] = worded_in(edition, error["detail"])
     return encode(error)

@@ -39,12 +39,12 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from chatctl.server.decode import Refusal, decode, no_such_api
 from chatctl.server.domain import Refused, Unavailable
 from chatctl.server.edge import CHAT_PREFIX, JOIN, Edge, bearer, origin_refused
-from chatctl.server.editions import GROUP, ROOM, Edition, end_frame_in
+from chatctl.server.editions import GROUP, ROOM, Edition, end_frame_in, worded_in
 from chatctl.server.hub import StreamEnded, Subscriber
 from chatctl.server.ratelimit import StreamCounter, over_stream_cap
 from chatctl.server.rules import Admission
 from chatctl.server.tokens import Principal
-from chatctl.wire import encode, group_wording, in_group_edition
+from chatctl.wire import encode, in_group_edition
 
 __all__ = ["RAW_SEND", "REVOKED", "JoinStreams"]
 
@@ -220,7 +220,7 @@ class JoinStreams:
                 with contextlib.suppress(WebSocketDisconnect, RuntimeError):
                     if end.frame:
                         await ws.send_text(end_frame_in(_edition_of(sub), end.frame))
-                    reason = group_wording(end.reason) if sub.group else end.reason
+                    reason = worded_in(_edition_of(sub), end.reason)
                     await ws.close(end.code, reason[:120])
         except Unavailable as exc:
             await _end_unavailable(ws, exc)
