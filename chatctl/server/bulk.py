@@ -39,7 +39,7 @@ from starlette.types import Receive, Scope, Send
 
 from chatctl.schema import ENDPOINTS, Endpoint
 from chatctl.server import access
-from chatctl.server.decode import NDJSON_TYPES, Refusal, decode
+from chatctl.server.decode import NDJSON_TYPES, Refusal, decode, too_large
 from chatctl.server.domain import Refused, Unavailable
 from chatctl.server.editions import Edition, answer_in
 from chatctl.server.tokens import OPEN, Principal
@@ -335,7 +335,5 @@ class BulkSend(Response):
         ``room_id``: each line is answered in its own), or the Refusal it would get alone
         (worded in that edition)."""
         if raw is None:
-            limit = self.config.limits.max_body_bytes
-            detail = f"request line is larger than {limit} bytes (max_body_bytes)"
-            raise Refusal("v1", 413, detail, edition=self.edition)
+            raise too_large(self.config.limits.max_body_bytes, "request line")
         return decode(SEND, raw, self.principal, self.config, self.edition)

@@ -48,6 +48,7 @@ __all__ = [
     "one_line",
     "parse_json",
     "streams_ended",
+    "too_large",
     "validate",
 ]
 
@@ -129,10 +130,15 @@ def no_such_api() -> Refusal:
     return Refusal("v1", 404, "No such API")
 
 
+def too_large(limit: int, what: str = "request body") -> Refusal:
+    """413 for a body (or a bulk Send's line) over ``max_body_bytes``."""
+    return Refusal("v1", 413, f"{what} is larger than {limit} bytes (max_body_bytes)")
+
+
 def parse_json(raw: bytes | str, limit: int) -> Any:
     """A request body as JSON; empty means {} (m3o)."""
     if len(raw) > limit:
-        raise Refusal("v1", 413, f"request body is larger than {limit} bytes (max_body_bytes)")
+        raise too_large(limit)
     if isinstance(raw, bytes):
         try:
             raw = raw.decode("utf-8")

@@ -50,7 +50,14 @@ from chatctl.server import access
 from chatctl.server.bulk import bulk_send
 from chatctl.server.config import ServerConfig
 from chatctl.server.cors import Origins
-from chatctl.server.decode import Refusal, decode, is_ndjson, no_such_api, one_line
+from chatctl.server.decode import (
+    Refusal,
+    decode,
+    is_ndjson,
+    no_such_api,
+    one_line,
+    too_large,
+)
 from chatctl.server.domain import Refused, Unavailable
 from chatctl.server.editions import ROOM, Edition, answer_in
 from chatctl.server.hub import Hub
@@ -310,12 +317,10 @@ class Edge:
 
     async def _read_body(self, request: Request) -> bytes:
         limit = self.config.limits.max_body_bytes
-        too_large = Refusal(
-            "v1", 413, f"request body is larger than {limit} bytes (max_body_bytes)"
-        )
+        refused = too_large(limit)
         length = request.headers.get("content-length")
         if length is not None and length.isdigit() and int(length) > limit:
-            raise too_large
+            raise refused
         # Content-Length may be absent (chunked) or wrong: count what actually arrives.
         # Read from receive() directly: a body is almost always one message, and
         # Starlette's stream() generator costs more than the read itself.
@@ -329,7 +334,7 @@ class Edge:
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > limit:
-                raise too_large
+                raise refused
             chunks.append(chunk)
             if not message.get("more_body", False):
                 break
