@@ -54,7 +54,6 @@ __all__ = [
 ]
 
 
-
 @dataclass(frozen=True, slots=True)
 class RoomFacts:
     """What the store knows of a room, as far as the access rules need it."""
