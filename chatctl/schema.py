@@ -33,8 +33,10 @@ __all__ = [
     "Field",
     "Limits",
     "Message",
+    "Refused",
     "Room",
     "ValidationError",
+    "declare",
     "edition_of",
     "endpoint_for",
     "extensions_of",
@@ -250,15 +252,39 @@ class Endpoint:
                 return f
         return None
 
+    @functools.cached_property
+    def names_room(self) -> bool:
+        """True when its request names a room (``room_id``, or ``group_id`` in m3o's
+        group edition): it is answered in the edition it names it in."""
+        return self.field("room_id") is not None
+
 
 _ROOM_ID = Field(
     "room_id", "string", "The id of the room.", "missing room id", alias="group_id"
 )
 _USER_ID = Field("user_id", "string", "The id of the user.", "missing user id", "max_user_id_chars")
 
-ENDPOINTS: dict[str, Endpoint] = {
-    e.name: e
-    for e in (
+#: Every endpoint, by name: the one declaration the server (routes, access binding,
+#: validation, OpenAPI, editions) reads at call time, and the CLI and the contract are
+#: checked against (tests/server/test_declarations.py). ``declare`` adds one.
+ENDPOINTS: dict[str, Endpoint] = {}
+_BY_LOWER: dict[str, Endpoint] = {}
+
+
+def declare(endpoint: Endpoint) -> Endpoint:
+    """Add an endpoint to ``ENDPOINTS``: from then on the server routes it (its path,
+    matched case-insensitively), binds a user token's user into it when ``actor``,
+    validates it, answers it in the edition it names the room in, and documents it in
+    ``/openapi.json``. An extension endpoint's ``extension`` must be in
+    ``SERVER_EXTENSIONS``, and its CLI command and contract row exist (the tests check)."""
+    if endpoint.name.lower() in _BY_LOWER:
+        raise ValueError(f"endpoint {endpoint.name} is declared twice")
+    ENDPOINTS[endpoint.name] = endpoint
+    _BY_LOWER[endpoint.name.lower()] = endpoint
+    return endpoint
+
+
+for _e in (
         Endpoint(
             "Create",
             "Create a new chat room",
@@ -402,10 +428,9 @@ ENDPOINTS: dict[str, Endpoint] = {
             False,
             extension="whoami",
         ),
-    )
-}
-
-_BY_LOWER = {name.lower(): e for name, e in ENDPOINTS.items()}
+):
+    declare(_e)
+del _e
 
 # -- what a server has: its edition and chatctl's extensions ----------------------------
 
@@ -494,12 +519,22 @@ def endpoint_for(name: str) -> Endpoint | None:
     return _BY_LOWER.get(name.lower())
 
 
-class ValidationError(Exception):
+class Refused(Exception):
+    """The root of every refusal, client and server: a request that will not be done, and
+    ``detail``, the text its sender reads. The server's kinds are ``server.domain``'s
+    (``Invalid``, ``Forbidden``, ``NotFound``, ``Conflict``) and ``server.decode.Refusal``
+    (the edge's own), mapped to statuses in one place (``server.decode.Refusal.of``)."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+
+class ValidationError(Refused):
     """A request that does not fit its endpoint; ``code`` is 400 or 413."""
 
     def __init__(self, detail: str, code: int = 400) -> None:
         super().__init__(detail)
-        self.detail = detail
         self.code = code
 
 

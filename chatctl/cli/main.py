@@ -55,17 +55,17 @@ app = typer.Typer(
     add_completion=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
-# In the order of a room's life, so the help's examples run top to bottom.
+# Every command of the endpoint families, in the order of a room's life, so the help's
+# examples run top to bottom; any other (a new endpoint's) after them, in family order.
 _COMMANDS = {
     c.callback.__name__: c
     for family in (rooms, members, messages, join, identity)
     for c in family.app.registered_commands
     if c.callback is not None
 }
-for name in ("create", "invite", "send", "history", "list_rooms", "join", "kick", "leave"):
+_LIFE = ("create", "invite", "send", "history", "list_rooms", "join", "kick", "leave", "delete")
+for name in sorted(_COMMANDS, key=lambda n: _LIFE.index(n) if n in _LIFE else len(_LIFE)):
     app.registered_commands.append(_COMMANDS[name])
-app.registered_commands.append(_COMMANDS["delete"])
-app.registered_commands.append(_COMMANDS["whoami"])
 app.add_typer(serve_app, name="serve")
 app.command("completion")(completion.completion)
 app.add_typer(config_cmd.app, name="config")

@@ -2,7 +2,7 @@
 
 A request goes ``serve`` (the process) → ``protocol`` (uvicorn, as this server runs it) →
 ``app`` (wiring, lifecycle) → ``accesslog`` → ``edge`` (HTTP) or ``streams`` (Join), both
-through ``decode`` (parse, bind, validate; ``Refusal``) →
+through ``decode`` (parse, edition, bind, validate; every refusal's status) →
 ``rules`` (what each endpoint does) → ``store`` (the interface) → ``store_sqlite`` or
 ``store_pg`` (sharing ``sql``) → back through ``hub`` (and ``hub_pg`` across replicas) to
 the live streams. ``domain`` holds the types they share; ``chatctl.wire`` what travels.

@@ -2,9 +2,9 @@
 
 Pure functions over facts, no store and no HTTP: the principal (``tokens.Principal``),
 the endpoint, the request, and what the store knows of the room (``RoomFacts``). They
-return the request as it will be carried out, or raise ``Refusal`` (403, or 404 for a
-room the actor's tenant does not have). Contract: ``m3o-chat-api.md``, part 3, "Who may
-do what", which has the same rules as a table.
+return the request as it will be carried out, or raise ``domain.Forbidden`` (403), the
+same refusals the rules raise, mapped to statuses at the edge only. Contract:
+``m3o-chat-api.md``, part 3, "Who may do what", which has the same rules as a table.
 
 **Admin tokens** (every old-format token, ``tenant=NAME admin``, and the open server)
 act as any user, as every m3o token did: nothing here refuses them.
@@ -40,33 +40,18 @@ from dataclasses import dataclass
 from typing import Any
 
 from chatctl.schema import ENDPOINTS
+from chatctl.server.domain import Forbidden
 from chatctl.server.tokens import NAMED_TENANT, OPEN, Principal
 
 __all__ = [
-    "ListScope",
-    "Refusal",
     "RoomFacts",
     "authorize",
     "bind",
     "creator_of",
     "idempotency_scope",
-    "list_scope",
     "visible",
     "whoami",
 ]
-
-#: endpoints whose ``user_id`` names the actor (for Invite and Kick it names the target,
-#: for List it is a filter): declared with the endpoint (``schema.Endpoint.actor``).
-_ACTOR_FIELD = frozenset(name for name, e in ENDPOINTS.items() if e.actor)
-
-
-class Refusal(Exception):
-    """A request the access rules refuse: ``code`` (403, or 404) and m3o-style ``detail``."""
-
-    def __init__(self, code: int, detail: str) -> None:
-        super().__init__(detail)
-        self.code = code
-        self.detail = detail
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,20 +68,8 @@ class RoomFacts:
     target_barred: bool = False
 
 
-@dataclass(frozen=True, slots=True)
-class ListScope:
-    """What List shows: rooms with ``member`` in them (None: any), that ``viewer`` may
-    see (None: every room; else public rooms and private ones it is in or created)."""
-
-    member: str | None
-    viewer: str | None
-
-
-_NOT_FOUND = Refusal(404, "room not found")
-
-
 def bind(principal: Principal, endpoint: str, request: Mapping[str, Any]) -> dict[str, Any]:
-    """The request with the actor's user filled in, or Refusal(403) when it names another.
+    """The request with the actor's user filled in, or Forbidden when it names another.
 
     Works on a request as parsed (before validation: ``null`` or ``""`` count as absent,
     and a value of the wrong type is left for validation to refuse) and on a validated
@@ -106,12 +79,16 @@ def bind(principal: Principal, endpoint: str, request: Mapping[str, Any]) -> dic
     user = principal.user
     if user is None:
         return out
-    if endpoint in _ACTOR_FIELD:
+    declared = ENDPOINTS.get(endpoint)
+    # ``user_id`` names the actor where the endpoint declares it (``schema.Endpoint.actor``:
+    # Send, Join, History, Leave); for Invite and Kick it names the target, for List it
+    # is a filter.
+    if declared is not None and declared.actor:
         given = out.get("user_id")
         if given is None or given == "":
             out["user_id"] = user
         elif isinstance(given, str) and given != user:
-            raise Refusal(403, f"this token acts only as user {user}, not {given}")
+            raise Forbidden(f"this token acts only as user {user}, not {given}")
     elif endpoint == "Create":
         members = out.get("user_ids")
         if members is None:
@@ -127,15 +104,14 @@ def creator_of(principal: Principal) -> str | None:
 
 
 def authorize(
-    principal: Principal, endpoint: str, request: Mapping[str, Any], room: RoomFacts | None
+    principal: Principal, endpoint: str, request: Mapping[str, Any], room: RoomFacts
 ) -> None:
-    """Refuse what the actor may not do to this room (None: not in the actor's tenant).
+    """Refuse (Forbidden) what the actor may not do to this room.
 
-    Call it with the request ``bind`` returned, once the room is known; Create and List
-    name no room and are not checked here (see ``bind`` and ``list_scope``).
+    Call it with the request ``bind`` returned, once the room is known (a room of another
+    tenant is not: the rules' NotFound); Create and List name no room and are not checked
+    here (see ``bind`` and ``visible``).
     """
-    if room is None:
-        raise _NOT_FOUND
     user = principal.user
     if user is None:
         return
@@ -143,18 +119,17 @@ def authorize(
     if endpoint in ("Delete", "Kick") and not creator:
         verb = "delete the room" if endpoint == "Delete" else "kick"
         hint = "" if endpoint == "Delete" else " (to leave the room yourself, use Leave)"
-        raise Refusal(403, f"only the room's creator or an admin token may {verb}{hint}")
+        raise Forbidden(f"only the room's creator or an admin token may {verb}{hint}")
     if endpoint == "Invite":
         if room.target_barred and not creator:
-            raise Refusal(
-                403,
+            raise Forbidden(
                 f"{request.get('user_id')} was kicked from the room: only its creator or an"
                 " admin token may invite them back",
             )
         if not (room.actor_is_member or creator):
-            raise Refusal(403, "only a member of the room (or its creator) may invite")
+            raise Forbidden("only a member of the room (or its creator) may invite")
     if endpoint == "Leave" and room.private and not (room.actor_is_member or creator):
-        raise Refusal(403, "private room: the user is not in it")
+        raise Forbidden("private room: the user is not in it")
 
 
 def visible(principal: Principal, room: RoomFacts) -> bool:
@@ -165,12 +140,6 @@ def visible(principal: Principal, room: RoomFacts) -> bool:
         or room.actor_is_member
         or room.creator == principal.user
     )
-
-
-def list_scope(principal: Principal, request: Mapping[str, Any]) -> ListScope:
-    """The rooms a List request asks for, within what the actor may see."""
-    member = request.get("user_id") or None
-    return ListScope(member if isinstance(member, str) else None, principal.user)
 
 
 def idempotency_scope(principal: Principal, key: str) -> str:

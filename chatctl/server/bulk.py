@@ -39,11 +39,11 @@ from starlette.types import Receive, Scope, Send
 
 from chatctl.schema import ENDPOINTS, Endpoint
 from chatctl.server import access
-from chatctl.server.decode import NDJSON_TYPES, Refusal, bind_actor, parse_json, validate
+from chatctl.server.decode import NDJSON_TYPES, Refusal, decode, too_large
 from chatctl.server.domain import Refused, Unavailable
-from chatctl.server.editions import GROUP, Edition, answer_in, request_edition
+from chatctl.server.editions import Edition, answer_in
 from chatctl.server.tokens import OPEN, Principal
-from chatctl.wire import encode, group_wording
+from chatctl.wire import encode
 
 if TYPE_CHECKING:
     from chatctl.server.config import ServerConfig
@@ -284,11 +284,10 @@ class BulkSend(Response):
         the first)."""
         group = _Group(len(lines), [""] * len(lines))
         for i, raw in enumerate(lines):
-            edition = self.edition
             try:
                 request, edition = self._request(raw)
-            except _LineRefused as refused:
-                group.answers[i] = _worded(refused.refusal, refused.edition)
+            except Refusal as refusal:
+                group.answers[i] = encode(refusal.body())
                 if self.stop:
                     group.cut(i)
                     break
@@ -321,7 +320,7 @@ class BulkSend(Response):
             return answers
         for (i, _, _, edition), result in zip(requests, results, strict=False):
             if isinstance(result, Refused):
-                answers[i] = _worded(Refusal.of(SEND.id, result), edition)
+                answers[i] = encode(Refusal.of(SEND.id, result, edition).body())
                 if self.stop:
                     group.cut(i)
                     return group.answers
@@ -333,30 +332,8 @@ class BulkSend(Response):
 
     def _request(self, raw: bytes | None) -> tuple[dict[str, Any], Edition]:
         """One line as a validated SendRequest and the edition it speaks (``group_id`` or
-        ``room_id``: each line is answered in its own), or the refusal it would get alone."""
-        limit = self.config.limits.max_body_bytes
-        edition = self.edition
-        try:
-            if raw is None:
-                detail = f"request line is larger than {limit} bytes (max_body_bytes)"
-                raise Refusal("v1", 413, detail)
-            body = parse_json(raw, limit)
-            edition = request_edition(SEND, body, self.edition)
-            body = bind_actor(self.principal, SEND, body)
-            return validate(SEND, body, self.config, raw), edition
-        except Refusal as refusal:
-            raise _LineRefused(refusal, edition) from None
-
-
-class _LineRefused(Exception):
-    def __init__(self, refusal: Refusal, edition: Edition) -> None:
-        super().__init__(refusal.detail)
-        self.refusal = refusal
-        self.edition = edition
-
-
-def _worded(refusal: Refusal, edition: Edition) -> str:
-    """A line's refusal, encoded, in the words of its edition (``missing group id``)."""
-    if edition == GROUP and "room" in refusal.detail:
-        refusal.detail = group_wording(refusal.detail)
-    return encode(refusal.body())
+        ``room_id``: each line is answered in its own), or the Refusal it would get alone
+        (worded in that edition)."""
+        if raw is None:
+            raise too_large(self.config.limits.max_body_bytes, "request line")
+        return decode(SEND, raw, self.principal, self.config, self.edition)

@@ -51,9 +51,6 @@ class ServerConfig:
     #: path of the SQLite database file (created with mode 0600 if missing), or a
     #: ``postgresql://`` URL of a database several replicas share.
     db: str
-    #: bearer tokens in clear, each an admin token of its own tenant (the old format): a
-    #: shorthand for a ``registry`` holding only these, which ``__post_init__`` makes.
-    tokens: frozenset[str] = frozenset()
     limits: Limits = field(default_factory=Limits)
     #: WebSocket keep-alive, as m3o's gateway: ping every 15 s, drop after 45 s unanswered.
     ping_interval: float = 15.0
@@ -94,12 +91,6 @@ class ServerConfig:
     #: the edition Create and List answer in (they name neither room nor group):
     #: ``both`` (both keys), ``room`` or ``group`` (``server.editions``).
     m3o_edition: Edition = "both"
-
-    def __post_init__(self) -> None:
-        if self.tokens and self.registry is None:
-            from chatctl.server.tokens import TokenRegistry
-
-            self.registry = TokenRegistry(tokens=sorted(self.tokens))
 
     @property
     def open(self) -> bool:

@@ -1,10 +1,12 @@
 """The chat domain's own types, shared by the rules, the stores and the fan-out.
 
 - Rows: a room and a message as a store holds them (``RoomRow``, ``MessageRow``).
-- Refusals: what the rules (and a store, for a Send) raise when a request cannot be done.
-  Each is one kind of "no" (``Invalid``, ``Forbidden``, ``NotFound``, ``Conflict``); the
-  HTTP edge maps the kind to a status and m3o's error object, and nothing else here knows
-  HTTP. ``Unavailable`` is the storage failing (full, locked, unreachable, too slow): the
+- Refusals: what the rules, ``access`` (and a store, for a Send) raise when a request
+  cannot be done. Each is one kind of "no" (``Invalid``, ``Forbidden``, ``NotFound``,
+  ``Conflict``) under one root, ``Refused`` (``schema.Refused``, also the root of
+  ``schema.ValidationError`` and of the edge's ``decode.Refusal``); ``decode`` alone maps
+  a kind to a status, a close code and m3o's error object, and nothing here knows HTTP.
+  ``Unavailable`` is the storage failing (full, locked, unreachable, too slow): the
   cause is for the server's log, never for a client.
 - ``Key``: an Idempotency-Key as the store needs it to claim it or find its first answer.
 - ``NewMessage``: a message a Send asks the store to add to a room.
@@ -19,6 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from chatctl.schema import Refused
 from chatctl.wire import message_object, rfc3339
 
 __all__ = [
@@ -76,12 +79,8 @@ class MessageRow:
 # -- refusals ---------------------------------------------------------------------------
 
 
-class Refused(Exception):
-    """A request the rules will not do; ``detail`` is the text a client reads."""
-
-    def __init__(self, detail: str) -> None:
-        super().__init__(detail)
-        self.detail = detail
+# ``Refused``, the root (``schema.Refused``, so that a request the shared schema refuses,
+# ``schema.ValidationError``, is one of the same tree): a request the rules will not do.
 
 
 class Invalid(Refused):

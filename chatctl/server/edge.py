@@ -10,15 +10,17 @@
   ``Allow`` before any token is checked: a browser's CORS preflight (``cors`` adds what a
   preflight needs for the origins it allows). An unknown path is 404 ``No such API``.
 - Both of m3o's editions (``editions``): a request naming ``group_id`` is answered in the
-  group edition, its refusals worded in it; Create and List in the server's edition.
+  group edition, its refusals worded in it (``decode.Refusal.in_edition``); Create and
+  List in the server's edition.
 - An open server refuses a browser's request from an origin it does not allow (``cors``).
 - ``authenticate`` is the one place a credential becomes an identity: a
   ``tokens.Principal`` (its tenant, the user a user token acts as, and the token's id),
   ``tokens.OPEN`` on an open server. Then, in this order: the token's rate limit (429
   with ``Retry-After``; unary calls only), the body (408 when it trickles in, see
-  ``protocol``), ``access.bind`` on the parsed body (a user token's ``user_id`` filled in,
-  another user 403), validation; the rules get the principal as the actor and apply the
-  rest of ``access`` (who may do what to a room, List's scope), and a user token's
+  ``protocol``), then ``decode.decode`` as for every request: parsed, its edition,
+  ``access.bind`` (a user token's ``user_id`` filled in, another user 403), validation;
+  the rules get the principal as the actor and apply the rest of ``access`` (who may do
+  what to a room, what List shows), and a user token's
   ``Idempotency-Key`` is scoped to it (``access.idempotency_scope``).
 - Errors are m3o's object, ``{"id", "code", "detail", "status"}`` with HTTP status ==
   code. The gateway's own (the path, the token, the body as bytes: 401, 404 ``No such
@@ -50,22 +52,21 @@ from chatctl.server.config import ServerConfig
 from chatctl.server.cors import Origins
 from chatctl.server.decode import (
     Refusal,
-    bind_actor,
+    decode,
     is_ndjson,
     no_such_api,
     one_line,
-    parse_json,
-    validate,
+    too_large,
 )
 from chatctl.server.domain import Refused, Unavailable
-from chatctl.server.editions import ROOM, Edition, answer_in, request_edition
+from chatctl.server.editions import ROOM, Edition, answer_in
 from chatctl.server.hub import Hub
 from chatctl.server.openapi import openapi_document
 from chatctl.server.protocol import BODY_TOO_SLOW
 from chatctl.server.ratelimit import RateLimiter, over_rate
 from chatctl.server.rules import Answer, ChatService
 from chatctl.server.tokens import OPEN, Principal
-from chatctl.wire import encode, group_wording
+from chatctl.wire import encode
 
 __all__ = ["Edge", "JSONAnswer", "StreamedAnswer"]
 
@@ -80,8 +81,6 @@ _MAX_IDEMPOTENCY_KEY = 255
 #: the methods of the API's endpoints, and of /health and /openapi.json (``Allow``).
 ALLOW_POST = "POST"
 ALLOW_GET = "GET, HEAD"
-#: scope key: the edition a request is answered in, when not the seed's.
-EDITION = "chatctl.edition"
 
 
 def _other_method(method: str, allow: str) -> Response:
@@ -92,13 +91,6 @@ def _other_method(method: str, allow: str) -> Response:
     raise Refusal(
         "v1", 405, f"method {method} not allowed here: use {allow}", {"Allow": allow}
     )
-
-
-def worded_for(refusal: Refusal, scope: Scope) -> Refusal:
-    """A refusal in the words of the request's edition (``missing group id``)."""
-    if scope.get(EDITION) == "group" and "room" in refusal.detail:
-        refusal.detail = group_wording(refusal.detail)
-    return refusal
 
 
 class JSONAnswer(Response):
@@ -237,7 +229,7 @@ class Edge:
         try:
             response = await self._http(Request(scope, receive))
         except Refusal as refusal:
-            response = JSONAnswer.error(worded_for(refusal, scope))
+            response = JSONAnswer.error(refusal)
         except ClientDisconnect:
             return  # nobody is left to read an answer
         await response(scope, receive, send)
@@ -263,12 +255,7 @@ class Edge:
         if endpoint is not JOIN:  # a stream counts against the stream cap instead
             self.rate_limit(principal)
         raw = await self._read_body(request)
-        body = parse_json(raw, self.config.limits.max_body_bytes)
-        edition = request_edition(endpoint, body, self.edition)
-        if edition != ROOM:
-            request.scope[EDITION] = edition  # so that a refusal is worded in it
-        body = bind_actor(principal, endpoint, body)
-        req = validate(endpoint, body, self.config, raw)
+        req, edition = decode(endpoint, raw, principal, self.config, self.edition)
         if endpoint is JOIN:
             return await self.join_ndjson(principal, req, edition)
         if endpoint is WHOAMI:  # the token alone answers it: no storage, no room
@@ -280,6 +267,7 @@ class Edge:
                     endpoint.id,
                     400,
                     f"Idempotency-Key must be 1 to {_MAX_IDEMPOTENCY_KEY} characters",
+                    edition=edition,
                 )
             key = access.idempotency_scope(principal, key)
         try:
@@ -287,7 +275,7 @@ class Edge:
                 endpoint.name, principal.tenant, req, key, actor=principal
             )
         except (Refused, Unavailable) as exc:
-            raise Refusal.of(endpoint.id, exc) from None
+            raise Refusal.of(endpoint.id, exc, edition) from None
         if edition != ROOM:
             answer = answer_in(edition, answer)
         if isinstance(answer, str):
@@ -329,12 +317,10 @@ class Edge:
 
     async def _read_body(self, request: Request) -> bytes:
         limit = self.config.limits.max_body_bytes
-        too_large = Refusal(
-            "v1", 413, f"request body is larger than {limit} bytes (max_body_bytes)"
-        )
+        refused = too_large(limit)
         length = request.headers.get("content-length")
         if length is not None and length.isdigit() and int(length) > limit:
-            raise too_large
+            raise refused
         # Content-Length may be absent (chunked) or wrong: count what actually arrives.
         # Read from receive() directly: a body is almost always one message, and
         # Starlette's stream() generator costs more than the read itself.
@@ -348,7 +334,7 @@ class Edge:
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > limit:
-                raise too_large
+                raise refused
             chunks.append(chunk)
             if not message.get("more_body", False):
                 break

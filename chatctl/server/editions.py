@@ -28,7 +28,7 @@ import json
 from collections.abc import AsyncIterator
 from typing import Any, Final, Literal
 
-from chatctl.schema import ENDPOINTS, Endpoint
+from chatctl.schema import Endpoint
 from chatctl.wire import encode, group_wording, in_both_editions, in_group_edition
 
 __all__ = [
@@ -40,6 +40,7 @@ __all__ = [
     "answer_in",
     "end_frame_in",
     "request_edition",
+    "worded_in",
 ]
 
 Edition = Literal["room", "group", "both"]
@@ -49,15 +50,12 @@ GROUP: Final = "group"
 BOTH: Final = "both"
 EDITIONS: tuple[Edition, ...] = (ROOM, GROUP, BOTH)
 
-#: the endpoints whose requests name the room (``room_id`` or ``group_id``).
-_NAMING = frozenset(name for name, e in ENDPOINTS.items() if e.field("room_id") is not None)
-
 
 def request_edition(endpoint: Endpoint, body: Any, default: Edition) -> Edition:
     """The edition a request is answered in: ``group`` when it names ``group_id``,
     ``room`` when it names ``room_id`` (or both, which validation refuses in the seed's
     words), else the server's ``default``."""
-    if endpoint.name in _NAMING and isinstance(body, dict):
+    if endpoint.names_room and isinstance(body, dict):
         if "room_id" in body:
             return ROOM
         if "group_id" in body:
@@ -81,6 +79,15 @@ async def _parts_in_group_edition(parts: AsyncIterator[str]) -> AsyncIterator[st
         yield in_group_edition(part)
 
 
+def worded_in(edition: Edition, detail: str) -> str:
+    """A refusal's detail in ``edition``'s words (``missing group id``, ``group not
+    found``): the one place the server rewords one, for a refusal (``decode.Refusal``)
+    and for the end of a stream (``end_frame_in``, its close reason)."""
+    if edition == GROUP and "room" in detail:
+        return group_wording(detail)
+    return detail
+
+
 def end_frame_in(edition: Edition, frame: str) -> str:
     """The final frame of a stream (an error object: kicked, room deleted) in
     ``edition``'s words; once per stream, so decoding it is fine."""
@@ -88,5 +95,5 @@ def end_frame_in(edition: Edition, frame: str) -> str:
         return frame
     error: dict[str, Any] = json.loads(frame)
     if isinstance(error.get("detail"), str):
-        error["detail"] = group_wording(error["detail"])
+        error["detail"] = worded_in(edition, error["detail"])
     return encode(error)

@@ -6,8 +6,10 @@ for a user token, bound to its user: ``access.bind``), and the actor (``tokens.P
 None means an admin of the tenant, as every m3o token was), and returns m3o's answer,
 encoded (``wire``): every field present, snake_case. A refusal is a ``domain`` error
 (``NotFound``, ``Forbidden``, ``Invalid``, ``Conflict``) carrying m3o's detail; the edge
-maps it to an HTTP status. The rules are written once against ``store.Store``, awaiting
-it, and never ask which database is behind it.
+maps it to an HTTP status, and the streams a change ends get the refusal a Join would now
+get (``decode.streams_ended`` makes its frame and close code): the statuses below are
+that mapping's, none is written here. The rules are written once against ``store.Store``,
+awaiting it, and never ask which database is behind it.
 
 Rules beyond m3o (contract part 2), and the choices this server makes where it is silent:
 
@@ -66,8 +68,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from chatctl.schema import ENDPOINTS, Limits, unseen_character
+from chatctl.schema import Limits, unseen_character
 from chatctl.server import access
+from chatctl.server.decode import streams_ended
 from chatctl.server.domain import (
     EventNote,
     Forbidden,
@@ -78,7 +81,6 @@ from chatctl.server.domain import (
     NotFound,
     Refused,
     RoomRow,
-    StreamsEnded,
 )
 from chatctl.server.quotas import (
     ByteMeter,
@@ -91,10 +93,7 @@ from chatctl.server.sql import Session
 from chatctl.server.store import SendResult, Store
 from chatctl.server.tokens import OPEN, Principal
 from chatctl.wire import (
-    CLOSE_DELETED,
-    CLOSE_FORBIDDEN,
     encode,
-    error_frame,
     event_frame,
     is_uuid,
     message_frame,
@@ -182,29 +181,6 @@ class ChatService:
             return answer
 
         return await self.store.write(work)
-
-    # Shorthands for an admin of the tenant (tests, tools); the edge calls ``call``.
-    async def create(self, tenant: str, request: dict[str, Any], key: str | None = None) -> str:
-        return await self._call_str("Create", tenant, request, key)
-
-    async def delete(self, tenant: str, request: dict[str, Any], key: str | None = None) -> str:
-        return await self._call_str("Delete", tenant, request, key)
-
-    async def invite(self, tenant: str, request: dict[str, Any], key: str | None = None) -> str:
-        return await self._call_str("Invite", tenant, request, key)
-
-    async def kick(self, tenant: str, request: dict[str, Any], key: str | None = None) -> str:
-        return await self._call_str("Kick", tenant, request, key)
-
-    async def leave(self, tenant: str, request: dict[str, Any], key: str | None = None) -> str:
-        return await self._call_str("Leave", tenant, request, key)
-
-    async def _call_str(
-        self, endpoint: str, tenant: str, request: dict[str, Any], key: str | None
-    ) -> str:
-        answer = await self.call(endpoint, tenant, request, key)
-        assert isinstance(answer, str)
-        return answer
 
     @staticmethod
     def _key(tenant: str, endpoint: str, request: dict[str, Any], key: str | None) -> Key | None:
@@ -375,8 +351,7 @@ class ChatService:
         members = await db.members(room)
         await db.delete_room(room)
         _event(db, "deleted", room, "")
-        frame = error_frame(ENDPOINTS["Delete"].id, 404, "room deleted")
-        db.publish(StreamsEnded(tenant, room.id, None, CLOSE_DELETED, frame, "room deleted"))
+        db.publish(streams_ended(tenant, room.id, None, "Delete", NotFound("room deleted")))
         return _room_answer(room, members)
 
     async def _invite(
@@ -425,8 +400,7 @@ class ChatService:
         removed = await db.remove_member(room, user_id)
         if event == "kicked":
             await db.set_barred(room, user_id, True)
-        frame = error_frame(ENDPOINTS[endpoint].id, 403, detail)
-        db.publish(StreamsEnded(tenant, room.id, user_id, CLOSE_FORBIDDEN, frame, detail))
+        db.publish(streams_ended(tenant, room.id, user_id, endpoint, Forbidden(detail)))
         if removed:
             _event(db, event, room, user_id)
         return _room_answer(room, await db.members(room))
@@ -617,10 +591,7 @@ async def _authorize(
         actor_is_member=await db.is_member(room, actor.user),
         target_barred=endpoint == "Invite" and await db.is_barred(room, req["user_id"]),
     )
-    try:
-        access.authorize(actor, endpoint, req, facts)
-    except access.Refusal as refused:
-        raise (Forbidden if refused.code == 403 else NotFound)(refused.detail) from None
+    access.authorize(actor, endpoint, req, facts)
 
 
 def _new_message(req: dict[str, Any]) -> NewMessage:

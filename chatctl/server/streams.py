@@ -19,10 +19,11 @@ A JoinRequest naming ``group_id`` is a stream of m3o's group edition (``editions
 frames carry ``group_id`` (renamed once per frame by the hub, per frame of a replay here),
 and its refusals and final frames are worded in it.
 
-Tokens: a user token's request is bound to its user (``decode.bind_actor``) before it is
-validated; each stream counts against its token's cap (``--max-streams-per-token``: one
-more is 429, close 4429 on a WebSocket) until it ends; a subscriber's ``owner`` is its
-token's id, so a revoked token's streams can be ended (``hub.Hub.end_tokens``, close 4401).
+Tokens: a Join is decoded as every request is (``decode.decode``: a user token's request
+is bound to its user before it is validated); each stream counts against its token's cap
+(``--max-streams-per-token``: one more is 429, close 4429 on a WebSocket) until it ends;
+a subscriber's ``owner`` is its token's id, so a revoked token's streams can be ended
+(``hub.Hub.end_tokens``, close 4401).
 """
 
 from __future__ import annotations
@@ -35,16 +36,15 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from chatctl.server.decode import Refusal, bind_actor, no_such_api, parse_json
-from chatctl.server.decode import validate as validate_request
+from chatctl.server.decode import Refusal, decode, no_such_api
 from chatctl.server.domain import Refused, Unavailable
-from chatctl.server.edge import CHAT_PREFIX, EDITION, JOIN, Edge, bearer, origin_refused, worded_for
-from chatctl.server.editions import GROUP, ROOM, Edition, end_frame_in, request_edition
+from chatctl.server.edge import CHAT_PREFIX, JOIN, Edge, bearer, origin_refused
+from chatctl.server.editions import GROUP, ROOM, Edition, end_frame_in, worded_in
 from chatctl.server.hub import StreamEnded, Subscriber
 from chatctl.server.ratelimit import StreamCounter, over_stream_cap
 from chatctl.server.rules import Admission
 from chatctl.server.tokens import Principal
-from chatctl.wire import close_code_for, encode, error_frame, group_wording, in_group_edition
+from chatctl.wire import encode, in_group_edition
 
 __all__ = ["RAW_SEND", "REVOKED", "JoinStreams"]
 
@@ -76,15 +76,15 @@ class JoinStreams:
         self, principal: Principal, req: dict[str, str], edition: Edition = ROOM
     ) -> tuple[Admission, Subscriber]:
         """Admit a Join (counted against its token's cap) and subscribe it; raises
-        Refusal (nothing counted) when it is refused."""
+        Refusal (nothing counted, worded in ``edition``) when it is refused."""
         token_id = principal.token_id
         if not self.counter.open(token_id):
-            raise Refusal("v1", 429, over_stream_cap(self.counter.cap or 0))
+            raise Refusal("v1", 429, over_stream_cap(self.counter.cap or 0), edition=edition)
         try:
             admission = await self.service.join(principal.tenant, req)
         except (Refused, Unavailable) as exc:
             self.counter.close(token_id)
-            raise Refusal.of(JOIN.id, exc) from None
+            raise Refusal.of(JOIN.id, exc, edition) from None
         except BaseException:
             self.counter.close(token_id)
             raise
@@ -105,7 +105,7 @@ class JoinStreams:
             # streams before this one was among them, so it is refused here, before it
             # replays anything.
             self.release(sub)
-            raise Refusal("v1", 401, "Unauthorized")
+            raise Refusal("v1", 401, "Unauthorized", edition=edition)
         return admission, sub
 
     def release(self, sub: Subscriber) -> None:
@@ -194,17 +194,12 @@ class JoinStreams:
             raw = first.get("text")
             if raw is None:
                 raw = first.get("bytes") or b""
-            body = parse_json(raw, self.config.limits.max_body_bytes)
-            edition = request_edition(JOIN, body, edge.edition)
-            ws.scope[EDITION] = edition
-            body = bind_actor(principal, JOIN, body)
-            req = validate_request(JOIN, body, self.config, raw)
+            req, edition = decode(JOIN, raw, principal, self.config, edge.edition)
             admission, sub = await self.admit(principal, req, edition)
         except Refusal as refusal:
-            refusal = worded_for(refusal, ws.scope)
             with contextlib.suppress(WebSocketDisconnect, RuntimeError):
                 await ws.send_text(encode(refusal.body()))
-                await ws.close(close_code_for(refusal.code), refusal.detail[:120])
+                await ws.close(refusal.close_code, refusal.detail[:120])
             return
         except WebSocketDisconnect:
             return
@@ -225,7 +220,7 @@ class JoinStreams:
                 with contextlib.suppress(WebSocketDisconnect, RuntimeError):
                     if end.frame:
                         await ws.send_text(end_frame_in(_edition_of(sub), end.frame))
-                    reason = group_wording(end.reason) if sub.group else end.reason
+                    reason = worded_in(_edition_of(sub), end.reason)
                     await ws.close(end.code, reason[:120])
         except Unavailable as exc:
             await _end_unavailable(ws, exc)
@@ -237,7 +232,8 @@ class JoinStreams:
 
 def revoked() -> StreamEnded:
     """How a revoked token's stream ends: 401's error frame, then close 4401."""
-    return StreamEnded(close_code_for(401), error_frame("v1", 401, REVOKED), REVOKED)
+    refusal = Refusal("v1", 401, REVOKED)
+    return StreamEnded(refusal.close_code, encode(refusal.body()), REVOKED)
 
 
 def _edition_of(sub: Subscriber) -> Edition:
@@ -250,7 +246,7 @@ async def _end_unavailable(ws: WebSocket, exc: Unavailable) -> None:
     refusal = Refusal.of(JOIN.id, exc)
     with contextlib.suppress(WebSocketDisconnect, RuntimeError, OSError):
         await ws.send_text(encode(refusal.body()))
-        await ws.close(close_code_for(refusal.code), refusal.detail[:120])
+        await ws.close(refusal.close_code, refusal.detail[:120])
 
 
 async def _watch_disconnect(ws: WebSocket, sub: Subscriber) -> None:

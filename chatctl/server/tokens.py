@@ -94,10 +94,6 @@ class Principal:
     admin: bool
     token_id: str
 
-    @property
-    def kind(self) -> str:
-        return "admin" if self.admin else "user"
-
 
 #: the principal of every request to an open server (no tokens: loopback, single tenant).
 OPEN = Principal(tenant="", user=None, admin=True, token_id="")
@@ -308,17 +304,6 @@ class TokenRegistry:
         if self.open:
             return OPEN
         return self._principals.get(token_digest(token))
-
-    def from_authorization(self, header: str | None) -> Principal | None:
-        """The principal of an ``Authorization: Bearer …`` header, or None when refused."""
-        if self.open:
-            return OPEN
-        if not header:
-            return None
-        scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer":
-            return None
-        return self.authenticate(token.strip())
 
     def accepts(self, principal: Principal) -> bool:
         """Whether ``principal``'s token still means it: False once the token was revoked

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from chatctl.server.edge import bearer
 from chatctl.server.tokens import (
     OPEN,
     Principal,
@@ -153,19 +154,21 @@ def test_authorization_header() -> None:
     registry = TokenRegistry(tokens=["tok-a"])
     alice = registry.authenticate("tok-a")
     assert alice is not None
-    assert registry.from_authorization("Bearer tok-a") == alice
-    assert registry.from_authorization("bearer  tok-a ") == alice
+    # as the edge reads it: the header's token (``edge.bearer``), then who it is
+    assert registry.authenticate(bearer("Bearer tok-a") or "") == alice
+    assert registry.authenticate(bearer("bearer  tok-a ") or "") == alice
     for header in (None, "", "Bearer", "Bearer ", "Basic tok-a", "tok-a", "Bearer tok-b"):
-        assert registry.from_authorization(header) is None, header
+        token = bearer(header)
+        assert not token or registry.authenticate(token) is None, header
 
 
 def test_no_tokens_is_open_and_an_empty_file_is_closed(tmp_path: Path) -> None:
     assert TokenRegistry().open
-    assert TokenRegistry().from_authorization(None) is OPEN
+    assert TokenRegistry().authenticate("") is OPEN
     assert OPEN.admin and OPEN.tenant == ""
     empty = TokenRegistry(write(tmp_path / "tokens", "# nobody yet\n"))
     assert not empty.open and len(empty) == 0
-    assert empty.from_authorization(None) is None
+    assert empty.authenticate("") is None
     assert empty.authenticate("anything") is None
 
 

@@ -3,7 +3,8 @@
 ``live_server(**overrides)`` starts the app under uvicorn in a thread (as httpx's own test
 suite does), with the HTTP protocol ``chatctl serve`` uses and a temporary SQLite file,
 and returns its base URL; keyword arguments override ``ServerConfig`` fields
-(``tokens=frozenset({"t1"})``, ``stream_queue=5``...).
+(``stream_queue=5``...), and ``tokens=frozenset({"t1"})`` gives it a ``registry`` of
+those admin tokens (each its own tenant), as ``chatctl serve --token`` does.
 Other test packages may reuse it.
 """
 
@@ -23,6 +24,7 @@ from starlette.applications import Starlette
 from chatctl.server.app import create_app
 from chatctl.server.config import ServerConfig
 from chatctl.server.protocol import ChatServer, http_protocol, uvicorn_config
+from chatctl.server.tokens import TokenRegistry
 from tests import postgres
 from tests.helpers import free_port, wait_for
 
@@ -43,7 +45,10 @@ class LiveServer:
 
 def start_server(db: str, uvicorn: dict[str, Any] | None = None, **overrides: Any) -> LiveServer:
     """The app on a loopback port in a thread; ``overrides`` are ServerConfig fields,
-    ``uvicorn`` more of uvicorn's settings."""
+    ``uvicorn`` more of uvicorn's settings; ``tokens``, admin tokens to accept."""
+    tokens = overrides.pop("tokens", None)
+    if tokens:
+        overrides["registry"] = TokenRegistry(tokens=sorted(tokens))
     config = dataclasses.replace(ServerConfig(db=db), **overrides)
     app = create_app(config)
     port = free_port()

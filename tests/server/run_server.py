@@ -13,11 +13,12 @@ import sys
 from chatctl.server.app import create_app
 from chatctl.server.config import ServerConfig
 from chatctl.server.protocol import ChatServer, uvicorn_config
+from chatctl.server.tokens import TokenRegistry
 
 
 def main() -> None:
     db, port, *tokens = sys.argv[1:]
-    config = ServerConfig(db=db, tokens=frozenset(tokens))
+    config = ServerConfig(db=db, registry=TokenRegistry(tokens=tokens) if tokens else None)
     app = create_app(config)
     server = ChatServer(
         uvicorn_config(app, config, host="127.0.0.1", port=int(port), log_level="warning")

@@ -89,7 +89,7 @@ def test_a_long_history_ends_where_the_room_was_when_asked_and_lets_others_run(
     async def scenario() -> tuple[list[str], list[str]]:
         store = SQLiteStore(str(tmp_path / "chat.db"), Hub())
         service = ChatService(store)
-        room = json.loads(await service.create("", req("Create", name="r", user_ids=["u"])))
+        room = json.loads(await service.call("Create", "", req("Create", name="r", user_ids=["u"])))
         room_id = room["room"]["id"]
         for n in range(35):
             await service.send("", req("Send", room_id=room_id, user_id="u", text=f"m{n}"))

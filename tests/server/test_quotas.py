@@ -40,7 +40,7 @@ def test_byte_counts_are_kept_in_the_database(database: str) -> None:
         stores = [await _started(database), await _started(database)]
         try:
             first, second = (ChatService(store, limits) for store in stores)
-            created = json.loads(await first.create("tenant:acme", ROOM))["room"]
+            created = json.loads(await first.call("Create", "tenant:acme", ROOM))["room"]
             send = {"room_id": created["id"], "user_id": "alice", "client": "", "subject": ""}
             await first.send("tenant:acme", {**send, "text": "x" * 600}, actor=ALICE)
             await first.sync_quotas()
@@ -104,7 +104,7 @@ def test_a_bulk_send_refuses_the_lines_over_a_quota(tmp_path: Path, stop: bool) 
         store = await _started(str(tmp_path / "chat.db"))
         try:
             service = ChatService(store, limits)
-            room = json.loads(await service.create("tenant:acme", ROOM))["room"]["id"]
+            room = json.loads(await service.call("Create", "tenant:acme", ROOM))["room"]["id"]
             line = {"room_id": room, "user_id": "alice", "client": "", "subject": ""}
             sizes = [600, 600, 300, 100]
             answers = await service.send_many(
@@ -140,7 +140,7 @@ def test_a_retry_at_the_cap_gets_the_first_answer(database: str) -> None:
         store = await _started(database)
         try:
             service = ChatService(store, limits)
-            room = json.loads(await service.create("tenant:acme", ROOM))["room"]["id"]
+            room = json.loads(await service.call("Create", "tenant:acme", ROOM))["room"]["id"]
             send = {"room_id": room, "user_id": "alice", "client": "", "subject": ""}
             full = {**send, "text": "x" * 600}
             first = await service.send("tenant:acme", full, "k1", actor=ALICE)

@@ -271,27 +271,29 @@ def test_membership_notifications_commit_with_the_change(url: str) -> None:
         async def scenario() -> None:
             async with started(url) as store:
                 service = ChatService(store)
-                created = await service.create(
-                    "", req("Create", name="r", user_ids=["a", "b", "c"])
+                created = await service.call(
+                    "Create", "", req("Create", name="r", user_ids=["a", "b", "c"])
                 )
                 room = json.loads(created)["room"]["id"]
                 assert heard() == []
-                await service.kick("", req("Kick", room_id=room, user_id="b"))
+                await service.call("Kick", "", req("Kick", room_id=room, user_id="b"))
                 assert heard(2) == ["k", "e"]
-                await service.leave("", req("Leave", room_id=room, user_id="c"))
+                await service.call("Leave", "", req("Leave", room_id=room, user_id="c"))
                 assert heard(2) == ["k", "e"]
-                await service.invite("", req("Invite", room_id=room, user_id="b"))
+                await service.call("Invite", "", req("Invite", room_id=room, user_id="b"))
                 assert heard(1) == ["e"]
                 await service.join("", req("Join", room_id=room, user_id="d"))
                 assert heard(1) == ["e"]
                 await service.call("Kick", "", req("Kick", room_id=room, user_id="d"), "key-1")
                 assert heard(2) == ["k", "e"]
-                await service.delete("", req("Delete", room_id=room))
+                await service.call("Delete", "", req("Delete", room_id=room))
                 assert heard(2) == ["e", "d"]
 
                 # A kick whose transaction fails after its notify was issued: rolled back,
                 # the user is still a member and not barred, and no replica hears of it.
-                created = await service.create("", req("Create", name="r", user_ids=["a", "b"]))
+                created = await service.call(
+                    "Create", "", req("Create", name="r", user_ids=["a", "b"])
+                )
                 room = json.loads(created)["room"]["id"]
 
                 async def dying(self: PostgresSession) -> None:
@@ -300,7 +302,7 @@ def test_membership_notifications_commit_with_the_change(url: str) -> None:
 
                 PostgresSession.notify = dying  # type: ignore[method-assign]
                 with pytest.raises(RuntimeError, match="died"):
-                    await service.kick("", req("Kick", room_id=room, user_id="b"))
+                    await service.call("Kick", "", req("Kick", room_id=room, user_id="b"))
                 PostgresSession.notify = spy  # type: ignore[method-assign]
                 assert heard(quiet=0.5) == []
 
@@ -342,9 +344,13 @@ def test_a_send_is_one_round_trip_keyed_or_not_and_refuses_as_the_rules_do(url: 
     async def scenario() -> list[object]:
         async with started(url) as store:
             service = ChatService(store)
-            public = json.loads(await service.create("", req("Create", name="p", user_ids=["a"])))
+            public = json.loads(
+                await service.call("Create", "", req("Create", name="p", user_ids=["a"]))
+            )
             private = json.loads(
-                await service.create("", req("Create", name="q", user_ids=["a"], private=True))
+                await service.call(
+                    "Create", "", req("Create", name="q", user_ids=["a"], private=True)
+                )
             )
             out: list[object] = []
             calls = [
