@@ -6,15 +6,17 @@ tail that outlives them once it has run: tests/faults/test_deploys.py."""
 from __future__ import annotations
 
 import json
+import threading
 import time
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
+from typing import Literal
 
 import pytest
 
 from chatctl.client import Client
 from chatctl.errors import APIError
-from tests.e2e.proxy import serve
+from tests.e2e.proxy import ANSWERED, serve
 from tests.helpers import chatctl, cli_env
 
 Answer = tuple[int, dict[str, str], bytes]
@@ -71,13 +73,15 @@ def test_a_bulk_send_answered_503_then_not_at_all_reports_the_503(tmp_path: Path
     That line's outcome is the 503 (exit 1, the line named), not a timeout, as for a call;
     the line answered before it is printed."""
     bulk: list[float] = []
+    released = threading.Event()
     extensions = {"Content-Type": "application/json", "Chat-Extensions": "bulk-send, idempotency"}
 
-    def server(request: BaseHTTPRequestHandler, body: bytes) -> Answer:
+    def server(request: BaseHTTPRequestHandler, body: bytes) -> Answer | Literal["answered"]:
         if request.headers.get("Content-Type", "").startswith("application/x-ndjson"):
             bulk.append(time.monotonic())
             if len(bulk) > 1:
-                time.sleep(3)  # past the client's budget: it stops waiting first
+                released.wait(10)  # past the client's budget: it stops waiting first
+                return ANSWERED  # nothing, once the CLI is gone
             error = {"id": "chat.send", "code": 503, "detail": "storage unavailable", "status": ""}
             return 503, extensions, json.dumps(error).encode()
         sent = json.loads(body)
@@ -99,6 +103,7 @@ def test_a_bulk_send_answered_503_then_not_at_all_reports_the_503(tmp_path: Path
             "--url", url, "--timeout", "1.5", "send", "-i", str(lines), "-u", "w", "-o", "id",
             env=cli_env(),
         )  # fmt: skip
+        released.set()
     assert r.returncode == 1, r.stderr
     assert r.stdout.split() == ["4f0c7a52-3b5e-4c1e-9d7a-2f0c6f1e8a11"]
     assert "line 2" in r.stderr and "storage unavailable" in r.stderr, r.stderr
