@@ -26,14 +26,13 @@ import contextlib
 import json
 import queue
 import threading
-import time
 import uuid
 from collections.abc import Generator, Iterator
 from typing import TYPE_CHECKING
 
 from chatctl.cli.run import Call, OneByOne, Outcome
-from chatctl.client import BulkCut, NoBulk, backoff
-from chatctl.errors import APIError, ChatctlError, UsageError
+from chatctl.client import BulkCut, NoBulk
+from chatctl.errors import APIError, ChatctlError, NoAnswerError, UsageError
 from chatctl.schema import BULK_SEND, ENDPOINTS, in_edition
 
 if TYPE_CHECKING:
@@ -150,33 +149,42 @@ class BulkSender:
             for call in calls
         ]
         done = 0  # calls answered
-        failures = 0
-        deadline = time.monotonic() + client.timeout
+        retry = client.retry()
         while done < len(calls):
             self.outstanding = calls[done:]
             error: ChatctlError | None = None
             wait: float | None = None
+            spent = False  # the budget ended waiting for an answer
             try:
                 with contextlib.closing(
                     client.send_bulk(
                         lines[done:], key=self.key, first=first + done, stop=self.stop,
-                        deadline=deadline,
+                        deadline=retry.deadline,
                     )
                 ) as answers:  # fmt: skip
                     for answer in answers:
                         if isinstance(answer, APIError) and answer.code == 503:
-                            error, wait = answer, answer.retry_after  # nothing stored from here
+                            # Nothing stored from here: this line goes again.
+                            error, wait = retry.heard(answer), answer.retry_after
                             break
                         call = calls[done]
                         done += 1
-                        failures = 0
-                        deadline = time.monotonic() + client.timeout
+                        retry.progress()
                         self.outstanding = calls[done:]
                         yield call, answer
                         if isinstance(answer, APIError) and self.stop:
                             return  # the server stopped there too: nothing after it was sent
             except BulkCut as cut:
                 error, wait = cut.error, cut.wait
+                if isinstance(error, APIError):
+                    retry.heard(error)
+            except NoAnswerError as silence:
+                # The budget ended waiting: the last answer to this line (a 503), if one
+                # came, is its outcome, as a call's is; silence ends the batch.
+                error = retry.last(silence)
+                if error is silence:
+                    raise
+                spent = True
             except NoBulk:
                 # A server (or a replica of it) without bulk sends after all: nothing of
                 # this request was done; the rest goes one by one, with the same keys.
@@ -190,20 +198,18 @@ class BulkSender:
             if done == len(calls):
                 return
             if error is None:  # the answer ended early for no reason it gave
-                error = client._connect_error("the answer ended before every line was answered")
-            failures += 1
-            if wait is None:
-                wait = backoff(failures)
-            if time.monotonic() + wait >= deadline:
-                # The budget is spent: this line's outcome is unknown. With --keep-going
-                # (and an answer from the server) the batch goes on from the next line.
+                error = client.connect_error("the answer ended before every line was answered")
+            pause = None if spent else retry.delay(asked=wait)
+            if pause is None:
+                # The budget is spent: this line's outcome is unknown (or the last answer
+                # says what it was). With --keep-going (and an answer from the server)
+                # the batch goes on from the next line.
                 call = calls[done]
                 done += 1
-                failures = 0
-                deadline = time.monotonic() + client.timeout
+                retry.progress()
                 yield call, error
                 continue
-            client._sleep(wait)
+            retry.sleep(pause)
 
 
 def _size(call: Call) -> int:

@@ -1,5 +1,6 @@
 """``chatctl join``: tail a room live, resuming after drops without loss or repeats."""
 
+import math
 import time
 from collections import deque
 from datetime import UTC, datetime
@@ -16,6 +17,7 @@ from chatctl.wire import CLOSE_TOO_SLOW
 
 if TYPE_CHECKING:
     from chatctl.client import JoinStream
+    from chatctl.client.retry import Retry
     from chatctl.output import Renderer
 
 app = typer.Typer()
@@ -139,8 +141,7 @@ def join(
     printer = inv.renderer(batch=True, live=True, show_ids=show_ids)
     tail = _Tail(inv, printer, body, include_own, count)
     last_frame = time.monotonic()
-    outage = _Outage(inv)
-    began = time.monotonic()  # the first connection's tries end within --timeout
+    outage = _Outage(inv, client.retry(cap=MAX_BACKOFF))
     joined = False  # a stream was started before (so this is a resume)
     while True:
         stream: JoinStream | None = None
@@ -179,6 +180,7 @@ def join(
             if not joined:
                 label = room if room is not None else body["room_id"]
                 inv.notice(f"joined {label}, waiting for messages", terminal_only=True)
+                outage.joined()
             joined = True
             while True:
                 left = None if idle is None else idle - (time.monotonic() - last_frame)
@@ -213,10 +215,7 @@ def join(
             # A first failure is quick: a wrong --url must not hang, and the first
             # connection's tries share one --timeout, as a call's retries do.
             first = not joined
-            spent = time.monotonic() - began >= client.timeout
-            if not e.passing or (
-                first and (no_reconnect or spent or outage.failures >= client.retries)
-            ):
+            if not e.passing or (first and no_reconnect):
                 raise
             if no_reconnect:
                 raise _not_resumed(e, client.where) from None
@@ -224,7 +223,8 @@ def join(
             client.forget_connection()
             slow = isinstance(e, StreamClosed) and e.close_code == CLOSE_TOO_SLOW
             why = "this reader fell behind and was cut off" if slow else e.message
-            outage.failed(why, quiet=first)
+            if not outage.failed(why, first=first):
+                raise
         finally:
             if stream is not None:
                 stream.close()
@@ -349,12 +349,19 @@ class _Outage:
     was told of them: one line when a failure is news (the first, or a different reason),
     a reminder every REMIND seconds while the same one goes on, and one when a stream is
     live again. A tail through a long outage, or against a server that closes every
-    stream at once, says a few lines and backs off, not a line and a retry an attempt."""
+    stream at once, says a few lines and backs off, not a line and a retry an attempt.
 
-    def __init__(self, inv: Invocation) -> None:
+    The waits are the client's one retry helper's (``retry``): until the first stream
+    started, the quick retries and the one --timeout they share, as a call's (the
+    client's, ``client.retry``); after, for as long as join runs, backing off up to
+    MAX_BACKOFF."""
+
+    def __init__(self, inv: Invocation, retry: "Retry | None" = None) -> None:
+        from chatctl.client.retry import Retry  # the client's (not at start-up)
+
         self.inv = inv
-        #: failed attempts in a row (0: none since a stream stayed up, or never failed).
-        self.failures = 0
+        #: None: no budget, an outage is waited out for as long as join runs.
+        self.retry = retry or Retry(math.inf, retries=0, cap=MAX_BACKOFF, sleep=time.sleep)
         self.began = 0.0
         self.told: set[str] = set()
         self.told_at = 0.0
@@ -362,20 +369,32 @@ class _Outage:
         self.opened = 0.0
         self.note: str | None = None
 
-    def failed(self, why: str, *, quiet: bool = False) -> None:
-        """An attempt failed, or a stream ended for a passing reason: wait, then retry.
-        ``quiet``: the first connection's quick retries, silent as a call's are."""
-        from chatctl.client import backoff  # the transport's one backoff (not at start-up)
+    @property
+    def failures(self) -> int:
+        """Failed attempts in a row (0: none since a stream stayed up, or never failed)."""
+        return self.retry.failures
 
+    def joined(self) -> None:
+        """The first stream started: from now on an outage is waited out for as long as
+        join runs."""
+        self.retry.deadline = math.inf
+
+    def failed(self, why: str, *, first: bool = False) -> bool:
+        """An attempt failed, or a stream ended for a passing reason: wait, then True
+        (retry); False, at once, when there is to be no retry (``first``: before any
+        stream started, the quick retries or the --timeout are spent). The first
+        connection's retries are silent, as a call's are."""
         now = time.monotonic()
+        delay = self.retry.delay(quick=first)
+        if delay is None:
+            return False
         if not self.told:
             self.began = now
-        self.failures += 1
         self.note = None
-        delay = backoff(self.failures, cap=MAX_BACKOFF)
-        if not quiet:
+        if not first:
             self._tell(why, delay, now)
-        time.sleep(delay)
+        self.retry.sleep(delay)
+        return True
 
     def _tell(self, why: str, delay: float, now: float) -> None:
         # A server may word each failure anew: news is bounded too.
@@ -413,7 +432,7 @@ class _Outage:
     def check(self) -> None:
         """The outage is over once the stream has stayed up TRIAL seconds."""
         if self.failures and time.monotonic() - self.opened >= TRIAL:
-            self.failures = 0
+            self.retry.failures = 0
             self.live()
 
 

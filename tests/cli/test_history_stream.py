@@ -13,7 +13,8 @@ import httpx
 import pytest
 from pytest_httpx import HTTPXMock
 
-from chatctl.client import _Retryable, _streamed_items
+from chatctl.client.history import _streamed_items
+from chatctl.client.transport import _Retryable
 from chatctl.errors import NotAnAPIError
 from tests.conftest import Run
 from tests.helpers import CHATCTL_HEADERS

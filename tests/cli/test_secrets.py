@@ -14,7 +14,7 @@ import pytest
 from pytest_httpx import HTTPXMock
 
 from chatctl.cli import _without_secrets
-from chatctl.client import _reason
+from chatctl.client.transport import _reason
 from tests.conftest import Run
 from tests.helpers import CHATCTL_HEADERS, free_port
 

@@ -6,14 +6,17 @@ tail that outlives them once it has run: tests/faults/test_deploys.py."""
 from __future__ import annotations
 
 import json
+import threading
 import time
 from http.server import BaseHTTPRequestHandler
+from pathlib import Path
+from typing import Literal
 
 import pytest
 
 from chatctl.client import Client
 from chatctl.errors import APIError
-from tests.e2e.proxy import serve
+from tests.e2e.proxy import ANSWERED, serve
 from tests.helpers import chatctl, cli_env
 
 Answer = tuple[int, dict[str, str], bytes]
@@ -63,3 +66,46 @@ def test_a_history_answered_503_then_not_at_all_reports_the_503() -> None:
         list(client.history({"room_id": "r"}))
     assert refused.value.code == 503 and refused.value.detail == "storage unavailable"
     assert len(asked) == 2
+
+
+def test_a_bulk_send_answered_503_then_not_at_all_reports_the_503(tmp_path: Path) -> None:
+    """A batch in bulk Sends: the bulk Send answered 503, its retry not within the budget.
+    That line's outcome is the 503 (exit 1, the line named), not a timeout, as for a call;
+    the line answered before it is printed."""
+    bulk: list[float] = []
+    released = threading.Event()
+    extensions = {"Content-Type": "application/json", "Chat-Extensions": "bulk-send, idempotency"}
+
+    def server(request: BaseHTTPRequestHandler, body: bytes) -> Answer | Literal["answered"]:
+        if request.headers.get("Content-Type", "").startswith("application/x-ndjson"):
+            bulk.append(time.monotonic())
+            if len(bulk) > 1:
+                released.wait(10)  # past the client's budget: it stops waiting first
+                return ANSWERED  # nothing, once the CLI is gone
+            error = {"id": "chat.send", "code": 503, "detail": "storage unavailable", "status": ""}
+            return 503, extensions, json.dumps(error).encode()
+        sent = json.loads(body)
+        message = {
+            "id": "4f0c7a52-3b5e-4c1e-9d7a-2f0c6f1e8a11",
+            "room_id": sent["room_id"],
+            "user_id": sent["user_id"],
+            "subject": "",
+            "text": sent["text"],
+            "sent_at": "2026-12-07T09:00:00.000000Z",
+        }
+        return 200, extensions, json.dumps({"message": message}).encode()
+
+    room = "0b7f3a52-3b5e-4c1e-9d7a-2f0c6f1e8a11"
+    lines = tmp_path / "lines.ndjson"
+    lines.write_text("".join(json.dumps({"room_id": room, "text": f"t{n}"}) + "\n" for n in "abc"))
+    with serve(server) as url:
+        r = chatctl(
+            "--url", url, "--timeout", "1.5", "send", "-i", str(lines), "-u", "w", "-o", "id",
+            env=cli_env(),
+        )  # fmt: skip
+        released.set()
+    assert r.returncode == 1, r.stderr
+    assert r.stdout.split() == ["4f0c7a52-3b5e-4c1e-9d7a-2f0c6f1e8a11"]
+    assert "line 2" in r.stderr and "storage unavailable" in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr
+    assert len(bulk) == 2
