@@ -246,6 +246,12 @@ def hint_for(e: ChatctlError, inv: Invocation | None = None) -> str | None:
             return "list the rooms you can see with: chatctl list"
         if e.code == 409:
             return "an Idempotency-Key was reused with a different request"
+        if e.code == 503 and "storage unavailable" in detail:
+            # The server gave up on its database; a write it gave up on may still land.
+            return (
+                "the server's storage is not answering; retry later, and check "
+                "(chatctl history / list) first: a change answered so may still be stored"
+            )
     return None
 
 

@@ -351,6 +351,11 @@ def test_a_send_answered_503_until_its_budget_ends_reports_the_503(
     first = sent.stderr.splitlines()[0]
     assert "storage unavailable" in first and "HTTP 503" in first, sent.stderr
     assert "did not answer" not in sent.stderr
+    # The abandoned statement may still commit once the database answers: the hint says so.
+    assert sent.stderr.splitlines()[1:] == [
+        "hint: the server's storage is not answering; retry later, and check "
+        "(chatctl history / list) first: a change answered so may still be stored"
+    ], sent.stderr
     assert took < 4 + 5, took  # its budget, and the interpreter's start on a busy machine
 
 
