@@ -16,7 +16,7 @@ from typing import Annotated
 import typer
 
 from chatctl import __version__
-from chatctl.cli import completion, config_cmd, identity, join, members, messages, rooms
+from chatctl.cli import call, completion, config_cmd, identity, join, members, messages, rooms
 from chatctl.cli.context import Invocation, invocation
 from chatctl.cli.options import (
     CaCertOpt,
@@ -59,7 +59,7 @@ app = typer.Typer(
 # examples run top to bottom; any other (a new endpoint's) after them, in family order.
 _COMMANDS = {
     c.callback.__name__: c
-    for family in (rooms, members, messages, join, identity)
+    for family in (rooms, members, messages, join, identity, call)
     for c in family.app.registered_commands
     if c.callback is not None
 }

@@ -137,6 +137,7 @@ def build_requests(
     *,
     room: str | None = None,
     each: tuple[str, Sequence[str | None]] | None = None,
+    objects: list[tuple[str | None, dict[str, Any]]] | None = None,
 ) -> list[Call]:
     """Input objects (or one empty object), flags over them, defaults under them.
 
@@ -144,9 +145,13 @@ def build_requests(
     (``invite ROOM USER...``); with the key ``room_id`` the values are rooms, ids or names.
     Everything is validated before the first request is sent: bad input exits 2 and
     nothing reaches the server. ROOM names are resolved last, with one List at most.
+    ``objects``: the input objects, already read (``call ENDPOINT JSON``), not --input's.
     """
     path = inv.options.input
-    inputs = read_input(inv, path) if path is not None else [(None, {})]
+    if objects is not None:
+        inputs = objects
+    else:
+        inputs = read_input(inv, path) if path is not None else [(None, {})]
     key, values = each if each and each[1] else ("", [None])
     over = {k: v for k, v in flags.items() if v is not None}
     under = {k: v for k, v in (defaults or {}).items() if v is not None}

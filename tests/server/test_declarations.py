@@ -6,6 +6,7 @@ documented without another line of server code."""
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -13,12 +14,16 @@ from typing import Any
 
 import httpx
 import pytest
+from pytest_httpx import HTTPXMock
 
 from chatctl import schema
+from chatctl.cli.main import run_cli
 from chatctl.schema import ENDPOINTS, SERVER_EXTENSIONS, Endpoint, Field, declare
 from chatctl.server.openapi import openapi_document
 from chatctl.server.tokens import TokenRegistry
 from chatctl.wire import encode
+from tests.conftest import Run
+from tests.helpers import CHATCTL_HEADERS
 from tests.server.conftest import LiveServer
 
 CONTRACT = Path(__file__).parents[2] / "chatctl/server/m3o-chat-api.md"
@@ -26,14 +31,20 @@ CONTRACT = Path(__file__).parents[2] / "chatctl/server/m3o-chat-api.md"
 
 def missing_parts(name: str) -> list[str]:
     """What a declared endpoint lacks of what is written by hand: its ``chatctl``
-    command, its contract row, its announced extension; and its OpenAPI path (derived)."""
+    command, its contract row, its announced extension; and its OpenAPI path (derived).
+
+    Each of m3o's endpoints has a command of its own (its arguments, room names, paging,
+    batches); an extension's may wait: ``chatctl call`` reaches it from its declaration
+    (its help lists it, which is checked here)."""
     import typer.main
 
     from chatctl.cli.main import app
 
     missing = []
-    commands = typer.main.get_command(app).commands  # type: ignore[attr-defined]
-    if name.lower() not in commands:
+    command = typer.main.get_command(app)
+    commands = command.commands  # type: ignore[attr-defined]
+    listed = ENDPOINTS[name].extension is not None and name in call_help()
+    if name.lower() not in commands and not listed:
         missing.append(f"no chatctl {name.lower()} (a command in chatctl/cli/)")
     rows = [line for line in CONTRACT.read_text().splitlines() if line.startswith(f"| {name} ")]
     if not rows:
@@ -44,6 +55,16 @@ def missing_parts(name: str) -> list[str]:
     if endpoint.extension is not None and endpoint.extension not in SERVER_EXTENSIONS:
         missing.append(f"extension {endpoint.extension} not in schema.SERVER_EXTENSIONS")
     return missing
+
+
+def call_help() -> str:
+    """``chatctl call --help``'s list of endpoints, as built now."""
+    import typer.main
+
+    from chatctl.cli.main import app
+
+    call = typer.main.get_command(app).commands["call"]  # type: ignore[attr-defined]
+    return str(call.help).split("Endpoints: ", 1)[1].split(".", 1)[0]
 
 
 @pytest.mark.parametrize("name", sorted(ENDPOINTS))
@@ -152,9 +173,9 @@ def test_an_endpoint_declared_alone_is_routed_bound_validated_and_documented(
         "group_id",
         "user_id",
     }
-    # And what is written by hand for it is missing, which the test above would say.
+    # And what is written by hand for it is missing, which the test above would say (its
+    # command is not: chatctl call reaches it, tested below).
     assert missing_parts("Echo") == [
-        "no chatctl echo (a command in chatctl/cli/)",
         "no row for Echo in the contract's 'Who may do what' table",
         "extension echo not in schema.SERVER_EXTENSIONS",
     ]
@@ -163,3 +184,57 @@ def test_an_endpoint_declared_alone_is_routed_bound_validated_and_documented(
 def test_an_endpoint_is_declared_once() -> None:
     with pytest.raises(ValueError, match="declared twice"):
         declare(ENDPOINTS["Send"])
+
+
+def test_an_endpoint_declared_alone_is_listed_and_called_by_the_cli(
+    echo: Endpoint,
+    cli: Run,
+    httpx_mock: HTTPXMock,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The CLI reaches the declared Echo without a command of its own: ``chatctl call``
+    lists it (help, completion) and sends it as the user the token acts as, only to a
+    server announcing its extension (the exact requests: pytest-httpx)."""
+    assert "Echo" in call_help().split(", ")
+    r = cli("call", "--help")
+    assert r.code == 0 and "Echo" in r.stdout
+    monkeypatch.setenv("_CHATCTL_COMPLETE", "complete_bash")
+    monkeypatch.setenv("COMP_WORDS", "chatctl call E")
+    monkeypatch.setenv("COMP_CWORD", "2")
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        run_cli([])
+    assert capsys.readouterr().out.split() == ["Echo"]
+    for name in ("_CHATCTL_COMPLETE", "COMP_WORDS", "COMP_CWORD"):
+        monkeypatch.delenv(name)
+
+    url = "http://chat.test"
+    monkeypatch.setenv("CHATCTL_URL", url)
+    monkeypatch.setenv("CHATCTL_TOKEN", "tok-alice")
+    extensions = CHATCTL_HEADERS["Chat-Extensions"] + ", echo"
+    header = {"Chat-Extensions": extensions}
+    alice = {"identity": {"tenant": "acme", "user_id": "alice", "admin": False, "open": False}}
+    httpx_mock.add_response(url=f"{url}/v1/chat/List", json={"rooms": []}, headers=header)
+    httpx_mock.add_response(url=f"{url}/v1/chat/Whoami", json=alice, headers=header)
+    echoed = {"identity": {"room_id": "r1", "user_id": "alice"}}
+    httpx_mock.add_response(url=f"{url}/v1/chat/Echo", json=echoed, headers=header)
+    r = cli("call", "echo", '{"room_id": "r1"}', "-o", "json")
+    assert r.code == 0, r.stderr
+    assert json.loads(r.stdout) == echoed
+    echo_request = httpx_mock.get_requests()[-1]
+    assert (echo_request.method, echo_request.url.path) == ("POST", "/v1/chat/Echo")
+    assert json.loads(echo_request.content) == {"room_id": "r1", "user_id": "alice"}
+
+
+def test_a_declared_extension_endpoint_is_not_sent_to_a_server_without_it(
+    echo: Endpoint, cli: Run, httpx_mock: HTTPXMock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url = "http://chat.test"
+    monkeypatch.setenv("CHATCTL_URL", url)
+    monkeypatch.setenv("CHATCTL_USER", "alice")
+    httpx_mock.add_response(url=f"{url}/v1/chat/List", json={"rooms": []}, headers=CHATCTL_HEADERS)
+    r = cli("call", "Echo", '{"room_id": "r1"}')
+    assert (r.code, r.stdout) == (2, "")
+    assert r.stderr.splitlines()[0] == f"error: {url} does not support echo (Echo request)"
+    assert [q.url.path for q in httpx_mock.get_requests()] == ["/v1/chat/List"]
