@@ -88,7 +88,8 @@ def call(
     that has it (exit 2 otherwise).
 
     Example: chatctl call List '{"user_id": "alice"}'
-    Example: echo '{"room_id": "ROOM_ID", "text": "hi"}' | chatctl call send - -u bob
+    Example: echo '{"name": "raw", "user_ids": ["bob"]}' | chatctl call create -
+    Example: chatctl call whoami -o json
     """
     inv = invocation(ctx)
     spec = _endpoint(endpoint)
