@@ -2,11 +2,10 @@
 failure is one line naming the module, the versions it supports and the installed one.
 
 The seams and their tests: chatctl/server/protocol.py (uvicorn; tests/server/test_protocol.py),
-chatctl/server/app.py and the answers of edge.py and bulk.py (Starlette;
-tests/server/test_starlette_seam.py), chatctl/cli/typer_seam.py (Typer;
-tests/cli/test_typer_seam.py), the client's deadline backend (httpx and httpcore;
-tests/test_httpx_seam.py). Each one's supported range is the one pyproject.toml pins;
-tests/test_dependencies.py checks the pins themselves.
+chatctl/server/answers.py (Starlette; tests/server/test_starlette_seam.py),
+chatctl/cli/typer_seam.py (Typer; tests/cli/test_typer_seam.py), the client's deadline
+backend (httpx and httpcore; tests/test_httpx_seam.py). Each one's supported range is the
+one pyproject.toml pins; tests/test_dependencies.py checks the pins themselves.
 """
 
 from __future__ import annotations

@@ -8,7 +8,8 @@ through ``decode`` (parse, edition, bind, validate; every refusal's status) →
 the live streams. ``domain`` holds the types they share; ``chatctl.wire`` what travels.
 Who a token is comes from ``tokens`` (the tokens file, its reloads), what it may do from
 ``access`` (asked by ``edge`` and ``rules``), its limits from ``ratelimit``, and a user
-token's share of its tenant from ``quotas`` (asked by ``rules``).
+token's share of its tenant from ``quotas`` (asked by ``rules``). What leans on Starlette
+internals (the app's HTTP shortcut, the answers that send themselves) is ``answers``.
 docs/architecture.md ("How it is built") has one line per module. Nothing here is imported
 on the CLI's client path.
 """

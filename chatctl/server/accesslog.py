@@ -20,8 +20,8 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from chatctl.schema import EXTENSIONS_HEADER, SERVER_EXTENSIONS
+from chatctl.server.answers import JSONAnswer
 from chatctl.server.decode import Refusal, no_such_api
-from chatctl.server.edge import JSONAnswer
 from chatctl.server.hub import Hub
 from chatctl.server.streams import RAW_SEND
 

@@ -29,10 +29,10 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.routing import Route, WebSocketRoute
-from starlette.types import ASGIApp, Receive, Scope, Send
 
 from chatctl.errors import ChatctlError
 from chatctl.server.accesslog import AccessLog, crash, gateway_error
+from chatctl.server.answers import App
 from chatctl.server.config import ServerConfig
 from chatctl.server.cors import Cors
 from chatctl.server.domain import Fanout, Unavailable
@@ -53,30 +53,6 @@ log = logging.getLogger("chatctl.server")
 PURGE_INTERVAL = 0.5
 #: seconds between sweeps of expired Idempotency-Keys.
 KEY_SWEEP_INTERVAL = 3600.0
-
-
-#: the Starlette versions ``_App`` (and the answers of edge.py and bulk.py, which skip
-#: ``Response.__init__``) are written for: pyproject.toml pins the same range, and
-#: tests/server/test_starlette_seam.py fails with one line naming it on any other.
-STARLETTE_SUPPORTED = ">=0.40,<2"
-
-
-class _App(Starlette):
-    """Starlette for WebSockets and the lifespan; HTTP requests go straight to the edge
-    under the access log, which also turns a bug into the 500. Starlette's middleware
-    stack, router and exception wrappers were a sixth of a Send's CPU, for one route that
-    takes every path and an edge that answers every error itself. (For HTTP, Starlette's
-    own ``__call__`` does no more than set ``scope["app"]`` and run that stack: the seam
-    test checks it.)"""
-
-    http: ASGIApp
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            scope["app"] = self
-            await self.http(scope, receive, send)
-        else:
-            await super().__call__(scope, receive, send)
 
 
 def open_store(db: str, fanout: Fanout, timeout: float) -> Store:
@@ -120,10 +96,10 @@ def create_app(config: ServerConfig) -> Starlette:
                 await service.sync_quotas()
             await store.close()
 
-    app = _App(
+    app = App(
         routes=[
             # An ASGI app as endpoint: every method reaches it (unknown ones get 404).
-            # Only for whoever calls the router itself: _App sends HTTP to the edge.
+            # Only for whoever calls the router itself: App sends HTTP to the edge.
             Route("/{path:path}", edge),
             WebSocketRoute("/{path:path}", streams.websocket),
         ],

@@ -34,11 +34,11 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from starlette.requests import ClientDisconnect, Request
-from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from chatctl.schema import ENDPOINTS, Endpoint
 from chatctl.server import access
+from chatctl.server.answers import Answer
 from chatctl.server.decode import NDJSON_TYPES, Refusal, decode, too_large
 from chatctl.server.domain import Refused, Unavailable
 from chatctl.server.editions import Edition, answer_in
@@ -212,7 +212,7 @@ class _Group:
         self.go_on = False
 
 
-class BulkSend(Response):
+class BulkSend(Answer):
     """The streamed answer of a bulk Send: reads, stores and answers a group at a time."""
 
     def __init__(
@@ -228,9 +228,7 @@ class BulkSend(Response):
         group_lines: int = GROUP_LINES,
         principal: Principal = OPEN,
     ) -> None:
-        self.status_code = 200
-        self.background = None
-        self.raw_headers = [(b"content-type", NDJSON.encode())]
+        super().__init__(NDJSON.encode())
         self.service = service
         self.config = config
         self.tenant = tenant

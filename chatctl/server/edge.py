@@ -36,9 +36,8 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from starlette.requests import ClientDisconnect, Request
@@ -47,6 +46,7 @@ from starlette.types import Receive, Scope, Send
 
 from chatctl.schema import ENDPOINTS, Endpoint, endpoint_for
 from chatctl.server import access
+from chatctl.server.answers import JSONAnswer, StreamedAnswer
 from chatctl.server.bulk import bulk_send
 from chatctl.server.config import ServerConfig
 from chatctl.server.cors import Origins
@@ -55,7 +55,6 @@ from chatctl.server.decode import (
     decode,
     is_ndjson,
     no_such_api,
-    one_line,
     too_large,
 )
 from chatctl.server.domain import Refused, Unavailable
@@ -68,7 +67,7 @@ from chatctl.server.rules import Answer, ChatService
 from chatctl.server.tokens import OPEN, Principal
 from chatctl.wire import encode
 
-__all__ = ["Edge", "JSONAnswer", "StreamedAnswer"]
+__all__ = ["Edge"]
 
 log = logging.getLogger("chatctl.server")
 
@@ -91,66 +90,6 @@ def _other_method(method: str, allow: str) -> Response:
     raise Refusal(
         "v1", 405, f"method {method} not allowed here: use {allow}", {"Allow": allow}
     )
-
-
-class JSONAnswer(Response):
-    """A JSON answer with its two headers made directly: Starlette's generic header
-    building is a measurable part of a Send."""
-
-    def __init__(self, body: bytes, status_code: int = 200) -> None:
-        self.status_code = status_code
-        self.body = body
-        self.background = None
-        self.raw_headers = [
-            (b"content-type", b"application/json"),
-            (b"content-length", str(len(body)).encode()),
-        ]
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await send(
-            {"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers}
-        )
-        await send({"type": "http.response.body", "body": self.body})
-
-    @classmethod
-    def error(cls, refusal: Refusal) -> JSONAnswer:
-        answer = cls(encode(refusal.body()).encode(), refusal.code)
-        if refusal.headers:
-            answer.raw_headers += [
-                (name.lower().encode("latin-1"), value.encode("latin-1"))
-                for name, value in refusal.headers.items()
-            ]
-        return answer
-
-
-class StreamedAnswer(Response):
-    """A JSON answer sent in parts as they are read (a long History): no Content-Length,
-    and the next part is read only once the last one is on its way (uvicorn's ``send``
-    waits while the socket's buffer is full), so memory stays that of one part. Between
-    parts the event loop serves everyone else, however fast the reader is."""
-
-    def __init__(self, parts: AsyncIterator[str], endpoint_id: str) -> None:
-        self.status_code = 200
-        self.background = None
-        self.raw_headers = [(b"content-type", b"application/json")]
-        self.parts = parts
-        self.endpoint_id = endpoint_id
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
-        try:
-            async for part in self.parts:
-                await send({"type": "http.response.body", "body": part.encode(), "more_body": True})
-                await asyncio.sleep(0)
-        except Unavailable as exc:
-            # Too late for an error object: the answer is cut short, which every JSON
-            # reader notices, and uvicorn closes the connection.
-            cause = one_line(exc)
-            log.warning("%s: storage unavailable mid-answer: %s", self.endpoint_id, cause)
-            return
-        except OSError:
-            return  # the client went away
-        await send({"type": "http.response.body", "body": b""})
 
 
 def origin_refused(origin: str, open_server: bool = True) -> str:

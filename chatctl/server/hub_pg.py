@@ -4,8 +4,9 @@
 the transaction of each change (so only once it commits, in commit order, which is each
 room's seq order). ``Listener`` LISTENs on that channel and hands each change to this
 replica's hub as a ``domain`` note, the replica that made the change included, so there
-is one path and one order. What travels (written by ``notifications`` and ``store_pg``'s
-Send statements, read by ``Listener``; this module is the format's one home):
+is one path and one order. What travels (written by ``notifications``, and by
+``store_pg``'s Send statements through ``message_notify``; read by ``Listener``, a message
+through ``read_message``; this module is the format's one home):
 
 - ``m SEQ HEAD\\nFRAME``: a message (HEAD ``[tenant, room_id, room_pk, sender]``); FRAME
   is the Join frame, or empty when it would not fit a notification.
@@ -31,7 +32,7 @@ import asyncio
 import contextlib
 import json
 import logging
-from typing import Any
+from typing import Any, NamedTuple
 
 import psycopg
 
@@ -48,7 +49,16 @@ from chatctl.server.domain import (
 from chatctl.server.store import Store
 from chatctl.wire import CLOSE_GOING_AWAY, encode, message_frame
 
-__all__ = ["CHANNEL", "NOTIFY_LIMIT", "Listener", "note_frame", "notifications"]
+__all__ = [
+    "CHANNEL",
+    "NOTIFY_LIMIT",
+    "Listener",
+    "MessageNotification",
+    "message_notify",
+    "note_frame",
+    "notifications",
+    "read_message",
+]
 
 log = logging.getLogger("chatctl.server")
 
@@ -129,10 +139,7 @@ class Listener:
     async def _receive(self, payload: str) -> None:
         kind, _, rest = payload.partition(" ")
         if kind == "m":
-            seq_text, _, rest = rest.partition(" ")
-            head_text, _, frame = rest.partition("\n")
-            tenant, room_id, room_pk, sender = json.loads(head_text)
-            await self._message(tenant, room_id, room_pk, int(seq_text), sender, frame)
+            await self._message(read_message(payload))
             return
         head_text, _, frame = rest.partition("\n")
         head: list[Any] = json.loads(head_text)
@@ -147,9 +154,8 @@ class Listener:
             self.fanout.deliver(StreamsEnded(tenant, room_id, None, code, frame, reason))
             self._delivered.pop((tenant, room_id), None)
 
-    async def _message(
-        self, tenant: str, room_id: str, room_pk: int, seq: int, sender: str, frame: str
-    ) -> None:
+    async def _message(self, message: MessageNotification) -> None:
+        tenant, room_id, room_pk, seq, sender, frame = message
         key = (tenant, room_id)
         if not self.fanout.listening(tenant, room_id):
             self._delivered.pop(key, None)  # nobody here: start afresh when someone joins
@@ -199,6 +205,44 @@ def notifications(notes: list[Note]) -> list[str]:
             continue
         payloads.append(head[0] + " " + encode(head[1:]) + "\n" + note.frame)
     return payloads
+
+
+class MessageNotification(NamedTuple):
+    """A stored message as its notification tells it (``read_message``)."""
+
+    tenant: str
+    room_id: str
+    room_pk: int
+    seq: int
+    sender: str
+    #: the Join frame, or empty when it would not fit a notification (``note_frame``).
+    frame: str
+
+
+def message_notify(
+    seq: str, tenant: str, room_id: str, room_pk: str, sender: str, frame: str
+) -> str:
+    """SQL: the ``pg_notify`` call that tells a stored message (``m SEQ HEAD\\nFRAME``),
+    made of SQL expressions for its parts (``frame`` as ``note_frame`` makes it). A message
+    notifies in the statement that stores it (``store_pg``'s Send statements interpolate
+    this), so its Send stays one round trip; ``read_message`` reads it back."""
+    return f"""pg_notify(
+        '{CHANNEL}',
+        'm ' || {seq} || ' '
+        || json_build_array({tenant}, {room_id}, {room_pk}, {sender})::text
+        || E'\\n' || {frame}
+    )"""
+
+
+def read_message(payload: str) -> MessageNotification:
+    """A message's notification payload (as ``message_notify`` writes it) read back."""
+    kind, _, rest = payload.partition(" ")
+    if kind != "m":
+        raise ValueError(f"not a message notification: {payload[:40]!r}")
+    seq_text, _, rest = rest.partition(" ")
+    head_text, _, frame = rest.partition("\n")
+    tenant, room_id, room_pk, sender = json.loads(head_text)
+    return MessageNotification(tenant, room_id, room_pk, int(seq_text), sender, frame)
 
 
 def note_frame(tenant: str, message: dict[str, Any], answer: str) -> str:

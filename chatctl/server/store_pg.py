@@ -24,9 +24,9 @@ What changes when several server processes share one database:
   loser's statement cannot see the winner's row, commits nothing, and is run again.
 - **Fan-out.** The statement that stores a message also calls ``pg_notify`` with the room,
   the seq and the frame (or no frame when the payload would pass PostgreSQL's 8000-byte
-  limit); other changes notify with one statement at the end of their transaction. A
-  notification is sent at commit, in commit order, and never for a change that rolls back;
-  ``hub_pg.Listener`` hears them on every replica.
+  limit), in ``hub_pg.message_notify``'s format; other changes notify with one statement
+  at the end of their transaction. A notification is sent at commit, in commit order,
+  and never for a change that rolls back; ``hub_pg.Listener`` hears them on every replica.
 - **An id is a position, conservatively.** Ids are UUIDv7 made by each replica's clock, so
   ids from two replicas may not sort in seq order. A UUID that is no message of the room
   sits just before the first message, in the room's order, whose id sorts after it: a
@@ -65,7 +65,13 @@ from chatctl.server.domain import (
     RoomRow,
     Unavailable,
 )
-from chatctl.server.hub_pg import CHANNEL, Listener, note_frame, notifications
+from chatctl.server.hub_pg import (
+    CHANNEL,
+    Listener,
+    message_notify,
+    note_frame,
+    notifications,
+)
 from chatctl.server.store import SendResult, session_only
 from chatctl.wire import UUIDv7, message_frame, rfc3339
 
@@ -172,6 +178,15 @@ MIGRATIONS: tuple[str, ...] = (
 
 # -- the Send statement -------------------------------------------------------------------
 
+#: The notification of a message a Send statement stored (its format is hub_pg's).
+_NOTIFY_STORED = message_notify(
+    "stored.seq", "%(tenant)s::text", "%(room_id)s::text", "stored.room_pk",
+    "%(user_id)s::text", "%(note)s",
+)  # fmt: skip
+_NOTIFY_MANY = message_notify(
+    "x.seq", "%(tenant)s::text", "x.room_id", "x.room_pk", "x.user_id", "x.note"
+)
+
 
 def _send_statement(keyed: bool) -> str:
     """A whole Send as one statement; keyed, with its Idempotency-Key.
@@ -216,14 +231,7 @@ WITH room AS (
     RETURNING room_pk, seq
 )
 SELECT (SELECT private FROM room), EXISTS (SELECT FROM member), stored.seq,
-    CASE WHEN stored.seq IS NOT NULL THEN pg_notify(
-        '{CHANNEL}',
-        'm ' || stored.seq || ' '
-        || json_build_array(
-            %(tenant)s::text, %(room_id)s::text, stored.room_pk, %(user_id)s::text
-        )::text
-        || E'\\n' || %(note)s
-    ) END"""
+    CASE WHEN stored.seq IS NOT NULL THEN {_NOTIFY_STORED} END"""
     if not keyed:
         return checks + store + "\nFROM (SELECT) AS one LEFT JOIN stored ON true\n"
     return (
@@ -298,12 +306,7 @@ WITH input AS (
     RETURNING id, seq
 )
 SELECT x.private, x.member, x.seq,
-    CASE WHEN x.seq IS NOT NULL THEN pg_notify(
-        '{CHANNEL}',
-        'm ' || x.seq || ' '
-        || json_build_array(%(tenant)s::text, x.room_id, x.room_pk, x.user_id)::text
-        || E'\\n' || x.note
-    ) END,
+    CASE WHEN x.seq IS NOT NULL THEN {_NOTIFY_MANY} END,
     x.prior_endpoint, x.prior_hash, x.prior
 FROM (
     -- In order, and notified in that order: the sort happens before the outer SELECT.

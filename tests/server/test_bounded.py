@@ -16,8 +16,8 @@ import pytest
 
 from chatctl.schema import ENDPOINTS, validate_request
 from chatctl.server import rules
+from chatctl.server.answers import StreamedAnswer
 from chatctl.server.domain import Unavailable
-from chatctl.server.edge import StreamedAnswer
 from chatctl.server.hub import Hub
 from chatctl.server.rules import ChatService
 from chatctl.server.store_sqlite import SQLiteStore

@@ -1,10 +1,11 @@
 """What the server relies on in Starlette beyond its documented API, checked loudly: on a
 Starlette that moved any of it, these fail with one line naming the supported range.
 
-Two shortcuts, both for a Send's CPU: ``app._App`` sends HTTP requests past Starlette's
-middleware stack, and the answers of edge.py and bulk.py (JSON, streamed History, bulk
-Send) make their own headers instead of running ``Response.__init__``, and send
-themselves (their own ``__call__``).
+Two shortcuts, both for a Send's CPU, both in the one seam module chatctl/server/answers.py:
+``answers.App`` sends HTTP requests past Starlette's middleware stack, and the answers
+(``answers.Answer``: JSON, streamed History, and bulk.py's bulk Send) make their own
+headers instead of running ``Response.__init__``, and send themselves (their own
+``__call__``).
 """
 
 from __future__ import annotations
@@ -17,13 +18,12 @@ from collections.abc import AsyncIterator
 from starlette.applications import Starlette
 from starlette.responses import Response, StreamingResponse
 
-from chatctl.server.app import STARLETTE_SUPPORTED
+from chatctl.server.answers import STARLETTE_SUPPORTED, JSONAnswer, StreamedAnswer
 from chatctl.server.bulk import BulkSend
 from chatctl.server.config import ServerConfig
-from chatctl.server.edge import JSONAnswer, StreamedAnswer
 from tests.seams import check_pin, seam
 
-MODULE = "chatctl/server/app.py"
+MODULE = "chatctl/server/answers.py"
 
 
 def _starlette_seam():  # type: ignore[no-untyped-def]
@@ -35,7 +35,7 @@ def test_the_installed_starlette_is_one_the_seam_supports() -> None:
 
 
 def test_starlette_does_no_more_for_http_than_what_the_app_skips() -> None:
-    # _App.__call__ sets scope["app"] and calls the edge; Starlette's would also build
+    # App.__call__ sets scope["app"] and calls the edge; Starlette's would also build
     # and run its middleware stack, and nothing else.
     source = textwrap.dedent(inspect.getsource(Starlette.__call__))
     (function,) = ast.parse(source).body

@@ -391,6 +391,53 @@ def test_a_send_is_one_round_trip_keyed_or_not_and_refuses_as_the_rules_do(url: 
     assert keys == [("key-1",)]  # refusals keep nothing
 
 
+def test_a_message_notification_written_by_the_send_sql_reads_back_as_sent(url: str) -> None:
+    """The message notification's one format (hub_pg): what the real Send statements
+    (unkeyed, keyed, several at once) make PostgreSQL notify is read back by
+    ``hub_pg.read_message`` as the message stored, odd characters and all, and a frame too
+    big for a notification travels as none."""
+    import psycopg
+
+    from chatctl.server.hub_pg import CHANNEL, MessageNotification, read_message
+
+    tenant, user = 'te"n\\ant\n\u00e9', "us'er\t\u2028x"
+    now = time.time()
+    key = Key(tenant, "k", "Send", "hash", now, now - 60)
+
+    async def scenario() -> tuple[RoomRow, list[str | None]]:
+        async with started(url) as store:
+
+            async def create(db: Session) -> RoomRow:
+                return await db.create_room(tenant, "r'\"\\", "r", "", "t", False, [user])
+
+            room: RoomRow = await store.write(create)
+            sent = [
+                (await store.send(tenant, NewMessage(room.id, user, "c", "", "one"), None)).answer,
+                (await store.send(tenant, NewMessage(room.id, user, "c", "", "two"), key)).answer,
+            ]
+            many = await store.send_many(
+                tenant,
+                [
+                    (NewMessage(room.id, user, "c", "", "three"), None),
+                    (NewMessage(room.id, user, "c", "", "\u00e9" * 5000), None),
+                ],
+            )
+            return room, sent + [r.answer for r in many]
+
+    with psycopg.connect(url, autocommit=True) as listener:
+        listener.execute(f"LISTEN {CHANNEL}")
+        room, answers = asyncio.run(scenario())
+        heard = [n.payload for n in listener.notifies(timeout=10, stop_after=len(answers))]
+    frames = [a or "" for a in answers[:3]] + [""]  # the last is too big to notify
+    assert [read_message(p) for p in heard] == [
+        MessageNotification(tenant, room.id, room.pk, seq, user, frame)
+        for seq, frame in enumerate(frames, 1)
+    ]
+    assert json.loads(frames[2])["message"]["text"] == "three"
+    with pytest.raises(ValueError, match="not a message"):
+        read_message("e []\n")
+
+
 def test_the_same_key_on_two_replicas_at_once_stores_one_message(url: str) -> None:
     async def scenario() -> tuple[list[str | None], int]:
         async with started(url) as a, started(url) as b:
