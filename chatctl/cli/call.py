@@ -17,7 +17,7 @@ import typer.core
 
 from chatctl.cli import run
 from chatctl.cli.context import invocation
-from chatctl.cli.options import with_common_options
+from chatctl.cli.options import user_option, with_common_options
 from chatctl.errors import UsageError
 from chatctl.schema import ENDPOINTS, Endpoint
 from chatctl.wire import TooDeep, decode
@@ -70,12 +70,7 @@ def call(
     ] = None,
     user: Annotated[
         str | None,
-        typer.Option(
-            "--user",
-            "-u",
-            help="Who acts, where the endpoint names the acting user (default: you).",
-            show_default=False,
-        ),
+        user_option("Who acts, where the endpoint names the acting user (default: you)."),
     ] = None,
 ) -> None:
     """Call any endpoint with a JSON request, and print its answer.

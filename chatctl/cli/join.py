@@ -10,7 +10,7 @@ import typer
 
 from chatctl.cli import plain, run
 from chatctl.cli.context import Invocation, invocation
-from chatctl.cli.options import RoomArg, with_common_options
+from chatctl.cli.options import RoomArg, user_option, with_common_options
 from chatctl.errors import ChatctlError, ConnectError, StreamClosed, UsageError
 from chatctl.ids import cursor_for_time, parse_cursor, time_ns
 from chatctl.wire import CLOSE_TOO_SLOW
@@ -33,7 +33,7 @@ def join(
     room: RoomArg = None,
     user: Annotated[
         str | None,
-        typer.Option("--user", "-u", help="Who joins (default: you).", show_default=False),
+        user_option("Who joins (default: you)."),
     ] = None,
     history: Annotated[
         int | None,

@@ -6,7 +6,7 @@ import typer
 
 from chatctl.cli import complete, run
 from chatctl.cli.context import Invocation, invocation
-from chatctl.cli.options import RoomArg, with_common_options
+from chatctl.cli.options import RoomArg, user_option, with_common_options
 
 app = typer.Typer()
 
@@ -70,13 +70,7 @@ def leave(
     room: RoomArg = None,
     user: Annotated[
         str | None,
-        typer.Option(
-            "--user",
-            "-u",
-            help="Who leaves (default: you).",
-            show_default=False,
-            autocompletion=complete.members,
-        ),
+        user_option("Who leaves (default: you).", autocompletion=complete.members),
     ] = None,
 ) -> None:
     """Leave a room.

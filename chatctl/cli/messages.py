@@ -7,7 +7,7 @@ import typer
 
 from chatctl.cli import run
 from chatctl.cli.context import Invocation, invocation
-from chatctl.cli.options import RoomArg, with_common_options
+from chatctl.cli.options import RoomArg, user_option, with_common_options
 from chatctl.errors import UsageError
 from chatctl.ids import START
 
@@ -27,7 +27,7 @@ def send(
     ] = None,
     user: Annotated[
         str | None,
-        typer.Option("--user", "-u", help="Who sends (default: you).", show_default=False),
+        user_option("Who sends (default: you)."),
     ] = None,
     subject: Annotated[
         str | None, typer.Option("--subject", "-s", help="Subject line.", show_default=False)
@@ -133,12 +133,7 @@ def history(
     ] = None,
     user: Annotated[
         str | None,
-        typer.Option(
-            "--user",
-            "-u",
-            help="Who reads (default: you, as for send; a private room needs a member).",
-            show_default=False,
-        ),
+        user_option("Who reads (default: you, as for send; a private room needs a member)."),
     ] = None,
 ) -> None:
     """Print a room's messages, oldest first, paging through large rooms by itself.

@@ -22,6 +22,11 @@ from chatctl.output import FORMATS
 _CONN = "Connection and output"
 
 
+def user_option(help: str, **extra: Any) -> Any:
+    """The acting user's ``--user/-u`` option, one for every command; ``help`` says who."""
+    return typer.Option("--user", "-u", help=help, show_default=False, **extra)
+
+
 def _check_format(value: str | None) -> str | None:
     if value is not None and value not in FORMATS:
         raise typer.BadParameter(f"must be one of: {', '.join(FORMATS)}")

@@ -6,7 +6,7 @@ import typer
 
 from chatctl.cli import complete, run
 from chatctl.cli.context import invocation
-from chatctl.cli.options import with_common_options
+from chatctl.cli.options import user_option, with_common_options
 
 app = typer.Typer()
 
@@ -23,9 +23,7 @@ def create(
     ] = None,
     user: Annotated[
         list[str] | None,
-        typer.Option(
-            "--user", "-u", help="A user allowed in the room (repeatable).", show_default=False
-        ),
+        user_option("A user allowed in the room (repeatable)."),
     ] = None,
     private: Annotated[
         bool | None,
@@ -87,9 +85,7 @@ def list_rooms(
     ctx: typer.Context,
     user: Annotated[
         str | None,
-        typer.Option(
-            "--user", "-u", help="Only rooms this user is a member of.", show_default=False
-        ),
+        user_option("Only rooms this user is a member of."),
     ] = None,
 ) -> None:
     """List rooms.
