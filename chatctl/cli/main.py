@@ -21,6 +21,7 @@ from chatctl.cli.context import Invocation, invocation
 from chatctl.cli.options import (
     CaCertOpt,
     InputOpt,
+    JqOpt,
     OutputOpt,
     ProfileOpt,
     TimeoutOpt,
@@ -84,6 +85,7 @@ def root(
     token: TokenOpt = None,
     profile: ProfileOpt = None,
     output: OutputOpt = None,
+    jq: JqOpt = None,
     input: InputOpt = None,
     verbose: VerboseOpt = None,
     timeout: TimeoutOpt = None,
@@ -106,6 +108,7 @@ def root(
         token=token,
         profile=profile,
         output=output,
+        jq=jq,
         input=input,
         verbose=verbose,
         timeout=timeout,
