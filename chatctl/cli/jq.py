@@ -34,12 +34,13 @@ _HINT = "quote it for the shell, e.g. --jq '.rooms[].name'; see jq's manual for 
 @functools.lru_cache(maxsize=8)
 def compile_filter(expr: str) -> Filter:
     """``expr`` compiled, or a UsageError (exit 2) naming what is wrong with it."""
-    import jq  # type: ignore[import-untyped]  # only with --jq (start-up time)
+    import jq  # type: ignore[import-not-found]  # only with --jq (start-up time)
 
     try:
         program = jq.compile(expr)
     except ValueError as e:
-        raise UsageError(f"--jq {expr!r} is not a jq expression: {_detail(e)}", hint=_HINT) from None
+        detail = _detail(e)
+        raise UsageError(f"--jq {expr!r} is not a jq expression: {detail}", hint=_HINT) from None
 
     def run(value: Any) -> list[Any]:
         try:

@@ -170,6 +170,13 @@ def check_import_rerun(ws: Workspace, line: str) -> None:
     assert ws.texts() == [*before, *lines]
 
 
+def check_jq_texts(ws: Workspace, line: str) -> None:
+    done = ws.run(line)
+    assert done.returncode == 0, done.stderr
+    # Only alice's messages, each text as itself (no quotes): what jq -r would print.
+    assert done.stdout == "hello\nlunch?\n"
+
+
 def check_join_tail(ws: Workspace, line: str) -> None:
     out = ws.tail(line, "carol", "bob", "hello carol")
     # jq -r .text printed the message's text, and nothing else.
@@ -194,6 +201,7 @@ CHECKS: list[tuple[str, Callable[[Workspace, str], None]]] = [
     (r"chatctl history general -o jsonl > general\.jsonl", check_export),
     (r"chatctl send general --lines --keep-going -o id < notes\.txt", check_lines_keep_going),
     (r"chatctl send general --lines --batch-key", check_import_rerun),
+    (r"chatctl history general -o jsonl --jq", check_jq_texts),
     (r"chatctl join general \| while read", check_join_tail),
     (r"websocat .*/v1/chat/Join", check_websocat),
 ]
