@@ -82,10 +82,17 @@ class Workspace:
         members: list[str] = next(r["user_ids"] for r in rooms if r["id"] == self.room)
         return members
 
-    def tail(self, line: str, joiner: str, sender: str, text: str) -> str:
+    def tail(
+        self,
+        line: str,
+        joiner: str,
+        sender: str,
+        text: str,
+        until: Callable[[], bool] = lambda: True,
+    ) -> str:
         """Run a line that tails the room as ``joiner`` (not a member yet); once Join has
         added it (so its stream is live), send ``text`` as ``sender``; return what the line
-        printed once ``text`` is in it, and stop it."""
+        printed once ``text`` is in it (and ``until`` holds), and stop it."""
         assert joiner not in self.members()
         out_path = self.cwd / f"tail-{uuid.uuid4().hex}.out"
         with out_path.open("w") as out:
@@ -111,7 +118,7 @@ class Workspace:
 
             wait_for(joined, 20, f"Join to add {joiner}")
             self.api("Send", {"room_id": self.room, "user_id": sender, "text": text})
-            wait_for(lambda: text in printed(), 20, f"the recipe to print {text!r}")
+            wait_for(lambda: text in printed() and until(), 20, f"the recipe to print {text!r}")
             return printed()
         finally:
             with contextlib.suppress(ProcessLookupError):
@@ -177,6 +184,25 @@ def check_jq_texts(ws: Workspace, line: str) -> None:
     assert done.stdout == "hello\nlunch?\n"
 
 
+def check_bot(ws: Workspace, line: str) -> None:
+    bot = ws.cwd / "bot"
+    bot.write_text(
+        "#!/bin/sh\n"
+        'text=$(jq -r .text)  # the message, as JSON on stdin\n'
+        'chatctl send "$CHATCTL_ROOM_ID" "echo: $text" -o id > /dev/null\n'
+        'echo "replied to $CHATCTL_USER_ID: $CHATCTL_TEXT"\n'
+    )
+    bot.chmod(0o755)
+    saved = ws.cwd / "bot.cursor"
+    out = ws.tail(line, "carol", "bob", "hello bot", until=saved.exists)
+    assert out.splitlines() == ["replied to bob: hello bot"], out
+    # The reply is in the room, from the bot's user (the joiner, told by CHATCTL_USER).
+    history = ws.api("History", {"room_id": ws.room})["messages"]
+    assert (history[-1]["user_id"], history[-1]["text"]) == ("carol", "echo: hello bot")
+    cursor = json.loads(saved.read_text())
+    assert cursor == {"rooms": {ws.room: history[-2]["id"]}}
+
+
 def check_join_tail(ws: Workspace, line: str) -> None:
     out = ws.tail(line, "carol", "bob", "hello carol")
     # jq -r .text printed the message's text, and nothing else.
@@ -202,6 +228,7 @@ CHECKS: list[tuple[str, Callable[[Workspace, str], None]]] = [
     (r"chatctl send general --lines --keep-going -o id < notes\.txt", check_lines_keep_going),
     (r"chatctl send general --lines --batch-key", check_import_rerun),
     (r"chatctl history general -o jsonl --jq", check_jq_texts),
+    (r"chatctl join general --exec \./bot --cursor", check_bot),
     (r"chatctl join general \| while read", check_join_tail),
     (r"websocat .*/v1/chat/Join", check_websocat),
 ]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +17,7 @@ import pytest
 from tests.helpers import ServerProcess, cli_env, wait_for
 
 BIN = Path(sys.executable).parent
+CLI_DOC = Path(__file__).resolve().parents[2] / "docs" / "cli.md"
 CHATCTL = (sys.executable, "-m", "chatctl")
 
 
@@ -24,6 +26,14 @@ def api(server: ServerProcess, endpoint: str, body: dict[str, Any], token: str |
         r = client.post(f"/v1/chat/{endpoint}", json=body)
     r.raise_for_status()
     return r.json()
+
+
+def docs_bot() -> str:
+    """The bot script of docs/cli.md's "Bots: join --exec"."""
+    section = CLI_DOC.read_text().split("\n## Bots: join --exec\n", 1)[1].split("\n## ")[0]
+    found = re.search(r"```sh\n(#!/bin/sh\n.*?)```", section, re.S)
+    assert found, "docs/cli.md's bots section has no bot script"
+    return found.group(1)
 
 
 def chatctl_in(cwd: Path, *args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
@@ -47,11 +57,14 @@ def test_a_bot_replies_with_chatctl_send_to_the_room_it_was_told(
     was a flag, the user a flag; the token is the user's own CHATCTL_TOKEN."""
     server: ServerProcess = start_server(tokens=["bot-secret"])
     room = api(server, "Create", {"name": "help", "user_ids": ["alice"]}, "bot-secret")["room"]
+    # docs/cli.md's bot, as written, run by a bot that first keeps what CMD was given.
+    (tmp_path / "pingbot").write_text(docs_bot())
+    (tmp_path / "pingbot").chmod(0o755)
     bot = script(
         tmp_path / "bot",
         'cat > "stdin.$CHATCTL_MESSAGE_ID"\n'
         'env > "env.$CHATCTL_MESSAGE_ID"\n'
-        'chatctl send "$CHATCTL_ROOM_ID" "pong: $CHATCTL_TEXT" -o id\n',
+        "exec ./pingbot\n",
     )
     env = cli_env(PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}", CHATCTL_TOKEN="bot-secret")
     proc = subprocess.Popen(
@@ -62,7 +75,7 @@ def test_a_bot_replies_with_chatctl_send_to_the_room_it_was_told(
     try:
         members = lambda: api(server, "List", {}, "bot-secret")["rooms"][0]["user_ids"]  # noqa: E731
         wait_for(lambda: "helper" in members() or proc.poll() is not None, 20, "join")
-        ping = {"room_id": room["id"], "user_id": "alice", "text": "ping"}
+        ping = {"room_id": room["id"], "user_id": "alice", "text": "!ping"}
         sent = api(server, "Send", ping, "bot-secret")["message"]
         out, err = proc.communicate(timeout=30)
     finally:
@@ -72,8 +85,8 @@ def test_a_bot_replies_with_chatctl_send_to_the_room_it_was_told(
     assert proc.returncode == 0, err
     history = api(server, "History", {"room_id": room["id"]}, "bot-secret")["messages"]
     reply = history[-1]
-    assert (reply["user_id"], reply["text"]) == ("helper", "pong: ping")
-    assert out.split() == [reply["id"]]  # CMD's stdout is the tail's
+    assert (reply["user_id"], reply["text"]) == ("helper", "pong to alice")
+    assert json.loads(out) == {"message": reply}  # CMD's stdout is the tail's
     assert json.loads((tmp_path / f"stdin.{sent['id']}").read_text()) == sent
     seen = dict(
         line.split("=", 1) for line in (tmp_path / f"env.{sent['id']}").read_text().splitlines()
@@ -84,7 +97,7 @@ def test_a_bot_replies_with_chatctl_send_to_the_room_it_was_told(
         "CHATCTL_URL", "CHATCTL_USER",
     )} == {
         "CHATCTL_MESSAGE_ID": sent["id"], "CHATCTL_ROOM_ID": room["id"],
-        "CHATCTL_USER_ID": "alice", "CHATCTL_TEXT": "ping",
+        "CHATCTL_USER_ID": "alice", "CHATCTL_TEXT": "!ping",
         "CHATCTL_URL": server.url, "CHATCTL_USER": "helper",
     }  # fmt: skip
 

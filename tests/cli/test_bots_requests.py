@@ -1,0 +1,99 @@
+"""``join --exec`` / ``--cursor``: what is refused before anything is sent (pytest-httpx),
+and the cursor file and CMD's environment on their own."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pytest_httpx import HTTPXMock
+
+from chatctl.cli import bots
+from tests.cli.test_requests import MESSAGE, ROOM, ROOM_OBJ, URL
+from tests.conftest import Run
+
+
+@pytest.fixture(autouse=True)
+def server(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CHATCTL_URL", URL)
+    monkeypatch.setenv("CHATCTL_TOKEN", "s3cret")
+    monkeypatch.setenv("CHATCTL_USER", "user-1")
+
+
+def sent(httpx_mock: HTTPXMock) -> list[tuple[str, Any]]:
+    requests = httpx_mock.get_requests()
+    return [(str(r.url).rsplit("/", 1)[1], json.loads(r.content)) for r in requests]
+
+
+def test_cursor_on_a_plain_m3o_server_is_exit_2_before_join(
+    cli: Run, httpx_mock: HTTPXMock, tmp_path: Path
+) -> None:
+    httpx_mock.add_response(url=f"{URL}/v1/chat/List", json={"rooms": [ROOM_OBJ]})
+    r = cli("join", "general", "--exec", "true", "--cursor", str(tmp_path / "cursor"))
+    assert r.code == 2
+    assert r.stderr.splitlines()[0] == (
+        f"error: join --cursor is not supported by {URL}: it is an m3o server without "
+        "chatctl's resume extension"
+    )
+    assert sent(httpx_mock) == [("List", {})]  # the room's name; no Join
+    assert not (tmp_path / "cursor").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "error"),
+    [
+        (["--exec-stop-on-error"], "error: --exec-stop-on-error needs --exec CMD"),
+        (["--exec-timeout", "5"], "error: --exec-timeout needs --exec CMD"),
+        (["--exec", " "], "error: --exec needs a command, e.g. --exec ./bot"),
+        (["--cursor", "/nonexistent/dir/cursor"], "error: cannot write the cursor file "),
+    ],
+)
+def test_bot_flags_that_cannot_work_are_exit_2_with_nothing_sent(
+    cli: Run, httpx_mock: HTTPXMock, args: list[str], error: str
+) -> None:
+    r = cli("join", ROOM, *args)
+    assert r.code == 2
+    assert r.stderr.startswith(error)
+    assert httpx_mock.get_requests() == []
+
+
+def test_a_cursor_file_that_is_not_ours_is_exit_2(
+    cli: Run, httpx_mock: HTTPXMock, tmp_path: Path
+) -> None:
+    cursor = tmp_path / "cursor"
+    cursor.write_text("not a cursor\n")
+    r = cli("join", ROOM, "--exec", "true", "--cursor", str(cursor))
+    assert r.code == 2
+    assert r.stderr.splitlines() == [
+        f"error: {cursor} is not a chatctl cursor file",
+        f"hint: remove {cursor} to start from now (or from --since), or name another file",
+    ]
+    assert httpx_mock.get_requests() == []
+    assert cursor.read_text() == "not a cursor\n"
+
+
+def test_the_cursor_file_is_replaced_whole_private_and_read_back(tmp_path: Path) -> None:
+    path = tmp_path / "cursor"
+    cursor = bots.CursorFile(path)
+    assert cursor.position(ROOM) is None
+    # A symlink planted at the temporary name is replaced, never written through.
+    victim = tmp_path / "victim"
+    victim.write_text("keep")
+    (tmp_path / f".cursor.{os.getpid()}.tmp").symlink_to(victim)
+    cursor.save(ROOM, MESSAGE["id"])
+    assert victim.read_text() == "keep"
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert json.loads(path.read_text()) == {"rooms": {ROOM: MESSAGE["id"]}}
+    assert bots.CursorFile(path).position(ROOM) == MESSAGE["id"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cursor", "victim"]
+
+
+def test_message_fields_fit_an_environment_variable() -> None:
+    big = "é" * 100_000  # 200,000 bytes: past Linux's 128 KiB a variable
+    value = bots._env_value(big)
+    assert big.startswith(value) and len(value.encode()) == bots.ENV_VALUE_BYTES
+    assert bots._env_value("a\0b\ud800c") == "a\ufffdb\ufffd\ufffd\ufffdc"
+    assert bots._env_value(None) == "" and bots._env_value(["x"]) == '["x"]'
