@@ -3,8 +3,10 @@ and the cursor file and CMD's environment on their own."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +14,7 @@ import pytest
 from pytest_httpx import HTTPXMock
 
 from chatctl.cli import bots
+from chatctl.output import Renderer
 from tests.cli.test_requests import MESSAGE, ROOM, ROOM_OBJ, URL
 from tests.conftest import Run
 
@@ -97,3 +100,37 @@ def test_message_fields_fit_an_environment_variable() -> None:
     assert big.startswith(value) and len(value.encode()) == bots.ENV_VALUE_BYTES
     assert bots._env_value("a\0b\ud800c") == "a\ufffdb\ufffd\ufffd\ufffdc"
     assert bots._env_value(None) == "" and bots._env_value(["x"]) == '["x"]'
+
+
+def _bot(command: str, **options: Any) -> tuple[bots.Bot, io.StringIO]:
+    from chatctl.cli.context import Invocation
+
+    stderr = io.StringIO()
+    inv = Invocation(stdout=io.StringIO(), stderr=stderr)
+    return bots.Bot(inv, command, None, **options).attach(_Null(), {}), stderr
+
+
+class _Null(Renderer):
+    def __init__(self) -> None:
+        super().__init__(io.StringIO())
+
+
+@pytest.mark.parametrize(
+    ("command", "said"),
+    [
+        ("exit 3", "exited 3"),
+        ("kill -9 $$", "was killed by signal 9 (SIGKILL)"),
+        ("sleep 30", "did not end within 0.2s and was stopped"),
+    ],
+)
+def test_how_cmd_failed_is_said_and_stop_on_error_raises_it(command: str, said: str) -> None:
+    started = time.monotonic()
+    bot, stderr = _bot(command, timeout=0.2)
+    bot.response({"message": MESSAGE})
+    assert stderr.getvalue() == f"chatctl: --exec {command!r} {said} on message {MESSAGE['id']}\n"
+    stopping, _ = _bot(command, timeout=0.2, stop_on_error=True)
+    with pytest.raises(bots.ExecFailed) as failed:
+        stopping.response({"message": MESSAGE})
+    assert failed.value.message.endswith(f"{said} on message {MESSAGE['id']}; stopped "
+                                         "(--exec-stop-on-error)")  # fmt: skip
+    assert time.monotonic() - started < 5  # a timeout stops CMD's group (its sleep too)
