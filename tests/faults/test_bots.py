@@ -4,7 +4,7 @@ while CMD runs, then started again with the same command line. Every message is 
 in order, none skipped; the one in flight at each kill at most twice (its CMD, left
 running, finishes; the restarted tail runs it again: at least once).
 
-The default run: 60 messages, 2 kills (about 4 s); the soak run (``pytest -m soak
+The default run: 60 messages, 3 kills (about 2 s); the soak run (``pytest -m soak
 tests/faults``): 500 messages, 3 kills. ``FAULT_DRILL_SEED`` replays the kill moments.
 """
 
@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 
 from tests.faults.drill import report
-from tests.helpers import ServerProcess, chatctl, cli_env, wait_for
+from tests.helpers import ServerProcess, cli_env, wait_for
 
 BIN = Path(sys.executable).parent
 CHATCTL = (sys.executable, "-m", "chatctl")
@@ -57,16 +57,17 @@ def drill(server: ServerProcess, tmp_path: Path, total: int, kills: int, seed: i
     bot = script(
         tmp_path / "bot",
         'echo "start $CHATCTL_TEXT" >> log\n'
-        'case "$CHATCTL_TEXT" in *slow) sleep 0.3;; esac\n'
+        'case "$CHATCTL_TEXT" in *slow) sleep 0.2;; esac\n'
         'echo "done $CHATCTL_TEXT" >> log\n',
     )
     line = [*CHATCTL, "join", room, "--user", "bot", "--since", start["message"]["id"],
             "--exec", bot, "--cursor", "bot.cursor"]  # fmt: skip
 
     def send(lines: list[str]) -> None:
-        done = chatctl("send", room, "--lines", "--user", "sender", "-o", "id", env=env,
-                       input="".join(t + "\n" for t in lines))  # fmt: skip
-        assert done.returncode == 0, done.stderr
+        with server.http() as client:
+            for text in lines:
+                body = {"room_id": room, "user_id": "sender", "text": text}
+                client.post("/v1/chat/Send", json=body).raise_for_status()
 
     def logged() -> list[str]:
         return log.read_text().splitlines() if log.exists() else []
@@ -114,7 +115,7 @@ def _seed() -> int:
 
 def test_bot_drill_kill_9_while_cmd_runs(tmp_path: Path) -> None:
     with ServerProcess(tmp_path) as server:
-        drill(server, tmp_path, total=60, kills=2, seed=_seed())
+        drill(server, tmp_path, total=60, kills=3, seed=_seed())
 
 
 @pytest.mark.soak
