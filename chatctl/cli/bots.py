@@ -91,9 +91,9 @@ def bot_for(
     """The bot the flags ask for; flags that need ``--exec`` without it, and a cursor
     file chatctl cannot use, are exit 2 (nothing sent yet)."""
     if command is None:
-        for given, flag in ((stop_on_error, "--exec-stop-on-error"), (timeout, "--exec-timeout")):
-            if given:
-                raise UsageError(f"{flag} needs --exec CMD")
+        if stop_on_error or timeout is not None:
+            flag = "--exec-stop-on-error" if stop_on_error else "--exec-timeout"
+            raise UsageError(f"{flag} needs --exec CMD")
     elif not command.strip():
         raise UsageError("--exec needs a command, e.g. --exec ./bot")
     return Bot(

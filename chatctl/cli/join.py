@@ -170,7 +170,7 @@ def join(
     defaults = {"user_id": inv.acting_user(user)}
     body = run.build_requests(inv, "Join", request, defaults, room=room)[0].body
     bot = None
-    if exec_command is not None or cursor_file is not None or exec_stop_on_error or exec_timeout:
+    if exec_command or cursor_file or exec_stop_on_error or exec_timeout is not None:
         from chatctl.cli import bots
 
         bot = bots.bot_for(
@@ -183,7 +183,7 @@ def join(
     needed = [
         (flag, feature)
         for flag, feature, given in (
-            ("--since", "resume", cursor is not None),
+            ("--since", "resume", since is not None),
             ("--events", "events", events),
             ("--include-own", "include-own", include_own),
             ("--cursor", "resume", cursor_file is not None),

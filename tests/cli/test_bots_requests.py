@@ -45,11 +45,22 @@ def test_cursor_on_a_plain_m3o_server_is_exit_2_before_join(
     assert not (tmp_path / "cursor").exists()
 
 
+def test_a_saved_cursor_on_a_plain_m3o_server_names_cursor(
+    cli: Run, httpx_mock: HTTPXMock, tmp_path: Path
+) -> None:
+    cursor = tmp_path / "cursor"
+    bots.CursorFile(cursor).save(ROOM, MESSAGE["id"])
+    httpx_mock.add_response(url=f"{URL}/v1/chat/List", json={"rooms": [ROOM_OBJ]})
+    r = cli("join", "general", "--exec", "true", "--cursor", str(cursor))
+    assert r.code == 2
+    assert r.stderr.startswith("error: join --cursor is not supported by ")
+
+
 @pytest.mark.parametrize(
     ("args", "error"),
     [
         (["--exec-stop-on-error"], "error: --exec-stop-on-error needs --exec CMD"),
-        (["--exec-timeout", "5"], "error: --exec-timeout needs --exec CMD"),
+        (["--exec-timeout", "0"], "error: --exec-timeout needs --exec CMD"),
         (["--exec", " "], "error: --exec needs a command, e.g. --exec ./bot"),
         (["--cursor", "/nonexistent/dir/cursor"], "error: cannot write the cursor file "),
     ],
