@@ -29,7 +29,8 @@ id, and the tail goes on; with ``--exec-stop-on-error`` the tail ends there, exi
 message was printed), its id is saved in FILE — written to a new file, fsynced and
 renamed over FILE (mode 0600) — and a tail started with FILE present
 resumes right after it (``--since`` and ``--history`` then only say where a first run
-starts). A message whose CMD failed counts as handled, unless ``--exec-stop-on-error``
+starts). One tail a file: a second one is exit 2 while the first runs (a lock on
+``.FILE.lock``). A message whose CMD failed counts as handled, unless ``--exec-stop-on-error``
 stopped the tail on it: then the next run starts with it. So a bot killed at any moment
 (``kill -9``) and started again handles every message, in order, none skipped: at least
 once, the one in flight when it was killed at most twice. It needs chatctl's server (its
@@ -42,6 +43,7 @@ import contextlib
 import json
 import os
 import signal
+import weakref
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -111,13 +113,36 @@ class CursorFile:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.rooms = self._read()
         parent = path.parent
         if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
             raise UsageError(
                 f"cannot write the cursor file {path}: {parent} is not a directory chatctl "
                 "may write in"
             )
+        lock = self._take_lock()
+        #: the lock goes with this object (or the process), whichever ends first.
+        self.close = weakref.finalize(self, os.close, lock)
+        self.rooms = self._read()
+
+    def _take_lock(self) -> int:
+        """One tail a cursor file: a lock (flock) on ``.FILE.lock`` beside it, held for
+        the life of the process (let go by the kernel however it ends, kill -9 too)."""
+        import fcntl
+
+        lock = self.path.with_name(f".{self.path.name}.lock")
+        try:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        except OSError as e:
+            raise UsageError(f"cannot lock the cursor file {self.path}: {e.strerror}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise UsageError(
+                f"another chatctl join is using the cursor file {self.path}",
+                hint="one tail a cursor file: stop the other one, or name another file",
+            ) from None
+        return fd
 
     def position(self, room_id: str) -> str | None:
         """The id of the last message handled in ``room_id``, if any."""

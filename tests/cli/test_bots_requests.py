@@ -14,6 +14,7 @@ import pytest
 from pytest_httpx import HTTPXMock
 
 from chatctl.cli import bots
+from chatctl.errors import UsageError
 from chatctl.output import Renderer
 from tests.cli.test_requests import MESSAGE, ROOM, ROOM_OBJ, URL
 from tests.conftest import Run
@@ -101,8 +102,21 @@ def test_the_cursor_file_is_replaced_whole_private_and_read_back(tmp_path: Path)
     assert victim.read_text() == "keep"
     assert path.stat().st_mode & 0o777 == 0o600
     assert json.loads(path.read_text()) == {"rooms": {ROOM: MESSAGE["id"]}}
+    cursor.close()  # the next tail's
     assert bots.CursorFile(path).position(ROOM) == MESSAGE["id"]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["cursor", "victim"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".cursor.lock", "cursor", "victim"]
+
+
+def test_one_tail_a_cursor_file(tmp_path: Path) -> None:
+    first = bots.CursorFile(tmp_path / "cursor")
+    with pytest.raises(UsageError) as second:
+        bots.CursorFile(tmp_path / "cursor")
+    assert second.value.message == (
+        f"another chatctl join is using the cursor file {tmp_path / 'cursor'}"
+    )
+    assert bots.CursorFile(tmp_path / "other").position(ROOM) is None
+    first.close()
+    assert bots.CursorFile(tmp_path / "cursor").position(ROOM) is None
 
 
 def test_message_fields_fit_an_environment_variable() -> None:
