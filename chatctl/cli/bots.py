@@ -20,8 +20,9 @@ aliases run theirs. CMD gets:
 
 CMD's stdout and stderr are chatctl's (its output is the tail's output; messages are not
 printed). It runs in a process group of its own, for at most ``--exec-timeout`` seconds
-(60 by default, 0 for no limit): then its group gets SIGTERM, and SIGKILL 5 s later.
-Ctrl-C is passed to it as SIGINT, and chatctl exits 130 once it ended. A CMD that exits
+(60 by default, 0 for no limit): then its group gets SIGTERM, and what is left of it
+SIGKILL once CMD ended or 5 s later. Ctrl-C is passed to it as SIGINT, the same way, and
+chatctl exits 130. A CMD that exits
 non-zero, is killed or times out is reported on stderr with its status and the message's
 id, and the tail goes on; with ``--exec-stop-on-error`` the tail ends there, exit 1.
 
@@ -340,14 +341,14 @@ def _status(code: int) -> str:
 
 
 def _stop(proc: subprocess.Popen[bytes], sig: int) -> None:
-    """End CMD's process group: ``sig``, then SIGKILL after GRACE seconds."""
+    """End CMD: ``sig`` to its process group, up to GRACE seconds for it to end, then
+    SIGKILL to whatever is left of the group (what CMD started in the background too)."""
     import subprocess
 
-    for each, wait in ((sig, GRACE), (signal.SIGKILL, None)):
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, each)
-        try:
-            proc.wait(wait)
-            return
-        except subprocess.TimeoutExpired:
-            continue
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, sig)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(GRACE)
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -26,6 +27,20 @@ def api(server: ServerProcess, endpoint: str, body: dict[str, Any], token: str |
         r = client.post(f"/v1/chat/{endpoint}", json=body)
     r.raise_for_status()
     return r.json()
+
+
+def running_in_group(pgid: int) -> list[int]:
+    """The processes of a process group that are still running (not zombies, which a
+    container's init may leave unreaped)."""
+    running = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            running.append(int(stat.parent.name))
+    return running
 
 
 def docs_bot() -> str:
@@ -137,6 +152,26 @@ def test_a_failing_cmd_is_reported_and_stop_on_error_ends_the_tail_before_its_me
     assert stopped.stdout.splitlines() == ["handled one"]
     assert stopped.stderr.splitlines()[0].endswith("; stopped (--exec-stop-on-error)")
     assert (tmp_path / "part").stat().st_mode & 0o777 == 0o600
+    # Ctrl-C while CMD runs: CMD gets it too, chatctl exits 130 once CMD has ended, and
+    # the message stays ahead of the cursor.
+    saved = (tmp_path / "part").read_text()
+    slow = "echo $$ > pid; trap 'echo interrupted > got; exit 130' INT; sleep 30 & wait"
+    proc = subprocess.Popen(
+        [*CHATCTL, *base, "--exec", slow, "--cursor", "part"],
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        wait_for(lambda: (tmp_path / "pid").exists() or proc.poll() is not None, 20, "CMD")
+        wait_for(lambda: (tmp_path / "pid").read_text().strip(), 5, "CMD's pid")
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(10) == 130, proc.communicate()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate()
+    assert (tmp_path / "got").read_text() == "interrupted\n"
+    assert running_in_group(int((tmp_path / "pid").read_text())) == []  # its sleep too
+    assert (tmp_path / "part").read_text() == saved
     # The failed message is still ahead of the cursor: the next run starts with it.
     again = chatctl_in(tmp_path, *base, "--since", start, "--exec", 'echo "again $CHATCTL_TEXT"',
                        "--cursor", "part", "-c", "2", env=env)  # fmt: skip
