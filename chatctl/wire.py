@@ -200,9 +200,16 @@ def message_frame(message: dict[str, Any]) -> str:
     return encode({"message": message})
 
 
-def event_frame(kind: str, room_id: str, user_id: str, at: str) -> str:
-    """``{"event": {...}}``, encoded: a membership event (``joined``, ``kicked``...)."""
-    return encode({"event": {"type": kind, "room_id": room_id, "user_id": user_id, "at": at}})
+def event_frame(
+    kind: str, room_id: str, user_id: str, at: str, message_id: str | None = None
+) -> str:
+    """``{"event": {...}}``, encoded: a membership event (``joined``, ``kicked``...), or
+    a message deleted (``message_deleted``, with its ``message_id``; ``user_id`` is its
+    author)."""
+    event = {"type": kind, "room_id": room_id, "user_id": user_id, "at": at}
+    if message_id is not None:
+        event["message_id"] = message_id
+    return encode({"event": event})
 
 
 # -- times and ids ----------------------------------------------------------------------

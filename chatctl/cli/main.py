@@ -63,7 +63,18 @@ _COMMANDS = {
     for c in family.app.registered_commands
     if c.callback is not None
 }
-_LIFE = ("create", "invite", "send", "history", "list_rooms", "join", "kick", "leave", "delete")
+_LIFE = (
+    "create",
+    "invite",
+    "send",
+    "history",
+    "list_rooms",
+    "join",
+    "kick",
+    "leave",
+    "delete_message",
+    "delete",
+)
 for name in sorted(_COMMANDS, key=lambda n: _LIFE.index(n) if n in _LIFE else len(_LIFE)):
     app.registered_commands.append(_COMMANDS[name])
 app.add_typer(serve_app, name="serve")

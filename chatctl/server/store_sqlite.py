@@ -182,6 +182,12 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (day, tenant, user_id)
     ) WITHOUT ROWID;
     """,
+    # v7: messages can be deleted (issue 25, DeleteMessage): the row stays, as the
+    # position its id and seq are for cursors, with its text and subject erased; deleted_at
+    # is when (NULL: not deleted), and every read of messages leaves such a row out.
+    """
+    ALTER TABLE messages ADD COLUMN deleted_at TEXT;
+    """,
 )
 
 #: ms a read waits, holding up the event loop, for another process's lock; the read is
