@@ -25,7 +25,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from chatctl.server.domain import Key, MessageRow, Note, RoomRow, erased_message
-from chatctl.wire import message_frame
+from chatctl.wire import message_frame, uuid7_ms
 
 __all__ = ["PURGE_CHUNK", "ROOM_COLUMNS", "Dialect", "Session", "room_row"]
 
@@ -138,9 +138,17 @@ ERASE_MESSAGE = (
 )
 #: A Send's answer kept with its Idempotency-Key holds the message's text: the deleted
 #: message's answer takes its place (a retry of that Send gets the message as it is now).
+#: The key was made when the Send was, by the same clock as the message's id: only keys
+#: made around then are looked at (``idempotency_by_age``), however many a tenant has.
 ERASE_KEPT_SEND = (
-    "UPDATE idempotency SET response = ? WHERE tenant = ? AND endpoint = 'Send' AND response = ?"
+    "UPDATE idempotency SET response = ? WHERE created_at >= ? AND created_at <= ?"
+    " AND tenant = ? AND endpoint = 'Send' AND response = ?"
 )
+#: seconds before and after its message's id's time a Send's key may have been made: the
+#: key before the store took its turn (a wait for the database or another process's lock,
+#: bounded by ``--db-timeout``, a bulk Send's group), the id after; a margin for both.
+KEY_BEFORE_MESSAGE = 120.0
+KEY_AFTER_MESSAGE = 5.0
 
 
 def claim_args(key: Key, answer: str = "") -> Args:
@@ -348,7 +356,9 @@ class Session:
             return False
         sent = message_frame(message.to_wire(room.id))
         erased = message_frame(erased_message(message).to_wire(room.id))
-        await self._change(ERASE_KEPT_SEND, (erased, room.tenant, sent))
+        made = uuid7_ms(message.id) / 1000
+        around = (made - KEY_BEFORE_MESSAGE, made + KEY_AFTER_MESSAGE)
+        await self._change(ERASE_KEPT_SEND, (erased, *around, room.tenant, sent))
         return True
 
     async def count_messages_after(self, room: RoomRow, after_seq: int, cap: int) -> int:
