@@ -45,7 +45,7 @@ from chatctl.errors import (
     StreamClosed,
     UnsupportedError,
 )
-from chatctl.schema import WHOAMI
+from chatctl.schema import DELETE_MESSAGE, WHOAMI
 from chatctl.wire import CLOSE_FORBIDDEN, CLOSE_TOO_SLOW, close_code_for
 
 app = typer.Typer(
@@ -185,6 +185,11 @@ def hint_for(e: ChatctlError, inv: Invocation | None = None) -> str | None:
             return (
                 "an m3o token acts as any user: name yours with --user, CHATCTL_USER or: "
                 "chatctl config set user ID"
+            )
+        if e.feature == DELETE_MESSAGE:
+            return (
+                "m3o's API cannot delete a message (only the whole room, with chatctl "
+                "delete); chatctl's own server can (chatctl serve)"
             )
         return (
             "that needs chatctl's own server (chatctl serve); against other m3o servers, "

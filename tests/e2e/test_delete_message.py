@@ -294,3 +294,38 @@ def test_a_replica_reading_missed_seqs_skips_a_deleted_message() -> None:
 
     with postgres.fresh_database() as url:
         assert asyncio.run(scenario(url)) == ([], 3)
+
+
+CLI_DOC = Path(__file__).resolve().parents[2] / "docs/cli.md"
+
+
+def doc_recipe() -> str:
+    """The command line of docs/cli.md's "Deleting a message" recipe."""
+    section = CLI_DOC.read_text().split("\n## Deleting a message", 1)[1].split("\n## ", 1)[0]
+    block = section.split("```sh\n", 1)[1].split("```", 1)[0]
+    (line,) = [line for line in block.splitlines() if line and not line.startswith("#")]
+    return line
+
+
+@pytest.mark.one_backend
+def test_the_docs_recipe_deletes_the_message_it_finds(team: ServerProcess) -> None:
+    rid = ok(team, ALICE, "Create", {"name": "ops", "user_ids": ["bob"]})["room"]["id"]
+    ok(team, BOB, "Send", {"room_id": rid, "text": "the password is hunter2"})
+    ok(team, ALICE, "Send", {"room_id": rid, "text": "ok, rotating it"})
+    # alice runs it: the room's creator, deleting bob's message.
+    done = subprocess.run(
+        ["bash", "-o", "pipefail", "-c", doc_recipe()],
+        env=cli_env(team, CHATCTL_TOKEN=ALICE, PATH=f"{Path(sys.executable).parent}:/usr/bin:/bin"),
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    texts = [m["text"] for m in ok(team, ALICE, "History", {"room_id": rid})["messages"]]
+    assert texts == ["ok, rotating it"]
+
+
+def test_a_terminal_line_names_the_deleted_message_and_its_author() -> None:
+    from chatctl.output import event_line
+
+    event = {"type": "message_deleted", "room_id": "r", "user_id": "alice", "message_id": "m1"}
+    line = event_line({**event, "at": "2026-12-07T09:41:09.002Z"}).plain
+    assert line.endswith(" * message m1 of alice deleted")
