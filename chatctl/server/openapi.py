@@ -146,7 +146,7 @@ def _error_responses(endpoint: Endpoint) -> dict[str, Any]:
         "400": "Invalid request (e.g. missing room id, user is not in the room).",
         "401": "Missing or unknown token (id v1).",
         "403": "Membership, privacy or a quota refused (a quota's detail starts quota:).",
-        "404": "Room not found (or, with id v1, no such API).",
+        "404": "Room not found, or DeleteMessage's message (or, with id v1, no such API).",
         "409": "Idempotency-Key reused with a different request.",
         "413": "Body over the limit (id v1).",
         "429": "Over the token's rate limit (id v1); Retry-After says when to retry.",
