@@ -170,6 +170,14 @@ def check_import_rerun(ws: Workspace, line: str) -> None:
     assert ws.texts() == [*before, *lines]
 
 
+def check_take_back(ws: Workspace, line: str) -> None:
+    last = ws.api("History", {"room_id": ws.room})["messages"][-1]
+    assert (last["user_id"], last["text"]) == ("alice", "lunch?")
+    done = ws.run(line)
+    assert done.returncode == 0, done.stderr
+    assert ws.texts() == ["hello", "hi alice"]
+
+
 def check_join_tail(ws: Workspace, line: str) -> None:
     out = ws.tail(line, "carol", "bob", "hello carol")
     # jq -r .text printed the message's text, and nothing else.
@@ -194,6 +202,7 @@ CHECKS: list[tuple[str, Callable[[Workspace, str], None]]] = [
     (r"chatctl history general -o jsonl > general\.jsonl", check_export),
     (r"chatctl send general --lines --keep-going -o id < notes\.txt", check_lines_keep_going),
     (r"chatctl send general --lines --batch-key", check_import_rerun),
+    (r"xargs chatctl delete-message general", check_take_back),
     (r"chatctl join general \| while read", check_join_tail),
     (r"websocat .*/v1/chat/Join", check_websocat),
 ]
