@@ -693,6 +693,10 @@ def event_line(e: dict[str, Any]) -> Text:
     from rich.text import Text
 
     clock = line_time(e.get("at"))
+    if e.get("type") == "message_deleted":
+        # The message a line above may have shown: its id, and whose it was.
+        said = f"message {visible(e.get('message_id'))} of {visible(e.get('user_id'))} deleted"
+        return Text(f"{clock} * {said}", style="dim")
     return Text(f"{clock} * {visible(e.get('user_id'))} {visible(e.get('type'))}", style="dim")
 
 

@@ -203,6 +203,14 @@ def check_bot(ws: Workspace, line: str) -> None:
     assert cursor == {"rooms": {ws.room: history[-2]["id"]}}
 
 
+def check_take_back(ws: Workspace, line: str) -> None:
+    last = ws.api("History", {"room_id": ws.room})["messages"][-1]
+    assert (last["user_id"], last["text"]) == ("alice", "lunch?")
+    done = ws.run(line)
+    assert done.returncode == 0, done.stderr
+    assert ws.texts() == ["hello", "hi alice"]
+
+
 def check_join_tail(ws: Workspace, line: str) -> None:
     out = ws.tail(line, "carol", "bob", "hello carol")
     # jq -r .text printed the message's text, and nothing else.
@@ -229,6 +237,8 @@ CHECKS: list[tuple[str, Callable[[Workspace, str], None]]] = [
     (r"chatctl send general --lines --batch-key", check_import_rerun),
     (r"chatctl history general -o jsonl --jq", check_jq_texts),
     (r"chatctl join general --exec \./bot --cursor", check_bot),
+
+    (r"xargs chatctl delete-message general", check_take_back),
     (r"chatctl join general \| while read", check_join_tail),
     (r"websocat .*/v1/chat/Join", check_websocat),
 ]
