@@ -26,8 +26,10 @@ chatctl exits 130. A CMD that exits
 non-zero, is killed or times out is reported on stderr with its status and the message's
 id, and the tail goes on; with ``--exec-stop-on-error`` the tail ends there, exit 1.
 
-``--cursor FILE``: after each message is handled (CMD ended, or, without ``--exec``, the
-message was printed), its id is saved in FILE — written to a new file, fsynced and
+``--cursor FILE``: where the tail starts is saved in FILE as soon as the stream is open
+(unless FILE has a position already, or ``--history`` replays messages first), and after
+each message is handled (CMD ended, or, without ``--exec``, the message was printed), its
+id is saved in FILE — written to a new file, fsynced and
 renamed over FILE (mode 0600) — and a tail started with FILE present
 resumes right after it (``--since`` and ``--history`` then only say where a first run
 starts). One tail a file: a second one is exit 2 while the first runs (a lock on
@@ -232,6 +234,14 @@ class Bot(Renderer):
 
     def position(self, room_id: str) -> str | None:
         return None if self.cursor is None else self.cursor.position(room_id)
+
+    def begin(self, room_id: str, start: str) -> None:
+        """The tail of ``room_id`` started at ``start`` (after that id): kept as its
+        position if the file has none, so a bot killed before it handled its first
+        message starts there again, not at the moment of its restart (which would skip
+        what came between)."""
+        if self.cursor is not None and self.cursor.position(room_id) is None:
+            self.cursor.save(room_id, start)
 
     # -- the renderer's side -----------------------------------------------------------
 

@@ -227,6 +227,8 @@ def join(
                     # client clock that runs ahead cannot skip a message; the Date
                     # header's second rounds down.
                     cursor = cursor_for_time(stream.server_time or datetime.now(UTC))
+                if bot is not None and not joined and "history" not in body:
+                    bot.begin(body["room_id"], cursor)  # where a first run started, kept
             elif not joined:
                 outage.started()
                 tail.joined_at(stream.server_time)
