@@ -5,7 +5,9 @@
 ``rules.ChatService``:
 
 - Paths are matched case-insensitively, as m3o's gateway did: ``POST /v1/chat/{Endpoint}``,
-  ``GET /health`` (never touches the database) and ``GET /openapi.json``. Another method
+  ``GET /health`` (never touches the database: the process serves), ``GET /ready``
+  (``ready``: the database answers within its timeout, a replica hears the others, the
+  server is not shutting down) and ``GET /openapi.json``. Another method
   on them is 405 with ``Allow`` (``_other_method``), but ``OPTIONS``, answered 204 with
   ``Allow`` before any token is checked: a browser's CORS preflight (``cors`` adds what a
   preflight needs for the origins it allows). An unknown path is 404 ``No such API``.
@@ -36,6 +38,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -77,7 +80,7 @@ WHOAMI = ENDPOINTS["Whoami"]
 _MAX_IDEMPOTENCY_KEY = 255
 
 
-#: the methods of the API's endpoints, and of /health and /openapi.json (``Allow``).
+#: the methods of the API's endpoints, and of /health, /ready and /openapi.json (``Allow``).
 ALLOW_POST = "POST"
 ALLOW_GET = "GET, HEAD"
 
@@ -87,9 +90,7 @@ def _other_method(method: str, allow: str) -> Response:
     method the path does not take: 405, with ``Allow``."""
     if method == "OPTIONS":
         return Response(status_code=204, headers={"Allow": allow})
-    raise Refusal(
-        "v1", 405, f"method {method} not allowed here: use {allow}", {"Allow": allow}
-    )
+    raise Refusal("v1", 405, f"method {method} not allowed here: use {allow}", {"Allow": allow})
 
 
 def origin_refused(origin: str, open_server: bool = True) -> str:
@@ -125,9 +126,7 @@ class Edge:
         self.registry = config.registry
         #: each token's request bucket (None: no rate limit).
         self.limiter = (
-            None
-            if config.rate_limit is None
-            else RateLimiter(config.rate_limit, config.rate_burst)
+            None if config.rate_limit is None else RateLimiter(config.rate_limit, config.rate_burst)
         )
         self.openapi = encode(openapi_document(config.limits, config.m3o_edition)).encode()
         #: the browser origins allowed (``--cors-origin``), and the default edition.
@@ -178,6 +177,8 @@ class Edge:
         method = request.method
         lowered = path.lower()
         if not lowered.startswith(CHAT_PREFIX):
+            if lowered == "/ready" and method in ("GET", "HEAD"):
+                return await self.ready()
             return self._outside_chat(lowered, method)
         endpoint = endpoint_for(path[len(CHAT_PREFIX) :])
         if endpoint is None:
@@ -230,9 +231,37 @@ class Edge:
             endpoint, principal.tenant, request, self.service, self.config, pace, principal
         )
 
+    async def ready(self) -> Response:
+        """``GET /ready``: 200 while this server should get traffic, else 503 naming what
+        is not so (never a host, a port or a driver's words): the database answered a
+        query within ``--db-timeout``, a PostgreSQL replica is listening to the others
+        (``hub.interrupted`` while it is not), and the server is not shutting down
+        (``hub.closed``). ``/health`` stays "the process serves", whatever the database."""
+        reasons = []
+        hub = self.hub
+        if hub.closed:
+            reasons.append("shutting down")
+        if hub.interrupted:
+            reasons.append("not hearing the other replicas (PostgreSQL LISTEN)")
+        timeout = self.config.db_timeout
+        try:
+            await asyncio.wait_for(self.service.store.read(_ping), timeout)
+        except TimeoutError:
+            reasons.append(f"the database did not answer within {timeout:g} s")
+        except Unavailable as exc:
+            log.debug("readiness: the database failed: %s", exc)
+            reasons.append("the database failed")
+        if reasons:
+            body = encode({"status": "not ready", "reasons": reasons}).encode()
+            answer = JSONAnswer(body, 503)
+        else:
+            answer = JSONAnswer(b'{"status":"ready"}')
+        answer.raw_headers.append(_NO_STORE)
+        return answer
+
     def _outside_chat(self, lowered: str, method: str) -> Response:
-        """``/health``, ``/openapi.json``, or no such API."""
-        if lowered == "/health":
+        """``/health``, ``/ready`` (not GET), ``/openapi.json``, or no such API."""
+        if lowered in ("/health", "/ready"):
             if method in ("GET", "HEAD"):
                 return JSONAnswer(b'{"status":"ok"}')
         elif lowered == "/openapi.json":
@@ -280,6 +309,16 @@ class Edge:
             if request.scope.get(BODY_TOO_SLOW):
                 raise _body_too_slow(self.config)
         return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+#: a probe's answer is of this moment: no cache between a load balancer and the server.
+_NO_STORE = (b"cache-control", b"no-store")
+
+
+async def _ping(db: Any) -> int:
+    """The cheapest question a database answers (``ready``)."""
+    count: int = await db._count("SELECT 1", ())
+    return count
 
 
 def _body_too_slow(config: ServerConfig) -> Refusal:
