@@ -41,7 +41,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
@@ -60,15 +60,19 @@ from chatctl.server.decode import (
     no_such_api,
     too_large,
 )
-from chatctl.server.domain import Refused, Unavailable
+from chatctl.server.domain import REFUSALS, Refused, Unavailable
 from chatctl.server.editions import ROOM, Edition, answer_in
 from chatctl.server.hub import Hub
+from chatctl.server.logline import PRINCIPAL
 from chatctl.server.openapi import openapi_document
 from chatctl.server.protocol import BODY_TOO_SLOW
 from chatctl.server.ratelimit import RateLimiter, over_rate
 from chatctl.server.rules import Answer, ChatService
 from chatctl.server.tokens import OPEN, Principal
 from chatctl.wire import encode
+
+if TYPE_CHECKING:
+    from chatctl.server.metrics import Metrics
 
 __all__ = ["Edge"]
 
@@ -132,6 +136,8 @@ class Edge:
         #: the browser origins allowed (``--cors-origin``), and the default edition.
         self.origins = Origins(config.cors_origins)
         self.edition = config.m3o_edition
+        #: ``GET /metrics`` (``server.metrics.Metrics``), set by the app with ``--metrics``.
+        self.metrics: Metrics | None = None
         #: a Join over NDJSON (``streams.JoinStreams.ndjson``), set by the app.
         self.join_ndjson: Callable[[Principal, dict[str, Any], Edition], Awaitable[Response]]
 
@@ -158,6 +164,7 @@ class Edge:
             return
         wait = limiter.check(principal.token_id)
         if wait:
+            REFUSALS["rate_limit"] += 1
             detail, headers = over_rate(limiter.rate, wait)
             raise Refusal("v1", 429, detail, headers)
 
@@ -190,6 +197,7 @@ class Edge:
         principal = self.authenticate(bearer(request.headers.get("authorization")))
         if principal is None:
             raise Refusal("v1", 401, "Unauthorized")
+        request.scope[PRINCIPAL] = principal  # for the access line
         if is_ndjson(request.headers.get("content-type")):
             return self._bulk(endpoint, principal, request)  # paced per message instead
         if endpoint is not JOIN:  # a stream counts against the stream cap instead
@@ -260,13 +268,19 @@ class Edge:
         return answer
 
     def _outside_chat(self, lowered: str, method: str) -> Response:
-        """``/health``, ``/ready`` (not GET), ``/openapi.json``, or no such API."""
+        """``/health``, ``/ready`` (not GET), ``/openapi.json``, ``/metrics`` (with
+        ``--metrics``), or no such API."""
         if lowered in ("/health", "/ready"):
             if method in ("GET", "HEAD"):
                 return JSONAnswer(b'{"status":"ok"}')
         elif lowered == "/openapi.json":
             if method in ("GET", "HEAD"):
                 return Response(self.openapi, media_type="application/json")
+        elif lowered == "/metrics" and self.metrics is not None:
+            if method in ("GET", "HEAD"):
+                from chatctl.server.metrics import CONTENT_TYPE
+
+                return Response(self.metrics.exposition(), media_type=CONTENT_TYPE)
         else:
             raise no_such_api()
         return _other_method(method, ALLOW_GET)
