@@ -488,12 +488,7 @@ class _RedactingFormatter(logging.Formatter):
         return _indented(super().formatStack(stack_info))
 
     def format(self, record: logging.LogRecord) -> str:
-        if record.exc_info and record.levelno < logging.ERROR:
-            exc = record.exc_info[1]
-            record.exc_info = record.exc_text = None
-            if exc is not None:
-                told = (record.getMessage(), type(exc).__name__, exc)
-                record.msg, record.args = "%s (%s: %s)", told
+        _fold_errors(record)
         line = super().format(record)
         if self.clean_access_line(record):
             return line
@@ -514,6 +509,27 @@ class _RedactingFormatter(logging.Formatter):
         )
 
 
+def _fold_errors(record: logging.LogRecord) -> None:
+    """An exception in a record's args (a driver's error: psycopg's span lines, ``\n\tIs
+    the server running…``) told on one line, its lines joined with ``; ``; below ERROR an
+    exception is told on the record's own line, the same way (a traceback stays)."""
+    if record.exc_info and record.levelno < logging.ERROR:
+        exc = record.exc_info[1]
+        record.exc_info = record.exc_text = None
+        if exc is not None:
+            told = (record.getMessage(), type(exc).__name__, exc)
+            record.msg, record.args = "%s (%s: %s)", told
+    args = record.args
+    if isinstance(args, tuple) and any(isinstance(arg, BaseException) for arg in args):
+        record.args = tuple(
+            _folded(str(arg)) if isinstance(arg, BaseException) else arg for arg in args
+        )
+
+
+def _folded(text: str) -> str:
+    return "; ".join(part for line in text.splitlines() if (part := line.strip()))
+
+
 class _JSONFormatter(_RedactingFormatter):
     """``--log-format json``: each record one JSON object on one line (control characters
     escaped by JSON itself, tokens scrubbed as in text): ``time`` (UTC, with its zone),
@@ -522,6 +538,7 @@ class _JSONFormatter(_RedactingFormatter):
     "stream open"``); a traceback is one string in ``exception``."""
 
     def format(self, record: logging.LogRecord) -> str:
+        _fold_errors(record)
         record.message = record.getMessage()
         entry: dict[str, Any] = {
             "time": self.formatTime(record),
