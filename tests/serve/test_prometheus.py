@@ -125,6 +125,8 @@ def test_prometheus_scrapes_the_request_rate_and_open_streams(
             streams = [opened.enter_context(connect(join)) for _ in range(STREAMS)]
             for ws in streams:
                 ws.send(json.dumps({"room_id": room_id, "user_id": "b"}))
+            open_streams = f"chatctl_streams_open {STREAMS}.0"
+            wait_for(lambda: open_streams in c.get("/metrics").text, 10, "the streams to open")
             acked: list[float] = []
             started = time.time()
             for n in range(int(RATE * LOAD_SECONDS)):
