@@ -82,7 +82,7 @@ def create_app(config: ServerConfig) -> Starlette:
         on_postgres = hasattr(store, "notification_lag")
         metrics = Metrics(hub, (lambda: not hub.interrupted) if on_postgres else None)
         if on_postgres:
-            store.notification_lag = metrics.notification_lag.observe  # type: ignore[attr-defined]
+            store.notification_lag = metrics.observe_lag  # type: ignore[attr-defined]
         store = MeteredStore(store, metrics)
     service = ChatService(store, config.limits)
     edge = Edge(config, service, hub)

@@ -6,9 +6,10 @@ this order (``ACCESS_FIELDS``): method, path (never the query string, where toke
 travel), status (a WebSocket's close code once it is open; 499 when the client left
 first), milliseconds, then ``client`` (the peer's address, or with ``serve
 --proxy-headers`` the one a trusted proxy names in ``X-Forwarded-For``), ``request_id``,
-``tenant``, ``user`` (a user token's user), ``token`` (the token's id as ``chatctl serve
-token list`` shows it: 12 hex digits of its SHA-256, never the token) and, for a stream,
-``room``. A field not known (no token yet, an open server) is ``-``.
+``tenant`` (its name, as ``tenant=`` in the tokens file), ``user`` (a user token's user),
+``token`` (the token's id as ``chatctl serve token list`` shows it: 12 hex digits of its
+SHA-256, never the token) and, for a stream, ``room``. A field not known (no token yet,
+an open server, a Unix socket's client) is ``-``.
 
 The request id is the request's ``X-Request-ID`` when it is sane (1 to 128 printable
 ASCII characters, no space, and not the request's own token), else one made here (32 hex
@@ -30,7 +31,7 @@ from typing import Any
 
 from starlette.types import Scope
 
-from chatctl.server.tokens import Principal
+from chatctl.server.tokens import NAMED_TENANT, Principal
 
 __all__ = [
     "ACCESS_FIELDS",
@@ -101,11 +102,18 @@ def request_id(scope: Scope) -> str:
     return secrets.token_hex(16)
 
 
+#: what an IPv4 or IPv6 address may hold; a proxy's X-Forwarded-For may hold anything.
+_ADDRESS = re.compile(r"[0-9A-Fa-f:.]{1,45}")
+
+
 def _client(scope: Scope) -> str:
+    """The client's address; ``-`` on a Unix socket, ``invalid`` for an X-Forwarded-For
+    value that is no address (it is the client's words, not a fact)."""
     client = scope.get("client")
     if not client:
-        return "-"  # a Unix socket
-    return str(client[0])
+        return "-"
+    host = str(client[0])
+    return host if _ADDRESS.fullmatch(host) else "invalid"
 
 
 def access_args(scope: Scope, status: int, ms: float) -> tuple[Any, ...]:
@@ -114,7 +122,11 @@ def access_args(scope: Scope, status: int, ms: float) -> tuple[Any, ...]:
     if principal is None:
         tenant = user = token = "-"
     else:
-        tenant = principal.tenant or "-"
+        tenant = principal.tenant
+        # A named tenant by its name (``tenant=acme``); an old token's (64 hex digits)
+        # by its first 12, as token ids are shown.
+        tenant = tenant[len(NAMED_TENANT) :] if tenant.startswith(NAMED_TENANT) else tenant[:12]
+        tenant = tenant or "-"
         user = principal.user or "-"
         token = principal.token_id[:12] or "-"
     args: tuple[Any, ...] = (
