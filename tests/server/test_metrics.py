@@ -12,6 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from websockets.sync.client import connect
 
 from chatctl.server.domain import REFUSALS
+from tests import postgres
 from tests.helpers import wait_for
 from tests.server.conftest import LiveServer
 
@@ -94,3 +95,29 @@ def test_an_unknown_path_is_one_label(live_server: Callable[..., LiveServer]) ->
         found = samples(c)
     assert found[("chatctl_requests_total", (("endpoint", "other"), ("status", "404")))] == 20
     assert found[("chatctl_requests_total", (("endpoint", "unknown"), ("status", "404")))] == 20
+
+
+@pytest.mark.postgres
+def test_a_postgres_replica_tells_its_listener_and_notification_lag(
+    live_server: Callable[..., LiveServer],
+) -> None:
+    with postgres.fresh_database() as url:
+        srv = live_server(db=url, metrics=True)
+        with httpx.Client(base_url=srv.url, timeout=10) as c:
+            room_id = c.post("/v1/chat/Create", json={"name": "m", "user_ids": ["a", "b"]})
+            room_id = room_id.json()["room"]["id"]
+            with connect(srv.ws_url + "/v1/chat/Join") as ws:
+                ws.send(json.dumps({"room_id": room_id, "user_id": "b"}))
+                wait_for(lambda: srv.app.state.hub.streams == 1, 5, "the stream to open")
+                for n in range(3):
+                    body = {"room_id": room_id, "user_id": "a", "text": f"m{n}"}
+                    assert c.post("/v1/chat/Send", json=body).status_code == 200
+                for _ in range(3):
+                    assert "message" in json.loads(ws.recv(timeout=5))
+            found = samples(c)
+            srv.stop()
+    assert found[("chatctl_pg_listening", ())] == 1
+    lag_count = found[("chatctl_pg_notification_lag_seconds_count", ())]
+    assert lag_count == 3
+    # Heard on the same machine within a second, each.
+    assert found[("chatctl_pg_notification_lag_seconds_bucket", (("le", "1.0"),))] == 3
