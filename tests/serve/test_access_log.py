@@ -16,6 +16,8 @@ import json
 import logging
 import re
 import socket
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -27,6 +29,7 @@ from chatctl.server.serve import _JSONFormatter, _Repeats
 from tests.helpers import ServerProcess, wait_for
 from tests.nginx import Nginx
 
+CHATCTL = (sys.executable, "-m", "chatctl")
 ALICE = "tok-alice-0123456789abcdef"
 ADMIN = "tok-admin-0123456789abcdef"
 ALICE_ID = hashlib.sha256(ALICE.encode()).hexdigest()[:12]
@@ -214,3 +217,15 @@ def test_a_repeated_warning_is_shown_once_a_window_with_how_many_were_held() -> 
     record = warn(cannot, refused)
     assert repeats.filter(record)
     assert record.getMessage().endswith("(119 more like this in the last 30 s not shown)")
+
+
+def test_forwarded_allow_ips_without_proxy_headers_is_a_usage_error(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [*CHATCTL, "serve", "--db", str(tmp_path / "c.db"), "--forwarded-allow-ips", "10.0.0.5"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.startswith("error: --forwarded-allow-ips goes with --proxy-headers")
+    assert not (tmp_path / "c.db").exists()  # refused before anything was touched
