@@ -94,7 +94,9 @@ def _other_method(method: str, allow: str) -> Response:
     method the path does not take: 405, with ``Allow``."""
     if method == "OPTIONS":
         return Response(status_code=204, headers={"Allow": allow})
-    raise Refusal("v1", 405, f"method {method} not allowed here: use {allow}", {"Allow": allow})
+    raise Refusal(
+        "v1", 405, f"method {method} not allowed here: use {allow}", {"Allow": allow}
+    )
 
 
 def origin_refused(origin: str, open_server: bool = True) -> str:
@@ -130,7 +132,9 @@ class Edge:
         self.registry = config.registry
         #: each token's request bucket (None: no rate limit).
         self.limiter = (
-            None if config.rate_limit is None else RateLimiter(config.rate_limit, config.rate_burst)
+            None
+            if config.rate_limit is None
+            else RateLimiter(config.rate_limit, config.rate_burst)
         )
         self.openapi = encode(openapi_document(config.limits, config.m3o_edition)).encode()
         #: the browser origins allowed (``--cors-origin``), and the default edition.

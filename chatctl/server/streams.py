@@ -138,7 +138,9 @@ class JoinStreams:
 
     # -- NDJSON -------------------------------------------------------------------------
 
-    async def ndjson(self, principal: Principal, req: dict[str, str], edition: Edition) -> Response:
+    async def ndjson(
+        self, principal: Principal, req: dict[str, str], edition: Edition
+    ) -> Response:
         admission, sub = await self.admit(principal, req, edition)
         return _NDJSONStream(self, admission, sub)
 
