@@ -510,7 +510,7 @@ class _RedactingFormatter(logging.Formatter):
 
 
 def _fold_errors(record: logging.LogRecord) -> None:
-    """An exception in a record's args (a driver's error: psycopg's span lines, ``\n\tIs
+    """An exception in a record's args (a driver's error: psycopg's span lines, ``\\n\\tIs
     the server running…``) told on one line, its lines joined with ``; ``; below ERROR an
     exception is told on the record's own line, the same way (a traceback stays)."""
     if record.exc_info and record.levelno < logging.ERROR:
@@ -554,10 +554,15 @@ class _JSONFormatter(_RedactingFormatter):
             entry["ms"] = round(entry["ms"], 1)
         if record.exc_info:
             entry["exception"] = logging.Formatter.formatException(self, record.exc_info)
-        line = json.dumps(entry, ensure_ascii=True, default=str)
-        if self.clean_access_line(record):
-            return line
-        return self._secrets.sub("[redacted]", line)
+        if not self.clean_access_line(record):
+            # Each value scrubbed before it is encoded: a token's pattern runs to the next
+            # space, which in the encoded line could swallow a quote.
+            scrub = self._secrets.sub
+            entry = {
+                key: scrub("[redacted]", value) if isinstance(value, str) else value
+                for key, value in entry.items()
+            }
+        return json.dumps(entry, ensure_ascii=True, default=str)
 
 
 #: the access lines (known by identity) and the names of their args.
