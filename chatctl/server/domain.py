@@ -38,7 +38,6 @@ __all__ = [
     "NotFound",
     "Note",
     "Published",
-    "QuotaExceeded",
     "Refused",
     "RoomRow",
     "StreamsEnded",
@@ -92,14 +91,6 @@ class Invalid(Refused):
 
 class Forbidden(Refused):
     """Membership or privacy says no (403)."""
-
-
-class QuotaExceeded(Forbidden):
-    """A quota says no (403, ``quotas``); counted in ``REFUSALS["quota"]``."""
-
-    def __init__(self, detail: str) -> None:
-        super().__init__(detail)
-        REFUSALS["quota"] += 1
 
 
 #: refusals of this process by limit (``rate_limit``: a token's rate, 429;

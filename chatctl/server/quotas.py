@@ -19,10 +19,10 @@ part 3, "Quotas". Admin tokens are bound by the tenant's figures only; an open s
   operator stepped in; a day's cap renews itself and bounds how fast the database grows,
   which is what a greedy member threatens. ``ByteMeter`` keeps the count.
 
-Every refusal is ``domain.QuotaExceeded`` (a ``Forbidden``, 403, m3o's error object;
-counted for ``/metrics``) with a detail that says ``quota:``, the figure and the flag
-that sets it: a quota is a "no" to this caller, which retrying does not change (a 429
-means "slow down", and clients retry it by themselves).
+Every refusal is ``domain.Forbidden`` (403, m3o's error object) with a detail that says
+``quota:``, the figure and the flag that sets it: a quota is a "no" to this caller, which
+retrying does not change (a 429 means "slow down", and clients retry it by themselves).
+Each is counted in ``domain.REFUSALS["quota"]`` (``/metrics``) as it is made.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from typing import NamedTuple, TypeVar
 
 from chatctl.schema import Limits
-from chatctl.server.domain import Forbidden, QuotaExceeded
+from chatctl.server.domain import REFUSALS, Forbidden
 from chatctl.server.sql import Session
 
 __all__ = [
@@ -68,14 +68,16 @@ def message_bytes(text: str, subject: str) -> int:
 
 
 def rooms_refusal(limits: Limits, user: str) -> Forbidden:
-    return QuotaExceeded(
+    REFUSALS["quota"] += 1
+    return Forbidden(
         f"quota: user {user} may have created at most {limits.rooms_per_user} rooms of this"
         " tenant (max_rooms_per_user); delete one first"
     )
 
 
 def invites_refusal(limits: Limits, user: str) -> Forbidden:
-    return QuotaExceeded(
+    REFUSALS["quota"] += 1
+    return Forbidden(
         f"quota: user {user} may add at most {limits.invites_per_user} users to a room it did"
         " not create (max_invites_per_user); its creator may invite more"
     )
@@ -166,12 +168,14 @@ class ByteMeter:
             synced = await read(seed)
             tally = self._tallies.setdefault((tenant, day), _Tally(synced))
         if tally.total + size > self._tenant_cap:
-            raise QuotaExceeded(
+            REFUSALS["quota"] += 1
+            raise Forbidden(
                 f"quota: this tenant may store at most {self._tenant_cap} message bytes a"
                 " day (max_bytes_per_tenant_day); it renews at 00:00 UTC"
             )
         if payer and tally.of(payer) + size > self._user_cap:
-            raise QuotaExceeded(
+            REFUSALS["quota"] += 1
+            raise Forbidden(
                 f"quota: user {payer} may store at most {self._user_cap} message bytes a"
                 " day in this tenant (max_bytes_per_user_day); it renews at 00:00 UTC"
             )

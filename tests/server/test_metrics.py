@@ -11,6 +11,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from websockets.sync.client import connect
 
+from chatctl.schema import Limits
 from chatctl.server.domain import REFUSALS
 from tests import postgres
 from tests.helpers import wait_for
@@ -37,7 +38,13 @@ def test_metrics_are_off_by_default(client: httpx.Client) -> None:
 
 
 def test_metrics_count_what_the_server_did(live_server: Callable[..., LiveServer]) -> None:
-    srv = live_server(tokens=frozenset({"tok"}), metrics=True, rate_limit=0.01, rate_burst=10)
+    srv = live_server(
+        tokens=frozenset({"tok"}),
+        metrics=True,
+        rate_limit=0.01,
+        rate_burst=11,
+        limits=Limits(max_bytes_per_tenant_day=100),
+    )
     auth = {"Authorization": "Bearer tok"}
     with httpx.Client(base_url=srv.url, headers=auth, timeout=10) as c:
         room = c.post("/v1/chat/Create", json={"name": "m", "user_ids": ["a", "b"]})
@@ -52,6 +59,10 @@ def test_metrics_count_what_the_server_did(live_server: Callable[..., LiveServer
             for n in range(5):
                 assert json.loads(ws.recv(timeout=5))["message"]["text"] == f"m{n}"
             assert c.post("/v1/chat/Send", content=b"{").status_code == 400
+            quota_before = REFUSALS["quota"]
+            over = {"room_id": room_id, "user_id": "a", "text": "x" * 200}
+            r = c.post("/v1/chat/Send", json=over)
+            assert r.status_code == 403 and r.json()["detail"].startswith("quota:"), r.text
             refused_before = REFUSALS["rate_limit"]
             statuses = [c.post("/v1/chat/List", json={}).status_code for _ in range(12)]
             assert 429 in statuses
@@ -64,7 +75,9 @@ def test_metrics_count_what_the_server_did(live_server: Callable[..., LiveServer
     assert value("chatctl_requests_total", endpoint="Send", status="200") == 5
     assert value("chatctl_requests_total", endpoint="Send", status="400") == 1
     assert value("chatctl_requests_total", endpoint="Create", status="200") == 1
-    assert value("chatctl_request_duration_seconds_count", endpoint="Send") == 6
+    assert value("chatctl_requests_total", endpoint="Send", status="403") == 1
+    assert value("chatctl_refusals_total", limit="quota") == quota_before + 1
+    assert value("chatctl_request_duration_seconds_count", endpoint="Send") == 7
     assert value("chatctl_streams_open") == 1
     assert value("chatctl_messages_sent_total") == 5
     assert value("chatctl_messages_delivered_total") == 5

@@ -113,12 +113,11 @@ def test_a_bulk_send_refuses_the_lines_over_a_quota(tmp_path: Path, stop: bool) 
                 stop=stop,
                 actor=ALICE,
             )
-            # A QuotaExceeded is a Forbidden (403), counted for /metrics.
             kinds = [type(a).__name__ for a in answers]
             if stop:
-                assert kinds == ["str", "QuotaExceeded"]
+                assert kinds == ["str", "Forbidden"]
             else:
-                assert kinds == ["str", "QuotaExceeded", "str", "str"]
+                assert kinds == ["str", "Forbidden", "str", "str"]
             await service.sync_quotas()
 
             async def counted(db: Session) -> dict[str, int]:
