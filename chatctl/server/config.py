@@ -91,6 +91,8 @@ class ServerConfig:
     #: the edition Create and List answer in (they name neither room nor group):
     #: ``both`` (both keys), ``room`` or ``group`` (``server.editions``).
     m3o_edition: Edition = "both"
+    #: ``GET /metrics`` in Prometheus's text format (``server.metrics``); off: 404.
+    metrics: bool = False
 
     @property
     def open(self) -> bool:

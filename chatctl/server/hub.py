@@ -93,6 +93,11 @@ class Subscriber:
     def ended(self) -> bool:
         return self._ended is not None
 
+    @property
+    def queued(self) -> int:
+        """Frames waiting for this stream's writer (``metrics``: fan-out depth)."""
+        return len(self._items)
+
     def push(self, item: Item) -> bool:
         """Queue a frame; False when the queue is full (the caller ends the stream)."""
         if self._ended is not None:
@@ -138,6 +143,8 @@ class Hub:
         self.closed = False
         #: why new streams are refused for now (a replica not hearing the others), or "".
         self.interrupted = ""
+        #: frames queued to streams so far, messages and events (``metrics``).
+        self.delivered = 0
 
     # -- idle tracking ------------------------------------------------------------------
 
@@ -204,6 +211,10 @@ class Hub:
     def subscribers(self, tenant: str, room_id: str) -> tuple[Subscriber, ...]:
         return tuple(self._rooms.get((tenant, room_id), ()))
 
+    def all_subscribers(self) -> list[Subscriber]:
+        """Every live stream here (``metrics`` reads their queues)."""
+        return [sub for room in self._rooms.values() for sub in room]
+
     # -- delivering -----------------------------------------------------------------------
 
     def deliver(self, note: Note) -> None:
@@ -235,8 +246,10 @@ class Hub:
             return
         item = (seq, frame)
         group_item: Item | None = None
+        pushed = 0
         for sub in tuple(subs):
             if sub.user_id != sender or sub.include_own:
+                pushed += 1
                 if sub.group:
                     if group_item is None:
                         group_item = (seq, in_group_edition(frame))
@@ -244,6 +257,7 @@ class Hub:
                         self._too_slow(sub)
                 elif not sub.push(item):
                     self._too_slow(sub)
+        self.delivered += pushed
 
     def publish_event(self, tenant: str, room_id: str, frame: str, skip_user: str = "") -> None:
         """Hand a membership event to the streams that asked for events."""
@@ -254,6 +268,7 @@ class Hub:
         group_item: Item | None = None
         for sub in tuple(subs):
             if sub.events and sub.user_id != skip_user:
+                self.delivered += 1
                 if sub.group:
                     if group_item is None:
                         group_item = (0, in_group_edition(frame))

@@ -436,6 +436,45 @@ def openapi_document(limits: Limits | None = None, edition: str = "both") -> dic
             },
         }
     }
+    paths["/ready"] = {
+        "get": {
+            "operationId": "Ready",
+            "summary": "Readiness",
+            "description": (
+                "Whether this server should get traffic: its database answered within its"
+                " timeout, a PostgreSQL replica hears the others, it is not shutting down."
+                " /health says only that the process serves."
+            ),
+            "security": [],
+            "responses": {
+                "200": {
+                    "description": "Ready for traffic.",
+                    "content": {
+                        "application/json": {
+                            "schema": {
+                                "type": "object",
+                                "properties": {"status": {"type": "string", "const": "ready"}},
+                            }
+                        }
+                    },
+                },
+                "503": {
+                    "description": "Not ready: take it out of rotation; why, in reasons.",
+                    "content": {
+                        "application/json": {
+                            "schema": {
+                                "type": "object",
+                                "properties": {
+                                    "status": {"type": "string", "const": "not ready"},
+                                    "reasons": {"type": "array", "items": {"type": "string"}},
+                                },
+                            }
+                        }
+                    },
+                },
+            },
+        }
+    }
     return {
         "openapi": "3.1.0",
         "info": {

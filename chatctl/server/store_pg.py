@@ -536,6 +536,8 @@ class PostgresStore:
         self._pool_size = pool_size
         self._pool: AsyncConnectionPool[psycopg.AsyncConnection[tuple[Any, ...]]] | None = None
         self._listener: Any = None
+        #: told each notified message's lag (``hub_pg.lag_of``), when metrics are on.
+        self.notification_lag: Callable[[float], None] | None = None
         self._ids = UUIDv7()
         self._turns = _Turns()
         #: calls given up on, finishing (cancelled) in the background.
@@ -613,6 +615,7 @@ class PostgresStore:
         self._pool = pool
         if self.fanout is not None:
             self._listener = Listener(self.url, self.timeout, self, self.fanout)
+            self._listener.lag = self.notification_lag
             await self._listener.start()
 
     async def close(self) -> None:

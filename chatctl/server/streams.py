@@ -37,10 +37,11 @@ from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from chatctl.server.decode import Refusal, decode, no_such_api
-from chatctl.server.domain import Refused, Unavailable
+from chatctl.server.domain import REFUSALS, Refused, Unavailable
 from chatctl.server.edge import CHAT_PREFIX, JOIN, Edge, bearer, origin_refused
 from chatctl.server.editions import GROUP, ROOM, Edition, end_frame_in, worded_in
 from chatctl.server.hub import StreamEnded, Subscriber
+from chatctl.server.logline import PRINCIPAL, stream_opened
 from chatctl.server.ratelimit import StreamCounter, over_stream_cap
 from chatctl.server.rules import Admission
 from chatctl.server.tokens import Principal
@@ -79,6 +80,7 @@ class JoinStreams:
         Refusal (nothing counted, worded in ``edition``) when it is refused."""
         token_id = principal.token_id
         if not self.counter.open(token_id):
+            REFUSALS["stream_cap"] += 1
             raise Refusal("v1", 429, over_stream_cap(self.counter.cap or 0), edition=edition)
         try:
             admission = await self.service.join(principal.tenant, req)
@@ -174,6 +176,8 @@ class JoinStreams:
             # none that authenticates (or no token needed), the first, so that a page
             # refused its token reads the 401 frame and close 4401 below, not a bare 1006.
             subprotocol = subprotocol or offered[0]
+        if principal is not None:
+            ws.scope[PRINCIPAL] = principal
         await ws.accept(subprotocol=subprotocol)
         try:
             if ws.scope["path"].lower() != CHAT_PREFIX + "join":
@@ -196,6 +200,7 @@ class JoinStreams:
                 raw = first.get("bytes") or b""
             req, edition = decode(JOIN, raw, principal, self.config, edge.edition)
             admission, sub = await self.admit(principal, req, edition)
+            stream_opened(ws.scope, admission.room.id)
         except Refusal as refusal:
             with contextlib.suppress(WebSocketDisconnect, RuntimeError):
                 await ws.send_text(encode(refusal.body()))
@@ -291,6 +296,7 @@ class _NDJSONStream(Response):
             )
 
         watcher = asyncio.create_task(watch())
+        stream_opened(scope, self.admission.room.id)
         try:
             await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
             try:
