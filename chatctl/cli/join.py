@@ -1,22 +1,27 @@
-"""``chatctl join``: tail a room live, resuming after drops without loss or repeats."""
+"""``chatctl join``: tail a room live, resuming after drops without loss or repeats; or
+many rooms (``join ROOM...``, ``join --all``), each resumed on its own: on chatctl's server
+one JoinRooms stream for all of them, elsewhere one Join a room, in threads."""
 
+import copy
 import math
+import threading
 import time
 from collections import deque
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, Protocol
 
 import typer
 
-from chatctl.cli import plain, run
+from chatctl.cli import complete, plain, run
 from chatctl.cli.context import Invocation, invocation
-from chatctl.cli.options import RoomArg, user_option, with_common_options
+from chatctl.cli.options import user_option, with_common_options
 from chatctl.errors import ChatctlError, ConnectError, StreamClosed, UsageError
 from chatctl.ids import cursor_for_time, parse_cursor, time_ns
+from chatctl.schema import ENDPOINTS, JOIN_ROOMS
 from chatctl.wire import CLOSE_TOO_SLOW
 
 if TYPE_CHECKING:
-    from chatctl.client import JoinStream
+    from chatctl.client import Client, JoinStream
     from chatctl.client.retry import Retry
     from chatctl.output import Renderer
 
@@ -30,7 +35,15 @@ MAX_BACKOFF = 5.0
 @with_common_options(exclude=("timeout",))
 def join(
     ctx: typer.Context,
-    room: RoomArg = None,
+    rooms: Annotated[
+        list[str] | None,
+        typer.Argument(
+            help="The room, by id or name; or several, each line labelled with its room.",
+            show_default=False,
+            autocompletion=complete.rooms,
+            metavar="[ROOM]...",
+        ),
+    ] = None,
     user: Annotated[
         str | None,
         user_option("Who joins (default: you)."),
@@ -87,6 +100,14 @@ def join(
             help="On a terminal, print each message's id after its time (for --since).",
         ),
     ] = False,
+    every_room: Annotated[
+        bool,
+        typer.Option(
+            "--all",
+            help="Every room the user is in, and each room they are invited to while it "
+            "runs; a room they leave or are kicked from is dropped, with a line on stderr.",
+        ),
+    ] = False,
 ) -> None:
     """Join a room and print its messages as they arrive, until Ctrl-C.
 
@@ -102,10 +123,16 @@ def join(
     is printed from the room's History, and --history is read from it too; --since,
     --events and --include-own need chatctl's server (exit 2 elsewhere).
 
+    Several rooms (join ROOM ROOM...) or every room of the user (--all) are followed at
+    once, each line beginning with its room's name (in the room's colour); on chatctl's
+    server on one connection, each room resumed after its own last message.
+
     Example: chatctl join general --user carol --history 2 --count 2
     Example: chatctl join general --history 1 --count 1 -o tsv | cut -f7
+    Example: chatctl join --all --user carol
     """
     inv = invocation(ctx)
+    room = rooms[0] if rooms else None
     cursor: str | None = None
     if since is not None:
         cursor = parse_cursor(since)
@@ -114,6 +141,24 @@ def join(
                 f"--since takes a message id, a time (09:41:07.250, as join prints it, or "
                 f"2026-11-25T09:00:00Z) or a date, not {since!r}"
             )
+    if every_room or (rooms is not None and len(rooms) > 1):
+        if history is not None:
+            raise UsageError("--history follows one room: give one ROOM, or leave it out")
+        many = _Many(
+            inv,
+            rooms or [],
+            every_room=every_room,
+            user=user,
+            cursor=cursor,
+            count=count,
+            idle=idle,
+            no_reconnect=no_reconnect,
+            include_own=include_own,
+            events=events,
+            show_ids=show_ids,
+        )
+        many.run()
+        return
     request: dict[str, Any] = {"user_id": user, "events": events or None}
     if include_own:
         request["include_own"] = True
@@ -137,8 +182,26 @@ def join(
             if not server.has(feature):
                 raise plain.unsupported(inv, f"join {flag}", feature)
     replay = history if history and cursor is None else None
-
     printer = inv.renderer(batch=True, live=True, show_ids=show_ids)
+    label = room if room is not None else body["room_id"]
+    _follow(inv, client, body, label, printer, cursor, replay, count, idle, no_reconnect)
+
+
+def _follow(
+    inv: Invocation,
+    client: "Client",
+    body: dict[str, Any],
+    label: str,
+    printer: "_Printer",
+    cursor: str | None,
+    replay: int | None,
+    count: int | None,
+    idle: float | None,
+    no_reconnect: bool,
+) -> None:
+    """Follow one room (its Join, resumed after each drop) until --count, --timeout, or an
+    end that is not passing."""
+    include_own = bool(body.get("include_own"))
     tail = _Tail(inv, printer, body, include_own, count)
     last_frame = time.monotonic()
     outage = _Outage(inv, client.retry(cap=MAX_BACKOFF))
@@ -178,7 +241,6 @@ def join(
                 )
                 tail.catch_up_later("gap")
             if not joined:
-                label = room if room is not None else body["room_id"]
                 inv.notice(f"joined {label}, waiting for messages", terminal_only=True)
                 outage.joined()
             joined = True
@@ -251,14 +313,14 @@ class _Tail:
     def __init__(
         self,
         inv: Invocation,
-        printer: "Renderer",
+        printer: "_Printer",
         request: dict[str, Any],
         include_own: bool,
         count: int | None,
     ) -> None:
         self.inv = inv
         self.printer = printer
-        self.room_id: str = request["room_id"]
+        self.room_id: str = request.get("room_id", "")
         #: the JoinRequest, whose user the stream binds to the token's own (in place)
         self.request = request
         self.include_own = include_own
@@ -442,3 +504,288 @@ def _not_resumed(e: ChatctlError, where: str) -> ConnectError:
     error = e if isinstance(e, ConnectError) else ConnectError(e.message, where=where)
     error.hint = "join again with --since the last message's id to resume from it"
     return error
+
+
+# -- many rooms ----------------------------------------------------------------------------
+
+_JOIN = ENDPOINTS["Join"]
+
+
+class _Printer(Protocol):
+    def response(self, response: dict[str, Any]) -> None: ...
+
+
+class _Shared:
+    """The one output of a tail of many rooms, written by one thread a room on a server
+    without JoinRooms: one line at a time, --count over all rooms, and the first failure
+    to write (a closed pipe) or to follow (every room ended) handed to the main thread."""
+
+    def __init__(self, printer: "Renderer", count: int | None) -> None:
+        self.printer = printer
+        self.count = count
+        self.printed = 0
+        self.lock = threading.Lock()
+        self.done = threading.Event()
+        self.failure: BaseException | None = None
+        #: why the last room to end stopped being followed (kicked, deleted, ...).
+        self.last_error: ChatctlError | None = None
+        self.last_frame = time.monotonic()
+
+    def response(self, response: dict[str, Any]) -> None:
+        with self.lock:
+            if self.done.is_set():
+                return
+            self.last_frame = time.monotonic()
+            try:
+                self.printer.response(response)
+            except BaseException as e:  # a closed pipe: the main thread ends the tail
+                self.fail(e)
+                return
+            if "message" in response:
+                self.printed += 1
+                if self.count is not None and self.printed >= self.count:
+                    self.done.set()
+
+    def fail(self, e: BaseException) -> None:
+        if self.failure is None:
+            self.failure = e
+        self.done.set()
+
+
+class _Many:
+    """``join ROOM ROOM...`` and ``join --all``: every room printed as it comes, each line
+    with its room's name on a terminal (room_id in JSON lines, as always)."""
+
+    def __init__(
+        self,
+        inv: Invocation,
+        rooms: list[str],
+        *,
+        every_room: bool,
+        user: str | None,
+        cursor: str | None,
+        count: int | None,
+        idle: float | None,
+        no_reconnect: bool,
+        include_own: bool,
+        events: bool,
+        show_ids: bool,
+    ) -> None:
+        self.inv = inv
+        self.every_room = every_room
+        self.cursor = cursor
+        self.count = count
+        self.idle = idle
+        self.no_reconnect = no_reconnect
+        self.include_own = include_own
+        self.events = events
+        self.client = inv.client
+        self.request: dict[str, Any] = {"user_id": user, "events": events or None}
+        if include_own:
+            self.request["include_own"] = True
+        self.defaults = {"user_id": inv.acting_user(user)}
+        #: the rooms named, as ids (names resolved with one List, before anything else).
+        self.named: list[str] = []
+        if rooms:
+            calls = run.build_requests(
+                inv, "Join", self.request, self.defaults, each=("room_id", rooms)
+            )
+            self.named = list(dict.fromkeys(call.body["room_id"] for call in calls))
+        #: room id → name, for the lines' labels (filled as rooms are announced).
+        self.names: dict[str, str] = {}
+        self.printer = inv.renderer(batch=True, live=True, show_ids=show_ids)
+        from chatctl.output import LineRenderer
+
+        if isinstance(self.printer, LineRenderer):
+            self.printer.rooms = self.names
+
+    def run(self) -> None:
+        user_id = self.defaults["user_id"]
+        server = self.client.facts(user_id)
+        if server.has(JOIN_ROOMS):
+            self._one_stream()
+            return
+        for flag, feature, given in (
+            ("--since", "resume", self.cursor is not None),
+            ("--events", "events", self.events),
+            ("--include-own", "include-own", self.include_own),
+        ):
+            if given and not server.has(feature):
+                raise plain.unsupported(self.inv, f"join {flag}", feature)
+        self._each_room()
+
+    # -- chatctl's server: one JoinRooms stream ------------------------------------------
+
+    def _one_stream(self) -> None:
+        inv, client = self.inv, self.client
+        #: each room's cursor: its last message printed, else where the server said a
+        #: resume of it starts (``room_added``'s since).
+        cursors: dict[str, str] = {}
+        #: where a room not known yet (let in while the stream was down) resumes from.
+        all_since = self.cursor
+        base: dict[str, Any] = {
+            "user_id": self.defaults["user_id"],
+            "events": self.events or None,
+            "include_own": self.include_own or None,
+            "all": self.every_room or None,
+        }
+        if self.request.get("user_id"):
+            base["user_id"] = self.request["user_id"]
+        tail = _Tail(inv, self.printer, base, self.include_own, self.count)
+        outage = _Outage(inv, client.retry(cap=MAX_BACKOFF))
+        joined = False
+        last_frame = time.monotonic()
+        while True:
+            stream: JoinStream | None = None
+            try:
+                stream = client.join(endpoint="JoinRooms")
+                body = {k: v for k, v in base.items() if v is not None}
+                rooms = list(cursors) if joined else self.named
+                if rooms:
+                    body["room_ids"] = rooms
+                    if joined:
+                        body["since_ids"] = [cursors[r] for r in rooms]
+                    elif self.cursor is not None:
+                        body["since_ids"] = [self.cursor] * len(rooms)
+                if self.every_room and all_since is not None:
+                    body["all_since"] = all_since
+                stream.start(body)
+                tail.request["user_id"] = body["user_id"]  # as bound to the token's user
+                outage.started("reconnected; resuming every room after its last message")
+                if not joined:
+                    if all_since is None:
+                        all_since = cursor_for_time(stream.server_time or datetime.now(UTC))
+                    what = "every room of the user" if self.every_room else "the rooms"
+                    inv.notice(f"following {what}, waiting for messages", terminal_only=True)
+                    outage.joined()
+                joined = True
+                while True:
+                    left = (
+                        None if self.idle is None else self.idle - (time.monotonic() - last_frame)
+                    )
+                    if left is not None and left <= 0:
+                        return
+                    waits = [w for w in (left, outage.trial_left()) if w is not None]
+                    try:
+                        frame = stream.next(timeout=min(waits, default=None))
+                    except TimeoutError:
+                        outage.check()
+                        continue
+                    outage.live()
+                    if self._news(frame, cursors):
+                        continue
+                    last_frame = time.monotonic()
+                    message = frame.get("message")
+                    if not isinstance(message, dict):
+                        self.printer.response(frame)
+                        continue
+                    room_id = str(message.get("room_id", ""))
+                    if room_id in cursors:
+                        cursors[room_id] = str(message.get("id", ""))
+                    if tail.show(message):
+                        return
+            except ChatctlError as e:
+                first = not joined
+                if not e.passing or (first and self.no_reconnect):
+                    raise
+                if self.no_reconnect:
+                    raise _not_resumed(e, client.where) from None
+                client.forget_connection()
+                slow = isinstance(e, StreamClosed) and e.close_code == CLOSE_TOO_SLOW
+                why = "this reader fell behind and was cut off" if slow else e.message
+                if not outage.failed(why, first=first):
+                    raise
+            finally:
+                if stream is not None:
+                    stream.close()
+
+    def _news(self, frame: dict[str, Any], cursors: dict[str, str]) -> bool:
+        """A room added or ended (True), or a frame to print (False). A room ended is
+        dropped with a line on stderr; when the last of the rooms named ends (no --all),
+        the tail ends as a Join of it would."""
+        added = frame.get("room_added")
+        if isinstance(added, dict):
+            room_id = str(added.get("room_id", ""))
+            name = str(added.get("name") or room_id)
+            self.names[room_id] = name
+            if room_id not in cursors:
+                cursors[room_id] = str(added.get("since", ""))
+                if added.get("new"):
+                    self.inv.notice(f"now following {name}: the user was let into it")
+            return True
+        ended = frame.get("room_ended")
+        if isinstance(ended, dict):
+            room_id = str(ended.get("room_id", ""))
+            detail = str(ended.get("detail", ""))
+            code = ended.get("code")
+            name = self.names.get(room_id, room_id)
+            cursors.pop(room_id, None)
+            self.inv.notice(f"{name}: {detail}; no longer following it")
+            if not self.every_room and not cursors:
+                raise StreamClosed(code if isinstance(code, int) else 1000, detail)
+            return True
+        return False
+
+    # -- any other server: one Join a room -----------------------------------------------
+
+    def _each_room(self) -> None:
+        """One Join a room, each in a thread of its own with its own connection, resumed
+        (or its gap read from History) on its own; one output, written a line at a time."""
+        inv = self.inv
+        user_id = self.client.bound(_JOIN, {"user_id": self.defaults["user_id"]})["user_id"]
+        listed: list[dict[str, Any]]
+        if self.every_room:
+            from chatctl.schema import rooms_in
+
+            listed = rooms_in(self.client.call("List", {"user_id": user_id}))
+        else:
+            listed = inv.listed_rooms()
+        for item in listed:
+            self.names[str(item.get("id", ""))] = str(item.get("name") or item.get("id", ""))
+        room_ids = list(self.named)
+        if self.every_room:
+            room_ids += [r for r in self.names if r not in room_ids]
+        shared = _Shared(self.printer, self.count)
+        threads = [
+            threading.Thread(target=self._follow_in_thread, args=(r, shared), daemon=True)
+            for r in room_ids
+        ]
+        if not threads:
+            raise UsageError("the user is in no room: nothing to follow")
+        inv.notice(f"following {len(threads)} rooms, waiting for messages", terminal_only=True)
+        for thread in threads:
+            thread.start()
+        while not shared.done.wait(0.05):
+            if self.idle is not None and time.monotonic() - shared.last_frame >= self.idle:
+                return
+            if not any(t.is_alive() for t in threads):
+                break
+        if shared.failure is not None:
+            raise shared.failure
+        if not shared.done.is_set() and shared.last_error is not None:
+            raise shared.last_error  # every room ended: as a Join of the last one would
+
+    def _follow_in_thread(self, room_id: str, shared: _Shared) -> None:
+        from chatctl.client import DEFAULT_TIMEOUT, Client
+
+        settings = self.inv.settings()
+        client = Client(  # its own connection: the threads share no client
+            settings.url,
+            settings.token,
+            timeout=self.inv.options.timeout or DEFAULT_TIMEOUT,
+            ca_cert=settings.ca_cert,
+        )
+        inv = copy.copy(self.inv)
+        inv._client = client  # History reads (a gap filled) go through it too
+        body = {"room_id": room_id, **{k: v for k, v in self.request.items() if v}}
+        body["user_id"] = self.defaults["user_id"]
+        name = self.names.get(room_id, room_id)
+        try:
+            _follow(inv, client, body, name, shared, None, None, None, None, self.no_reconnect)
+        except ChatctlError as e:
+            inv.notice(f"{name}: {e.message}; no longer following it")
+            shared.last_error = e
+        except BaseException as e:
+            shared.fail(e)
+        finally:
+            client.close()

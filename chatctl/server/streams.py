@@ -235,7 +235,7 @@ class JoinStreams:
                             continue  # deleted meanwhile: its end comes next
                         announced.add(room_id)
                         at = uuid7_floor((time_ns(frame) or time.time_ns()) // 1_000_000)
-                        await write(news(_room_added(new.id, new.name, at)))
+                        await write(news(_room_added(new.id, new.name, at, new=True)))
                     elif seq == ENDED:
                         announced.discard(room_id)
                         last.pop(room_id, None)
@@ -371,8 +371,13 @@ def _edition_of(sub: Subscriber | RoomsSubscriber) -> Edition:
     return GROUP if sub.group else ROOM
 
 
-def _room_added(room_id: str, name: str, since: str) -> dict[str, Any]:
-    return {"room_added": {"room_id": room_id, "name": name, "since": since}}
+def _room_added(room_id: str, name: str, since: str, *, new: bool = False) -> dict[str, Any]:
+    """A room the stream follows from now on: its name, the cursor a resume of it starts
+    from until a message of it came, and ``new`` when its user was let in meanwhile."""
+    added: dict[str, Any] = {"room_id": room_id, "name": name, "since": since}
+    if new:
+        added["new"] = True
+    return {"room_added": added}
 
 
 def _room_ended(room_id: str, code: int, detail: str) -> dict[str, Any]:
