@@ -198,9 +198,10 @@ def _follow(
     count: int | None,
     idle: float | None,
     no_reconnect: bool,
+    stop: threading.Event | None = None,
 ) -> None:
     """Follow one room (its Join, resumed after each drop) until --count, --timeout, or an
-    end that is not passing."""
+    end that is not passing; or, in a tail of many rooms, until ``stop`` is set."""
     include_own = bool(body.get("include_own"))
     tail = _Tail(inv, printer, body, include_own, count)
     last_frame = time.monotonic()
@@ -246,9 +247,10 @@ def _follow(
             joined = True
             while True:
                 left = None if idle is None else idle - (time.monotonic() - last_frame)
-                if left is not None and left <= 0:
+                if (left is not None and left <= 0) or (stop is not None and stop.is_set()):
                     return
-                due = (left, tail.settle_left(), outage.trial_left())
+                checks = None if stop is None else STOP_CHECK
+                due = (left, tail.settle_left(), outage.trial_left(), checks)
                 waits = [wait for wait in due if wait is not None]
                 try:
                     frame = stream.next(timeout=min(waits, default=None))
@@ -509,6 +511,11 @@ def _not_resumed(e: ChatctlError, where: str) -> ConnectError:
 # -- many rooms ----------------------------------------------------------------------------
 
 _JOIN = ENDPOINTS["Join"]
+#: seconds between the listings of a user's rooms by ``join --all`` on a server without
+#: JoinRooms (which cannot tell a stream of a new room, or of one the user left).
+RELIST = 3.0
+#: seconds between the checks of a room's thread that it is still wanted.
+STOP_CHECK = 0.25
 
 
 class _Printer(Protocol):
@@ -730,42 +737,71 @@ class _Many:
 
     def _each_room(self) -> None:
         """One Join a room, each in a thread of its own with its own connection, resumed
-        (or its gap read from History) on its own; one output, written a line at a time."""
+        (or its gap read from History) on its own; one output, written a line at a time.
+        With --all, the user's rooms are listed again every RELIST seconds: a new one is
+        followed from then on, one no longer listed (left, kicked, deleted) dropped."""
         inv = self.inv
         user_id = self.client.bound(_JOIN, {"user_id": self.defaults["user_id"]})["user_id"]
-        listed: list[dict[str, Any]]
-        if self.every_room:
-            from chatctl.schema import rooms_in
+        shared = _Shared(self.printer, self.count)
+        following: dict[str, tuple[threading.Thread, threading.Event]] = {}
 
-            listed = rooms_in(self.client.call("List", {"user_id": user_id}))
-        else:
-            listed = inv.listed_rooms()
-        for item in listed:
-            self.names[str(item.get("id", ""))] = str(item.get("name") or item.get("id", ""))
+        def follow(room_id: str) -> None:
+            stop = threading.Event()
+            thread = threading.Thread(
+                target=self._follow_in_thread, args=(room_id, shared, stop), daemon=True
+            )
+            following[room_id] = (thread, stop)
+            thread.start()
+
+        listed = self._list(user_id) if self.every_room else self._named(inv.listed_rooms())
         room_ids = list(self.named)
         if self.every_room:
-            room_ids += [r for r in self.names if r not in room_ids]
-        shared = _Shared(self.printer, self.count)
-        threads = [
-            threading.Thread(target=self._follow_in_thread, args=(r, shared), daemon=True)
-            for r in room_ids
-        ]
-        if not threads:
+            room_ids += [r for r in listed if r not in room_ids]
+        if not room_ids:
             raise UsageError("the user is in no room: nothing to follow")
-        inv.notice(f"following {len(threads)} rooms, waiting for messages", terminal_only=True)
-        for thread in threads:
-            thread.start()
+        inv.notice(f"following {len(room_ids)} rooms, waiting for messages", terminal_only=True)
+        for room_id in room_ids:
+            follow(room_id)
+        relist = time.monotonic() + RELIST
         while not shared.done.wait(0.05):
-            if self.idle is not None and time.monotonic() - shared.last_frame >= self.idle:
+            now = time.monotonic()
+            if self.idle is not None and now - shared.last_frame >= self.idle:
                 return
-            if not any(t.is_alive() for t in threads):
+            if self.every_room and now >= relist:
+                relist = now + RELIST
+                try:
+                    listed = self._list(user_id)
+                except ChatctlError:
+                    continue  # a blip: the next listing tells
+                for room_id in listed:
+                    if room_id not in following:
+                        inv.notice(f"now following {self.names[room_id]}: the user is in it")
+                        follow(room_id)
+                for room_id in [r for r in following if r not in listed]:
+                    _thread, stop = following.pop(room_id)
+                    name = self.names.get(room_id, room_id)
+                    inv.notice(f"{name}: the user is no longer in it; no longer following it")
+                    stop.set()
+            elif not self.every_room and not any(t.is_alive() for t, _ in following.values()):
                 break
         if shared.failure is not None:
             raise shared.failure
         if not shared.done.is_set() and shared.last_error is not None:
             raise shared.last_error  # every room ended: as a Join of the last one would
 
-    def _follow_in_thread(self, room_id: str, shared: _Shared) -> None:
+    def _list(self, user_id: str) -> list[str]:
+        """The rooms the user is in (one List, filtered by them), their names noted."""
+        from chatctl.schema import rooms_in
+
+        return self._named(rooms_in(self.client.call("List", {"user_id": user_id})))
+
+    def _named(self, rooms: list[dict[str, Any]]) -> list[str]:
+        """The ids of a List's rooms, their names noted for the lines' labels."""
+        for item in rooms:
+            self.names[str(item.get("id", ""))] = str(item.get("name") or item.get("id", ""))
+        return [str(item.get("id", "")) for item in rooms]
+
+    def _follow_in_thread(self, room_id: str, shared: _Shared, stop: threading.Event) -> None:
         from chatctl.client import DEFAULT_TIMEOUT, Client
 
         settings = self.inv.settings()
@@ -781,7 +817,9 @@ class _Many:
         body["user_id"] = self.defaults["user_id"]
         name = self.names.get(room_id, room_id)
         try:
-            _follow(inv, client, body, name, shared, None, None, None, None, self.no_reconnect)
+            _follow(
+                inv, client, body, name, shared, None, None, None, None, self.no_reconnect, stop
+            )
         except ChatctlError as e:
             inv.notice(f"{name}: {e.message}; no longer following it")
             shared.last_error = e
