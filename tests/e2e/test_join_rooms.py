@@ -6,12 +6,12 @@ dropped with a line; on a plain m3o server (the stand-in) one Join a room."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -94,8 +94,7 @@ def create_rooms(c: httpx.Client, n: int, members: list[str]) -> list[str]:
 def send_each(c: httpx.Client, sends: list[tuple[str, str]]) -> None:
     """One bulk Send (NDJSON): a message by bob to each room, in one request."""
     body = "".join(
-        json.dumps({"room_id": room, "user_id": "bob", "text": text}) + "\n"
-        for room, text in sends
+        json.dumps({"room_id": room, "user_id": "bob", "text": text}) + "\n" for room, text in sends
     )
     r = c.post(
         "/v1/chat/Send",
@@ -124,8 +123,16 @@ def all_rooms_drill(server: ServerProcess, rooms: int) -> None:
         half = rooms // 2
         # --since: the messages sent before the stream is live are replayed, not raced.
         tail = Tail(
-            cli_env(server), "--all", "--user", "carol", "--since", started,
-            "--count", str(rooms + 1), "-o", "jsonl",
+            cli_env(server),
+            "--all",
+            "--user",
+            "carol",
+            "--since",
+            started,
+            "--count",
+            str(rooms + 1),
+            "-o",
+            "jsonl",
         )
         send_each(c, expected[:half])
         tail.wait_printed(half)
@@ -148,11 +155,139 @@ def all_rooms_drill(server: ServerProcess, rooms: int) -> None:
 
 
 def test_join_all_follows_every_room_on_one_connection(logged_server: ServerProcess) -> None:
+    """100 rooms here; 1,000 (3 to 8 s a store on a shared 2-core machine) is the soak
+    drill, tests/faults/test_join_rooms.py (``pytest -m soak tests/faults``)."""
     all_rooms_drill(logged_server, 100)
 
 
-@pytest.mark.soak
-def test_join_all_follows_a_thousand_rooms_on_one_connection(
+def test_join_rooms_labels_lines_and_drops_a_room_with_a_line(
     logged_server: ServerProcess,
 ) -> None:
-    all_rooms_drill(logged_server, 1000)
+    """Named rooms on a terminal's lines (-o table): each line begins with its room's
+    name; a kick drops that room with a line on stderr, the others go on; when the last
+    room named ends, the tail ends as a Join of it would (kicked: exit 4)."""
+    server = logged_server
+    with server.http() as c:
+        alpha, beta, gamma = (
+            c.post("/v1/chat/Create", json={"name": n, "user_ids": ["carol", "bob"]}).json()[
+                "room"
+            ]["id"]
+            for n in ("alpha", "beta", "gamma")
+        )
+        tail = Tail(
+            cli_env(server),
+            "alpha",
+            beta,
+            "gamma",
+            "--user",
+            "carol",
+            "--since",
+            datetime.now(UTC).isoformat(),
+            "-o",
+            "table",
+        )
+        send_each(c, [(alpha, "a1")])
+        tail.wait_printed(1)
+        c.post("/v1/chat/Kick", json={"room_id": beta, "user_id": "carol"})
+        wait_for(lambda: "beta: " in tail.stderr, 20, "the kick to be told")
+        send_each(c, [(beta, "not seen"), (gamma, "g1"), (alpha, "a2")])
+        tail.wait_printed(3)
+        for room in (alpha, gamma):
+            c.post("/v1/chat/Kick", json={"room_id": room, "user_id": "carol"})
+        code = tail.finish()
+    lines = [line.split() for line in tail.lines]
+    assert [(w[0], w[2], w[3]) for w in lines] == [
+        ("alpha", "bob:", "a1"),
+        ("gamma", "bob:", "g1"),
+        ("alpha", "bob:", "a2"),
+    ]
+    assert "beta: user was kicked; no longer following it" in tail.stderr
+    assert code == 4, tail.stderr  # as `join` of one room exits when kicked
+    assert streams_served(server) == {"/v1/chat/JoinRooms": 1}
+
+
+def test_join_all_on_a_plain_m3o_server_opens_one_join_a_room(
+    m3o_room_server: RunningStandIn,
+) -> None:
+    """A server without JoinRooms: one Join (one connection) a room, in one process; the
+    streams dropped and rejoined print what was sent meanwhile once; a room the user is
+    invited to is followed from the next listing; a name is escaped on the line."""
+    srv = m3o_room_server
+    names = ["one", "two", "evil\x1b[31m"]
+    ids = [
+        srv.call("Create", {"name": n, "user_ids": ["alice", "bob"]})["room"]["id"] for n in names
+    ]
+    env = cli_env(None, CHATCTL_URL=srv.url, CHATCTL_TOKEN=srv.token)
+    tail = Tail(env, "--all", "--user", "bob", "--count", "5", "-o", "table")
+    consumers = srv.app.chat.tenant(srv.token).consumers
+
+    def streams(room: str) -> int:
+        return len(consumers.get((room, "bob"), []))
+
+    wait_for(lambda: all(streams(r) for r in ids), 20, "a Join of each room")
+    assert sum(streams(r) for r in ids) == 3 and len(srv.sent("Join")) == 3
+    for room, text in zip(ids, ("m1", "m2", "m3"), strict=True):
+        srv.call("Send", {"room_id": room, "user_id": "alice", "text": text})
+    tail.wait_printed(3)
+    assert srv.app.drop_streams(srv.token) == 3
+    srv.call("Send", {"room_id": ids[0], "user_id": "alice", "text": "m4"})  # while down
+    new = srv.call("Create", {"name": "new", "user_ids": ["alice"]})["room"]["id"]
+    srv.call("Invite", {"room_id": new, "user_id": "bob"})
+    wait_for(lambda: streams(new), 20, "a Join of the room bob was invited to")
+    srv.call("Send", {"room_id": new, "user_id": "alice", "text": "m5"})
+    assert tail.finish() == 0, tail.stderr
+    printed = sorted((line.split()[0], line.split()[-1]) for line in tail.lines)
+    assert printed == [
+        ("evil\\x1b[31m", "m3"),
+        ("new", "m5"),
+        ("one", "m1"),
+        ("one", "m4"),
+        ("two", "m2"),
+    ]
+    assert "\x1b" not in "".join(tail.lines)
+    assert len({body["room_id"] for body in srv.sent("Join")}) == 4
+
+
+CLI_DOC = Path(__file__).resolve().parents[2] / "docs/cli.md"
+
+
+def doc_lines() -> list[str]:
+    """The commands of docs/cli.md's "Tailing many rooms" block, as written."""
+    section = CLI_DOC.read_text().split("\n## Tailing many rooms", 1)[1].split("\n## ", 1)[0]
+    found = re.search(r"```sh\n(.*?)```", section, re.S)
+    assert found, "docs/cli.md's Tailing many rooms section has no ```sh block"
+    return [line for line in found.group(1).splitlines() if line.strip()]
+
+
+@pytest.mark.one_backend
+@pytest.mark.parametrize("line", doc_lines())
+def test_the_docs_many_rooms_recipes_work(logged_server: ServerProcess, line: str) -> None:
+    """Each line of the docs' block, in bash: two messages, each as its room's id and its
+    text, from general and ops (carol's two rooms), then exit 0."""
+    server = logged_server
+    with server.http() as c:
+        rooms = {
+            name: c.post(
+                "/v1/chat/Create", json={"name": name, "user_ids": ["carol", "bob"]}
+            ).json()["room"]["id"]
+            for name in ("general", "ops")
+        }
+        proc = subprocess.Popen(
+            ["bash", "-o", "pipefail", "-c", line],
+            env=cli_env(server, PATH=f"{Path(sys.executable).parent}:/usr/bin:/bin"),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        # Until it exits: what was sent before it was live is not printed, nor counted.
+        for sent in range(400):
+            room = ("general", "ops")[sent % 2]
+            send_each(c, [(rooms[room], f"to {room}")])
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(0.05)
+                break
+        out, err = proc.communicate(timeout=20)
+    assert proc.returncode == 0, err
+    printed = [line.split("\t") for line in out.splitlines()]
+    assert len(printed) == 2
+    assert all(rooms[text.removeprefix("to ")] == room for room, text in printed), printed
