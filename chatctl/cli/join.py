@@ -129,7 +129,7 @@ def join(
 
     Example: chatctl join general --user carol --history 2 --count 2
     Example: chatctl join general --history 1 --count 1 -o tsv | cut -f7
-    Example: chatctl join --all --user carol
+    Example: chatctl join --all --user carol --timeout 1
     """
     inv = invocation(ctx)
     room = rooms[0] if rooms else None
