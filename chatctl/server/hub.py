@@ -490,6 +490,8 @@ class Hub:
 
     def _too_slow(self, sub: Subscriber) -> None:
         self.unsubscribe(sub)
+        if isinstance(sub, RoomTap):  # the whole stream is cut off, each of its rooms
+            sub.stream.release()
         sub.end(
             StreamEnded(CLOSE_TOO_SLOW, reason="too slow: resume with since"), drop_pending=True
         )
