@@ -620,7 +620,7 @@ class LineRenderer(_RichRenderer):
             return None
         from rich.text import Text
 
-        room_id = _plain(item.get("room_id"))
+        room_id = _plain(item.get("room_id", item.get("group_id")))
         name = self.rooms.get(room_id) or room_id
         return Text(visible(name), style=f"bold {room_style(room_id)}")
 

@@ -686,7 +686,7 @@ class _Many:
                     if not isinstance(message, dict):
                         self.printer.response(frame)
                         continue
-                    room_id = str(message.get("room_id", ""))
+                    room_id = _room_of(message)
                     if room_id in cursors:
                         cursors[room_id] = str(message.get("id", ""))
                     if tail.show(message):
@@ -712,7 +712,7 @@ class _Many:
         the tail ends as a Join of it would."""
         added = frame.get("room_added")
         if isinstance(added, dict):
-            room_id = str(added.get("room_id", ""))
+            room_id = _room_of(added)
             name = str(added.get("name") or room_id)
             self.names[room_id] = name
             if room_id not in cursors:
@@ -722,7 +722,7 @@ class _Many:
             return True
         ended = frame.get("room_ended")
         if isinstance(ended, dict):
-            room_id = str(ended.get("room_id", ""))
+            room_id = _room_of(ended)
             detail = str(ended.get("detail", ""))
             code = ended.get("code")
             name = self.names.get(room_id, room_id)
@@ -827,3 +827,8 @@ class _Many:
             shared.fail(e)
         finally:
             client.close()
+
+
+def _room_of(item: dict[str, Any]) -> str:
+    """The room a frame's object is of, in either edition (``group_id`` in m3o's final)."""
+    return str(item.get("room_id", item.get("group_id", "")))

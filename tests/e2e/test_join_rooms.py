@@ -291,3 +291,42 @@ def test_the_docs_many_rooms_recipes_work(logged_server: ServerProcess, line: st
     printed = [line.split("\t") for line in out.splitlines()]
     assert len(printed) == 2
     assert all(rooms[text.removeprefix("to ")] == room for room, text in printed), printed
+
+
+@pytest.mark.postgres
+def test_an_invite_and_a_kick_on_another_replica_reach_a_join_all(tmp_path: Path) -> None:
+    """Two replicas on one PostgreSQL: carol's every-room stream on A hears of the room
+    she is invited to on B (and its message sent on B), then of her kick on B."""
+    from websockets.sync.client import connect
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    with (
+        postgres.fresh_database() as url,
+        ServerProcess(tmp_path / "a", tcp=True, db=url) as a,
+        ServerProcess(tmp_path / "b", tcp=True, db=url) as b,
+        b.http() as on_b,
+    ):
+        first = on_b.post("/v1/chat/Create", json={"name": "first", "user_ids": ["carol"]})
+        with connect(f"ws://127.0.0.1:{a.port}/v1/chat/JoinRooms", open_timeout=10) as ws:
+            ws.send(json.dumps({"user_id": "carol", "all": True}))
+
+            def next_frame() -> dict[str, Any]:
+                frame: dict[str, Any] = json.loads(ws.recv(timeout=10))
+                return frame
+
+            assert next_frame()["room_added"]["room_id"] == first.json()["room"]["id"]
+            new = on_b.post(
+                "/v1/chat/Create", json={"name": "new", "user_ids": ["bob"], "private": True}
+            ).json()["room"]["id"]
+            on_b.post("/v1/chat/Invite", json={"room_id": new, "user_id": "carol"})
+            sent = on_b.post(
+                "/v1/chat/Send", json={"room_id": new, "user_id": "bob", "text": "hello"}
+            ).json()
+            added = next_frame()["room_added"]
+            assert (added["room_id"], added["name"], added["new"]) == (new, "new", True)
+            assert next_frame() == sent
+            on_b.post("/v1/chat/Kick", json={"room_id": new, "user_id": "carol"})
+            assert next_frame() == {
+                "room_ended": {"room_id": new, "code": 4403, "detail": "user was kicked"}
+            }
