@@ -527,11 +527,7 @@ class Hub:
             sub for room in self._rooms.values() for sub in room if sub.owner in token_ids
         ]
         subs += [many for many in self._many if many.owner in token_ids]
-        for sub in subs:
-            if isinstance(sub, Subscriber):
-                self.unsubscribe(sub)
-            sub.end(ended)
-        return len(subs)
+        return self._end(subs, ended)
 
     def end_all(
         self,
@@ -547,8 +543,12 @@ class Hub:
             sub for room in self._rooms.values() for sub in room
         ]
         subs += self._many
+        return self._end(subs, StreamEnded(code, reason=reason))
+
+    def _end(self, subs: list[Subscriber | RoomsSubscriber], ended: StreamEnded) -> int:
+        """End these streams (a room of a many-room stream ends all of it); how many."""
         for sub in subs:
             if isinstance(sub, Subscriber):
                 self.unsubscribe(sub)
-            sub.end(StreamEnded(code, reason=reason))
-        return len(subs)
+            sub.end(ended)
+        return sum(not isinstance(sub, RoomTap) for sub in subs)

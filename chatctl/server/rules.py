@@ -128,6 +128,8 @@ class Admission:
     history: int
     #: live frames include the joiner's own messages (``include_own``).
     include_own: bool = False
+    #: the cursor ``since_seq`` was read from, as given ("" for none).
+    since: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -592,6 +594,7 @@ class ChatService:
             since_seq,
             min(req.get("history", 0), self.limits.max_replay),
             bool(req.get("include_own")),
+            since,
         )
 
     async def replay(self, admission: Admission) -> AsyncIterator[list[tuple[int, str]]]:

@@ -215,7 +215,7 @@ class JoinStreams:
                 if row.id not in stream.taps or row.id in announced:
                     continue  # ended meanwhile
                 announced.add(row.id)
-                await write(news(_room_added(row.id, row.name, stream.since)))
+                await write(news(_room_added(row.id, row.name, room.since or stream.since)))
                 async for chunk in self.service.replay(room):
                     for _seq, frame in chunk:
                         await write(in_group_edition(frame) if stream.group else frame)
