@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import socket
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -136,8 +137,9 @@ def test_a_room_refused_or_ended_is_said_and_the_others_go_on(server: LiveServer
 def test_ndjson_join_rooms(server: LiveServer) -> None:
     async def scenario() -> None:
         async with client(server) as http:
-            ids = await rooms(http, 2, "a", "b")
-            body = {"user_id": "b", "all": True}
+            user = f"b-{uuid.uuid4().hex}"  # in no room of the other tests on this server
+            ids = await rooms(http, 2, "a", user)
+            body = {"user_id": user, "all": True}
             async with http.stream("POST", "/v1/chat/JoinRooms", json=body) as r:
                 assert r.status_code == 200
                 lines = r.aiter_lines()
@@ -146,7 +148,7 @@ def test_ndjson_join_rooms(server: LiveServer) -> None:
                 message = await send(http, ids[1], "one")
                 assert json.loads(await anext(lines)) == {"message": message}
                 (new,) = await rooms(http, 1, "a", private=True)
-                await call(http, "Invite", {"room_id": new, "user_id": "b"})
+                await call(http, "Invite", {"room_id": new, "user_id": user})
                 news = json.loads(await anext(lines))["room_added"]
                 assert (news["room_id"], news["new"]) == (new, True)
                 message = await send(http, new, "welcome")
@@ -216,3 +218,4 @@ def test_a_user_tokens_stream_is_its_users_and_ends_when_revoked(tmp_path: Path)
         assert srv.app.state.hub.streams == 0
     finally:
         srv.stop()
+
