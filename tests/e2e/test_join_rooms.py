@@ -160,6 +160,7 @@ def test_join_all_follows_every_room_on_one_connection(logged_server: ServerProc
     all_rooms_drill(logged_server, 100)
 
 
+@pytest.mark.one_backend  # a kick's notification across PostgreSQL: the replica test
 def test_join_rooms_labels_lines_and_drops_a_room_with_a_line(
     logged_server: ServerProcess,
 ) -> None:
@@ -260,11 +261,12 @@ def doc_lines() -> list[str]:
 
 
 @pytest.mark.one_backend
-@pytest.mark.parametrize("line", doc_lines())
-def test_the_docs_many_rooms_recipes_work(logged_server: ServerProcess, line: str) -> None:
-    """Each line of the docs' block, in bash: two messages, each as its room's id and its
-    text, from general and ops (carol's two rooms), then exit 0."""
+def test_the_docs_many_rooms_recipes_work(logged_server: ServerProcess) -> None:
+    """Each line of the docs' block, in bash, in turn: two messages, each as its room's id
+    and its text, from general and ops (carol's two rooms), then exit 0."""
     server = logged_server
+    lines = doc_lines()
+    assert lines
     with server.http() as c:
         rooms = {
             name: c.post(
@@ -272,25 +274,26 @@ def test_the_docs_many_rooms_recipes_work(logged_server: ServerProcess, line: st
             ).json()["room"]["id"]
             for name in ("general", "ops")
         }
-        proc = subprocess.Popen(
-            ["bash", "-o", "pipefail", "-c", line],
-            env=cli_env(server, PATH=f"{Path(sys.executable).parent}:/usr/bin:/bin"),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        # Until it exits: what was sent before it was live is not printed, nor counted.
-        for sent in range(400):
-            room = ("general", "ops")[sent % 2]
-            send_each(c, [(rooms[room], f"to {room}")])
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(0.05)
-                break
-        out, err = proc.communicate(timeout=20)
-    assert proc.returncode == 0, err
-    printed = [line.split("\t") for line in out.splitlines()]
-    assert len(printed) == 2
-    assert all(rooms[text.removeprefix("to ")] == room for room, text in printed), printed
+        for line in lines:
+            proc = subprocess.Popen(
+                ["bash", "-o", "pipefail", "-c", line],
+                env=cli_env(server, PATH=f"{Path(sys.executable).parent}:/usr/bin:/bin"),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            # Until it exits: what was sent before it was live is not printed, nor counted.
+            for sent in range(400):
+                room = ("general", "ops")[sent % 2]
+                send_each(c, [(rooms[room], f"to {room}")])
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    proc.wait(0.05)
+                    break
+            out, err = proc.communicate(timeout=20)
+            assert proc.returncode == 0, (line, err)
+            printed = [row.split("\t") for row in out.splitlines()]
+            assert len(printed) == 2, (line, out)
+            assert all(rooms[text.removeprefix("to ")] == room for room, text in printed), line
 
 
 @pytest.mark.postgres
