@@ -600,6 +600,8 @@ class _Many:
             self.named = list(dict.fromkeys(call.body["room_id"] for call in calls))
         #: room id → name, for the lines' labels (filled as rooms are announced).
         self.names: dict[str, str] = {}
+        #: the rooms that ended for the user (kicked, left, deleted, refused).
+        self.ended: set[str] = set()
         self.printer = inv.renderer(batch=True, live=True, show_ids=show_ids)
         from chatctl.output import LineRenderer
 
@@ -647,13 +649,17 @@ class _Many:
             try:
                 stream = client.join(endpoint="JoinRooms")
                 body = {k: v for k, v in base.items() if v is not None}
-                rooms = list(cursors) if joined else self.named
+                # Every room followed, with its cursor; and a room named but not announced
+                # yet (a drop before its room_added) from where the tail started.
+                rooms = [
+                    *cursors,
+                    *(r for r in self.named if r not in cursors and r not in self.ended),
+                ]
                 if rooms:
                     body["room_ids"] = rooms
-                    if joined:
-                        body["since_ids"] = [cursors[r] for r in rooms]
-                    elif self.cursor is not None:
-                        body["since_ids"] = [self.cursor] * len(rooms)
+                    since = all_since if joined else self.cursor
+                    if joined or since is not None:
+                        body["since_ids"] = [cursors.get(r) or since for r in rooms]
                 if self.every_room and all_since is not None:
                     body["all_since"] = all_since
                 stream.start(body)
@@ -715,6 +721,7 @@ class _Many:
             room_id = _room_of(added)
             name = str(added.get("name") or room_id)
             self.names[room_id] = name
+            self.ended.discard(room_id)  # let in again
             if room_id not in cursors:
                 cursors[room_id] = str(added.get("since", ""))
                 if added.get("new"):
@@ -727,8 +734,9 @@ class _Many:
             code = ended.get("code")
             name = self.names.get(room_id, room_id)
             cursors.pop(room_id, None)
+            self.ended.add(room_id)
             self.inv.notice(f"{name}: {detail}; no longer following it")
-            if not self.every_room and not cursors:
+            if not self.every_room and not cursors and self.ended.issuperset(self.named):
                 raise StreamClosed(code if isinstance(code, int) else 1000, detail)
             return True
         return False
@@ -757,8 +765,6 @@ class _Many:
         room_ids = list(self.named)
         if self.every_room:
             room_ids += [r for r in listed if r not in room_ids]
-        if not room_ids:
-            raise UsageError("the user is in no room: nothing to follow")
         inv.notice(f"following {len(room_ids)} rooms, waiting for messages", terminal_only=True)
         for room_id in room_ids:
             follow(room_id)
@@ -818,7 +824,17 @@ class _Many:
         name = self.names.get(room_id, room_id)
         try:
             _follow(
-                inv, client, body, name, shared, None, None, None, None, self.no_reconnect, stop
+                inv,
+                client,
+                body,
+                name,
+                shared,
+                self.cursor,
+                None,
+                None,
+                None,
+                self.no_reconnect,
+                stop,
             )
         except ChatctlError as e:
             inv.notice(f"{name}: {e.message}; no longer following it")
