@@ -219,3 +219,25 @@ def test_a_user_tokens_stream_is_its_users_and_ends_when_revoked(tmp_path: Path)
     finally:
         srv.stop()
 
+
+def test_a_group_edition_server_names_groups_in_every_frame(
+    live_server: Callable[..., LiveServer],
+) -> None:
+    """On a server of m3o's final edition the stream's frames say group_id, its own too."""
+    srv = live_server(m3o_edition="group")
+
+    async def scenario() -> None:
+        async with client(srv) as http:
+            r = await http.post("/v1/chat/Create", json={"name": "g", "user_ids": ["a", "b"]})
+            gid = r.json()["group"]["id"]
+            ws = await join_rooms(srv, {"user_id": "b", "all": True})
+            added = (await frame(ws))["room_added"]
+            assert (added["group_id"], added["name"]) == (gid, "g") and "room_id" not in added
+            body = {"group_id": gid, "user_id": "a", "text": "hi"}
+            sent = (await http.post("/v1/chat/Send", json=body)).json()["message"]
+            assert await frame(ws) == {"message": sent} and sent["group_id"] == gid
+            await http.post("/v1/chat/Kick", json={"group_id": gid, "user_id": "b"})
+            assert (await frame(ws))["room_ended"]["group_id"] == gid
+            await ws.close()
+
+    run(scenario)
