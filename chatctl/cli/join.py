@@ -8,6 +8,7 @@ import threading
 import time
 from collections import deque
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Protocol
 
 import typer
@@ -21,6 +22,7 @@ from chatctl.schema import ENDPOINTS, JOIN_ROOMS
 from chatctl.wire import CLOSE_TOO_SLOW
 
 if TYPE_CHECKING:
+    from chatctl.cli.bots import Bot
     from chatctl.client import Client, JoinStream
     from chatctl.client.retry import Retry
     from chatctl.output import Renderer
@@ -108,6 +110,51 @@ def join(
             "runs; a room they leave or are kicked from is dropped, with a line on stderr.",
         ),
     ] = False,
+    exec_command: Annotated[
+        str | None,
+        typer.Option(
+            "--exec",
+            help="Run CMD (with sh -c) for each message instead of printing it, one at a "
+            "time, in order: the message as JSON on stdin, its fields in CHATCTL_MESSAGE_ID, "
+            "CHATCTL_ROOM_ID, CHATCTL_USER_ID, CHATCTL_TEXT, ...; CHATCTL_URL and "
+            "CHATCTL_USER let a chatctl inside CMD reply. A failure is reported and the "
+            "tail goes on.",
+            show_default=False,
+            metavar="CMD",
+            rich_help_panel="Bots",
+        ),
+    ] = None,
+    exec_stop_on_error: Annotated[
+        bool,
+        typer.Option(
+            "--exec-stop-on-error",
+            help="End the tail (exit 1) when CMD fails, without marking its message handled.",
+            rich_help_panel="Bots",
+        ),
+    ] = False,
+    exec_timeout: Annotated[
+        float | None,
+        typer.Option(
+            "--exec-timeout",
+            help="Stop CMD after SECONDS (default 60; 0: no limit); that is a failure.",
+            min=0,
+            show_default=False,
+            metavar="SECONDS",
+            rich_help_panel="Bots",
+        ),
+    ] = None,
+    cursor_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--cursor",
+            help="Save the last message handled in FILE (atomically, after CMD ended), and "
+            "resume after it when FILE exists: a bot killed and restarted handles every "
+            "message at least once, none skipped.",
+            show_default=False,
+            metavar="FILE",
+            rich_help_panel="Bots",
+        ),
+    ] = None,
 ) -> None:
     """Join a room and print its messages as they arrive, until Ctrl-C.
 
@@ -127,6 +174,10 @@ def join(
     once, each line beginning with its room's name (in the room's colour); on chatctl's
     server on one connection, each room resumed after its own last message.
 
+    A bot: --exec CMD runs CMD for each message; with --cursor FILE a restarted bot
+    resumes after the last message it handled (at least once: the one in flight when it
+    was killed may be handled twice).
+
     Example: chatctl join general --user carol --history 2 --count 2
     Example: chatctl join general --history 1 --count 1 -o tsv | cut -f7
     Example: chatctl join --all --user carol --timeout 1
@@ -144,6 +195,8 @@ def join(
     if every_room or (rooms is not None and len(rooms) > 1):
         if history is not None:
             raise UsageError("--history follows one room: give one ROOM, or leave it out")
+        if exec_command or cursor_file or exec_stop_on_error or exec_timeout is not None:
+            raise UsageError("--exec and --cursor follow one room: give one ROOM")
         many = _Many(
             inv,
             rooms or [],
@@ -164,15 +217,24 @@ def join(
         request["include_own"] = True
     defaults = {"user_id": inv.acting_user(user)}
     body = run.build_requests(inv, "Join", request, defaults, room=room)[0].body
+    bot = None
+    if exec_command or cursor_file or exec_stop_on_error or exec_timeout is not None:
+        from chatctl.cli import bots
+
+        bot = bots.bot_for(
+            inv, exec_command, cursor_file, stop_on_error=exec_stop_on_error, timeout=exec_timeout
+        )
+        cursor = bot.position(body["room_id"]) or cursor  # where the last run's bot got to
     client = inv.client
     # What only the server can do is checked before anything is sent (m3o's Join fails
     # the stream on a field it does not know); --history can be made up for.
     needed = [
         (flag, feature)
         for flag, feature, given in (
-            ("--since", "resume", cursor is not None),
+            ("--since", "resume", since is not None),
             ("--events", "events", events),
             ("--include-own", "include-own", include_own),
+            ("--cursor", "resume", cursor_file is not None),
         )
         if given
     ]
@@ -183,8 +245,10 @@ def join(
                 raise plain.unsupported(inv, f"join {flag}", feature)
     replay = history if history and cursor is None else None
     printer = inv.renderer(batch=True, live=True, show_ids=show_ids)
+    if bot is not None:
+        printer = bot.attach(printer, body)  # each message to CMD, then the cursor saved
     label = room if room is not None else body["room_id"]
-    _follow(inv, client, body, label, printer, cursor, replay, count, idle, no_reconnect)
+    _follow(inv, client, body, label, printer, cursor, replay, count, idle, no_reconnect, bot=bot)
 
 
 def _follow(
@@ -199,6 +263,7 @@ def _follow(
     idle: float | None,
     no_reconnect: bool,
     stop: threading.Event | None = None,
+    bot: "Bot | None" = None,
 ) -> None:
     """Follow one room (its Join, resumed after each drop) until --count, --timeout, or an
     end that is not passing; or, in a tail of many rooms, until ``stop`` is set."""
@@ -230,6 +295,8 @@ def _follow(
                     # client clock that runs ahead cannot skip a message; the Date
                     # header's second rounds down.
                     cursor = cursor_for_time(stream.server_time or datetime.now(UTC))
+                if bot is not None and not joined and "history" not in body:
+                    bot.begin(body["room_id"], cursor)  # where a first run started, kept
             elif not joined:
                 outage.started()
                 tail.joined_at(stream.server_time)

@@ -174,6 +174,12 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (day, tenant, user_id)
     );
     """,
+    # v5: messages can be deleted (issue 25, DeleteMessage): the row stays, as the
+    # position its id and seq are for cursors, with its text and subject erased; deleted_at
+    # is when (NULL: not deleted), and every read of messages leaves such a row out.
+    """
+    ALTER TABLE messages ADD COLUMN deleted_at text;
+    """,
 )
 
 # -- the Send statement -------------------------------------------------------------------
