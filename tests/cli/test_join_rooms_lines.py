@@ -8,6 +8,7 @@ import io
 from rich.console import Console
 
 from chatctl.output import LineRenderer, make_renderer, room_style
+from tests.conftest import Run
 
 MESSAGE = {
     "id": "m1",
@@ -49,3 +50,12 @@ def test_a_rooms_colour_is_its_own_and_the_same_every_time() -> None:
     printer.rooms = {"r1": "ops"}
     printer.response({"message": MESSAGE})
     assert "\x1b[" in out.getvalue() and "ops" in out.getvalue()
+
+
+def test_flags_of_one_room_are_refused_for_many_before_anything_is_sent(cli: Run) -> None:
+    for flags in (["--history", "2"], ["--exec", "true"], ["--cursor", "pos.json"]):
+        r = cli("join", "--all", *flags)
+        assert r.code == 2, (flags, r.stderr)
+        assert "one ROOM" in r.stderr
+    r = cli("join", "ops", "general", "--history", "1")
+    assert r.code == 2 and "--history follows one room" in r.stderr
