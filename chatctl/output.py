@@ -631,9 +631,18 @@ def user_style(user_id: str) -> str:
     return _USER_STYLES[zlib.crc32(user_id.encode("utf-8", "surrogatepass")) % len(_USER_STYLES)]
 
 
+def room_style(room_id: str) -> str:
+    """A stable colour per room (a tail of many rooms, as stern colours its pods)."""
+    return user_style("room:" + room_id)
+
+
 class LineRenderer(_RichRenderer):
     """A live Join stream on a terminal: one line per message or event, as they come;
-    with ``show_ids``, each message's id after its time."""
+    with ``show_ids``, each message's id after its time; with ``rooms`` (a tail of many
+    rooms: room id → name), each line begins with its room's name in the room's colour."""
+
+    #: room id → name, for a tail of many rooms; None for one room.
+    rooms: dict[str, str] | None = None
 
     def __init__(
         self,
@@ -648,9 +657,18 @@ class LineRenderer(_RichRenderer):
 
     def item(self, kind: str, item: dict[str, Any]) -> None:
         if kind == "message":
-            self.print(message_line(item, show_id=self.show_ids))
+            self.print(message_line(item, show_id=self.show_ids, room=self._room(item)))
         elif kind == "event":
-            self.print(event_line(item))
+            self.print(event_line(item, room=self._room(item)))
+
+    def _room(self, item: dict[str, Any]) -> Text | None:
+        if self.rooms is None:
+            return None
+        from rich.text import Text
+
+        room_id = _plain(item.get("room_id", item.get("group_id")))
+        name = self.rooms.get(room_id) or room_id
+        return Text(visible(name), style=f"bold {room_style(room_id)}")
 
 
 def line_time(stamp: Any) -> str:
@@ -663,10 +681,13 @@ def line_time(stamp: Any) -> str:
     return _strftime(when, "%H:%M:%S.%f" if today else "%Y-%m-%d %H:%M:%S.%f")
 
 
-def message_line(m: dict[str, Any], *, show_id: bool = False) -> RenderableType:
+def message_line(
+    m: dict[str, Any], *, show_id: bool = False, room: Text | None = None
+) -> RenderableType:
     """Time, user (in a stable colour), subject if any, then the text in a column of its
     own: its further lines, and its wrapped ones on a narrow terminal, start under its
-    first, never at column 0 where every message starts."""
+    first, never at column 0 where every message starts. ``room``: its room's label,
+    first (a tail of many rooms)."""
     from rich.table import Table
     from rich.text import Text
 
@@ -676,6 +697,8 @@ def message_line(m: dict[str, Any], *, show_id: bool = False) -> RenderableType:
         head.append(visible(m.get("id")) + " ", style="dim")
     head.append(visible(user), style=f"bold {user_style(user)}")
     head.append(":")
+    if room is not None:
+        head = Text.assemble(room, " ", head)
     body = Text()
     subject = visible(m.get("subject"))
     if subject:
@@ -689,15 +712,17 @@ def message_line(m: dict[str, Any], *, show_id: bool = False) -> RenderableType:
     return grid
 
 
-def event_line(e: dict[str, Any]) -> Text:
+def event_line(e: dict[str, Any], *, room: Text | None = None) -> Text:
     from rich.text import Text
 
     clock = line_time(e.get("at"))
     if e.get("type") == "message_deleted":
         # The message a line above may have shown: its id, and whose it was.
         said = f"message {visible(e.get('message_id'))} of {visible(e.get('user_id'))} deleted"
-        return Text(f"{clock} * {said}", style="dim")
-    return Text(f"{clock} * {visible(e.get('user_id'))} {visible(e.get('type'))}", style="dim")
+        line = Text(f"{clock} * {said}", style="dim")
+    else:
+        line = Text(f"{clock} * {visible(e.get('user_id'))} {visible(e.get('type'))}", style="dim")
+    return line if room is None else Text.assemble(room, " ", line)
 
 
 _RENDERERS: dict[str, type[Renderer]] = {
@@ -723,9 +748,7 @@ def make_renderer(
     each message's id after its time if ``show_ids``; ``keep`` (--jq, with json or
     jsonl) filters each value printed."""
     if keep is not None:
-        return FilteredRenderer(
-            stream or sys.stdout, fmt, keep, batch=batch or live, report=report
-        )
+        return FilteredRenderer(stream or sys.stdout, fmt, keep, batch=batch or live, report=report)
     if live and fmt == "table":
         return LineRenderer(stream or sys.stdout, batch=True, report=report, show_ids=show_ids)
     return _RENDERERS[fmt](stream or sys.stdout, batch=batch or live, report=report)

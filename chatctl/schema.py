@@ -23,6 +23,7 @@ __all__ = [
     "EXTENSIONS_HEADER",
     "IDEMPOTENCY",
     "INVISIBLE",
+    "JOIN_ROOMS",
     "MESSAGE_FIELDS",
     "NEW_NAMES",
     "ROOM_FIELDS",
@@ -270,6 +271,9 @@ class Endpoint:
         return self.field("room_id") is not None
 
 
+#: join-rooms: ``/v1/chat/JoinRooms`` streams many rooms on one connection (part 3).
+JOIN_ROOMS = "join-rooms"
+
 _ROOM_ID = Field(
     "room_id", "string", "The id of the room.", "missing room id", alias="group_id"
 )
@@ -430,6 +434,56 @@ for _e in (
             False,
             actor=True,
         ),
+        Endpoint(
+            "JoinRooms",
+            "Stream the messages of many chat rooms, or of every room the user is in, on"
+            " one connection",
+            (
+                _USER_ID,
+                Field(
+                    "room_ids",
+                    "string_list",
+                    "The rooms to follow (each as a Join of it would be; a room refused is"
+                    ' left out, with a {"room_ended": {...}} frame).',
+                    None,
+                    "max_user_id_chars",
+                ),
+                Field(
+                    "since_ids",
+                    "string_list",
+                    "One cursor for each room of room_ids, in its order: replay that"
+                    " room's messages after it (a message id, or a time as a UUIDv7).",
+                    None,
+                    "max_user_id_chars",
+                ),
+                Field(
+                    "all",
+                    "boolean",
+                    "Also every other room the user is in, and each room they are invited"
+                    " to or join while the stream lasts.",
+                ),
+                Field(
+                    "all_since",
+                    "string",
+                    "With all: replay the messages after this cursor of the rooms not in"
+                    " room_ids.",
+                ),
+                Field(
+                    "events",
+                    "boolean",
+                    'Also stream membership events as {"event": {...}} frames.',
+                ),
+                Field(
+                    "include_own",
+                    "boolean",
+                    "Also stream the user's own messages live.",
+                ),
+            ),
+            "message",
+            False,
+            actor=True,
+            extension=JOIN_ROOMS,
+        ),
         Endpoint("Leave", "Leave a chat room", (_ROOM_ID, _USER_ID), "room", True, actor=True),
         Endpoint(
             "DeleteMessage",
@@ -492,6 +546,7 @@ SERVER_EXTENSIONS: tuple[str, ...] = (
     BULK_SEND,
     WHOAMI,
     DELETE_MESSAGE,
+    JOIN_ROOMS,
 )
 
 #: m3o's two editions: the seed's "room" names, and the final "group" names (part 4).

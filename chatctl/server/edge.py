@@ -80,6 +80,9 @@ log = logging.getLogger("chatctl.server")
 
 CHAT_PREFIX = "/v1/chat/"
 JOIN = ENDPOINTS["Join"]
+JOIN_ROOMS = ENDPOINTS["JoinRooms"]
+#: the endpoints that are streams (a WebSocket, or NDJSON for a POST).
+STREAMS = (JOIN, JOIN_ROOMS)
 WHOAMI = ENDPOINTS["Whoami"]
 _MAX_IDEMPOTENCY_KEY = 255
 
@@ -94,9 +97,7 @@ def _other_method(method: str, allow: str) -> Response:
     method the path does not take: 405, with ``Allow``."""
     if method == "OPTIONS":
         return Response(status_code=204, headers={"Allow": allow})
-    raise Refusal(
-        "v1", 405, f"method {method} not allowed here: use {allow}", {"Allow": allow}
-    )
+    raise Refusal("v1", 405, f"method {method} not allowed here: use {allow}", {"Allow": allow})
 
 
 def origin_refused(origin: str, open_server: bool = True) -> str:
@@ -132,9 +133,7 @@ class Edge:
         self.registry = config.registry
         #: each token's request bucket (None: no rate limit).
         self.limiter = (
-            None
-            if config.rate_limit is None
-            else RateLimiter(config.rate_limit, config.rate_burst)
+            None if config.rate_limit is None else RateLimiter(config.rate_limit, config.rate_burst)
         )
         self.openapi = encode(openapi_document(config.limits, config.m3o_edition)).encode()
         #: the browser origins allowed (``--cors-origin``), and the default edition.
@@ -143,7 +142,9 @@ class Edge:
         #: ``GET /metrics`` (``server.metrics.Metrics``), set by the app with ``--metrics``.
         self.metrics: Metrics | None = None
         #: a Join over NDJSON (``streams.JoinStreams.ndjson``), set by the app.
-        self.join_ndjson: Callable[[Principal, dict[str, Any], Edition], Awaitable[Response]]
+        self.join_ndjson: Callable[
+            [Principal, dict[str, Any], Edition, Endpoint], Awaitable[Response]
+        ]
 
     def authenticate(self, token: str | None) -> Principal | None:
         """Who a bearer token is, or None when it is refused: the principal of a token the
@@ -204,12 +205,12 @@ class Edge:
         request.scope[PRINCIPAL] = principal  # for the access line
         if is_ndjson(request.headers.get("content-type")):
             return self._bulk(endpoint, principal, request)  # paced per message instead
-        if endpoint is not JOIN:  # a stream counts against the stream cap instead
+        if endpoint not in STREAMS:  # a stream counts against the stream cap instead
             self.rate_limit(principal)
         raw = await self._read_body(request)
         req, edition = decode(endpoint, raw, principal, self.config, self.edition)
-        if endpoint is JOIN:
-            return await self.join_ndjson(principal, req, edition)
+        if endpoint in STREAMS:
+            return await self.join_ndjson(principal, req, edition, endpoint)
         if endpoint is WHOAMI:  # the token alone answers it: no storage, no room
             return JSONAnswer(encode({"identity": access.whoami(principal)}).encode())
         key = request.headers.get("idempotency-key") if endpoint.mutating else None

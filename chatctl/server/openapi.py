@@ -75,6 +75,10 @@ _GROUP_ID = {"type": "string", "description": "room_id, in m3o's final (group) e
 _ROOM_OR_GROUP = [{"required": ["room_id"]}, {"required": ["group_id"]}]
 
 
+#: the endpoints that answer with a stream of frames (a WebSocket, or NDJSON to a POST).
+_STREAMS = ("Join", "JoinRooms")
+
+
 def _field_schema(f: Field, limits: Limits, name: str | None = None) -> dict[str, Any]:
     schema = dict(_KIND_SCHEMAS[f.kind])
     schema["description"] = f.description
@@ -180,7 +184,7 @@ def _links(edition: str) -> dict[str, Any]:
             "description": f"{e.name} in the room just made.",
         }
         for e in ENDPOINTS.values()
-        if e.field("room_id") is not None and e.name not in ("Join", "Send")
+        if e.field("room_id") is not None and e.name not in (*_STREAMS, "Send")
     }
     return links
 
@@ -231,12 +235,21 @@ def _operation(endpoint: Endpoint, limits: Limits, edition: str) -> dict[str, An
             "and should resume with since. A plain POST (no upgrade) streams the same "
             "JoinResponses as newline-delimited JSON."
         )
+    if name == "JoinRooms":
+        op["description"] = (
+            "Many rooms (room_ids, each resumed after its own cursor in since_ids) or every "
+            "room of the user (all, with the rooms they are let into while it lasts) on one "
+            "stream, a WebSocket or an NDJSON POST as Join's: a room_added frame before "
+            "anything of each room, a room_ended frame when one ends for the user (the "
+            "others go on); 4008 ends all of it, to be resumed room by room."
+        )
+    if name in _STREAMS:
         op["responses"] = {
             "200": {
-                "description": "One JoinResponse per line.",
+                "description": f"One {name}Response per line.",
                 "content": {
                     "application/x-ndjson": {
-                        "schema": {"$ref": "#/components/schemas/JoinResponse"}
+                        "schema": {"$ref": f"#/components/schemas/{name}Response"}
                     }
                 },
             },
@@ -370,6 +383,59 @@ def openapi_document(limits: Limits | None = None, edition: str = "both") -> dic
                 },
             ]
         },
+        "JoinRoomsResponse": {
+            "x-chatctl-extension": True,
+            "oneOf": [
+                {
+                    "type": "object",
+                    "required": ["message"],
+                    "properties": {"message": {"$ref": "#/components/schemas/Message"}},
+                },
+                {
+                    "type": "object",
+                    "required": ["event"],
+                    "properties": {"event": {"$ref": "#/components/schemas/Event"}},
+                },
+                {
+                    "type": "object",
+                    "required": ["room_added"],
+                    "properties": {
+                        "room_added": {
+                            "type": "object",
+                            "required": ["room_id", "name", "since"],
+                            "properties": {
+                                "room_id": {"type": "string"},
+                                "name": {"type": "string"},
+                                "since": {
+                                    "type": "string",
+                                    "description": "Where a resume of the room starts until "
+                                    "a message of it came.",
+                                },
+                                "new": {
+                                    "type": "boolean",
+                                    "description": "The user was let into it meanwhile.",
+                                },
+                            },
+                        }
+                    },
+                },
+                {
+                    "type": "object",
+                    "required": ["room_ended"],
+                    "properties": {
+                        "room_ended": {
+                            "type": "object",
+                            "required": ["room_id", "code", "detail"],
+                            "properties": {
+                                "room_id": {"type": "string"},
+                                "code": {"type": "integer"},
+                                "detail": {"type": "string"},
+                            },
+                        }
+                    },
+                },
+            ],
+        },
         "Identity": {
             "type": "object",
             "x-chatctl-extension": True,
@@ -408,7 +474,7 @@ def openapi_document(limits: Limits | None = None, edition: str = "both") -> dic
     paths: dict[str, Any] = {}
     for name, endpoint in ENDPOINTS.items():
         schemas[f"{name}Request"] = _request_schema(endpoint, limits)
-        if name != "Join":
+        if name not in _STREAMS:
             keys = _RESPONSES[endpoint.response]
             schemas[f"{name}Response"] = {
                 "type": "object",

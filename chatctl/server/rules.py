@@ -135,6 +135,19 @@ class Admission:
     history: int
     #: live frames include the joiner's own messages (``include_own``).
     include_own: bool = False
+    #: the cursor ``since_seq`` was read from, as given ("" for none).
+    since: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class RoomsAdmission:
+    """A stream of many rooms the rules accepted (``JoinRooms``)."""
+
+    user_id: str
+    #: the rooms admitted, each replayed as a Join of it would be.
+    rooms: list[Admission]
+    #: the rooms of ``room_ids`` refused, each with why (the stream says so and goes on).
+    refused: list[tuple[str, Refused]]
 
 
 class ChatService:
@@ -509,39 +522,110 @@ class ChatService:
         """
 
         async def admit(db: Session) -> Admission:
-            room = await self._room(db, tenant, req["room_id"])
-            user_id = req["user_id"]
-            since_seq = None
-            if req["since"]:
-                since_seq = await self._cursor(db, room, "since", req["since"])
-                assert since_seq is not None
-                cap = self.limits.max_replay
-                if await db.count_messages_after(room, since_seq, cap + 1) > cap:
-                    raise Invalid(
-                        f"more than {cap} messages since {req['since']} (max_replay);"
-                        " read them with History"
-                    )
-            if not await db.is_member(room, user_id):
-                if room.private:
-                    raise Forbidden("private room: the user must be invited first")
-                if await db.is_barred(room, user_id):
-                    raise Forbidden("user was kicked from the room; invite them again")
-                unseen = unseen_character(user_id, "id", "user_id")
-                if unseen is not None:  # a new member: only a member may keep such an id
-                    raise Invalid(unseen)
-                await self._check_room_size(db, room)
-                await db.add_member(room, user_id)
-            _event(db, "joined", room, user_id)
-            return Admission(
-                room,
-                user_id,
-                bool(req["events"]),
-                since_seq,
-                min(req["history"], self.limits.max_replay),
-                bool(req.get("include_own")),
-            )
+            return await self._admit(db, tenant, req, req["room_id"], req["since"])
 
         return await self.store.write(admit)
+
+    async def join_rooms(self, tenant: str, req: dict[str, Any]) -> RoomsAdmission:
+        """Admit a stream of many rooms (``JoinRooms``): each of ``room_ids`` as a Join of
+        it would be (a room refused is left out and said, the others go on), and with
+        ``all`` every other room the user is in, replayed after ``all_since``. Only a
+        request that names no room, or too many, is refused as a whole."""
+        room_ids: list[str] = req["room_ids"]
+        since_ids: list[str] = req["since_ids"] or [""] * len(room_ids)
+        if len(since_ids) != len(room_ids):
+            raise Invalid("since_ids must hold one cursor for each room of room_ids, in its order")
+        bound = self.limits.max_rooms_per_tenant
+        if len(room_ids) > bound:
+            raise Invalid(f"at most {bound} rooms a stream (max_rooms_per_tenant)")
+        every_room = bool(req["all"])
+        if not room_ids and not every_room:
+            raise Invalid("missing room ids: give room_ids, or all")
+        user_id = req["user_id"]
+
+        async def admit(db: Session) -> RoomsAdmission:
+            rooms: list[Admission] = []
+            refused: list[tuple[str, Refused]] = []
+            wanted = dict(zip(room_ids, since_ids, strict=True))
+            for room_id, since in wanted.items():
+                try:
+                    rooms.append(await self._admit(db, tenant, req, room_id, since, quiet=True))
+                except Refused as exc:
+                    refused.append((room_id, exc))
+            if every_room:
+                for room, _members in await db.list_rooms(tenant, user_id):
+                    if room.id in wanted:
+                        continue
+                    if len(rooms) >= bound:
+                        break
+                    try:
+                        rooms.append(
+                            await self._admit(
+                                db, tenant, req, room.id, req["all_since"], quiet=True, room=room
+                            )
+                        )
+                    except Refused as exc:  # e.g. more than max_replay to replay
+                        refused.append((room.id, exc))
+            return RoomsAdmission(user_id, rooms, refused)
+
+        return await self.store.write(admit)
+
+    async def room(self, tenant: str, room_id: str) -> RoomRow | None:
+        """The room, if it still exists."""
+
+        async def read(db: Session) -> RoomRow | None:
+            return await db.get_room(tenant, room_id)
+
+        return await self.store.read(read)
+
+    async def _admit(
+        self,
+        db: Session,
+        tenant: str,
+        req: dict[str, Any],
+        room_id: str,
+        since: str,
+        *,
+        quiet: bool = False,
+        room: RoomRow | None = None,
+    ) -> Admission:
+        """One room's Join: its since as a seq (within ``max_replay``), the user added on
+        a public room; ``quiet``: a member's "joined" event only when they were added."""
+        if room is None:
+            room = await self._room(db, tenant, room_id)
+        user_id = req["user_id"]
+        since_seq = None
+        if since:
+            since_seq = await self._cursor(db, room, "since", since)
+            assert since_seq is not None
+            cap = self.limits.max_replay
+            if await db.count_messages_after(room, since_seq, cap + 1) > cap:
+                raise Invalid(
+                    f"more than {cap} messages since {since} (max_replay); read them with History"
+                )
+        added = False
+        if not await db.is_member(room, user_id):
+            if room.private:
+                raise Forbidden("private room: the user must be invited first")
+            if await db.is_barred(room, user_id):
+                raise Forbidden("user was kicked from the room; invite them again")
+            unseen = unseen_character(user_id, "id", "user_id")
+            if unseen is not None:  # a new member: only a member may keep such an id
+                raise Invalid(unseen)
+            await self._check_room_size(db, room)
+            await db.add_member(room, user_id)
+            added = True
+        if added or not quiet:
+            _event(db, "joined", room, user_id)
+        return Admission(
+            room,
+            user_id,
+            bool(req["events"]),
+            since_seq,
+            min(req.get("history", 0), self.limits.max_replay),
+            bool(req.get("include_own")),
+            since,
+        )
 
     async def replay(self, admission: Admission) -> AsyncIterator[list[tuple[int, str]]]:
         """The frames a new stream replays, in chunks of (seq, frame), oldest first.

@@ -222,6 +222,50 @@ def check_join_tail(ws: Workspace, line: str) -> None:
     assert out.splitlines() == ["hello carol"], out
 
 
+def check_join_all(ws: Workspace, line: str) -> None:
+    """As alice (in general and ops): each message of her rooms, a JSON line with its
+    room_id (in a pipe); a room she is invited to while it runs (random) too."""
+    rooms = {r["name"]: r["id"] for r in ws.api("List", {})["rooms"]}
+    out_path = ws.cwd / "join-all.out"
+    with out_path.open("w") as out:
+        proc = subprocess.Popen(
+            ["bash", "-o", "pipefail", "-c", line],
+            cwd=ws.cwd,
+            env=ws.env,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+
+        def printed(text: str) -> bool:
+            if proc.poll() is not None:
+                pytest.fail(f"the recipe exited {proc.returncode}: {out_path.read_text()}")
+            return text in out_path.read_text()
+
+        def live() -> bool:  # a message to general comes out once the stream is live
+            ws.api("Send", {"room_id": rooms["general"], "user_id": "bob", "text": "ping"})
+            return printed("ping")
+
+        wait_for(live, 20, "the recipe to print a message of general", interval=0.3)
+        ws.api("Invite", {"room_id": rooms["random"], "user_id": "alice"})
+        ws.api("Send", {"room_id": rooms["random"], "user_id": "bob", "text": "welcome"})
+        wait_for(lambda: printed("welcome"), 20, "the recipe to print the new room's message")
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(10)
+    out = out_path.read_text().splitlines()  # stdout's JSON lines, and stderr's notices
+    printed = {(m["room_id"], m["text"]) for m in map(json.loads, filter(is_json, out))}
+    assert printed == {(rooms["general"], "ping"), (rooms["random"], "welcome")}
+    assert "chatctl: now following random: the user was let into it" in out
+
+
+def is_json(line: str) -> bool:
+    return line.startswith("{")
+
+
 def check_websocat(ws: Workspace, line: str) -> None:
     need_tool(
         shutil.which("websocat", path=ws.env["PATH"]) is not None,
@@ -245,6 +289,7 @@ CHECKS: list[tuple[str, Callable[[Workspace, str], None]]] = [
 
     (r"xargs chatctl delete-message general", check_take_back),
     (r"chatctl join general \| while read", check_join_tail),
+    (r"chatctl join --all$", check_join_all),
     (r"websocat .*/v1/chat/Join", check_websocat),
 ]
 
