@@ -108,7 +108,8 @@ def send_each(c: httpx.Client, sends: list[tuple[str, str]]) -> None:
 
 def streams_served(server: ServerProcess) -> dict[str, int]:
     """The WebSocket streams the server's access log says it served, by path."""
-    paths = re.findall(r"WS (/v1/chat/\w+) \d+", server.log.read_text())
+    # one line when a stream ends (each also has a "stream open: " line when admitted)
+    paths = re.findall(r"(?<!stream open: )WS (/v1/chat/\w+) \d+", server.log.read_text())
     return {path: paths.count(path) for path in set(paths)}
 
 
