@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -229,16 +230,21 @@ def test_a_commands_help_and_errors_read_as_before(
     assert pruned[1].code == 2 and "--bogus" in pruned[1].stderr
 
 
-def test_a_one_shot_send_imports_no_other_family_and_no_server() -> None:
+def test_a_one_shot_send_imports_no_other_family_and_no_server(tmp_path: Path) -> None:
     probe = ENTRY_PROBE.replace(
         "'code': code,",
-        "'code': code, 'chatctl': sorted(m for m in sys.modules if m.startswith('chatctl')),",
+        "'code': code, 'chatctl': sorted(m for m in sys.modules if m.startswith('chatctl')),"
+        " 'lazy': sorted(m for m in ('tomllib', 'queue', 'platformdirs') if m in sys.modules),",
     )
     out = subprocess.run(
         [sys.executable, "-c", probe.format(args=["send", "R", "hi", "-u", "u", "-o", "id"])],
         capture_output=True,
         text=True,
-        env={**os.environ, "CHATCTL_URL": f"http://127.0.0.1:{free_port()}"},
+        env={
+            **os.environ,
+            "CHATCTL_URL": f"http://127.0.0.1:{free_port()}",
+            "CHATCTL_CONFIG": str(tmp_path / "none.toml"),
+        },
     ).stdout
     result = json.loads(out.strip().splitlines()[-1])
     assert result["code"] == 3  # nothing listens there: the call was really made
@@ -247,3 +253,5 @@ def test_a_one_shot_send_imports_no_other_family_and_no_server() -> None:
     assert not loaded & unneeded
     assert not {m for m in loaded if m.startswith(("chatctl.server", "chatctl.local"))}
     assert result["rich"] == [] and not result["httpx_cli"]
+    # No config file to parse, no streamed input to read ahead, a config file named.
+    assert result["lazy"] == []
