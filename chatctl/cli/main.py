@@ -9,6 +9,7 @@ call the client and hand responses to a renderer.
 
 import contextlib
 import functools
+import importlib
 import os
 import re
 import sys
@@ -17,7 +18,6 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from chatctl import __version__
-from chatctl.cli import call, identity, join, members, messages, rooms
 from chatctl.cli.context import Invocation, invocation
 from chatctl.cli.options import (
     CaCertOpt,
@@ -52,14 +52,21 @@ from chatctl.wire import CLOSE_FORBIDDEN, CLOSE_TOO_SLOW, close_code_for
 if TYPE_CHECKING:
     from typer.models import CommandInfo
 
+#: The endpoint families' modules, and the commands each holds by the name the command
+#: line gives them: a command line naming one imports that family alone (the whole tree
+#: imports them all; test_startup checks this against it, and a command missing here is
+#: still run, from the whole tree).
+_FAMILIES = {
+    "rooms": ("create", "delete", "list"),
+    "members": ("invite", "kick", "leave"),
+    "messages": ("send", "history", "delete-message"),
+    "join": ("join",),
+    "identity": ("whoami",),
+    "call": ("call",),
+}
+_FAMILY_OF = {command: family for family, names in _FAMILIES.items() for command in names}
 # Every command of the endpoint families, in the order of a room's life, so the help's
 # examples run top to bottom; any other (a new endpoint's) after them, in family order.
-_COMMANDS = {
-    c.callback.__name__: c
-    for family in (rooms, members, messages, join, identity, call)
-    for c in family.app.registered_commands
-    if c.callback is not None
-}
 _LIFE = (
     "create",
     "invite",
@@ -72,13 +79,20 @@ _LIFE = (
     "delete_message",
     "delete",
 )
-_ORDERED = [
-    _COMMANDS[n]
-    for n in sorted(_COMMANDS, key=lambda n: _LIFE.index(n) if n in _LIFE else len(_LIFE))
-]
 #: the commands that are not an endpoint's, by the name the command line gives them:
 #: their modules are imported only when one of them runs (or the whole tree is built).
 _OTHERS = ("serve", "completion", "config")
+
+
+def _family(name: str) -> list["CommandInfo"]:
+    module = importlib.import_module(f"chatctl.cli.{name}")
+    commands: list[CommandInfo] = module.app.registered_commands
+    return [c for c in commands if c.callback is not None]
+
+
+def _in_life(info: "CommandInfo") -> int:
+    name = info.callback.__name__ if info.callback is not None else ""
+    return _LIFE.index(name) if name in _LIFE else len(_LIFE)
 
 
 def _command_name(info: "CommandInfo") -> str:
@@ -87,7 +101,6 @@ def _command_name(info: "CommandInfo") -> str:
     return info.name or info.callback.__name__.lower().replace("_", "-")
 
 
-_BY_NAME = {_command_name(c): c for c in _ORDERED}
 #: the root's options that take a value (the others are flags); pinned by test_startup.
 ROOT_VALUE_OPTIONS = frozenset(
     {"--url", "--token", "--profile", "--output", "-o", "--input", "-i", "--timeout", "--ca-cert"}
@@ -125,7 +138,8 @@ def _add_other(to: typer.Typer, name: str) -> None:
 def full_app() -> typer.Typer:
     """The whole command tree: for help, completion, the man pages, a mistyped command."""
     whole = _new_app()
-    whole.registered_commands.extend(_ORDERED)
+    commands = [c for family in _FAMILIES for c in _family(family)]
+    whole.registered_commands.extend(sorted(commands, key=_in_life))
     for name in _OTHERS:
         _add_other(whole, name)
     return whole
@@ -140,14 +154,16 @@ def app_for(args: list[str]) -> typer.Typer:
     if os.environ.get("_CHATCTL_COMPLETE"):  # completion.COMPLETE_VAR: the shell asks
         return full_app()
     name = _command_word(args)
-    one = _BY_NAME.get(name) if name is not None else None
-    if one is None and name not in _OTHERS:
+    if name in _OTHERS:
+        pruned = _new_app()
+        _add_other(pruned, name)
+        return pruned
+    family = _FAMILY_OF.get(name) if name is not None else None
+    one = [c for c in _family(family) if _command_name(c) == name] if family else []
+    if not one:
         return full_app()
     pruned = _new_app()
-    if one is not None:
-        pruned.registered_commands.append(one)
-    else:
-        _add_other(pruned, str(name))
+    pruned.registered_commands.extend(one)
     return pruned
 
 

@@ -135,7 +135,7 @@ def test_the_scan_knows_every_root_option_and_command() -> None:
     assert valued == set(cli_main.ROOT_VALUE_OPTIONS)
     flags = {opt for p in whole.params if getattr(p, "is_flag", False) for opt in p.opts}
     assert flags - {"--version", "-h", "--help"} == {"--verbose", "-v"}
-    assert set(whole.commands) == {*cli_main._BY_NAME, *cli_main._OTHERS}
+    assert set(whole.commands) == {*cli_main._FAMILY_OF, *cli_main._OTHERS}
     from chatctl.cli.completion import COMPLETE_VAR  # the shell's requests get the whole tree
 
     assert cli_main.app_for(["send"]) is not cli_main.full_app()
@@ -209,7 +209,7 @@ def test_a_pruned_tree_parses_each_command_as_the_whole_tree() -> None:
     cli_main = importlib.import_module("chatctl.cli.main")  # the package's main() shadows it
 
     whole = _click(cli_main.full_app())
-    for name in [*cli_main._BY_NAME, *cli_main._OTHERS]:
+    for name in [*cli_main._FAMILY_OF, *cli_main._OTHERS]:
         pruned = _click(cli_main.app_for([name]))
         assert list(pruned.commands) == [name]
         assert _shape(pruned.commands[name]) == _shape(whole.commands[name])
@@ -249,7 +249,8 @@ def test_a_one_shot_send_imports_no_other_family_and_no_server(tmp_path: Path) -
     result = json.loads(out.strip().splitlines()[-1])
     assert result["code"] == 3  # nothing listens there: the call was really made
     loaded = set(result["chatctl"])
-    unneeded = {"chatctl.cli.serve", "chatctl.cli.completion", "chatctl.cli.config_cmd"}
+    others = ("serve", "completion", "config_cmd", "rooms", "members", "join", "identity", "call")
+    unneeded = {f"chatctl.cli.{m}" for m in others}
     assert not loaded & unneeded
     assert not {m for m in loaded if m.startswith(("chatctl.server", "chatctl.local"))}
     assert result["rich"] == [] and not result["httpx_cli"]
