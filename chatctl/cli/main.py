@@ -246,8 +246,9 @@ def run_cli(argv: list[str] | None = None) -> int:
     inv = Invocation()
     try:
         try:
-            args = sys.argv[1:] if argv is None else argv
-            result = app_for(args)(args=args, prog_name="chatctl", standalone_mode=False, obj=inv)
+            # argv stays None for click when it was (on Windows click then expands globs).
+            one = app_for(sys.argv[1:] if argv is None else argv)
+            result = one(args=argv, prog_name="chatctl", standalone_mode=False, obj=inv)
         finally:
             inv.close()
     except Interrupted as e:
