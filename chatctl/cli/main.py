@@ -103,7 +103,18 @@ def _command_name(info: "CommandInfo") -> str:
 
 #: the root's options that take a value (the others are flags); pinned by test_startup.
 ROOT_VALUE_OPTIONS = frozenset(
-    {"--url", "--token", "--profile", "--output", "-o", "--input", "-i", "--timeout", "--ca-cert"}
+    {
+        "--url",
+        "--token",
+        "--profile",
+        "--output",
+        "-o",
+        "--jq",
+        "--input",
+        "-i",
+        "--timeout",
+        "--ca-cert",
+    }
 )
 
 

@@ -156,6 +156,7 @@ def test_the_scan_knows_every_root_option_and_command(monkeypatch: pytest.Monkey
         (["send", "R", "hi"], "send"),
         (["--url", "http://x", "-o", "json", "send", "R"], "send"),
         (["--url=http://x", "-v", "--timeout", "3", "list"], "list"),
+        (["--jq", ".message.id", "send", "R", "hi"], "send"),
         (["-o", "send", "history", "R"], "history"),  # an option's value is not the command
         (["--", "send"], "send"),
         (["-ojson", "send"], None),  # a form the scan does not read: the whole tree
