@@ -42,6 +42,7 @@ OutputError.
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 import json
 import os
@@ -101,17 +102,22 @@ _INVISIBLE = (
     "\u180b-\u180f\u200b-\u200f\u202a-\u202e\u2060-\u206f\u3164\ufe00-\ufe0f\ufeff\uffa0"
     "\ufff0-\ufffb"
 )
-_ASTRAL_INVISIBLE = re.compile(
+_ASTRAL_INVISIBLE = (
     "[\U000110bd\U000110cd\U00013430-\U0001343f\U0001bca0-\U0001bca3\U0001d173-\U0001d17a"
     "\U000e0000-\U000e0fff]"
 )
 #: C1 controls, DEL, line and paragraph separators and lone surrogates.
 _CONTROL = "\x7f-\x9f\u2028\u2029\ud800-\udfff"
 #: Pictographs, and what an emoji sequence holds between them.
-_EMOJI = re.compile(
+_EMOJI = (
     "[\xa9\xae\u203c\u2049\u2122\u2139\u2190-\u21ff\u2300-\u23ff\u24c2\u25aa-\u27bf"
     "\u2934\u2935\u2b00-\u2bff\u3030\u303d\u3297\u3299\ufe0f\U0001f000-\U0001faff]"
 )
+
+
+@functools.cache
+def _compiled(pattern: str) -> re.Pattern[str]:
+    return re.compile(pattern)
 
 
 def _in_emoji(text: str, at: int) -> bool:
@@ -119,10 +125,11 @@ def _in_emoji(text: str, at: int) -> bool:
     zero-width joiner between two pictographs (a woman, U+200D, a laptop), or a text or
     emoji presentation selector (VS15, VS16) after one (a heart, U+FE0F) or in a keycap."""
     char = text[at]
+    emoji = _compiled(_EMOJI)
     if char == "\u200d":
-        return at > 0 and bool(_EMOJI.match(text, at - 1)) and bool(_EMOJI.match(text, at + 1))
+        return at > 0 and bool(emoji.match(text, at - 1)) and bool(emoji.match(text, at + 1))
     if char in "\ufe0e\ufe0f":
-        return (at > 0 and bool(_EMOJI.match(text, at - 1))) or text.startswith("\u20e3", at + 1)
+        return (at > 0 and bool(emoji.match(text, at - 1))) or text.startswith("\u20e3", at + 1)
     return False
 
 
@@ -133,9 +140,18 @@ class _Unsafe:
     searched for the ASCII ones only."""
 
     def __init__(self, ascii_chars: str, write: Callable[[int], str]) -> None:
-        self._ascii = re.compile(f"[{ascii_chars}\x7f]")
-        self._all = re.compile(f"[{ascii_chars}{_CONTROL}{_INVISIBLE}]")
+        self._ascii_chars = ascii_chars
         self._write = write
+
+    # Compiled when first used, not on import: a command uses one or two of the classes
+    # (compiling them all is 3 ms of every command's start-up).
+    @functools.cached_property
+    def _ascii(self) -> re.Pattern[str]:
+        return re.compile(f"[{self._ascii_chars}\x7f]")
+
+    @functools.cached_property
+    def _all(self) -> re.Pattern[str]:
+        return re.compile(f"[{self._ascii_chars}{_CONTROL}{_INVISIBLE}]")
 
     def escape(self, text: str) -> str:
         if text.isascii():
@@ -144,7 +160,7 @@ class _Unsafe:
         # Past U+FFFF only if there is any such character (UTF-16 then takes 4 bytes).
         if len(text.encode("utf-16-le", "surrogatepass")) == 2 * len(text):
             return text
-        return _ASTRAL_INVISIBLE.sub(self._escape, text)
+        return _compiled(_ASTRAL_INVISIBLE).sub(self._escape, text)
 
     def _escape(self, match: re.Match[str]) -> str:
         char = match.group()
