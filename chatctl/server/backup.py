@@ -9,11 +9,11 @@ and ``chatctl serve restore``).
   for another process's lock (a WAL being recovered, say) up to ``timeout``.
 - **Restore** refuses while any server has the database open: every ``SQLiteStore``
   holds a shared ``flock`` on the file for its life (``store_sqlite.hold_open``), and
-  restore takes it exclusively, without waiting. Under that lock it checks the backup (integrity, a schema
-  this chatctl knows), copies it beside the database (0600), removes the old file's WAL
-  and shared memory (they belong to the old file: replayed onto the new one they would
-  corrupt it) and renames the copy into place. A server starting meanwhile finds the
-  lock taken and says so.
+  restore takes it exclusively, without waiting. Under that lock it checks the backup
+  (integrity, a schema this chatctl knows), copies it beside the database (0600),
+  removes the old file's WAL and shared memory (they belong to the old file: replayed
+  onto the new one they would corrupt it) and renames the copy into place. A server
+  starting meanwhile finds the lock taken and says so.
 
 PostgreSQL is backed up with its own tools (``pg_dump -Fc``, ``pg_restore``): see
 docs/deployment.md.
