@@ -24,6 +24,7 @@ __all__ = [
     "INVISIBLE",
     "MESSAGE_FIELDS",
     "NEW_NAMES",
+    "RETENTION",
     "ROOM_FIELDS",
     "SERVER_EXTENSIONS",
     "WHOAMI",
@@ -230,7 +231,7 @@ class Endpoint:
     summary: str
     request: tuple[Field, ...]
     #: the key of the response object: room, rooms, message, messages or identity.
-    response: Literal["room", "rooms", "message", "messages", "identity"]
+    response: Literal["room", "rooms", "message", "messages", "identity", "retention"]
     #: True when a call changes something (so an Idempotency-Key makes sense).
     mutating: bool
     #: True when the request's ``user_id`` names the acting user (Send, Join, History,
@@ -428,6 +429,22 @@ for _e in (
             False,
             extension="whoami",
         ),
+        Endpoint(
+            "Retain",
+            "Set or read how long a room keeps its messages (its creator or an admin token)",
+            (
+                _ROOM_ID,
+                Field(
+                    "retain",
+                    "string",
+                    "Keep messages this long (30d, 12h, 90m, 1d12h), off for the server's"
+                    " own, or empty to only read the setting.",
+                ),
+            ),
+            "retention",
+            True,
+            extension="retention",
+        ),
 ):
     declare(_e)
 del _e
@@ -445,6 +462,9 @@ IDEMPOTENCY = "idempotency-key"
 BULK_SEND = "bulk-send"
 #: whoami: ``POST /v1/chat/Whoami`` says who the token acts as (contract part 3).
 WHOAMI = "whoami"
+#: retention: ``POST /v1/chat/Retain``, and the gap a cursor older than what a room keeps
+#: meets (History's ``gap``, Join's first frame): contract part 3, "Retention".
+RETENTION = "retention"
 #: The extensions chatctl's server has: each request field's ``extension``, the key,
 #: and each endpoint's ``extension``.
 SERVER_EXTENSIONS: tuple[str, ...] = (
@@ -457,6 +477,7 @@ SERVER_EXTENSIONS: tuple[str, ...] = (
     IDEMPOTENCY,
     BULK_SEND,
     WHOAMI,
+    RETENTION,
 )
 
 #: m3o's two editions: the seed's "room" names, and the final "group" names (part 4).

@@ -34,6 +34,7 @@ _LISTEN = "Listening and access"
 _PER_TOKEN = "Per-token limits"
 _CLIENTS = "Browsers and m3o clients"
 _CONNECTIONS = "Connections"
+_RETENTION = "Retention"
 #: ServerConfig's defaults, repeated: the CLI does not import the server to show its help
 #: (tests/faults/test_heads.py holds them equal).
 DEFAULT_MAX_HEAD_BYTES = 64 * 1024
@@ -325,6 +326,25 @@ def serve(
     log_level: Annotated[
         LogLevel, typer.Option(help="How much to log to stderr. Tokens are never logged.")
     ] = LogLevel.info,
+    retain: Annotated[
+        str | None,
+        typer.Option(
+            help="Keep messages this long (30d, 12h, 1d12h), then remove them, in every room;"
+            " a room may keep less (chatctl retain). Default: forever.",
+            metavar="DURATION",
+            show_default=False,
+            rich_help_panel=_RETENTION,
+        ),
+    ] = None,
+    retain_check: Annotated[
+        float,
+        typer.Option(
+            help="Seconds between looks for messages past their retention.",
+            min=0.01,
+            metavar="SECONDS",
+            rich_help_panel=_RETENTION,
+        ),
+    ] = 60.0,
     status: Annotated[
         bool,
         typer.Option(
@@ -405,6 +425,8 @@ def serve(
         m3o_edition=m3o_edition.value,
         max_head_bytes=max_head_bytes,
         max_pending_heads=max_pending_heads,
+        retain=_retain_seconds(retain),
+        retain_check=retain_check,
     )
     run_server(
         config,
@@ -414,6 +436,18 @@ def serve(
         log_level=log_level.value,
         pid_file=None if pid_file is None else str(pid_file),
     )
+
+
+def _retain_seconds(retain: str | None) -> int | None:
+    """--retain in seconds; a usage error names a bad one."""
+    from chatctl.wire import parse_duration
+
+    if retain is None or retain.strip().lower() in ("off", "forever"):
+        return None
+    try:
+        return parse_duration(retain)
+    except ValueError as exc:
+        raise UsageError(f"--retain: {exc}") from None
 
 
 def _cors_origins(given: list[str]) -> tuple[str, ...]:

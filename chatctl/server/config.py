@@ -91,6 +91,10 @@ class ServerConfig:
     #: the edition Create and List answer in (they name neither room nor group):
     #: ``both`` (both keys), ``room`` or ``group`` (``server.editions``).
     m3o_edition: Edition = "both"
+    #: seconds every room keeps a message (``--retain``; None: forever, unless the room
+    #: sets its own), and seconds between looks for messages past it (``retention``).
+    retain: int | None = None
+    retain_check: float = 60.0
 
     @property
     def open(self) -> bool:

@@ -67,6 +67,7 @@ _RESPONSES: dict[str, dict[str, Any]] = {
     "message": {"message": _MESSAGE},
     "messages": {"messages": {"type": "array", "items": _MESSAGE}},
     "identity": {"identity": {"$ref": "#/components/schemas/Identity"}},
+    "retention": {"retention": {"$ref": "#/components/schemas/Retention"}},
 }
 
 _TIME = {"type": "string", "format": "date-time", "description": "RFC 3339, UTC, nanoseconds."}
@@ -375,6 +376,31 @@ def openapi_document(limits: Limits | None = None, edition: str = "both") -> dic
                     "type": "boolean",
                     "description": "The server has no tokens (loopback only; one admin).",
                 },
+            },
+        },
+        "Retention": {
+            "type": "object",
+            "x-chatctl-extension": True,
+            "required": ["room_id", "retain", "server_retain", "effective"],
+            "properties": {
+                "room_id": {"type": "string"},
+                "retain": {
+                    "type": "string",
+                    "description": "The room's own retention (30d); empty: none of its own.",
+                },
+                "server_retain": {
+                    "type": "string",
+                    "description": "The server's --retain; empty: none.",
+                },
+                "effective": {
+                    "type": "string",
+                    "description": "The shorter of the two; empty: messages are kept forever.",
+                },
+                "expired_through": {
+                    "type": "string",
+                    "description": "The last message retention removed; empty: none yet.",
+                },
+                "expired_at": {"type": "string", "description": "When it was sent."},
             },
         },
         "Error": {

@@ -174,6 +174,17 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (day, tenant, user_id)
     );
     """,
+    # retention (issue 26): a room's own retention in seconds (NULL: the server's), and
+    # the last message retention removed from it (what a cursor older than it meets).
+    """
+    CREATE TABLE retention (
+        room_pk     bigint PRIMARY KEY,
+        seconds     bigint,
+        expired_seq bigint NOT NULL DEFAULT 0,
+        expired_id  text COLLATE "C" NOT NULL DEFAULT '',
+        expired_at  text NOT NULL DEFAULT ''
+    );
+    """,
 )
 
 # -- the Send statement -------------------------------------------------------------------

@@ -183,6 +183,17 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (day, tenant, user_id)
     ) WITHOUT ROWID;
     """,
+    # retention (issue 26): a room's own retention in seconds (NULL: the server's), and
+    # the last message retention removed from it (what a cursor older than it meets).
+    """
+    CREATE TABLE retention (
+        room_pk     INTEGER PRIMARY KEY,
+        seconds     INTEGER,
+        expired_seq INTEGER NOT NULL DEFAULT 0,
+        expired_id  TEXT NOT NULL DEFAULT '',
+        expired_at  TEXT NOT NULL DEFAULT ''
+    );
+    """,
 )
 
 #: ms a read waits, holding up the event loop, for another process's lock; the read is
