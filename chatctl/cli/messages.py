@@ -1,6 +1,6 @@
 """Message commands: send, history."""
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Annotated, Any
 
 import typer
@@ -185,6 +185,9 @@ def _read(
 
 def _page(inv: Invocation, request: dict[str, Any], **cursor: Any) -> list[dict[str, Any]]:
     response = inv.client.call("History", {**request, **cursor})
+    gap = response.get("gap")
+    if isinstance(gap, dict):
+        _tell_gap(inv)(gap)
     messages = response.get("messages", [])
     return [m for m in messages if isinstance(m, dict)] if isinstance(messages, list) else []
 
@@ -223,7 +226,8 @@ def _messages(
         # All of it: one History without a limit, read as it arrives (chatctl's server
         # sends it in parts), rather than a call per page of 1,000: ~2x the rate.
         bounds = {"after": after, "before": before}
-        yield from inv.client.history({**request, **{k: v for k, v in bounds.items() if v}})
+        asked = {**request, **{k: v for k, v in bounds.items() if v}}
+        yield from inv.client.history(asked, on_gap=_tell_gap(inv))
         return
     cursor, left = after or START, limit
     while left is None or left > 0:
@@ -240,3 +244,11 @@ def _messages(
         cursor = last
         if left is not None:
             left -= len(page)
+
+
+def _tell_gap(inv: Invocation) -> Callable[[dict[str, Any]], None]:
+    """What a History answer's gap (a cursor older than what the room keeps) prints: one
+    line on stderr, so that what goes to stdout stays the messages alone."""
+    from chatctl.cli.join import gap_words
+
+    return lambda gap: inv.notice(gap_words(gap))

@@ -123,9 +123,9 @@ def retain(
     is a ceiling a room may only shorten. A client resuming or paging from before what
     is kept is told of the gap. Needs chatctl's server: another m3o server cannot (exit 2).
 
-    Example: chatctl retain general 30d
+    Example: chatctl create archive -u alice -o id && chatctl retain archive 30d
 
-    Example: chatctl retain general -o json
+    Example: chatctl retain archive -o json
     """
     from chatctl.cli import plain
     from chatctl.errors import UsageError
