@@ -135,8 +135,11 @@ def test_the_docs_retain_recipe(start_server: Callable[..., ServerProcess]) -> N
     with server.http() as http:
         room = http.post("/v1/chat/Create", json={"name": "ops", "user_ids": ["al"]}).json()
         room_id = room["room"]["id"]
-        sent = http.post("/v1/chat/Send", json={"room_id": room_id, "user_id": "al", "text": "x"})
-    wait_for(lambda: _history(server, room_id) == [], 10, "the message to be removed")
+        sent, _ = (
+            http.post("/v1/chat/Send", json={"room_id": room_id, "user_id": "al", "text": text})
+            for text in ("x", "y")
+        )
+    wait_for(lambda: _history(server, room_id) == [], 10, "the messages to be removed")
     env = cli_env(server, OLD_ID=sent.json()["message"]["id"])
     env["PATH"] = f"{Path(sys.executable).parent}:{env['PATH']}"
     done = subprocess.run(["bash", "-c", recipe], env=env, capture_output=True, text=True)
