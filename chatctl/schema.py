@@ -21,6 +21,7 @@ __all__ = [
     "EVENT_TYPES",
     "EXTENSIONS_HEADER",
     "IDEMPOTENCY",
+    "IMPORT",
     "INVISIBLE",
     "MESSAGE_FIELDS",
     "NEW_NAMES",
@@ -90,8 +91,14 @@ MESSAGE_FIELDS: tuple[str, ...] = (
 )
 EVENT_TYPES: tuple[str, ...] = ("joined", "left", "kicked", "invited", "deleted")
 
-Kind = Literal["string", "boolean", "integer", "string_list"]
-_DEFAULTS: dict[str, Any] = {"string": "", "boolean": False, "integer": 0, "string_list": []}
+Kind = Literal["string", "boolean", "integer", "string_list", "message_list"]
+_DEFAULTS: dict[str, Any] = {
+    "string": "",
+    "boolean": False,
+    "integer": 0,
+    "string_list": [],
+    "message_list": [],
+}
 
 
 @dataclass(frozen=True)
@@ -231,7 +238,9 @@ class Endpoint:
     summary: str
     request: tuple[Field, ...]
     #: the key of the response object: room, rooms, message, messages or identity.
-    response: Literal["room", "rooms", "message", "messages", "identity", "retention"]
+    response: Literal[
+        "room", "rooms", "message", "messages", "identity", "retention", "imported"
+    ]
     #: True when a call changes something (so an Idempotency-Key makes sense).
     mutating: bool
     #: True when the request's ``user_id`` names the acting user (Send, Join, History,
@@ -445,6 +454,22 @@ for _e in (
             True,
             extension="retention",
         ),
+        Endpoint(
+            "Import",
+            "Store messages with their own ids, times and senders (admin tokens only)",
+            (
+                _ROOM_ID,
+                Field(
+                    "messages",
+                    "message_list",
+                    "Messages as History answers them, oldest first: id (a UUID), user_id,"
+                    " sent_at (RFC 3339), text, subject, client. At most 1000.",
+                ),
+            ),
+            "imported",
+            True,
+            extension="import",
+        ),
 ):
     declare(_e)
 del _e
@@ -465,6 +490,9 @@ WHOAMI = "whoami"
 #: retention: ``POST /v1/chat/Retain``, and the gap a cursor older than what a room keeps
 #: meets (History's ``gap``, Join's first frame): contract part 3, "Retention".
 RETENTION = "retention"
+#: import: ``POST /v1/chat/Import`` stores messages with their original ids, times and
+#: senders (contract part 3, "Import").
+IMPORT = "import"
 #: The extensions chatctl's server has: each request field's ``extension``, the key,
 #: and each endpoint's ``extension``.
 SERVER_EXTENSIONS: tuple[str, ...] = (
@@ -478,6 +506,7 @@ SERVER_EXTENSIONS: tuple[str, ...] = (
     BULK_SEND,
     WHOAMI,
     RETENTION,
+    IMPORT,
 )
 
 #: m3o's two editions: the seed's "room" names, and the final "group" names (part 4).
@@ -574,6 +603,8 @@ def _check_kind(f: Field, value: Any) -> Any:
         ):
             value = int(value)
         ok = isinstance(value, int) and not isinstance(value, bool)
+    elif f.kind == "message_list":  # each message's fields: the rules check them
+        ok = isinstance(value, list) and all(isinstance(v, dict) for v in value)
     else:
         ok = isinstance(value, list) and all(isinstance(v, str) for v in value)
     if not ok:
@@ -582,6 +613,7 @@ def _check_kind(f: Field, value: Any) -> Any:
             "boolean": "true or false",
             "integer": "an integer",
             "string_list": "a list of strings",
+            "message_list": "a list of messages (JSON objects)",
         }[f.kind]
         raise ValidationError(f"{f.name} must be {wanted}")
     return value

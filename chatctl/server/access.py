@@ -116,6 +116,8 @@ def authorize(
     if user is None:
         return
     creator = room.creator == user
+    if endpoint == "Import":
+        raise Forbidden("only an admin token may import messages")
     if endpoint in ("Delete", "Kick", "Retain") and not creator:
         verb = {"Delete": "delete the room", "Kick": "kick", "Retain": "set its retention"}[
             endpoint

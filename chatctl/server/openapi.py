@@ -49,6 +49,7 @@ _KIND_SCHEMAS: dict[str, dict[str, Any]] = {
         ]
     },
     "string_list": {"type": "array", "items": {"type": "string"}},
+    "message_list": {"type": "array", "items": {"$ref": "#/components/schemas/Message"}},
 }
 #: the fields that are message ids, or any UUID as a position (contract part 3); "" is none.
 _CURSORS = frozenset({"before", "after", "since"})
@@ -68,6 +69,7 @@ _RESPONSES: dict[str, dict[str, Any]] = {
     "messages": {"messages": {"type": "array", "items": _MESSAGE}},
     "identity": {"identity": {"$ref": "#/components/schemas/Identity"}},
     "retention": {"retention": {"$ref": "#/components/schemas/Retention"}},
+    "imported": {"imported": {"$ref": "#/components/schemas/Imported"}},
 }
 
 _TIME = {"type": "string", "format": "date-time", "description": "RFC 3339, UTC, nanoseconds."}
@@ -375,6 +377,19 @@ def openapi_document(limits: Limits | None = None, edition: str = "both") -> dic
                 "open": {
                     "type": "boolean",
                     "description": "The server has no tokens (loopback only; one admin).",
+                },
+            },
+        },
+        "Imported": {
+            "type": "object",
+            "x-chatctl-extension": True,
+            "required": ["room_id", "stored", "skipped"],
+            "properties": {
+                "room_id": {"type": "string"},
+                "stored": {"type": "integer", "description": "Messages stored by this call."},
+                "skipped": {
+                    "type": "integer",
+                    "description": "Messages already in the room, the same: not stored again.",
                 },
             },
         },

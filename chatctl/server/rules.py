@@ -69,7 +69,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from chatctl.schema import Limits, unseen_character
-from chatctl.server import access, retention
+from chatctl.server import access, importer, retention
 from chatctl.server.decode import streams_ended
 from chatctl.server.domain import (
     EventNote,
@@ -151,6 +151,7 @@ class ChatService:
             "Kick": self._kick,
             "Leave": self._leave,
             "Retain": self._retain,
+            "Import": self._import,
         }
 
     # -- the unary endpoints ------------------------------------------------------------
@@ -367,6 +368,13 @@ class ChatService:
         room = await self._room(db, tenant, req["room_id"])
         await _authorize(db, actor, "Retain", req, room)
         return await retention.retain_change(db, room, req["retain"], self.retain)
+
+    async def _import(
+        self, db: Session, tenant: str, req: dict[str, Any], actor: Principal | None
+    ) -> str:
+        room = await self._room(db, tenant, req["room_id"])
+        await _authorize(db, actor, "Import", req, room)
+        return await importer.import_messages(db, room, req["messages"], self.limits)
 
     async def _invite(
         self, db: Session, tenant: str, req: dict[str, Any], actor: Principal | None

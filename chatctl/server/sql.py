@@ -127,6 +127,11 @@ ADD_DAILY_BYTES = (
 PURGE_DAILY_BYTES = "DELETE FROM daily_bytes WHERE day < ?"
 
 
+# -- import (issue 26) -------------------------------------------------------------------
+
+MESSAGE_BY_ID = f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE room_pk = ? AND id = ?"
+LAST_SENT = "SELECT sent_at FROM messages WHERE room_pk = ? ORDER BY seq DESC LIMIT 1"
+
 # -- retention (issue 26) ----------------------------------------------------------------
 
 RETENTION = "SELECT seconds, expired_seq, expired_id, expired_at FROM retention WHERE room_pk = ?"
@@ -439,3 +444,18 @@ class Session:
         await self._change(EXPIRE, (room_pk, last[0]))
         await self._change(EXPIRED, (room_pk, last[0], last[1], last[2]))
         return last is rows[-1] and len(rows) == chunk
+
+    # -- import (issue 26: ``importer``) ------------------------------------------------
+
+    async def message_by_id(self, room: RoomRow, message_id: str) -> MessageRow | None:
+        row = await self._row(MESSAGE_BY_ID, (room.pk, message_id))
+        return None if row is None else MessageRow(*row)
+
+    async def last_sent(self, room: RoomRow) -> str | None:
+        """When the room's last message (by seq) was sent; None for an empty room."""
+        row = await self._row(LAST_SENT, (room.pk,))
+        return None if row is None else str(row[0])
+
+    async def insert_imported(self, room: RoomRow, message: MessageRow) -> int:
+        """Store ``message`` (its seq aside) after the room's last; its seq."""
+        raise NotImplementedError

@@ -61,6 +61,7 @@ from chatctl.server import sql
 from chatctl.server.domain import (
     Fanout,
     Key,
+    MessageRow,
     NewMessage,
     Note,
     Published,
@@ -378,6 +379,13 @@ class SQLiteSession(sql.Session):
             self._db.execute(_TO_PURGE, (room.pk,))
             if self._caches is not None:
                 self._caches.purge_pending = True
+
+    async def insert_imported(self, room: RoomRow, message: MessageRow) -> int:
+        m = message
+        values = (room.pk, m.id, m.client, m.user_id, m.sent_at, m.subject, m.text)
+        seq = self._db.execute(_INSERT_MESSAGE, values).lastrowid
+        assert seq is not None
+        return seq
 
     async def message_position(self, room: RoomRow, cursor: str) -> int:
         """The seq of the last message whose id sorts at or before ``cursor``; 0 if none

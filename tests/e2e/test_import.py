@@ -1,0 +1,119 @@
+"""Import (issue 26, part 5): ``chatctl history ROOM -o jsonl | chatctl import ROOM``
+moves a room between servers with its History unchanged (ids, times, senders, texts,
+order), from chatctl's server (both stores) and from a plain m3o server; a second run
+stores nothing twice; an id the room has with other content is refused."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.compat.m3o_standin import RunningStandIn
+from tests.helpers import ServerProcess, chatctl, cli_env
+
+KEPT = ("id", "user_id", "sent_at", "subject", "text", "client")
+
+
+def _history(env: dict[str, str], room: str) -> list[dict[str, Any]]:
+    done = chatctl("history", room, "-o", "jsonl", env=env)
+    assert done.returncode == 0, done.stderr
+    return [json.loads(line) for line in done.stdout.splitlines()]
+
+
+def _api_history(server: ServerProcess, room: str) -> list[dict[str, Any]]:
+    with server.http() as http:
+        room_id = http.post("/v1/chat/List", json={}).json()["rooms"]
+        found = [r["id"] for r in room_id if r["name"] == room]
+        answer = http.post("/v1/chat/History", json={"room_id": found[0]}).json()
+        messages: list[dict[str, Any]] = answer["messages"]
+        return messages
+
+
+def _kept(messages: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
+    return [tuple(m.get(k) for k in KEPT) for m in messages]
+
+
+def _move(source: dict[str, str], target: dict[str, str], room: str) -> dict[str, Any]:
+    exported = chatctl("history", room, "-o", "jsonl", env=source)
+    assert exported.returncode == 0, exported.stderr
+    imported = chatctl("import", room, "-o", "json", env=target, input=exported.stdout)
+    assert imported.returncode == 0, imported.stderr
+    answer: dict[str, Any] = json.loads(imported.stdout)["imported"]
+    return answer
+
+
+def test_a_room_moves_from_a_chatctl_server_with_its_history_unchanged(
+    start_server: Callable[..., ServerProcess], tmp_path: Path
+) -> None:
+    (tmp_path / "source").mkdir()
+    with ServerProcess(tmp_path / "source") as old:
+        source = cli_env(old)
+        assert chatctl("create", "ops", "-u", "alice", "-u", "bob", env=source).returncode == 0
+        lines = "".join(
+            json.dumps({"user_id": user, "text": text, "subject": subject}) + "\n"
+            for user, text, subject in [
+                ("alice", "first", ""),
+                ("bob", "ünïcödé ✓ and a\ttab", "re: first"),
+                ("alice", "third", ""),
+            ]
+        )
+        assert chatctl("send", "ops", "-i", "-", env=source, input=lines).returncode == 0
+        new = start_server()
+        target = cli_env(new)
+        with new.http() as http:
+            created = http.post("/v1/chat/Create", json={"name": "ops", "user_ids": ["carol"]})
+            room_id = created.json()["room"]["id"]
+        moved = _move(source, target, "ops")
+        assert (moved["stored"], moved["skipped"]) == (3, 0)
+        before = _api_history(old, "ops")
+        assert _kept(_api_history(new, "ops")) == _kept(before)
+        # Run again: nothing stored twice.
+        again = _move(source, target, "ops")
+        assert (again["stored"], again["skipped"]) == (0, 3)
+        assert _kept(_api_history(new, "ops")) == _kept(before)
+        # New messages on the target come after the imported ones.
+        with new.http() as http:
+            later = {"room_id": room_id, "user_id": "carol", "text": "later"}
+            assert http.post("/v1/chat/Send", json=later).status_code == 200
+        assert [m["text"] for m in _api_history(new, "ops")][-2:] == ["third", "later"]
+
+        # An id the room has, with other content: refused, nothing of the batch stored.
+        changed = [{**m, "text": "rewritten"} if m["text"] == "third" else m for m in before]
+        extra = {**before[0], "id": "01890000-0000-7000-8000-000000000001", "text": "new"}
+        body = "".join(json.dumps(m) + "\n" for m in [*changed, extra])
+        refused = chatctl("import", "ops", env=target, input=body)
+        assert refused.returncode == 1
+        assert "is already in the room with other content" in refused.stderr
+        assert len(_api_history(new, "ops")) == 4
+
+
+@pytest.mark.one_backend
+def test_a_room_moves_from_a_plain_m3o_server(
+    m3o_room_server: RunningStandIn, start_server: Callable[..., ServerProcess]
+) -> None:
+    source = cli_env(CHATCTL_URL=m3o_room_server.url, CHATCTL_TOKEN=m3o_room_server.token)
+    assert chatctl("create", "ops", "-u", "alice", "-u", "bob", env=source).returncode == 0
+    lines = "".join(
+        json.dumps({"user_id": user, "text": text}) + "\n"
+        for user, text in [("alice", "one"), ("bob", "two"), ("alice", "three"), ("bob", "x")]
+    )
+    assert chatctl("send", "ops", "-i", "-", env=source, input=lines).returncode == 0
+    new = start_server()
+    target = cli_env(new)
+    with new.http() as http:
+        http.post("/v1/chat/Create", json={"name": "ops"})
+    moved = _move(source, target, "ops")
+    assert (moved["stored"], moved["skipped"]) == (4, 0)
+    before = _history(source, "ops")  # m3o answers in key order: chatctl sorts by time
+    assert [m["text"] for m in before] == ["one", "two", "three", "x"]
+    assert _kept(_api_history(new, "ops")) == _kept(before)  # m3o's UUIDv4 ids kept
+    again = _move(source, target, "ops")
+    assert (again["stored"], again["skipped"]) == (0, 4)
+    assert _kept(_api_history(new, "ops")) == _kept(before)
+    # The target is m3o's: import needs chatctl's server (exit 2, nothing sent).
+    back = chatctl("import", "ops", env=source, input="")
+    assert back.returncode == 2, back.stderr
