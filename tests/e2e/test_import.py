@@ -6,6 +6,8 @@ stores nothing twice; an id the room has with other content is refused."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -15,6 +17,7 @@ import pytest
 from tests.compat.m3o_standin import RunningStandIn
 from tests.helpers import ServerProcess, chatctl, cli_env
 
+CLI_DOC = Path(__file__).resolve().parents[2] / "docs/cli.md"
 KEPT = ("id", "user_id", "sent_at", "subject", "text", "client")
 
 
@@ -106,8 +109,14 @@ def test_a_room_moves_from_a_plain_m3o_server(
     target = cli_env(new)
     with new.http() as http:
         http.post("/v1/chat/Create", json={"name": "ops"})
-    moved = _move(source, target, "ops")
-    assert (moved["stored"], moved["skipped"]) == (4, 0)
+    # docs/cli.md's recipe, as written.
+    recipe = CLI_DOC.read_text().split("# Move ops from the old server", 1)[1].splitlines()[1]
+    env = {**target, "OLD_URL": m3o_room_server.url, "OLD_TOKEN": m3o_room_server.token}
+    env["PATH"] = f"{Path(sys.executable).parent}:{env['PATH']}"
+    done = subprocess.run(["bash", "-o", "pipefail", "-c", recipe], env=env, text=True,
+                          capture_output=True, timeout=60)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "imported 4 messages into ops (0 already there, skipped)" in done.stderr
     before = _history(source, "ops")  # m3o answers in key order: chatctl sorts by time
     assert [m["text"] for m in before] == ["one", "two", "three", "x"]
     assert _kept(_api_history(new, "ops")) == _kept(before)  # m3o's UUIDv4 ids kept

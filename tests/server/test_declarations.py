@@ -92,6 +92,7 @@ def test_the_cli_registers_every_endpoint_command_in_a_room_s_life_order() -> No
         "leave",
         "delete",
         "retain",
+        "import",
         "whoami",
     ]
 

@@ -17,7 +17,7 @@ from tests.shell.conftest import ROOT
 
 COMMANDS = [
     "create", "delete", "invite", "send", "history", "kick", "list",
-    "join", "leave", "whoami", "call", "serve", "config", "completion", "retain",
+    "join", "leave", "whoami", "call", "serve", "config", "completion", "retain", "import",
 ]  # fmt: skip
 
 
