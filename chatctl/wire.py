@@ -41,6 +41,7 @@ __all__ = [
     "CLOSE_GOING_AWAY",
     "CLOSE_TOO_BIG",
     "CLOSE_TOO_SLOW",
+    "DURATION_PATTERN",
     "MAX_DEPTH",
     "NIL_UUID",
     "UUID_PATTERN",
@@ -336,26 +337,25 @@ def group_wording(detail: str) -> str:
 
 # -- retention (issue 26): durations, and the gap a cursor older than what is kept meets --
 
-_DURATION = re.compile(r"([0-9]+)([smhdw])")
+_DURATION = re.compile(r"([1-9][0-9]{0,5})([smhdw])")
+#: what Retain's ``retain`` may be (as the OpenAPI document says): a duration, off, or empty.
+DURATION_PATTERN = "^(off|([1-9][0-9]{0,5}[smhdw])+)?$"
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
-#: the longest retention that can be set: 100 years, in seconds.
-MAX_DURATION = 100 * 365 * 86400
 
 
 def parse_duration(text: str) -> int:
     """Seconds of a duration as people write it: ``90s``, ``15m``, ``12h``, ``30d``,
-    ``2w``, or several (``1d12h``); a ValueError naming the form otherwise."""
+    ``2w``, or several (``1d12h``), each number 1 to 999999; a ValueError naming the form
+    otherwise."""
     text = text.strip().lower()
     pos, total = 0, 0
     for match in _DURATION.finditer(text):
         if match.start() != pos:
             break
-        total += int(match.group(1)[:12]) * _UNIT_SECONDS[match.group(2)]
+        total += int(match.group(1)) * _UNIT_SECONDS[match.group(2)]
         pos = match.end()
-    if not text or pos != len(text) or total <= 0:
+    if not text or pos != len(text):
         raise ValueError(f"not a duration: {text[:40]!r} (e.g. 30d, 12h, 90m, 1d12h)")
-    if total > MAX_DURATION:
-        raise ValueError("a duration of at most 100 years (36500d)")
     return total
 
 

@@ -34,7 +34,7 @@ from chatctl.schema import (
     Field,
     Limits,
 )
-from chatctl.wire import UUID_PATTERN
+from chatctl.wire import DURATION_PATTERN, UUID_PATTERN
 
 __all__ = ["openapi_document"]
 
@@ -83,6 +83,11 @@ def _field_schema(f: Field, limits: Limits, name: str | None = None) -> dict[str
     schema["description"] = f.description
     if f.kind == "string" and f.required:
         schema["minLength"] = 1  # "" is missing: m3o's "missing room id"
+    if f.name == "retain":
+        schema["pattern"] = DURATION_PATTERN
+    if f.kind == "message_list":
+        schema["items"] = _imported_message(limits)
+        schema["maxItems"] = 1000  # importer.MAX_IMPORT
     if f.name in _CURSORS:
         schema["pattern"] = _CURSOR_PATTERN
         schema["description"] += " A UUID (any UUID is a position), or empty for none."
@@ -106,6 +111,31 @@ def _field_schema(f: Field, limits: Limits, name: str | None = None) -> dict[str
         _nullable(schema)
     if f.extension:
         schema["x-chatctl-extension"] = True
+    return schema
+
+
+def _imported_message(limits: Limits) -> dict[str, Any]:
+    """An Import's message (``importer``): what it checks, as far as a schema can say."""
+
+    def text(limit: str, least: int = 0) -> dict[str, Any]:
+        return {"type": "string", "minLength": least, "maxLength": getattr(limits, limit)}
+
+    return {
+        "type": "object",
+        "required": ["id", "user_id", "sent_at"],
+        "properties": {
+            "id": {"type": "string", "pattern": f"^{UUID_PATTERN}$"},
+            "user_id": text("max_user_id_chars", 1),
+            "sent_at": {"type": "string", "format": "date-time", "maxLength": 64},
+            "text": _nullable_copy(text("max_text_chars")),
+            "subject": _nullable_copy(text("max_subject_chars")),
+            "client": _nullable_copy(text("max_client_chars")),
+        },
+    }
+
+
+def _nullable_copy(schema: dict[str, Any]) -> dict[str, Any]:
+    _nullable(schema)
     return schema
 
 
