@@ -126,3 +126,42 @@ def test_a_room_moves_from_a_plain_m3o_server(
     # The target is m3o's: import needs chatctl's server (exit 2, nothing sent).
     back = chatctl("import", "ops", env=source, input="")
     assert back.returncode == 2, back.stderr
+
+
+@pytest.mark.one_backend
+def test_only_admin_tokens_import_and_bad_messages_store_nothing(
+    start_server: Callable[..., ServerProcess], tmp_path: Path
+) -> None:
+    tokens = tmp_path / "tokens"
+    tokens.write_text("admin-token tenant=acme admin\nalice-token tenant=acme user=alice\n")
+    tokens.chmod(0o600)
+    server = start_server(extra=["--tokens-file", str(tokens)])
+    message = {
+        "id": "0193a000-0000-7000-8000-000000000001",
+        "user_id": "alice",
+        "sent_at": "2024-11-01T09:00:00.5Z",
+        "text": "hi",
+    }
+    with server.http("alice-token") as alice, server.http("admin-token") as admin:
+        room_id = alice.post("/v1/chat/Create", json={"name": "g"}).json()["room"]["id"]
+        body = {"room_id": room_id, "messages": [message]}
+        refused = alice.post("/v1/chat/Import", json=body)
+        assert refused.status_code == 403
+        assert "only an admin token may import messages" in refused.text
+        older = {
+            **message,
+            "id": "0193a000-0000-7000-8000-000000000002",
+            "sent_at": "2020-01-01T00:00:00Z",
+        }
+        for bad, status, detail in [
+            ({**message, "id": "not-a-uuid"}, 400, "messages[1]: id must be a message id"),
+            ({**message, "sent_at": "yesterday"}, 400, "messages[1]: sent_at must be an RFC 3339"),
+            ({**message, "user_id": ""}, 400, "messages[1]: missing user_id"),
+            (older, 409, "messages[1]: sent at 2020-01-01T00:00:00Z, before the room's last"),
+        ]:
+            answer = admin.post("/v1/chat/Import", json={**body, "messages": [message, bad]})
+            assert (answer.status_code, detail in answer.text) == (status, True), answer.text
+        history = admin.post("/v1/chat/History", json={"room_id": room_id}).json()["messages"]
+        assert history == []  # each call all or nothing
+        done = admin.post("/v1/chat/Import", json={"group_id": room_id, "messages": [message]})
+        assert done.json() == {"imported": {"group_id": room_id, "stored": 1, "skipped": 0}}
