@@ -12,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from tests.compat.m3o_standin import RunningStandIn
@@ -55,16 +56,15 @@ def test_a_room_moves_from_a_chatctl_server_with_its_history_unchanged(
     (tmp_path / "source").mkdir()
     with ServerProcess(tmp_path / "source") as old:
         source = cli_env(old)
-        assert chatctl("create", "ops", "-u", "alice", "-u", "bob", env=source).returncode == 0
-        lines = "".join(
-            json.dumps({"user_id": user, "text": text, "subject": subject}) + "\n"
+        with old.http() as http:
+            created = http.post("/v1/chat/Create", json={"name": "ops", "user_ids": ["a", "b"]})
             for user, text, subject in [
-                ("alice", "first", ""),
-                ("bob", "ünïcödé ✓ and a\ttab", "re: first"),
-                ("alice", "third", ""),
-            ]
-        )
-        assert chatctl("send", "ops", "-i", "-", env=source, input=lines).returncode == 0
+                ("a", "first", ""),
+                ("b", "ünïcödé ✓ and a\ttab", "re: first"),
+                ("a", "third", ""),
+            ]:
+                sent = {"room_id": created.json()["room"]["id"], "user_id": user, "text": text}
+                http.post("/v1/chat/Send", json={**sent, "subject": subject})
         new = start_server()
         target = cli_env(new)
         with new.http() as http:
@@ -87,10 +87,12 @@ def test_a_room_moves_from_a_chatctl_server_with_its_history_unchanged(
         # An id the room has, with other content: refused, nothing of the batch stored.
         changed = [{**m, "text": "rewritten"} if m["text"] == "third" else m for m in before]
         extra = {**before[0], "id": "01890000-0000-7000-8000-000000000001", "text": "new"}
-        body = "".join(json.dumps(m) + "\n" for m in [*changed, extra])
-        refused = chatctl("import", "ops", env=target, input=body)
-        assert refused.returncode == 1
-        assert "is already in the room with other content" in refused.stderr
+        with new.http() as http:
+            body = {"room_id": room_id, "messages": [*changed, extra]}
+            refused = http.post("/v1/chat/Import", json=body)
+        assert refused.status_code == 409
+        assert "messages[2]: id " in refused.text
+        assert "is already in the room with other content" in refused.text
         assert len(_api_history(new, "ops")) == 4
 
 
@@ -99,12 +101,12 @@ def test_a_room_moves_from_a_plain_m3o_server(
     m3o_room_server: RunningStandIn, start_server: Callable[..., ServerProcess]
 ) -> None:
     source = cli_env(CHATCTL_URL=m3o_room_server.url, CHATCTL_TOKEN=m3o_room_server.token)
-    assert chatctl("create", "ops", "-u", "alice", "-u", "bob", env=source).returncode == 0
-    lines = "".join(
-        json.dumps({"user_id": user, "text": text}) + "\n"
-        for user, text in [("alice", "one"), ("bob", "two"), ("alice", "three"), ("bob", "x")]
-    )
-    assert chatctl("send", "ops", "-i", "-", env=source, input=lines).returncode == 0
+    auth = {"Authorization": f"Bearer {m3o_room_server.token}"}
+    with httpx.Client(base_url=m3o_room_server.url, headers=auth, timeout=10) as http:
+        created = http.post("/v1/chat/Create", json={"name": "ops", "user_ids": ["al", "bo"]})
+        for user, text in [("al", "one"), ("bo", "two"), ("al", "three"), ("bo", "x")]:
+            sent = {"room_id": created.json()["room"]["id"], "user_id": user, "text": text}
+            assert http.post("/v1/chat/Send", json=sent).status_code == 200
     new = start_server()
     target = cli_env(new)
     with new.http() as http:
