@@ -462,6 +462,52 @@ class JSONLRenderer(Renderer):
             self.out.flush()
 
 
+class FilteredRenderer(Renderer):
+    """``--jq``: each value ``fmt`` (json or jsonl) would print goes through ``keep`` (a
+    filter, value in, values out; chatctl.cli.jq), and each value it makes is a line: a
+    string as itself (on a terminal, with control and invisible characters escaped as
+    for people; in a pipe, exactly), anything else as compact JSON. With json the value
+    is the whole answer, so a streamed one (a History) is held whole first."""
+
+    def __init__(
+        self,
+        stream: TextIO,
+        fmt: str,
+        keep: Callable[[Any], list[Any]],
+        *,
+        batch: bool = False,
+        report: bool = False,
+    ) -> None:
+        super().__init__(stream, batch=batch, report=report)
+        self.whole = fmt == "json"
+        self.keep = keep
+        self.terminal = isatty(stream)
+
+    def response(self, response: dict[str, Any]) -> None:
+        if self.whole:
+            self.value(response)
+        else:
+            super().response(response)
+
+    def stream(self, key: str, items: Iterable[dict[str, Any]]) -> None:
+        if self.whole:
+            self.value({key: list(items)})
+        else:
+            super().stream(key, items)
+
+    def item(self, kind: str, item: dict[str, Any]) -> None:
+        self.value(item)
+
+    def value(self, value: Any) -> None:
+        for result in self.keep(value):
+            if not isinstance(result, str):
+                self._line(json_text(result))
+            elif self.terminal:
+                self._line(visible(result, multiline=True))
+            else:
+                self._line(result)
+
+
 class TSVRenderer(Renderer):
     def item(self, kind: str, item: dict[str, Any]) -> None:
         self._line("\t".join(tsv_cell(item.get(f)) for f in _fields(kind, item)))
@@ -647,6 +693,10 @@ def event_line(e: dict[str, Any]) -> Text:
     from rich.text import Text
 
     clock = line_time(e.get("at"))
+    if e.get("type") == "message_deleted":
+        # The message a line above may have shown: its id, and whose it was.
+        said = f"message {visible(e.get('message_id'))} of {visible(e.get('user_id'))} deleted"
+        return Text(f"{clock} * {said}", style="dim")
     return Text(f"{clock} * {visible(e.get('user_id'))} {visible(e.get('type'))}", style="dim")
 
 
@@ -667,9 +717,15 @@ def make_renderer(
     report: bool = False,
     live: bool = False,
     show_ids: bool = False,
+    keep: Callable[[Any], list[Any]] | None = None,
 ) -> Renderer:
     """The renderer for ``fmt``; ``live`` (a Join stream) prints tables as lines, with
-    each message's id after its time if ``show_ids``."""
+    each message's id after its time if ``show_ids``; ``keep`` (--jq, with json or
+    jsonl) filters each value printed."""
+    if keep is not None:
+        return FilteredRenderer(
+            stream or sys.stdout, fmt, keep, batch=batch or live, report=report
+        )
     if live and fmt == "table":
         return LineRenderer(stream or sys.stdout, batch=True, report=report, show_ids=show_ids)
     return _RENDERERS[fmt](stream or sys.stdout, batch=batch or live, report=report)

@@ -13,10 +13,11 @@ from __future__ import annotations
 import functools
 import re
 from dataclasses import dataclass
-from typing import Any, Literal, TypedDict
+from typing import Any, Literal, NotRequired, TypedDict
 
 __all__ = [
     "BULK_SEND",
+    "DELETE_MESSAGE",
     "ENDPOINTS",
     "EVENT_TYPES",
     "EXTENSIONS_HEADER",
@@ -70,12 +71,15 @@ class Message(TypedDict):
 
 
 class Event(TypedDict):
-    """A membership event, sent on Join only when the request asks for ``events``."""
+    """A membership event, or a message deleted (``message_deleted``: ``user_id`` is its
+    author, ``message_id`` the message), sent on Join only when the request asks for
+    ``events``."""
 
     type: str  # one of EVENT_TYPES
     room_id: str
     user_id: str
     at: str
+    message_id: NotRequired[str]
 
 
 #: Field order of a Room and a Message, as m3o wrote them.
@@ -89,7 +93,14 @@ MESSAGE_FIELDS: tuple[str, ...] = (
     "subject",
     "text",
 )
-EVENT_TYPES: tuple[str, ...] = ("joined", "left", "kicked", "invited", "deleted")
+EVENT_TYPES: tuple[str, ...] = (
+    "joined",
+    "left",
+    "kicked",
+    "invited",
+    "deleted",
+    "message_deleted",
+)
 
 Kind = Literal["string", "boolean", "integer", "string_list", "message_list"]
 _DEFAULTS: dict[str, Any] = {
@@ -431,6 +442,27 @@ for _e in (
         ),
         Endpoint("Leave", "Leave a chat room", (_ROOM_ID, _USER_ID), "room", True, actor=True),
         Endpoint(
+            "DeleteMessage",
+            "Delete a message: its text and subject are erased, and History and replays"
+            " leave it out",
+            (
+                _ROOM_ID,
+                Field("message_id", "string", "The id of the message.", "missing message id"),
+                Field(
+                    "user_id",
+                    "string",
+                    "Who deletes it: the message's author or the room's creator (any user"
+                    " with an admin token).",
+                    None,
+                    "max_user_id_chars",
+                ),
+            ),
+            "message",
+            True,
+            actor=True,
+            extension="delete-message",
+        ),
+        Endpoint(
             "Whoami",
             "Who the token acts as: its tenant, its user, and whether it is an admin",
             (),
@@ -493,6 +525,8 @@ RETENTION = "retention"
 #: import: ``POST /v1/chat/Import`` stores messages with their original ids, times and
 #: senders (contract part 3, "Import").
 IMPORT = "import"
+#: delete-message: ``POST /v1/chat/DeleteMessage`` deletes one message (contract part 3).
+DELETE_MESSAGE = "delete-message"
 #: The extensions chatctl's server has: each request field's ``extension``, the key,
 #: and each endpoint's ``extension``.
 SERVER_EXTENSIONS: tuple[str, ...] = (
@@ -505,6 +539,7 @@ SERVER_EXTENSIONS: tuple[str, ...] = (
     IDEMPOTENCY,
     BULK_SEND,
     WHOAMI,
+    DELETE_MESSAGE,
     RETENTION,
     IMPORT,
 )

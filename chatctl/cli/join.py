@@ -4,6 +4,7 @@ import math
 import time
 from collections import deque
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
@@ -87,6 +88,51 @@ def join(
             help="On a terminal, print each message's id after its time (for --since).",
         ),
     ] = False,
+    exec_command: Annotated[
+        str | None,
+        typer.Option(
+            "--exec",
+            help="Run CMD (with sh -c) for each message instead of printing it, one at a "
+            "time, in order: the message as JSON on stdin, its fields in CHATCTL_MESSAGE_ID, "
+            "CHATCTL_ROOM_ID, CHATCTL_USER_ID, CHATCTL_TEXT, ...; CHATCTL_URL and "
+            "CHATCTL_USER let a chatctl inside CMD reply. A failure is reported and the "
+            "tail goes on.",
+            show_default=False,
+            metavar="CMD",
+            rich_help_panel="Bots",
+        ),
+    ] = None,
+    exec_stop_on_error: Annotated[
+        bool,
+        typer.Option(
+            "--exec-stop-on-error",
+            help="End the tail (exit 1) when CMD fails, without marking its message handled.",
+            rich_help_panel="Bots",
+        ),
+    ] = False,
+    exec_timeout: Annotated[
+        float | None,
+        typer.Option(
+            "--exec-timeout",
+            help="Stop CMD after SECONDS (default 60; 0: no limit); that is a failure.",
+            min=0,
+            show_default=False,
+            metavar="SECONDS",
+            rich_help_panel="Bots",
+        ),
+    ] = None,
+    cursor_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--cursor",
+            help="Save the last message handled in FILE (atomically, after CMD ended), and "
+            "resume after it when FILE exists: a bot killed and restarted handles every "
+            "message at least once, none skipped.",
+            show_default=False,
+            metavar="FILE",
+            rich_help_panel="Bots",
+        ),
+    ] = None,
 ) -> None:
     """Join a room and print its messages as they arrive, until Ctrl-C.
 
@@ -101,6 +147,10 @@ def join(
     Another m3o server cannot resume a stream: after a reconnect, what was sent meanwhile
     is printed from the room's History, and --history is read from it too; --since,
     --events and --include-own need chatctl's server (exit 2 elsewhere).
+
+    A bot: --exec CMD runs CMD for each message; with --cursor FILE a restarted bot
+    resumes after the last message it handled (at least once: the one in flight when it
+    was killed may be handled twice).
 
     Example: chatctl join general --user carol --history 2 --count 2
     Example: chatctl join general --history 1 --count 1 -o tsv | cut -f7
@@ -119,15 +169,24 @@ def join(
         request["include_own"] = True
     defaults = {"user_id": inv.acting_user(user)}
     body = run.build_requests(inv, "Join", request, defaults, room=room)[0].body
+    bot = None
+    if exec_command or cursor_file or exec_stop_on_error or exec_timeout is not None:
+        from chatctl.cli import bots
+
+        bot = bots.bot_for(
+            inv, exec_command, cursor_file, stop_on_error=exec_stop_on_error, timeout=exec_timeout
+        )
+        cursor = bot.position(body["room_id"]) or cursor  # where the last run's bot got to
     client = inv.client
     # What only the server can do is checked before anything is sent (m3o's Join fails
     # the stream on a field it does not know); --history can be made up for.
     needed = [
         (flag, feature)
         for flag, feature, given in (
-            ("--since", "resume", cursor is not None),
+            ("--since", "resume", since is not None),
             ("--events", "events", events),
             ("--include-own", "include-own", include_own),
+            ("--cursor", "resume", cursor_file is not None),
         )
         if given
     ]
@@ -139,6 +198,8 @@ def join(
     replay = history if history and cursor is None else None
 
     printer = inv.renderer(batch=True, live=True, show_ids=show_ids)
+    if bot is not None:
+        printer = bot.attach(printer, body)  # each message to CMD, then the cursor saved
     tail = _Tail(inv, printer, body, include_own, count)
     last_frame = time.monotonic()
     outage = _Outage(inv, client.retry(cap=MAX_BACKOFF))
@@ -166,6 +227,8 @@ def join(
                     # client clock that runs ahead cannot skip a message; the Date
                     # header's second rounds down.
                     cursor = cursor_for_time(stream.server_time or datetime.now(UTC))
+                if bot is not None and not joined and "history" not in body:
+                    bot.begin(body["room_id"], cursor)  # where a first run started, kept
             elif not joined:
                 outage.started()
                 tail.joined_at(stream.server_time)

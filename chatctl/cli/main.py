@@ -21,6 +21,7 @@ from chatctl.cli.context import Invocation, invocation
 from chatctl.cli.options import (
     CaCertOpt,
     InputOpt,
+    JqOpt,
     OutputOpt,
     ProfileOpt,
     TimeoutOpt,
@@ -45,7 +46,7 @@ from chatctl.errors import (
     StreamClosed,
     UnsupportedError,
 )
-from chatctl.schema import WHOAMI
+from chatctl.schema import DELETE_MESSAGE, WHOAMI
 from chatctl.wire import CLOSE_FORBIDDEN, CLOSE_TOO_SLOW, close_code_for
 
 app = typer.Typer(
@@ -63,7 +64,18 @@ _COMMANDS = {
     for c in family.app.registered_commands
     if c.callback is not None
 }
-_LIFE = ("create", "invite", "send", "history", "list_rooms", "join", "kick", "leave", "delete")
+_LIFE = (
+    "create",
+    "invite",
+    "send",
+    "history",
+    "list_rooms",
+    "join",
+    "kick",
+    "leave",
+    "delete_message",
+    "delete",
+)
 for name in sorted(_COMMANDS, key=lambda n: _LIFE.index(n) if n in _LIFE else len(_LIFE)):
     app.registered_commands.append(_COMMANDS[name])
 app.add_typer(serve_app, name="serve")
@@ -84,6 +96,7 @@ def root(
     token: TokenOpt = None,
     profile: ProfileOpt = None,
     output: OutputOpt = None,
+    jq: JqOpt = None,
     input: InputOpt = None,
     verbose: VerboseOpt = None,
     timeout: TimeoutOpt = None,
@@ -106,6 +119,7 @@ def root(
         token=token,
         profile=profile,
         output=output,
+        jq=jq,
         input=input,
         verbose=verbose,
         timeout=timeout,
@@ -174,6 +188,11 @@ def hint_for(e: ChatctlError, inv: Invocation | None = None) -> str | None:
             return (
                 "an m3o token acts as any user: name yours with --user, CHATCTL_USER or: "
                 "chatctl config set user ID"
+            )
+        if e.feature == DELETE_MESSAGE:
+            return (
+                "m3o's API cannot delete a message (only the whole room, with chatctl "
+                "delete); chatctl's own server can (chatctl serve)"
             )
         return (
             "that needs chatctl's own server (chatctl serve); against other m3o servers, "

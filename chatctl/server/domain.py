@@ -40,6 +40,7 @@ __all__ = [
     "RoomRow",
     "StreamsEnded",
     "Unavailable",
+    "erased_message",
 ]
 
 
@@ -74,6 +75,13 @@ class MessageRow:
         return message_object(
             self.id, self.client, room_id, self.user_id, self.sent_at, self.subject, self.text
         )
+
+
+def erased_message(message: MessageRow) -> MessageRow:
+    """A deleted message as it is answered from then on: its text and subject erased."""
+    return MessageRow(
+        message.seq, message.id, message.client, message.user_id, message.sent_at, "", ""
+    )
 
 
 # -- refusals ---------------------------------------------------------------------------

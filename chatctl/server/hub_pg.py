@@ -17,7 +17,8 @@ through ``read_message``; this module is the format's one home):
 Per room with streams here, the listener remembers the last seq it delivered. A message
 at the next seq goes out as notified; one at or before it was already delivered; one past
 it (a notification missed, or sent without its frame) makes it read the missing seqs from
-the table, so a stream gets every message once and in order. The first message a room
+the table, so a stream gets every message once and in order (a message deleted since is
+not read, and not sent). The first message a room
 hears after its first stream here starts the count: anything older reaches a new stream
 only by its replay.
 
@@ -186,7 +187,8 @@ class Listener:
         for row in rows:
             answer = message_frame(row.to_wire(room_id))
             self.fanout.deliver(Published(tenant, room_id, row.seq, answer, row.user_id))
-            self._delivered[key] = row.seq
+        # Every seq up to this one is delivered now: a deleted message's is read as none.
+        self._delivered[key] = seq
 
 
 def notifications(notes: list[Note]) -> list[str]:

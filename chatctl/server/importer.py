@@ -6,7 +6,8 @@ first, as History answers them; each call is one transaction (all of it, or noth
 
 - **Ids**: any UUID (chatctl's are UUIDv7; m3o's were random UUIDv4s), kept as they are
   (lowercase). An id the room already has with the same sender, time, text, subject and
-  client is *skipped* (counted, not stored twice: an import run again changes nothing);
+  client is *skipped* (counted, not stored twice: an import run again changes nothing),
+  and so is one the room has deleted (DeleteMessage: it stays deleted);
   with anything else different it collides: 409, nothing of the call stored.
 - **Order**: a room's order is its seq, given as messages are stored, so they must come
   in time order and no earlier than the room's last message (409 otherwise: it conflicts
@@ -99,9 +100,10 @@ async def import_messages(
     last = None if last_sent is None else parse_time(last_sent)
     stored = skipped = 0
     for i, (row, stamp) in enumerate(checked):
-        there = await db.message_by_id(room, row.id)
-        if there is not None:
-            if not _same(there, row):
+        found = await db.find_message(room, row.id)
+        if found is not None:
+            there, deleted = found
+            if not deleted and not _same(there, row):
                 raise Conflict(
                     f"messages[{i}]: id {row.id} is already in the room with other content"
                 )

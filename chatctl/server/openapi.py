@@ -91,6 +91,8 @@ def _field_schema(f: Field, limits: Limits, name: str | None = None) -> dict[str
     if f.name in _CURSORS:
         schema["pattern"] = _CURSOR_PATTERN
         schema["description"] += " A UUID (any UUID is a position), or empty for none."
+    if f.name == "message_id":
+        schema["pattern"] = f"^{UUID_PATTERN}$"
     if f.limit is not None:
         bound = getattr(limits, f.limit)
         words = f"At most {bound} characters (Unicode code points, as maxLength counts)."
@@ -177,7 +179,7 @@ def _error_responses(endpoint: Endpoint) -> dict[str, Any]:
         "400": "Invalid request (e.g. missing room id, user is not in the room).",
         "401": "Missing or unknown token (id v1).",
         "403": "Membership, privacy or a quota refused (a quota's detail starts quota:).",
-        "404": "Room not found (or, with id v1, no such API).",
+        "404": "Room not found, or DeleteMessage's message (or, with id v1, no such API).",
         "409": "Idempotency-Key reused with a different request.",
         "413": "Body over the limit (id v1).",
         "429": "Over the token's rate limit (id v1); Retry-After says when to retry.",
@@ -289,6 +291,13 @@ def _operation(endpoint: Endpoint, limits: Limits, edition: str) -> dict[str, An
         op["responses"]["200"]["links"] = _invite_links()
     if name == "Send":
         _bulk_send(op)
+    if name == "DeleteMessage":
+        op["description"] = (
+            "Delete a message (extension delete-message): its author, the room's creator "
+            "or an admin token may. Its text and subject are erased from storage; History "
+            "and Join replays leave it out, and streams that asked for events get a "
+            "message_deleted event. Deleting it again answers the same and changes nothing."
+        )
     if name == "Whoami":
         op["description"] = (
             "Who the token acts as (extension whoami), answered from the token alone: the "
@@ -368,8 +377,16 @@ def openapi_document(limits: Limits | None = None, edition: str = "both") -> dic
                 "type": {"type": "string", "enum": list(EVENT_TYPES)},
                 "room_id": {"type": "string"},
                 "group_id": _GROUP_ID,
-                "user_id": {"type": "string"},
+                "user_id": {
+                    "type": "string",
+                    "description": "The member, or (message_deleted) the message's author.",
+                },
                 "at": _TIME,
+                "message_id": {
+                    "type": "string",
+                    "format": "uuid",
+                    "description": "message_deleted only: the message deleted.",
+                },
             },
         },
         "JoinResponse": {

@@ -30,6 +30,12 @@ Rules beyond m3o (contract part 2), and the choices this server makes where it i
   admitted (on a public room that may also have made the user a member), ``invited``,
   ``kicked`` and ``left`` when ``user_ids`` changed, ``deleted`` when the room is deleted.
   The user an event is about does not get it on their own streams.
+- DeleteMessage (extension ``delete-message``): by the message's author, the room's
+  creator or an admin token (``access.authorize``). The row stays with its text and
+  subject erased (its id and seq remain a position, so every cursor stays exact), every
+  read leaves it out (History, replays, a limit counts only what is left), and streams
+  that asked for events get ``message_deleted``. Deleting it again answers the same,
+  changes nothing and tells no one.
 - Messages: stored (committed) before they are acknowledged or fanned out; ids are UUIDv7;
   one total order per room (the store's seq); History oldest first.
 - History pagination: ``limit`` alone gives the latest N; with ``after``, the first N after
@@ -81,6 +87,7 @@ from chatctl.server.domain import (
     NotFound,
     Refused,
     RoomRow,
+    erased_message,
 )
 from chatctl.server.quotas import (
     ByteMeter,
@@ -134,7 +141,7 @@ class Admission:
 
 
 class ChatService:
-    """The nine endpoints of the Chat API over a store."""
+    """The endpoints of the Chat API over a store (Whoami is the edge's)."""
 
     def __init__(self, store: Store, limits: Limits | None = None) -> None:
         self.store = store
@@ -152,6 +159,7 @@ class ChatService:
             "Leave": self._leave,
             "Retain": self._retain,
             "Import": self._import,
+            "DeleteMessage": self._delete_message,
         }
 
     # -- the unary endpoints ------------------------------------------------------------
@@ -427,6 +435,28 @@ class ChatService:
             _event(db, event, room, user_id)
         return _room_answer(room, await db.members(room))
 
+    async def _delete_message(
+        self, db: Session, tenant: str, req: dict[str, Any], actor: Principal | None
+    ) -> str:
+        room = await self._room(db, tenant, req["room_id"])
+        message_id = req["message_id"]
+        if not is_uuid(message_id):
+            raise Invalid("message_id must be a message id (a UUID)")
+        found = await db.find_message(room, message_id.lower())
+        if found is None:
+            raise NotFound("message not found")
+        message, _ = found
+        await _authorize(db, actor, "DeleteMessage", req, room, message.user_id)
+        # Deleting a deleted message changes nothing and answers the same: a retry
+        # without its Idempotency-Key (or by someone else) is safe, and tells no one twice.
+        at = rfc3339(time.time_ns())
+        if await db.erase_message(room, message, at):
+            frame = event_frame("message_deleted", room.id, message.user_id, at, message.id)
+            # Every stream that asked for events, the author's own included: another
+            # of their tails may have printed it.
+            db.publish(EventNote(tenant, room.id, frame, ""))
+        return message_frame(erased_message(message).to_wire(room.id))
+
     async def history(self, tenant: str, req: dict[str, Any]) -> Answer:
         limit: int | None = min(req["limit"], self.limits.max_history_page) or None
 
@@ -622,7 +652,12 @@ class ChatService:
 
 
 async def _authorize(
-    db: Session, actor: Principal | None, endpoint: str, req: dict[str, Any], room: RoomRow
+    db: Session,
+    actor: Principal | None,
+    endpoint: str,
+    req: dict[str, Any],
+    room: RoomRow,
+    message_author: str | None = None,
 ) -> None:
     """Refuse what a user token may not do to this room (``access.authorize``), with the
     facts read in the change's own transaction. Admin tokens: nothing to ask."""
@@ -633,6 +668,7 @@ async def _authorize(
         room.creator,
         actor_is_member=await db.is_member(room, actor.user),
         target_barred=endpoint == "Invite" and await db.is_barred(room, req["user_id"]),
+        message_author=message_author,
     )
     access.authorize(actor, endpoint, req, facts)
 

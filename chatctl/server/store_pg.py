@@ -175,6 +175,12 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (day, tenant, user_id)
     );
     """,
+    # v5: messages can be deleted (issue 25, DeleteMessage): the row stays, as the
+    # position its id and seq are for cursors, with its text and subject erased; deleted_at
+    # is when (NULL: not deleted), and every read of messages leaves such a row out.
+    """
+    ALTER TABLE messages ADD COLUMN deleted_at text;
+    """,
     # retention (issue 26): a room's own retention in seconds (NULL: the server's), and
     # the last message retention removed from it (what a cursor older than it meets).
     """

@@ -16,7 +16,7 @@ PROBE = """
 import sys
 from chatctl.cli.main import run_cli
 code = run_cli({args!r})
-watched = {{'httpx', 'websockets', 'rich', 'uvicorn', 'starlette', 'pydantic', 'httptools'}}
+watched = {{'httpx', 'websockets', 'rich', 'uvicorn', 'starlette', 'pydantic', 'httptools', 'jq'}}
 heavy = sorted({{m.split('.')[0] for m in sys.modules}} & watched)
 server = sorted(m for m in sys.modules if m.startswith('chatctl.server'))
 sys.stdout.flush()
@@ -61,6 +61,7 @@ print(json.dumps({{
     'rich': sorted(m for m in sys.modules if m.split('.')[0] in ('rich', 'pygments')),
     'httpx_cli': sys.modules.get('httpx._main') is not None,
     'setproctitle': 'setproctitle' in sys.modules,
+    'jq': 'jq' in sys.modules,
 }}))
 """
 
@@ -79,6 +80,19 @@ def test_a_one_shot_call_in_a_pipe_skips_rich_and_httpx_own_cli() -> None:
     assert result["httpx"] and not result["httpx_cli"]
     assert result["rich"] == []
     assert not result["setproctitle"]  # loaded only to hide a secret given as an argument
+    assert not result["jq"]  # loaded only for --jq
+
+
+def test_jq_is_loaded_only_when_the_flag_is_given() -> None:
+    out = subprocess.run(
+        [sys.executable, "-c", ENTRY_PROBE.format(args=["list", "--jq", ".rooms[].name"])],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "CHATCTL_URL": f"http://127.0.0.1:{free_port()}"},
+    ).stdout
+    result = json.loads(out.strip().splitlines()[-1])
+    assert result["code"] == 3  # the call was made, with the expression compiled
+    assert result["jq"] and result["rich"] == []
 
 
 def test_a_token_argument_loads_setproctitle_and_nothing_else_heavy() -> None:

@@ -82,10 +82,17 @@ class Workspace:
         members: list[str] = next(r["user_ids"] for r in rooms if r["id"] == self.room)
         return members
 
-    def tail(self, line: str, joiner: str, sender: str, text: str) -> str:
+    def tail(
+        self,
+        line: str,
+        joiner: str,
+        sender: str,
+        text: str,
+        until: Callable[[], bool] = lambda: True,
+    ) -> str:
         """Run a line that tails the room as ``joiner`` (not a member yet); once Join has
         added it (so its stream is live), send ``text`` as ``sender``; return what the line
-        printed once ``text`` is in it, and stop it."""
+        printed once ``text`` is in it (and ``until`` holds), and stop it."""
         assert joiner not in self.members()
         out_path = self.cwd / f"tail-{uuid.uuid4().hex}.out"
         with out_path.open("w") as out:
@@ -111,7 +118,7 @@ class Workspace:
 
             wait_for(joined, 20, f"Join to add {joiner}")
             self.api("Send", {"room_id": self.room, "user_id": sender, "text": text})
-            wait_for(lambda: text in printed(), 20, f"the recipe to print {text!r}")
+            wait_for(lambda: text in printed() and until(), 20, f"the recipe to print {text!r}")
             return printed()
         finally:
             with contextlib.suppress(ProcessLookupError):
@@ -170,6 +177,45 @@ def check_import_rerun(ws: Workspace, line: str) -> None:
     assert ws.texts() == [*before, *lines]
 
 
+def check_jq_texts(ws: Workspace, line: str) -> None:
+    done = ws.run(line)
+    assert done.returncode == 0, done.stderr
+    # Only alice's messages, each text as itself (no quotes): what jq -r would print.
+    assert done.stdout == "hello\nlunch?\n"
+
+
+def check_bot(ws: Workspace, line: str) -> None:
+    bot = ws.cwd / "bot"
+    bot.write_text(
+        "#!/bin/sh\n"
+        'text=$(jq -r .text)  # the message, as JSON on stdin\n'
+        'chatctl send "$CHATCTL_ROOM_ID" "echo: $text" -o id > /dev/null\n'
+        'echo "replied to $CHATCTL_USER_ID: $CHATCTL_TEXT"\n'
+    )
+    bot.chmod(0o755)
+    saved = ws.cwd / "bot.cursor"
+
+    def handled() -> bool:
+        """The cursor file holds the message: CMD ended and its position was saved."""
+        sent = [m["id"] for m in ws.api("History", {"room_id": ws.room})["messages"]
+                if m["text"] == "hello bot"]  # fmt: skip
+        return json.loads(saved.read_text()) == {"rooms": {ws.room: sent[0]}}
+
+    out = ws.tail(line, "carol", "bob", "hello bot", until=handled)
+    assert out.splitlines() == ["replied to bob: hello bot"], out
+    # The reply is in the room, from the bot's user (the joiner, told by CHATCTL_USER).
+    history = ws.api("History", {"room_id": ws.room})["messages"]
+    assert (history[-1]["user_id"], history[-1]["text"]) == ("carol", "echo: hello bot")
+
+
+def check_take_back(ws: Workspace, line: str) -> None:
+    last = ws.api("History", {"room_id": ws.room})["messages"][-1]
+    assert (last["user_id"], last["text"]) == ("alice", "lunch?")
+    done = ws.run(line)
+    assert done.returncode == 0, done.stderr
+    assert ws.texts() == ["hello", "hi alice"]
+
+
 def check_join_tail(ws: Workspace, line: str) -> None:
     out = ws.tail(line, "carol", "bob", "hello carol")
     # jq -r .text printed the message's text, and nothing else.
@@ -194,6 +240,10 @@ CHECKS: list[tuple[str, Callable[[Workspace, str], None]]] = [
     (r"chatctl history general -o jsonl > general\.jsonl", check_export),
     (r"chatctl send general --lines --keep-going -o id < notes\.txt", check_lines_keep_going),
     (r"chatctl send general --lines --batch-key", check_import_rerun),
+    (r"chatctl history general -o jsonl --jq", check_jq_texts),
+    (r"chatctl join general --exec \./bot --cursor", check_bot),
+
+    (r"xargs chatctl delete-message general", check_take_back),
     (r"chatctl join general \| while read", check_join_tail),
     (r"websocat .*/v1/chat/Join", check_websocat),
 ]
