@@ -35,10 +35,17 @@ __all__ = ["backup", "check_backup", "restore"]
 
 
 def _private_new(path: Path) -> None:
-    """An empty file at ``path``, mode 0600 (replacing a leftover of an earlier try)."""
-    with contextlib.suppress(FileNotFoundError):
-        path.unlink()
-    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    """An empty file at ``path``, mode 0600 (replacing a leftover of an earlier try); a
+    ChatctlError naming the directory when it cannot be written."""
+    try:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except OSError as exc:
+        raise ChatctlError(
+            f"cannot write in {path.parent}: {exc.strerror}",
+            hint="choose a directory that exists and that you may write in",
+        ) from None
 
 
 def _fsync(path: Path) -> None:
@@ -130,6 +137,8 @@ def _exclusive(db: Path) -> Iterator[None]:
 
 def restore(backup_file: Path, db: Path) -> int:
     """Put ``backup_file`` in place as the database ``db``; its schema version."""
+    if not backup_file.is_file():
+        raise ChatctlError(f"no backup at {backup_file}", hint="give a file serve backup wrote")
     version = check_backup(backup_file)
     db = db.absolute()
     partial = db.with_name(f".{db.name}.restoring")

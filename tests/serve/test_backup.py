@@ -96,6 +96,14 @@ def test_backup_and_restore_say_what_is_wrong_in_one_line(tmp_path: Path) -> Non
     bad = chatctl("serve", "restore", str(junk), "--db", str(tmp_path / "t.db"), env=cli_env())
     assert bad.returncode == 1 and "is not a chatctl SQLite database" in bad.stderr
     assert not (tmp_path / "t.db").exists()
+    (tmp_path / "live.db").write_bytes(b"")
+    nowhere = chatctl(
+        "serve", "backup", "--db", str(tmp_path / "live.db"), str(tmp_path / "no/such/dir/x.db"),
+        env=cli_env(),
+    )  # fmt: skip
+    assert nowhere.returncode == 1 and "cannot write in" in nowhere.stderr
+    absent = chatctl("serve", "restore", str(tmp_path / "nope.db"), "--db", "t.db", env=cli_env())
+    assert absent.returncode == 1 and "no backup at" in absent.stderr
     pg = chatctl("serve", "backup", "--db", "postgresql://x/y", "f", env=cli_env())
     assert pg.returncode == 2 and "pg_dump" in pg.stderr
 
