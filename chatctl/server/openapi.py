@@ -73,6 +73,25 @@ _RESPONSES: dict[str, dict[str, Any]] = {
 }
 
 _TIME = {"type": "string", "format": "date-time", "description": "RFC 3339, UTC, nanoseconds."}
+#: keys an answer may carry besides its own: History's gap (contract part 3, "Retention").
+_ALSO: dict[str, dict[str, Any]] = {
+    "messages": {
+        "gap": {
+            "type": "object",
+            "x-chatctl-extension": True,
+            "description": "The cursor is older than what the room keeps: messages up to"
+            " `through` (sent at `at`) were removed by its retention.",
+            "required": ["type", "through", "at"],
+            "properties": {
+                "type": {"const": "gap"},
+                "room_id": {"type": "string"},
+                "group_id": {"type": "string"},
+                "through": {"type": "string"},
+                "at": {"type": "string"},
+            },
+        }
+    }
+}
 _GROUP_ID = {"type": "string", "description": "room_id, in m3o's final (group) edition."}
 #: a message or event names its room in the edition of the request it answers.
 _ROOM_OR_GROUP = [{"required": ["room_id"]}, {"required": ["group_id"]}]
@@ -483,7 +502,7 @@ def openapi_document(limits: Limits | None = None, edition: str = "both") -> dic
             keys = _RESPONSES[endpoint.response]
             schemas[f"{name}Response"] = {
                 "type": "object",
-                "properties": keys,
+                "properties": {**keys, **_ALSO.get(endpoint.response, {})},
                 "anyOf": [{"required": [key]} for key in keys],
             }
         paths[f"/v1/chat/{name}"] = {"post": _operation(endpoint, limits, edition)}
