@@ -93,6 +93,10 @@ class ServerConfig:
     m3o_edition: Edition = "both"
     #: ``GET /metrics`` in Prometheus's text format (``server.metrics``); off: 404.
     metrics: bool = False
+    #: seconds every room keeps a message (``--retain``; None: forever, unless the room
+    #: sets its own), and seconds between looks for messages past it (``retention``).
+    retain: int | None = None
+    retain_check: float = 60.0
 
     @property
     def open(self) -> bool:
