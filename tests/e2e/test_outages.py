@@ -108,6 +108,8 @@ def test_a_bulk_send_answered_503_then_not_at_all_reports_the_503(tmp_path: Path
     assert r.returncode == 1, r.stderr
     assert r.stdout.split() == ["4f0c7a52-3b5e-4c1e-9d7a-2f0c6f1e8a11"]
     assert "line 2" in r.stderr and "storage unavailable" in r.stderr, r.stderr
+    # Line 2 may still be stored: rerun with the batch's key, the same input stores it once.
+    assert "may still land: rerun with --batch-key " in r.stderr, r.stderr
     assert "Traceback" not in r.stderr
     assert len(bulk) == 2
 
