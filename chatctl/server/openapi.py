@@ -154,6 +154,8 @@ def _error_responses(endpoint: Endpoint) -> dict[str, Any]:
     }
     if not endpoint.mutating:
         del codes["409"]
+    if endpoint.name == "Join":  # a stream has no key: it is resumed (also as close 4503)
+        codes["503"] = "Storage unavailable; join again, resuming with since."
     return {
         code: {
             "description": text,

@@ -377,5 +377,8 @@ def test_a_join_refused_4503_with_no_reconnect_exits_3(
     assert joined.returncode == 3, joined.stderr
     assert joined.stdout == ""
     error, hint = joined.stderr.splitlines()
-    assert error.startswith("error: stream closed: storage unavailable") and "(close 4503)" in error
+    # Worded for a stream (join again, resuming), not a call's Idempotency-Key.
+    assert error == (
+        "error: stream closed: storage unavailable: join again, resuming with since (close 4503)"
+    ), joined.stderr
     assert hint.startswith("hint: join again with --since")
