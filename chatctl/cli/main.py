@@ -57,9 +57,9 @@ if TYPE_CHECKING:
 #: imports them all; test_startup checks this against it, and a command missing here is
 #: still run, from the whole tree).
 _FAMILIES = {
-    "rooms": ("create", "delete", "list"),
+    "rooms": ("create", "delete", "list", "retain"),
     "members": ("invite", "kick", "leave"),
-    "messages": ("send", "history", "delete-message"),
+    "messages": ("send", "history", "delete-message", "import"),
     "join": ("join",),
     "identity": ("whoami",),
     "call": ("call",),
