@@ -21,6 +21,7 @@ import pytest
 from chatctl.ids import cursor_time_ns
 from chatctl.server import sql, store_sqlite
 from chatctl.server.domain import Key, MessageRow, NewMessage, RoomRow, Unavailable
+from chatctl.server.migrations import SchemaTooNew
 from chatctl.server.sql import Session
 from chatctl.server.store_sqlite import MIGRATIONS, SQLiteStore
 from chatctl.wire import UUIDv7, random_uuid, rfc3339
@@ -107,7 +108,7 @@ def test_newer_file_is_refused(tmp_path: Path) -> None:
     db = sqlite3.connect(path)
     db.execute(f"PRAGMA user_version = {len(MIGRATIONS) + 1}")
     db.close()
-    with pytest.raises(RuntimeError, match="newer"):
+    with pytest.raises(SchemaTooNew, match="needs a chatctl that knows schema"):
         SQLiteStore(str(path))
 
 
