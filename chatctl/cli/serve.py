@@ -350,7 +350,13 @@ def serve(
         ),
     ] = None,
     pid_file: Annotated[
-        Path | None, typer.Option(help="Write the server's pid here.", hidden=True)
+        Path | None,
+        typer.Option(
+            help="Write the server's pid to this file (mode 0600) once it is bound, and remove "
+            "it at exit (for a supervisor without systemd; under systemd use Type=notify).",
+            metavar="PATH",
+            show_default=False,
+        ),
     ] = None,
     limits: Limits | None = None,
 ) -> None:
@@ -365,6 +371,9 @@ def serve(
     On SIGTERM it closes live streams with 1001 (clients resume) and exits 0.
 
     On SIGHUP it re-reads the tokens file (read also when it changes) and TLS certificate.
+
+    It binds its port before it opens the database, and tells systemd when it is ready
+    (Type=notify); docs/deployment.md has a unit.
 
     Without --url, the other commands start a private local server themselves;
     --status and --stop look after that one.

@@ -99,6 +99,8 @@ POOL_SIZE = 8
 _GRACE = 1.0
 #: advisory lock key held while migrating ("chatctl" in ASCII).
 _MIGRATION_LOCK = 0x63686174_63746C
+#: seconds a call waits for an idle connection while the database refuses new ones.
+_DOWN_WAIT = 0.05
 #: seconds between looks for rooms another replica deleted and did not finish purging.
 _PURGE_LOOK = 30.0
 
@@ -643,6 +645,8 @@ class PostgresStore:
         self._abandoned: set[asyncio.Task[Any]] = set()
         #: when to look for deleted rooms' messages left to purge (0: at the first step).
         self._next_purge_look = 0.0
+        #: why the pool's last attempt to connect failed; None once one succeeds.
+        self._unreachable: str | None = None
         self._migrate(migrate)
 
     @classmethod
@@ -710,6 +714,7 @@ class PostgresStore:
         pool: AsyncConnectionPool[psycopg.AsyncConnection[tuple[Any, ...]]]
         pool = AsyncConnectionPool(
             self.url,
+            connection_class=_watched(self),
             min_size=2,
             max_size=self._pool_size,
             kwargs=self._options,
@@ -771,12 +776,26 @@ class PostgresStore:
         if not task.cancelled() and task.exception() is not None:
             log.debug("an abandoned database call ended: %s", task.exception())
 
-    def _connection(
-        self,
-    ) -> contextlib.AbstractAsyncContextManager[psycopg.AsyncConnection[tuple[Any, ...]]]:
-        if self._pool is None:
+    @contextlib.asynccontextmanager
+    async def _connection(self) -> AsyncIterator[psycopg.AsyncConnection[tuple[Any, ...]]]:
+        """A connection of the pool. While the pool's last attempt to connect failed (the
+        database refused it, or did not answer), a call that finds no idle connection is
+        Unavailable at once rather than after ``--db-timeout``; it still asks the pool, so
+        the pool keeps trying to connect, and the first success ends it."""
+        pool = self._pool
+        if pool is None:
             raise Unavailable("the store is not started")
-        return self._pool.connection()
+        down = self._unreachable
+        async with contextlib.AsyncExitStack() as stack:
+            try:
+                conn = await stack.enter_async_context(
+                    pool.connection(timeout=_DOWN_WAIT if down else None)
+                )
+            except PoolTimeout:
+                if down is None:
+                    raise
+                raise Unavailable(f"cannot connect to PostgreSQL: {down}") from None
+            yield conn
 
     # -- the Store operations -----------------------------------------------------------
 
@@ -903,6 +922,23 @@ class PostgresStore:
     def purge_soon(self) -> None:
         """Look for rooms to purge at the next step (a room was just deleted)."""
         self._next_purge_look = 0.0
+
+
+def _watched(store: PostgresStore) -> type[psycopg.AsyncConnection[tuple[Any, ...]]]:
+    """The pool's connection class: it tells ``store`` how its attempts to connect end."""
+
+    class Watched(psycopg.AsyncConnection[tuple[Any, ...]]):
+        @classmethod
+        async def connect(cls, *args: Any, **kwargs: Any) -> Any:
+            try:
+                conn = await super().connect(*args, **kwargs)
+            except psycopg.OperationalError as exc:
+                store._unreachable = (str(exc).strip().splitlines() or ["no answer"])[-1]
+                raise
+            store._unreachable = None
+            return conn
+
+    return Watched
 
 
 class _Turns:
