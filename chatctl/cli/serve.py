@@ -299,6 +299,18 @@ def serve(
             rich_help_panel=_PER_TOKEN,
         ),
     ] = None,
+    replicas: Annotated[
+        int,
+        typer.Option(
+            help="This server is one of N replicas behind one address that spreads each "
+            "request over them in turn (nginx, Caddy, HAProxy in HTTP mode): each enforces 1/N "
+            "of --rate-limit, --rate-burst and --max-streams-per-token (rounded up), so a "
+            "token's budget is one server's. Give every replica the same N.",
+            min=1,
+            metavar="N",
+            rich_help_panel=_PER_TOKEN,
+        ),
+    ] = 1,
     cors_origin: Annotated[
         list[str] | None,
         typer.Option(
@@ -409,6 +421,7 @@ def serve(
         db_timeout=db_timeout,
         registry=registry,
         **per_token,
+        replicas=replicas,
         tls_cert=None if tls_cert is None else str(tls_cert),
         tls_key=None if tls_key is None else str(tls_key),
         cors_origins=_cors_origins(cors_origin or []),

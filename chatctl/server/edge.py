@@ -62,7 +62,7 @@ from chatctl.server.editions import ROOM, Edition, answer_in
 from chatctl.server.hub import Hub
 from chatctl.server.openapi import openapi_document
 from chatctl.server.protocol import BODY_TOO_SLOW
-from chatctl.server.ratelimit import RateLimiter, over_rate
+from chatctl.server.ratelimit import RateLimiter, over_rate, share
 from chatctl.server.rules import Answer, ChatService
 from chatctl.server.tokens import OPEN, Principal
 from chatctl.wire import encode
@@ -127,7 +127,9 @@ class Edge:
         self.limiter = (
             None
             if config.rate_limit is None
-            else RateLimiter(config.rate_limit, config.rate_burst)
+            else RateLimiter(
+                config.rate_limit / config.replicas, share(config.rate_burst, config.replicas)
+            )
         )
         self.openapi = encode(openapi_document(config.limits, config.m3o_edition)).encode()
         #: the browser origins allowed (``--cors-origin``), and the default edition.
@@ -159,7 +161,8 @@ class Edge:
             return
         wait = limiter.check(principal.token_id)
         if wait:
-            detail, headers = over_rate(limiter.rate, wait)
+            # The token's whole budget: the replicas' shares together.
+            detail, headers = over_rate(limiter.rate * self.config.replicas, wait)
             raise Refusal("v1", 429, detail, headers)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

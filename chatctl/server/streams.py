@@ -41,7 +41,7 @@ from chatctl.server.domain import Refused, Unavailable
 from chatctl.server.edge import CHAT_PREFIX, JOIN, Edge, bearer, origin_refused
 from chatctl.server.editions import GROUP, ROOM, Edition, end_frame_in, worded_in
 from chatctl.server.hub import StreamEnded, Subscriber
-from chatctl.server.ratelimit import StreamCounter, over_stream_cap
+from chatctl.server.ratelimit import StreamCounter, over_stream_cap, share
 from chatctl.server.rules import Admission
 from chatctl.server.tokens import Principal
 from chatctl.wire import encode, in_group_edition
@@ -67,8 +67,10 @@ class JoinStreams:
         self.config = edge.config
         self.service = edge.service
         self.hub = edge.hub
-        #: open streams per token, capped at ``--max-streams-per-token``.
-        self.counter = StreamCounter(self.config.max_streams_per_token)
+        #: open streams per token, capped at ``--max-streams-per-token`` (this replica's
+        #: share of it: ``ratelimit.share``).
+        cap = self.config.max_streams_per_token
+        self.counter = StreamCounter(None if cap is None else share(cap, self.config.replicas))
         #: the subscribers counted in ``counter`` (each released once).
         self._counted: set[Subscriber] = set()
 
@@ -79,7 +81,8 @@ class JoinStreams:
         Refusal (nothing counted, worded in ``edition``) when it is refused."""
         token_id = principal.token_id
         if not self.counter.open(token_id):
-            raise Refusal("v1", 429, over_stream_cap(self.counter.cap or 0), edition=edition)
+            cap = self.config.max_streams_per_token or 0
+            raise Refusal("v1", 429, over_stream_cap(cap), edition=edition)
         try:
             admission = await self.service.join(principal.tenant, req)
         except (Refused, Unavailable) as exc:
