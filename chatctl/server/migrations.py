@@ -98,9 +98,7 @@ class SchemaTooNew(ChatctlError):
     exit_status = ExitStatus.SCHEMA_TOO_NEW
 
 
-def judge(
-    state: SchemaState, known: int, where: str
-) -> Literal["current", "newer", "older"]:
+def judge(state: SchemaState, known: int, where: str) -> Literal["current", "newer", "older"]:
     """How a release knowing ``known`` migrations stands to ``state``; SchemaTooNew when
     it cannot use the database at all."""
     if state.floor > known:
@@ -122,4 +120,3 @@ def too_old(state: SchemaState, known: int, where: str) -> SchemaTooOld:
         f"database {where} has schema {state.applied}, older than this chatctl {__version__}"
         f" needs ({known}): run chatctl serve migrate --db {where}"
     )
-

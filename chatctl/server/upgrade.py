@@ -73,9 +73,7 @@ def _upgrade_pg(url: str, check: bool, timeout: float) -> str:
         ) from None
     where = store_pg.without_password(url)
     known = len(store_pg.MIGRATIONS)
-    options = store_pg.connect_options(
-        timeout, f"chatctl/{__version__}/migrate", statements=False
-    )
+    options = store_pg.connect_options(timeout, f"chatctl/{__version__}/migrate", statements=False)
     try:
         with psycopg.connect(url, **options) as conn:
             before = store_pg.schema_state(conn)

@@ -58,8 +58,7 @@ async def _setup(url: str) -> None:
             "CREATE TABLE rooms (pk bigserial PRIMARY KEY, tenant text, id text, name text)"
         )
         await conn.execute(
-            "CREATE TABLE members (position bigserial PRIMARY KEY, room_pk bigint,"
-            " user_id text)"
+            "CREATE TABLE members (position bigserial PRIMARY KEY, room_pk bigint, user_id text)"
         )
         await conn.execute("CREATE INDEX ON rooms (tenant)")
         await conn.execute("CREATE INDEX ON members (room_pk)")
