@@ -700,9 +700,7 @@ class PostgresStore:
         """How many of ``MIGRATIONS`` the database has had applied."""
 
         async def version(db: sql.Session) -> int:
-            return await db._count(
-                "SELECT coalesce(applied, version) FROM chatctl_schema", ()
-            )
+            return await db._count("SELECT coalesce(applied, version) FROM chatctl_schema", ())
 
         return await self.read(version)
 
