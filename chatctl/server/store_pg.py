@@ -668,7 +668,7 @@ class PostgresStore:
         except psycopg.OperationalError as exc:
             raise ChatctlError(
                 f"cannot connect to PostgreSQL at {without_password(url)}: "
-                + (str(exc).strip().splitlines() or ["no answer"])[-1],
+                + failure(exc),
                 hint="is PostgreSQL running and the URL right? check --db",
             ) from None
 
@@ -931,7 +931,7 @@ def _watched(store: PostgresStore) -> type[psycopg.AsyncConnection[tuple[Any, ..
             try:
                 conn = await super().connect(*args, **kwargs)
             except psycopg.OperationalError as exc:
-                store._unreachable = (str(exc).strip().splitlines() or ["no answer"])[-1]
+                store._unreachable = failure(exc)
                 raise
             store._unreachable = None
             return conn
@@ -969,6 +969,14 @@ class _Turns:
                 del self._locks[key]
             else:
                 self._locks[key] = (lock, users - 1)
+
+
+def failure(exc: BaseException) -> str:
+    """Why libpq could not connect, as one line: its last line that says why (not the
+    note of where it found the password, which it adds after the reason)."""
+    lines = [line for line in str(exc).strip().splitlines() if line.strip()]
+    said = [line for line in lines if not line.startswith("password retrieved from")]
+    return (said or lines or ["no answer"])[-1]
 
 
 def without_password(url: str) -> str:

@@ -85,6 +85,6 @@ def _upgrade_pg(url: str, check: bool, timeout: float) -> str:
     except psycopg.OperationalError as exc:
         raise ChatctlError(
             f"cannot migrate PostgreSQL at {where}: "
-            + (str(exc).strip().splitlines() or ["no answer"])[-1]
+            + store_pg.failure(exc)
         ) from None
     return _said(where, before, after, known)

@@ -6,13 +6,16 @@ the docs' unit passing ``systemd-analyze verify``."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -179,3 +182,87 @@ def test_the_docs_unit_passes_systemd_analyze_verify(tmp_path: Path) -> None:
     )
     said = [line for line in (result.stdout + result.stderr).splitlines() if "chatctl" in line]
     assert result.returncode == 0 and not said, result.stdout + result.stderr
+
+
+class PasswordTaker:
+    """A stand-in PostgreSQL server that asks every client for a cleartext password,
+    keeps what it is given, and refuses the login: what libpq sent, from where chatctl let
+    it look (on 127.0.0.1, a port of its own, in a thread)."""
+
+    def __init__(self) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.passwords: list[str] = []
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            with conn:
+                conn.settimeout(5)
+                with contextlib.suppress(OSError, struct.error):
+                    self._one(conn)
+
+    def _one(self, conn: socket.socket) -> None:
+        while True:  # SSLRequest / GSSENCRequest: "no", then the StartupMessage
+            (length,) = struct.unpack("!I", _exactly(conn, 4))
+            body = _exactly(conn, length - 4)
+            if struct.unpack("!I", body[:4])[0] not in (80877103, 80877104):
+                break
+            conn.sendall(b"N")
+        conn.sendall(b"R" + struct.pack("!II", 8, 3))  # AuthenticationCleartextPassword
+        kind = _exactly(conn, 1)
+        (length,) = struct.unpack("!I", _exactly(conn, 4))
+        body = _exactly(conn, length - 4)
+        if kind == b"p":
+            self.passwords.append(body.rstrip(b"\0").decode())
+        fields = b"SFATAL\0C28P01\0Mpassword authentication failed\0\0"
+        conn.sendall(b"E" + struct.pack("!I", 4 + len(fields)) + fields)
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+def _exactly(conn: socket.socket, n: int) -> bytes:
+    data = b""
+    while len(data) < n:
+        chunk = conn.recv(n - len(data))
+        if not chunk:
+            raise OSError("closed")
+        data += chunk
+    return data
+
+
+@pytest.mark.parametrize("where", ["PGPASSFILE", "PGPASSWORD"])
+def test_the_database_password_comes_from_libpqs_own_places(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str
+) -> None:
+    """No password in --db: the server's store and ``serve migrate`` let libpq find it in
+    the password file or PGPASSWORD, and send it when the database asks."""
+    pytest.importorskip("psycopg")
+    from chatctl.cli.main import run_cli
+    from chatctl.errors import ChatctlError
+    from chatctl.server.store_pg import PostgresStore
+
+    taker = PasswordTaker()
+    try:
+        if where == "PGPASSFILE":
+            passfile = tmp_path / "pgpass"
+            passfile.write_text(f"127.0.0.1:{taker.port}:chat:chat:from-the-passfile\n")
+            passfile.chmod(0o600)
+            monkeypatch.setenv("PGPASSFILE", str(passfile))
+            secret = "from-the-passfile"
+        else:
+            monkeypatch.setenv("PGPASSWORD", "from-the-environment")
+            secret = "from-the-environment"
+        url = f"postgresql://chat@127.0.0.1:{taker.port}/chat?sslmode=disable"
+        with pytest.raises(ChatctlError, match="password authentication failed"):
+            PostgresStore.open(url, fanout=None, timeout=2, migrate="new")  # type: ignore[arg-type]
+        assert run_cli(["serve", "migrate", "--check", "--db", url]) == 1
+        assert taker.passwords == [secret, secret]
+    finally:
+        taker.close()
