@@ -19,19 +19,21 @@ from tests.helpers import ServerProcess
 from tests.nginx import Nginx
 
 TOKEN = "tok-replica-limits-alice-51c0"
-RATE = 5  # per second
+RATE = 2  # per second: 20 more would take 10 s, however loaded the machine
 BURST = 20
 CALLS = 40
 
 
-def burst(url: str) -> tuple[list[int], float]:
-    """CALLS List calls at once (one after another, as fast as they go): the statuses, and
-    how long they took (the bucket refills meanwhile)."""
+def burst(url: str) -> tuple[list[int], float, set[str]]:
+    """CALLS List calls at once (one after another, as fast as they go): the statuses, how
+    long they took (the bucket refills meanwhile), and the 429s' details."""
     headers = {"Authorization": f"Bearer {TOKEN}"}
     with httpx.Client(base_url=url, headers=headers, timeout=10) as http:
         started = time.monotonic()
-        statuses = [http.post("/v1/chat/List", json={}).status_code for _ in range(CALLS)]
-        return statuses, time.monotonic() - started
+        answers = [http.post("/v1/chat/List", json={}) for _ in range(CALLS)]
+        took = time.monotonic() - started
+    details = {r.json()["detail"] for r in answers if r.status_code == 429}
+    return [r.status_code for r in answers], took, details
 
 
 @pytest.mark.postgres
@@ -44,7 +46,7 @@ def test_a_tokens_burst_through_two_replicas_is_refused_as_on_one(tmp_path: Path
     for name in ("one", "a", "b"):
         (tmp_path / name).mkdir()
     with ServerProcess(tmp_path / "one", tcp=True, extra=limits) as one:
-        alone, alone_took = burst(one.url)
+        alone, alone_took, _ = burst(one.url)
     with (
         postgres.fresh_database() as url,
         ServerProcess(tmp_path / "a", tcp=True, db=url, extra=[*limits, "--replicas", "2"]) as a,
@@ -52,19 +54,15 @@ def test_a_tokens_burst_through_two_replicas_is_refused_as_on_one(tmp_path: Path
     ):
         assert a.port is not None and b.port is not None
         with Nginx(tmp_path / "nginx", [a.port, b.port]) as nginx:
-            shared, shared_took = burst(nginx.url)
-            with nginx.http() as http:
-                refused = http.post(
-                    "/v1/chat/List", json={}, headers={"Authorization": f"Bearer {TOKEN}"}
-                )
+            shared, shared_took, details = burst(nginx.url)
     assert set(alone) == set(shared) == {200, 429}, (alone, shared)
     for statuses, took in ((alone, alone_took), (shared, shared_took)):
         # The burst, plus what the bucket refilled while the calls went (and, split two
         # ways, one more at most: each half rounds up).
         granted = statuses.count(200)
         assert BURST <= granted <= BURST + math.ceil(RATE * took) + 1, (statuses, took)
-    assert refused.status_code == 429
-    assert f"rate limit of {RATE} requests/s per token exceeded" in refused.json()["detail"]
+    # Each 429 names the token's whole budget, not a replica's share of it.
+    assert all(f"rate limit of {RATE} requests/s per token exceeded" in d for d in details)
 
 
 def test_each_replica_enforces_its_share_rounded_up() -> None:
