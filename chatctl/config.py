@@ -22,9 +22,7 @@ users may read is refused, as ssh refuses such a key.
 
 from __future__ import annotations
 
-import getpass
 import os
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -58,6 +56,8 @@ def load(path: Path | None = None) -> dict[str, Any]:
         return {}
     except OSError as e:
         raise UsageError(f"cannot read config file {path}: {e.strerror}") from None
+    import tomllib  # only when there is a file: most runs have none
+
     try:
         config = tomllib.loads(data.decode("utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
@@ -269,6 +269,8 @@ def _path(value: str | None) -> str | None:
 
 
 def _login_name() -> str:
+    import getpass  # only when no user is given
+
     try:
         return getpass.getuser()
     except (KeyError, OSError):

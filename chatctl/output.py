@@ -42,6 +42,7 @@ OutputError.
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 import json
 import os
@@ -101,17 +102,22 @@ _INVISIBLE = (
     "\u180b-\u180f\u200b-\u200f\u202a-\u202e\u2060-\u206f\u3164\ufe00-\ufe0f\ufeff\uffa0"
     "\ufff0-\ufffb"
 )
-_ASTRAL_INVISIBLE = re.compile(
+_ASTRAL_INVISIBLE = (
     "[\U000110bd\U000110cd\U00013430-\U0001343f\U0001bca0-\U0001bca3\U0001d173-\U0001d17a"
     "\U000e0000-\U000e0fff]"
 )
 #: C1 controls, DEL, line and paragraph separators and lone surrogates.
 _CONTROL = "\x7f-\x9f\u2028\u2029\ud800-\udfff"
 #: Pictographs, and what an emoji sequence holds between them.
-_EMOJI = re.compile(
+_EMOJI = (
     "[\xa9\xae\u203c\u2049\u2122\u2139\u2190-\u21ff\u2300-\u23ff\u24c2\u25aa-\u27bf"
     "\u2934\u2935\u2b00-\u2bff\u3030\u303d\u3297\u3299\ufe0f\U0001f000-\U0001faff]"
 )
+
+
+@functools.cache
+def _compiled(pattern: str) -> re.Pattern[str]:
+    return re.compile(pattern)
 
 
 def _in_emoji(text: str, at: int) -> bool:
@@ -119,10 +125,11 @@ def _in_emoji(text: str, at: int) -> bool:
     zero-width joiner between two pictographs (a woman, U+200D, a laptop), or a text or
     emoji presentation selector (VS15, VS16) after one (a heart, U+FE0F) or in a keycap."""
     char = text[at]
+    emoji = _compiled(_EMOJI)
     if char == "\u200d":
-        return at > 0 and bool(_EMOJI.match(text, at - 1)) and bool(_EMOJI.match(text, at + 1))
+        return at > 0 and bool(emoji.match(text, at - 1)) and bool(emoji.match(text, at + 1))
     if char in "\ufe0e\ufe0f":
-        return (at > 0 and bool(_EMOJI.match(text, at - 1))) or text.startswith("\u20e3", at + 1)
+        return (at > 0 and bool(emoji.match(text, at - 1))) or text.startswith("\u20e3", at + 1)
     return False
 
 
@@ -133,9 +140,18 @@ class _Unsafe:
     searched for the ASCII ones only."""
 
     def __init__(self, ascii_chars: str, write: Callable[[int], str]) -> None:
-        self._ascii = re.compile(f"[{ascii_chars}\x7f]")
-        self._all = re.compile(f"[{ascii_chars}{_CONTROL}{_INVISIBLE}]")
+        self._ascii_chars = ascii_chars
         self._write = write
+
+    # Compiled when first used, not on import: a command uses one or two of the classes
+    # (compiling them all is 3 ms of every command's start-up).
+    @functools.cached_property
+    def _ascii(self) -> re.Pattern[str]:
+        return re.compile(f"[{self._ascii_chars}\x7f]")
+
+    @functools.cached_property
+    def _all(self) -> re.Pattern[str]:
+        return re.compile(f"[{self._ascii_chars}{_CONTROL}{_INVISIBLE}]")
 
     def escape(self, text: str) -> str:
         if text.isascii():
@@ -144,7 +160,7 @@ class _Unsafe:
         # Past U+FFFF only if there is any such character (UTF-16 then takes 4 bytes).
         if len(text.encode("utf-16-le", "surrogatepass")) == 2 * len(text):
             return text
-        return _ASTRAL_INVISIBLE.sub(self._escape, text)
+        return _compiled(_ASTRAL_INVISIBLE).sub(self._escape, text)
 
     def _escape(self, match: re.Match[str]) -> str:
         char = match.group()
@@ -462,6 +478,52 @@ class JSONLRenderer(Renderer):
             self.out.flush()
 
 
+class FilteredRenderer(Renderer):
+    """``--jq``: each value ``fmt`` (json or jsonl) would print goes through ``keep`` (a
+    filter, value in, values out; chatctl.cli.jq), and each value it makes is a line: a
+    string as itself (on a terminal, with control and invisible characters escaped as
+    for people; in a pipe, exactly), anything else as compact JSON. With json the value
+    is the whole answer, so a streamed one (a History) is held whole first."""
+
+    def __init__(
+        self,
+        stream: TextIO,
+        fmt: str,
+        keep: Callable[[Any], list[Any]],
+        *,
+        batch: bool = False,
+        report: bool = False,
+    ) -> None:
+        super().__init__(stream, batch=batch, report=report)
+        self.whole = fmt == "json"
+        self.keep = keep
+        self.terminal = isatty(stream)
+
+    def response(self, response: dict[str, Any]) -> None:
+        if self.whole:
+            self.value(response)
+        else:
+            super().response(response)
+
+    def stream(self, key: str, items: Iterable[dict[str, Any]]) -> None:
+        if self.whole:
+            self.value({key: list(items)})
+        else:
+            super().stream(key, items)
+
+    def item(self, kind: str, item: dict[str, Any]) -> None:
+        self.value(item)
+
+    def value(self, value: Any) -> None:
+        for result in self.keep(value):
+            if not isinstance(result, str):
+                self._line(json_text(result))
+            elif self.terminal:
+                self._line(visible(result, multiline=True))
+            else:
+                self._line(result)
+
+
 class TSVRenderer(Renderer):
     def item(self, kind: str, item: dict[str, Any]) -> None:
         self._line("\t".join(tsv_cell(item.get(f)) for f in _fields(kind, item)))
@@ -585,9 +647,18 @@ def user_style(user_id: str) -> str:
     return _USER_STYLES[zlib.crc32(user_id.encode("utf-8", "surrogatepass")) % len(_USER_STYLES)]
 
 
+def room_style(room_id: str) -> str:
+    """A stable colour per room (a tail of many rooms, as stern colours its pods)."""
+    return user_style("room:" + room_id)
+
+
 class LineRenderer(_RichRenderer):
     """A live Join stream on a terminal: one line per message or event, as they come;
-    with ``show_ids``, each message's id after its time."""
+    with ``show_ids``, each message's id after its time; with ``rooms`` (a tail of many
+    rooms: room id → name), each line begins with its room's name in the room's colour."""
+
+    #: room id → name, for a tail of many rooms; None for one room.
+    rooms: dict[str, str] | None = None
 
     def __init__(
         self,
@@ -602,9 +673,18 @@ class LineRenderer(_RichRenderer):
 
     def item(self, kind: str, item: dict[str, Any]) -> None:
         if kind == "message":
-            self.print(message_line(item, show_id=self.show_ids))
+            self.print(message_line(item, show_id=self.show_ids, room=self._room(item)))
         elif kind == "event":
-            self.print(event_line(item))
+            self.print(event_line(item, room=self._room(item)))
+
+    def _room(self, item: dict[str, Any]) -> Text | None:
+        if self.rooms is None:
+            return None
+        from rich.text import Text
+
+        room_id = _plain(item.get("room_id", item.get("group_id")))
+        name = self.rooms.get(room_id) or room_id
+        return Text(visible(name), style=f"bold {room_style(room_id)}")
 
 
 def line_time(stamp: Any) -> str:
@@ -617,10 +697,13 @@ def line_time(stamp: Any) -> str:
     return _strftime(when, "%H:%M:%S.%f" if today else "%Y-%m-%d %H:%M:%S.%f")
 
 
-def message_line(m: dict[str, Any], *, show_id: bool = False) -> RenderableType:
+def message_line(
+    m: dict[str, Any], *, show_id: bool = False, room: Text | None = None
+) -> RenderableType:
     """Time, user (in a stable colour), subject if any, then the text in a column of its
     own: its further lines, and its wrapped ones on a narrow terminal, start under its
-    first, never at column 0 where every message starts."""
+    first, never at column 0 where every message starts. ``room``: its room's label,
+    first (a tail of many rooms)."""
     from rich.table import Table
     from rich.text import Text
 
@@ -630,6 +713,8 @@ def message_line(m: dict[str, Any], *, show_id: bool = False) -> RenderableType:
         head.append(visible(m.get("id")) + " ", style="dim")
     head.append(visible(user), style=f"bold {user_style(user)}")
     head.append(":")
+    if room is not None:
+        head = Text.assemble(room, " ", head)
     body = Text()
     subject = visible(m.get("subject"))
     if subject:
@@ -643,11 +728,17 @@ def message_line(m: dict[str, Any], *, show_id: bool = False) -> RenderableType:
     return grid
 
 
-def event_line(e: dict[str, Any]) -> Text:
+def event_line(e: dict[str, Any], *, room: Text | None = None) -> Text:
     from rich.text import Text
 
     clock = line_time(e.get("at"))
-    return Text(f"{clock} * {visible(e.get('user_id'))} {visible(e.get('type'))}", style="dim")
+    if e.get("type") == "message_deleted":
+        # The message a line above may have shown: its id, and whose it was.
+        said = f"message {visible(e.get('message_id'))} of {visible(e.get('user_id'))} deleted"
+        line = Text(f"{clock} * {said}", style="dim")
+    else:
+        line = Text(f"{clock} * {visible(e.get('user_id'))} {visible(e.get('type'))}", style="dim")
+    return line if room is None else Text.assemble(room, " ", line)
 
 
 _RENDERERS: dict[str, type[Renderer]] = {
@@ -667,9 +758,13 @@ def make_renderer(
     report: bool = False,
     live: bool = False,
     show_ids: bool = False,
+    keep: Callable[[Any], list[Any]] | None = None,
 ) -> Renderer:
     """The renderer for ``fmt``; ``live`` (a Join stream) prints tables as lines, with
-    each message's id after its time if ``show_ids``."""
+    each message's id after its time if ``show_ids``; ``keep`` (--jq, with json or
+    jsonl) filters each value printed."""
+    if keep is not None:
+        return FilteredRenderer(stream or sys.stdout, fmt, keep, batch=batch or live, report=report)
     if live and fmt == "table":
         return LineRenderer(stream or sys.stdout, batch=True, report=report, show_ids=show_ids)
     return _RENDERERS[fmt](stream or sys.stdout, batch=batch or live, report=report)

@@ -13,15 +13,17 @@ from __future__ import annotations
 import functools
 import re
 from dataclasses import dataclass
-from typing import Any, Literal, TypedDict
+from typing import Any, Literal, NotRequired, TypedDict
 
 __all__ = [
     "BULK_SEND",
+    "DELETE_MESSAGE",
     "ENDPOINTS",
     "EVENT_TYPES",
     "EXTENSIONS_HEADER",
     "IDEMPOTENCY",
     "INVISIBLE",
+    "JOIN_ROOMS",
     "MESSAGE_FIELDS",
     "NEW_NAMES",
     "ROOM_FIELDS",
@@ -68,12 +70,15 @@ class Message(TypedDict):
 
 
 class Event(TypedDict):
-    """A membership event, sent on Join only when the request asks for ``events``."""
+    """A membership event, or a message deleted (``message_deleted``: ``user_id`` is its
+    author, ``message_id`` the message), sent on Join only when the request asks for
+    ``events``."""
 
     type: str  # one of EVENT_TYPES
     room_id: str
     user_id: str
     at: str
+    message_id: NotRequired[str]
 
 
 #: Field order of a Room and a Message, as m3o wrote them.
@@ -87,7 +92,14 @@ MESSAGE_FIELDS: tuple[str, ...] = (
     "subject",
     "text",
 )
-EVENT_TYPES: tuple[str, ...] = ("joined", "left", "kicked", "invited", "deleted")
+EVENT_TYPES: tuple[str, ...] = (
+    "joined",
+    "left",
+    "kicked",
+    "invited",
+    "deleted",
+    "message_deleted",
+)
 
 Kind = Literal["string", "boolean", "integer", "string_list"]
 _DEFAULTS: dict[str, Any] = {"string": "", "boolean": False, "integer": 0, "string_list": []}
@@ -259,6 +271,9 @@ class Endpoint:
         return self.field("room_id") is not None
 
 
+#: join-rooms: ``/v1/chat/JoinRooms`` streams many rooms on one connection (part 3).
+JOIN_ROOMS = "join-rooms"
+
 _ROOM_ID = Field(
     "room_id", "string", "The id of the room.", "missing room id", alias="group_id"
 )
@@ -419,7 +434,78 @@ for _e in (
             False,
             actor=True,
         ),
+        Endpoint(
+            "JoinRooms",
+            "Stream the messages of many chat rooms, or of every room the user is in, on"
+            " one connection",
+            (
+                _USER_ID,
+                Field(
+                    "room_ids",
+                    "string_list",
+                    "The rooms to follow (each as a Join of it would be; a room refused is"
+                    ' left out, with a {"room_ended": {...}} frame).',
+                    None,
+                    "max_user_id_chars",
+                ),
+                Field(
+                    "since_ids",
+                    "string_list",
+                    "One cursor for each room of room_ids, in its order: replay that"
+                    " room's messages after it (a message id, or a time as a UUIDv7).",
+                    None,
+                    "max_user_id_chars",
+                ),
+                Field(
+                    "all",
+                    "boolean",
+                    "Also every other room the user is in, and each room they are invited"
+                    " to or join while the stream lasts.",
+                ),
+                Field(
+                    "all_since",
+                    "string",
+                    "With all: replay the messages after this cursor of the rooms not in"
+                    " room_ids.",
+                ),
+                Field(
+                    "events",
+                    "boolean",
+                    'Also stream membership events as {"event": {...}} frames.',
+                ),
+                Field(
+                    "include_own",
+                    "boolean",
+                    "Also stream the user's own messages live.",
+                ),
+            ),
+            "message",
+            False,
+            actor=True,
+            extension=JOIN_ROOMS,
+        ),
         Endpoint("Leave", "Leave a chat room", (_ROOM_ID, _USER_ID), "room", True, actor=True),
+        Endpoint(
+            "DeleteMessage",
+            "Delete a message: its text and subject are erased, and History and replays"
+            " leave it out",
+            (
+                _ROOM_ID,
+                Field("message_id", "string", "The id of the message.", "missing message id"),
+                Field(
+                    "user_id",
+                    "string",
+                    "Who deletes it: the message's author or the room's creator (any user"
+                    " with an admin token).",
+                    None,
+                    "max_user_id_chars",
+                ),
+            ),
+            "message",
+            True,
+            actor=True,
+            extension="delete-message",
+        ),
         Endpoint(
             "Whoami",
             "Who the token acts as: its tenant, its user, and whether it is an admin",
@@ -445,6 +531,8 @@ IDEMPOTENCY = "idempotency-key"
 BULK_SEND = "bulk-send"
 #: whoami: ``POST /v1/chat/Whoami`` says who the token acts as (contract part 3).
 WHOAMI = "whoami"
+#: delete-message: ``POST /v1/chat/DeleteMessage`` deletes one message (contract part 3).
+DELETE_MESSAGE = "delete-message"
 #: The extensions chatctl's server has: each request field's ``extension``, the key,
 #: and each endpoint's ``extension``.
 SERVER_EXTENSIONS: tuple[str, ...] = (
@@ -457,6 +545,8 @@ SERVER_EXTENSIONS: tuple[str, ...] = (
     IDEMPOTENCY,
     BULK_SEND,
     WHOAMI,
+    DELETE_MESSAGE,
+    JOIN_ROOMS,
 )
 
 #: m3o's two editions: the seed's "room" names, and the final "group" names (part 4).

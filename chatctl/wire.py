@@ -65,6 +65,7 @@ __all__ = [
     "room_object",
     "uuid7_ceiling",
     "uuid7_floor",
+    "uuid7_ms",
 ]
 
 #: compact JSON, as every frame and body the server writes.
@@ -200,9 +201,16 @@ def message_frame(message: dict[str, Any]) -> str:
     return encode({"message": message})
 
 
-def event_frame(kind: str, room_id: str, user_id: str, at: str) -> str:
-    """``{"event": {...}}``, encoded: a membership event (``joined``, ``kicked``...)."""
-    return encode({"event": {"type": kind, "room_id": room_id, "user_id": user_id, "at": at}})
+def event_frame(
+    kind: str, room_id: str, user_id: str, at: str, message_id: str | None = None
+) -> str:
+    """``{"event": {...}}``, encoded: a membership event (``joined``, ``kicked``...), or
+    a message deleted (``message_deleted``, with its ``message_id``; ``user_id`` is its
+    author)."""
+    event = {"type": kind, "room_id": room_id, "user_id": user_id, "at": at}
+    if message_id is not None:
+        event["message_id"] = message_id
+    return encode({"event": event})
 
 
 # -- times and ids ----------------------------------------------------------------------
@@ -238,6 +246,11 @@ def random_uuid() -> str:
     (a bulk Send makes one for every message without a ``client``)."""
     h = os.urandom(16).hex()
     return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{'89ab'[int(h[16], 16) & 3]}{h[17:20]}-{h[20:]}"
+
+
+def uuid7_ms(value: str) -> int:
+    """The millisecond a UUIDv7 (a message id) was made at: its first 48 bits."""
+    return int(value[:8] + value[9:13], 16)
 
 
 def uuid7_floor(ms: int) -> str:

@@ -81,7 +81,9 @@ class Nginx:
             f"error_log {self.dir}/error.log notice;\n"
             f"events {{ worker_connections 1024; }}\n"
             f"http {{\n"
-            f"    access_log {self.dir}/access.log;\n"
+            # nginx's own line per request, with the id it sent the replica (X-Request-ID).
+            f"    log_format chat '$remote_addr $request_id \"$request\" $status';\n"
+            f"    access_log {self.dir}/access.log chat;\n"
             f"{temp}"
             f"    {mapping}\n"
             f"{upstream}"

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import queue
 import threading
 import uuid
 from collections.abc import Generator, Iterator
@@ -223,6 +222,8 @@ class _ReadAhead:
     Send can take what is ready without waiting for what is not."""
 
     def __init__(self, pending: Iterator[Call]) -> None:
+        import queue  # here and below: only streamed input (send --lines) needs it
+
         self._queue: queue.Queue[object] = queue.Queue(maxsize=_READ_AHEAD)
         self._closed = threading.Event()
         self._thread = threading.Thread(
@@ -241,6 +242,8 @@ class _ReadAhead:
         self._put(_END)
 
     def _put(self, item: object) -> bool:
+        import queue
+
         while not self._closed.is_set():
             try:
                 self._queue.put(item, timeout=0.1)
@@ -250,6 +253,8 @@ class _ReadAhead:
         return False
 
     def next(self, *, wait: bool) -> Call | None:
+        import queue
+
         try:
             item = self._queue.get(block=wait)
         except queue.Empty:

@@ -25,7 +25,7 @@ from chatctl.wire import TooDeep, decode
 app = typer.Typer()
 
 #: endpoints that answer with a stream, and the command that reads it.
-STREAMS = {"Join": "chatctl join ROOM"}
+STREAMS = {"Join": "chatctl join ROOM", "JoinRooms": "chatctl join ROOM... or join --all"}
 
 
 def endpoints(ctx: typer.Context, incomplete: str) -> list[tuple[str, str]]:

@@ -92,9 +92,12 @@ class Invocation:
         return self._rooms
 
     def output_format(self, *, live: bool = False) -> str:
-        """-o, else table on a terminal and json (jsonl for a live stream) in a pipe."""
+        """-o, else table on a terminal and json (jsonl for a live stream) in a pipe;
+        with --jq, json (jsonl for a live stream) anywhere."""
         if self.options.output:
             return self.options.output
+        if self.options.jq is not None:
+            return "jsonl" if live else "json"
         from chatctl.output import default_format
 
         fmt = default_format(self.stdout)
@@ -106,8 +109,13 @@ class Invocation:
         from chatctl.output import make_renderer
 
         fmt = self.output_format(live=live)
+        keep = None
+        if self.options.jq is not None:
+            from chatctl.cli.jq import compile_filter
+
+            keep = compile_filter(self.options.jq)
         return make_renderer(
-            fmt, self.stdout, batch=batch, report=report, live=live, show_ids=show_ids
+            fmt, self.stdout, batch=batch, report=report, live=live, show_ids=show_ids, keep=keep
         )
 
     def notice(self, text: str, *, terminal_only: bool = False) -> None:

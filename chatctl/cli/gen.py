@@ -40,7 +40,8 @@ EXIT_STATUSES = {
     ExitStatus.OK: "Success (a write batch: every line was stored, even if the reader of "
     "its output went away).",
     ExitStatus.API_ERROR: "The server answered with an error; a batch had refused lines; "
-    "the output could not be written.",
+    "the output could not be written (or --jq failed on it); join --exec-stop-on-error "
+    "after CMD failed.",
     ExitStatus.USAGE: "Usage error or bad input (flags, JSON, URL, config): nothing was sent.",
     ExitStatus.UNREACHABLE: "The server could not be reached (refused, DNS, no answer within "
     "--timeout, untrusted certificate, not an m3o Chat API).",

@@ -8,19 +8,21 @@ call the client and hand responses to a renderer.
 """
 
 import contextlib
+import functools
+import importlib
 import os
 import re
 import sys
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from chatctl import __version__
-from chatctl.cli import call, completion, config_cmd, identity, join, members, messages, rooms
 from chatctl.cli.context import Invocation, invocation
 from chatctl.cli.options import (
     CaCertOpt,
     InputOpt,
+    JqOpt,
     OutputOpt,
     ProfileOpt,
     TimeoutOpt,
@@ -28,7 +30,6 @@ from chatctl.cli.options import (
     UrlOpt,
     VerboseOpt,
 )
-from chatctl.cli.serve import app as serve_app
 from chatctl.cli.typer_seam import ClickException
 from chatctl.errors import (
     APIError,
@@ -45,30 +46,163 @@ from chatctl.errors import (
     StreamClosed,
     UnsupportedError,
 )
-from chatctl.schema import WHOAMI
+from chatctl.schema import DELETE_MESSAGE, WHOAMI
 from chatctl.wire import CLOSE_FORBIDDEN, CLOSE_TOO_SLOW, close_code_for
 
-app = typer.Typer(
-    name="chatctl",
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-    add_completion=False,
-    context_settings={"help_option_names": ["-h", "--help"]},
-)
+if TYPE_CHECKING:
+    from typer.models import CommandInfo
+
+#: The endpoint families' modules, and the commands each holds by the name the command
+#: line gives them: a command line naming one imports that family alone (the whole tree
+#: imports them all; test_startup checks this against it, and a command missing here is
+#: still run, from the whole tree).
+_FAMILIES = {
+    "rooms": ("create", "delete", "list"),
+    "members": ("invite", "kick", "leave"),
+    "messages": ("send", "history", "delete-message"),
+    "join": ("join",),
+    "identity": ("whoami",),
+    "call": ("call",),
+}
+_FAMILY_OF = {command: family for family, names in _FAMILIES.items() for command in names}
 # Every command of the endpoint families, in the order of a room's life, so the help's
 # examples run top to bottom; any other (a new endpoint's) after them, in family order.
-_COMMANDS = {
-    c.callback.__name__: c
-    for family in (rooms, members, messages, join, identity, call)
-    for c in family.app.registered_commands
-    if c.callback is not None
-}
-_LIFE = ("create", "invite", "send", "history", "list_rooms", "join", "kick", "leave", "delete")
-for name in sorted(_COMMANDS, key=lambda n: _LIFE.index(n) if n in _LIFE else len(_LIFE)):
-    app.registered_commands.append(_COMMANDS[name])
-app.add_typer(serve_app, name="serve")
-app.command("completion")(completion.completion)
-app.add_typer(config_cmd.app, name="config")
+_LIFE = (
+    "create",
+    "invite",
+    "send",
+    "history",
+    "list_rooms",
+    "join",
+    "kick",
+    "leave",
+    "delete_message",
+    "delete",
+)
+#: the commands that are not an endpoint's, by the name the command line gives them:
+#: their modules are imported only when one of them runs (or the whole tree is built).
+_OTHERS = ("serve", "completion", "config")
+
+
+def _family(name: str) -> list["CommandInfo"]:
+    module = importlib.import_module(f"chatctl.cli.{name}")
+    commands: list[CommandInfo] = module.app.registered_commands
+    return [c for c in commands if c.callback is not None]
+
+
+def _in_life(info: "CommandInfo") -> int:
+    name = info.callback.__name__ if info.callback is not None else ""
+    return _LIFE.index(name) if name in _LIFE else len(_LIFE)
+
+
+def _command_name(info: "CommandInfo") -> str:
+    """The name a command is run by, as Typer derives it (pinned by test_startup)."""
+    assert info.callback is not None
+    return info.name or info.callback.__name__.lower().replace("_", "-")
+
+
+#: the root's options that take a value (the others are flags); pinned by test_startup.
+ROOT_VALUE_OPTIONS = frozenset(
+    {
+        "--url",
+        "--token",
+        "--profile",
+        "--output",
+        "-o",
+        "--jq",
+        "--input",
+        "-i",
+        "--timeout",
+        "--ca-cert",
+    }
+)
+
+
+def _new_app() -> typer.Typer:
+    new = typer.Typer(
+        name="chatctl",
+        no_args_is_help=True,
+        pretty_exceptions_enable=False,
+        add_completion=False,
+        context_settings={"help_option_names": ["-h", "--help"]},
+    )
+    new.callback()(root)
+    return new
+
+
+def _add_other(to: typer.Typer, name: str) -> None:
+    if name == "serve":
+        from chatctl.cli.serve import app as serve_app
+
+        to.add_typer(serve_app, name="serve")
+    elif name == "completion":
+        from chatctl.cli import completion
+
+        to.command("completion")(completion.completion)
+    else:
+        from chatctl.cli import config_cmd
+
+        to.add_typer(config_cmd.app, name="config")
+
+
+@functools.cache
+def full_app() -> typer.Typer:
+    """The whole command tree: for help, completion, the man pages, a mistyped command."""
+    whole = _new_app()
+    commands = [c for family in _FAMILIES for c in _family(family)]
+    whole.registered_commands.extend(sorted(commands, key=_in_life))
+    for name in _OTHERS:
+        _add_other(whole, name)
+    return whole
+
+
+def app_for(args: list[str]) -> typer.Typer:
+    """The app with only the command ``args`` run, when they name one: Typer makes
+    the click parameters of every command it holds before it parses anything (half of
+    a one-shot command's own start-up), and the commands' modules need not be imported.
+    The root's options and the command's own parse, run and fail as in the whole tree;
+    anything else (no command, a mistyped one, shell completion) gets the whole tree."""
+    if os.environ.get("_CHATCTL_COMPLETE"):  # completion.COMPLETE_VAR: the shell asks
+        return full_app()
+    name = _command_word(args)
+    if name in _OTHERS:
+        pruned = _new_app()
+        _add_other(pruned, name)
+        return pruned
+    family = _FAMILY_OF.get(name) if name is not None else None
+    one = [c for c in _family(family) if _command_name(c) == name] if family else []
+    if not one:
+        return full_app()
+    pruned = _new_app()
+    pruned.registered_commands.extend(one)
+    return pruned
+
+
+def _command_word(args: list[str]) -> str | None:
+    """The first word of ``args`` that is not a root option or its value (None: none,
+    or an option this does not know, which the whole tree then parses)."""
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if arg == "--":
+            return args[i + 1] if i + 1 < len(args) else None
+        if not arg.startswith("-") or arg == "-":
+            return arg
+        name = arg.partition("=")[0]
+        if name in ROOT_VALUE_OPTIONS and "=" not in arg:
+            i += 2
+            continue
+        if name in ROOT_VALUE_OPTIONS or name in ("--verbose", "-v", "--no-verbose"):
+            i += 1
+            continue
+        return None  # -ojson, -vo json, --help, --version, a mistake: the whole tree
+    return None
+
+
+def __getattr__(name: str) -> Any:
+    if name == "app":  # the whole tree, built when asked for (chatctl.cli.gen, tests)
+        return full_app()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _version(value: bool) -> None:
@@ -77,13 +211,13 @@ def _version(value: bool) -> None:
         raise typer.Exit()
 
 
-@app.callback()
 def root(
     ctx: typer.Context,
     url: UrlOpt = None,
     token: TokenOpt = None,
     profile: ProfileOpt = None,
     output: OutputOpt = None,
+    jq: JqOpt = None,
     input: InputOpt = None,
     verbose: VerboseOpt = None,
     timeout: TimeoutOpt = None,
@@ -106,6 +240,7 @@ def root(
         token=token,
         profile=profile,
         output=output,
+        jq=jq,
         input=input,
         verbose=verbose,
         timeout=timeout,
@@ -122,7 +257,9 @@ def run_cli(argv: list[str] | None = None) -> int:
     inv = Invocation()
     try:
         try:
-            result = app(args=argv, prog_name="chatctl", standalone_mode=False, obj=inv)
+            # argv stays None for click when it was (on Windows click then expands globs).
+            one = app_for(sys.argv[1:] if argv is None else argv)
+            result = one(args=argv, prog_name="chatctl", standalone_mode=False, obj=inv)
         finally:
             inv.close()
     except Interrupted as e:
@@ -153,8 +290,6 @@ def run_cli(argv: list[str] | None = None) -> int:
     return result if isinstance(result, int) else 0
 
 
-
-
 _TOKEN_HINT = "set a token with --token, CHATCTL_TOKEN or: chatctl config set token -"
 
 
@@ -174,6 +309,11 @@ def hint_for(e: ChatctlError, inv: Invocation | None = None) -> str | None:
             return (
                 "an m3o token acts as any user: name yours with --user, CHATCTL_USER or: "
                 "chatctl config set user ID"
+            )
+        if e.feature == DELETE_MESSAGE:
+            return (
+                "m3o's API cannot delete a message (only the whole room, with chatctl "
+                "delete); chatctl's own server can (chatctl serve)"
             )
         return (
             "that needs chatctl's own server (chatctl serve); against other m3o servers, "
@@ -216,9 +356,7 @@ def hint_for(e: ChatctlError, inv: Invocation | None = None) -> str | None:
     if isinstance(e, ConnectError):
         if e.local:
             return "see its log and state with: chatctl serve --status"
-        return (
-            "is the server running? check --url / CHATCTL_URL, or start one with: chatctl serve"
-        )
+        return "is the server running? check --url / CHATCTL_URL, or start one with: chatctl serve"
     if isinstance(e, StreamClosed):
         if e.close_code == CLOSE_TOO_SLOW:
             return "this reader fell behind; resume with --since the last message id"
@@ -232,9 +370,7 @@ def hint_for(e: ChatctlError, inv: Invocation | None = None) -> str | None:
         if e.code == 403 and detail.startswith("quota:"):  # a user token's share (issue 23)
             return _quota_hint(detail)
         if "not in the room" in detail or "not in the group" in detail:
-            return (
-                "invite the user first (chatctl invite ROOM USER) or join it (chatctl join ROOM)"
-            )
+            return "invite the user first (chatctl invite ROOM USER) or join it (chatctl join ROOM)"
         if e.code == 401:
             return _TOKEN_HINT
         if e.code == 403:
@@ -270,8 +406,7 @@ def _bound_hint(inv: Invocation | None, token_user: str, named: str) -> str:
         return f"leave out --user: this token acts only as {token_user}"
     if source == "CHATCTL_USER":
         return (
-            f"this token acts only as {token_user}: unset CHATCTL_USER (or set it to "
-            f"{token_user})"
+            f"this token acts only as {token_user}: unset CHATCTL_USER (or set it to {token_user})"
         )
     if source == "profile":
         return (

@@ -1,4 +1,4 @@
-"""Message commands: send, history."""
+"""Message commands: send, history, delete-message."""
 
 from collections.abc import Iterable, Iterator
 from typing import Annotated, Any
@@ -240,3 +240,47 @@ def _messages(
         cursor = last
         if left is not None:
             left -= len(page)
+
+
+@app.command()
+@with_common_options
+def delete_message(
+    ctx: typer.Context,
+    room: RoomArg = None,
+    message_ids: Annotated[
+        list[str] | None,
+        typer.Argument(
+            help="Messages to delete, by id (join --show-ids and history -o tsv show them).",
+            show_default=False,
+        ),
+    ] = None,
+    user: Annotated[
+        str | None,
+        user_option("Who deletes (default: you): the message's author or the room's creator."),
+    ] = None,
+) -> None:
+    """Delete messages: their text is erased, and history and join leave them out.
+
+    A message's author, the room's creator, or an admin token (any user) may delete it;
+    join --events prints the deletion (a message it printed before included). Deleting
+    a deleted message changes nothing, so a run may be repeated. Needs chatctl's
+    server: another m3o server has no such call (exit 2, nothing sent).
+
+    Example: chatctl send general "wrong paste" -o id | xargs chatctl delete-message general
+    """
+    from chatctl.cli import plain
+    from chatctl.schema import DELETE_MESSAGE
+
+    inv = invocation(ctx)
+    acting = inv.acting_user(user)
+    if not inv.client.facts(acting).has(DELETE_MESSAGE):
+        raise plain.unsupported(inv, "delete-message", DELETE_MESSAGE)
+    calls = run.build_requests(
+        inv,
+        "DeleteMessage",
+        {"user_id": user},
+        {"user_id": acting},
+        room=room,
+        each=("message_id", message_ids or []),
+    )
+    run.call_all(inv, "DeleteMessage", calls, total=len(calls))

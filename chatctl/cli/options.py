@@ -81,6 +81,31 @@ OutputOpt = Annotated[
         metavar="FORMAT",
     ),
 ]
+
+
+def _check_jq(ctx: typer.Context, value: str | None) -> str | None:
+    """A bad --jq expression is exit 2 as the command line is read, before anything is
+    sent (chatctl.cli.jq; libjq is imported only when the flag is given)."""
+    if value is not None and not ctx.resilient_parsing:
+        from chatctl.cli.jq import compile_filter
+
+        compile_filter(value)
+    return value
+
+
+JqOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--jq",
+        help="Filter the JSON printed through a jq expression, as gh's --jq: applied to the "
+        "whole answer with -o json, to each line with -o jsonl and in join; strings print "
+        "raw, other values as compact JSON. Implies -o json (jsonl for join).",
+        rich_help_panel=_CONN,
+        callback=_check_jq,
+        show_default=False,
+        metavar="EXPR",
+    ),
+]
 InputOpt = Annotated[
     Path | None,
     typer.Option(
@@ -135,6 +160,7 @@ class Options:
     token: str | None = None
     profile: str | None = None
     output: str | None = None
+    jq: str | None = None
     input: Path | None = None
     verbose: bool | None = None
     timeout: float | None = None
@@ -151,6 +177,7 @@ _ANNOTATIONS: dict[str, Any] = {
     "token": TokenOpt,
     "profile": ProfileOpt,
     "output": OutputOpt,
+    "jq": JqOpt,
     "input": InputOpt,
     "verbose": VerboseOpt,
     "timeout": TimeoutOpt,
@@ -185,7 +212,12 @@ def _add_common_options(fn: F, exclude: tuple[str, ...] = ()) -> F:
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        kwargs["ctx"].obj.options.merge(**{name: kwargs.pop(name, None) for name in names})
+        options = kwargs["ctx"].obj.options
+        options.merge(**{name: kwargs.pop(name, None) for name in names})
+        if options.jq is not None:
+            from chatctl.cli.jq import require_json
+
+            require_json(options.output)
         return fn(*args, **kwargs)
 
     extra = [

@@ -35,6 +35,7 @@ _LISTEN = "Listening and access"
 _PER_TOKEN = "Per-token limits"
 _CLIENTS = "Browsers and m3o clients"
 _CONNECTIONS = "Connections"
+_OBSERVE = "Logs and metrics"
 #: ServerConfig's defaults, repeated: the CLI does not import the server to show its help
 #: (tests/faults/test_heads.py holds them equal).
 DEFAULT_MAX_HEAD_BYTES = 64 * 1024
@@ -133,6 +134,11 @@ class M3oEdition(enum.StrEnum):
     both = "both"
     room = "room"
     group = "group"
+
+
+class LogFormat(enum.StrEnum):
+    text = "text"
+    json = "json"
 
 
 class LogLevel(enum.StrEnum):
@@ -338,6 +344,46 @@ def serve(
     log_level: Annotated[
         LogLevel, typer.Option(help="How much to log to stderr. Tokens are never logged.")
     ] = LogLevel.info,
+    log_format: Annotated[
+        LogFormat,
+        typer.Option(
+            help="text: one line a record (UTC times); json: one JSON object a line, an "
+            "access line's fields by name (client, request_id, tenant, user, token id, "
+            "method, path, status, ms).",
+            rich_help_panel=_OBSERVE,
+        ),
+    ] = LogFormat.text,
+    proxy_headers: Annotated[
+        bool,
+        typer.Option(
+            "--proxy-headers",
+            help="Behind a proxy: the client address logged is the one the proxy names in "
+            "X-Forwarded-For (X-Forwarded-Proto its scheme), believed only from "
+            "--forwarded-allow-ips.",
+            rich_help_panel=_OBSERVE,
+        ),
+    ] = False,
+    forwarded_allow_ips: Annotated[
+        str | None,
+        typer.Option(
+            help="Comma-separated proxy addresses or networks whose X-Forwarded-For is "
+            "believed, or * (any: only when nothing else can reach the port). Default: "
+            "127.0.0.1.",
+            metavar="ADDRS",
+            show_default=False,
+            rich_help_panel=_OBSERVE,
+        ),
+    ] = None,
+    metrics: Annotated[
+        bool,
+        typer.Option(
+            "--metrics",
+            help="Serve GET /metrics in Prometheus's text format (counts and times only: "
+            "no room, user, tenant or token). Off by default: anyone who reaches the "
+            "port may read it.",
+            rich_help_panel=_OBSERVE,
+        ),
+    ] = False,
     status: Annotated[
         bool,
         typer.Option(
@@ -428,7 +474,10 @@ def serve(
         m3o_edition=m3o_edition.value,
         max_head_bytes=max_head_bytes,
         max_pending_heads=max_pending_heads,
+        metrics=metrics,
     )
+    if forwarded_allow_ips is not None and not proxy_headers:
+        raise UsageError("--forwarded-allow-ips goes with --proxy-headers: give both")
     run_server(
         config,
         host=host,
@@ -436,6 +485,9 @@ def serve(
         uds=None if uds is None else str(uds),
         log_level=log_level.value,
         pid_file=None if pid_file is None else str(pid_file),
+        log_format=log_format.value,
+        proxy_headers=proxy_headers,
+        forwarded_allow_ips=forwarded_allow_ips,
     )
 
 

@@ -41,11 +41,13 @@ __all__ = ["PING_INTERVAL", "JoinStream", "Joins", "join_ping_interval"]
 class Joins(Calls):
     """Join streams."""
 
-    def join(self, *, ping_interval: float | None = None) -> JoinStream:
-        """Open the Join stream, learning what the server has from its handshake; send
-        the request with ``start(body)``, then call ``next()`` for each decoded frame.
-        ``ping_interval``: seconds between its pings (default: ``join_ping_interval()``)."""
-        return JoinStream(self, join_ping_interval() if ping_interval is None else ping_interval)
+    def join(self, *, ping_interval: float | None = None, endpoint: str = "Join") -> JoinStream:
+        """Open the Join stream (or ``endpoint``'s: ``JoinRooms``, many rooms), learning
+        what the server has from its handshake; send the request with ``start(body)``,
+        then call ``next()`` for each decoded frame. ``ping_interval``: seconds between
+        its pings (default: ``join_ping_interval()``)."""
+        interval = join_ping_interval() if ping_interval is None else ping_interval
+        return JoinStream(self, interval, endpoint)
 
 
 #: seconds between a Join's pings. One unanswered for two more intervals drops the
@@ -78,14 +80,16 @@ class JoinStream:
     """One Join connection: opened first (the handshake says which extensions the server
     has), then the request is sent as the first frame (``start``), then frames are read."""
 
-    def __init__(self, client: Calls, ping_interval: float) -> None:
+    def __init__(self, client: Calls, ping_interval: float, endpoint: str = "Join") -> None:
         from websockets.sync import client as ws
 
         self.client = client
+        self.endpoint = ENDPOINTS[endpoint]
+        path = f"/v1/chat/{self.endpoint.name}"
         #: an error frame chatctl's server sent before closing; the close says the rest.
         self._error: APIError | None = None
         scheme = "wss" if client.tls else "ws"
-        uri = f"{scheme}://{client.base.split('://', 1)[1]}/v1/chat/Join"
+        uri = f"{scheme}://{client.base.split('://', 1)[1]}{path}"
         headers = {"User-Agent": f"chatctl/{__version__}"}
         if client.token:
             headers["Authorization"] = f"Bearer {client.token}"
@@ -125,18 +129,18 @@ class JoinStream:
             # Entered as a context manager: websockets 17.1+ deprecates a bare connect().
             self.ws = self._opened.__enter__()
         except ChatctlError:
-            client.log("JOIN", "/v1/chat/Join", "unreachable", started)
+            client.log("JOIN", path, "unreachable", started)
             raise
         except Exception as e:
             from websockets.exceptions import InvalidStatus
 
             status = e.response.status_code if isinstance(e, InvalidStatus) else "unreachable"
-            client.log("JOIN", "/v1/chat/Join", status, started)
+            client.log("JOIN", path, status, started)
             client.forget_connection()
-            error = _join_connect_error(client, e)
+            error = _join_connect_error(client, e, self.endpoint.id)
             error.passing = _passing_handshake(e, error)
             raise error from None
-        client.log("JOIN", "/v1/chat/Join", 101, started)
+        client.log("JOIN", path, 101, started)
         if not client.local:
             response = self.ws.response
             client.server.learn(response.headers.get(EXTENSIONS_HEADER) if response else None)
@@ -146,8 +150,8 @@ class JoinStream:
         plain m3o server decodes it strictly (an unknown field fails the stream), so its
         edition must be known first: one seed-shaped List asks when nothing has said."""
         client = self.client
-        client.require(ENDPOINTS["Join"], body)
-        client.bound(ENDPOINTS["Join"], body)
+        client.require(self.endpoint, body)
+        client.bound(self.endpoint, body)
         if client.server.edition is None and client.server.plain:
             user = body.get("user_id")
             client.probe(user if isinstance(user, str) else None, self.deadline)
@@ -203,7 +207,7 @@ class JoinStream:
                 continue
             if not isinstance(frame, dict):
                 continue
-            if "message" in frame or "event" in frame:
+            if not _FRAMES.isdisjoint(frame):
                 return frame
             error = _error_frame(frame)
             if error is None:
@@ -217,6 +221,11 @@ class JoinStream:
 
     def close(self) -> None:
         self._opened.__exit__(None, None, None)
+
+
+#: the frames a stream hands on: a message, an event, and a JoinRooms stream's news of its
+#: rooms (one added, one ended for the user).
+_FRAMES = frozenset({"message", "event", "room_added", "room_ended"})
 
 
 def _no_redirect(exc: Exception) -> Exception:
@@ -236,7 +245,7 @@ def _error_frame(frame: dict[str, Any]) -> APIError | None:
     )
 
 
-def _join_connect_error(client: Calls, e: Exception) -> ChatctlError:
+def _join_connect_error(client: Calls, e: Exception, endpoint_id: str) -> ChatctlError:
     from websockets.exceptions import InvalidHandshake, InvalidStatus
 
     if isinstance(e, InvalidStatus):
@@ -250,7 +259,7 @@ def _join_connect_error(client: Calls, e: Exception) -> ChatctlError:
         )
         error = client.api_error(response.status_code, answer)
         if isinstance(error, APIError) and not error.id:
-            error.id = "chat.join"
+            error.id = endpoint_id
         return error
     tls = _tls_failure(e, client.where)
     if tls is not None:

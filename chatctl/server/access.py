@@ -11,7 +11,7 @@ act as any user, as every m3o token did: nothing here refuses them.
 
 **A user token** acts as its user U, in its tenant, and only as U:
 
-- Every ``user_id`` that names the actor (Send, Join, History, Leave) must be U or
+- Every ``user_id`` that names the actor (Send, Join, History, Leave, DeleteMessage) must be U or
   absent; absent means U (``bind``). Naming anyone else is 403: a user token cannot
   send, read, join or leave as someone else.
 - Create: U is the room's creator, and a member (added first to ``user_ids`` when not
@@ -23,6 +23,9 @@ act as any user, as every m3o token did: nothing here refuses them.
   otherwise any member could undo the creator's kick.
 - Kick and Delete: only the room's creator (or an admin token). A creator may kick
   themself; anyone else leaves with Leave (which does not bar).
+- DeleteMessage: the message's author or the room's creator (or an admin token): a
+  moderator's power is the one who may kick; a member may take back their own message,
+  even after leaving the room (it is still theirs), but no one else's.
 - Leave: of oneself only; on a private room U must be in it (otherwise the answer, the
   room with its members, would show a private room to an outsider).
 - List: public rooms, and private rooms U is in or created. ``user_id`` filters within
@@ -66,6 +69,8 @@ class RoomFacts:
     actor_is_member: bool = False
     #: Invite: the invited user was kicked and is barred until invited again.
     target_barred: bool = False
+    #: DeleteMessage: the user who sent the message.
+    message_author: str | None = None
 
 
 def bind(principal: Principal, endpoint: str, request: Mapping[str, Any]) -> dict[str, Any]:
@@ -128,6 +133,10 @@ def authorize(
             )
         if not (room.actor_is_member or creator):
             raise Forbidden("only a member of the room (or its creator) may invite")
+    if endpoint == "DeleteMessage" and not (creator or room.message_author == user):
+        raise Forbidden(
+            "only the message's author, the room's creator or an admin token may delete it"
+        )
     if endpoint == "Leave" and room.private and not (room.actor_is_member or creator):
         raise Forbidden("private room: the user is not in it")
 

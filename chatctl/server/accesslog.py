@@ -1,19 +1,23 @@
 """One log line per request, activity counts for the idle watchdog, and bugs as a 500.
 
-``AccessLog`` wraps the app (HTTP and WebSocket): it logs method, path (never the query
-string, where tokens may travel), status (499 when the client left before an answer)
-and milliseconds (``ACCESS_LINE``; ``serve``'s
-formatter knows such a line needs no full token scrub), counts open requests and streams
-on the hub (``hub.active``), puts the ``Chat-Extensions`` header on every answer and
-WebSocket handshake, and, with ``crash``, answers an exception raised before the
-response started with m3o's 500 shape, logging its traceback, as Starlette's
-ServerErrorMiddleware would.
+``AccessLog`` wraps the app (HTTP and WebSocket): it gives each request its id
+(``logline.request_id``: a sane incoming ``X-Request-ID``, else a new one) and puts it on
+the answer and the WebSocket handshake as ``X-Request-ID``; logs one line per request when
+it ends (``logline.ACCESS_LINE``: method, path (never the query string, where tokens may
+travel), status (499 when the client left before an answer), milliseconds, client, request
+id, tenant, user and token id; ``serve``'s formatters know such a line), the probes
+(``/health``, ``/ready``, ``/metrics``) at debug; counts and times it for ``/metrics``
+(``--metrics``); counts open requests and streams on the hub (``hub.active``), puts the
+``Chat-Extensions`` header on every answer and WebSocket handshake, and, with ``crash``,
+answers an exception raised before the response started with m3o's 500 shape, logging
+its traceback, as Starlette's ServerErrorMiddleware would.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from typing import TYPE_CHECKING
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -23,14 +27,25 @@ from chatctl.schema import EXTENSIONS_HEADER, SERVER_EXTENSIONS
 from chatctl.server.answers import JSONAnswer
 from chatctl.server.decode import Refusal, no_such_api
 from chatctl.server.hub import Hub
+from chatctl.server.logline import (
+    ACCESS_LINE,
+    PROBES,
+    REQUEST_ID,
+    STARTED,
+    STREAM,
+    STREAM_LINE,
+    access_args,
+    request_id,
+)
 from chatctl.server.streams import RAW_SEND
+
+if TYPE_CHECKING:
+    from chatctl.server.metrics import Metrics
 
 __all__ = ["ACCESS_LINE", "AccessLog", "crash", "gateway_error"]
 
 log = logging.getLogger("chatctl.server")
 
-#: the access log's format (this very object): method, path, status, ms.
-ACCESS_LINE = "%s %s %s %.1fms"
 #: the status logged for a request the client left (or the protocol answered, as a body
 #: that does not parse) before the app answered: nginx's "client closed request".
 CLIENT_GONE = 499
@@ -40,10 +55,14 @@ EXTENSIONS = (EXTENSIONS_HEADER.lower().encode(), ", ".join(SERVER_EXTENSIONS).e
 
 
 class AccessLog:
-    def __init__(self, app: ASGIApp, hub: Hub, crash: bool = False) -> None:
+    def __init__(
+        self, app: ASGIApp, hub: Hub, crash: bool = False, metrics: Metrics | None = None
+    ) -> None:
         self.app = app
         self.hub = hub
         self.crash = crash
+        #: counts and times every request (``--metrics``), or None.
+        self.metrics = metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -53,18 +72,20 @@ class AccessLog:
             scope[RAW_SEND] = send
         hub = self.hub
         hub.active += 1
-        started = time.perf_counter()
+        started = scope[STARTED] = time.perf_counter()
         status = 0
+        rid = scope[REQUEST_ID] = request_id(scope)
+        headers_out = (EXTENSIONS, (b"x-request-id", rid.encode()))
 
         async def send_and_note(message: Message) -> None:
             nonlocal status
             kind = message["type"]
             if kind in ("http.response.start", "websocket.http.response.start"):
                 status = message["status"]
-                message = {**message, "headers": [*message.get("headers", ()), EXTENSIONS]}
+                message = {**message, "headers": [*message.get("headers", ()), *headers_out]}
             elif kind == "websocket.accept":
                 status = 101
-                message = {**message, "headers": [*message.get("headers", ()), EXTENSIONS]}
+                message = {**message, "headers": [*message.get("headers", ()), *headers_out]}
             elif kind == "websocket.close" and status == 101:
                 status = message.get("code", 1000)
             elif kind == "websocket.close" and status == 0:
@@ -84,16 +105,19 @@ class AccessLog:
         finally:
             hub.active -= 1
             hub.touch()
-            if log.isEnabledFor(logging.INFO):
-                method = scope.get("method", "WS")
-                log.info(
-                    ACCESS_LINE,
-                    method,
-                    scope["path"],
-                    # No answer and no bug: the client went away first (nginx's 499).
-                    status or (500 if failed else CLIENT_GONE),
-                    (time.perf_counter() - started) * 1000,
-                )
+            # No answer and no bug: the client went away first (nginx's 499).
+            status = status or (500 if failed else CLIENT_GONE)
+            took = time.perf_counter() - started
+            metrics = self.metrics
+            if metrics is not None:
+                # A WebSocket, or an NDJSON Join (its answer streams until the end).
+                stream = scope["type"] == "websocket" or STREAM in scope
+                metrics.request(scope["path"], status, took, stream)
+            path = scope["path"]
+            level = logging.DEBUG if path.lower() in PROBES else logging.INFO
+            if log.isEnabledFor(level):
+                line = ACCESS_LINE if STREAM not in scope else STREAM_LINE
+                log.log(level, line, *access_args(scope, status, took * 1000))
 
 
 async def gateway_error(request: Request, exc: Exception) -> Response:

@@ -11,7 +11,8 @@ forgetting expired Idempotency-Keys hourly). At shutdown (after ``protocol.ChatS
 ended the streams) any stream still open is ended, the streams get a moment to write
 their close frames, and the store closes.
 
-``app.state`` holds ``config``, ``store``, ``hub``, ``service``; ``app.state.hub.active``
+``app.state`` holds ``config``, ``store``, ``hub``, ``service``, ``metrics`` (None unless
+``--metrics``); ``app.state.hub.active``
 and ``idle_for()`` serve the idle-exit watchdog. A server with tokens also has
 ``app.state.tokens_reloaded(reload)``, which ``serve`` calls after the tokens file is
 re-read (SIGHUP, or a change seen by its watcher): it ends the revoked tokens' streams.
@@ -82,8 +83,18 @@ def create_app(config: ServerConfig) -> Starlette:
     ``service``."""
     hub = Hub(config.stream_queue)
     store = open_store(config.db, hub, config.db_timeout, config.application_name)
+    metrics = None
+    if config.metrics:
+        from chatctl.server.metrics import MeteredStore, Metrics
+
+        on_postgres = hasattr(store, "notification_lag")
+        metrics = Metrics(hub, (lambda: not hub.interrupted) if on_postgres else None)
+        if on_postgres:
+            store.notification_lag = metrics.observe_lag  # type: ignore[attr-defined]
+        store = MeteredStore(store, metrics)
     service = ChatService(store, config.limits)
     edge = Edge(config, service, hub)
+    edge.metrics = metrics
     streams = JoinStreams(edge)
     edge.join_ndjson = streams.ndjson
 
@@ -111,11 +122,11 @@ def create_app(config: ServerConfig) -> Starlette:
             Route("/{path:path}", edge),
             WebSocketRoute("/{path:path}", streams.websocket),
         ],
-        middleware=[Middleware(AccessLog, hub=hub)],
+        middleware=[Middleware(AccessLog, hub=hub, metrics=metrics)],
         exception_handlers={HTTPException: gateway_error, Exception: crash},
         lifespan=lifespan,
     )
-    app.http = AccessLog(edge, hub, crash=True)
+    app.http = AccessLog(edge, hub, crash=True, metrics=metrics)
     if edge.origins:
         # Outermost, so that every answer has the CORS headers, the access log's 500 too.
         app.http = Cors(app.http, edge.origins)
@@ -123,6 +134,7 @@ def create_app(config: ServerConfig) -> Starlette:
     app.state.store = store
     app.state.hub = hub
     app.state.service = service
+    app.state.metrics = metrics
     if config.registry is not None:
         app.state.tokens_reloaded = _ender_of_revoked_streams(hub)
     return app

@@ -95,6 +95,8 @@ class ServerConfig:
     #: the edition Create and List answer in (they name neither room nor group):
     #: ``both`` (both keys), ``room`` or ``group`` (``server.editions``).
     m3o_edition: Edition = "both"
+    #: ``GET /metrics`` in Prometheus's text format (``server.metrics``); off: 404.
+    metrics: bool = False
     #: this replica's name in PostgreSQL's ``pg_stat_activity`` (``chatctl/VERSION/
     #: HOST:PORT``, set by ``serve``) unless the URL or ``PGAPPNAME`` names it.
     application_name: str | None = None

@@ -18,6 +18,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -25,6 +26,7 @@ from chatctl.schema import Refused
 from chatctl.wire import message_object, rfc3339
 
 __all__ = [
+    "REFUSALS",
     "Conflict",
     "EventNote",
     "Fanout",
@@ -40,6 +42,7 @@ __all__ = [
     "RoomRow",
     "StreamsEnded",
     "Unavailable",
+    "erased_message",
 ]
 
 
@@ -76,6 +79,13 @@ class MessageRow:
         )
 
 
+def erased_message(message: MessageRow) -> MessageRow:
+    """A deleted message as it is answered from then on: its text and subject erased."""
+    return MessageRow(
+        message.seq, message.id, message.client, message.user_id, message.sent_at, "", ""
+    )
+
+
 # -- refusals ---------------------------------------------------------------------------
 
 
@@ -89,6 +99,12 @@ class Invalid(Refused):
 
 class Forbidden(Refused):
     """Membership or privacy says no (403)."""
+
+
+#: refusals of this process by limit (``rate_limit``: a token's rate, 429;
+#: ``stream_cap``: its open streams, 429; ``quota``: a quota, 403), for ``/metrics``.
+#: Plain counts, kept whether metrics are on or not (an addition costs nothing).
+REFUSALS: Counter[str] = Counter()
 
 
 class NotFound(Refused):

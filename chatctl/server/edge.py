@@ -5,7 +5,9 @@
 ``rules.ChatService``:
 
 - Paths are matched case-insensitively, as m3o's gateway did: ``POST /v1/chat/{Endpoint}``,
-  ``GET /health`` (never touches the database) and ``GET /openapi.json``. Another method
+  ``GET /health`` (never touches the database: the process serves), ``GET /ready``
+  (``ready``: the database answers within its timeout, a replica hears the others, the
+  server is not shutting down) and ``GET /openapi.json``. Another method
   on them is 405 with ``Allow`` (``_other_method``), but ``OPTIONS``, answered 204 with
   ``Allow`` before any token is checked: a browser's CORS preflight (``cors`` adds what a
   preflight needs for the origins it allows). An unknown path is 404 ``No such API``.
@@ -36,9 +38,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
@@ -57,9 +60,10 @@ from chatctl.server.decode import (
     no_such_api,
     too_large,
 )
-from chatctl.server.domain import Refused, Unavailable
+from chatctl.server.domain import REFUSALS, Refused, Unavailable
 from chatctl.server.editions import ROOM, Edition, answer_in
 from chatctl.server.hub import Hub
+from chatctl.server.logline import PRINCIPAL
 from chatctl.server.openapi import openapi_document
 from chatctl.server.protocol import BODY_TOO_SLOW
 from chatctl.server.ratelimit import RateLimiter, over_rate, share
@@ -67,17 +71,23 @@ from chatctl.server.rules import Answer, ChatService
 from chatctl.server.tokens import OPEN, Principal
 from chatctl.wire import encode
 
+if TYPE_CHECKING:
+    from chatctl.server.metrics import Metrics
+
 __all__ = ["Edge"]
 
 log = logging.getLogger("chatctl.server")
 
 CHAT_PREFIX = "/v1/chat/"
 JOIN = ENDPOINTS["Join"]
+JOIN_ROOMS = ENDPOINTS["JoinRooms"]
+#: the endpoints that are streams (a WebSocket, or NDJSON for a POST).
+STREAMS = (JOIN, JOIN_ROOMS)
 WHOAMI = ENDPOINTS["Whoami"]
 _MAX_IDEMPOTENCY_KEY = 255
 
 
-#: the methods of the API's endpoints, and of /health and /openapi.json (``Allow``).
+#: the methods of the API's endpoints, and of /health, /ready and /openapi.json (``Allow``).
 ALLOW_POST = "POST"
 ALLOW_GET = "GET, HEAD"
 
@@ -87,9 +97,7 @@ def _other_method(method: str, allow: str) -> Response:
     method the path does not take: 405, with ``Allow``."""
     if method == "OPTIONS":
         return Response(status_code=204, headers={"Allow": allow})
-    raise Refusal(
-        "v1", 405, f"method {method} not allowed here: use {allow}", {"Allow": allow}
-    )
+    raise Refusal("v1", 405, f"method {method} not allowed here: use {allow}", {"Allow": allow})
 
 
 def origin_refused(origin: str, open_server: bool = True) -> str:
@@ -135,8 +143,12 @@ class Edge:
         #: the browser origins allowed (``--cors-origin``), and the default edition.
         self.origins = Origins(config.cors_origins)
         self.edition = config.m3o_edition
+        #: ``GET /metrics`` (``server.metrics.Metrics``), set by the app with ``--metrics``.
+        self.metrics: Metrics | None = None
         #: a Join over NDJSON (``streams.JoinStreams.ndjson``), set by the app.
-        self.join_ndjson: Callable[[Principal, dict[str, Any], Edition], Awaitable[Response]]
+        self.join_ndjson: Callable[
+            [Principal, dict[str, Any], Edition, Endpoint], Awaitable[Response]
+        ]
 
     def authenticate(self, token: str | None) -> Principal | None:
         """Who a bearer token is, or None when it is refused: the principal of a token the
@@ -161,6 +173,7 @@ class Edge:
             return
         wait = limiter.check(principal.token_id)
         if wait:
+            REFUSALS["rate_limit"] += 1
             # The token's whole budget: the replicas' shares together.
             detail, headers = over_rate(limiter.rate * self.config.replicas, wait)
             raise Refusal("v1", 429, detail, headers)
@@ -181,6 +194,8 @@ class Edge:
         method = request.method
         lowered = path.lower()
         if not lowered.startswith(CHAT_PREFIX):
+            if lowered == "/ready" and method in ("GET", "HEAD"):
+                return await self.ready()
             return self._outside_chat(lowered, method)
         endpoint = endpoint_for(path[len(CHAT_PREFIX) :])
         if endpoint is None:
@@ -192,14 +207,15 @@ class Edge:
         principal = self.authenticate(bearer(request.headers.get("authorization")))
         if principal is None:
             raise Refusal("v1", 401, "Unauthorized")
+        request.scope[PRINCIPAL] = principal  # for the access line
         if is_ndjson(request.headers.get("content-type")):
             return self._bulk(endpoint, principal, request)  # paced per message instead
-        if endpoint is not JOIN:  # a stream counts against the stream cap instead
+        if endpoint not in STREAMS:  # a stream counts against the stream cap instead
             self.rate_limit(principal)
         raw = await self._read_body(request)
         req, edition = decode(endpoint, raw, principal, self.config, self.edition)
-        if endpoint is JOIN:
-            return await self.join_ndjson(principal, req, edition)
+        if endpoint in STREAMS:
+            return await self.join_ndjson(principal, req, edition, endpoint)
         if endpoint is WHOAMI:  # the token alone answers it: no storage, no room
             return JSONAnswer(encode({"identity": access.whoami(principal)}).encode())
         key = request.headers.get("idempotency-key") if endpoint.mutating else None
@@ -233,14 +249,48 @@ class Edge:
             endpoint, principal.tenant, request, self.service, self.config, pace, principal
         )
 
+    async def ready(self) -> Response:
+        """``GET /ready``: 200 while this server should get traffic, else 503 naming what
+        is not so (never a host, a port or a driver's words): the database answered a
+        query within ``--db-timeout``, a PostgreSQL replica is listening to the others
+        (``hub.interrupted`` while it is not), and the server is not shutting down
+        (``hub.closed``). ``/health`` stays "the process serves", whatever the database."""
+        reasons = []
+        hub = self.hub
+        if hub.closed:
+            reasons.append("shutting down")
+        if hub.interrupted:
+            reasons.append("not hearing the other replicas (PostgreSQL LISTEN)")
+        timeout = self.config.db_timeout
+        try:
+            await asyncio.wait_for(self.service.store.read(_ping), timeout)
+        except TimeoutError:
+            reasons.append(f"the database did not answer within {timeout:g} s")
+        except Unavailable as exc:
+            log.debug("readiness: the database failed: %s", exc)
+            reasons.append("the database failed")
+        if reasons:
+            body = encode({"status": "not ready", "reasons": reasons}).encode()
+            answer = JSONAnswer(body, 503)
+        else:
+            answer = JSONAnswer(b'{"status":"ready"}')
+        answer.raw_headers.append(_NO_STORE)
+        return answer
+
     def _outside_chat(self, lowered: str, method: str) -> Response:
-        """``/health``, ``/openapi.json``, or no such API."""
-        if lowered == "/health":
+        """``/health``, ``/ready`` (not GET), ``/openapi.json``, ``/metrics`` (with
+        ``--metrics``), or no such API."""
+        if lowered in ("/health", "/ready"):
             if method in ("GET", "HEAD"):
                 return JSONAnswer(b'{"status":"ok"}')
         elif lowered == "/openapi.json":
             if method in ("GET", "HEAD"):
                 return Response(self.openapi, media_type="application/json")
+        elif lowered == "/metrics" and self.metrics is not None:
+            if method in ("GET", "HEAD"):
+                from chatctl.server.metrics import CONTENT_TYPE
+
+                return Response(self.metrics.exposition(), media_type=CONTENT_TYPE)
         else:
             raise no_such_api()
         return _other_method(method, ALLOW_GET)
@@ -283,6 +333,16 @@ class Edge:
             if request.scope.get(BODY_TOO_SLOW):
                 raise _body_too_slow(self.config)
         return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+#: a probe's answer is of this moment: no cache between a load balancer and the server.
+_NO_STORE = (b"cache-control", b"no-store")
+
+
+async def _ping(db: Any) -> int:
+    """The cheapest question a database answers (``ready``)."""
+    count: int = await db._count("SELECT 1", ())
+    return count
 
 
 def _body_too_slow(config: ServerConfig) -> Refusal:

@@ -17,7 +17,8 @@ through ``read_message``; this module is the format's one home):
 Per room with streams here, the listener remembers the last seq it delivered. A message
 at the next seq goes out as notified; one at or before it was already delivered; one past
 it (a notification missed, or sent without its frame) makes it read the missing seqs from
-the table, so a stream gets every message once and in order. The first message a room
+the table, so a stream gets every message once and in order (a message deleted since is
+not read, and not sent). The first message a room
 hears after its first stream here starts the count: anything older reaches a new stream
 only by its replay.
 
@@ -32,10 +33,13 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import psycopg
 
+from chatctl.ids import cursor_time_ns
 from chatctl.server import sql
 from chatctl.server.domain import (
     EventNote,
@@ -54,6 +58,7 @@ __all__ = [
     "NOTIFY_LIMIT",
     "Listener",
     "MessageNotification",
+    "lag_of",
     "message_notify",
     "note_frame",
     "notifications",
@@ -83,6 +88,8 @@ class Listener:
         self.store = store
         self.fanout = fanout
         self._delivered: dict[tuple[str, str], int] = {}
+        #: told each heard message's lag in seconds, when metrics are on (``lag_of``).
+        self.lag: Callable[[float], None] | None = None
         self._task: asyncio.Task[None] | None = None
         self._started = asyncio.Event()
 
@@ -163,6 +170,10 @@ class Listener:
         last = self._delivered.get(key)
         if last is not None and seq <= last:
             return  # delivered already (read from the table after a gap)
+        if self.lag is not None and frame:
+            lag = lag_of(frame)
+            if lag is not None:
+                self.lag(lag)
         if frame and (last is None or seq == last + 1):
             self.fanout.deliver(Published(tenant, room_id, seq, frame, sender))
             self._delivered[key] = seq
@@ -186,7 +197,19 @@ class Listener:
         for row in rows:
             answer = message_frame(row.to_wire(room_id))
             self.fanout.deliver(Published(tenant, room_id, row.seq, answer, row.user_id))
-            self._delivered[key] = row.seq
+        # Every seq up to this one is delivered now: a deleted message's is read as none.
+        self._delivered[key] = seq
+
+
+def lag_of(frame: str) -> float | None:
+    """Seconds from a message's id being made (a UUIDv7's millisecond, by the replica that
+    stored it, just before its statement) to now: how late this replica hears it. None
+    when the frame names no such id. Across machines it includes their clocks' skew."""
+    at = frame.find('"id":"')
+    made = cursor_time_ns(frame[at + 6 : at + 42]) if at >= 0 else None
+    if not made:
+        return None
+    return max(0.0, time.time() - made / 1e9)
 
 
 def notifications(notes: list[Note]) -> list[str]:

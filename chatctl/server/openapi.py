@@ -75,6 +75,10 @@ _GROUP_ID = {"type": "string", "description": "room_id, in m3o's final (group) e
 _ROOM_OR_GROUP = [{"required": ["room_id"]}, {"required": ["group_id"]}]
 
 
+#: the endpoints that answer with a stream of frames (a WebSocket, or NDJSON to a POST).
+_STREAMS = ("Join", "JoinRooms")
+
+
 def _field_schema(f: Field, limits: Limits, name: str | None = None) -> dict[str, Any]:
     schema = dict(_KIND_SCHEMAS[f.kind])
     schema["description"] = f.description
@@ -83,6 +87,8 @@ def _field_schema(f: Field, limits: Limits, name: str | None = None) -> dict[str
     if f.name in _CURSORS:
         schema["pattern"] = _CURSOR_PATTERN
         schema["description"] += " A UUID (any UUID is a position), or empty for none."
+    if f.name == "message_id":
+        schema["pattern"] = f"^{UUID_PATTERN}$"
     if f.limit is not None:
         bound = getattr(limits, f.limit)
         words = f"At most {bound} characters (Unicode code points, as maxLength counts)."
@@ -144,7 +150,7 @@ def _error_responses(endpoint: Endpoint) -> dict[str, Any]:
         "400": "Invalid request (e.g. missing room id, user is not in the room).",
         "401": "Missing or unknown token (id v1).",
         "403": "Membership, privacy or a quota refused (a quota's detail starts quota:).",
-        "404": "Room not found (or, with id v1, no such API).",
+        "404": "Room not found, or DeleteMessage's message (or, with id v1, no such API).",
         "409": "Idempotency-Key reused with a different request.",
         "413": "Body over the limit (id v1).",
         "429": "Over the token's rate limit (id v1); Retry-After says when to retry.",
@@ -178,7 +184,7 @@ def _links(edition: str) -> dict[str, Any]:
             "description": f"{e.name} in the room just made.",
         }
         for e in ENDPOINTS.values()
-        if e.field("room_id") is not None and e.name not in ("Join", "Send")
+        if e.field("room_id") is not None and e.name not in (*_STREAMS, "Send")
     }
     return links
 
@@ -229,12 +235,21 @@ def _operation(endpoint: Endpoint, limits: Limits, edition: str) -> dict[str, An
             "and should resume with since. A plain POST (no upgrade) streams the same "
             "JoinResponses as newline-delimited JSON."
         )
+    if name == "JoinRooms":
+        op["description"] = (
+            "Many rooms (room_ids, each resumed after its own cursor in since_ids) or every "
+            "room of the user (all, with the rooms they are let into while it lasts) on one "
+            "stream, a WebSocket or an NDJSON POST as Join's: a room_added frame before "
+            "anything of each room, a room_ended frame when one ends for the user (the "
+            "others go on); 4008 ends all of it, to be resumed room by room."
+        )
+    if name in _STREAMS:
         op["responses"] = {
             "200": {
-                "description": "One JoinResponse per line.",
+                "description": f"One {name}Response per line.",
                 "content": {
                     "application/x-ndjson": {
-                        "schema": {"$ref": "#/components/schemas/JoinResponse"}
+                        "schema": {"$ref": f"#/components/schemas/{name}Response"}
                     }
                 },
             },
@@ -256,6 +271,13 @@ def _operation(endpoint: Endpoint, limits: Limits, edition: str) -> dict[str, An
         op["responses"]["200"]["links"] = _invite_links()
     if name == "Send":
         _bulk_send(op)
+    if name == "DeleteMessage":
+        op["description"] = (
+            "Delete a message (extension delete-message): its author, the room's creator "
+            "or an admin token may. Its text and subject are erased from storage; History "
+            "and Join replays leave it out, and streams that asked for events get a "
+            "message_deleted event. Deleting it again answers the same and changes nothing."
+        )
     if name == "Whoami":
         op["description"] = (
             "Who the token acts as (extension whoami), answered from the token alone: the "
@@ -335,8 +357,16 @@ def openapi_document(limits: Limits | None = None, edition: str = "both") -> dic
                 "type": {"type": "string", "enum": list(EVENT_TYPES)},
                 "room_id": {"type": "string"},
                 "group_id": _GROUP_ID,
-                "user_id": {"type": "string"},
+                "user_id": {
+                    "type": "string",
+                    "description": "The member, or (message_deleted) the message's author.",
+                },
                 "at": _TIME,
+                "message_id": {
+                    "type": "string",
+                    "format": "uuid",
+                    "description": "message_deleted only: the message deleted.",
+                },
             },
         },
         "JoinResponse": {
@@ -352,6 +382,59 @@ def openapi_document(limits: Limits | None = None, edition: str = "both") -> dic
                     "properties": {"event": {"$ref": "#/components/schemas/Event"}},
                 },
             ]
+        },
+        "JoinRoomsResponse": {
+            "x-chatctl-extension": True,
+            "oneOf": [
+                {
+                    "type": "object",
+                    "required": ["message"],
+                    "properties": {"message": {"$ref": "#/components/schemas/Message"}},
+                },
+                {
+                    "type": "object",
+                    "required": ["event"],
+                    "properties": {"event": {"$ref": "#/components/schemas/Event"}},
+                },
+                {
+                    "type": "object",
+                    "required": ["room_added"],
+                    "properties": {
+                        "room_added": {
+                            "type": "object",
+                            "required": ["room_id", "name", "since"],
+                            "properties": {
+                                "room_id": {"type": "string"},
+                                "name": {"type": "string"},
+                                "since": {
+                                    "type": "string",
+                                    "description": "Where a resume of the room starts until "
+                                    "a message of it came.",
+                                },
+                                "new": {
+                                    "type": "boolean",
+                                    "description": "The user was let into it meanwhile.",
+                                },
+                            },
+                        }
+                    },
+                },
+                {
+                    "type": "object",
+                    "required": ["room_ended"],
+                    "properties": {
+                        "room_ended": {
+                            "type": "object",
+                            "required": ["room_id", "code", "detail"],
+                            "properties": {
+                                "room_id": {"type": "string"},
+                                "code": {"type": "integer"},
+                                "detail": {"type": "string"},
+                            },
+                        }
+                    },
+                },
+            ],
         },
         "Identity": {
             "type": "object",
@@ -391,7 +474,7 @@ def openapi_document(limits: Limits | None = None, edition: str = "both") -> dic
     paths: dict[str, Any] = {}
     for name, endpoint in ENDPOINTS.items():
         schemas[f"{name}Request"] = _request_schema(endpoint, limits)
-        if name != "Join":
+        if name not in _STREAMS:
             keys = _RESPONSES[endpoint.response]
             schemas[f"{name}Response"] = {
                 "type": "object",
@@ -416,6 +499,45 @@ def openapi_document(limits: Limits | None = None, edition: str = "both") -> dic
                         }
                     },
                 }
+            },
+        }
+    }
+    paths["/ready"] = {
+        "get": {
+            "operationId": "Ready",
+            "summary": "Readiness",
+            "description": (
+                "Whether this server should get traffic: its database answered within its"
+                " timeout, a PostgreSQL replica hears the others, it is not shutting down."
+                " /health says only that the process serves."
+            ),
+            "security": [],
+            "responses": {
+                "200": {
+                    "description": "Ready for traffic.",
+                    "content": {
+                        "application/json": {
+                            "schema": {
+                                "type": "object",
+                                "properties": {"status": {"type": "string", "const": "ready"}},
+                            }
+                        }
+                    },
+                },
+                "503": {
+                    "description": "Not ready: take it out of rotation; why, in reasons.",
+                    "content": {
+                        "application/json": {
+                            "schema": {
+                                "type": "object",
+                                "properties": {
+                                    "status": {"type": "string", "const": "not ready"},
+                                    "reasons": {"type": "array", "items": {"type": "string"}},
+                                },
+                            }
+                        }
+                    },
+                },
             },
         }
     }

@@ -22,6 +22,7 @@ part 3, "Quotas". Admin tokens are bound by the tenant's figures only; an open s
 Every refusal is ``domain.Forbidden`` (403, m3o's error object) with a detail that says
 ``quota:``, the figure and the flag that sets it: a quota is a "no" to this caller, which
 retrying does not change (a 429 means "slow down", and clients retry it by themselves).
+Each is counted in ``domain.REFUSALS["quota"]`` (``/metrics``) as it is made.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from dataclasses import dataclass, field
 from typing import NamedTuple, TypeVar
 
 from chatctl.schema import Limits
-from chatctl.server.domain import Forbidden
+from chatctl.server.domain import REFUSALS, Forbidden
 from chatctl.server.sql import Session
 
 __all__ = [
@@ -67,6 +68,7 @@ def message_bytes(text: str, subject: str) -> int:
 
 
 def rooms_refusal(limits: Limits, user: str) -> Forbidden:
+    REFUSALS["quota"] += 1
     return Forbidden(
         f"quota: user {user} may have created at most {limits.rooms_per_user} rooms of this"
         " tenant (max_rooms_per_user); delete one first"
@@ -74,6 +76,7 @@ def rooms_refusal(limits: Limits, user: str) -> Forbidden:
 
 
 def invites_refusal(limits: Limits, user: str) -> Forbidden:
+    REFUSALS["quota"] += 1
     return Forbidden(
         f"quota: user {user} may add at most {limits.invites_per_user} users to a room it did"
         " not create (max_invites_per_user); its creator may invite more"
@@ -165,11 +168,13 @@ class ByteMeter:
             synced = await read(seed)
             tally = self._tallies.setdefault((tenant, day), _Tally(synced))
         if tally.total + size > self._tenant_cap:
+            REFUSALS["quota"] += 1
             raise Forbidden(
                 f"quota: this tenant may store at most {self._tenant_cap} message bytes a"
                 " day (max_bytes_per_tenant_day); it renews at 00:00 UTC"
             )
         if payer and tally.of(payer) + size > self._user_cap:
+            REFUSALS["quota"] += 1
             raise Forbidden(
                 f"quota: user {payer} may store at most {self._user_cap} message bytes a"
                 " day in this tenant (max_bytes_per_user_day); it renews at 00:00 UTC"

@@ -30,6 +30,12 @@ Rules beyond m3o (contract part 2), and the choices this server makes where it i
   admitted (on a public room that may also have made the user a member), ``invited``,
   ``kicked`` and ``left`` when ``user_ids`` changed, ``deleted`` when the room is deleted.
   The user an event is about does not get it on their own streams.
+- DeleteMessage (extension ``delete-message``): by the message's author, the room's
+  creator or an admin token (``access.authorize``). The row stays with its text and
+  subject erased (its id and seq remain a position, so every cursor stays exact), every
+  read leaves it out (History, replays, a limit counts only what is left), and streams
+  that asked for events get ``message_deleted``. Deleting it again answers the same,
+  changes nothing and tells no one.
 - Messages: stored (committed) before they are acknowledged or fanned out; ids are UUIDv7;
   one total order per room (the store's seq); History oldest first.
 - History pagination: ``limit`` alone gives the latest N; with ``after``, the first N after
@@ -81,6 +87,7 @@ from chatctl.server.domain import (
     NotFound,
     Refused,
     RoomRow,
+    erased_message,
 )
 from chatctl.server.quotas import (
     ByteMeter,
@@ -128,10 +135,23 @@ class Admission:
     history: int
     #: live frames include the joiner's own messages (``include_own``).
     include_own: bool = False
+    #: the cursor ``since_seq`` was read from, as given ("" for none).
+    since: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class RoomsAdmission:
+    """A stream of many rooms the rules accepted (``JoinRooms``)."""
+
+    user_id: str
+    #: the rooms admitted, each replayed as a Join of it would be.
+    rooms: list[Admission]
+    #: the rooms of ``room_ids`` refused, each with why (the stream says so and goes on).
+    refused: list[tuple[str, Refused]]
 
 
 class ChatService:
-    """The nine endpoints of the Chat API over a store."""
+    """The endpoints of the Chat API over a store (Whoami is the edge's)."""
 
     def __init__(self, store: Store, limits: Limits | None = None) -> None:
         self.store = store
@@ -144,6 +164,7 @@ class ChatService:
             "Invite": self._invite,
             "Kick": self._kick,
             "Leave": self._leave,
+            "DeleteMessage": self._delete_message,
         }
 
     # -- the unary endpoints ------------------------------------------------------------
@@ -405,6 +426,28 @@ class ChatService:
             _event(db, event, room, user_id)
         return _room_answer(room, await db.members(room))
 
+    async def _delete_message(
+        self, db: Session, tenant: str, req: dict[str, Any], actor: Principal | None
+    ) -> str:
+        room = await self._room(db, tenant, req["room_id"])
+        message_id = req["message_id"]
+        if not is_uuid(message_id):
+            raise Invalid("message_id must be a message id (a UUID)")
+        found = await db.find_message(room, message_id.lower())
+        if found is None:
+            raise NotFound("message not found")
+        message, _ = found
+        await _authorize(db, actor, "DeleteMessage", req, room, message.user_id)
+        # Deleting a deleted message changes nothing and answers the same: a retry
+        # without its Idempotency-Key (or by someone else) is safe, and tells no one twice.
+        at = rfc3339(time.time_ns())
+        if await db.erase_message(room, message, at):
+            frame = event_frame("message_deleted", room.id, message.user_id, at, message.id)
+            # Every stream that asked for events, the author's own included: another
+            # of their tails may have printed it.
+            db.publish(EventNote(tenant, room.id, frame, ""))
+        return message_frame(erased_message(message).to_wire(room.id))
+
     async def history(self, tenant: str, req: dict[str, Any]) -> Answer:
         limit: int | None = min(req["limit"], self.limits.max_history_page) or None
 
@@ -479,39 +522,110 @@ class ChatService:
         """
 
         async def admit(db: Session) -> Admission:
-            room = await self._room(db, tenant, req["room_id"])
-            user_id = req["user_id"]
-            since_seq = None
-            if req["since"]:
-                since_seq = await self._cursor(db, room, "since", req["since"])
-                assert since_seq is not None
-                cap = self.limits.max_replay
-                if await db.count_messages_after(room, since_seq, cap + 1) > cap:
-                    raise Invalid(
-                        f"more than {cap} messages since {req['since']} (max_replay);"
-                        " read them with History"
-                    )
-            if not await db.is_member(room, user_id):
-                if room.private:
-                    raise Forbidden("private room: the user must be invited first")
-                if await db.is_barred(room, user_id):
-                    raise Forbidden("user was kicked from the room; invite them again")
-                unseen = unseen_character(user_id, "id", "user_id")
-                if unseen is not None:  # a new member: only a member may keep such an id
-                    raise Invalid(unseen)
-                await self._check_room_size(db, room)
-                await db.add_member(room, user_id)
-            _event(db, "joined", room, user_id)
-            return Admission(
-                room,
-                user_id,
-                bool(req["events"]),
-                since_seq,
-                min(req["history"], self.limits.max_replay),
-                bool(req.get("include_own")),
-            )
+            return await self._admit(db, tenant, req, req["room_id"], req["since"])
 
         return await self.store.write(admit)
+
+    async def join_rooms(self, tenant: str, req: dict[str, Any]) -> RoomsAdmission:
+        """Admit a stream of many rooms (``JoinRooms``): each of ``room_ids`` as a Join of
+        it would be (a room refused is left out and said, the others go on), and with
+        ``all`` every other room the user is in, replayed after ``all_since``. Only a
+        request that names no room, or too many, is refused as a whole."""
+        room_ids: list[str] = req["room_ids"]
+        since_ids: list[str] = req["since_ids"] or [""] * len(room_ids)
+        if len(since_ids) != len(room_ids):
+            raise Invalid("since_ids must hold one cursor for each room of room_ids, in its order")
+        bound = self.limits.max_rooms_per_tenant
+        if len(room_ids) > bound:
+            raise Invalid(f"at most {bound} rooms a stream (max_rooms_per_tenant)")
+        every_room = bool(req["all"])
+        if not room_ids and not every_room:
+            raise Invalid("missing room ids: give room_ids, or all")
+        user_id = req["user_id"]
+
+        async def admit(db: Session) -> RoomsAdmission:
+            rooms: list[Admission] = []
+            refused: list[tuple[str, Refused]] = []
+            wanted = dict(zip(room_ids, since_ids, strict=True))
+            for room_id, since in wanted.items():
+                try:
+                    rooms.append(await self._admit(db, tenant, req, room_id, since, quiet=True))
+                except Refused as exc:
+                    refused.append((room_id, exc))
+            if every_room:
+                for room, _members in await db.list_rooms(tenant, user_id):
+                    if room.id in wanted:
+                        continue
+                    if len(rooms) >= bound:
+                        break
+                    try:
+                        rooms.append(
+                            await self._admit(
+                                db, tenant, req, room.id, req["all_since"], quiet=True, room=room
+                            )
+                        )
+                    except Refused as exc:  # e.g. more than max_replay to replay
+                        refused.append((room.id, exc))
+            return RoomsAdmission(user_id, rooms, refused)
+
+        return await self.store.write(admit)
+
+    async def room(self, tenant: str, room_id: str) -> RoomRow | None:
+        """The room, if it still exists."""
+
+        async def read(db: Session) -> RoomRow | None:
+            return await db.get_room(tenant, room_id)
+
+        return await self.store.read(read)
+
+    async def _admit(
+        self,
+        db: Session,
+        tenant: str,
+        req: dict[str, Any],
+        room_id: str,
+        since: str,
+        *,
+        quiet: bool = False,
+        room: RoomRow | None = None,
+    ) -> Admission:
+        """One room's Join: its since as a seq (within ``max_replay``), the user added on
+        a public room; ``quiet``: a member's "joined" event only when they were added."""
+        if room is None:
+            room = await self._room(db, tenant, room_id)
+        user_id = req["user_id"]
+        since_seq = None
+        if since:
+            since_seq = await self._cursor(db, room, "since", since)
+            assert since_seq is not None
+            cap = self.limits.max_replay
+            if await db.count_messages_after(room, since_seq, cap + 1) > cap:
+                raise Invalid(
+                    f"more than {cap} messages since {since} (max_replay); read them with History"
+                )
+        added = False
+        if not await db.is_member(room, user_id):
+            if room.private:
+                raise Forbidden("private room: the user must be invited first")
+            if await db.is_barred(room, user_id):
+                raise Forbidden("user was kicked from the room; invite them again")
+            unseen = unseen_character(user_id, "id", "user_id")
+            if unseen is not None:  # a new member: only a member may keep such an id
+                raise Invalid(unseen)
+            await self._check_room_size(db, room)
+            await db.add_member(room, user_id)
+            added = True
+        if added or not quiet:
+            _event(db, "joined", room, user_id)
+        return Admission(
+            room,
+            user_id,
+            bool(req["events"]),
+            since_seq,
+            min(req.get("history", 0), self.limits.max_replay),
+            bool(req.get("include_own")),
+            since,
+        )
 
     async def replay(self, admission: Admission) -> AsyncIterator[list[tuple[int, str]]]:
         """The frames a new stream replays, in chunks of (seq, frame), oldest first.
@@ -579,7 +693,12 @@ class ChatService:
 
 
 async def _authorize(
-    db: Session, actor: Principal | None, endpoint: str, req: dict[str, Any], room: RoomRow
+    db: Session,
+    actor: Principal | None,
+    endpoint: str,
+    req: dict[str, Any],
+    room: RoomRow,
+    message_author: str | None = None,
 ) -> None:
     """Refuse what a user token may not do to this room (``access.authorize``), with the
     facts read in the change's own transaction. Admin tokens: nothing to ask."""
@@ -590,6 +709,7 @@ async def _authorize(
         room.creator,
         actor_is_member=await db.is_member(room, actor.user),
         target_barred=endpoint == "Invite" and await db.is_barred(room, req["user_id"]),
+        message_author=message_author,
     )
     access.authorize(actor, endpoint, req, facts)
 

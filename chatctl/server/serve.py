@@ -37,6 +37,7 @@ import asyncio
 import contextlib
 import dataclasses
 import ipaddress
+import json
 import logging
 import os
 import re
@@ -45,6 +46,7 @@ import socket
 import ssl
 import stat
 import sys
+import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -54,10 +56,17 @@ import uvicorn
 from chatctl.errors import ChatctlError, UsageError
 from chatctl.local import socket_answers
 from chatctl.output import visible
-from chatctl.server.accesslog import ACCESS_LINE
 from chatctl.server.app import create_app
 from chatctl.server.config import ServerConfig
 from chatctl.server.hub import Hub
+from chatctl.server.logline import (
+    ACCESS_FIELDS,
+    ACCESS_LINE,
+    CLIENT_ARGS,
+    STREAM_FIELDS,
+    STREAM_LINE,
+    STREAM_OPEN_LINE,
+)
 from chatctl.server.protocol import ChatServer, has_module, http_protocol, uvicorn_config
 from chatctl.server.tokens import Reload, watch_tokens
 
@@ -75,6 +84,8 @@ __all__ = [
 
 #: how long in-flight requests get to finish at shutdown; then their tasks are cancelled.
 GRACEFUL_SHUTDOWN_SECONDS = 5
+#: a warning repeated from the same place is shown once per this many seconds.
+REPEAT_WINDOW = 30.0
 
 log = logging.getLogger("chatctl.server")
 
@@ -248,8 +259,15 @@ def run_server(
     uds: str | None = None,
     log_level: str = "info",
     pid_file: str | None = None,
+    log_format: str = "text",
+    proxy_headers: bool = False,
+    forwarded_allow_ips: str | None = None,
 ) -> None:
     """Serve the Chat API until SIGTERM/SIGINT (or idle exit); return normally after.
+
+    ``log_format`` is ``text`` or ``json`` (one object a line); with ``proxy_headers``
+    the client's address (logged) is the one a proxy at ``forwarded_allow_ips`` (uvicorn's
+    setting: addresses, networks or ``*``; 127.0.0.1 by default) names in X-Forwarded-For.
 
     Raises UsageError before anything is bound when the options are unsafe or unusable.
     """
@@ -259,7 +277,11 @@ def run_server(
     if warning is not None:
         print(f"warning: {warning}", file=sys.stderr, flush=True)
     os.umask(0o077)
-    _configure_logging(log_level, () if config.registry is None else config.registry.clear_tokens())
+    _configure_logging(
+        log_level,
+        () if config.registry is None else config.registry.clear_tokens(),
+        log_format,
+    )
 
     # Bound before the app opens the database: a second server on the same socket or port
     # fails here, having touched nothing.
@@ -290,8 +312,10 @@ def run_server(
                 # and uvicorn's access line would carry query strings.
                 log_config=None,
                 access_log=False,
-                # Nothing proxies for us: a client must not be able to claim another address.
-                proxy_headers=False,
+                # Only a proxy the operator names may say who the client is: else a client
+                # could claim another address.
+                proxy_headers=proxy_headers,
+                forwarded_allow_ips=forwarded_allow_ips,
                 server_header=False,
                 timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
                 **tls,
@@ -515,6 +539,11 @@ class _RedactingFormatter(logging.Formatter):
         ]
         self._secrets = re.compile("|".join(patterns))
 
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        """UTC, to the millisecond, with its zone: ``2026-12-07T10:04:05.123Z``."""
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+        return f"{stamp}.{int(record.msecs):03d}Z"
+
     def formatMessage(self, record: logging.LogRecord) -> str:
         message = record.message
         if not message.isprintable():  # most lines: nothing to escape, no search
@@ -530,25 +559,119 @@ class _RedactingFormatter(logging.Formatter):
         return _indented(super().formatStack(stack_info))
 
     def format(self, record: logging.LogRecord) -> str:
-        if record.exc_info and record.levelno < logging.ERROR:
-            exc = record.exc_info[1]
-            record.exc_info = record.exc_text = None
-            if exc is not None:
-                told = (record.getMessage(), type(exc).__name__, exc)
-                record.msg, record.args = "%s (%s: %s)", told
+        _fold_errors(record)
         line = super().format(record)
-        # The access line (one per request) is method, path, status and ms: only the
-        # path comes from the client, so only it is searched (the query string, where
-        # tokens travel, is never in it), instead of the whole line.
-        args = record.args
-        if (
-            record.msg is ACCESS_LINE
-            and isinstance(args, tuple)
-            and not record.exc_info
-            and not self._secrets.search(str(args[1]))
-        ):
+        if self.clean_access_line(record):
             return line
         return self._secrets.sub("[redacted]", line)
+
+    def clean_access_line(self, record: logging.LogRecord) -> bool:
+        """True for an access line none of whose client-chosen fields holds a token.
+
+        Of an access line (one per request: ``logline``) only the path, the client's
+        address and the request id come from the client (the query string, where tokens
+        travel, is never in it): only they are searched, instead of the whole line."""
+        args = record.args
+        return (
+            record.msg in _ACCESS_LINES
+            and isinstance(args, tuple)
+            and not record.exc_info
+            and not any(self._secrets.search(str(args[i])) for i in CLIENT_ARGS)
+        )
+
+
+def _fold_errors(record: logging.LogRecord) -> None:
+    """An exception in a record's args (a driver's error: psycopg's span lines, ``\\n\\tIs
+    the server running…``) told on one line, its lines joined with ``; ``; below ERROR an
+    exception is told on the record's own line, the same way (a traceback stays)."""
+    if record.exc_info and record.levelno < logging.ERROR:
+        exc = record.exc_info[1]
+        record.exc_info = record.exc_text = None
+        if exc is not None:
+            told = (record.getMessage(), type(exc).__name__, exc)
+            record.msg, record.args = "%s (%s: %s)", told
+    args = record.args
+    if isinstance(args, tuple) and any(isinstance(arg, BaseException) for arg in args):
+        record.args = tuple(
+            _folded(str(arg)) if isinstance(arg, BaseException) else arg for arg in args
+        )
+
+
+def _folded(text: str) -> str:
+    return "; ".join(part for line in text.splitlines() if (part := line.strip()))
+
+
+class _JSONFormatter(_RedactingFormatter):
+    """``--log-format json``: each record one JSON object on one line (control characters
+    escaped by JSON itself, tokens scrubbed as in text): ``time`` (UTC, with its zone),
+    ``level``, ``logger``, ``message``, and an access line's fields by name
+    (``logline.ACCESS_FIELDS``, a stream's ``room``, a stream opening ``"event":
+    "stream open"``); a traceback is one string in ``exception``."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        _fold_errors(record)
+        record.message = record.getMessage()
+        entry: dict[str, Any] = {
+            "time": self.formatTime(record),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.message,
+        }
+        fields = _ACCESS_LINES.get(record.msg) if isinstance(record.msg, str) else None
+        if fields is not None and isinstance(record.args, tuple):
+            if record.msg is STREAM_OPEN_LINE:
+                entry["event"] = "stream open"
+            entry.update(zip(fields, record.args, strict=False))
+            entry["ms"] = round(entry["ms"], 1)
+        if record.exc_info:
+            entry["exception"] = logging.Formatter.formatException(self, record.exc_info)
+        if not self.clean_access_line(record):
+            # Each value scrubbed before it is encoded: a token's pattern runs to the next
+            # space, which in the encoded line could swallow a quote.
+            scrub = self._secrets.sub
+            entry = {
+                key: scrub("[redacted]", value) if isinstance(value, str) else value
+                for key, value in entry.items()
+            }
+        return json.dumps(entry, ensure_ascii=True, default=str)
+
+
+#: the access lines (known by identity) and the names of their args.
+_ACCESS_LINES = {
+    ACCESS_LINE: ACCESS_FIELDS,
+    STREAM_LINE: STREAM_FIELDS,
+    STREAM_OPEN_LINE: STREAM_FIELDS,
+}
+
+
+class _Repeats(logging.Filter):
+    """Repeated warnings, rate-limited: a warning (or error) logged from the same place
+    with the same words is shown at most once per ``window`` seconds; the next one shown
+    says how many were held back (``cannot listen on PostgreSQL … retrying`` comes every
+    half second while a replica has no database: two lines a minute instead of 120)."""
+
+    def __init__(self, window: float = REPEAT_WINDOW) -> None:
+        super().__init__()
+        self.window = window
+        #: (logger, template) -> (when last shown, how many held back since)
+        self._seen: dict[tuple[str, str], tuple[float, int]] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.WARNING or record.exc_info:
+            return True
+        key = (record.name, str(record.msg))
+        now = time.monotonic()
+        shown, held = self._seen.get(key, (-self.window, 0))
+        if now - shown < self.window:
+            self._seen[key] = (shown, held + 1)
+            return False
+        if len(self._seen) > 1000:  # bounded, whatever the templates
+            self._seen.clear()
+        self._seen[key] = (now, 0)
+        if held and isinstance(record.args, tuple):
+            record.msg = f"{record.msg} (%d more like this in the last %g s not shown)"
+            record.args = (*record.args, held, self.window)
+        return True
 
 
 def _indented(text: str) -> str:
@@ -571,12 +694,12 @@ def _drop_websocket_lines(record: logging.LogRecord) -> bool:
     return not msg.startswith('%s - "WebSocket') and msg not in _HANDSHAKE_LINES
 
 
-def _configure_logging(level: str, tokens: Iterable[str]) -> None:
+def _configure_logging(level: str, tokens: Iterable[str], log_format: str = "text") -> None:
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(
-        _RedactingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s", tokens)
-    )
+    kind = _JSONFormatter if log_format == "json" else _RedactingFormatter
+    handler.setFormatter(kind("%(asctime)s %(levelname)s %(name)s: %(message)s", tokens))
     handler.addFilter(_drop_websocket_lines)
+    handler.addFilter(_Repeats())
     root = logging.getLogger()
     root.handlers = [handler]
     root.setLevel(level.upper())

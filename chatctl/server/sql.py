@@ -11,9 +11,10 @@ how a big room's messages are purged), where a cursor that is no message falls
 
 The schemas differ in types, never in names: ``rooms``, ``members`` (``position`` is the
 order of joining, ``invited_by`` the user token's user who added the member), ``barred``,
-``messages`` (``seq`` is a room's one order), ``idempotency`` and ``daily_bytes`` (the
-message bytes each user token's user, or ``''`` for admin tokens, stored in a tenant on a
-UTC day: ``quotas``).
+``messages`` (``seq`` is a room's one order; ``deleted_at`` is set, and the text and
+subject erased, when a message is deleted: ``DeleteMessage``), ``idempotency`` and
+``daily_bytes`` (the message bytes each user token's user, or ``''`` for admin tokens,
+stored in a tenant on a UTC day: ``quotas``).
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ import dataclasses
 from collections.abc import Iterator
 from typing import Any
 
-from chatctl.server.domain import Key, MessageRow, Note, RoomRow
+from chatctl.server.domain import Key, MessageRow, Note, RoomRow, erased_message
+from chatctl.wire import message_frame, uuid7_ms
 
 __all__ = ["PURGE_CHUNK", "ROOM_COLUMNS", "Dialect", "Session", "room_row"]
 
@@ -126,6 +128,29 @@ ADD_DAILY_BYTES = (
 PURGE_DAILY_BYTES = "DELETE FROM daily_bytes WHERE day < ?"
 
 
+#: A message by id, deleted or not (``deleted_at``: when it was, else NULL).
+MESSAGE_BY_ID = f"SELECT {MESSAGE_COLUMNS}, deleted_at FROM messages WHERE room_pk = ? AND id = ?"
+#: A message deleted: its row stays (its id and seq are a position that cursors name),
+#: its text and subject are erased. Only once: none is changed when it was already.
+ERASE_MESSAGE = (
+    "UPDATE messages SET subject = '', text = '', deleted_at = ?"
+    " WHERE room_pk = ? AND seq = ? AND deleted_at IS NULL"
+)
+#: A Send's answer kept with its Idempotency-Key holds the message's text: the deleted
+#: message's answer takes its place (a retry of that Send gets the message as it is now).
+#: The key was made when the Send was, by the same clock as the message's id: only keys
+#: made around then are looked at (``idempotency_by_age``), however many a tenant has.
+ERASE_KEPT_SEND = (
+    "UPDATE idempotency SET response = ? WHERE created_at >= ? AND created_at <= ?"
+    " AND tenant = ? AND endpoint = 'Send' AND response = ?"
+)
+#: seconds before and after its message's id's time a Send's key may have been made: the
+#: key before the store took its turn (a wait for the database or another process's lock,
+#: bounded by ``--db-timeout``, a bulk Send's group), the id after; a margin for both.
+KEY_BEFORE_MESSAGE = 120.0
+KEY_AFTER_MESSAGE = 5.0
+
+
 def claim_args(key: Key, answer: str = "") -> Args:
     return (key.tenant, key.key, key.endpoint, key.request_hash, answer, key.now, key.not_before)
 
@@ -135,7 +160,8 @@ def messages_sql(
 ) -> tuple[str, list[Any]]:
     """A room's messages strictly between the bounds, as (statement, its arguments after
     the room's pk). Every variant walks the ``(room_pk, seq)`` index from one end."""
-    where = "room_pk = ?"
+    # A deleted message keeps its row (and seq): every read of messages leaves it out.
+    where = "room_pk = ? AND deleted_at IS NULL"
     args: list[Any] = []
     if after_seq is not None:
         where += " AND seq > ?"
@@ -317,6 +343,23 @@ class Session:
         if latest:
             rows.reverse()
         return rows
+
+    async def find_message(self, room: RoomRow, message_id: str) -> tuple[MessageRow, bool] | None:
+        """The message of the room with this id, and whether it was deleted; None if none."""
+        row = await self._row(MESSAGE_BY_ID, (room.pk, message_id))
+        return None if row is None else (MessageRow(*row[:-1]), row[-1] is not None)
+
+    async def erase_message(self, room: RoomRow, message: MessageRow, at: str) -> bool:
+        """Delete ``message`` (``ERASE_MESSAGE``) at time ``at``, and put its erased answer
+        in place of its Send's kept one; False (nothing changed) if it was already."""
+        if not await self._change(ERASE_MESSAGE, (at, room.pk, message.seq)):
+            return False
+        sent = message_frame(message.to_wire(room.id))
+        erased = message_frame(erased_message(message).to_wire(room.id))
+        made = uuid7_ms(message.id) / 1000
+        around = (made - KEY_BEFORE_MESSAGE, made + KEY_AFTER_MESSAGE)
+        await self._change(ERASE_KEPT_SEND, (erased, *around, room.tenant, sent))
+        return True
 
     async def count_messages_after(self, room: RoomRow, after_seq: int, cap: int) -> int:
         """How many messages follow ``after_seq``, counting no further than ``cap``."""

@@ -186,7 +186,13 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (day, tenant, user_id)
     );
     """,
-    # v5: which release applied each migration from here on, and when (``migrate`` fills
+    # v5: messages can be deleted (issue 25, DeleteMessage): the row stays, as the
+    # position its id and seq are for cursors, with its text and subject erased; deleted_at
+    # is when (NULL: not deleted), and every read of messages leaves such a row out.
+    """
+    ALTER TABLE messages ADD COLUMN deleted_at text;
+    """,
+    # v6: which release applied each migration from here on, and when (``migrate`` fills
     # it): what ``serve`` names when a newer release's schema is refused.
     """
     CREATE TABLE chatctl_migrations (
@@ -639,6 +645,8 @@ class PostgresStore:
         self._pool_size = pool_size
         self._pool: AsyncConnectionPool[psycopg.AsyncConnection[tuple[Any, ...]]] | None = None
         self._listener: Any = None
+        #: told each notified message's lag (``hub_pg.lag_of``), when metrics are on.
+        self.notification_lag: Callable[[float], None] | None = None
         self._ids = UUIDv7()
         self._turns = _Turns()
         #: calls given up on, finishing (cancelled) in the background.
@@ -731,6 +739,7 @@ class PostgresStore:
                     self.url, fallback_application_name=self.application_name[:63]
                 )
             self._listener = Listener(listen, self.timeout, self, self.fanout)
+            self._listener.lag = self.notification_lag
             await self._listener.start()
 
     async def close(self) -> None:

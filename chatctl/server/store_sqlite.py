@@ -63,6 +63,7 @@ from chatctl.server import sql
 from chatctl.server.domain import (
     Fanout,
     Key,
+    MessageRow,
     NewMessage,
     Note,
     Published,
@@ -192,7 +193,13 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (day, tenant, user_id)
     ) WITHOUT ROWID;
     """,
-    # v7: which release applied each migration from here on, and when (``migrate`` fills
+    # v7: messages can be deleted (issue 25, DeleteMessage): the row stays, as the
+    # position its id and seq are for cursors, with its text and subject erased; deleted_at
+    # is when (NULL: not deleted), and every read of messages leaves such a row out.
+    """
+    ALTER TABLE messages ADD COLUMN deleted_at TEXT;
+    """,
+    # v8: which release applied each migration from here on, and when (``migrate`` fills
     # it): what ``serve`` names when a newer release's schema is refused.
     """
     CREATE TABLE chatctl_migrations (
@@ -389,6 +396,12 @@ class SQLiteSession(sql.Session):
             self._caches.members.discard((room.pk, user_id))
         return await super().remove_member(room, user_id)
 
+    async def erase_message(self, room: RoomRow, message: MessageRow, at: str) -> bool:
+        erased = await super().erase_message(room, message, at)
+        if erased and self._caches is not None:
+            self._caches.erased = True
+        return erased
+
     async def _insert_room(self, room: RoomRow) -> int:
         values = (room.tenant, room.id, room.name, room.description, room.created_at)
         pk = self._db.execute(_INSERT_ROOM, (*values, int(room.private), room.creator)).lastrowid
@@ -493,6 +506,9 @@ class SQLiteStore:
         self._ids = UUIDv7()
         self._jobs: queue.SimpleQueue[_Job | object] = queue.SimpleQueue()
         self._wdb = _connect(path, int(timeout * 1000))
+        # What a change removes (a deleted message's text, a deleted room's messages) is
+        # zeroed in the file, not left in its free space, whatever SQLite's build default.
+        self._wdb.execute("PRAGMA secure_delete = ON")
         if str(mode).lower() == "wal":
             # After a checkpoint the WAL file is cut back to this (from a burst's growth).
             (page_size,) = self._db.execute("PRAGMA page_size").fetchone()
@@ -705,9 +721,22 @@ class SQLiteStore:
             with contextlib.suppress(sqlite3.Error):
                 db.execute("ROLLBACK")
             state.clear()
+            state.erased = False
             self._answer([job for job in jobs if _failed(job, str(exc))])
             return
         self._answer(jobs)
+        if state.erased:
+            state.erased = False
+            self._forget_erased()
+
+    def _forget_erased(self) -> None:
+        """After a message was deleted: copy the WAL into the file and cut it to nothing,
+        so that its old text is in neither (``secure_delete`` zeroes it in the file's
+        pages). A read holding an older snapshot makes this wait a little, then leaves it
+        to the next checkpoint, which overwrites those frames."""
+        with contextlib.suppress(sqlite3.Error):
+            self._wdb.execute(f"PRAGMA busy_timeout={BUSY_WAIT_MS}")
+            self._wdb.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
     def _do(self, session: SQLiteSession, job: _Job) -> None:
         db = self._wdb
@@ -761,6 +790,8 @@ class _WriterState:
         self.members: set[tuple[int, str]] = set()
         self.data_version = -1
         self.purge_pending = True
+        #: a message was deleted in this batch: its old text may be in the WAL's frames.
+        self.erased = False
 
     def clear(self) -> None:
         self.rooms.clear()

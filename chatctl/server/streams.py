@@ -19,6 +19,15 @@ A JoinRequest naming ``group_id`` is a stream of m3o's group edition (``editions
 frames carry ``group_id`` (renamed once per frame by the hub, per frame of a replay here),
 and its refusals and final frames are worded in it.
 
+A stream of many rooms (``JoinRooms``, the ``join-rooms`` extension) is one connection
+for all of them, counted once against the token's cap: a ``{"room_added": ...}`` frame
+for each room (with the cursor a resume of it starts from until a message of it came),
+then that room's replay; then the live frames of every room, a room let into meanwhile
+(``all``) announced the same way and a room that ends for the user (kicked, left,
+deleted, or refused at the start) said with ``{"room_ended": ...}`` while the others go
+on. A full queue ends the whole stream with 4008, like a Join's; the client resumes every
+room with its own cursor (``since_ids``).
+
 Tokens: a Join is decoded as every request is (``decode.decode``: a user token's request
 is bound to its user before it is validated); each stream counts against its token's cap
 (``--max-streams-per-token``: one more is 429, close 4429 on a WebSocket) until it ends;
@@ -30,21 +39,26 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
+from chatctl.ids import time_ns
+from chatctl.schema import Endpoint
 from chatctl.server.decode import Refusal, decode, no_such_api
-from chatctl.server.domain import Refused, Unavailable
-from chatctl.server.edge import CHAT_PREFIX, JOIN, Edge, bearer, origin_refused
+from chatctl.server.domain import REFUSALS, Refused, Unavailable
+from chatctl.server.edge import CHAT_PREFIX, JOIN, JOIN_ROOMS, Edge, bearer, origin_refused
 from chatctl.server.editions import GROUP, ROOM, Edition, end_frame_in, worded_in
-from chatctl.server.hub import StreamEnded, Subscriber
+from chatctl.server.hub import ADDED, ENDED, RoomsSubscriber, StreamEnded, Subscriber
+from chatctl.server.logline import PRINCIPAL, stream_opened
 from chatctl.server.ratelimit import StreamCounter, over_stream_cap, share
-from chatctl.server.rules import Admission
+from chatctl.server.rules import Admission, RoomsAdmission
 from chatctl.server.tokens import Principal
-from chatctl.wire import encode, in_group_edition
+from chatctl.wire import encode, in_group_edition, uuid7_floor
 
 __all__ = ["RAW_SEND", "REVOKED", "JoinStreams"]
 
@@ -52,6 +66,8 @@ __all__ = ["RAW_SEND", "REVOKED", "JoinStreams"]
 RAW_SEND = "chatctl.raw_send"
 
 Write = Callable[[str], Awaitable[None]]
+#: a stream admitted: what writes it out until it ends, and what lets it go.
+Runner = Callable[[Write], Awaitable[None]]
 
 JSON = "application/json"
 
@@ -72,7 +88,7 @@ class JoinStreams:
         cap = self.config.max_streams_per_token
         self.counter = StreamCounter(None if cap is None else share(cap, self.config.replicas))
         #: the subscribers counted in ``counter`` (each released once).
-        self._counted: set[Subscriber] = set()
+        self._counted: set[Subscriber | RoomsSubscriber] = set()
 
     async def admit(
         self, principal: Principal, req: dict[str, str], edition: Edition = ROOM
@@ -81,6 +97,7 @@ class JoinStreams:
         Refusal (nothing counted, worded in ``edition``) when it is refused."""
         token_id = principal.token_id
         if not self.counter.open(token_id):
+            REFUSALS["stream_cap"] += 1
             cap = self.config.max_streams_per_token or 0
             raise Refusal("v1", 429, over_stream_cap(cap), edition=edition)
         try:
@@ -111,9 +128,12 @@ class JoinStreams:
             raise Refusal("v1", 401, "Unauthorized", edition=edition)
         return admission, sub
 
-    def release(self, sub: Subscriber) -> None:
+    def release(self, sub: Subscriber | RoomsSubscriber) -> None:
         """The stream ended: off the hub, and no longer counted against its token."""
-        self.hub.unsubscribe(sub)
+        if isinstance(sub, RoomsSubscriber):
+            sub.release()
+        else:
+            self.hub.unsubscribe(sub)
         if sub in self._counted:
             self._counted.discard(sub)
             self.counter.close(sub.owner)
@@ -137,13 +157,112 @@ class JoinStreams:
         finally:
             self.release(sub)
 
+    # -- many rooms -----------------------------------------------------------------------
+
+    async def admit_rooms(
+        self, principal: Principal, req: dict[str, Any], edition: Edition = ROOM
+    ) -> tuple[RoomsAdmission, RoomsSubscriber]:
+        """Admit a stream of many rooms (counted once against its token's cap): its user's
+        new rooms watched first (with ``all``), then each room admitted and tapped."""
+        token_id = principal.token_id
+        if not self.counter.open(token_id):
+            cap = self.config.max_streams_per_token or 0
+            raise Refusal("v1", 429, over_stream_cap(cap), edition=edition)
+        stream = self.hub.subscribe_rooms(
+            principal.tenant,
+            req["user_id"],
+            bool(req["events"]),
+            bool(req["include_own"]),
+            owner=token_id,
+            group=edition == GROUP,
+            every_room=bool(req["all"]),
+            max_rooms=self.config.limits.max_rooms_per_tenant,
+        )
+        self._counted.add(stream)
+        #: a room without a cursor resumes from here (before it was tapped).
+        stream.since = uuid7_floor(time.time_ns() // 1_000_000)
+        try:
+            admission = await self.service.join_rooms(principal.tenant, req)
+        except (Refused, Unavailable) as exc:
+            self.release(stream)
+            raise Refusal.of(JOIN_ROOMS.id, exc, edition) from None
+        except BaseException:
+            self.release(stream)
+            raise
+        for room in admission.rooms:  # no await since the admission: nothing missed
+            stream.tap(room.room.id)
+        if not self.edge.still_accepted(principal):
+            self.release(stream)
+            raise Refusal("v1", 401, "Unauthorized", edition=edition)
+        return admission, stream
+
+    async def run_rooms(
+        self, admission: RoomsAdmission, stream: RoomsSubscriber, write: Write
+    ) -> None:
+        """Each room announced and replayed, then the live frames of all of them, until
+        the stream ends; raises StreamEnded at the end."""
+        last: dict[str, int] = {}
+        announced: set[str] = set()
+
+        def news(frame: dict[str, Any]) -> str:
+            text = encode(frame)
+            return in_group_edition(text) if stream.group else text
+
+        def over() -> None:
+            if not stream.taps and not stream.every_room:
+                raise StreamEnded(1000, reason="no rooms left")
+
+        try:
+            for room_id, refused in admission.refused:
+                refusal = Refusal.of(JOIN.id, refused)
+                await write(news(_room_ended(room_id, refusal.close_code, refusal.detail)))
+            for room in admission.rooms:
+                row = room.room
+                if row.id not in stream.taps or row.id in announced:
+                    continue  # ended meanwhile
+                announced.add(row.id)
+                await write(news(_room_added(row.id, row.name, room.since or stream.since)))
+                async for chunk in self.service.replay(room):
+                    for _seq, frame in chunk:
+                        await write(in_group_edition(frame) if stream.group else frame)
+                    last[row.id] = chunk[-1][0]
+                    if stream.ended:
+                        break
+                if stream.ended:
+                    break
+            over()
+            while True:
+                for room_id, seq, frame in await stream.next_batch():
+                    if seq == ADDED:
+                        if room_id in announced:
+                            continue
+                        new = await self.service.room(stream.tenant, room_id)
+                        if new is None:
+                            continue  # deleted meanwhile: its end comes next
+                        announced.add(room_id)
+                        at = uuid7_floor((time_ns(frame) or time.time_ns()) // 1_000_000)
+                        await write(news(_room_added(new.id, new.name, at, new=True)))
+                    elif seq == ENDED:
+                        announced.discard(room_id)
+                        last.pop(room_id, None)
+                        code, _, reason = frame.partition(" ")
+                        await write(news(_room_ended(room_id, int(code), reason)))
+                        over()
+                    elif not seq or seq > last.get(room_id, 0):
+                        await write(frame)  # seq 0 is an event; a replayed one is skipped
+        finally:
+            self.release(stream)
+
     # -- NDJSON -------------------------------------------------------------------------
 
     async def ndjson(
-        self, principal: Principal, req: dict[str, str], edition: Edition
+        self, principal: Principal, req: dict[str, Any], edition: Edition, endpoint: Endpoint
     ) -> Response:
+        if endpoint is JOIN_ROOMS:
+            rooms, many = await self.admit_rooms(principal, req, edition)
+            return _NDJSONStream(self, many, lambda write: self.run_rooms(rooms, many, write))
         admission, sub = await self.admit(principal, req, edition)
-        return _NDJSONStream(self, admission, sub)
+        return _NDJSONStream(self, sub, lambda write: self.run(admission, sub, write))
 
     # -- WebSocket ----------------------------------------------------------------------
 
@@ -177,9 +296,13 @@ class JoinStreams:
             # none that authenticates (or no token needed), the first, so that a page
             # refused its token reads the 401 frame and close 4401 below, not a bare 1006.
             subprotocol = subprotocol or offered[0]
+        if principal is not None:
+            ws.scope[PRINCIPAL] = principal
         await ws.accept(subprotocol=subprotocol)
         try:
-            if ws.scope["path"].lower() != CHAT_PREFIX + "join":
+            path = ws.scope["path"].lower()
+            endpoint = {CHAT_PREFIX + "join": JOIN, CHAT_PREFIX + "joinrooms": JOIN_ROOMS}.get(path)
+            if endpoint is None:
                 raise no_such_api()
             if principal is None:
                 raise Refusal("v1", 401, "Unauthorized")
@@ -197,8 +320,23 @@ class JoinStreams:
             raw = first.get("text")
             if raw is None:
                 raw = first.get("bytes") or b""
-            req, edition = decode(JOIN, raw, principal, self.config, edge.edition)
-            admission, sub = await self.admit(principal, req, edition)
+            req, edition = decode(endpoint, raw, principal, self.config, edge.edition)
+            sub: Subscriber | RoomsSubscriber
+            runner: Runner
+            if endpoint is JOIN_ROOMS:
+                rooms, many = await self.admit_rooms(principal, req, edition)
+                sub = many
+
+                def runner(write: Write) -> Awaitable[None]:
+                    return self.run_rooms(rooms, many, write)
+            else:
+                admission, one = await self.admit(principal, req, edition)
+                sub = one
+
+                def runner(write: Write) -> Awaitable[None]:
+                    return self.run(admission, one, write)
+
+            stream_opened(ws.scope, stream_label(sub))
         except Refusal as refusal:
             with contextlib.suppress(WebSocketDisconnect, RuntimeError):
                 await ws.send_text(encode(refusal.body()))
@@ -217,7 +355,7 @@ class JoinStreams:
 
         watcher = asyncio.create_task(_watch_disconnect(ws, sub))
         try:
-            await self.run(admission, sub, write)
+            await runner(write)
         except StreamEnded as end:
             if end.code is not None:
                 with contextlib.suppress(WebSocketDisconnect, RuntimeError):
@@ -239,8 +377,28 @@ def revoked() -> StreamEnded:
     return StreamEnded(refusal.close_code, encode(refusal.body()), REVOKED)
 
 
-def _edition_of(sub: Subscriber) -> Edition:
+def stream_label(sub: Subscriber | RoomsSubscriber) -> str:
+    """What a stream's log lines name: its room, or how many rooms a JoinRooms began with."""
+    if isinstance(sub, RoomsSubscriber):
+        return f"{'every room' if sub.every_room else 'rooms'} ({len(sub.taps)})"
+    return sub.room_id
+
+
+def _edition_of(sub: Subscriber | RoomsSubscriber) -> Edition:
     return GROUP if sub.group else ROOM
+
+
+def _room_added(room_id: str, name: str, since: str, *, new: bool = False) -> dict[str, Any]:
+    """A room the stream follows from now on: its name, the cursor a resume of it starts
+    from until a message of it came, and ``new`` when its user was let in meanwhile."""
+    added: dict[str, Any] = {"room_id": room_id, "name": name, "since": since}
+    if new:
+        added["new"] = True
+    return {"room_added": added}
+
+
+def _room_ended(room_id: str, code: int, detail: str) -> dict[str, Any]:
+    return {"room_ended": {"room_id": room_id, "code": code, "detail": detail}}
 
 
 async def _end_unavailable(ws: WebSocket, exc: Unavailable) -> None:
@@ -252,7 +410,7 @@ async def _end_unavailable(ws: WebSocket, exc: Unavailable) -> None:
         await ws.close(refusal.close_code, refusal.detail[:120])
 
 
-async def _watch_disconnect(ws: WebSocket, sub: Subscriber) -> None:
+async def _watch_disconnect(ws: WebSocket, sub: Subscriber | RoomsSubscriber) -> None:
     """Read (and ignore) what the client sends, to learn at once when it goes away."""
     with contextlib.suppress(Exception):
         while True:
@@ -267,7 +425,9 @@ class _NDJSONStream(Response):
 
     media_type = "application/x-ndjson"
 
-    def __init__(self, streams: JoinStreams, admission: Admission, sub: Subscriber) -> None:
+    def __init__(
+        self, streams: JoinStreams, sub: Subscriber | RoomsSubscriber, runner: Runner
+    ) -> None:
         super().__init__(status_code=200, media_type=self.media_type)
         # Streamed: no Content-Length; and ask proxies not to buffer lines.
         self.raw_headers = [
@@ -276,8 +436,8 @@ class _NDJSONStream(Response):
             (b"x-accel-buffering", b"no"),
         ]
         self.streams = streams
-        self.admission = admission
         self.sub = sub
+        self.runner = runner
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         sub = self.sub
@@ -294,10 +454,11 @@ class _NDJSONStream(Response):
             )
 
         watcher = asyncio.create_task(watch())
+        stream_opened(scope, stream_label(sub))
         try:
             await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
             try:
-                await self.streams.run(self.admission, sub, write)
+                await self.runner(write)
             except StreamEnded as end:
                 if end.code is not None and end.frame:
                     await write(end_frame_in(_edition_of(sub), end.frame))

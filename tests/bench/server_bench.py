@@ -98,18 +98,39 @@ BEFORE_CORE = {"plain": 0.49, "keyed": 0.63}
 
 def send_load(mode: Mode, workdir: Path) -> list[Row]:
     """Closed loop at 32 connections, key-less and keyed: chatctl serve, then the raw
-    minimal app, taking turns twice, so drift on the shared machine hits both."""
-    runs: dict[str, list[dict]] = {"chat": [], "raw": [], "chat_keyed": [], "raw_keyed": []}
+    minimal app, taking turns twice, so drift on the shared machine hits both; and the
+    key-less load on a second chatctl serve with --metrics, in the same turns (issue 26:
+    metrics on must not move the ratio by more than 5%)."""
+    runs: dict[str, list[dict]] = {
+        "chat": [],
+        "raw": [],
+        "chat_keyed": [],
+        "raw_keyed": [],
+        "chat_metrics": [],
+    }
     args, port, log = peer_server("minimal_app", workdir, "--db", str(workdir / "minimal.db"))
-    with chat_server(workdir / "server") as server, server.http() as c, process(args, port, log):
+    with (
+        chat_server(workdir / "server") as server,
+        server.http() as c,
+        chat_server(workdir / "server-metrics", extra=["--metrics"]) as metered,
+        metered.http() as mc,
+        process(args, port, log),
+    ):
         room = create_room(c, "load", [USER])
         body = {"room_id": room, "user_id": USER, "text": "load test message"}
-        assert server.port is not None
-        for _ in range(2):
+        metered_body = {**body, "room_id": create_room(mc, "load", [USER])}
+        assert server.port is not None and metered.port is not None
+        for turn in range(2):
             for keyed in (False, True):
                 suffix = "_keyed" if keyed else ""
+                if not keyed and turn:  # --metrics first in the second turn: no order bias
+                    runs["chat_metrics"].append(load(metered.port, metered_body, mode))
                 runs["chat" + suffix].append(load(server.port, body, mode, keyed=keyed))
                 runs["raw" + suffix].append(load(port, body, mode, keyed=keyed))
+                if not keyed and not turn:
+                    runs["chat_metrics"].append(load(metered.port, metered_body, mode))
+        scraped = mc.get("/metrics").text
+        assert 'chatctl_requests_total{endpoint="Send",status="200"}' in scraped
         # Latency below saturation: the same 32 connections at half the measured peak.
         half = max(r["rps"] for r in runs["chat"]) / 2
         paced = load(server.port, body, mode, rate=half)
@@ -124,6 +145,17 @@ def send_load(mode: Mode, workdir: Path) -> list[Row]:
             best["raw"]["rps"],
             at_least=BEFORE_CORE["plain"],
             note=f"{note}; target: the ratio before the server core change",
+        ),
+        ratio_row(
+            "server Send --metrics, 32 conns closed loop",
+            best["chat_metrics"]["rps"] / best["raw"]["rps"],
+            "x raw",
+            "the same ratio without --metrics",
+            best["chat"]["rps"] / best["raw"]["rps"],
+            at_least=0.95,
+            note=f"{note}; /metrics on costs at most 5% of Send throughput (issue 26):"
+            f" {best['chat_metrics']['rps']:,.0f} req/s with, {best['chat']['rps']:,.0f}"
+            " without",
         ),
         ratio_row(
             "server Send + Idempotency-Key, 32 conns",

@@ -82,10 +82,17 @@ class Workspace:
         members: list[str] = next(r["user_ids"] for r in rooms if r["id"] == self.room)
         return members
 
-    def tail(self, line: str, joiner: str, sender: str, text: str) -> str:
+    def tail(
+        self,
+        line: str,
+        joiner: str,
+        sender: str,
+        text: str,
+        until: Callable[[], bool] = lambda: True,
+    ) -> str:
         """Run a line that tails the room as ``joiner`` (not a member yet); once Join has
         added it (so its stream is live), send ``text`` as ``sender``; return what the line
-        printed once ``text`` is in it, and stop it."""
+        printed once ``text`` is in it (and ``until`` holds), and stop it."""
         assert joiner not in self.members()
         out_path = self.cwd / f"tail-{uuid.uuid4().hex}.out"
         with out_path.open("w") as out:
@@ -111,7 +118,7 @@ class Workspace:
 
             wait_for(joined, 20, f"Join to add {joiner}")
             self.api("Send", {"room_id": self.room, "user_id": sender, "text": text})
-            wait_for(lambda: text in printed(), 20, f"the recipe to print {text!r}")
+            wait_for(lambda: text in printed() and until(), 20, f"the recipe to print {text!r}")
             return printed()
         finally:
             with contextlib.suppress(ProcessLookupError):
@@ -170,10 +177,93 @@ def check_import_rerun(ws: Workspace, line: str) -> None:
     assert ws.texts() == [*before, *lines]
 
 
+def check_jq_texts(ws: Workspace, line: str) -> None:
+    done = ws.run(line)
+    assert done.returncode == 0, done.stderr
+    # Only alice's messages, each text as itself (no quotes): what jq -r would print.
+    assert done.stdout == "hello\nlunch?\n"
+
+
+def check_bot(ws: Workspace, line: str) -> None:
+    bot = ws.cwd / "bot"
+    bot.write_text(
+        "#!/bin/sh\n"
+        'text=$(jq -r .text)  # the message, as JSON on stdin\n'
+        'chatctl send "$CHATCTL_ROOM_ID" "echo: $text" -o id > /dev/null\n'
+        'echo "replied to $CHATCTL_USER_ID: $CHATCTL_TEXT"\n'
+    )
+    bot.chmod(0o755)
+    saved = ws.cwd / "bot.cursor"
+
+    def handled() -> bool:
+        """The cursor file holds the message: CMD ended and its position was saved."""
+        sent = [m["id"] for m in ws.api("History", {"room_id": ws.room})["messages"]
+                if m["text"] == "hello bot"]  # fmt: skip
+        return json.loads(saved.read_text()) == {"rooms": {ws.room: sent[0]}}
+
+    out = ws.tail(line, "carol", "bob", "hello bot", until=handled)
+    assert out.splitlines() == ["replied to bob: hello bot"], out
+    # The reply is in the room, from the bot's user (the joiner, told by CHATCTL_USER).
+    history = ws.api("History", {"room_id": ws.room})["messages"]
+    assert (history[-1]["user_id"], history[-1]["text"]) == ("carol", "echo: hello bot")
+
+
+def check_take_back(ws: Workspace, line: str) -> None:
+    last = ws.api("History", {"room_id": ws.room})["messages"][-1]
+    assert (last["user_id"], last["text"]) == ("alice", "lunch?")
+    done = ws.run(line)
+    assert done.returncode == 0, done.stderr
+    assert ws.texts() == ["hello", "hi alice"]
+
+
 def check_join_tail(ws: Workspace, line: str) -> None:
     out = ws.tail(line, "carol", "bob", "hello carol")
     # jq -r .text printed the message's text, and nothing else.
     assert out.splitlines() == ["hello carol"], out
+
+
+def check_join_all(ws: Workspace, line: str) -> None:
+    """As alice (in general and ops): each message of her rooms, a JSON line with its
+    room_id (in a pipe); a room she is invited to while it runs (random) too."""
+    rooms = {r["name"]: r["id"] for r in ws.api("List", {})["rooms"]}
+    out_path = ws.cwd / "join-all.out"
+    with out_path.open("w") as out:
+        proc = subprocess.Popen(
+            ["bash", "-o", "pipefail", "-c", line],
+            cwd=ws.cwd,
+            env=ws.env,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+
+        def printed(text: str) -> bool:
+            if proc.poll() is not None:
+                pytest.fail(f"the recipe exited {proc.returncode}: {out_path.read_text()}")
+            return text in out_path.read_text()
+
+        def live() -> bool:  # a message to general comes out once the stream is live
+            ws.api("Send", {"room_id": rooms["general"], "user_id": "bob", "text": "ping"})
+            return printed("ping")
+
+        wait_for(live, 20, "the recipe to print a message of general", interval=0.3)
+        ws.api("Invite", {"room_id": rooms["random"], "user_id": "alice"})
+        ws.api("Send", {"room_id": rooms["random"], "user_id": "bob", "text": "welcome"})
+        wait_for(lambda: printed("welcome"), 20, "the recipe to print the new room's message")
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(10)
+    out = out_path.read_text().splitlines()  # stdout's JSON lines, and stderr's notices
+    printed = {(m["room_id"], m["text"]) for m in map(json.loads, filter(is_json, out))}
+    assert printed == {(rooms["general"], "ping"), (rooms["random"], "welcome")}
+    assert "chatctl: now following random: the user was let into it" in out
+
+
+def is_json(line: str) -> bool:
+    return line.startswith("{")
 
 
 def check_websocat(ws: Workspace, line: str) -> None:
@@ -194,7 +284,12 @@ CHECKS: list[tuple[str, Callable[[Workspace, str], None]]] = [
     (r"chatctl history general -o jsonl > general\.jsonl", check_export),
     (r"chatctl send general --lines --keep-going -o id < notes\.txt", check_lines_keep_going),
     (r"chatctl send general --lines --batch-key", check_import_rerun),
+    (r"chatctl history general -o jsonl --jq", check_jq_texts),
+    (r"chatctl join general --exec \./bot --cursor", check_bot),
+
+    (r"xargs chatctl delete-message general", check_take_back),
     (r"chatctl join general \| while read", check_join_tail),
+    (r"chatctl join --all$", check_join_all),
     (r"websocat .*/v1/chat/Join", check_websocat),
 ]
 

@@ -376,3 +376,47 @@ def test_a_join_refused_4503_with_no_reconnect_exits_3(
     error, hint = joined.stderr.splitlines()
     assert error.startswith("error: stream closed: storage unavailable") and "(close 4503)" in error
     assert hint.startswith("hint: join again with --since")
+
+
+def test_ready_goes_503_while_postgres_is_paused_and_its_listener_cut(
+    replica: tuple[ServerProcess, DelayProxy],
+) -> None:
+    """What a load balancer's probe of /ready sees (docs/deployment.md): 503 within the
+    database timeout while PostgreSQL does not answer and the LISTEN connection is gone,
+    naming both, and 200 again once it is back; /health stays 200 throughout (the process
+    serves)."""
+    server, proxy = replica
+    with server.http() as c:
+        assert c.get("/ready").json() == {"status": "ready"}
+        proxy.pause()
+        proxy.drop()  # every relayed connection cut, the LISTEN one among them
+        try:
+            reasons: list[str] = []
+
+            def not_ready() -> bool:
+                sent = time.monotonic()
+                r = c.get("/ready")
+                took = time.monotonic() - sent
+                assert r.status_code in (200, 503), r.text
+                assert took <= CALL_BOUND, f"/ready took {took:.2f} s"
+                assert c.get("/health", timeout=FREE_PATH_BOUND).status_code == 200
+                reasons[:] = r.json().get("reasons", [])
+                return len(reasons) == 2
+
+            wait_for(not_ready, 10, "/ready to name both the database and the listener")
+            # A cut pool connection fails at once; one waiting on the pause, in time.
+            assert reasons[0] == "not hearing the other replicas (PostgreSQL LISTEN)"
+            assert reasons[1] in (
+                "the database failed",
+                f"the database did not answer within {DB_TIMEOUT:g} s",
+            )
+            wait_for(
+                lambda: not_ready() and reasons[1].endswith(f"within {DB_TIMEOUT:g} s"),
+                10,
+                "/ready to say the database does not answer",
+            )
+            assert c.get("/health").json() == {"status": "ok"}
+        finally:
+            proxy.resume()
+        wait_for(lambda: c.get("/ready").status_code == 200, 15, "/ready to be 200 again")
+        assert c.get("/health").status_code == 200

@@ -1,4 +1,4 @@
-"""HTTP methods (contract part 3): an endpoint takes POST, /health and /openapi.json GET
+"""HTTP methods (contract part 3): an endpoint takes POST, /health, /ready and /openapi.json GET
 and HEAD; any other method is 405 with ``Allow`` (before any token is asked for), except
 OPTIONS, which is answered 204 with ``Allow`` (a browser's preflight, with CORS headers
 only for an origin ``--cors-origin`` allows: tests/server/test_cors.py). Unknown paths
@@ -34,7 +34,7 @@ def test_other_methods_on_an_endpoint_are_405_with_allow_post(
             assert_error(r, 405, "v1", f"method {method} not allowed here: use POST")
 
 
-@pytest.mark.parametrize("path", ["/health", "/openapi.json", "/HEALTH"])
+@pytest.mark.parametrize("path", ["/health", "/ready", "/openapi.json", "/HEALTH"])
 def test_health_and_the_document_take_get_and_head(client: httpx.Client, path: str) -> None:
     for method in ("GET", "HEAD"):
         r = client.request(method, path)

@@ -61,7 +61,7 @@ from tests import postgres
 
 pytestmark = pytest.mark.postgres
 
-EXAMPLES = int(os.environ.get("CHATCTL_TEST_SEND_EXAMPLES", "0") or 0) or 200
+EXAMPLES = int(os.environ.get("CHATCTL_TEST_SEND_EXAMPLES", "0") or 0) or 100
 
 USERS = ("ann", "bob", "cyd", "dee")
 KEYS = ("k1", "k2", "k3")

@@ -199,13 +199,32 @@ def test_unknown_path(client: httpx.Client, method: str, path: str) -> None:
 @pytest.mark.one_backend
 def test_health_and_openapi(client: httpx.Client) -> None:
     assert client.get("/health").json() == {"status": "ok"}
+    ready = client.get("/ready")
+    assert ready.json() == {"status": "ready"} and ready.headers["cache-control"] == "no-store"
     doc = client.get("/openapi.json").json()
+    assert {"/health", "/ready"} <= set(doc["paths"])
     assert doc["openapi"].startswith("3.1")
     for name in ("Create", "Delete", "Invite", "Send", "History", "Kick", "List", "Join", "Leave"):
         assert f"/v1/chat/{name}" in doc["paths"]
     props = doc["components"]["schemas"]["HistoryRequest"]["properties"]
     assert props["limit"]["x-chatctl-extension"] is True
     assert "Error" in doc["components"]["schemas"]
+
+
+@pytest.mark.one_backend
+def test_ready_is_503_while_shutting_down(live_server: Callable[..., LiveServer]) -> None:
+    """A server ending its streams at shutdown (``ChatServer.shutdown`` closes the hub)
+    still answers, but /ready tells the load balancer to send nothing more."""
+    srv = live_server()
+    with httpx.Client(base_url=srv.url) as c:
+        assert c.get("/ready").status_code == 200
+        srv.app.state.hub.closed = True  # as hub.end_all(closing=True) leaves it
+        r = c.get("/ready")
+        assert (r.status_code, r.json()) == (
+            503,
+            {"status": "not ready", "reasons": ["shutting down"]},
+        )
+        assert c.get("/health").status_code == 200
 
 
 def test_tokens(live_server: Callable[..., LiveServer]) -> None:

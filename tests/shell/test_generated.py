@@ -16,7 +16,7 @@ from tests.conftest import Run
 from tests.shell.conftest import ROOT
 
 COMMANDS = [
-    "create", "delete", "invite", "send", "history", "kick", "list",
+    "create", "delete", "delete-message", "invite", "send", "history", "kick", "list",
     "join", "leave", "whoami", "call", "serve", "config", "completion",
 ]  # fmt: skip
 
