@@ -22,10 +22,12 @@ __all__ = [
     "EVENT_TYPES",
     "EXTENSIONS_HEADER",
     "IDEMPOTENCY",
+    "IMPORT",
     "INVISIBLE",
     "JOIN_ROOMS",
     "MESSAGE_FIELDS",
     "NEW_NAMES",
+    "RETENTION",
     "ROOM_FIELDS",
     "SERVER_EXTENSIONS",
     "WHOAMI",
@@ -101,8 +103,14 @@ EVENT_TYPES: tuple[str, ...] = (
     "message_deleted",
 )
 
-Kind = Literal["string", "boolean", "integer", "string_list"]
-_DEFAULTS: dict[str, Any] = {"string": "", "boolean": False, "integer": 0, "string_list": []}
+Kind = Literal["string", "boolean", "integer", "string_list", "message_list"]
+_DEFAULTS: dict[str, Any] = {
+    "string": "",
+    "boolean": False,
+    "integer": 0,
+    "string_list": [],
+    "message_list": [],
+}
 
 
 @dataclass(frozen=True)
@@ -242,7 +250,9 @@ class Endpoint:
     summary: str
     request: tuple[Field, ...]
     #: the key of the response object: room, rooms, message, messages or identity.
-    response: Literal["room", "rooms", "message", "messages", "identity"]
+    response: Literal[
+        "room", "rooms", "message", "messages", "identity", "retention", "imported"
+    ]
     #: True when a call changes something (so an Idempotency-Key makes sense).
     mutating: bool
     #: True when the request's ``user_id`` names the acting user (Send, Join, History,
@@ -514,6 +524,38 @@ for _e in (
             False,
             extension="whoami",
         ),
+        Endpoint(
+            "Retain",
+            "Set or read how long a room keeps its messages (its creator or an admin token)",
+            (
+                _ROOM_ID,
+                Field(
+                    "retain",
+                    "string",
+                    "Keep messages this long (30d, 12h, 90m, 1d12h), off for the server's"
+                    " own, or empty to only read the setting.",
+                ),
+            ),
+            "retention",
+            True,
+            extension="retention",
+        ),
+        Endpoint(
+            "Import",
+            "Store messages with their own ids, times and senders (admin tokens only)",
+            (
+                _ROOM_ID,
+                Field(
+                    "messages",
+                    "message_list",
+                    "Messages as History answers them, oldest first: id (a UUID), user_id,"
+                    " sent_at (RFC 3339), text, subject, client. At most 1000.",
+                ),
+            ),
+            "imported",
+            True,
+            extension="import",
+        ),
 ):
     declare(_e)
 del _e
@@ -531,6 +573,12 @@ IDEMPOTENCY = "idempotency-key"
 BULK_SEND = "bulk-send"
 #: whoami: ``POST /v1/chat/Whoami`` says who the token acts as (contract part 3).
 WHOAMI = "whoami"
+#: retention: ``POST /v1/chat/Retain``, and the gap a cursor older than what a room keeps
+#: meets (History's ``gap``, Join's first frame): contract part 3, "Retention".
+RETENTION = "retention"
+#: import: ``POST /v1/chat/Import`` stores messages with their original ids, times and
+#: senders (contract part 3, "Import").
+IMPORT = "import"
 #: delete-message: ``POST /v1/chat/DeleteMessage`` deletes one message (contract part 3).
 DELETE_MESSAGE = "delete-message"
 #: The extensions chatctl's server has: each request field's ``extension``, the key,
@@ -547,6 +595,8 @@ SERVER_EXTENSIONS: tuple[str, ...] = (
     WHOAMI,
     DELETE_MESSAGE,
     JOIN_ROOMS,
+    RETENTION,
+    IMPORT,
 )
 
 #: m3o's two editions: the seed's "room" names, and the final "group" names (part 4).
@@ -643,6 +693,8 @@ def _check_kind(f: Field, value: Any) -> Any:
         ):
             value = int(value)
         ok = isinstance(value, int) and not isinstance(value, bool)
+    elif f.kind == "message_list":  # each message's fields: the rules check them
+        ok = isinstance(value, list) and all(isinstance(v, dict) for v in value)
     else:
         ok = isinstance(value, list) and all(isinstance(v, str) for v in value)
     if not ok:
@@ -651,6 +703,7 @@ def _check_kind(f: Field, value: Any) -> Any:
             "boolean": "true or false",
             "integer": "an integer",
             "string_list": "a list of strings",
+            "message_list": "a list of messages (JSON objects)",
         }[f.kind]
         raise ValidationError(f"{f.name} must be {wanted}")
     return value

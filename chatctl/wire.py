@@ -41,6 +41,7 @@ __all__ = [
     "CLOSE_GOING_AWAY",
     "CLOSE_TOO_BIG",
     "CLOSE_TOO_SLOW",
+    "DURATION_PATTERN",
     "MAX_DEPTH",
     "NIL_UUID",
     "UUID_PATTERN",
@@ -49,16 +50,21 @@ __all__ = [
     "close_code_for",
     "decode",
     "decode_at",
+    "duration_text",
     "encode",
     "error_frame",
     "error_object",
     "event_frame",
+    "gap_frame",
+    "gap_object",
     "group_wording",
     "in_both_editions",
     "in_group_edition",
     "is_uuid",
     "message_frame",
     "message_object",
+    "parse_duration",
+    "parse_time",
     "random_uuid",
     "reason_phrase",
     "rfc3339",
@@ -340,3 +346,74 @@ def group_wording(detail: str) -> str:
     the server's own details, which embed no input but names and numbers; a limit's flag
     (``max_rooms_per_tenant``) keeps its name."""
     return _GROUP_WORDS.sub(r"group\1", detail)
+
+
+# -- retention (issue 26): durations, and the gap a cursor older than what is kept meets --
+
+_DURATION = re.compile(r"([1-9][0-9]{0,5})([smhdw])")
+#: what Retain's ``retain`` may be (as the OpenAPI document says): a duration, off, or empty.
+DURATION_PATTERN = "^(off|([1-9][0-9]{0,5}[smhdw])+)?$"
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_duration(text: str) -> int:
+    """Seconds of a duration as people write it: ``90s``, ``15m``, ``12h``, ``30d``,
+    ``2w``, or several (``1d12h``), each number 1 to 999999; a ValueError naming the form
+    otherwise."""
+    text = text.strip().lower()
+    pos, total = 0, 0
+    for match in _DURATION.finditer(text):
+        if match.start() != pos:
+            break
+        total += int(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+        pos = match.end()
+    if not text or pos != len(text):
+        raise ValueError(f"not a duration: {text[:40]!r} (e.g. 30d, 12h, 90m, 1d12h)")
+    return total
+
+
+def duration_text(seconds: int) -> str:
+    """A duration as ``parse_duration`` reads it, in its largest whole units: ``30d``."""
+    parts = []
+    for unit in "dhms":
+        count, seconds = divmod(seconds, _UNIT_SECONDS[unit])
+        if count:
+            parts.append(f"{count}{unit}")
+    return "".join(parts) or "0s"
+
+
+_TIME = re.compile(
+    r"(\d{4})-(\d\d)-(\d\d)[Tt ](\d\d):(\d\d):(\d\d)(?:\.(\d{1,9})\d*)?"
+    r"(?:([Zz])|([+-])(\d\d):(\d\d))"
+)
+
+
+def parse_time(text: str) -> float | None:
+    """Seconds since 1970 of an RFC 3339 time (any fraction, any offset); None if not one."""
+    import calendar
+
+    match = _TIME.fullmatch(text.strip())
+    if match is None:
+        return None
+    y, mo, d, h, mi, s = (int(g) for g in match.groups()[:6])
+    try:
+        seconds: int = calendar.timegm((y, mo, d, h, mi, s, 0, 0, 0))
+    except (ValueError, OverflowError):
+        return None
+    if match.group(9):
+        offset = int(match.group(10)) * 3600 + int(match.group(11)) * 60
+        seconds -= offset if match.group(9) == "+" else -offset
+    fraction = match.group(7) or "0"
+    return seconds + int(fraction) / 10.0 ** len(fraction)
+
+
+def gap_object(room_id: str, through: str, at: str) -> dict[str, Any]:
+    """What a cursor older than a room keeps meets: messages up to and including
+    ``through`` (sent at ``at``) were removed by the room's retention."""
+    return {"type": "gap", "room_id": room_id, "through": through, "at": at}
+
+
+def gap_frame(room_id: str, through: str, at: str) -> str:
+    """``{"event": {"type": "gap", ...}}``, encoded: the first frame of a Join whose
+    ``since`` is older than what the room keeps."""
+    return encode({"event": gap_object(room_id, through, at)})

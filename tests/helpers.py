@@ -23,7 +23,7 @@ import httpx
 #: it; a mock without it stands for a plain m3o server.
 CHATCTL_HEADERS = {
     "Chat-Extensions": "paging, history-user, resume, replay, events, include-own, "
-    "idempotency-key, bulk-send, whoami, join-rooms"
+    "idempotency-key, bulk-send, whoami, delete-message, join-rooms, retention, import"
 }
 
 def wait_for(

@@ -332,7 +332,8 @@ def _follow(
                 last_frame = time.monotonic()
                 message = frame.get("message")
                 if not isinstance(message, dict):
-                    printer.response(frame)
+                    if not _gap_told(inv, frame) or body.get("events"):
+                        printer.response(frame)
                     continue
                 # Frames come in the room's order: the last one received is where a
                 # resume starts (replayed --history messages included).
@@ -359,6 +360,25 @@ def _follow(
         finally:
             if stream is not None:
                 stream.close()
+
+
+def _gap_told(inv: Invocation, frame: dict[str, Any]) -> bool:
+    """Say on stderr what a ``gap`` event means (``--since`` older than what the room
+    keeps); True when ``frame`` was one."""
+    event = frame.get("event")
+    if not isinstance(event, dict) or event.get("type") != "gap":
+        return False
+    inv.notice(gap_words(event))
+    return True
+
+
+def gap_words(gap: dict[str, Any]) -> str:
+    """One line for a gap (``join --since``, ``history --after/--before``)."""
+    at, through = gap.get("at"), gap.get("through")
+    return (
+        f"messages up to {at} (id {through}) were removed by the room's retention:"
+        " what follows starts at the oldest message kept"
+    )
 
 
 #: On a server that cannot resume, a gap is filled from History with the messages sent

@@ -1,6 +1,6 @@
-"""Message commands: send, history, delete-message."""
+"""Message commands: send, history, import, delete-message."""
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Annotated, Any
 
 import typer
@@ -185,6 +185,9 @@ def _read(
 
 def _page(inv: Invocation, request: dict[str, Any], **cursor: Any) -> list[dict[str, Any]]:
     response = inv.client.call("History", {**request, **cursor})
+    gap = response.get("gap")
+    if isinstance(gap, dict):
+        _tell_gap(inv)(gap)
     messages = response.get("messages", [])
     return [m for m in messages if isinstance(m, dict)] if isinstance(messages, list) else []
 
@@ -223,7 +226,8 @@ def _messages(
         # All of it: one History without a limit, read as it arrives (chatctl's server
         # sends it in parts), rather than a call per page of 1,000: ~2x the rate.
         bounds = {"after": after, "before": before}
-        yield from inv.client.history({**request, **{k: v for k, v in bounds.items() if v}})
+        asked = {**request, **{k: v for k, v in bounds.items() if v}}
+        yield from inv.client.history(asked, on_gap=_tell_gap(inv))
         return
     cursor, left = after or START, limit
     while left is None or left > 0:
@@ -240,6 +244,102 @@ def _messages(
         cursor = last
         if left is not None:
             left -= len(page)
+
+
+def _tell_gap(inv: Invocation) -> Callable[[dict[str, Any]], None]:
+    """What a History answer's gap (a cursor older than what the room keeps) prints: one
+    line on stderr, so that what goes to stdout stays the messages alone."""
+    from chatctl.cli.join import gap_words
+
+    return lambda gap: inv.notice(gap_words(gap))
+
+
+#: messages, and their encoded bytes, one Import call carries at most (the server's body
+#: limit is 1 MiB by default, its cap 1,000 messages).
+IMPORT_BATCH = 500
+IMPORT_BYTES = 512 * 1024
+
+
+@app.command("import")
+@with_common_options
+def import_messages(ctx: typer.Context, room: RoomArg = None) -> None:
+    """Store messages with their own ids, times and senders: move a room between servers.
+
+    Reads messages as history -o jsonl writes them (one JSON object a line; stdin, or
+    --input FILE), oldest first, from chatctl's server or any m3o server. Needs an admin
+    token on a chatctl server as the target (another m3o server cannot: exit 2).
+
+    A message already in the room, the same, is skipped and counted, so an import run
+    again stores nothing twice; an id the room has with other content stops it (exit 1).
+    Messages must come no earlier than the room's last one: import into a new room.
+
+    Example: chatctl history archive -o jsonl | chatctl import archive
+    """
+    import json
+    import sys
+
+    from chatctl.cli import plain
+    from chatctl.schema import IMPORT
+    from chatctl.wire import decode
+
+    inv = invocation(ctx)
+    body = run.build_requests(inv, "Import", {}, room=room)[0].body
+    client = inv.client
+    if not client.facts(None).has(IMPORT):
+        raise plain.unsupported(inv, "import", IMPORT)
+    path = inv.options.input
+    name = "stdin" if path is None or str(path) == "-" else str(path)
+    source = inv.stdin if path is None or str(path) == "-" else open(path, encoding="utf-8")  # noqa: SIM115
+    totals = {"room_id": body["room_id"], "stored": 0, "skipped": 0}
+    batch: list[dict[str, Any]] = []
+    size = 0
+
+    def flush() -> None:
+        nonlocal size
+        if batch:
+            answer = client.call("Import", {**body, "messages": batch})
+            done = answer.get("imported", {})
+            for count in ("stored", "skipped"):
+                value = done.get(count) if isinstance(done, dict) else None
+                totals[count] += value if isinstance(value, int) else 0
+            batch.clear()
+            size = 0
+
+    out = inv.renderer(batch=False)
+    try:
+        for lineno, line in enumerate(source, 1):
+            if not line.strip():
+                continue
+            try:
+                message = decode(line)
+            except (json.JSONDecodeError, ValueError):
+                raise UsageError(
+                    f"line {lineno} of {name} is not JSON; expected a message a line, as"
+                    " history -o jsonl writes them",
+                    hint=f"{totals['stored']} stored, {totals['skipped']} skipped before it",
+                ) from None
+            if not isinstance(message, dict):
+                raise UsageError(f"line {lineno} of {name} is not a JSON object")
+            encoded = len(line.encode("utf-8", "surrogatepass"))
+            if batch and (len(batch) >= IMPORT_BATCH or size + encoded > IMPORT_BYTES):
+                flush()
+            batch.append(
+                {
+                    k: message.get(k)
+                    for k in ("id", "user_id", "sent_at", "text", "subject", "client")
+                }
+            )
+            size += encoded
+        flush()
+        out.response({"imported": totals})
+    finally:
+        out.close()
+        if source is not inv.stdin and source is not sys.stdin:
+            source.close()
+    inv.notice(
+        f"imported {totals['stored']} messages into {room or body['room_id']}"
+        f" ({totals['skipped']} already there, skipped)"
+    )
 
 
 @app.command()

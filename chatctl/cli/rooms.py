@@ -1,4 +1,4 @@
-"""Room commands: create, delete, list."""
+"""Room commands: create, delete, list, retain."""
 
 from typing import Annotated
 
@@ -95,3 +95,50 @@ def list_rooms(
     inv = invocation(ctx)
     calls = run.build_requests(inv, "List", {"user_id": user})
     run.call_all(inv, "List", calls, total=len(calls))
+
+
+@app.command()
+@with_common_options
+def retain(
+    ctx: typer.Context,
+    room: Annotated[
+        str,
+        typer.Argument(
+            help="The room, by id or name.", show_default=False, autocompletion=complete.rooms
+        ),
+    ],
+    duration: Annotated[
+        str | None,
+        typer.Argument(
+            help="Keep its messages this long (30d, 12h, 90m, 1d12h), or off for the"
+            " server's own. Leave out to show the setting.",
+            metavar="[DURATION|off]",
+            show_default=False,
+        ),
+    ] = None,
+) -> None:
+    """Set how long a room keeps its messages, or show it (its creator or an admin token).
+
+    Older messages are removed within the server's --retain-check; the server's --retain
+    is a ceiling a room may only shorten. A client resuming or paging from before what
+    is kept is told of the gap. Needs chatctl's server: another m3o server cannot (exit 2).
+
+    Example: chatctl create archive -u alice -o id && chatctl retain archive 30d
+
+    Example: chatctl retain archive -o json
+    """
+    from chatctl.cli import plain
+    from chatctl.errors import UsageError
+    from chatctl.schema import RETENTION
+    from chatctl.wire import parse_duration
+
+    inv = invocation(ctx)
+    if duration is not None and duration.strip().lower() != "off":
+        try:
+            parse_duration(duration)
+        except ValueError as exc:
+            raise UsageError(f"DURATION: {exc}; or off") from None
+    calls = run.build_requests(inv, "Retain", {"retain": duration or ""}, room=room)
+    if not inv.client.facts(inv.acting_user()).has(RETENTION):
+        raise plain.unsupported(inv, "retain", RETENTION)
+    run.call_all(inv, "Retain", calls, total=1)

@@ -36,6 +36,7 @@ _PER_TOKEN = "Per-token limits"
 _CLIENTS = "Browsers and m3o clients"
 _CONNECTIONS = "Connections"
 _OBSERVE = "Logs and metrics"
+_RETENTION = "Retention"
 #: ServerConfig's defaults, repeated: the CLI does not import the server to show its help
 #: (tests/faults/test_heads.py holds them equal).
 DEFAULT_MAX_HEAD_BYTES = 64 * 1024
@@ -384,6 +385,25 @@ def serve(
             rich_help_panel=_OBSERVE,
         ),
     ] = False,
+    retain: Annotated[
+        str | None,
+        typer.Option(
+            help="Keep messages this long (30d, 12h, 1d12h), then remove them, in every room;"
+            " a room may keep less (chatctl retain). Default: forever.",
+            metavar="DURATION",
+            show_default=False,
+            rich_help_panel=_RETENTION,
+        ),
+    ] = None,
+    retain_check: Annotated[
+        float,
+        typer.Option(
+            help="Seconds between looks for messages past their retention.",
+            min=0.01,
+            metavar="SECONDS",
+            rich_help_panel=_RETENTION,
+        ),
+    ] = 60.0,
     status: Annotated[
         bool,
         typer.Option(
@@ -475,6 +495,8 @@ def serve(
         max_head_bytes=max_head_bytes,
         max_pending_heads=max_pending_heads,
         metrics=metrics,
+        retain=_retain_seconds(retain),
+        retain_check=retain_check,
     )
     if forwarded_allow_ips is not None and not proxy_headers:
         raise UsageError("--forwarded-allow-ips goes with --proxy-headers: give both")
@@ -489,6 +511,18 @@ def serve(
         proxy_headers=proxy_headers,
         forwarded_allow_ips=forwarded_allow_ips,
     )
+
+
+def _retain_seconds(retain: str | None) -> int | None:
+    """--retain in seconds; a usage error names a bad one."""
+    from chatctl.wire import parse_duration
+
+    if retain is None or retain.strip().lower() in ("off", "forever"):
+        return None
+    try:
+        return parse_duration(retain)
+    except ValueError as exc:
+        raise UsageError(f"--retain: {exc}") from None
 
 
 def _cors_origins(given: list[str]) -> tuple[str, ...]:
@@ -803,3 +837,88 @@ def token_revoke(
         f"revoked token {line.digest[:12]} ({_who(line)}), line {line.line} of {tokens_file}",
         err=True,
     )
+
+
+# -- chatctl serve backup / restore -------------------------------------------------------
+
+SqliteDbOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--db",
+        help="The server's SQLite database, as given to chatctl serve --db. Default: the"
+        " embedded local server's.",
+        metavar="PATH",
+        show_default=False,
+    ),
+]
+
+
+def _sqlite_db(db: Path | None) -> Path:
+    """--db as a SQLite path; a PostgreSQL URL is a usage error pointing at pg_dump."""
+    from chatctl.local import default_db_path
+
+    if db is not None and str(db).startswith(("postgresql:", "postgres:")):
+        raise UsageError(
+            "backup and restore are for SQLite; back up PostgreSQL with pg_dump -Fc and"
+            " pg_restore (docs/deployment.md, Backups)"
+        )
+    return db if db is not None else default_db_path()
+
+
+@app.command("backup")
+def backup(
+    file: Annotated[
+        Path,
+        typer.Argument(
+            help="Where to write the copy (mode 0600; replaced whole).",
+            metavar="FILE",
+            show_default=False,
+        ),
+    ],
+    db: SqliteDbOpt = None,
+    timeout: Annotated[
+        float,
+        typer.Option(
+            help="Seconds to wait for another process's lock.", min=0.1, metavar="SECONDS"
+        ),
+    ] = 5.0,
+) -> None:
+    """Copy a SQLite database while its server runs: one consistent snapshot, checked.
+
+    The copy is what one commit left: every message acknowledged before the backup began.
+
+    It is compacted, and passes PRAGMA integrity_check before it replaces FILE.
+
+    For PostgreSQL use pg_dump -Fc and pg_restore (docs/deployment.md).
+
+    Example: chatctl serve backup --db /var/lib/chatctl/chat.db /backup/chat-$(date +%F).db
+    """
+    from chatctl.server.backup import backup as take_backup
+
+    size = take_backup(str(_sqlite_db(db)), file, timeout=timeout)
+    typer.echo(f"backed up {_sqlite_db(db)} to {file} ({size} bytes)", err=True)
+
+
+@app.command("restore")
+def restore(
+    file: Annotated[
+        Path,
+        typer.Argument(
+            help="A backup chatctl serve backup wrote.", metavar="FILE", show_default=False
+        ),
+    ],
+    db: SqliteDbOpt = None,
+) -> None:
+    """Put a backup in place as a server's SQLite database (the server must be stopped).
+
+    Refused while a server has the database open. The backup is checked first.
+
+    The database file is replaced whole (its old WAL removed): a crash leaves one or the other.
+
+    Example: chatctl serve restore /backup/chat-2026-12-01.db --db /var/lib/chatctl/chat.db
+    """
+    from chatctl.server.backup import restore as put_back
+
+    target = _sqlite_db(db)
+    version = put_back(file, target)
+    typer.echo(f"restored {file} as {target} (schema version {version})", err=True)

@@ -12,7 +12,7 @@ import codecs
 import json
 import re
 import time
-from collections.abc import Generator, Iterable
+from collections.abc import Callable, Generator, Iterable
 from typing import Any
 
 import httpx
@@ -35,13 +35,16 @@ __all__ = ["HistoryReads"]
 class HistoryReads(Calls):
     """History, read as a stream."""
 
-    def history(self, body: dict[str, Any]) -> Generator[dict[str, Any], None, None]:
+    def history(
+        self, body: dict[str, Any], on_gap: Callable[[dict[str, Any]], None] | None = None
+    ) -> Generator[dict[str, Any], None, None]:
         """Every message one History call without ``limit`` answers, each decoded as it
         arrives (chatctl's server sends a long one in parts), in constant memory. The
         budget bounds the wait for each message (from the request, then from when the
         caller asks for the next one), not the whole of it; a connection lost part-way
         is picked up after the last message read (``after``: the paging extension, which
-        the caller made sure the server has)."""
+        the caller made sure the server has). ``on_gap`` hears of a cursor older than what
+        the room keeps (the answer's ``gap``: contract part 3, "Retention")."""
         path = "/v1/chat/History"
         request = in_edition(self.bound(ENDPOINTS["History"], body), self.server.edition)
         last: str | None = None
@@ -64,7 +67,9 @@ class HistoryReads(Calls):
                     else:
                         self._reached = True
                         self.server.learn(r.headers.get(EXTENSIONS_HEADER))
-                        for item in _streamed_items(self._pieces(r), "messages", self.where):
+                        rest: dict[str, Any] = {}
+                        pieces = self._pieces(r)
+                        for item in _streamed_items(pieces, "messages", self.where, rest):
                             message_id = item.get("id")
                             last = message_id if isinstance(message_id, str) else None
                             read += 1
@@ -73,6 +78,9 @@ class HistoryReads(Calls):
                             # wrote this one out (to a pipe that may be slow).
                             retry.progress()
                             self._deadline.at = retry.deadline
+                        gap = rest.get("gap")
+                        if on_gap is not None and isinstance(gap, dict):
+                            on_gap(gap)
                         return
             except _Retryable as e:
                 error = e.error
@@ -108,12 +116,14 @@ _ITEMS_HEAD = re.compile(r'\s*\{\s*"messages"\s*:\s*\[')
 
 
 def _streamed_items(
-    chunks: Iterable[bytes], key: str, where: str
+    chunks: Iterable[bytes], key: str, where: str, rest: dict[str, Any] | None = None
 ) -> Generator[dict[str, Any], None, None]:
     """The objects of the list under ``key`` in a JSON answer ``{"key": [...]}`` that
     arrives in ``chunks``, each as soon as it is whole (json's own decoder finds its
     end). Items that are not objects are skipped, as ``call``'s callers skip them; an
-    answer that is not such an object is NotAnAPIError, one cut short a _Retryable."""
+    answer that is not such an object is NotAnAPIError, one cut short a _Retryable.
+    Keys after the list (chatctl's ``gap``: contract part 3, "Retention") go into
+    ``rest``."""
     assert key == "messages"
     text = codecs.getincrementaldecoder("utf-8")().decode
     buf, pos = "", 0
@@ -134,6 +144,8 @@ def _streamed_items(
         size = len(buf)
         while pos < size:
             char = buf[pos]
+            if state == "tail":
+                break  # the keys after the list: read whole at the end
             if char in " \t\r\n":
                 pos = _SPACE.match(buf, pos).end()  # type: ignore[union-attr]
             elif state == "head":
@@ -162,11 +174,22 @@ def _streamed_items(
                     yield item
             elif state == "end" and char == "}":
                 pos, state = pos + 1, "done"
+            elif state == "end" and char == ",":
+                state = "tail"
             else:
                 if state == "done":
                     pos = size
                     break
                 raise NotAnAPIError(where, 200, "a History that is not a JSON object")
+    if state == "tail":
+        try:
+            tail = json.loads("{" + buf[pos + 1 :])
+        except (json.JSONDecodeError, RecursionError):
+            tail = None
+        if isinstance(tail, dict):
+            state = "done"
+            if rest is not None:
+                rest.update(tail)
     if state == "head":
         raise NotAnAPIError(where, 200, "an answer that is not a History")
     if state != "done":

@@ -21,7 +21,7 @@ act as any user, as every m3o token did: nothing here refuses them.
   on, so inviting gives nothing away that membership has not. Undoing a kick (inviting a
   user the room barred) is moderation, and is the creator's (or an admin's) alone;
   otherwise any member could undo the creator's kick.
-- Kick and Delete: only the room's creator (or an admin token). A creator may kick
+- Kick, Delete and Retain: only the room's creator (or an admin token). A creator may kick
   themself; anyone else leaves with Leave (which does not bar).
 - DeleteMessage: the message's author or the room's creator (or an admin token): a
   moderator's power is the one who may kick; a member may take back their own message,
@@ -121,8 +121,12 @@ def authorize(
     if user is None:
         return
     creator = room.creator == user
-    if endpoint in ("Delete", "Kick") and not creator:
-        verb = "delete the room" if endpoint == "Delete" else "kick"
+    if endpoint == "Import":
+        raise Forbidden("only an admin token may import messages")
+    if endpoint in ("Delete", "Kick", "Retain") and not creator:
+        verb = {"Delete": "delete the room", "Kick": "kick", "Retain": "set its retention"}[
+            endpoint
+        ]
         hint = "" if endpoint == "Delete" else " (to leave the room yourself, use Leave)"
         raise Forbidden(f"only the room's creator or an admin token may {verb}{hint}")
     if endpoint == "Invite":

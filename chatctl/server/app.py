@@ -6,10 +6,11 @@ for ``config.db`` (opened and its schema checked here, so a database that cannot
 edge and the Join streams, under the access log.
 
 Lifespan: at start-up the store starts (PostgreSQL opens its pool and listens to the other
-replicas) and the housekeeping task begins (purging deleted rooms' messages in steps,
-forgetting expired Idempotency-Keys hourly). At shutdown (after ``protocol.ChatServer``
-ended the streams) any stream still open is ended, the streams get a moment to write
-their close frames, and the store closes.
+replicas) and the housekeeping tasks begin (purging deleted rooms' messages in steps,
+forgetting expired Idempotency-Keys hourly, removing messages past their retention every
+``--retain-check`` seconds). At shutdown (after ``protocol.ChatServer`` ended the streams)
+any stream still open is ended, the streams get a moment to write their close frames,
+and the store closes.
 
 ``app.state`` holds ``config``, ``store``, ``hub``, ``service``, ``metrics`` (None unless
 ``--metrics``); ``app.state.hub.active``
@@ -93,6 +94,7 @@ def create_app(config: ServerConfig) -> Starlette:
             store.notification_lag = metrics.observe_lag  # type: ignore[attr-defined]
         store = MeteredStore(store, metrics)
     service = ChatService(store, config.limits)
+    service.retain = config.retain
     edge = Edge(config, service, hub)
     edge.metrics = metrics
     streams = JoinStreams(edge)
@@ -103,11 +105,13 @@ def create_app(config: ServerConfig) -> Starlette:
         await store.start()
         housekeeping = asyncio.create_task(_housekeeping(store, service))
         quotas = asyncio.create_task(_sync_quotas(service))
+        expiry = asyncio.create_task(_expire(store, config))
         try:
             yield
         finally:
             housekeeping.cancel()
             quotas.cancel()
+            expiry.cancel()
             hub.end_all()
             # Let stream handlers write their close frames before the store goes away.
             await hub.until_quiet(1.0)
@@ -181,3 +185,18 @@ async def _housekeeping(store: Store, service: ChatService) -> None:
         except Exception:  # a bug here must not end the housekeeping for good, nor go unseen
             log.exception("housekeeping failed")
         await asyncio.sleep(PURGE_INTERVAL)
+
+
+async def _expire(store: Store, config: ServerConfig) -> None:
+    """Remove the messages past their room's retention, every ``--retain-check`` seconds,
+    a chunk at a time (``retention.expire_step``); the first look at start-up."""
+    from chatctl.server.retention import expire_step
+
+    while True:
+        try:
+            await expire_step(store, config.retain)
+        except Unavailable as exc:  # the next round tries again
+            log.warning("removing messages past their retention failed: %s", exc)
+        except Exception:
+            log.exception("removing messages past their retention failed")
+        await asyncio.sleep(config.retain_check)

@@ -97,6 +97,10 @@ class ServerConfig:
     m3o_edition: Edition = "both"
     #: ``GET /metrics`` in Prometheus's text format (``server.metrics``); off: 404.
     metrics: bool = False
+    #: seconds every room keeps a message (``--retain``; None: forever, unless the room
+    #: sets its own), and seconds between looks for messages past it (``retention``).
+    retain: int | None = None
+    retain_check: float = 60.0
     #: this replica's name in PostgreSQL's ``pg_stat_activity`` (``chatctl/VERSION/
     #: HOST:PORT``, set by ``serve``) unless the URL or ``PGAPPNAME`` names it.
     application_name: str | None = None

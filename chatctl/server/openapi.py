@@ -34,7 +34,7 @@ from chatctl.schema import (
     Field,
     Limits,
 )
-from chatctl.wire import UUID_PATTERN
+from chatctl.wire import DURATION_PATTERN, UUID_PATTERN
 
 __all__ = ["openapi_document"]
 
@@ -49,6 +49,7 @@ _KIND_SCHEMAS: dict[str, dict[str, Any]] = {
         ]
     },
     "string_list": {"type": "array", "items": {"type": "string"}},
+    "message_list": {"type": "array", "items": {"$ref": "#/components/schemas/Message"}},
 }
 #: the fields that are message ids, or any UUID as a position (contract part 3); "" is none.
 _CURSORS = frozenset({"before", "after", "since"})
@@ -67,9 +68,30 @@ _RESPONSES: dict[str, dict[str, Any]] = {
     "message": {"message": _MESSAGE},
     "messages": {"messages": {"type": "array", "items": _MESSAGE}},
     "identity": {"identity": {"$ref": "#/components/schemas/Identity"}},
+    "retention": {"retention": {"$ref": "#/components/schemas/Retention"}},
+    "imported": {"imported": {"$ref": "#/components/schemas/Imported"}},
 }
 
 _TIME = {"type": "string", "format": "date-time", "description": "RFC 3339, UTC, nanoseconds."}
+#: keys an answer may carry besides its own: History's gap (contract part 3, "Retention").
+_ALSO: dict[str, dict[str, Any]] = {
+    "messages": {
+        "gap": {
+            "type": "object",
+            "x-chatctl-extension": True,
+            "description": "The cursor is older than what the room keeps: messages up to"
+            " `through` (sent at `at`) were removed by its retention.",
+            "required": ["type", "through", "at"],
+            "properties": {
+                "type": {"const": "gap"},
+                "room_id": {"type": "string"},
+                "group_id": {"type": "string"},
+                "through": {"type": "string"},
+                "at": {"type": "string"},
+            },
+        }
+    }
+}
 _GROUP_ID = {"type": "string", "description": "room_id, in m3o's final (group) edition."}
 #: a message or event names its room in the edition of the request it answers.
 _ROOM_OR_GROUP = [{"required": ["room_id"]}, {"required": ["group_id"]}]
@@ -84,6 +106,11 @@ def _field_schema(f: Field, limits: Limits, name: str | None = None) -> dict[str
     schema["description"] = f.description
     if f.kind == "string" and f.required:
         schema["minLength"] = 1  # "" is missing: m3o's "missing room id"
+    if f.name == "retain":
+        schema["pattern"] = DURATION_PATTERN
+    if f.kind == "message_list":
+        schema["items"] = _imported_message(limits)
+        schema["maxItems"] = 1000  # importer.MAX_IMPORT
     if f.name in _CURSORS:
         schema["pattern"] = _CURSOR_PATTERN
         schema["description"] += " A UUID (any UUID is a position), or empty for none."
@@ -109,6 +136,31 @@ def _field_schema(f: Field, limits: Limits, name: str | None = None) -> dict[str
         _nullable(schema)
     if f.extension:
         schema["x-chatctl-extension"] = True
+    return schema
+
+
+def _imported_message(limits: Limits) -> dict[str, Any]:
+    """An Import's message (``importer``): what it checks, as far as a schema can say."""
+
+    def text(limit: str, least: int = 0) -> dict[str, Any]:
+        return {"type": "string", "minLength": least, "maxLength": getattr(limits, limit)}
+
+    return {
+        "type": "object",
+        "required": ["id", "user_id", "sent_at"],
+        "properties": {
+            "id": {"type": "string", "pattern": f"^{UUID_PATTERN}$"},
+            "user_id": text("max_user_id_chars", 1),
+            "sent_at": {"type": "string", "format": "date-time", "maxLength": 64},
+            "text": _nullable_copy(text("max_text_chars")),
+            "subject": _nullable_copy(text("max_subject_chars")),
+            "client": _nullable_copy(text("max_client_chars")),
+        },
+    }
+
+
+def _nullable_copy(schema: dict[str, Any]) -> dict[str, Any]:
+    _nullable(schema)
     return schema
 
 
@@ -460,6 +512,44 @@ def openapi_document(limits: Limits | None = None, edition: str = "both") -> dic
                 },
             },
         },
+        "Imported": {
+            "type": "object",
+            "x-chatctl-extension": True,
+            "required": ["room_id", "stored", "skipped"],
+            "properties": {
+                "room_id": {"type": "string"},
+                "stored": {"type": "integer", "description": "Messages stored by this call."},
+                "skipped": {
+                    "type": "integer",
+                    "description": "Messages already in the room, the same: not stored again.",
+                },
+            },
+        },
+        "Retention": {
+            "type": "object",
+            "x-chatctl-extension": True,
+            "required": ["room_id", "retain", "server_retain", "effective"],
+            "properties": {
+                "room_id": {"type": "string"},
+                "retain": {
+                    "type": "string",
+                    "description": "The room's own retention (30d); empty: none of its own.",
+                },
+                "server_retain": {
+                    "type": "string",
+                    "description": "The server's --retain; empty: none.",
+                },
+                "effective": {
+                    "type": "string",
+                    "description": "The shorter of the two; empty: messages are kept forever.",
+                },
+                "expired_through": {
+                    "type": "string",
+                    "description": "The last message retention removed; empty: none yet.",
+                },
+                "expired_at": {"type": "string", "description": "When it was sent."},
+            },
+        },
         "Error": {
             "type": "object",
             "required": ["id", "code", "detail", "status"],
@@ -478,7 +568,7 @@ def openapi_document(limits: Limits | None = None, edition: str = "both") -> dic
             keys = _RESPONSES[endpoint.response]
             schemas[f"{name}Response"] = {
                 "type": "object",
-                "properties": keys,
+                "properties": {**keys, **_ALSO.get(endpoint.response, {})},
                 "anyOf": [{"required": [key]} for key in keys],
             }
         paths[f"/v1/chat/{name}"] = {"post": _operation(endpoint, limits, edition)}

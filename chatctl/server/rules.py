@@ -75,7 +75,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from chatctl.schema import Limits, unseen_character
-from chatctl.server import access
+from chatctl.server import access, importer, retention
 from chatctl.server.decode import streams_ended
 from chatctl.server.domain import (
     EventNote,
@@ -137,6 +137,9 @@ class Admission:
     include_own: bool = False
     #: the cursor ``since_seq`` was read from, as given ("" for none).
     since: str = ""
+    #: the frame sent before the replay when ``since`` is older than what the room keeps
+    #: (``retention.gap``).
+    gap: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,12 +161,17 @@ class ChatService:
         self.limits = limits or Limits()
         #: the byte quotas' counts (``quotas``); ``sync_quotas`` keeps them in the store.
         self.meter = ByteMeter(self.limits)
+        #: the server's ``--retain`` in seconds (None: messages are kept forever unless
+        #: their room says otherwise): ``retention``.
+        self.retain: int | None = None
         self._changes: dict[str, _Change] = {
             "Create": self._create,
             "Delete": self._delete,
             "Invite": self._invite,
             "Kick": self._kick,
             "Leave": self._leave,
+            "Retain": self._retain,
+            "Import": self._import,
             "DeleteMessage": self._delete_message,
         }
 
@@ -375,6 +383,20 @@ class ChatService:
         db.publish(streams_ended(tenant, room.id, None, "Delete", NotFound("room deleted")))
         return _room_answer(room, members)
 
+    async def _retain(
+        self, db: Session, tenant: str, req: dict[str, Any], actor: Principal | None
+    ) -> str:
+        room = await self._room(db, tenant, req["room_id"])
+        await _authorize(db, actor, "Retain", req, room)
+        return await retention.retain_change(db, room, req["retain"], self.retain)
+
+    async def _import(
+        self, db: Session, tenant: str, req: dict[str, Any], actor: Principal | None
+    ) -> str:
+        room = await self._room(db, tenant, req["room_id"])
+        await _authorize(db, actor, "Import", req, room)
+        return await importer.import_messages(db, room, req["messages"], self.limits)
+
     async def _invite(
         self, db: Session, tenant: str, req: dict[str, Any], actor: Principal | None
     ) -> str:
@@ -451,12 +473,15 @@ class ChatService:
     async def history(self, tenant: str, req: dict[str, Any]) -> Answer:
         limit: int | None = min(req["limit"], self.limits.max_history_page) or None
 
+        gaps: list[dict[str, Any]] = []
+
         async def first(db: Session) -> tuple[RoomRow, int | None, list[MessageRow]]:
+            gaps.clear()
             room = await self._room(db, tenant, req["room_id"])
             if room.private and not (req["user_id"] and await db.is_member(room, req["user_id"])):
                 raise Forbidden("private room: user_id must name a member of the room")
-            after = await self._cursor(db, room, "after", req["after"])
-            before = await self._cursor(db, room, "before", req["before"], before=True)
+            after = await self._cursor(db, room, "after", req["after"], gaps=gaps)
+            before = await self._cursor(db, room, "before", req["before"], before=True, gaps=gaps)
             if limit is None and before is None:
                 # Every message up to the last one now: a long answer ends somewhere.
                 before = await db.last_seq(room) + 1
@@ -470,12 +495,15 @@ class ChatService:
             return room, before, rows
 
         room, before, rows = await self.store.read(first)
+        # A cursor older than what the room keeps: the gap, after the messages (a reader
+        # of a streamed History finds ``{"messages": [`` first, as ever).
+        end = "]}" if not gaps else '],"gap":' + encode(gaps[0]) + "}"
         if limit is not None or len(rows) < HISTORY_CHUNK:
-            return '{"messages":[' + _messages_json(room.id, rows) + "]}"
-        return self._history_parts(room, before, rows)
+            return '{"messages":[' + _messages_json(room.id, rows) + end
+        return self._history_parts(room, before, rows, end)
 
     async def _history_parts(
-        self, room: RoomRow, before: int | None, rows: list[MessageRow]
+        self, room: RoomRow, before: int | None, rows: list[MessageRow], end: str = "]}"
     ) -> AsyncIterator[str]:
         """A long History's JSON in parts: each read of the store is one part, so the
         answer's memory and the time the event loop is held do not grow with the room."""
@@ -491,7 +519,7 @@ class ChatService:
             rows = await self.store.read(more)
             if rows:
                 yield "," + _messages_json(room.id, rows)
-        yield "]}"
+        yield end
 
     async def list_rooms(
         self, tenant: str, req: dict[str, Any], actor: Principal | None = None
@@ -595,8 +623,9 @@ class ChatService:
             room = await self._room(db, tenant, room_id)
         user_id = req["user_id"]
         since_seq = None
+        gaps: list[dict[str, Any]] = []
         if since:
-            since_seq = await self._cursor(db, room, "since", since)
+            since_seq = await self._cursor(db, room, "since", since, gaps=gaps)
             assert since_seq is not None
             cap = self.limits.max_replay
             if await db.count_messages_after(room, since_seq, cap + 1) > cap:
@@ -625,6 +654,7 @@ class ChatService:
             min(req.get("history", 0), self.limits.max_replay),
             bool(req.get("include_own")),
             since,
+            encode({"event": gaps[0]}) if gaps else None,
         )
 
     async def replay(self, admission: Admission) -> AsyncIterator[list[tuple[int, str]]]:
@@ -635,6 +665,8 @@ class ChatService:
         frames whose seq it has already replayed.
         """
         room = admission.room
+        if admission.gap is not None:
+            yield [(0, admission.gap)]  # seq 0: not a message, as events are
         if admission.since_seq is not None:
             after = admission.since_seq
             while True:
@@ -667,13 +699,20 @@ class ChatService:
 
     @staticmethod
     async def _cursor(
-        db: Session, room: RoomRow, name: str, message_id: str, *, before: bool = False
+        db: Session,
+        room: RoomRow,
+        name: str,
+        message_id: str,
+        *,
+        before: bool = False,
+        gaps: list[dict[str, Any]] | None = None,
     ) -> int | None:
         """A cursor as a seq bound: messages after it (or, with ``before``, before it).
 
         An id is a position: a UUID that is no message of the room (a time turned into a
         UUIDv7, or the nil UUID for "from the start") falls between the messages whose
-        ids sort around it.
+        ids sort around it. One older than what the room keeps adds its gap to ``gaps``
+        (``retention.gap``).
         """
         if not message_id:
             return None
@@ -683,6 +722,10 @@ class ChatService:
         seq = await db.message_seq(room, cursor)
         if seq is not None:
             return seq
+        if gaps is not None and not gaps:
+            found = await retention.gap(db, room, cursor)
+            if found is not None:
+                gaps.append(found)
         position = await db.message_position(room, cursor)
         return position + 1 if before else position
 

@@ -27,7 +27,7 @@ from typing import Any
 from chatctl.server.domain import Key, MessageRow, Note, RoomRow, erased_message
 from chatctl.wire import message_frame, uuid7_ms
 
-__all__ = ["PURGE_CHUNK", "ROOM_COLUMNS", "Dialect", "Session", "room_row"]
+__all__ = ["PURGE_CHUNK", "ROOM_COLUMNS", "Dialect", "Retention", "Session", "room_row"]
 
 #: messages of a deleted room removed per step (a few milliseconds of the event loop).
 PURGE_CHUNK = 2000
@@ -89,6 +89,7 @@ UNBAR = "DELETE FROM barred WHERE room_pk = ? AND user_id = ?"
 FORGET_ROOM = (
     "DELETE FROM members WHERE room_pk = ?",
     "DELETE FROM barred WHERE room_pk = ?",
+    "DELETE FROM retention WHERE room_pk = ?",
 )
 
 #: a deleted room whose messages are all gone.
@@ -149,6 +150,45 @@ ERASE_KEPT_SEND = (
 #: bounded by ``--db-timeout``, a bulk Send's group), the id after; a margin for both.
 KEY_BEFORE_MESSAGE = 120.0
 KEY_AFTER_MESSAGE = 5.0
+
+# -- import (issue 26) -------------------------------------------------------------------
+
+LAST_SENT = "SELECT sent_at FROM messages WHERE room_pk = ? ORDER BY seq DESC LIMIT 1"
+
+# -- retention (issue 26) ----------------------------------------------------------------
+
+RETENTION = "SELECT seconds, expired_seq, expired_id, expired_at FROM retention WHERE room_pk = ?"
+SET_RETENTION = (
+    "INSERT INTO retention (room_pk, seconds) VALUES (?, ?)"
+    " ON CONFLICT (room_pk) DO UPDATE SET seconds = excluded.seconds"
+)
+#: every room and its own retention (NULL: none of its own): a server with --retain.
+ALL_ROOMS_RETENTION = (
+    "SELECT r.pk, t.seconds FROM rooms r LEFT JOIN retention t ON t.room_pk = r.pk ORDER BY r.pk"
+)
+#: the rooms with a retention of their own: a server without --retain.
+ROOMS_RETENTION = (
+    "SELECT t.room_pk, t.seconds FROM retention t JOIN rooms r ON r.pk = t.room_pk"
+    " WHERE t.seconds IS NOT NULL ORDER BY t.room_pk"
+)
+OLDEST = "SELECT seq, id, sent_at FROM messages WHERE room_pk = ? ORDER BY seq LIMIT ?"
+EXPIRE = "DELETE FROM messages WHERE room_pk = ? AND seq <= ?"
+EXPIRED = (
+    "INSERT INTO retention (room_pk, expired_seq, expired_id, expired_at) VALUES (?, ?, ?, ?)"
+    " ON CONFLICT (room_pk) DO UPDATE SET expired_seq = excluded.expired_seq,"
+    " expired_id = excluded.expired_id, expired_at = excluded.expired_at"
+)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Retention:
+    """A room's retention row: its own setting in seconds (None: the server's), and the
+    last message retention removed (seq 0 and ``''``: none yet)."""
+
+    seconds: int | None
+    expired_seq: int
+    expired_id: str
+    expired_at: str
 
 
 def claim_args(key: Key, answer: str = "") -> Args:
@@ -401,3 +441,58 @@ class Session:
     async def purge_daily_bytes(self, before_day: str) -> int:
         """Forget the days before ``before_day`` (``YYYY-MM-DD``)."""
         return await self._change(PURGE_DAILY_BYTES, (before_day,))
+
+    # -- retention (issue 26) -------------------------------------------------------------
+
+    async def retention(self, room: RoomRow) -> Retention | None:
+        row = await self._row(RETENTION, (room.pk,))
+        if row is None:
+            return None
+        seconds = None if row[0] is None else int(row[0])
+        return Retention(seconds, int(row[1]), str(row[2]), str(row[3]))
+
+    async def set_retention(self, room: RoomRow, seconds: int | None) -> None:
+        await self._change(SET_RETENTION, (room.pk, seconds))
+
+    async def rooms_retention(self, every_room: bool) -> list[tuple[int, int | None]]:
+        """(room pk, its own retention or None): every room's, or (``every_room`` False)
+        only those rooms' that have one of their own."""
+        rows = await self._rows(ALL_ROOMS_RETENTION if every_room else ROOMS_RETENTION, ())
+        return [(int(pk), None if seconds is None else int(seconds)) for pk, seconds in rows]
+
+    async def oldest_sent(self, room_pk: int) -> str | None:
+        """When the room's oldest message was sent; None for an empty room."""
+        rows = await self._rows(OLDEST, (room_pk, 1))
+        return str(rows[0][2]) if rows else None
+
+    async def expire(self, room_pk: int, before: float, chunk: int) -> bool:
+        """Remove the room's messages sent before ``before`` (seconds since 1970), at most
+        ``chunk`` of them, oldest first, and remember the last one removed; True when a
+        whole chunk went (more may be due). A room's times rise with its seqs, so what is
+        due is a prefix: the walk stops at the first message that is not (or whose time
+        cannot be read)."""
+        from chatctl.wire import parse_time
+
+        last: tuple[Any, ...] | None = None
+        rows = await self._rows(OLDEST, (room_pk, chunk))
+        for row in rows:
+            sent = parse_time(str(row[2]))
+            if sent is None or sent >= before:
+                break
+            last = row
+        if last is None:
+            return False
+        await self._change(EXPIRE, (room_pk, last[0]))
+        await self._change(EXPIRED, (room_pk, last[0], last[1], last[2]))
+        return last is rows[-1] and len(rows) == chunk
+
+    # -- import (issue 26: ``importer``) ------------------------------------------------
+
+    async def last_sent(self, room: RoomRow) -> str | None:
+        """When the room's last message (by seq) was sent; None for an empty room."""
+        row = await self._row(LAST_SENT, (room.pk,))
+        return None if row is None else str(row[0])
+
+    async def insert_imported(self, room: RoomRow, message: MessageRow) -> int:
+        """Store ``message`` (its seq aside) after the room's last; its seq."""
+        raise NotImplementedError

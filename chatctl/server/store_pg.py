@@ -63,6 +63,7 @@ from chatctl.server import sql
 from chatctl.server.domain import (
     Fanout,
     Key,
+    MessageRow,
     NewMessage,
     Refused,
     RoomRow,
@@ -192,7 +193,18 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE messages ADD COLUMN deleted_at text;
     """,
-    # v6: which release applied each migration from here on, and when (``migrate`` fills
+    # retention (issue 26): a room's own retention in seconds (NULL: the server's), and
+    # the last message retention removed from it (what a cursor older than it meets).
+    """
+    CREATE TABLE retention (
+        room_pk     bigint PRIMARY KEY,
+        seconds     bigint,
+        expired_seq bigint NOT NULL DEFAULT 0,
+        expired_id  text COLLATE "C" NOT NULL DEFAULT '',
+        expired_at  text NOT NULL DEFAULT ''
+    );
+    """,
+    # v7: which release applied each migration from here on, and when (``migrate`` fills
     # it): what ``serve`` names when a newer release's schema is refused.
     """
     CREATE TABLE chatctl_migrations (
@@ -396,6 +408,12 @@ _NEXT_TO_PURGE = "SELECT room_pk, done_seq, last_seq FROM purging LIMIT 1 FOR UP
 _PURGED_TO = "UPDATE purging SET done_seq = ? WHERE room_pk = ?"
 _ANY_AT_OR_BEFORE = "SELECT 1 FROM messages WHERE room_pk = ? AND id <= ? LIMIT 1"
 _FIRST_AFTER = "SELECT min(seq) FROM messages WHERE room_pk = ? AND id > ?"
+#: an imported message (``importer``): the room's next seq, under its row lock as a Send's.
+_NEXT_SEQ = "UPDATE rooms SET last_seq = last_seq + 1 WHERE pk = ? RETURNING last_seq"
+_INSERT_IMPORTED = (
+    "INSERT INTO messages (room_pk, seq, id, client, user_id, sent_at, subject, text)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+)
 
 
 def _statement(key: Key | None) -> str:
@@ -523,6 +541,15 @@ class PostgresSession(sql.Session):
 
     async def delete_messages(self, room_pk: int, after_seq: int, count: int) -> None:
         await self._change(_DELETE_SEQS, (room_pk, after_seq, after_seq + count))
+
+    async def insert_imported(self, room: RoomRow, message: MessageRow) -> int:
+        row = await self._row(_NEXT_SEQ, (room.pk,))
+        assert row is not None
+        seq = int(row[0])
+        m = message
+        values = (room.pk, seq, m.id, m.client, m.user_id, m.sent_at, m.subject, m.text)
+        await self._change(_INSERT_IMPORTED, values)
+        return seq
 
     async def message_position(self, room: RoomRow, cursor: str) -> int:
         """The seq just before the first message (in seq order) whose id sorts after

@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import logging
 import os
 import queue
@@ -81,7 +82,7 @@ from chatctl.server.migrations import (
 from chatctl.server.store import SendResult, run_to_end
 from chatctl.wire import UUIDv7, message_frame, rfc3339
 
-__all__ = ["MIGRATIONS", "SQLiteSession", "SQLiteStore"]
+__all__ = ["MIGRATIONS", "BusyDatabase", "SQLiteSession", "SQLiteStore", "hold_open"]
 
 T = TypeVar("T")
 
@@ -199,7 +200,18 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE messages ADD COLUMN deleted_at TEXT;
     """,
-    # v8: which release applied each migration from here on, and when (``migrate`` fills
+    # retention (issue 26): a room's own retention in seconds (NULL: the server's), and
+    # the last message retention removed from it (what a cursor older than it meets).
+    """
+    CREATE TABLE retention (
+        room_pk     INTEGER PRIMARY KEY,
+        seconds     INTEGER,
+        expired_seq INTEGER NOT NULL DEFAULT 0,
+        expired_id  TEXT NOT NULL DEFAULT '',
+        expired_at  TEXT NOT NULL DEFAULT ''
+    );
+    """,
+    # v9: which release applied each migration from here on, and when (``migrate`` fills
     # it): what ``serve`` names when a newer release's schema is refused.
     """
     CREATE TABLE chatctl_migrations (
@@ -250,6 +262,28 @@ def _create_private_file(path: str) -> None:
     except FileExistsError:
         return
     os.close(fd)
+
+
+class BusyDatabase(ChatctlError):
+    """A server has the database open (restore), or a restore holds it (serve)."""
+
+
+def hold_open(path: str) -> int | None:
+    """Mark ``path`` as in use by a server: a shared ``flock`` on the file, held until the
+    descriptor returned is closed. None for an in-memory database. A restore in progress
+    (the exclusive lock) is a ``BusyDatabase``."""
+    if path == ":memory:" or path.startswith("file:"):
+        return None
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise BusyDatabase(
+            f"the database {path} is being restored (chatctl serve restore holds it)",
+            hint="start the server again once the restore has finished",
+        ) from None
+    return fd
 
 
 def _connect(path: str, busy_ms: int) -> sqlite3.Connection:
@@ -420,6 +454,13 @@ class SQLiteSession(sql.Session):
             if self._caches is not None:
                 self._caches.purge_pending = True
 
+    async def insert_imported(self, room: RoomRow, message: MessageRow) -> int:
+        m = message
+        values = (room.pk, m.id, m.client, m.user_id, m.sent_at, m.subject, m.text)
+        seq = self._db.execute(_INSERT_MESSAGE, values).lastrowid
+        assert seq is not None
+        return seq
+
     async def message_position(self, room: RoomRow, cursor: str) -> int:
         """The seq of the last message whose id sorts at or before ``cursor``; 0 if none
         (ids made by one writer sort in seq order)."""
@@ -491,6 +532,9 @@ class SQLiteStore:
         migrate: Policy = "all",
     ) -> None:
         _create_private_file(path)
+        # A shared flock for the store's life: ``chatctl serve restore`` refuses while held
+        # (``backup``).
+        self._held = hold_open(path)
         if path == ":memory:":  # one database for both connections, gone with the store
             path = f"file:chatctl-{id(self):x}?mode=memory&cache=shared"
         self.timeout = timeout
@@ -565,6 +609,9 @@ class SQLiteStore:
             self._jobs.put(_STOP)
             self._writer.join(timeout=max(5.0, self.timeout))
         self._db.close()
+        if self._held is not None:
+            os.close(self._held)
+            self._held = None
 
     # -- the Store operations -----------------------------------------------------------
 

@@ -85,7 +85,7 @@ def fuzz_report(server: ServerProcess, tmp_path_factory: pytest.TempPathFactory)
 
 def test_the_run_is_complete_and_bounded(fuzz_report: dict[str, Any]) -> None:
     assert fuzz_report["complete"] and fuzz_report["errors"] == [], fuzz_report["output"][-3000:]
-    assert fuzz_report["operations"]["tested"] == 12  # the ten calls, /health and /ready
+    assert fuzz_report["operations"]["tested"] == 14  # the twelve calls, /health and /ready
     assert fuzz_report["test_cases"]["generated"] > 100
     assert fuzz_report["running_time"] < 60
 

@@ -97,6 +97,8 @@ def test_the_cli_registers_every_endpoint_command_in_a_room_s_life_order() -> No
         "leave",
         "delete-message",
         "delete",
+        "retain",
+        "import",
         "whoami",
     ]
 

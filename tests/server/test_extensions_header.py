@@ -17,7 +17,7 @@ from tests.server.conftest import LiveServer
 HEADER = "Chat-Extensions"
 VALUE = (
     "paging, history-user, resume, replay, events, include-own, idempotency-key, bulk-send,"
-    " whoami, delete-message, join-rooms"
+    " whoami, delete-message, join-rooms, retention, import"
 )
 
 

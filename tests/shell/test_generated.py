@@ -17,7 +17,7 @@ from tests.shell.conftest import ROOT
 
 COMMANDS = [
     "create", "delete", "delete-message", "invite", "send", "history", "kick", "list",
-    "join", "leave", "whoami", "call", "serve", "config", "completion",
+    "join", "leave", "whoami", "call", "serve", "config", "completion", "retain", "import",
 ]  # fmt: skip
 
 
