@@ -53,6 +53,7 @@ __all__ = [
     "exit_status_for_http",
     "reason_phrase",
     "shorten",
+    "unsettled",
 ]
 
 #: characters of a server's text (an error's detail, a header) shown in an error line.
@@ -117,6 +118,14 @@ class ChatctlError(Exception):
     #: what a restart, a proxy or a database blip produces (a connection lost, a gateway's
     #: 502/503/504, a stream closed 1001 or 4503): ``join`` reconnects and resumes.
     passing: bool = False
+    #: a change that reached the server ended without an answer saying whether it was
+    #: done (a 502/503/504 or silence after it was sent, on a server that takes an
+    #: Idempotency-Key, once the retries' budget ran out): a 503's abandoned write may
+    #: still land later, so a plain rerun could do it twice.
+    maybe_stored: bool = False
+    #: with ``maybe_stored``: the option that reruns it so that it is done at most once
+    #: (``--batch-key KEY``, the key it went with), where the command has one.
+    rerun: str | None = None
 
     def __init__(self, message: str, hint: str | None = None) -> None:
         super().__init__(message)
@@ -174,11 +183,15 @@ class ConnectError(ChatctlError):
 class NoAnswerError(ConnectError):
     """The server took the connection (or the request) but did not answer in time."""
 
-    def __init__(self, where: str, seconds: float, *, local: bool = False) -> None:
+    def __init__(
+        self, where: str, seconds: float, *, local: bool = False, asked: bool = True
+    ) -> None:
         super().__init__(
             f"{where} did not answer within {seconds:g}s", where=where, local=local
         )
         self.seconds = seconds
+        #: False when the budget was spent before this attempt sent anything.
+        self.asked = asked
 
 
 class CertificateError(ConnectError):
@@ -304,3 +317,17 @@ class Interrupted(ChatctlError):
     """Ctrl-C stopped a write batch; ``message`` says what was sent."""
 
     exit_status = ExitStatus.INTERRUPTED
+
+
+def unsettled(e: ChatctlError) -> bool:
+    """Does ``e``, ending a change that reached the server, leave open whether it was done?
+    A 502/503/504 (the server gave up on its storage, whose abandoned write may still
+    land; a gateway gave up on the server), silence or a connection lost; not a refusal,
+    nor ``outcome_unknown`` (a server without keys, which has its own words)."""
+    if e.outcome_unknown:
+        return False
+    if isinstance(e, APIError):
+        return e.code in (502, 503, 504)
+    return isinstance(e, ConnectError) and not isinstance(
+        e, CertificateError | NotAnAPIError | RedirectError
+    )

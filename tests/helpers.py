@@ -20,7 +20,8 @@ from typing import Any
 import httpx
 
 #: What chatctl's server says on every answer (contract part 3), for pytest-httpx mocks of
-#: it; a mock without it stands for a plain m3o server.
+#: it; a mock without it stands for a plain m3o server. Written out, as a client reads it;
+#: tests/server/test_extensions_header.py checks it against a real server's answer.
 CHATCTL_HEADERS = {
     "Chat-Extensions": "paging, history-user, resume, replay, events, include-own, "
     "idempotency-key, bulk-send, whoami, delete-message, join-rooms, retention, import"

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING
 
 from chatctl.cli.run import Call, OneByOne, Outcome
 from chatctl.client import BulkCut, NoBulk
-from chatctl.errors import APIError, ChatctlError, NoAnswerError, UsageError
+from chatctl.errors import APIError, ChatctlError, NoAnswerError, UsageError, unsettled
 from chatctl.schema import BULK_SEND, ENDPOINTS, in_edition
 
 if TYPE_CHECKING:
@@ -123,7 +123,7 @@ class BulkSender:
             n = None if call.error is not None else self._number(1)
             outcome = self._one.one(call, None if n is None else f"{self.key}/{n}")
             self.outstanding = []
-            yield call, outcome
+            yield call, self._rerun(outcome)
             i += 1
         self.outstanding = []
 
@@ -182,6 +182,8 @@ class BulkSender:
                 # came, is its outcome, as a call's is; silence ends the batch.
                 error = retry.last(silence)
                 if error is silence:
+                    silence.maybe_stored = silence.asked
+                    self._rerun(silence)
                     raise
                 spent = True
             except NoBulk:
@@ -192,7 +194,7 @@ class BulkSender:
                     self.outstanding = [call]
                     outcome = self._one.one(call, f"{self.key}/{n}")
                     self.outstanding = []
-                    yield call, outcome
+                    yield call, self._rerun(outcome)
                 return
             if done == len(calls):
                 return
@@ -206,9 +208,18 @@ class BulkSender:
                 call = calls[done]
                 done += 1
                 retry.progress()
-                yield call, error
+                error.maybe_stored = unsettled(error)  # it was sent, and not answered
+                yield call, self._rerun(error)
                 continue
             retry.sleep(pause)
+
+
+    def _rerun(self, outcome: Outcome) -> Outcome:
+        """An error that may have stored its message names the rerun that stores it at most
+        once: this batch's key (a rerun of the same input keys its lines alike)."""
+        if isinstance(outcome, ChatctlError) and outcome.maybe_stored:
+            outcome.rerun = f"--batch-key {self.key}"
+        return outcome
 
 
 def _size(call: Call) -> int:

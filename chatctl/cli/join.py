@@ -93,7 +93,11 @@ def join(
     ] = False,
     events: Annotated[
         bool,
-        typer.Option("--events", help="Also print joins, leaves, kicks, invites and deletion."),
+        typer.Option(
+            "--events",
+            help="Also print joins, leaves, kicks, invites, the room's deletion and "
+            "deleted messages (delete-message).",
+        ),
     ] = False,
     show_ids: Annotated[
         bool,

@@ -304,6 +304,8 @@ def hint_for(e: ChatctlError, inv: Invocation | None = None) -> str | None:
             "so chatctl did not retry (that could do it twice); check (chatctl history / "
             "list) before trying again"
         )
+    if e.maybe_stored:
+        return _maybe_stored_hint(e)
     if isinstance(e, UnsupportedError):
         if e.feature == WHOAMI:
             return (
@@ -383,12 +385,25 @@ def hint_for(e: ChatctlError, inv: Invocation | None = None) -> str | None:
         if e.code == 409:
             return "an Idempotency-Key was reused with a different request"
         if e.code == 503 and "storage unavailable" in detail:
-            # The server gave up on its database; a write it gave up on may still land.
-            return (
-                "the server's storage is not answering; retry later, and check "
-                "(chatctl history / list) first: a change answered so may still be stored"
-            )
+            return "the server's storage is not answering; retry later"
     return None
+
+
+def _maybe_stored_hint(e: ChatctlError) -> str:
+    """A change sent and not answered for sure (``maybe_stored``): a rerun could do it
+    twice, unless it goes with the same key (``rerun``: send's --batch-key)."""
+    if isinstance(e, APIError) and "storage unavailable" in e.detail.lower():
+        # The server gave up on its database; the write it gave up on may still land.
+        why = "the server's storage is not answering, and a write it gave up on may still land"
+    elif isinstance(e, NoAnswerError):
+        why = "no answer came once it was sent, so it may have been done"
+    elif isinstance(e, APIError):
+        why = "the server (or a proxy) gave up on it once it was sent, so it may have been done"
+    else:
+        why = "the connection was lost once it was sent, so it may have been done"
+    if e.rerun:
+        return f"{why}: rerun with {e.rerun} (stored at most once), or check chatctl history first"
+    return f"{why}: check (chatctl history / list) before trying again"
 
 
 #: a user token's refusal to act as another user (issue 13): "…acts only as user U, not V".

@@ -263,7 +263,7 @@ class Transport:
         retry may cure, a final ChatctlError for what it cannot."""
         left = deadline - time.monotonic()
         if left <= 0:
-            raise NoAnswerError(self.where, self.timeout, local=self.local)
+            raise NoAnswerError(self.where, self.timeout, local=self.local, asked=False)
         timeout = httpx.Timeout(left, connect=min(CONNECT_TIMEOUT, left))
         self._deadline.at = deadline
         try:

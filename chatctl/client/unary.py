@@ -40,7 +40,7 @@ from typing import Any
 from chatctl.client.facts import Server
 from chatctl.client.transport import RETRY_STATUSES, Transport, _outcome_unknown, _Retryable
 from chatctl.config import LoginName
-from chatctl.errors import APIError, ChatctlError, NoAnswerError, UnsupportedError
+from chatctl.errors import APIError, ChatctlError, NoAnswerError, UnsupportedError, unsettled
 from chatctl.schema import (
     ENDPOINTS,
     IDEMPOTENCY,
@@ -158,36 +158,45 @@ class Calls(Transport):
         content = json.dumps(body).encode()
         headers = {"Idempotency-Key": key or uuid.uuid4().hex} if spec.mutating else {}
         retry = self.retry(deadline)
-        while True:
-            started = time.perf_counter()
-            asked: float | None = None  # the server's Retry-After
-            try:
-                status, answer = self._attempt(path, content, headers, retry.deadline)
-            except NoAnswerError as silence:
-                # The budget ended waiting: an answer that came before says more than
-                # silence (a 503 "storage unavailable" on every attempt is not a timeout).
-                raise retry.last(silence) from None
-            except _Retryable as e:
-                self.log("POST", path, e.label, started)
-                error: ChatctlError = e.error
-                if e.delivered and not self._retry_safe(spec, body, retry.deadline):
-                    raise _outcome_unknown(error) from None
-            else:
-                self.log("POST", path, status, started)
-                self._reached = True
-                if status < 300:
-                    data = self._decode(status, answer)
-                    self.server.learn(answer.extensions, data)
-                    return data
-                error = retry.heard(self.api_error(status, answer))
-                if answer.m3o_error():
-                    self.server.learn(answer.extensions)
-                if status != 429 and status not in RETRY_STATUSES:
-                    raise error
-                if status != 429 and not self._retry_safe(spec, body, retry.deadline):
-                    raise _outcome_unknown(error) from None
-                asked = error.retry_after if isinstance(error, APIError) else None
-            retry.pause(error, asked=asked, quick=not self._reached)
+        sent = False  # an attempt of a change may have reached the server unanswered
+        try:
+            while True:
+                started = time.perf_counter()
+                asked: float | None = None  # the server's Retry-After
+                try:
+                    status, answer = self._attempt(path, content, headers, retry.deadline)
+                except NoAnswerError as silence:
+                    # The budget ended waiting: an answer that came before says more than
+                    # silence (a 503 "storage unavailable" on every attempt is not a timeout).
+                    sent = sent or silence.asked
+                    raise retry.last(silence) from None
+                except _Retryable as e:
+                    self.log("POST", path, e.label, started)
+                    error: ChatctlError = e.error
+                    sent = sent or e.delivered
+                    if e.delivered and not self._retry_safe(spec, body, retry.deadline):
+                        raise _outcome_unknown(error) from None
+                else:
+                    self.log("POST", path, status, started)
+                    self._reached = True
+                    if status < 300:
+                        data = self._decode(status, answer)
+                        self.server.learn(answer.extensions, data)
+                        return data
+                    error = retry.heard(self.api_error(status, answer))
+                    if answer.m3o_error():
+                        self.server.learn(answer.extensions)
+                    if status != 429 and status not in RETRY_STATUSES:
+                        raise error
+                    sent = True
+                    if status != 429 and not self._retry_safe(spec, body, retry.deadline):
+                        raise _outcome_unknown(error) from None
+                    asked = error.retry_after if isinstance(error, APIError) else None
+                retry.pause(error, asked=asked, quick=not self._reached)
+        except ChatctlError as e:
+            if spec.mutating and sent and unsettled(e):
+                e.maybe_stored = True
+            raise
 
     def _retry_safe(self, spec: Endpoint, body: dict[str, Any], deadline: float) -> bool:
         """May a failed attempt that could have reached the server be made again? A read,

@@ -58,6 +58,9 @@ log = logging.getLogger("chatctl.server")
 STATUS: dict[type[Refused], int] = {Invalid: 400, Forbidden: 403, NotFound: 404, Conflict: 409}
 #: what a client reads when the storage fails; the cause is logged, not sent.
 UNAVAILABLE_DETAIL = "storage unavailable: try again (with the same Idempotency-Key, if any)"
+#: the same for a Join stream (its error frame and close 4503's reason): a stream has no
+#: Idempotency-Key; it is resumed, after the last message it delivered.
+STREAM_UNAVAILABLE_DETAIL = "storage unavailable: join again, resuming with since"
 #: request media types of a bulk Send (the first is the one answered with).
 NDJSON_TYPES = ("application/x-ndjson", "application/ndjson", "application/jsonl")
 
@@ -100,13 +103,22 @@ class Refusal(Refused):
         return close_code_for(self.code)
 
     @classmethod
-    def of(cls, endpoint_id: str, exc: Refused | Unavailable, edition: Edition = ROOM) -> Refusal:
-        """The answer to a refusal of the rules, or to the storage failing."""
+    def of(
+        cls,
+        endpoint_id: str,
+        exc: Refused | Unavailable,
+        edition: Edition = ROOM,
+        *,
+        stream: bool = False,
+    ) -> Refusal:
+        """The answer to a refusal of the rules, or to the storage failing (worded for a
+        ``stream``'s end, which is resumed, or for a call, which is retried)."""
         if isinstance(exc, Refusal):
             return exc.in_edition(edition)
         if isinstance(exc, Unavailable):
             log.warning("%s: storage unavailable: %s", endpoint_id, one_line(exc))
-            return cls(endpoint_id, 503, UNAVAILABLE_DETAIL, edition=edition)
+            detail = STREAM_UNAVAILABLE_DETAIL if stream else UNAVAILABLE_DETAIL
+            return cls(endpoint_id, 503, detail, edition=edition)
         code = exc.code if isinstance(exc, ValidationError) else STATUS[type(exc)]
         return cls(endpoint_id, code, exc.detail, edition=edition)
 

@@ -210,6 +210,8 @@ def _error_responses(endpoint: Endpoint) -> dict[str, Any]:
     }
     if not endpoint.mutating:
         del codes["409"]
+    if endpoint.name == "Join":  # a stream has no key: it is resumed (also as close 4503)
+        codes["503"] = "Storage unavailable; join again, resuming with since."
     return {
         code: {
             "description": text,
@@ -227,7 +229,8 @@ def _links(edition: str) -> dict[str, Any]:
     """Create's answer names the room the other calls take (OpenAPI links, which tools
     such as schemathesis follow), at its key in the server's edition. Not Send's: only a
     member may Send (anyone else is m3o's 400 ``user is not in the room``), and a room
-    may be made with none; Invite's answer leads to Send, with the user it invited."""
+    may be made with none; Invite's answer leads to Send, with the user it invited, and
+    Send's to DeleteMessage, by the message's author."""
     key = "group" if edition == "group" else "room"
     links: dict[str, Any] = {
         f"{e.name}WithTheNewRoom": {
@@ -255,6 +258,24 @@ def _invite_links() -> dict[str, Any]:
                 "text": _LINKED_TEXT,
             },
             "description": "Send to the room as the user just invited.",
+            "x-schemathesis": {"merge_body": False},
+        }
+    }
+
+
+def _send_links() -> dict[str, Any]:
+    """Send's answer is a message its author may delete: a whole DeleteMessageRequest by
+    that author, all or nothing (``merge_body: false``, as Invite's link: a message id
+    with another room or user is a refusal, not a deletion)."""
+    return {
+        "DeleteMessageAsItsAuthor": {
+            "operationId": "DeleteMessage",
+            "requestBody": {
+                "room_id": "$response.body#/message/room_id",
+                "message_id": "$response.body#/message/id",
+                "user_id": "$response.body#/message/user_id",
+            },
+            "description": "Delete the message just sent, as its author.",
             "x-schemathesis": {"merge_body": False},
         }
     }
@@ -322,6 +343,7 @@ def _operation(endpoint: Endpoint, limits: Limits, edition: str) -> dict[str, An
     if name == "Invite":
         op["responses"]["200"]["links"] = _invite_links()
     if name == "Send":
+        op["responses"]["200"]["links"] = _send_links()
         _bulk_send(op)
     if name == "DeleteMessage":
         op["description"] = (

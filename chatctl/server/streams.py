@@ -104,7 +104,7 @@ class JoinStreams:
             admission = await self.service.join(principal.tenant, req)
         except (Refused, Unavailable) as exc:
             self.counter.close(token_id)
-            raise Refusal.of(JOIN.id, exc, edition) from None
+            raise Refusal.of(JOIN.id, exc, edition, stream=True) from None
         except BaseException:
             self.counter.close(token_id)
             raise
@@ -185,7 +185,7 @@ class JoinStreams:
             admission = await self.service.join_rooms(principal.tenant, req)
         except (Refused, Unavailable) as exc:
             self.release(stream)
-            raise Refusal.of(JOIN_ROOMS.id, exc, edition) from None
+            raise Refusal.of(JOIN_ROOMS.id, exc, edition, stream=True) from None
         except BaseException:
             self.release(stream)
             raise
@@ -404,7 +404,7 @@ def _room_ended(room_id: str, code: int, detail: str) -> dict[str, Any]:
 async def _end_unavailable(ws: WebSocket, exc: Unavailable) -> None:
     """The replay could not be read: the stream ends as a call would have (503), and the
     client resumes with ``since``."""
-    refusal = Refusal.of(JOIN.id, exc)
+    refusal = Refusal.of(JOIN.id, exc, stream=True)
     with contextlib.suppress(WebSocketDisconnect, RuntimeError, OSError):
         await ws.send_text(encode(refusal.body()))
         await ws.close(refusal.close_code, refusal.detail[:120])
@@ -463,7 +463,7 @@ class _NDJSONStream(Response):
                 if end.code is not None and end.frame:
                     await write(end_frame_in(_edition_of(sub), end.frame))
             except Unavailable as exc:
-                await write(encode(Refusal.of(JOIN.id, exc).body()))
+                await write(encode(Refusal.of(JOIN.id, exc, stream=True).body()))
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         except OSError:
             pass  # the client went away mid-write

@@ -13,6 +13,8 @@ from typing import Any
 
 import httpx
 import pytest
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import connect
 
 from chatctl.schema import ENDPOINTS, validate_request
 from chatctl.server import rules
@@ -167,3 +169,36 @@ def test_storage_failures_answer_503_without_their_cause(
         logged = [r.getMessage() for r in caplog.records if "storage unavailable" in r.getMessage()]
         assert len(logged) == 3 and all(" ".join(cause.split()) in m for m in logged), logged
         assert not any("\n" in m for m in logged), logged
+
+
+def test_a_stream_the_storage_fails_is_told_to_join_again_not_to_reuse_a_key(
+    live_server: Callable[..., LiveServer], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A call refused 503 is retried with its Idempotency-Key; a stream has none and is
+    resumed: its error frame and close 4503's reason say so (and stay short, for a tail's
+    line), on the WebSocket and the NDJSON Join alike."""
+    srv = live_server()
+    store = srv.app.state.store
+
+    async def failing(*args: Any, **kwargs: Any) -> Any:
+        raise Unavailable("database not answering")
+
+    stream_detail = "storage unavailable: join again, resuming with since"
+    with httpx.Client(base_url=srv.url, timeout=10) as client:
+        room = ok(client, "Create", {"name": "r", "user_ids": ["u"]})["room"]["id"]
+        monkeypatch.setattr(store, "write", failing)  # a Join's admission writes
+        monkeypatch.setattr(store, "send", failing)
+        join = {"room_id": room, "user_id": "u"}
+        with connect(f"{srv.ws_url}/v1/chat/Join", open_timeout=10) as ws:
+            ws.send(json.dumps(join))
+            frame = json.loads(ws.recv(timeout=10))
+            with pytest.raises(ConnectionClosed):
+                ws.recv(timeout=10)
+        assert (frame["code"], frame["detail"]) == (503, stream_detail)
+        assert ws.close_code == 4503 and ws.close_reason == stream_detail
+        ndjson = client.post("/v1/chat/Join", json=join)
+        assert ndjson.json()["detail"] == stream_detail
+        sent = client.post("/v1/chat/Send", json=join | {"text": "x"})
+    assert sent.json()["detail"] == (
+        "storage unavailable: try again (with the same Idempotency-Key, if any)"
+    )

@@ -11,6 +11,7 @@ import httpx
 import pytest
 from websockets.sync.client import connect
 
+from tests.helpers import CHATCTL_HEADERS
 from tests.server.conftest import LiveServer
 
 #: Written out, not imported: clients of other projects read this exact header.
@@ -68,3 +69,14 @@ def test_on_the_websocket_handshake_before_the_request(server: LiveServer, room:
         ws.send(json.dumps({"room_id": room_id, "user_id": "u", "since": room_id}))
         if room == "unknown":
             assert json.loads(ws.recv(timeout=10))["code"] == 404
+
+
+@pytest.mark.one_backend
+def test_the_suites_mock_of_the_server_says_what_the_server_says(server: LiveServer) -> None:
+    # CHATCTL_HEADERS stands for chatctl's server in pytest-httpx tests: a mock that lacks
+    # an extension the server has would test the CLI against a server that does not exist.
+    with httpx.Client(base_url=server.url, timeout=10) as http:
+        r = http.post("/v1/chat/List", json={})
+    assert r.status_code == 200
+    ours = {k: v for k, v in r.headers.items() if k.lower().startswith("chat-")}
+    assert ours == {k.lower(): v for k, v in CHATCTL_HEADERS.items()}
