@@ -3,5 +3,5 @@
 This module holds the version only, so ``chatctl --version`` stays cheap.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 __all__ = ["__version__"]

@@ -19,6 +19,8 @@ The exception tree::
     ├── StreamClosed             the server ended a Join stream on purpose (kicked,
     │                            room deleted, too slow); exit from the close code
     ├── OutputError              1  the output could not be written (full disk, closed stdout)
+    ├── server.migrations:       serve's database schema: SchemaTooOld 1 (run chatctl
+    │                            serve migrate), SchemaTooNew 6 (a newer release's)
     └── Interrupted              130  Ctrl-C, after a write batch finished its call in flight
 
 The transport raises these with the facts (``where``, ``code``, ``close_code``) and never
@@ -78,6 +80,9 @@ class ExitStatus(enum.IntEnum):
     UNREACHABLE = 3
     FORBIDDEN = 4
     NOT_FOUND = 5
+    #: ``serve``/``serve migrate``: a newer release migrated the database incompatibly;
+    #: restarting cannot help (systemd: RestartPreventExitStatus=6).
+    SCHEMA_TOO_NEW = 6
     INTERRUPTED = 130
 
 

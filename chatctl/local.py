@@ -233,6 +233,8 @@ def _start_detached(sock: Path) -> int:
     log = _log_path()
     _private_dir(log.parent)
     env = dict(os.environ)
+    # A command run by a systemd service must not have its private server speak for it.
+    env.pop("NOTIFY_SOCKET", None)
     # The server must run this same chatctl, even when it is not installed (a checkout).
     package_root = str(Path(__file__).resolve().parent.parent)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))

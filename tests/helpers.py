@@ -61,8 +61,12 @@ class ServerProcess:
         tokens: Sequence[str] = (),
         extra: Sequence[str] = (),
         db: str | None = None,
+        env: dict[str, str] | None = None,
     ) -> None:
         self.workdir = workdir
+        #: the server's environment (None: this process's); run in ``workdir`` with it, so
+        #: a PYTHONPATH there decides which chatctl serves (an older release's).
+        self.env = env
         #: the SQLite file in ``workdir``, unless ``db`` names another (or a postgresql:// URL).
         self.db: Path | str = workdir / "chat.db" if db is None else db
         self.sock = workdir / "chat.sock"
@@ -102,7 +106,14 @@ class ServerProcess:
             args += ["--token", t]
         args += self.extra
         with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen(args, stdout=log, stderr=log, start_new_session=True)
+            self.proc = subprocess.Popen(
+                args,
+                stdout=log,
+                stderr=log,
+                start_new_session=True,
+                env=self.env,
+                cwd=None if self.env is None else self.workdir,
+            )
         wait_for(self._healthy, 15, "the server to answer /health")
         return self
 

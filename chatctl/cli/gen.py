@@ -47,6 +47,8 @@ EXIT_STATUSES = {
     "--timeout, untrusted certificate, not an m3o Chat API).",
     ExitStatus.FORBIDDEN: "Unauthorized or forbidden (HTTP 401 or 403).",
     ExitStatus.NOT_FOUND: "Not found (HTTP 404), e.g. no such room.",
+    ExitStatus.SCHEMA_TOO_NEW: "serve, serve migrate: a newer release migrated the database "
+    "past what this one can use (systemd: RestartPreventExitStatus=6).",
     ExitStatus.INTERRUPTED: "Interrupted (Ctrl-C); a write batch first finishes its call in "
     "flight and prints its id.",
 }

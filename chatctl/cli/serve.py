@@ -1,5 +1,6 @@
 """``chatctl serve``: run the chat server, look after the embedded local one, and manage
-the tokens a server accepts (``chatctl serve token add|list|revoke``).
+the tokens a server accepts (``chatctl serve token add|list|revoke``), and bring a
+database's schema up to date (``chatctl serve migrate``).
 
 ``serve`` is a group whose callback serves when no subcommand is given, so ``chatctl
 serve [flags]`` works as it always did beside ``chatctl serve token …``.
@@ -25,7 +26,7 @@ from chatctl.cli.options import OutputOpt
 from chatctl.errors import ExitStatus, UsageError
 from chatctl.schema import Limits
 
-__all__ = ["app", "serve", "token_app"]
+__all__ = ["app", "migrate", "serve", "token_app"]
 
 if TYPE_CHECKING:
     from chatctl.server.tokens import TokenLine, TokenRegistry
@@ -305,6 +306,18 @@ def serve(
             rich_help_panel=_PER_TOKEN,
         ),
     ] = None,
+    replicas: Annotated[
+        int,
+        typer.Option(
+            help="This server is one of N replicas behind one address that spreads each "
+            "request over them in turn (nginx, Caddy, HAProxy in HTTP mode): each enforces 1/N "
+            "of --rate-limit, --rate-burst and --max-streams-per-token (rounded up), so a "
+            "token's budget is one server's. Give every replica the same N.",
+            min=1,
+            metavar="N",
+            rich_help_panel=_PER_TOKEN,
+        ),
+    ] = 1,
     cors_origin: Annotated[
         list[str] | None,
         typer.Option(
@@ -415,7 +428,13 @@ def serve(
         ),
     ] = None,
     pid_file: Annotated[
-        Path | None, typer.Option(help="Write the server's pid here.", hidden=True)
+        Path | None,
+        typer.Option(
+            help="Write the server's pid to this file (mode 0600) once it is bound, and remove "
+            "it at exit (for a supervisor without systemd; under systemd use Type=notify).",
+            metavar="PATH",
+            show_default=False,
+        ),
     ] = None,
     limits: Limits | None = None,
 ) -> None:
@@ -430,6 +449,9 @@ def serve(
     On SIGTERM it closes live streams with 1001 (clients resume) and exits 0.
 
     On SIGHUP it re-reads the tokens file (read also when it changes) and TLS certificate.
+
+    It binds its port before it opens the database, and tells systemd when it is ready
+    (Type=notify); docs/deployment.md has a unit.
 
     Without --url, the other commands start a private local server themselves;
     --status and --stop look after that one.
@@ -465,6 +487,7 @@ def serve(
         db_timeout=db_timeout,
         registry=registry,
         **per_token,
+        replicas=replicas,
         tls_cert=None if tls_cert is None else str(tls_cert),
         tls_key=None if tls_key is None else str(tls_key),
         cors_origins=_cors_origins(cors_origin or []),
@@ -616,6 +639,61 @@ def _stop() -> None:
         typer.echo("the local server was not running", err=True)
     else:
         typer.echo(f"stopped the local server (pid {pid})", err=True)
+
+
+# -- chatctl serve migrate ----------------------------------------------------------------
+
+
+@app.command("migrate")
+def migrate(
+    db: Annotated[
+        str | None,
+        typer.Option(
+            help="The database, as given to chatctl serve --db: a SQLite file or a "
+            "postgresql:// URL (a password is best left to PGPASSWORD, ~/.pgpass or a "
+            "service file). Default: serve's default SQLite file.",
+            metavar="PATH|URL",
+            show_default=False,
+        ),
+    ] = None,
+    check: Annotated[
+        bool,
+        typer.Option(
+            "--check",
+            help="Change nothing; exit 0 if the schema is current (or newer and "
+            "compatible), 1 if it needs migrating.",
+        ),
+    ] = False,
+    db_timeout: Annotated[
+        float,
+        typer.Option(
+            help="Seconds to wait for a lock the replicas hold (the migration itself is "
+            "not timed) or to connect.",
+            min=0.1,
+            metavar="SECONDS",
+        ),
+    ] = 5.0,
+) -> None:
+    """Bring the database's schema up to this chatctl's, online.
+
+    Migrations only add (expand), so replicas of the previous release keep serving the
+    migrated database: upgrade replicas one at a time after it, and roll back by running
+    the previous release again. serve sets up a new database itself, and migrates a
+    SQLite file itself, but refuses an older PostgreSQL one until this is run.
+
+    A database a newer release migrated past what this one can use: exit 6.
+
+    Example: chatctl serve migrate --check --db postgresql://chat@db.internal/chat
+
+    Example: chatctl serve migrate --db postgresql://chat@db.internal/chat
+    """
+    from chatctl.local import default_db_path
+    from chatctl.server.upgrade import upgrade
+
+    line = upgrade(
+        db if db is not None else str(default_db_path()), check=check, timeout=db_timeout
+    )
+    typer.echo(line, err=True)
 
 
 # -- chatctl serve token ------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """The app factory and its lifecycle: ``create_app(config)`` builds the Starlette app.
 
 It wires the parts together (module map in ``chatctl/server/__init__.py``): the store
-for ``config.db`` (opened and migrated here, so a database that cannot be reached stops
+for ``config.db`` (opened and its schema checked here, so a database that cannot be reached stops
 ``serve`` before it listens), the hub it delivers to, the rules over the store, the HTTP
 edge and the Join streams, under the access log.
 
@@ -57,9 +57,15 @@ PURGE_INTERVAL = 0.5
 KEY_SWEEP_INTERVAL = 3600.0
 
 
-def open_store(db: str, fanout: Fanout, timeout: float) -> Store:
-    """The store for ``--db``, opened and migrated (before the event loop runs); a database
-    it cannot open or reach is a ChatctlError naming it, with a hint."""
+def open_store(
+    db: str, fanout: Fanout, timeout: float, application_name: str | None = None
+) -> Store:
+    """The store for ``--db``, opened and its schema checked (before the event loop runs);
+    a database it cannot open or reach is a ChatctlError naming it, with a hint.
+
+    Schema (``migrations``): a SQLite file is migrated here (one machine's); a shared
+    PostgreSQL database only set up when empty, and refused when older (``chatctl serve
+    migrate`` upgrades it while the previous release's replicas keep serving)."""
     if is_postgres_url(db):
         try:
             from chatctl.server.store_pg import PostgresStore
@@ -67,7 +73,9 @@ def open_store(db: str, fanout: Fanout, timeout: float) -> Store:
             raise ChatctlError(
                 f"serving from PostgreSQL needs psycopg ({exc}): pip install 'chatctl[postgres]'"
             ) from None
-        return PostgresStore.open(db, fanout, timeout=timeout)
+        return PostgresStore.open(
+            db, fanout, timeout=timeout, migrate="new", application_name=application_name
+        )
     return SQLiteStore.open(db, fanout, timeout=timeout)
 
 
@@ -75,7 +83,7 @@ def create_app(config: ServerConfig) -> Starlette:
     """The chat server as an ASGI app; ``app.state`` holds ``config``, ``store``, ``hub``,
     ``service``."""
     hub = Hub(config.stream_queue)
-    store = open_store(config.db, hub, config.db_timeout)
+    store = open_store(config.db, hub, config.db_timeout, config.application_name)
     metrics = None
     if config.metrics:
         from chatctl.server.metrics import MeteredStore, Metrics

@@ -74,6 +74,10 @@ class ServerConfig:
     rate_burst: int = DEFAULT_RATE_BURST
     #: Join streams one token may hold open at once (None: no cap).
     max_streams_per_token: int | None = None
+    #: this server is one of this many replicas behind one address that spreads each
+    #: request over them (round-robin): each enforces its share of a token's rate, burst
+    #: and stream cap (``ratelimit.share``), so the token's budget is one server's.
+    replicas: int = 1
     #: serve https and wss with this certificate chain and key (PEM files).
     tls_cert: str | None = None
     tls_key: str | None = None
@@ -97,6 +101,9 @@ class ServerConfig:
     #: sets its own), and seconds between looks for messages past it (``retention``).
     retain: int | None = None
     retain_check: float = 60.0
+    #: this replica's name in PostgreSQL's ``pg_stat_activity`` (``chatctl/VERSION/
+    #: HOST:PORT``, set by ``serve``) unless the URL or ``PGAPPNAME`` names it.
+    application_name: str | None = None
 
     @property
     def open(self) -> bool:

@@ -66,7 +66,7 @@ from chatctl.server.hub import Hub
 from chatctl.server.logline import PRINCIPAL
 from chatctl.server.openapi import openapi_document
 from chatctl.server.protocol import BODY_TOO_SLOW
-from chatctl.server.ratelimit import RateLimiter, over_rate
+from chatctl.server.ratelimit import RateLimiter, over_rate, share
 from chatctl.server.rules import Answer, ChatService
 from chatctl.server.tokens import OPEN, Principal
 from chatctl.wire import encode
@@ -133,7 +133,11 @@ class Edge:
         self.registry = config.registry
         #: each token's request bucket (None: no rate limit).
         self.limiter = (
-            None if config.rate_limit is None else RateLimiter(config.rate_limit, config.rate_burst)
+            None
+            if config.rate_limit is None
+            else RateLimiter(
+                config.rate_limit / config.replicas, share(config.rate_burst, config.replicas)
+            )
         )
         self.openapi = encode(openapi_document(config.limits, config.m3o_edition)).encode()
         #: the browser origins allowed (``--cors-origin``), and the default edition.
@@ -170,7 +174,8 @@ class Edge:
         wait = limiter.check(principal.token_id)
         if wait:
             REFUSALS["rate_limit"] += 1
-            detail, headers = over_rate(limiter.rate, wait)
+            # The token's whole budget: the replicas' shares together.
+            detail, headers = over_rate(limiter.rate * self.config.replicas, wait)
             raise Refusal("v1", 429, detail, headers)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

@@ -38,6 +38,7 @@ import asyncio
 import importlib.util
 import logging
 import socket
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import unquote
 
@@ -103,13 +104,24 @@ def uvicorn_config(app: Starlette, config: ServerConfig, **options: Any) -> uvic
 class ChatServer(uvicorn.Server):
     """uvicorn's server, ending every Join stream with 1001 before uvicorn's own shutdown
     (which would close WebSockets with 1012 and wait forever on NDJSON streams), and
-    announcing a Unix socket given to it, as uvicorn announces only the sockets it binds."""
+    announcing the sockets given to it (``serve`` binds them), as uvicorn announces only
+    the sockets it binds."""
+
+    #: called once the sockets listen and the app has started (``serve``: systemd's READY).
+    on_started: Callable[[], object] | None = None
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets=sockets)
+        scheme = "https" if self.config.is_ssl else "http"
         for sock in sockets or ():
             if sock.family == socket.AF_UNIX:
                 log.info("listening on unix socket %s", sock.getsockname())
+            else:  # as uvicorn says it for the sockets it binds itself
+                host, port = sock.getsockname()[:2]
+                shown = f"[{host}]" if ":" in host else host
+                log.info("running on %s://%s:%d (Press CTRL+C to quit)", scheme, shown, port)
+        if self.started and self.on_started is not None:
+            self.on_started()
 
     async def shutdown(self, sockets: Any = None) -> None:
         app = self.config.app

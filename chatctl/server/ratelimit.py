@@ -11,6 +11,13 @@ send ``burst`` at once, then ``rate`` per second for ever. Memory is bounded: at
 ``max_keys`` buckets are kept, the least recently used dropped first. A dropped bucket
 was almost always full already (idle for ``burst / rate`` seconds); one that was not
 comes back full, which lets that token ``burst`` more requests through once, at worst.
+
+Across replicas (``--replicas N``): each replica enforces its share, ``rate / N`` and
+``share(burst, N)``, and ``share(cap, N)`` streams. Behind a balancer that spreads each
+request over the replicas in turn, a token gets one server's budget whatever N is; the
+429's detail names the whole budget. Chosen over a bucket shared through PostgreSQL,
+which costs a statement per call (tests/bench/ratelimit_share_bench.py: about half of a
+List's database throughput), where the split costs nothing.
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ __all__ = [
     "over_stream_cap",
     "parse_rate",
     "retry_after",
+    "share",
 ]
 
 _RATE = re.compile(r"(\d+(?:\.\d+)?)\s*/\s*(s|sec|second|m|min|minute|h|hour)")
@@ -48,6 +56,13 @@ def parse_rate(text: str) -> float | None:
     if per_second <= 0:
         raise ValueError(f"{text!r}: a rate must be above 0 (or off)")
     return per_second
+
+
+def share(budget: int, replicas: int) -> int:
+    """One replica's share of a token's ``budget`` (a burst, a stream cap) split
+    ``replicas`` ways: rounded up, so the replicas together allow the budget or a few
+    more (at most ``replicas - 1``), never fewer."""
+    return max(1, math.ceil(budget / max(1, replicas)))
 
 
 def retry_after(wait: float) -> int:

@@ -25,12 +25,17 @@ calls :func:`run_server`. What this module adds to uvicorn, and why:
 - SIGHUP reloads the TLS certificate and the tokens file (``on_hangup``), which is also
   watched (``tokens.watch_tokens``); the app's ``tokens_reloaded`` ends the streams of
   the tokens a reload revoked.
+- A good service citizen: the port (or Unix socket) is bound before the database is
+  touched; under systemd (``Type=notify``) it says ``READY=1`` once it listens and
+  ``STOPPING=1`` on SIGTERM (``sd_notify``, by hand: no dependency); a PostgreSQL
+  replica's connections carry ``application_name`` ``chatctl/VERSION/HOST:PORT``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import ipaddress
 import json
 import logging
@@ -73,6 +78,7 @@ __all__ = [
     "is_loopback",
     "on_hangup",
     "run_server",
+    "sd_notify",
     "tls_options",
 ]
 
@@ -276,16 +282,23 @@ def run_server(
         () if config.registry is None else config.registry.clear_tokens(),
         log_format,
     )
-    _prepare_db(config.db)
 
-    # Bound before the app opens the database: a second server on the same socket fails
-    # here, having touched nothing.
-    sockets: list[socket.socket] | None = None
+    # Bound before the app opens the database: a second server on the same socket or port
+    # fails here, having touched nothing.
     bound: os.stat_result | None = None
     if uds is not None:
         sockets = [_bind_unix(uds)]
         bound = os.stat(uds)
+    else:
+        sockets = [_bind_tcp(host, port)]
+        port = sockets[0].getsockname()[1]
     try:
+        listening = uds if uds is not None else f"{host}:{port}"
+        _prepare_db(config.db)
+        if config.application_name is None:
+            config = dataclasses.replace(
+                config, application_name=_application_name(host, port, uds)
+            )
         app = create_app(config)
         server = ChatServer(
             uvicorn_config(
@@ -308,6 +321,8 @@ def run_server(
                 **tls,
             )
         )
+        # systemd (Type=notify) hears READY=1 once the socket listens and the app started.
+        server.on_started = lambda: sd_notify(f"READY=1\nSTATUS=serving on {listening}")
         if pid_file is not None:
             _write_pid_file(pid_file)
         # The app's hook for a changed tokens file: it closes revoked tokens' streams
@@ -315,6 +330,8 @@ def run_server(
         tokens_reloaded = getattr(app.state, "tokens_reloaded", None)
         _run(server, app.state.hub, sockets, config, tokens_reloaded)
     finally:
+        for sock in sockets:
+            sock.close()
         if uds is not None and bound is not None:
             _unlink_if_same(uds, bound)
         if pid_file is not None:
@@ -350,8 +367,12 @@ def _run(
     # gracefully; with Python's defaults that would kill the process by SIGTERM or raise
     # KeyboardInterrupt, yet a stop we asked for is a clean exit. So the handlers it finds
     # are its own: the re-raise is a no-op, and a signal before it starts still stops it.
+    def stop(signum: int, frame: Any) -> None:
+        sd_notify("STOPPING=1")
+        server.handle_exit(signum, frame)
+
     for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, server.handle_exit)
+        signal.signal(signum, stop)
     with asyncio.Runner(loop_factory=server.config.get_loop_factory()) as runner:
         runner.run(main())
 
@@ -393,6 +414,56 @@ def _bind_unix(path: str) -> socket.socket:
         os.umask(old)
     os.chmod(path, 0o600)
     return sock
+
+
+def _bind_tcp(host: str, port: int) -> socket.socket:
+    """A TCP socket bound to ``host``:``port`` (not listening yet: uvicorn listens once the
+    app has started), or a ChatctlError saying why it cannot be."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host.strip("[]"), port))
+    except OSError as exc:
+        sock.close()
+        raise ChatctlError(
+            f"cannot listen on {host}:{port}: {exc.strerror or exc}",
+            hint="is another server on that port? choose another with --port",
+        ) from None
+    return sock
+
+
+def _application_name(host: str, port: int, uds: str | None) -> str:
+    """This replica's name in PostgreSQL's ``pg_stat_activity``: ``chatctl/VERSION/`` and
+    where it listens (this machine's name for a wildcard address or a Unix socket)."""
+    from chatctl import __version__
+
+    if uds is not None:
+        where = f"{socket.gethostname()}:{uds}"
+    elif host.strip("[]") in ("", "0.0.0.0", "::"):
+        where = f"{socket.gethostname()}:{port}"
+    else:
+        where = f"{host}:{port}"
+    return f"chatctl/{__version__}/{where}"[:63]
+
+
+def sd_notify(state: str) -> bool:
+    """Tell systemd ``state`` (``READY=1``, ``STOPPING=1``) over ``$NOTIFY_SOCKET``, as
+    ``sd_notify(3)`` does: one datagram to a Unix socket (``@``: the abstract namespace).
+    False when there is no such socket (not run by systemd with Type=notify)."""
+    address = os.environ.get("NOTIFY_SOCKET", "")
+    if address.startswith("@"):
+        address = "\0" + address[1:]
+    elif not address.startswith("/"):
+        return False
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+        try:
+            sock.connect(address)
+            sock.sendall(state.encode())
+        except OSError as exc:
+            log.warning("cannot notify systemd at %s: %s", address, exc.strerror or exc)
+            return False
+    return True
 
 
 def _unlink_if_same(path: str, bound: os.stat_result) -> None:

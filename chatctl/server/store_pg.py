@@ -38,9 +38,11 @@ What changes when several server processes share one database:
   to commit, then finds its answer.
 - **Deleted rooms** are purged in steps of seq ranges by whichever replica gets to them.
 
-Schema versions: the table ``chatctl_schema`` holds how many entries of ``MIGRATIONS`` are
-applied; a replica applies the rest at start (before it serves, on a plain connection),
-under an advisory lock so replicas starting together migrate once.
+Schema versions (``migrations``: expand, then contract): the table ``chatctl_schema``
+holds how many entries of ``MIGRATIONS`` are applied, and the floor older releases read.
+A replica sets up an empty database at start (under an advisory lock, so replicas
+starting together do it once) but never migrates an older one by surprise: ``chatctl
+serve migrate`` does (``migrate``), while the previous release's replicas keep serving.
 """
 
 from __future__ import annotations
@@ -55,6 +57,7 @@ from typing import Any, TypeVar
 import psycopg
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
+from chatctl import __version__
 from chatctl.errors import ChatctlError
 from chatctl.server import sql
 from chatctl.server.domain import (
@@ -73,6 +76,13 @@ from chatctl.server.hub_pg import (
     note_frame,
     notifications,
 )
+from chatctl.server.migrations import (
+    Policy,
+    SchemaState,
+    floor,
+    judge,
+    too_old,
+)
 from chatctl.server.store import SendResult, session_only
 from chatctl.wire import UUIDv7, message_frame, rfc3339
 
@@ -90,6 +100,8 @@ POOL_SIZE = 8
 _GRACE = 1.0
 #: advisory lock key held while migrating ("chatctl" in ASCII).
 _MIGRATION_LOCK = 0x63686174_63746C
+#: seconds a call waits for an idle connection while the database refuses new ones.
+_DOWN_WAIT = 0.05
 #: seconds between looks for rooms another replica deleted and did not finish purging.
 _PURGE_LOOK = 30.0
 
@@ -190,6 +202,15 @@ MIGRATIONS: tuple[str, ...] = (
         expired_seq bigint NOT NULL DEFAULT 0,
         expired_id  text COLLATE "C" NOT NULL DEFAULT '',
         expired_at  text NOT NULL DEFAULT ''
+    );
+    """,
+    # v7: which release applied each migration from here on, and when (``migrate`` fills
+    # it): what ``serve`` names when a newer release's schema is refused.
+    """
+    CREATE TABLE chatctl_migrations (
+        number     integer PRIMARY KEY,
+        release    text NOT NULL,
+        applied_at timestamptz NOT NULL DEFAULT now()
     );
     """,
 )
@@ -546,6 +567,91 @@ class PostgresSession(sql.Session):
         return int(row[0]) - 1
 
 
+#: the count of MIGRATIONS releases before 0.2.0 knew: ``migrations.floor``'s legacy.
+LEGACY = 4
+
+
+def connect_options(
+    timeout: float, application_name: str | None = None, *, statements: bool = True
+) -> dict[str, Any]:
+    """psycopg's settings for a connection of this store: PostgreSQL's own time limits
+    (without ``statements``, only the lock one: a migration may take long but must not
+    queue behind replicas' transactions for long), a bounded connect, and
+    ``fallback_application_name`` (the URL's ``application_name`` or ``PGAPPNAME`` win)."""
+    ms = int(timeout * 1000)
+    limits = (
+        f"-c statement_timeout={ms} -c lock_timeout={ms // 2}"
+        f" -c idle_in_transaction_session_timeout={2 * ms}"
+        if statements
+        else f"-c lock_timeout={ms}"
+    )
+    options: dict[str, Any] = {
+        "autocommit": True,
+        "connect_timeout": max(2, round(timeout)),
+        "options": limits,
+    }
+    if application_name:
+        options["fallback_application_name"] = application_name[:63]
+    return options
+
+
+def schema_state(conn: psycopg.Connection[Any]) -> SchemaState:
+    """What the database records (``migrations``): ``chatctl_schema.version`` is the floor
+    (the one number releases before 0.2.0 read), ``applied`` (added by 0.2.0) the count
+    applied; no table at all: an empty database."""
+    if not _has_table(conn, "chatctl_schema"):
+        return SchemaState(0, 0)
+    row = conn.execute("SELECT row_to_json(s)::text FROM chatctl_schema s").fetchone()
+    if row is None:
+        return SchemaState(0, 0)
+    import json
+
+    fields = json.loads(row[0])
+    version = int(fields["version"])
+    applied = fields.get("applied")
+    return SchemaState(version if applied is None else int(applied), version)
+
+
+def _has_table(conn: psycopg.Connection[Any], name: str) -> bool:
+    found = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (name,)).fetchone()
+    return bool(found and found[0])
+
+
+def migrate(
+    conn: psycopg.Connection[Any], policy: Policy = "all", where: str = "the database"
+) -> SchemaState:
+    """Apply the migrations the database lacks (with ``policy`` "new": only to an empty
+    one), in one transaction, under an advisory lock so that replicas or ``serve migrate``
+    runs starting together migrate once; the state after."""
+    with conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
+        conn.execute("CREATE TABLE IF NOT EXISTS chatctl_schema (version integer NOT NULL)")
+        conn.execute("ALTER TABLE chatctl_schema ADD COLUMN IF NOT EXISTS applied integer")
+        state = schema_state(conn)
+        if state.applied == 0 and conn.execute("SELECT FROM chatctl_schema").fetchone() is None:
+            conn.execute("INSERT INTO chatctl_schema (version, applied) VALUES (0, 0)")
+        # Again under the lock: another process may have migrated meanwhile.
+        if judge(state, len(MIGRATIONS), where) != "older":
+            return state
+        if policy == "new" and not state.empty:
+            raise too_old(state, len(MIGRATIONS), where)
+        for number in range(state.applied, len(MIGRATIONS)):
+            with conn.transaction():  # a savepoint each: one failed step leaves no half
+                conn.execute(MIGRATIONS[number].encode())
+                if _has_table(conn, "chatctl_migrations"):
+                    conn.execute(
+                        "INSERT INTO chatctl_migrations (number, release) VALUES (%s, %s)"
+                        " ON CONFLICT (number) DO UPDATE SET release = excluded.release,"
+                        " applied_at = now()",
+                        (number + 1, __version__),
+                    )
+                conn.execute(
+                    "UPDATE chatctl_schema SET version = %s, applied = %s",
+                    (floor(MIGRATIONS, number + 1, LEGACY), number + 1),
+                )
+    return schema_state(conn)
+
+
 class PostgresStore:
     """``store.Store`` on a PostgreSQL database that several replicas share."""
 
@@ -556,8 +662,11 @@ class PostgresStore:
         *,
         timeout: float = 5.0,
         pool_size: int = POOL_SIZE,
+        migrate: Policy = "all",
+        application_name: str | None = None,
     ) -> None:
         self.url = url
+        self.application_name = application_name
         self.timeout = timeout
         self.fanout = fanout
         self._pool_size = pool_size
@@ -571,54 +680,62 @@ class PostgresStore:
         self._abandoned: set[asyncio.Task[Any]] = set()
         #: when to look for deleted rooms' messages left to purge (0: at the first step).
         self._next_purge_look = 0.0
-        self._migrate()
+        #: why the pool's last attempt to connect failed; None once one succeeds.
+        self._unreachable: str | None = None
+        self._migrate(migrate)
 
     @classmethod
-    def open(cls, url: str, fanout: Fanout, *, timeout: float) -> PostgresStore:
-        """The store on ``url``, migrated, or a ChatctlError saying why it cannot be."""
+    def open(
+        cls,
+        url: str,
+        fanout: Fanout,
+        *,
+        timeout: float,
+        migrate: Policy = "all",
+        application_name: str | None = None,
+    ) -> PostgresStore:
+        """The store on ``url``, its schema checked (and set up or migrated as ``migrate``
+        allows), or a ChatctlError saying why it cannot be."""
         try:
-            return cls(url, fanout, timeout=timeout)
+            return cls(
+                url, fanout, timeout=timeout, migrate=migrate, application_name=application_name
+            )
         except psycopg.OperationalError as exc:
             raise ChatctlError(
                 f"cannot connect to PostgreSQL at {without_password(url)}: "
-                + (str(exc).strip().splitlines() or ["no answer"])[-1],
+                + failure(exc),
                 hint="is PostgreSQL running and the URL right? check --db",
             ) from None
 
     @property
     def _options(self) -> dict[str, Any]:
-        """Connection settings: PostgreSQL's own time limits, and a bounded connect."""
-        ms = int(self.timeout * 1000)
-        return {
-            "autocommit": True,
-            "connect_timeout": max(2, round(self.timeout)),
-            "options": f"-c statement_timeout={ms} -c lock_timeout={ms // 2}"
-            f" -c idle_in_transaction_session_timeout={2 * ms}",
-        }
+        """Connection settings: PostgreSQL's own time limits, a bounded connect, and the
+        replica's name in ``pg_stat_activity`` unless the URL or ``PGAPPNAME`` gives one.
+        Nothing here names a password: libpq finds one in the URL, ``PGPASSWORD``,
+        ``PGPASSFILE`` (``~/.pgpass``) or a service file, as for psql."""
+        return connect_options(self.timeout, self.application_name)
 
-    def _migrate(self) -> None:
-        with psycopg.connect(self.url, **self._options) as conn, conn.transaction():
-            conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
-            conn.execute("CREATE TABLE IF NOT EXISTS chatctl_schema (version integer NOT NULL)")
-            row = conn.execute("SELECT version FROM chatctl_schema").fetchone()
-            if row is None:
-                conn.execute("INSERT INTO chatctl_schema (version) VALUES (0)")
-                version = 0
-            else:
-                version = int(row[0])
-            if version > len(MIGRATIONS):
-                raise RuntimeError(
-                    f"database schema version {version} is newer than this chatctl "
-                    f"(knows {len(MIGRATIONS)}); upgrade chatctl"
-                )
-            for number in range(version, len(MIGRATIONS)):
-                with conn.transaction():  # a savepoint each: one failed step leaves no half
-                    conn.execute(MIGRATIONS[number].encode())
-                    conn.execute("UPDATE chatctl_schema SET version = %s", (number + 1,))
+    def _migrate(self, policy: Policy) -> None:
+        where = without_password(self.url)
+        with psycopg.connect(self.url, **self._options) as conn:
+            state = schema_state(conn)
+            if judge(state, len(MIGRATIONS), where) != "older":
+                if state.applied > len(MIGRATIONS):
+                    log.info(
+                        "database %s has schema %d, newer than this chatctl's %d and"
+                        " compatible with it",
+                        where, state.applied, len(MIGRATIONS),
+                    )  # fmt: skip
+                return
+            if policy == "new" and not state.empty:
+                raise too_old(state, len(MIGRATIONS), where)
+            migrate(conn, policy, where)
 
     async def schema_version(self) -> int:
+        """How many of ``MIGRATIONS`` the database has had applied."""
+
         async def version(db: sql.Session) -> int:
-            return await db._count("SELECT version FROM chatctl_schema", ())
+            return await db._count("SELECT coalesce(applied, version) FROM chatctl_schema", ())
 
         return await self.read(version)
 
@@ -630,6 +747,7 @@ class PostgresStore:
         pool: AsyncConnectionPool[psycopg.AsyncConnection[tuple[Any, ...]]]
         pool = AsyncConnectionPool(
             self.url,
+            connection_class=_watched(self),
             min_size=2,
             max_size=self._pool_size,
             kwargs=self._options,
@@ -641,7 +759,13 @@ class PostgresStore:
         await pool.open(wait=True, timeout=max(15.0, self.timeout))
         self._pool = pool
         if self.fanout is not None:
-            self._listener = Listener(self.url, self.timeout, self, self.fanout)
+            # The LISTEN connection carries the replica's name too.
+            listen = self.url
+            if self.application_name:
+                listen = psycopg.conninfo.make_conninfo(
+                    self.url, fallback_application_name=self.application_name[:63]
+                )
+            self._listener = Listener(listen, self.timeout, self, self.fanout)
             self._listener.lag = self.notification_lag
             await self._listener.start()
 
@@ -686,12 +810,26 @@ class PostgresStore:
         if not task.cancelled() and task.exception() is not None:
             log.debug("an abandoned database call ended: %s", task.exception())
 
-    def _connection(
-        self,
-    ) -> contextlib.AbstractAsyncContextManager[psycopg.AsyncConnection[tuple[Any, ...]]]:
-        if self._pool is None:
+    @contextlib.asynccontextmanager
+    async def _connection(self) -> AsyncIterator[psycopg.AsyncConnection[tuple[Any, ...]]]:
+        """A connection of the pool. While the pool's last attempt to connect failed (the
+        database refused it, or did not answer), a call that finds no idle connection is
+        Unavailable at once rather than after ``--db-timeout``; it still asks the pool, so
+        the pool keeps trying to connect, and the first success ends it."""
+        pool = self._pool
+        if pool is None:
             raise Unavailable("the store is not started")
-        return self._pool.connection()
+        down = self._unreachable
+        async with contextlib.AsyncExitStack() as stack:
+            try:
+                conn = await stack.enter_async_context(
+                    pool.connection(timeout=_DOWN_WAIT if down else None)
+                )
+            except PoolTimeout:
+                if down is None:
+                    raise
+                raise Unavailable(f"cannot connect to PostgreSQL: {down}") from None
+            yield conn
 
     # -- the Store operations -----------------------------------------------------------
 
@@ -820,6 +958,23 @@ class PostgresStore:
         self._next_purge_look = 0.0
 
 
+def _watched(store: PostgresStore) -> type[psycopg.AsyncConnection[tuple[Any, ...]]]:
+    """The pool's connection class: it tells ``store`` how its attempts to connect end."""
+
+    class Watched(psycopg.AsyncConnection[tuple[Any, ...]]):
+        @classmethod
+        async def connect(cls, *args: Any, **kwargs: Any) -> Any:
+            try:
+                conn = await super().connect(*args, **kwargs)
+            except psycopg.OperationalError as exc:
+                store._unreachable = failure(exc)
+                raise
+            store._unreachable = None
+            return conn
+
+    return Watched
+
+
 class _Turns:
     """A lock per key (a room), made when first wanted and dropped when nobody waits."""
 
@@ -850,6 +1005,14 @@ class _Turns:
                 del self._locks[key]
             else:
                 self._locks[key] = (lock, users - 1)
+
+
+def failure(exc: BaseException) -> str:
+    """Why libpq could not connect, as one line: its last line that says why (not the
+    note of where it found the password, which it adds after the reason)."""
+    lines = [line for line in str(exc).strip().splitlines() if line.strip()]
+    said = [line for line in lines if not line.startswith("password retrieved from")]
+    return (said or lines or ["no answer"])[-1]
 
 
 def without_password(url: str) -> str:

@@ -36,9 +36,11 @@ What else it adds to the shared SQL (``sql.Session``):
   ``sql.PURGE_CHUNK`` messages in one transaction, and ``purge_step`` removes the rest a
   chunk at a time. Until then the room's pk is listed in ``purging``, so no new room takes
   it.
-- **Schema versions**: ``PRAGMA user_version`` holds how many entries of ``MIGRATIONS``
-  have been applied; opening an older file applies the rest, in order, one transaction
-  each, before anything else runs.
+- **Schema versions** (``migrations``: expand, then contract): the ``chatctl_schema``
+  table holds how many entries of ``MIGRATIONS`` have been applied, ``PRAGMA
+  user_version`` the floor older releases read; opening an older file applies the rest,
+  in order, one transaction each, before anything else runs (a file is one machine's:
+  ``serve`` migrates it itself, so the quick start keeps working across upgrades).
 """
 
 from __future__ import annotations
@@ -56,6 +58,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from chatctl import __version__
 from chatctl.errors import ChatctlError
 from chatctl.server import sql
 from chatctl.server.domain import (
@@ -69,8 +72,15 @@ from chatctl.server.domain import (
     RoomRow,
     Unavailable,
 )
+from chatctl.server.migrations import (
+    Policy,
+    SchemaState,
+    floor,
+    judge,
+    too_old,
+)
 from chatctl.server.store import SendResult, run_to_end
-from chatctl.wire import UUIDv7, message_frame
+from chatctl.wire import UUIDv7, message_frame, rfc3339
 
 __all__ = ["MIGRATIONS", "BusyDatabase", "SQLiteSession", "SQLiteStore", "hold_open"]
 
@@ -201,6 +211,15 @@ MIGRATIONS: tuple[str, ...] = (
         expired_at  TEXT NOT NULL DEFAULT ''
     );
     """,
+    # v9: which release applied each migration from here on, and when (``migrate`` fills
+    # it): what ``serve`` names when a newer release's schema is refused.
+    """
+    CREATE TABLE chatctl_migrations (
+        number     INTEGER PRIMARY KEY,
+        release    TEXT NOT NULL,
+        applied_at TEXT NOT NULL
+    );
+    """,
 )
 
 #: ms a read waits, holding up the event loop, for another process's lock; the read is
@@ -284,6 +303,49 @@ def _is_busy(exc: sqlite3.Error) -> bool:
     """True when ``exc`` only means another process holds the database for now."""
     code = getattr(exc, "sqlite_errorcode", None)
     return code is not None and code & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+
+
+#: the count of MIGRATIONS releases before 0.2.0 knew: ``migrations.floor``'s legacy.
+LEGACY = 6
+_HAS_TABLE = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?"
+
+
+def schema_state(db: sqlite3.Connection) -> SchemaState:
+    """What the file records (``migrations``): ``user_version`` is the floor, and the
+    ``chatctl_schema`` table (made by 0.2.0 on) the count applied."""
+    (version,) = db.execute("PRAGMA user_version").fetchone()
+    applied = int(version)
+    if db.execute(_HAS_TABLE, ("chatctl_schema",)).fetchone():
+        row = db.execute("SELECT applied FROM chatctl_schema").fetchone()
+        if row is not None:
+            applied = max(applied, int(row[0]))
+    return SchemaState(applied, int(version))
+
+
+def migrate(db: sqlite3.Connection, state: SchemaState) -> SchemaState:
+    """Apply the migrations the file lacks, in order, one transaction each (up to 5 s for
+    another process's lock); the state after."""
+    for number in range(state.applied, len(MIGRATIONS)):
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in MIGRATIONS[number].split(";"):
+                if statement.strip():
+                    db.execute(statement)
+            if db.execute(_HAS_TABLE, ("chatctl_migrations",)).fetchone():
+                db.execute(
+                    "INSERT OR REPLACE INTO chatctl_migrations VALUES (?, ?, ?)",
+                    (number + 1, __version__, rfc3339(time.time_ns())),
+                )
+            db.execute("CREATE TABLE IF NOT EXISTS chatctl_schema (applied INTEGER NOT NULL)")
+            db.execute("DELETE FROM chatctl_schema")
+            db.execute("INSERT INTO chatctl_schema (applied) VALUES (?)", (number + 1,))
+            # PRAGMA takes no parameters; the floor is an int we computed.
+            db.execute(f"PRAGMA user_version = {floor(MIGRATIONS, number + 1, LEGACY)}")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+    return schema_state(db)
 
 
 class _Unsent(Exception):
@@ -461,7 +523,14 @@ _STOP = object()
 class SQLiteStore:
     """``store.Store`` on one SQLite file: reads on the event loop, writes on one thread."""
 
-    def __init__(self, path: str, fanout: Fanout | None = None, *, timeout: float = 5.0) -> None:
+    def __init__(
+        self,
+        path: str,
+        fanout: Fanout | None = None,
+        *,
+        timeout: float = 5.0,
+        migrate: Policy = "all",
+    ) -> None:
         _create_private_file(path)
         # A shared flock for the store's life: ``chatctl serve restore`` refuses while held
         # (``backup``).
@@ -474,7 +543,7 @@ class SQLiteStore:
         # only briefly at a time, and the writer up to each change's deadline.
         self._db = _connect(path, 5000)
         (mode,) = self._db.execute("PRAGMA journal_mode=WAL").fetchone()
-        self._migrate()
+        self._migrate(path, migrate)
         self._db.execute(f"PRAGMA busy_timeout={BUSY_WAIT_MS}")
         self._reader = SQLiteSession(self._db)
         self._state = _WriterState()
@@ -495,10 +564,12 @@ class SQLiteStore:
         self._writer.start()
 
     @classmethod
-    def open(cls, path: str, fanout: Fanout, *, timeout: float) -> SQLiteStore:
+    def open(
+        cls, path: str, fanout: Fanout, *, timeout: float, migrate: Policy = "all"
+    ) -> SQLiteStore:
         """The store on ``path``, or a ChatctlError saying why it cannot be opened."""
         try:
-            return cls(path, fanout, timeout=timeout)
+            return cls(path, fanout, timeout=timeout, migrate=migrate)
         except (OSError, sqlite3.Error) as exc:
             raise ChatctlError(
                 f"cannot open the database {path}: {exc}",
@@ -506,30 +577,24 @@ class SQLiteStore:
                 " it); choose another with --db PATH",
             ) from None
 
-    def _migrate(self) -> None:
-        (version,) = self._db.execute("PRAGMA user_version").fetchone()
-        if version > len(MIGRATIONS):
-            raise RuntimeError(
-                f"database schema version {version} is newer than this chatctl "
-                f"(knows {len(MIGRATIONS)}); upgrade chatctl"
-            )
-        for number in range(version, len(MIGRATIONS)):
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                for statement in MIGRATIONS[number].split(";"):
-                    if statement.strip():
-                        self._db.execute(statement)
-                # PRAGMA takes no parameters; number is an int we control.
-                self._db.execute(f"PRAGMA user_version = {number + 1}")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+    def _migrate(self, path: str, policy: Policy) -> None:
+        state = schema_state(self._db)
+        verdict = judge(state, len(MIGRATIONS), path)
+        if verdict == "newer":
+            log.info(
+                "database %s has schema %d, newer than this chatctl's %d and compatible"
+                " with it",
+                path, state.applied, len(MIGRATIONS),
+            )  # fmt: skip
+        elif verdict == "older":
+            if policy == "new" and not state.empty:
+                raise too_old(state, len(MIGRATIONS), path)
+            migrate(self._db, state)
 
     @property
     def schema_version(self) -> int:
-        (version,) = self._db.execute("PRAGMA user_version").fetchone()
-        return int(version)
+        """How many of ``MIGRATIONS`` the file has had applied."""
+        return schema_state(self._db).applied
 
     async def start(self) -> None:
         """Nothing to open: the file was opened (and migrated) by the constructor."""

@@ -55,7 +55,7 @@ from chatctl.server.edge import CHAT_PREFIX, JOIN, JOIN_ROOMS, Edge, bearer, ori
 from chatctl.server.editions import GROUP, ROOM, Edition, end_frame_in, worded_in
 from chatctl.server.hub import ADDED, ENDED, RoomsSubscriber, StreamEnded, Subscriber
 from chatctl.server.logline import PRINCIPAL, stream_opened
-from chatctl.server.ratelimit import StreamCounter, over_stream_cap
+from chatctl.server.ratelimit import StreamCounter, over_stream_cap, share
 from chatctl.server.rules import Admission, RoomsAdmission
 from chatctl.server.tokens import Principal
 from chatctl.wire import encode, in_group_edition, uuid7_floor
@@ -83,8 +83,10 @@ class JoinStreams:
         self.config = edge.config
         self.service = edge.service
         self.hub = edge.hub
-        #: open streams per token, capped at ``--max-streams-per-token``.
-        self.counter = StreamCounter(self.config.max_streams_per_token)
+        #: open streams per token, capped at ``--max-streams-per-token`` (this replica's
+        #: share of it: ``ratelimit.share``).
+        cap = self.config.max_streams_per_token
+        self.counter = StreamCounter(None if cap is None else share(cap, self.config.replicas))
         #: the subscribers counted in ``counter`` (each released once).
         self._counted: set[Subscriber | RoomsSubscriber] = set()
 
@@ -96,7 +98,8 @@ class JoinStreams:
         token_id = principal.token_id
         if not self.counter.open(token_id):
             REFUSALS["stream_cap"] += 1
-            raise Refusal("v1", 429, over_stream_cap(self.counter.cap or 0), edition=edition)
+            cap = self.config.max_streams_per_token or 0
+            raise Refusal("v1", 429, over_stream_cap(cap), edition=edition)
         try:
             admission = await self.service.join(principal.tenant, req)
         except (Refused, Unavailable) as exc:
@@ -163,7 +166,8 @@ class JoinStreams:
         new rooms watched first (with ``all``), then each room admitted and tapped."""
         token_id = principal.token_id
         if not self.counter.open(token_id):
-            raise Refusal("v1", 429, over_stream_cap(self.counter.cap or 0), edition=edition)
+            cap = self.config.max_streams_per_token or 0
+            raise Refusal("v1", 429, over_stream_cap(cap), edition=edition)
         stream = self.hub.subscribe_rooms(
             principal.tenant,
             req["user_id"],

@@ -21,6 +21,7 @@ import pytest
 from chatctl.ids import cursor_time_ns
 from chatctl.server import sql, store_sqlite
 from chatctl.server.domain import Key, MessageRow, NewMessage, RoomRow, Unavailable
+from chatctl.server.migrations import SchemaTooNew
 from chatctl.server.sql import Session
 from chatctl.server.store_sqlite import MIGRATIONS, SQLiteStore
 from chatctl.wire import UUIDv7, random_uuid, rfc3339
@@ -107,7 +108,7 @@ def test_newer_file_is_refused(tmp_path: Path) -> None:
     db = sqlite3.connect(path)
     db.execute(f"PRAGMA user_version = {len(MIGRATIONS) + 1}")
     db.close()
-    with pytest.raises(RuntimeError, match="newer"):
+    with pytest.raises(SchemaTooNew, match="needs a chatctl that knows schema"):
         SQLiteStore(str(path))
 
 
@@ -430,3 +431,30 @@ def test_several_sends_in_one_transaction(tmp_path: Path) -> None:
             await store.close()
 
     asyncio.run(scenario())
+
+
+def test_a_newer_compatible_file_is_served_and_a_contract_raises_the_floor(
+    tmp_path: Path,
+) -> None:
+    """A file a later release migrated with expand migrations only (applied above what
+    this release knows, floor within it) is served as it is; a floor above it (a contract
+    migration) is refused. ``floor`` counts contract migrations only."""
+    from chatctl.server.migrations import contract, floor
+    from chatctl.server.store_sqlite import schema_state
+
+    path = tmp_path / "later.db"
+    SQLiteStore(str(path)).close_now()
+    db = sqlite3.connect(path)
+    db.execute("UPDATE chatctl_schema SET applied = ?", (len(MIGRATIONS) + 2,))
+    db.commit()
+    before = schema_state(db)
+    store = SQLiteStore(str(path))
+    assert store.schema_version == len(MIGRATIONS) + 2  # served, nothing applied or undone
+    store.close_now()
+    assert schema_state(db) == before
+    db.execute(f"PRAGMA user_version = {len(MIGRATIONS) + 1}")
+    db.close()
+    with pytest.raises(SchemaTooNew):
+        SQLiteStore(str(path))
+    steps = ("a", "b", contract("c"), "d")
+    assert [floor(steps, n, 1) for n in range(5)] == [0, 1, 1, 3, 3]

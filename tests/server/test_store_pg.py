@@ -82,6 +82,7 @@ async def new_room(store: Any, room_id: str, users: list[str], private: bool = F
 def test_migrations_apply_once_and_a_newer_schema_is_refused(url: str) -> None:
     import psycopg
 
+    from chatctl.server.migrations import SchemaTooNew
     from chatctl.server.store_pg import MIGRATIONS, PostgresStore
 
     async def version() -> int:
@@ -92,7 +93,7 @@ def test_migrations_apply_once_and_a_newer_schema_is_refused(url: str) -> None:
     assert asyncio.run(version()) == len(MIGRATIONS)  # a second replica: nothing to apply
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute("UPDATE chatctl_schema SET version = 99")
-    with pytest.raises(RuntimeError, match="newer than this chatctl"):
+    with pytest.raises(SchemaTooNew, match="needs a chatctl that knows schema 99"):
         PostgresStore(url)
 
 
