@@ -110,8 +110,9 @@ def join(
         bool,
         typer.Option(
             "--all",
-            help="Every room the user is in, and each room they are invited to while it "
-            "runs; a room they leave or are kicked from is dropped, with a line on stderr.",
+            help="Every room the user is in, and each room they are invited to or created "
+            "in while it runs; a room they leave or are kicked from is dropped, with a line "
+            "on stderr.",
         ),
     ] = False,
     exec_command: Annotated[
