@@ -41,6 +41,7 @@ __all__ = [
     "CLOSE_GOING_AWAY",
     "CLOSE_TOO_BIG",
     "CLOSE_TOO_SLOW",
+    "CREATED_PREFIX",
     "DURATION_PATTERN",
     "MAX_DEPTH",
     "NIL_UUID",
@@ -205,6 +206,13 @@ def message_object(
 def message_frame(message: dict[str, Any]) -> str:
     """``{"message": {...}}``, encoded: a Join frame, and the answer of a Send."""
     return encode({"message": message})
+
+
+#: how the frame of a ``created`` note starts (``event_frame("created", ...)``): a user put
+#: in a room by its Create. It lets the user's every-room streams (JoinRooms ``all``) follow
+#: the room, on every replica; it is never sent to a stream (no Join of a room can be open
+#: before its Create), so ``hub`` tells it by this prefix, without parsing.
+CREATED_PREFIX = '{"event":{"type":"created",'
 
 
 def event_frame(

@@ -110,8 +110,9 @@ def join(
         bool,
         typer.Option(
             "--all",
-            help="Every room the user is in, and each room they are invited to while it "
-            "runs; a room they leave or are kicked from is dropped, with a line on stderr.",
+            help="Every room the user is in, and each room they are invited to or created "
+            "in while it runs; a room they leave or are kicked from is dropped, with a line "
+            "on stderr.",
         ),
     ] = False,
     exec_command: Annotated[
@@ -336,7 +337,8 @@ def _follow(
                 last_frame = time.monotonic()
                 message = frame.get("message")
                 if not isinstance(message, dict):
-                    if not _gap_told(inv, frame) or body.get("events"):
+                    many = label if stop is not None else None  # a room of a tail of many
+                    if not _gap_told(inv, frame, many) or body.get("events"):
                         printer.response(frame)
                     continue
                 # Frames come in the room's order: the last one received is where a
@@ -366,13 +368,13 @@ def _follow(
                 stream.close()
 
 
-def _gap_told(inv: Invocation, frame: dict[str, Any]) -> bool:
+def _gap_told(inv: Invocation, frame: dict[str, Any], room: str | None = None) -> bool:
     """Say on stderr what a ``gap`` event means (``--since`` older than what the room
-    keeps); True when ``frame`` was one."""
+    keeps), after ``room``'s name in a tail of many; True when ``frame`` was one."""
     event = frame.get("event")
     if not isinstance(event, dict) or event.get("type") != "gap":
         return False
-    inv.notice(gap_words(event))
+    inv.notice(gap_words(event) if room is None else f"{room}: {gap_words(event)}")
     return True
 
 
@@ -781,7 +783,13 @@ class _Many:
                     last_frame = time.monotonic()
                     message = frame.get("message")
                     if not isinstance(message, dict):
-                        self.printer.response(frame)
+                        # A room's gap (--since older than what it keeps): on stderr, as
+                        # a tail of one room says it; stdout has it with --events only.
+                        event = frame.get("event")
+                        room = _room_of(event) if isinstance(event, dict) else ""
+                        name = self.names.get(room, room)
+                        if not _gap_told(inv, frame, name) or self.events:
+                            self.printer.response(frame)
                         continue
                     room_id = _room_of(message)
                     if room_id in cursors:

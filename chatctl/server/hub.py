@@ -14,7 +14,8 @@ A stream of many rooms (``JoinRooms``) is one ``RoomsSubscriber``, with a ``Room
 each of its rooms: a tap hands its room's frames to the stream's one queue, and being
 kicked from, leaving or losing one room ends that room only (``room_ended``); a full queue,
 a revoked token or a shutdown ends the whole stream. A stream of every room its user is in
-(``all``) is also told, here, of each "invited" or "joined" event of its user
+(``all``) is also told, here, of each "invited" or "joined" event of its user, and of
+each room created with the user in it (a "created" note, which no stream gets as an event)
 (``deliver``): the room is tapped at once, before any later message of it is delivered.
 
 Each subscriber keeps the token it was admitted with (``owner``: the token's id, its
@@ -35,7 +36,7 @@ from collections import deque
 from collections.abc import Collection
 
 from chatctl.server.domain import EventNote, Note, Published
-from chatctl.wire import CLOSE_GOING_AWAY, CLOSE_TOO_SLOW, in_group_edition
+from chatctl.wire import CLOSE_GOING_AWAY, CLOSE_TOO_SLOW, CREATED_PREFIX, in_group_edition
 
 __all__ = ["Hub", "RoomTap", "RoomsSubscriber", "StreamEnded", "Subscriber"]
 
@@ -436,7 +437,8 @@ class Hub:
         if isinstance(note, Published):
             self.publish_message(note.tenant, note.room_id, note.seq, note.frame, note.sender)
         elif isinstance(note, EventNote):
-            self.publish_event(note.tenant, note.room_id, note.frame, note.skip_user)
+            if not note.frame.startswith(CREATED_PREFIX):  # a Create's: no stream's event
+                self.publish_event(note.tenant, note.room_id, note.frame, note.skip_user)
             if self._watchers and (note.tenant, note.skip_user) in self._watchers:
                 self._let_in(note)
         elif note.user_id is None:
@@ -495,10 +497,10 @@ class Hub:
 
     def _let_in(self, note: EventNote) -> None:
         """An event of a user some stream follows every room of: one that lets them into
-        a room (invited, joined) adds the room to those streams, before any later
-        message of it is delivered."""
+        a room (invited, joined, or created with them in it) adds the room to those
+        streams, before any later message of it is delivered."""
         event = json.loads(note.frame).get("event", {})
-        if event.get("type") not in ("invited", "joined"):
+        if event.get("type") not in ("invited", "joined", "created"):
             return
         for stream in tuple(self._watchers.get((note.tenant, note.skip_user), ())):
             stream.added(note.room_id, str(event.get("at", "")))

@@ -29,7 +29,10 @@ Rules beyond m3o (contract part 2), and the choices this server makes where it i
 - Events (``{"event": {...}}`` on streams that asked): ``joined`` when a Join stream is
   admitted (on a public room that may also have made the user a member), ``invited``,
   ``kicked`` and ``left`` when ``user_ids`` changed, ``deleted`` when the room is deleted.
-  The user an event is about does not get it on their own streams.
+  The user an event is about does not get it on their own streams. Create tells each
+  member's every-room streams (JoinRooms ``all``) of the room with a ``created`` note,
+  never sent as an event: no Join of a room can be open before it exists, and the
+  members a room starts with are its state, not a change of it.
 - DeleteMessage (extension ``delete-message``): by the message's author, the room's
   creator or an admin token (``access.authorize``). The row stays with its text and
   subject erased (its id and seq remain a position, so every cursor stays exact), every
@@ -370,6 +373,11 @@ class ChatService:
             user_ids,
             None if actor is None else access.creator_of(actor),
         )
+        # Each member's every-room streams (JoinRooms ``all``) follow the room from now on,
+        # on every replica, as after an invite; no stream gets it as an event (``hub``).
+        for user_id in user_ids:
+            frame = event_frame("created", room.id, user_id, room.created_at)
+            db.publish(EventNote(tenant, room.id, frame, user_id))
         return _room_answer(room, user_ids)
 
     async def _delete(

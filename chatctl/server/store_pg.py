@@ -104,6 +104,8 @@ _MIGRATION_LOCK = 0x63686174_63746C
 _DOWN_WAIT = 0.05
 #: seconds between looks for rooms another replica deleted and did not finish purging.
 _PURGE_LOOK = 30.0
+#: notifications a statement issues at most (a SELECT has at most 1,664 columns).
+_NOTIFY_BATCH = 1000
 
 #: Each entry brings a database from version i to i + 1. Never edit a released entry: append.
 MIGRATIONS: tuple[str, ...] = (
@@ -512,10 +514,12 @@ class PostgresSession(sql.Session):
     async def notify(self) -> None:
         """Queue what was published, sent by PostgreSQL when the transaction commits."""
         payloads = notifications(self.notes)
-        if payloads:
-            calls = ", ".join([f"pg_notify('{CHANNEL}', %s)"] * len(payloads))
+        # A Create of many members (one note each) notifies in several statements, in order.
+        for start in range(0, len(payloads), _NOTIFY_BATCH):
+            batch = payloads[start : start + _NOTIFY_BATCH]
+            calls = ", ".join([f"pg_notify('{CHANNEL}', %s)"] * len(batch))
             with self.statement():
-                await self._conn.execute(f"SELECT {calls}", payloads)
+                await self._conn.execute(f"SELECT {calls}", batch)
 
     async def _insert_room(self, room: RoomRow) -> int:
         values = (room.tenant, room.id, room.name, room.description, room.created_at)

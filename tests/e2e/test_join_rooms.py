@@ -334,3 +334,60 @@ def test_an_invite_and_a_kick_on_another_replica_reach_a_join_all(tmp_path: Path
             assert next_frame() == {
                 "room_ended": {"room_id": new, "code": 4403, "detail": "user was kicked"}
             }
+
+
+def created_room_drill(tail_on: ServerProcess, change_on: ServerProcess) -> None:
+    """``join --all`` as carol on ``tail_on``; on ``change_on``, while it runs, a room
+    created with carol among its users (``chatctl create -u carol``, no invite) and a
+    message to it: followed at once, the message printed once with its room."""
+    env = cli_env(change_on)
+    with change_on.http() as c:
+        first = c.post("/v1/chat/Create", json={"name": "first", "user_ids": ["carol", "bob"]})
+        since = datetime.now(UTC).isoformat()
+        send_each(c, [(first.json()["room"]["id"], "before")])
+        tail = Tail(
+            cli_env(tail_on), "--all", "--user", "carol", "--since", since, "--count", "3",
+            "-o", "jsonl",
+        )  # fmt: skip
+        tail.wait_printed(1)  # the stream is running (its replay is printed)
+        created = subprocess.run(
+            [sys.executable, "-m", "chatctl", "create", "newroom", "-u", "carol", "-u", "bob",
+             "-o", "json"],
+            env=env, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert created.returncode == 0, created.stderr
+        new = json.loads(created.stdout)["room"]["id"]
+        sent = subprocess.run(
+            [sys.executable, "-m", "chatctl", "send", "newroom", "hello", "-u", "bob"],
+            env=env, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert sent.returncode == 0, sent.stderr
+        tail.wait_printed(2)
+        send_each(c, [(first.json()["room"]["id"], "after")])  # a repeat would come first
+        assert tail.finish() == 0, tail.stderr
+    printed = [json.loads(line) for line in tail.lines]
+    assert [(m["room_id"], m["text"]) for m in printed[1:]] == [
+        (new, "hello"),
+        (first.json()["room"]["id"], "after"),
+    ]
+    assert "now following newroom: the user was let into it" in tail.stderr
+
+
+@pytest.mark.one_backend  # PostgreSQL: across replicas, below
+def test_a_room_created_with_the_user_in_it_reaches_a_running_join_all(
+    logged_server: ServerProcess,
+) -> None:
+    created_room_drill(logged_server, logged_server)
+
+
+@pytest.mark.postgres
+def test_a_room_created_on_another_replica_reaches_a_join_all(tmp_path: Path) -> None:
+    """The Create's note travels through PostgreSQL as an invite's event does."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    with (
+        postgres.fresh_database() as url,
+        ServerProcess(tmp_path / "a", db=url) as a,
+        ServerProcess(tmp_path / "b", db=url) as b,
+    ):
+        created_room_drill(a, b)

@@ -147,3 +147,47 @@ def test_the_docs_retain_recipe(start_server: Callable[..., ServerProcess]) -> N
     # stdout: retain's answer (the server's 1s is shorter than a week), then no message.
     assert json.loads(done.stdout)["retention"]["effective"] == "1s"
     assert "removed by the room's retention" in done.stderr
+
+
+@pytest.mark.one_backend  # the gap itself is proven on both stores above
+def test_a_tail_of_many_rooms_tells_a_room_s_gap_on_stderr_as_a_tail_of_one_does(
+    start_server: Callable[..., ServerProcess],
+) -> None:
+    """``join ROOM ROOM`` and ``join --all`` (one JoinRooms stream) from a cursor older
+    than what a room keeps: the gap on stderr, after the room's name; stdout stays the
+    messages, and has the gap event with --events (as ``join ROOM --events``)."""
+    server = start_server(extra=["--retain", "1s", "--retain-check", "0.2"])
+    env = cli_env(server)
+    with server.http() as http:
+        general, _ops = (
+            http.post("/v1/chat/Create", json={"name": n, "user_ids": ["alice"]}).json()["room"][
+                "id"
+            ]
+            for n in ("general", "ops")
+        )
+        ids = [
+            http.post(
+                "/v1/chat/Send", json={"room_id": general, "user_id": "alice", "text": f"m{n}"}
+            ).json()["message"]["id"]
+            for n in range(2)
+        ]
+    wait_for(lambda: _history(server, general) == [], 10, "the messages to be removed")
+
+    named = chatctl(
+        "join", "general", "ops", "-u", "alice", "--since", ids[0], "--timeout", "0.5",
+        "-o", "jsonl", env=env,
+    )  # fmt: skip
+    assert named.returncode == 0, named.stderr
+    assert named.stdout == ""
+    told = [line for line in named.stderr.splitlines() if "room's retention" in line]
+    assert len(told) == 1 and told[0].startswith("chatctl: general: messages up to "), named.stderr
+    assert ids[-1] in told[0]  # the last one removed
+
+    every = chatctl(
+        "join", "--all", "-u", "alice", "--since", ids[0], "--timeout", "0.5", "--events",
+        "-o", "jsonl", env=env,
+    )  # fmt: skip
+    assert every.returncode == 0, every.stderr
+    assert "general: messages up to " in every.stderr
+    gap = json.loads(every.stdout.splitlines()[0])
+    assert (gap["type"], gap["room_id"], gap["through"]) == ("gap", general, ids[-1])

@@ -134,6 +134,35 @@ def test_a_room_refused_or_ended_is_said_and_the_others_go_on(server: LiveServer
     run(scenario)
 
 
+def test_a_create_lets_its_members_every_room_streams_follow_it_without_an_event(
+    server: LiveServer,
+) -> None:
+    """A room created with two users whose ``all`` streams (with events) are open: each
+    stream announces it as new, then its message; neither gets an event of the Create
+    (the first member's stream is tapped before the second's note is delivered)."""
+    carol, dave = (f"u-{uuid.uuid4()}" for _ in range(2))
+
+    async def scenario() -> None:
+        async with client(server) as http:
+            (first,) = await rooms(http, 1, carol, dave)
+            streams = [
+                await join_rooms(server, {"user_id": user, "all": True, "events": True})
+                for user in (carol, dave)
+            ]
+            for ws in streams:  # admitted: the room they were in is announced
+                assert (await frame(ws))["room_added"]["room_id"] == first
+            body = {"name": "new", "user_ids": [carol, dave, "a"]}
+            new = (await call(http, "Create", body))["room"]["id"]
+            message = await send(http, new, "hello")
+            for ws in streams:
+                added = (await frame(ws))["room_added"]
+                assert (added["room_id"], added["new"]) == (new, True)
+                assert await frame(ws) == {"message": message}
+                await ws.close()
+
+    run(scenario)
+
+
 def test_ndjson_join_rooms(server: LiveServer) -> None:
     async def scenario() -> None:
         async with client(server) as http:

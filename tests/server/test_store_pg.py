@@ -238,7 +238,7 @@ def test_a_message_too_big_for_a_notification_is_read_from_the_table(url: str) -
 
 
 def test_membership_notifications_commit_with_the_change(url: str) -> None:
-    """Kick, Leave, Invite, Join and Delete notify inside the transaction of the change:
+    """Create, Kick, Leave, Invite, Join and Delete notify inside the transaction of the change:
     issued before the commit (another connection hears nothing yet), delivered with it, and
     never for a change that rolls back, so a replica dying between its commit and a
     separate notify cannot leave a kicked user's streams open on the others."""
@@ -276,7 +276,8 @@ def test_membership_notifications_commit_with_the_change(url: str) -> None:
                     "Create", "", req("Create", name="r", user_ids=["a", "b", "c"])
                 )
                 room = json.loads(created)["room"]["id"]
-                assert heard() == []
+                # One "created" note a member, for their every-room streams (JoinRooms all).
+                assert heard(3) == ["e", "e", "e"]
                 await service.call("Kick", "", req("Kick", room_id=room, user_id="b"))
                 assert heard(2) == ["k", "e"]
                 await service.call("Leave", "", req("Leave", room_id=room, user_id="c"))
@@ -296,6 +297,7 @@ def test_membership_notifications_commit_with_the_change(url: str) -> None:
                     "Create", "", req("Create", name="r", user_ids=["a", "b"])
                 )
                 room = json.loads(created)["room"]["id"]
+                assert heard(2) == ["e", "e"]
 
                 async def dying(self: PostgresSession) -> None:
                     await notify(self)
@@ -320,7 +322,7 @@ def test_membership_notifications_commit_with_the_change(url: str) -> None:
         finally:
             PostgresSession.notify = notify  # type: ignore[method-assign]
     issued = [entry for entry in issued if entry[0]]  # writes that told the streams anything
-    assert [len(kinds) for kinds, _, _ in issued] == [2, 2, 1, 1, 2, 2]
+    assert [len(kinds) for kinds, _, _ in issued] == [3, 2, 2, 1, 1, 2, 2, 2]
     assert {status for _, status, _ in issued} == {TransactionStatus.INTRANS}
     assert all(early == [] for _, _, early in issued), issued
 
@@ -383,6 +385,9 @@ def test_a_send_is_one_round_trip_keyed_or_not_and_refuses_as_the_rules_do(url: 
         heard = [n.payload for n in listener.notifies(timeout=0.5)]
     assert isinstance(out[0], str) and isinstance(out[1], str) and out[2] == out[1]
     assert out[3:] == ["Invalid", "Forbidden", "NotFound"]
+    # The two Creates' "created" notes (their one member each), then the two messages.
+    assert [p.split(" ", 1)[0] for p in heard[:2]] == ["e", "e"]
+    heard = heard[2:]
     assert [p.split(" ", 2)[:2] for p in heard] == [["m", "1"], ["m", "2"]]
     head, _, frame = heard[1].split(" ", 2)[2].partition("\n")
     assert json.loads(head)[3] == "a"
