@@ -55,7 +55,7 @@ PURGE_INTERVAL = 0.5
 KEY_SWEEP_INTERVAL = 3600.0
 
 
-def open_store(db: str, fanout: Fanout, timeout: float) -> Store:
+def open_store(db: str, fanout: Fanout, timeout: float, sync: str = "full") -> Store:
     """The store for ``--db``, opened and migrated (before the event loop runs); a database
     it cannot open or reach is a ChatctlError naming it, with a hint."""
     if is_postgres_url(db):
@@ -66,14 +66,14 @@ def open_store(db: str, fanout: Fanout, timeout: float) -> Store:
                 f"serving from PostgreSQL needs psycopg ({exc}): pip install 'chatctl[postgres]'"
             ) from None
         return PostgresStore.open(db, fanout, timeout=timeout)
-    return SQLiteStore.open(db, fanout, timeout=timeout)
+    return SQLiteStore.open(db, fanout, timeout=timeout, sync=sync)
 
 
 def create_app(config: ServerConfig) -> Starlette:
     """The chat server as an ASGI app; ``app.state`` holds ``config``, ``store``, ``hub``,
     ``service``."""
     hub = Hub(config.stream_queue)
-    store = open_store(config.db, hub, config.db_timeout)
+    store = open_store(config.db, hub, config.db_timeout, config.sync)
     service = ChatService(store, config.limits)
     edge = Edge(config, service, hub)
     streams = JoinStreams(edge)
