@@ -229,10 +229,13 @@ def bench_env(url: str | None = None) -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def chat_server(workdir: Path, db: Path | None = None) -> Iterator[ServerProcess]:
-    """``chatctl serve`` on a loopback TCP port, as in the e2e tests."""
+def chat_server(
+    workdir: Path, db: Path | None = None, extra: Sequence[str] = ()
+) -> Iterator[ServerProcess]:
+    """``chatctl serve`` on a loopback TCP port, as in the e2e tests; ``extra``: more of
+    its options."""
     workdir.mkdir(parents=True, exist_ok=True)
-    server = ServerProcess(workdir, tcp=True)
+    server = ServerProcess(workdir, tcp=True, extra=extra)
     if db is not None:
         server.db = db
     with server:
