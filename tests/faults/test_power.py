@@ -6,7 +6,8 @@ commit that was answered before it reached the disk. Here the server's ``--db`` 
 until the file is fsynced (LazyFS's model). The drill: make a room and checkpoint it
 into the database file (a room made long ago, on the disk whatever ``--sync`` says), load
 the server with keyed Sends from several writers, then cut the power at a random moment:
-``kill -9`` the server and then the filesystem, whose unsynced writes die with it. Mount the disk again, start the server:
+``kill -9`` the server and then the filesystem, whose unsynced writes die with it. Mount
+the disk again, start the server:
 
 - every acknowledged message is in History, with the text it was acknowledged with;
 - no id and no text is stored twice;
