@@ -216,7 +216,10 @@ def power_cut_drill(
     rng = random.Random(seed)
     outcomes: list[Outcome] = []
     with lazy_disk(tmp_path) as disk:
-        server = ServerProcess(tmp_path, db=str(disk.mount / "chat.db"), extra=["--sync", sync])
+        # TCP: httpx leaks the socket of a refused Unix-socket connect (tests/helpers.py).
+        server = ServerProcess(
+            tmp_path, tcp=True, db=str(disk.mount / "chat.db"), extra=["--sync", sync]
+        )
         try:
             server.start()
             room_id = create_room(server, "power", [f"w{n}" for n in range(writers)])
