@@ -142,6 +142,11 @@ class LogFormat(enum.StrEnum):
     json = "json"
 
 
+class SyncMode(enum.StrEnum):
+    full = "full"
+    normal = "normal"
+
+
 class LogLevel(enum.StrEnum):
     critical = "critical"
     error = "error"
@@ -233,6 +238,17 @@ def serve(
             metavar="SECONDS",
         ),
     ] = 5.0,
+    sync: Annotated[
+        SyncMode | None,
+        typer.Option(
+            help="SQLite only: when a change is answered. full: once its commit is fsynced "
+            "to disk, so it survives a power cut or kernel crash. normal: once it is in the "
+            "OS page cache, faster on a slow disk; it survives the server's crash, but a "
+            "power cut or kernel crash may lose the last changes already answered. "
+            "Default: full.",
+            show_default=False,
+        ),
+    ] = None,
     max_head_bytes: Annotated[
         int,
         typer.Option(
@@ -475,16 +491,24 @@ def serve(
     from chatctl.local import default_db_path
     from chatctl.server.config import ServerConfig
     from chatctl.server.serve import run_server
+    from chatctl.server.store import is_postgres_url
 
+    db = db if db is not None else str(default_db_path())
+    if sync is not None and is_postgres_url(db):
+        raise UsageError(
+            "--sync is for a SQLite database; PostgreSQL's own synchronous_commit decides"
+            " when a commit is durable"
+        )
     registry = _registry(token or [], tokens_file)
     per_token = _per_token_limits(
         registry is not None, rate_limit, rate_burst, max_streams_per_token
     )
     config = ServerConfig(
-        db=db if db is not None else str(default_db_path()),
+        db=db,
         limits=limits or Limits(),
         idle_exit=idle_exit,
         db_timeout=db_timeout,
+        sync=(sync or SyncMode.full).value,
         registry=registry,
         **per_token,
         replicas=replicas,

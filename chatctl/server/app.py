@@ -58,14 +58,19 @@ KEY_SWEEP_INTERVAL = 3600.0
 
 
 def open_store(
-    db: str, fanout: Fanout, timeout: float, application_name: str | None = None
+    db: str,
+    fanout: Fanout,
+    timeout: float,
+    application_name: str | None = None,
+    sync: str = "full",
 ) -> Store:
     """The store for ``--db``, opened and its schema checked (before the event loop runs);
     a database it cannot open or reach is a ChatctlError naming it, with a hint.
 
     Schema (``migrations``): a SQLite file is migrated here (one machine's); a shared
     PostgreSQL database only set up when empty, and refused when older (``chatctl serve
-    migrate`` upgrades it while the previous release's replicas keep serving)."""
+    migrate`` upgrades it while the previous release's replicas keep serving). ``sync``:
+    SQLite's ``--sync``."""
     if is_postgres_url(db):
         try:
             from chatctl.server.store_pg import PostgresStore
@@ -76,14 +81,16 @@ def open_store(
         return PostgresStore.open(
             db, fanout, timeout=timeout, migrate="new", application_name=application_name
         )
-    return SQLiteStore.open(db, fanout, timeout=timeout)
+    return SQLiteStore.open(db, fanout, timeout=timeout, sync=sync)
 
 
 def create_app(config: ServerConfig) -> Starlette:
     """The chat server as an ASGI app; ``app.state`` holds ``config``, ``store``, ``hub``,
     ``service``."""
     hub = Hub(config.stream_queue)
-    store = open_store(config.db, hub, config.db_timeout, config.application_name)
+    store = open_store(
+        config.db, hub, config.db_timeout, config.application_name, config.sync
+    )
     metrics = None
     if config.metrics:
         from chatctl.server.metrics import MeteredStore, Metrics

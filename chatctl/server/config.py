@@ -64,6 +64,10 @@ class ServerConfig:
     #: seconds a call may wait on the database (PostgreSQL's statement and lock timeouts,
     #: another process's lock on a SQLite file) before it answers 503.
     db_timeout: float = 5.0
+    #: SQLite only (``--sync``): ``full`` answers a change once its commit is fsynced (it
+    #: survives a power cut); ``normal`` once it is in the OS page cache (it survives
+    #: ``kill -9``, not a power cut). PostgreSQL follows its own ``synchronous_commit``.
+    sync: str = "full"
     #: every accepted token and who it is (``tokens.TokenRegistry``: ``--token`` flags and
     #: ``--tokens-file``, reloaded on SIGHUP and when the file changes); None: open (no
     #: token needed, one tenant, every request an admin: ``tokens.OPEN``).

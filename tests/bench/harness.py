@@ -232,7 +232,8 @@ def bench_env(url: str | None = None) -> dict[str, str]:
 def chat_server(
     workdir: Path, db: Path | None = None, extra: Sequence[str] = ()
 ) -> Iterator[ServerProcess]:
-    """``chatctl serve`` on a loopback TCP port, as in the e2e tests (``extra``: more flags)."""
+    """``chatctl serve`` on a loopback TCP port, as in the e2e tests; ``extra``: more of
+    its options."""
     workdir.mkdir(parents=True, exist_ok=True)
     server = ServerProcess(workdir, tcp=True, extra=extra)
     if db is not None:

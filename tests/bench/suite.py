@@ -17,6 +17,7 @@ from tests.bench import (
     pg_bench,
     pg_remote_bench,
     server_bench,
+    sync_bench,
     tail_bench,
 )
 from tests.bench.harness import Mode, Row, mode_from, raise_fd_limit, table
@@ -28,6 +29,7 @@ SECTIONS: dict[str, Callable[[Mode, Path], list[Row]]] = {
     "server-before": core_ab_bench.server_before,
     "history": history_bench.history,
     "bulk": bulk_bench.bulk,
+    "sync": sync_bench.sync,
     "export": bulk_bench.export,
     "fanout": fanout_bench.fanout,
     "capacity": fanout_bench.capacity,

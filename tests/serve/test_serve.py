@@ -105,6 +105,28 @@ def test_a_database_it_cannot_open_is_one_clear_error(tmp_path: Path, where: str
     assert refused(port)
 
 
+def test_sync_is_refused_for_postgresql_whose_own_setting_decides() -> None:
+    port = free_port()
+    result = subprocess.run(
+        chatctl(
+            "serve",
+            "--db",
+            "postgresql://chat@db.invalid/chat",
+            "--sync",
+            "normal",
+            "--port",
+            str(port),
+        ),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "--sync" in lines[0] and "synchronous_commit" in lines[0], lines
+    assert refused(port)
+
+
 def test_serves_a_network_address_with_a_token(serve: Serve, tmp_path: Path) -> None:
     served = serve("--host", "0.0.0.0", "--port", "0", "--token", "s3cret", uds=False)
     port = int(served.wait_for_log(r"running on http://0\.0\.0\.0:(\d+)").group(1))

@@ -73,3 +73,22 @@ def test_acknowledged_messages_survive_kill_9(tmp_path: Path) -> None:
         proc.wait(10)
         assert proc.stdout is not None
         proc.stdout.close()
+
+
+def test_commits_are_fsynced_by_default_and_only_at_checkpoints_with_sync_normal(
+    tmp_path: Path,
+) -> None:
+    # What a power cut does to each is tests/faults/test_power.py; here, that the setting
+    # reaches both connections (the writer's commits, the reader's migrations).
+    from chatctl.server.store_sqlite import SQLiteStore
+
+    for sync, level in (("full", 2), ("normal", 1)):
+        store = SQLiteStore(str(tmp_path / f"{sync}.db"), sync=sync)
+        try:
+            for db in (store._db, store._wdb):
+                assert db.execute("PRAGMA synchronous").fetchone() == (level,)
+        finally:
+            store.close_now()
+    default = SQLiteStore(str(tmp_path / "default.db"))
+    default.close_now()
+    assert default.sync == "full"
