@@ -147,6 +147,11 @@ class SyncMode(enum.StrEnum):
     normal = "normal"
 
 
+class NotifyMode(enum.StrEnum):
+    both = "both"
+    rooms = "rooms"
+
+
 class LogLevel(enum.StrEnum):
     critical = "critical"
     error = "error"
@@ -246,6 +251,18 @@ def serve(
             "OS page cache, faster on a slow disk; it survives the server's crash, but a "
             "power cut or kernel crash may lose the last changes already answered. "
             "Default: full.",
+            show_default=False,
+        ),
+    ] = None,
+    notify: Annotated[
+        NotifyMode | None,
+        typer.Option(
+            help="PostgreSQL only: where replicas tell each other of changes. both: on "
+            "each room's channel and on the one channel releases before 0.2.0 share, "
+            "listening to both, so this replica serves beside such a release during a "
+            "rolling upgrade. rooms: only on the channels of the rooms with streams, so "
+            "a replica pays nothing for rooms it has no stream of; once no older release "
+            "runs (see docs/deployment.md). Default: both.",
             show_default=False,
         ),
     ] = None,
@@ -499,6 +516,10 @@ def serve(
             "--sync is for a SQLite database; PostgreSQL's own synchronous_commit decides"
             " when a commit is durable"
         )
+    if notify is not None and not is_postgres_url(db):
+        raise UsageError(
+            "--notify is for a PostgreSQL database, where replicas tell each other of changes"
+        )
     registry = _registry(token or [], tokens_file)
     per_token = _per_token_limits(
         registry is not None, rate_limit, rate_burst, max_streams_per_token
@@ -509,6 +530,7 @@ def serve(
         idle_exit=idle_exit,
         db_timeout=db_timeout,
         sync=(sync or SyncMode.full).value,
+        notify=(notify or NotifyMode.both).value,
         registry=registry,
         **per_token,
         replicas=replicas,

@@ -63,6 +63,7 @@ def open_store(
     timeout: float,
     application_name: str | None = None,
     sync: str = "full",
+    notify: str = "both",
 ) -> Store:
     """The store for ``--db``, opened and its schema checked (before the event loop runs);
     a database it cannot open or reach is a ChatctlError naming it, with a hint.
@@ -70,7 +71,7 @@ def open_store(
     Schema (``migrations``): a SQLite file is migrated here (one machine's); a shared
     PostgreSQL database only set up when empty, and refused when older (``chatctl serve
     migrate`` upgrades it while the previous release's replicas keep serving). ``sync``:
-    SQLite's ``--sync``."""
+    SQLite's ``--sync``; ``notify``: PostgreSQL's ``--notify``."""
     if is_postgres_url(db):
         try:
             from chatctl.server.store_pg import PostgresStore
@@ -79,7 +80,12 @@ def open_store(
                 f"serving from PostgreSQL needs psycopg ({exc}): pip install 'chatctl[postgres]'"
             ) from None
         return PostgresStore.open(
-            db, fanout, timeout=timeout, migrate="new", application_name=application_name
+            db,
+            fanout,
+            timeout=timeout,
+            migrate="new",
+            application_name=application_name,
+            notify=notify,
         )
     return SQLiteStore.open(db, fanout, timeout=timeout, sync=sync)
 
@@ -89,7 +95,7 @@ def create_app(config: ServerConfig) -> Starlette:
     ``service``."""
     hub = Hub(config.stream_queue)
     store = open_store(
-        config.db, hub, config.db_timeout, config.application_name, config.sync
+        config.db, hub, config.db_timeout, config.application_name, config.sync, config.notify
     )
     metrics = None
     if config.metrics:

@@ -68,6 +68,10 @@ class ServerConfig:
     #: survives a power cut); ``normal`` once it is in the OS page cache (it survives
     #: ``kill -9``, not a power cut). PostgreSQL follows its own ``synchronous_commit``.
     sync: str = "full"
+    #: PostgreSQL only (``--notify``): ``both`` notifies on each room's channel and on the
+    #: one channel a release before per-room channels shares, and listens to both (serves
+    #: beside such a release); ``rooms`` only on the rooms' (``hub_pg.NOTIFY_MODES``).
+    notify: str = "both"
     #: every accepted token and who it is (``tokens.TokenRegistry``: ``--token`` flags and
     #: ``--tokens-file``, reloaded on SIGHUP and when the file changes); None: open (no
     #: token needed, one tenant, every request an admin: ``tokens.OPEN``).

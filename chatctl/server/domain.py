@@ -209,10 +209,43 @@ class StreamsEnded:
 Note = Published | EventNote | StreamsEnded
 
 
+class RoomListener(Protocol):
+    """What hears other replicas' changes room by room, only for the rooms with streams
+    here and the users with streams of every room here (``hub_pg.Listener``); the hub says
+    when a room's (a user's) first stream opens and its last ends."""
+
+    def listen(self, tenant: str, room_id: str) -> None: ...
+
+    def unlisten(self, tenant: str, room_id: str) -> None: ...
+
+    def listen_user(self, tenant: str, user_id: str) -> None: ...
+
+    def unlisten_user(self, tenant: str, user_id: str) -> None: ...
+
+    async def heard(self, tenant: str, room_id: str) -> bool:
+        """Return once the room's changes from now on are heard (a stream waits for this
+        before its replay): True when they were not until now; raise Unavailable when
+        that takes too long."""
+        ...
+
+    async def user_heard(self, tenant: str, user_id: str) -> bool:
+        """Return once the rooms the user is let into from now on are heard."""
+        ...
+
+
 class Fanout(Protocol):
     """Where a store delivers what committed changes tell the live streams (``hub.Hub``)."""
 
     def deliver(self, note: Note) -> None: ...
+
+    def let_in(self, note: EventNote) -> None:
+        """An event heard on its user's channel: only let the user's streams of every room
+        into the room (never an event to any stream)."""
+        ...
+
+    def listen_through(self, listener: RoomListener) -> None:
+        """Tell ``listener`` which rooms and users have streams here, from now on."""
+        ...
 
     def listening(self, tenant: str, room_id: str) -> bool:
         """True when a stream of the room is open here (a frame is worth making)."""

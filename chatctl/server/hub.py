@@ -18,6 +18,12 @@ a revoked token or a shutdown ends the whole stream. A stream of every room its 
 each room created with the user in it (a "created" note, which no stream gets as an event)
 (``deliver``): the room is tapped at once, before any later message of it is delivered.
 
+On PostgreSQL the hub tells the replica's listener (``listen_through``) when a room's first
+stream (or tap) opens and its last ends, and when a user's first stream of every room
+opens and its last ends, so that the replica hears only the rooms it has streams in and
+the rooms those users are let into; a stream waits, before its replay, until its room is
+heard (``hearing``), and a stream of every room until its user is (``hearing_user``).
+
 Each subscriber keeps the token it was admitted with (``owner``: the token's id, its
 SHA-256; ``""`` on an open server), so that a revoked token's streams can be ended
 (``end_tokens``).
@@ -35,7 +41,7 @@ import time
 from collections import deque
 from collections.abc import Collection
 
-from chatctl.server.domain import EventNote, Note, Published
+from chatctl.server.domain import EventNote, Note, Published, RoomListener
 from chatctl.wire import CLOSE_GOING_AWAY, CLOSE_TOO_SLOW, CREATED_PREFIX, in_group_edition
 
 __all__ = ["Hub", "RoomTap", "RoomsSubscriber", "StreamEnded", "Subscriber"]
@@ -306,6 +312,8 @@ class Hub:
         self.interrupted = ""
         #: frames queued to streams so far, messages and events (``metrics``).
         self.delivered = 0
+        #: who hears other replicas' changes of the rooms with streams here (PostgreSQL).
+        self._listener: RoomListener | None = None
 
     # -- idle tracking ------------------------------------------------------------------
 
@@ -349,10 +357,37 @@ class Hub:
             reason = "server shutting down" if self.closed else self.interrupted
             sub.end(StreamEnded(CLOSE_GOING_AWAY, reason=reason))
             return sub
-        self._rooms.setdefault((tenant, room_id), set()).add(sub)
+        self._room_of(tenant, room_id).add(sub)
         self._streams += 1
         self.touch()
         return sub
+
+    def _room_of(self, tenant: str, room_id: str) -> set[Subscriber]:
+        """The room's streams here; its first one makes the listener listen to it."""
+        subs = self._rooms.get((tenant, room_id))
+        if subs is None:
+            subs = self._rooms[(tenant, room_id)] = set()
+            if self._listener is not None:
+                self._listener.listen(tenant, room_id)
+        return subs
+
+    def listen_through(self, listener: RoomListener) -> None:
+        self._listener = listener
+
+    async def hearing(self, sub: Subscriber) -> bool:
+        """Return once the stream's room is heard from every replica, so that what is
+        stored after its replay's read reaches it live (at once without replicas): True
+        when it was not heard until now (what was stored since the stream subscribed
+        may have reached it by no notification); raise Unavailable when that takes
+        longer than the database timeout."""
+        if self._listener is not None and not sub.ended:
+            return await self._listener.heard(sub.tenant, sub.room_id)
+        return False
+
+    async def hearing_user(self, stream: RoomsSubscriber) -> None:
+        """Return once the rooms the stream's user is let into are heard (``all``)."""
+        if self._listener is not None and not stream.ended:
+            await self._listener.user_heard(stream.tenant, stream.user_id)
 
     def subscribe_rooms(
         self,
@@ -385,7 +420,12 @@ class Hub:
             stream.end(StreamEnded(CLOSE_GOING_AWAY, reason=reason))
             return stream
         if every_room:
-            self._watchers.setdefault((tenant, user_id), set()).add(stream)
+            watchers = self._watchers.get((tenant, user_id))
+            if watchers is None:
+                watchers = self._watchers[(tenant, user_id)] = set()
+                if self._listener is not None:
+                    self._listener.listen_user(tenant, user_id)
+            watchers.add(stream)
         self._many.add(stream)
         self._streams += 1
         self.touch()
@@ -393,7 +433,7 @@ class Hub:
 
     def _add(self, tap: RoomTap) -> None:
         """A room of a many-room stream (counted once, as its stream)."""
-        self._rooms.setdefault((tap.tenant, tap.room_id), set()).add(tap)
+        self._room_of(tap.tenant, tap.room_id).add(tap)
 
     def _unwatch(self, stream: RoomsSubscriber) -> None:
         key = (stream.tenant, stream.user_id)
@@ -402,6 +442,8 @@ class Hub:
             watchers.discard(stream)
             if not watchers:
                 del self._watchers[key]
+                if self._listener is not None:
+                    self._listener.unlisten_user(*key)
         if stream in self._many:
             self._many.discard(stream)
             self._streams -= 1
@@ -417,6 +459,8 @@ class Hub:
             self._streams -= 1
         if not subs:
             del self._rooms[key]
+            if self._listener is not None:
+                self._listener.unlisten(*key)
         self.touch()
 
     def listening(self, tenant: str, room_id: str) -> bool:
@@ -447,6 +491,12 @@ class Hub:
             self.end_user(
                 note.tenant, note.room_id, note.user_id, note.code, note.frame, note.reason
             )
+
+    def let_in(self, note: EventNote) -> None:
+        """An event heard on its user's channel (PostgreSQL): it only lets the user's
+        streams of every room into its room, as ``deliver`` would."""
+        if self._watchers and (note.tenant, note.skip_user) in self._watchers:
+            self._let_in(note)
 
     def interrupt(self, reason: str) -> None:
         """Changes may go unheard for now (a replica lost its database listener): end

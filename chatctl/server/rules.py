@@ -69,6 +69,7 @@ Rules beyond m3o (contract part 2), and the choices this server makes where it i
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import time
@@ -664,6 +665,17 @@ class ChatService:
             since,
             encode({"event": gaps[0]}) if gaps else None,
         )
+
+    async def from_cursor(self, admission: Admission, cursor: str) -> Admission:
+        """The stream replaying every message after ``cursor`` instead (a time as a
+        UUIDv7): what reached it by no notification while its room was not yet heard
+        (``hub.Hub.hearing``)."""
+
+        async def read(db: Session) -> int | None:
+            return await self._cursor(db, admission.room, "since", cursor)
+
+        seq = await self.store.read(read)
+        return dataclasses.replace(admission, since_seq=seq, history=0, gap=None)
 
     async def replay(self, admission: Admission) -> AsyncIterator[list[tuple[int, str]]]:
         """The frames a new stream replays, in chunks of (seq, frame), oldest first.

@@ -25,8 +25,10 @@ What changes when several server processes share one database:
 - **Fan-out.** The statement that stores a message also calls ``pg_notify`` with the room,
   the seq and the frame (or no frame when the payload would pass PostgreSQL's 8000-byte
   limit), in ``hub_pg.message_notify``'s format; other changes notify with one statement
-  at the end of their transaction. A notification is sent at commit, in commit order,
-  and never for a change that rolls back; ``hub_pg.Listener`` hears them on every replica.
+  at the end of their transaction, each on its room's channel (``hub_pg.channel``; in
+  mode ``both`` on the shared one too, for an older release's replicas). A notification
+  is sent at commit, in commit order, and never for a change that rolls back;
+  ``hub_pg.Listener`` hears them on every replica with a stream of the room.
 - **An id is a position, conservatively.** Ids are UUIDv7 made by each replica's clock, so
   ids from two replicas may not sort in seq order. A UUID that is no message of the room
   sits just before the first message, in the room's order, whose id sorts after it: a
@@ -70,7 +72,6 @@ from chatctl.server.domain import (
     Unavailable,
 )
 from chatctl.server.hub_pg import (
-    CHANNEL,
     Listener,
     message_notify,
     note_frame,
@@ -375,7 +376,7 @@ def _runs(made: list[_Made]) -> list[list[_Made]]:
     return runs
 
 
-def _send_many_params(tenant: str, run: list[_Made], stop: bool) -> dict[str, Any]:
+def _send_many_params(tenant: str, run: list[_Made], stop: bool, shared: bool) -> dict[str, Any]:
     columns: dict[str, list[Any]] = {
         name: []
         for name in (
@@ -395,7 +396,7 @@ def _send_many_params(tenant: str, run: list[_Made], stop: bool) -> dict[str, An
         columns["not_before"].append(None if key is None else key.not_before)
         if key is not None:
             oldest = max(oldest, key.not_before)
-    return {"tenant": tenant, "stop": stop, "oldest": oldest, **columns}
+    return {"tenant": tenant, "stop": stop, "oldest": oldest, "shared": shared, **columns}
 
 
 _INSERT_ROOM = (
@@ -423,10 +424,11 @@ def _statement(key: Key | None) -> str:
 
 
 def _send_params(
-    tenant: str, message: dict[str, Any], answer: str, key: Key | None
+    tenant: str, message: dict[str, Any], answer: str, key: Key | None, shared: bool
 ) -> dict[str, Any]:
     params: dict[str, Any] = {
         "tenant": tenant,
+        "shared": shared,
         "room_id": message["room_id"],
         "id": message["id"],
         "client": message["client"],
@@ -454,8 +456,10 @@ async def _one_send(
     message: dict[str, Any],
     answer: str,
     key: Key | None,
+    shared: bool,
 ) -> tuple[Any, ...]:
-    cursor = await conn.execute(_statement(key), _send_params(tenant, message, answer, key))
+    params = _send_params(tenant, message, answer, key, shared)
+    cursor = await conn.execute(_statement(key), params)
     row = await cursor.fetchone()
     assert row is not None
     return row
@@ -513,13 +517,13 @@ class PostgresSession(sql.Session):
 
     async def notify(self) -> None:
         """Queue what was published, sent by PostgreSQL when the transaction commits."""
-        payloads = notifications(self.notes)
+        pairs = notifications(self.notes, self._store.notify)
         # A Create of many members (one note each) notifies in several statements, in order.
-        for start in range(0, len(payloads), _NOTIFY_BATCH):
-            batch = payloads[start : start + _NOTIFY_BATCH]
-            calls = ", ".join([f"pg_notify('{CHANNEL}', %s)"] * len(batch))
+        for start in range(0, len(pairs), _NOTIFY_BATCH):
+            batch = pairs[start : start + _NOTIFY_BATCH]
+            calls = ", ".join(["pg_notify(%s, %s)"] * len(batch))
             with self.statement():
-                await self._conn.execute(f"SELECT {calls}", batch)
+                await self._conn.execute(f"SELECT {calls}", [v for pair in batch for v in pair])
 
     async def _insert_room(self, room: RoomRow) -> int:
         values = (room.tenant, room.id, room.name, room.description, room.created_at)
@@ -668,8 +672,13 @@ class PostgresStore:
         pool_size: int = POOL_SIZE,
         migrate: Policy = "all",
         application_name: str | None = None,
+        notify: str = "both",
     ) -> None:
         self.url = url
+        #: where notifications go and are heard (``hub_pg.NOTIFY_MODES``, ``--notify``).
+        self.notify = notify
+        #: notifications go on the shared channel too (mode ``both``).
+        self.shared = notify == "both"
         self.application_name = application_name
         self.timeout = timeout
         self.fanout = fanout
@@ -697,17 +706,22 @@ class PostgresStore:
         timeout: float,
         migrate: Policy = "all",
         application_name: str | None = None,
+        notify: str = "both",
     ) -> PostgresStore:
         """The store on ``url``, its schema checked (and set up or migrated as ``migrate``
         allows), or a ChatctlError saying why it cannot be."""
         try:
             return cls(
-                url, fanout, timeout=timeout, migrate=migrate, application_name=application_name
+                url,
+                fanout,
+                timeout=timeout,
+                migrate=migrate,
+                application_name=application_name,
+                notify=notify,
             )
         except psycopg.OperationalError as exc:
             raise ChatctlError(
-                f"cannot connect to PostgreSQL at {without_password(url)}: "
-                + failure(exc),
+                f"cannot connect to PostgreSQL at {without_password(url)}: " + failure(exc),
                 hint="is PostgreSQL running and the URL right? check --db",
             ) from None
 
@@ -769,7 +783,7 @@ class PostgresStore:
                 listen = psycopg.conninfo.make_conninfo(
                     self.url, fallback_application_name=self.application_name[:63]
                 )
-            self._listener = Listener(listen, self.timeout, self, self.fanout)
+            self._listener = Listener(listen, self.timeout, self, self.fanout, self.notify)
             self._listener.lag = self.notification_lag
             await self._listener.start()
 
@@ -876,7 +890,7 @@ class PostgresStore:
         self, tenant: str, message: dict[str, Any], answer: str, key: Key | None
     ) -> tuple[Any, ...]:
         async with self._connection() as conn:
-            return await _one_send(conn, tenant, message, answer, key)
+            return await _one_send(conn, tenant, message, answer, key, self.shared)
 
     async def send_many(
         self,
@@ -914,7 +928,7 @@ class PostgresStore:
     ) -> bool:
         """Send ``run`` (no key twice) with one statement (``_SEND_MANY``), adding each
         outcome to ``results``; True when ``stop`` stopped the batch at a refusal."""
-        cursor = await conn.execute(_SEND_MANY, _send_many_params(tenant, run, stop))
+        cursor = await conn.execute(_SEND_MANY, _send_many_params(tenant, run, stop, self.shared))
         rows = await cursor.fetchall()
         for (message, answer, key), row in zip(run, rows, strict=True):
             result = _sent(row, answer, key, refusals=True)
@@ -924,7 +938,7 @@ class PostgresStore:
                 made, ns = self._ids.stamp()
                 message = {**message, "id": made, "sent_at": rfc3339(ns)}
                 answer = message_frame(message)
-                again = await _one_send(conn, tenant, message, answer, key)
+                again = await _one_send(conn, tenant, message, answer, key, self.shared)
                 result = _sent(again, answer, key, refusals=True)
             if result is None:
                 raise Unavailable("an Idempotency-Key stayed claimed but unanswered")

@@ -66,6 +66,7 @@ from chatctl import __version__
 from chatctl.errors import ChatctlError
 from chatctl.server import sql
 from chatctl.server.domain import (
+    EventNote,
     Fanout,
     Key,
     MessageRow,
@@ -73,6 +74,7 @@ from chatctl.server.domain import (
     Note,
     Published,
     Refused,
+    RoomListener,
     RoomRow,
     Unavailable,
 )
@@ -379,6 +381,12 @@ class _NoFanout:
         pass
 
     def resume(self) -> None:
+        pass
+
+    def let_in(self, note: EventNote) -> None:
+        pass
+
+    def listen_through(self, listener: RoomListener) -> None:
         pass
 
 

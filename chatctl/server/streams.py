@@ -89,6 +89,8 @@ class JoinStreams:
         self.counter = StreamCounter(None if cap is None else share(cap, self.config.replicas))
         #: the subscribers counted in ``counter`` (each released once).
         self._counted: set[Subscriber | RoomsSubscriber] = set()
+        #: when each stream not yet running was admitted, as a cursor (``run``).
+        self._admitted_at: dict[Subscriber, str] = {}
 
     async def admit(
         self, principal: Principal, req: dict[str, str], edition: Edition = ROOM
@@ -100,6 +102,7 @@ class JoinStreams:
             REFUSALS["stream_cap"] += 1
             cap = self.config.max_streams_per_token or 0
             raise Refusal("v1", 429, over_stream_cap(cap), edition=edition)
+        admitted_at = uuid7_floor(time.time_ns() // 1_000_000)
         try:
             admission = await self.service.join(principal.tenant, req)
         except (Refused, Unavailable) as exc:
@@ -120,6 +123,7 @@ class JoinStreams:
             group=edition == GROUP,
         )
         self._counted.add(sub)
+        self._admitted_at[sub] = admitted_at
         if not self.edge.still_accepted(principal):
             # Revoked while the Join was being admitted: the reload ended the token's
             # streams before this one was among them, so it is refused here, before it
@@ -134,6 +138,7 @@ class JoinStreams:
             sub.release()
         else:
             self.hub.unsubscribe(sub)
+            self._admitted_at.pop(sub, None)
         if sub in self._counted:
             self._counted.discard(sub)
             self.counter.close(sub.owner)
@@ -142,6 +147,11 @@ class JoinStreams:
         """Replay, then go live, until the stream ends; raises StreamEnded at the end."""
         last = 0
         try:
+            # Heard before the replay is read: what is stored after its read comes live.
+            admitted_at = self._admitted_at.pop(sub, "")
+            if await self.hub.hearing(sub) and not _replays(admission) and admitted_at:
+                # Live from the Join: what was stored while the room was not yet heard.
+                admission = await self.service.from_cursor(admission, admitted_at)
             async for chunk in self.service.replay(admission):
                 for _seq, frame in chunk:
                     await write(in_group_edition(frame) if sub.group else frame)
@@ -182,6 +192,9 @@ class JoinStreams:
         #: a room without a cursor resumes from here (before it was tapped).
         stream.since = uuid7_floor(time.time_ns() // 1_000_000)
         try:
+            # The rooms the user is let into from here on are heard before the rooms
+            # they are in are read.
+            await self.hub.hearing_user(stream)
             admission = await self.service.join_rooms(principal.tenant, req)
         except (Refused, Unavailable) as exc:
             self.release(stream)
@@ -222,6 +235,10 @@ class JoinStreams:
                     continue  # ended meanwhile
                 announced.add(row.id)
                 await write(news(_room_added(row.id, row.name, room.since or stream.since)))
+                # Heard before its replay is read (as a Join's): what is stored after
+                # comes live; what was stored before, while it was not, is replayed.
+                if await self.hub.hearing(stream.taps[row.id]) and not _replays(room):
+                    room = await self.service.from_cursor(room, stream.since)
                 async for chunk in self.service.replay(room):
                     for _seq, frame in chunk:
                         await write(in_group_edition(frame) if stream.group else frame)
@@ -242,6 +259,19 @@ class JoinStreams:
                         announced.add(room_id)
                         at = uuid7_floor((time_ns(frame) or time.time_ns()) // 1_000_000)
                         await write(news(_room_added(new.id, new.name, at, new=True)))
+                        tap = stream.taps.get(room_id)
+                        if tap is not None and await self.hub.hearing(tap):
+                            # Tapped when the user was let in, heard only now: what was
+                            # stored since then reached it by no notification.
+                            added = Admission(new, stream.user_id, stream.events, None, 0)
+                            added = await self.service.from_cursor(added, at)
+                            async for chunk in self.service.replay(added):
+                                for seq, message in chunk:
+                                    if seq > last.get(room_id, 0):
+                                        await write(
+                                            in_group_edition(message) if stream.group else message
+                                        )
+                                last[room_id] = max(last.get(room_id, 0), chunk[-1][0])
                     elif seq == ENDED:
                         announced.discard(room_id)
                         last.pop(room_id, None)
@@ -369,6 +399,12 @@ class JoinStreams:
             pass  # the client went away (uvicorn's ClientDisconnected is an OSError)
         finally:
             watcher.cancel()
+
+
+def _replays(admission: Admission) -> bool:
+    """True when the stream replays what was stored until it went live (``since`` or
+    ``history``)."""
+    return admission.since_seq is not None or admission.history > 0
 
 
 def revoked() -> StreamEnded:

@@ -127,6 +127,21 @@ def test_sync_is_refused_for_postgresql_whose_own_setting_decides() -> None:
     assert refused(port)
 
 
+def test_notify_is_refused_for_sqlite_which_has_no_replicas(tmp_path: Path) -> None:
+    port = free_port()
+    db = tmp_path / "chat.db"
+    result = subprocess.run(
+        chatctl("serve", "--db", str(db), "--notify", "rooms", "--port", str(port)),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "--notify" in lines[0] and "PostgreSQL" in lines[0], lines
+    assert refused(port) and not db.exists()
+
+
 def test_serves_a_network_address_with_a_token(serve: Serve, tmp_path: Path) -> None:
     served = serve("--host", "0.0.0.0", "--port", "0", "--token", "s3cret", uds=False)
     port = int(served.wait_for_log(r"running on http://0\.0\.0\.0:(\d+)").group(1))

@@ -53,6 +53,12 @@ class Heard:
     def resume(self) -> None:
         pass
 
+    def let_in(self, note: Any) -> None:
+        self.notes.append(note)
+
+    def listen_through(self, listener: Any) -> None:
+        pass
+
 
 @contextlib.asynccontextmanager
 async def started(url: str, **kw: Any) -> AsyncIterator[Any]:
@@ -397,26 +403,171 @@ def test_a_send_is_one_round_trip_keyed_or_not_and_refuses_as_the_rules_do(url: 
     assert keys == [("key-1",)]  # refusals keep nothing
 
 
-def test_a_message_notification_written_by_the_send_sql_reads_back_as_sent(url: str) -> None:
+def test_a_replica_hears_a_room_only_while_it_has_streams_there(url: str) -> None:
+    """Issue 27: a replica LISTENs on a room's channel only while a stream of the room is
+    open on it, so another room's Sends, or this room's before its first stream and after
+    its last, cost it nothing; a stream waits until its room is heard before replaying."""
+    from chatctl.server.hub import Hub
+    from chatctl.server.hub_pg import Listener
+
+    received: list[str] = []
+    receive = Listener._receive
+
+    async def spy(self: Listener, payload: str) -> None:
+        received.append(read_text(payload))
+        await receive(self, payload)
+
+    def read_text(payload: str) -> str:
+        return str(json.loads(payload.partition("\n")[2])["message"]["text"])
+
+    async def scenario() -> tuple[list[str], list[str]]:
+        hub = Hub()
+        async with started(url, fanout=hub, notify="rooms") as store:
+            for room_id in ("r", "o"):
+                await new_room(store, room_id, ["a"])
+
+            async def send(room_id: str, text: str) -> None:
+                await store.send("", NewMessage(room_id, "a", "c", "", text), None)
+
+            async def frames(sub: Any) -> list[str]:
+                batch = await asyncio.wait_for(sub.next_batch(), 10)
+                return [json.loads(frame)["message"]["text"] for _, frame in batch]
+
+            await send("r", "before its first stream")
+            r = hub.subscribe("", "r", "w", events=False)
+            await hub.hearing(r)
+            await send("o", "another room")
+            await send("r", "while streamed")
+            got_r = await frames(r)
+            hub.unsubscribe(r)  # its last stream: UNLISTEN, done before o's LISTEN below
+            o = hub.subscribe("", "o", "w", events=False)
+            await hub.hearing(o)
+            await send("r", "after its last stream")
+            await send("o", "marker")  # heard after anything r notified before it
+            got_o = await frames(o)
+            hub.unsubscribe(o)
+            return got_r, got_o
+
+    Listener._receive = spy  # type: ignore[method-assign]
+    try:
+        got_r, got_o = asyncio.run(scenario())
+    finally:
+        Listener._receive = receive  # type: ignore[method-assign]
+    assert (got_r, got_o) == (["while streamed"], ["marker"])
+    assert received == ["while streamed", "marker"]
+
+
+def test_a_stream_waits_until_its_room_is_heard_and_gives_up_after_the_db_timeout(
+    url: str,
+) -> None:
+    """A stream does not read its replay before its room's LISTEN is done (what is stored
+    meanwhile would reach it neither way); when the database does not answer the LISTEN
+    within --db-timeout, ``hearing`` raises Unavailable (the stream ends 503 and the
+    client resumes), and once it answers again a stream is heard."""
+    from chatctl.server.hub import Hub
+    from tests.bench.delay_proxy import DelayProxy
+
+    async def scenario(proxy: DelayProxy) -> tuple[float, list[str]]:
+        hub = Hub()
+        async with started(proxy.url_for(url), fanout=hub, timeout=1.0, notify="rooms") as store:
+            await new_room(store, "r", ["a"])
+            proxy.pause()
+            try:
+                sub = hub.subscribe("", "r", "w", events=False)
+                began = time.monotonic()
+                with pytest.raises(Unavailable, match="cannot listen to the room"):
+                    await hub.hearing(sub)
+                waited = time.monotonic() - began
+                hub.unsubscribe(sub)
+            finally:
+                proxy.resume()
+            again = hub.subscribe("", "r", "w", events=False)
+            await hub.hearing(again)
+            await store.send("", NewMessage("r", "a", "c", "", "heard"), None)
+            batch = await asyncio.wait_for(again.next_batch(), 10)
+            return waited, [json.loads(frame)["message"]["text"] for _, frame in batch]
+
+    with DelayProxy.to(url) as proxy:
+        waited, texts = asyncio.run(scenario(proxy))
+    assert 0.9 <= waited < 5, waited
+    assert texts == ["heard"]
+
+
+def test_a_join_replays_what_was_stored_before_its_room_was_heard(
+    url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The hand-over from replay to live with per-room LISTEN: the room's LISTEN is held up
+    0.5 s; a message stored after the Join was admitted, before the LISTEN is done, is in
+    the replay (read only once the room is heard), and the next comes live: each once, in
+    order. (A replay read at once would miss it, and so would the notifications, which
+    this replica was not yet listening to.)"""
+    import httpx
+
+    from chatctl.ids import START
+    from chatctl.server import hub_pg
+
+    follow = hub_pg.Listener._follow
+
+    async def slow(self: hub_pg.Listener, conn: Any) -> None:
+        if self._wanted.keys() - self._listening:
+            await asyncio.sleep(0.5)  # a LISTEN slow to be done
+        await follow(self, conn)
+
+    monkeypatch.setattr(hub_pg.Listener, "_follow", slow)
+    srv = start_server(db=url, notify="rooms")
+    try:
+        listener = srv.app.state.store._listener
+        with httpx.Client(base_url=srv.url) as http:
+
+            def send(text: str) -> None:
+                body = {"room_id": room, "user_id": "s", "text": text}
+                assert http.post("/v1/chat/Send", json=body).status_code == 200
+
+            room = http.post(
+                "/v1/chat/Create", json={"name": "r", "description": "", "user_ids": ["s"]}
+            ).json()["room"]["id"]
+            send("zero")
+            with connect(f"{srv.ws_url}/v1/chat/Join") as ws:
+                ws.send(json.dumps({"room_id": room, "user_id": "w", "since": START}))
+                wait_for(lambda: srv.app.state.hub.streams == 1)  # admitted, subscribed
+                assert not listener._listening  # its LISTEN is still held up
+                send("one")
+                wait_for(lambda: hub_pg.channel("", room) in listener._listening)
+                send("two")
+                got = [json.loads(ws.recv(timeout=5))["message"]["text"] for _ in range(3)]
+                with pytest.raises(TimeoutError):
+                    ws.recv(timeout=0.3)  # and nothing twice
+        assert got == ["zero", "one", "two"]
+    finally:
+        srv.stop()
+
+
+@pytest.mark.parametrize("mode", ["both", "rooms"])
+def test_a_message_notification_written_by_the_send_sql_reads_back_as_sent(
+    url: str, mode: str
+) -> None:
     """The message notification's one format (hub_pg): what the real Send statements
     (unkeyed, keyed, several at once) make PostgreSQL notify is read back by
     ``hub_pg.read_message`` as the message stored, odd characters and all, and a frame too
-    big for a notification travels as none."""
+    big for a notification travels as none. It goes on the room's channel as the listener
+    names it (in Python; the statements name it in SQL), and in mode ``both`` (beside an
+    older release) right after on the shared channel too, the same payload."""
     import psycopg
 
-    from chatctl.server.hub_pg import CHANNEL, MessageNotification, read_message
+    from chatctl.server.hub_pg import CHANNEL, MessageNotification, channel, read_message
 
     tenant, user = 'te"n\\ant\n\u00e9', "us'er\t\u2028x"
     now = time.time()
     key = Key(tenant, "k", "Send", "hash", now, now - 60)
 
-    async def scenario() -> tuple[RoomRow, list[str | None]]:
-        async with started(url) as store:
+    async def scenario(listener: psycopg.Connection[Any]) -> tuple[RoomRow, list[str | None]]:
+        async with started(url, notify=mode) as store:
 
             async def create(db: Session) -> RoomRow:
                 return await db.create_room(tenant, "r'\"\\", "r", "", "t", False, [user])
 
             room: RoomRow = await store.write(create)
+            listener.execute(f'LISTEN "{channel(tenant, room.id)}"')
             sent = [
                 (await store.send(tenant, NewMessage(room.id, user, "c", "", "one"), None)).answer,
                 (await store.send(tenant, NewMessage(room.id, user, "c", "", "two"), key)).answer,
@@ -430,14 +581,21 @@ def test_a_message_notification_written_by_the_send_sql_reads_back_as_sent(url: 
             )
             return room, sent + [r.answer for r in many]
 
+    copies = 2 if mode == "both" else 1
     with psycopg.connect(url, autocommit=True) as listener:
         listener.execute(f"LISTEN {CHANNEL}")
-        room, answers = asyncio.run(scenario())
-        heard = [n.payload for n in listener.notifies(timeout=10, stop_after=len(answers))]
+        room, answers = asyncio.run(scenario(listener))
+        heard = [
+            (n.channel, n.payload)
+            for n in listener.notifies(timeout=10, stop_after=copies * len(answers))
+        ]
+        heard += [(n.channel, n.payload) for n in listener.notifies(timeout=0.3)]
     frames = [a or "" for a in answers[:3]] + [""]  # the last is too big to notify
-    assert [read_message(p) for p in heard] == [
-        MessageNotification(tenant, room.id, room.pk, seq, user, frame)
+    channels = [channel(tenant, room.id), CHANNEL][:copies]
+    assert [(name, read_message(p)) for name, p in heard] == [
+        (name, MessageNotification(tenant, room.id, room.pk, seq, user, frame))
         for seq, frame in enumerate(frames, 1)
+        for name in channels
     ]
     assert json.loads(frames[2])["message"]["text"] == "three"
     with pytest.raises(ValueError, match="not a message"):
