@@ -2,8 +2,8 @@
 
 Sections: startup, batch, server, history, bulk, export, fanout, capacity, tail; and, only
 when named with --only (they need CHATCTL_TEST_POSTGRES), postgres (PostgreSQL beside
-SQLite, one and two replicas), postgres-remote, history-postgres and bulk-postgres. The
-mode also comes from ``CHATCTL_BENCH=quick|full`` (default full).
+SQLite, one and two replicas), postgres-remote, history-postgres, bulk-postgres and
+replica-cost. The mode also comes from ``CHATCTL_BENCH=quick|full`` (default full).
 """
 
 from __future__ import annotations

@@ -16,6 +16,7 @@ from tests.bench import (
     history_bench,
     pg_bench,
     pg_remote_bench,
+    replica_cost_bench,
     server_bench,
     sync_bench,
     tail_bench,
@@ -38,10 +39,18 @@ SECTIONS: dict[str, Callable[[Mode, Path], list[Row]]] = {
     "postgres-remote": pg_remote_bench.postgres_remote,
     "history-postgres": history_bench.history_postgres,
     "bulk-postgres": bulk_bench.bulk_postgres,
+    "replica-cost": replica_cost_bench.replica_cost,
 }
 #: run only when named with --only: they need something the machine may not have
 #: (PostgreSQL; for server-before, this checkout's git history).
-OPT_IN = {"postgres", "postgres-remote", "history-postgres", "bulk-postgres", "server-before"}
+OPT_IN = {
+    "postgres",
+    "postgres-remote",
+    "history-postgres",
+    "bulk-postgres",
+    "replica-cost",
+    "server-before",
+}
 
 
 def run(argv: Sequence[str] = (), only: Sequence[str] | None = None) -> tuple[list[Row], str]:

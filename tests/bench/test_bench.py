@@ -2,8 +2,8 @@
 
 ``CHATCTL_BENCH=quick`` for the quick mode; ``CHATCTL_BENCH_ONLY=server,history`` for some
 sections. The PostgreSQL sections (``postgres``, ``postgres-remote``, ``history-postgres``,
-``bulk-postgres``) run in their own test, skipped without ``CHATCTL_TEST_POSTGRES``. Prints
-the table; fails when a target is missed.
+``bulk-postgres``, ``replica-cost``) run in their own test, skipped without
+``CHATCTL_TEST_POSTGRES``. Prints the table; fails when a target is missed.
 """
 
 from __future__ import annotations

@@ -69,6 +69,10 @@ from tests.faults.checker import (
 from tests.helpers import ServerProcess
 
 NAMES = ("a", "b", "c")
+#: each replica's ``--notify``: a and b hear only the rooms they have streams in; c is a
+#: replica in the middle of a rolling upgrade (it also publishes on and listens to the
+#: shared channel, dropping the twins), so the drill checks both at once.
+NOTIFY = ("rooms", "rooms", "both")
 #: the replicas' database timeout (``--db-timeout``); the pause lasts longer.
 DB_TIMEOUT = 1.0
 #: a client's timeout for one call: an attempt not answered by then is retried elsewhere.
@@ -138,14 +142,14 @@ def cluster(tmp_path: Path, extra: tuple[str, ...] = ()) -> Iterator[Cluster]:
     with ExitStack() as stack:
         url = stack.enter_context(postgres.fresh_database())
         proxies, replicas = [], []
-        for name in NAMES:
+        for name, notify in zip(NAMES, NOTIFY, strict=True):
             proxy = stack.enter_context(DelayProxy.to(url))
             (tmp_path / name).mkdir()
             server = ServerProcess(
                 tmp_path / name,
                 tcp=True,
                 db=proxy.url_for(url),
-                extra=["--db-timeout", str(DB_TIMEOUT), *extra],
+                extra=["--db-timeout", str(DB_TIMEOUT), "--notify", notify, *extra],
             )
             proxies.append(proxy)
             replicas.append(stack.enter_context(server))
