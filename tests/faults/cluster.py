@@ -207,19 +207,23 @@ class Writer:
         self.give_up = float("inf")
         self.rng = random.Random(index)
 
+    #: seconds between one write and the next.
+    pause = 0.03
+
     def run(self) -> None:
         clients: dict[int, httpx.Client] = {}
         try:
             n = 0
             while not self.stop.is_set():
-                self._send(clients, self.rooms[n % len(self.rooms)], f"{self.name}-{n}")
+                self._write(clients, self.rooms[n % len(self.rooms)], f"{self.name}-{n}")
                 n += 1
-                time.sleep(0.03)
+                time.sleep(self.pause)
         finally:
             for http in clients.values():
                 http.close()
 
-    def _send(self, clients: dict[int, httpx.Client], room: str, key: str) -> None:
+    def _write(self, clients: dict[int, httpx.Client], room: str, key: str) -> None:
+        """One keyed Send of ``key`` to ``room``, retried until answered."""
         body = {"room_id": room, "user_id": self.name, "text": key}
         raw = json.dumps(body).encode()
         attempt = 0
@@ -264,19 +268,10 @@ class BulkWriter(Writer):
         super().__init__(c, rec, rooms, 0)
         self.name = "bulk"
 
-    def run(self) -> None:
-        clients: dict[int, httpx.Client] = {}
-        try:
-            n = 0
-            while not self.stop.is_set():
-                self._batch(clients, self.rooms[n % len(self.rooms)], f"bulk-{n}")
-                n += 1
-                time.sleep(0.2)
-        finally:
-            for http in clients.values():
-                http.close()
+    pause = 0.2
 
-    def _batch(self, clients: dict[int, httpx.Client], room: str, batch: str) -> None:
+    def _write(self, clients: dict[int, httpx.Client], room: str, batch: str) -> None:
+        """One batch, keyed ``batch``, resent from its first line not answered."""
         first, attempt = 1, 0
         while first <= BULK_LINES and time.monotonic() < self.give_up:
             i = attempt % len(NAMES)
