@@ -66,6 +66,7 @@ from tests.faults.checker import (
     STOPPED,
     Op,
 )
+from tests.faults.drill import messages
 from tests.helpers import ServerProcess
 
 NAMES = ("a", "b", "c")
@@ -360,14 +361,7 @@ class Tail:
                     failures = 0
                     ws.send(json.dumps(request))
                     self.joined.set()
-                    while not self.stop.is_set():
-                        try:
-                            frame = json.loads(ws.recv(timeout=0.2))
-                        except TimeoutError:
-                            continue
-                        message = frame.get("message")
-                        if message is None:
-                            continue
+                    for message in messages(ws, self.stop):
                         self.rec.add(
                             Op(FRAME, self.name, self.rec.now(), room=self.room,
                                id=message["id"], text=message["text"], replica=NAMES[i])
@@ -409,17 +403,11 @@ class Guest:
         try:
             with connect(url, open_timeout=CALL_TIMEOUT, close_timeout=1) as ws:
                 ws.send(json.dumps({"room_id": self.room, "user_id": self.name}))
-                while not self.stop.is_set():
-                    try:
-                        frame = json.loads(ws.recv(timeout=0.2))
-                    except TimeoutError:
-                        continue
-                    message = frame.get("message")
-                    if message is not None:
-                        self.rec.add(Op(FRAME, self.name, self.rec.now(), room=room,
-                                        replica=replica, id=message["id"],
-                                        text=message["text"]))  # fmt: skip
-                        self.live.set()
+                for message in messages(ws, self.stop):
+                    self.rec.add(Op(FRAME, self.name, self.rec.now(), room=room,
+                                    replica=replica, id=message["id"],
+                                    text=message["text"]))  # fmt: skip
+                    self.live.set()
         except ConnectionClosed as exc:
             detail = str(exc.rcvd.code) if exc.rcvd else "closed without a code"
         except (OSError, TimeoutError, WebSocketException) as exc:
