@@ -90,6 +90,14 @@ class ServerProcess:
             base_url="http://localhost", transport=transport, headers=headers, timeout=10
         )
 
+    def history(self, room: str) -> list[dict[str, Any]]:
+        """The messages ``room`` has stored (a raw History, as the server answers it)."""
+        with self.http() as http:
+            messages: list[dict[str, Any]] = http.post(
+                "/v1/chat/History", json={"room_id": room}
+            ).json()["messages"]
+        return messages
+
     def start(self) -> ServerProcess:
         args = [
             sys.executable,

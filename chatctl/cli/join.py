@@ -352,17 +352,7 @@ def _follow(
             # (kicked, room deleted, a refused token) end the tail with their exits.
             # A first failure is quick: a wrong --url must not hang, and the first
             # connection's tries share one --timeout, as a call's retries do.
-            first = not joined
-            if not e.passing or (first and no_reconnect):
-                raise
-            if no_reconnect:
-                raise _not_resumed(e, client.where) from None
-            # The embedded local server may have been stopped: the next attempt starts it.
-            client.forget_connection()
-            slow = isinstance(e, StreamClosed) and e.close_code == CLOSE_TOO_SLOW
-            why = "this reader fell behind and was cut off" if slow else e.message
-            if not outage.failed(why, first=first):
-                raise
+            outage.stream_failed(e, client, first=not joined, no_reconnect=no_reconnect)
         finally:
             if stream is not None:
                 stream.close()
@@ -552,6 +542,23 @@ class _Outage:
             self._tell(why, delay, now)
         self.retry.sleep(delay)
         return True
+
+    def stream_failed(
+        self, e: ChatctlError, client: "Client", *, first: bool, no_reconnect: bool
+    ) -> None:
+        """A stream failed (``first``: before any started): raise what ends the tail (an
+        end that is not passing; with --no-reconnect, exit 3; the retries spent), else
+        wait and return, for the caller to resume."""
+        if not e.passing or (first and no_reconnect):
+            raise e
+        if no_reconnect:
+            raise _not_resumed(e, client.where) from None
+        # The embedded local server may have been stopped: the next attempt starts it.
+        client.forget_connection()
+        slow = isinstance(e, StreamClosed) and e.close_code == CLOSE_TOO_SLOW
+        why = "this reader fell behind and was cut off" if slow else e.message
+        if not self.failed(why, first=first):
+            raise e
 
     def _tell(self, why: str, delay: float, now: float) -> None:
         # A server may word each failure anew: news is bounded too.
@@ -797,16 +804,7 @@ class _Many:
                     if tail.show(message):
                         return
             except ChatctlError as e:
-                first = not joined
-                if not e.passing or (first and self.no_reconnect):
-                    raise
-                if self.no_reconnect:
-                    raise _not_resumed(e, client.where) from None
-                client.forget_connection()
-                slow = isinstance(e, StreamClosed) and e.close_code == CLOSE_TOO_SLOW
-                why = "this reader fell behind and was cut off" if slow else e.message
-                if not outage.failed(why, first=first):
-                    raise
+                outage.stream_failed(e, client, first=not joined, no_reconnect=self.no_reconnect)
             finally:
                 if stream is not None:
                     stream.close()

@@ -96,6 +96,16 @@ _GROUP_ID = {"type": "string", "description": "room_id, in m3o's final (group) e
 #: a message or event names its room in the edition of the request it answers.
 _ROOM_OR_GROUP = [{"required": ["room_id"]}, {"required": ["group_id"]}]
 
+#: a Join's frames: a message, or an event (JoinRooms' are these and its own).
+_JOIN_FRAMES = [
+    {"type": "object", "required": ["message"], "properties": {"message": _MESSAGE}},
+    {
+        "type": "object",
+        "required": ["event"],
+        "properties": {"event": {"$ref": "#/components/schemas/Event"}},
+    },
+]
+
 
 #: the endpoints that answer with a stream of frames (a WebSocket, or NDJSON to a POST).
 _STREAMS = ("Join", "JoinRooms")
@@ -443,33 +453,11 @@ def openapi_document(limits: Limits | None = None, edition: str = "both") -> dic
                 },
             },
         },
-        "JoinResponse": {
-            "oneOf": [
-                {
-                    "type": "object",
-                    "required": ["message"],
-                    "properties": {"message": {"$ref": "#/components/schemas/Message"}},
-                },
-                {
-                    "type": "object",
-                    "required": ["event"],
-                    "properties": {"event": {"$ref": "#/components/schemas/Event"}},
-                },
-            ]
-        },
+        "JoinResponse": {"oneOf": _JOIN_FRAMES},
         "JoinRoomsResponse": {
             "x-chatctl-extension": True,
             "oneOf": [
-                {
-                    "type": "object",
-                    "required": ["message"],
-                    "properties": {"message": {"$ref": "#/components/schemas/Message"}},
-                },
-                {
-                    "type": "object",
-                    "required": ["event"],
-                    "properties": {"event": {"$ref": "#/components/schemas/Event"}},
-                },
+                *_JOIN_FRAMES,
                 {
                     "type": "object",
                     "required": ["room_added"],

@@ -11,7 +11,7 @@ from pytest_httpx import HTTPXMock
 
 from chatctl.cli.jq import compile_filter
 from chatctl.output import make_renderer
-from tests.conftest import Run
+from tests.conftest import Result, Run
 from tests.helpers import CHATCTL_HEADERS
 
 URL = "http://chat.test"
@@ -60,11 +60,16 @@ def test_jq_with_a_format_that_is_not_json_is_exit_2(
     assert f"-o {fmt} is not JSON" in r.stderr
 
 
+def _list(cli: Run, httpx_mock: HTTPXMock, *args: str) -> Result:
+    """``chatctl list ARGS`` against a server that has ROOMS."""
+    httpx_mock.add_response(json={"rooms": ROOMS}, headers=CHATCTL_HEADERS)
+    return cli("list", *args)
+
+
 def test_json_filters_the_whole_answer_and_prints_strings_raw(
     cli: Run, httpx_mock: HTTPXMock
 ) -> None:
-    httpx_mock.add_response(json={"rooms": ROOMS}, headers=CHATCTL_HEADERS)
-    r = cli("list", "-o", "json", "--jq", ".rooms[].name")
+    r = _list(cli, httpx_mock, "-o", "json", "--jq", ".rooms[].name")
     assert r.code == 0, r.stderr
     assert r.stdout == "general\nops\n"
 
@@ -72,8 +77,7 @@ def test_json_filters_the_whole_answer_and_prints_strings_raw(
 def test_jsonl_filters_each_line_and_other_values_are_compact_json(
     cli: Run, httpx_mock: HTTPXMock
 ) -> None:
-    httpx_mock.add_response(json={"rooms": ROOMS}, headers=CHATCTL_HEADERS)
-    r = cli("list", "-o", "jsonl", "--jq", "{name, n: (.user_ids | length)}, .private")
+    r = _list(cli, httpx_mock, "-o", "jsonl", "--jq", "{name, n: (.user_ids | length)}, .private")
     assert r.code == 0, r.stderr
     assert [json.loads(line) for line in r.stdout.splitlines()] == [
         {"name": "general", "n": 2},
@@ -89,8 +93,7 @@ def test_jq_without_o_means_json_even_where_a_table_would_be_printed(
     from chatctl import output
 
     monkeypatch.setattr(output, "default_format", lambda stream=None: "table")
-    httpx_mock.add_response(json={"rooms": ROOMS}, headers=CHATCTL_HEADERS)
-    r = cli("list", "--jq", ".rooms | length")
+    r = _list(cli, httpx_mock, "--jq", ".rooms | length")
     assert r.code == 0, r.stderr
     assert r.stdout == "2\n"
 
@@ -98,8 +101,7 @@ def test_jq_without_o_means_json_even_where_a_table_would_be_printed(
 def test_an_expression_that_fails_on_the_answer_is_exit_1(
     cli: Run, httpx_mock: HTTPXMock
 ) -> None:
-    httpx_mock.add_response(json={"rooms": ROOMS}, headers=CHATCTL_HEADERS)
-    r = cli("list", "--jq", ".rooms.name")
+    r = _list(cli, httpx_mock, "--jq", ".rooms.name")
     assert r.code == 1
     assert r.stderr.splitlines()[0].startswith(
         "error: cannot write the output: --jq '.rooms.name' failed: Cannot index array with"

@@ -76,14 +76,6 @@ def into_bulk(proc: subprocess.Popen[str], bulks: list[bytes]) -> None:
     wait_for(lambda: bulks, 30, "a bulk Send to reach the proxy")
 
 
-def stored(server: ServerProcess, room: str) -> list[dict[str, str]]:
-    with server.http() as http:
-        messages: list[dict[str, str]] = http.post(
-            "/v1/chat/History", json={"room_id": room}
-        ).json()["messages"]
-    return messages
-
-
 @dataclass
 class Held:
     """A batch whose bulk Send the proxy holds: the CLI process, the server and room, the
@@ -121,7 +113,7 @@ def test_ctrl_c_during_a_bulk_send_finishes_it_and_prints_every_id_of_it(held: H
     held.hold.set()
     out, err = proc.communicate(timeout=30)
     assert proc.returncode == 130, err
-    messages = stored(held.server, held.room)
+    messages = held.server.history(held.room)
     lines = held.bulks[0].decode().splitlines()
     assert len(lines) >= 2 and len(held.bulks) == 1  # one bulk Send, finished; no other
     assert [m["text"] for m in messages] == [f"m{n}" for n in range(len(messages))]

@@ -17,14 +17,6 @@ from tests.helpers import ServerProcess, chatctl, cli_env, wait_for
 START = "00000000-0000-0000-0000-000000000000"
 
 
-def _history(server: ServerProcess, room: str) -> list[dict[str, object]]:
-    with server.http() as http:
-        messages: list[dict[str, object]] = http.post(
-            "/v1/chat/History", json={"room_id": room}
-        ).json()["messages"]
-        return messages
-
-
 def test_messages_past_retain_go_and_a_resume_from_before_them_gets_the_gap(
     start_server: Callable[..., ServerProcess],
 ) -> None:
@@ -42,7 +34,7 @@ def test_messages_past_retain_go_and_a_resume_from_before_them_gets_the_gap(
         ]
     # Gone within one look once past --retain (the last one sent 1 s before).
     sent_last = time.monotonic()
-    wait_for(lambda: _history(server, room) == [], 10, "the messages to be removed")
+    wait_for(lambda: server.history(room) == [], 10, "the messages to be removed")
     assert time.monotonic() - sent_last < 1 + 2 * check + 3  # a look, not a sweep hours later
 
     # Resuming from an id retention removed: the gap, named, never a silent skip.
@@ -114,7 +106,7 @@ def test_retain_command_sets_shows_and_clears(start_server: Callable[..., Server
     shown = chatctl("retain", "ops", "1s", "-o", "json", env=env)
     assert shown.returncode == 0, shown.stderr
     assert json.loads(shown.stdout)["retention"]["effective"] == "1s"
-    wait_for(lambda: _history(server, room) == [], 10, "the room's own retention to apply")
+    wait_for(lambda: server.history(room) == [], 10, "the room's own retention to apply")
     cleared = json.loads(chatctl("retain", "ops", "off", "-o", "json", env=env).stdout)
     assert cleared["retention"]["retain"] == "" and cleared["retention"]["effective"] == ""
     assert cleared["retention"]["expired_through"] != ""
@@ -139,7 +131,7 @@ def test_the_docs_retain_recipe(start_server: Callable[..., ServerProcess]) -> N
             http.post("/v1/chat/Send", json={"room_id": room_id, "user_id": "al", "text": text})
             for text in ("x", "y")
         )
-    wait_for(lambda: _history(server, room_id) == [], 10, "the messages to be removed")
+    wait_for(lambda: server.history(room_id) == [], 10, "the messages to be removed")
     env = cli_env(server, OLD_ID=sent.json()["message"]["id"])
     env["PATH"] = f"{Path(sys.executable).parent}:{env['PATH']}"
     done = subprocess.run(["bash", "-c", recipe], env=env, capture_output=True, text=True)
@@ -171,7 +163,7 @@ def test_a_tail_of_many_rooms_tells_a_room_s_gap_on_stderr_as_a_tail_of_one_does
             ).json()["message"]["id"]
             for n in range(2)
         ]
-    wait_for(lambda: _history(server, general) == [], 10, "the messages to be removed")
+    wait_for(lambda: server.history(general) == [], 10, "the messages to be removed")
 
     named = chatctl(
         "join", "general", "ops", "-u", "alice", "--since", ids[0], "--timeout", "0.5",

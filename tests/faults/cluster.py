@@ -66,6 +66,7 @@ from tests.faults.checker import (
     STOPPED,
     Op,
 )
+from tests.faults.drill import messages
 from tests.helpers import ServerProcess
 
 NAMES = ("a", "b", "c")
@@ -211,19 +212,23 @@ class Writer:
         self.give_up = float("inf")
         self.rng = random.Random(index)
 
+    #: seconds between one write and the next.
+    pause = 0.03
+
     def run(self) -> None:
         clients: dict[int, httpx.Client] = {}
         try:
             n = 0
             while not self.stop.is_set():
-                self._send(clients, self.rooms[n % len(self.rooms)], f"{self.name}-{n}")
+                self._write(clients, self.rooms[n % len(self.rooms)], f"{self.name}-{n}")
                 n += 1
-                time.sleep(0.03)
+                time.sleep(self.pause)
         finally:
             for http in clients.values():
                 http.close()
 
-    def _send(self, clients: dict[int, httpx.Client], room: str, key: str) -> None:
+    def _write(self, clients: dict[int, httpx.Client], room: str, key: str) -> None:
+        """One keyed Send of ``key`` to ``room``, retried until answered."""
         body = {"room_id": room, "user_id": self.name, "text": key}
         raw = json.dumps(body).encode()
         attempt = 0
@@ -268,19 +273,10 @@ class BulkWriter(Writer):
         super().__init__(c, rec, rooms, 0)
         self.name = "bulk"
 
-    def run(self) -> None:
-        clients: dict[int, httpx.Client] = {}
-        try:
-            n = 0
-            while not self.stop.is_set():
-                self._batch(clients, self.rooms[n % len(self.rooms)], f"bulk-{n}")
-                n += 1
-                time.sleep(0.2)
-        finally:
-            for http in clients.values():
-                http.close()
+    pause = 0.2
 
-    def _batch(self, clients: dict[int, httpx.Client], room: str, batch: str) -> None:
+    def _write(self, clients: dict[int, httpx.Client], room: str, batch: str) -> None:
+        """One batch, keyed ``batch``, resent from its first line not answered."""
         first, attempt = 1, 0
         while first <= BULK_LINES and time.monotonic() < self.give_up:
             i = attempt % len(NAMES)
@@ -369,14 +365,7 @@ class Tail:
                     failures = 0
                     ws.send(json.dumps(request))
                     self.joined.set()
-                    while not self.stop.is_set():
-                        try:
-                            frame = json.loads(ws.recv(timeout=0.2))
-                        except TimeoutError:
-                            continue
-                        message = frame.get("message")
-                        if message is None:
-                            continue
+                    for message in messages(ws, self.stop):
                         self.rec.add(
                             Op(FRAME, self.name, self.rec.now(), room=self.room,
                                id=message["id"], text=message["text"], replica=NAMES[i])
@@ -418,17 +407,11 @@ class Guest:
         try:
             with connect(url, open_timeout=CALL_TIMEOUT, close_timeout=1) as ws:
                 ws.send(json.dumps({"room_id": self.room, "user_id": self.name}))
-                while not self.stop.is_set():
-                    try:
-                        frame = json.loads(ws.recv(timeout=0.2))
-                    except TimeoutError:
-                        continue
-                    message = frame.get("message")
-                    if message is not None:
-                        self.rec.add(Op(FRAME, self.name, self.rec.now(), room=room,
-                                        replica=replica, id=message["id"],
-                                        text=message["text"]))  # fmt: skip
-                        self.live.set()
+                for message in messages(ws, self.stop):
+                    self.rec.add(Op(FRAME, self.name, self.rec.now(), room=room,
+                                    replica=replica, id=message["id"],
+                                    text=message["text"]))  # fmt: skip
+                    self.live.set()
         except ConnectionClosed as exc:
             detail = str(exc.rcvd.code) if exc.rcvd else "closed without a code"
         except (OSError, TimeoutError, WebSocketException) as exc:

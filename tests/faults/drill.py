@@ -1,5 +1,6 @@
 """What the fault drills share: a writer that retries like a real client, a thread-safe
-tally of acknowledged messages, History in one call, and a process's resident memory.
+tally of acknowledged messages, History in one call, the messages of a stream until told
+to stop, and a process's resident memory.
 
 Every wait has a deadline; a retry pause is a backoff against a server that is down, not
 a sleep standing in for a condition.
@@ -7,13 +8,16 @@ a sleep standing in for a condition.
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
+from websockets.sync.client import ClientConnection
 
 from tests.helpers import ServerProcess
 
@@ -145,6 +149,19 @@ def history(server: ServerProcess, room_id: str) -> list[dict[str, Any]]:
         assert r.status_code == 200, r.text
         messages: list[dict[str, Any]] = r.json()["messages"]
         return messages
+
+
+def messages(ws: ClientConnection, stop: threading.Event) -> Iterator[dict[str, Any]]:
+    """The messages a Join's stream sends (its other frames passed over) until ``stop`` is
+    set, looked at every 0.2 s; a close ends it with websockets' ConnectionClosed."""
+    while not stop.is_set():
+        try:
+            frame = json.loads(ws.recv(timeout=0.2))
+        except TimeoutError:
+            continue
+        message = frame.get("message")
+        if message is not None:
+            yield message
 
 
 def rss_kib(pid: int) -> int:

@@ -42,7 +42,7 @@ from websockets.sync.client import connect
 from chatctl.ids import START
 from tests import postgres
 from tests.bench.delay_proxy import DelayProxy
-from tests.faults.drill import create_room, history, report
+from tests.faults.drill import create_room, history, messages, report
 from tests.helpers import ServerProcess, chatctl, cli_env, wait_for
 
 pytestmark = pytest.mark.postgres
@@ -197,16 +197,10 @@ class Tail:
             try:
                 with connect(self.url, open_timeout=10, close_timeout=1) as ws:
                     ws.send(json.dumps(request))
-                    while not self.stop.is_set():
-                        try:
-                            frame = json.loads(ws.recv(timeout=0.2))
-                        except TimeoutError:
-                            continue
-                        message = frame.get("message")
-                        if message is not None:
-                            with self.lock:
-                                self.texts.append(message["text"])
-                                self.last_id = message["id"]
+                    for message in messages(ws, self.stop):
+                        with self.lock:
+                            self.texts.append(message["text"])
+                            self.last_id = message["id"]
             except ConnectionClosed as exc:
                 self.closes.append(exc.rcvd.code if exc.rcvd else None)
                 time.sleep(0.1)

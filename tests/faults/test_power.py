@@ -39,7 +39,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.faults.drill import create_room, report
+from tests.faults.drill import create_room, history, report
 from tests.helpers import ServerProcess, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -189,6 +189,16 @@ class Outcome:
         texts = Counter(m["text"] for m in self.stored)
         return sum(n - 1 for n in ids.values()) + sum(n - 1 for n in texts.values())
 
+    def figures(self) -> dict[str, int]:
+        """What a cut's report line says under either --sync."""
+        return {
+            "acked": len(self.acked),
+            "stored": len(self.stored),
+            "lost": len(self.lost),
+            "twice": self.twice,
+            "in_flight": self.in_flight,
+        }
+
 
 @contextlib.contextmanager
 def lazy_disk(tmp_path: Path) -> Iterator[LazyDisk]:
@@ -198,14 +208,6 @@ def lazy_disk(tmp_path: Path) -> Iterator[LazyDisk]:
         yield disk
     finally:
         disk.close()
-
-
-def history(server: ServerProcess, room_id: str) -> list[dict[str, Any]]:
-    with server.http() as http:
-        r = http.post("/v1/chat/History", json={"room_id": room_id}, timeout=30)
-        assert r.status_code == 200, r.text
-        messages: list[dict[str, Any]] = r.json()["messages"]
-        return messages
 
 
 def power_cut_drill(
@@ -268,11 +270,7 @@ def check_full(outcomes: list[Outcome], name: str) -> None:
             name,
             cut=cut,
             sync="full",
-            acked=len(outcome.acked),
-            stored=len(outcome.stored),
-            lost=len(outcome.lost),
-            twice=outcome.twice,
-            in_flight=outcome.in_flight,
+            **outcome.figures(),
             of_which_committed=outcome.committed_unanswered,
             in_flight_stored_once=sum(stored_texts[t] == 1 for t in in_flight_texts),
         )
@@ -302,15 +300,7 @@ def test_power_cut_with_sync_normal_loses_acknowledged_sends(tmp_path: Path) -> 
     (outcome,) = power_cut_drill(
         tmp_path, sync="normal", cuts=1, writers=4, acks=(40, 120), seed=drill_seed()
     )
-    report(
-        "power-cut",
-        sync="normal",
-        acked=len(outcome.acked),
-        stored=len(outcome.stored),
-        lost=len(outcome.lost),
-        twice=outcome.twice,
-        in_flight=outcome.in_flight,
-    )
+    report("power-cut", sync="normal", **outcome.figures())
     assert outcome.lost, "--sync normal lost nothing: the drill did not cut the power"
 
 

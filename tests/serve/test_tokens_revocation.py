@@ -13,17 +13,11 @@ import httpx
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
-from chatctl.server.tokens import TokenRegistry
-from tests.server.conftest import start_server
+from tests.server.conftest import alice_revocable
 
 
 def test_a_token_revoked_while_its_join_is_admitted_gets_nothing(tmp_path: Path) -> None:
-    path = tmp_path / "tokens"
-    path.write_text("tok-admin-91 tenant=t admin\ntok-alice-3c tenant=t user=alice\n")
-    path.chmod(0o600)
-    registry = TokenRegistry(path)
-    srv = start_server(str(tmp_path / "chat.db"), registry=registry)
-    try:
+    with alice_revocable(tmp_path) as (srv, revoke):
         admin = {"Authorization": "Bearer tok-admin-91"}
         with httpx.Client(base_url=srv.url, headers=admin) as http:
             room = http.post("/v1/chat/Create", json={"name": "r", "user_ids": ["alice"]})
@@ -36,8 +30,7 @@ def test_a_token_revoked_while_its_join_is_admitted_gets_nothing(tmp_path: Path)
         async def admit_then_revoke(tenant: str, request: dict[str, Any]) -> Any:
             admission = await admit(tenant, request)
             # The operator's reload lands here, between admission and subscription's end.
-            path.write_text("tok-admin-91 tenant=t admin\n")
-            srv.app.state.tokens_reloaded(registry.reload())
+            revoke()
             return admission
 
         service.join = admit_then_revoke
@@ -56,5 +49,3 @@ def test_a_token_revoked_while_its_join_is_admitted_gets_nothing(tmp_path: Path)
             {"id": "v1", "code": 401, "detail": "Unauthorized", "status": "Unauthorized"}
         ]  # the replayed message never went out
         assert srv.app.state.hub.streams == 0
-    finally:
-        srv.stop()

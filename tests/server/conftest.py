@@ -10,6 +10,7 @@ Other test packages may reuse it.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import threading
 from collections.abc import Callable, Iterator
@@ -71,6 +72,30 @@ def start_server(db: str, uvicorn: dict[str, Any] | None = None, **overrides: An
     return LiveServer(
         f"http://127.0.0.1:{port}", f"ws://127.0.0.1:{port}", app, config, server, thread
     )
+
+
+#: a tokens file (``serve --tokens``): an admin token, and alice's user token.
+ADMIN_AND_ALICE = "tok-admin-91 tenant=t admin\ntok-alice-3c tenant=t user=alice\n"
+
+
+@contextlib.contextmanager
+def alice_revocable(tmp_path: Path) -> Iterator[tuple[LiveServer, Callable[[], None]]]:
+    """A server reading the tokens ADMIN_AND_ALICE from a file, and a call that revokes
+    alice's token as an operator does (the file rewritten without it, then reloaded)."""
+    path = tmp_path / "tokens"
+    path.write_text(ADMIN_AND_ALICE)
+    path.chmod(0o600)
+    registry = TokenRegistry(path)
+    srv = start_server(str(tmp_path / "chat.db"), registry=registry)
+
+    def revoke() -> None:
+        path.write_text("tok-admin-91 tenant=t admin\n")
+        srv.app.state.tokens_reloaded(registry.reload())
+
+    try:
+        yield srv, revoke
+    finally:
+        srv.stop()
 
 
 @pytest.fixture

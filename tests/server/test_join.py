@@ -146,7 +146,8 @@ def test_ws_join_without_a_request_is_closed_4408(
         frames, code = await closed(ws)  # sends nothing: the server must not wait forever
         assert code == 4408
         assert frames[0]["code"] == 408 and "first frame" in frames[0]["detail"]
-        assert 0.2 <= time.monotonic() - started < 5
+        # asyncio may run a timer up to its clock's resolution early: 0.2 s, give or take.
+        assert 0.19 <= time.monotonic() - started < 5
         assert srv.app.state.hub.streams == 0
 
     run(scenario)
@@ -296,7 +297,9 @@ def test_kick_and_leave_end_streams_at_once(server: LiveServer, how: str) -> Non
             assert len(frames) == 1
             assert frames[0]["id"] == f"chat.{how.lower()}" and frames[0]["code"] == 403
             assert frames[0]["status"] == "Forbidden"
-            assert elapsed < 0.1, elapsed
+            # At once: with the change, not at a ping (8 s) or the next message; the bound
+            # leaves room for a machine running four test workers on two cores.
+            assert elapsed < 0.5, elapsed
             # the others keep streaming
             message = await send(http, room_id, "a", "still here")
             assert (await frame(other))["message"] == message

@@ -17,9 +17,8 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
 from chatctl.schema import Limits
-from chatctl.server.tokens import TokenRegistry
 from chatctl.wire import NIL_UUID
-from tests.server.conftest import LiveServer, start_server
+from tests.server.conftest import LiveServer, alice_revocable
 from tests.server.helpers import call, closed, frame, open_ws, run, until
 
 
@@ -217,12 +216,7 @@ def test_a_slow_reader_of_many_rooms_is_cut_off_once_with_4008(
 def test_a_user_tokens_stream_is_its_users_and_ends_when_revoked(tmp_path: Path) -> None:
     """A user token's JoinRooms acts as its user (another user_id: 403), follows the rooms
     that user is in, and is ended with 4401 when the token is revoked."""
-    path = tmp_path / "tokens"
-    path.write_text("tok-admin-91 tenant=t admin\ntok-alice-3c tenant=t user=alice\n")
-    path.chmod(0o600)
-    registry = TokenRegistry(path)
-    srv = start_server(str(tmp_path / "chat.db"), registry=registry)
-    try:
+    with alice_revocable(tmp_path) as (srv, revoke):
         admin = {"Authorization": "Bearer tok-admin-91"}
         with httpx.Client(base_url=srv.url, headers=admin) as http:
             mine = http.post("/v1/chat/Create", json={"name": "mine", "user_ids": ["alice"]})
@@ -238,15 +232,12 @@ def test_a_user_tokens_stream_is_its_users_and_ends_when_revoked(tmp_path: Path)
             ws.send(json.dumps({"all": True}))
             added = json.loads(ws.recv(timeout=10))["room_added"]
             assert (added["room_id"], added["name"]) == (mine.json()["room"]["id"], "mine")
-            path.write_text("tok-admin-91 tenant=t admin\n")
-            srv.app.state.tokens_reloaded(registry.reload())
+            revoke()
             with pytest.raises(ConnectionClosed) as revoked:
                 ws.recv(timeout=10)
                 ws.recv(timeout=10)
             assert revoked.value.rcvd is not None and revoked.value.rcvd.code == 4401
         assert srv.app.state.hub.streams == 0
-    finally:
-        srv.stop()
 
 
 def test_a_group_edition_server_names_groups_in_every_frame(

@@ -3,8 +3,9 @@ figures say after known traffic. A real Prometheus scraping it: tests/serve/test
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import httpx
 import pytest
@@ -32,6 +33,25 @@ def samples(c: httpx.Client) -> dict[tuple[str, tuple[tuple[str, str], ...]], fl
     }
 
 
+@contextlib.contextmanager
+def delivered(
+    srv: LiveServer, c: httpx.Client, n: int, headers: dict[str, str] | None = None
+) -> Iterator[str]:
+    """A room of a and b, b's Join open on it and ``n`` of a's messages sent and received
+    there: the room's id. The stream ends with the block."""
+    created = c.post("/v1/chat/Create", json={"name": "m", "user_ids": ["a", "b"]})
+    room_id: str = created.json()["room"]["id"]
+    with connect(srv.ws_url + "/v1/chat/Join", additional_headers=headers) as ws:
+        ws.send(json.dumps({"room_id": room_id, "user_id": "b"}))
+        wait_for(lambda: srv.app.state.hub.streams == 1, 5, "the stream to open")
+        for i in range(n):
+            body = {"room_id": room_id, "user_id": "a", "text": f"m{i}"}
+            assert c.post("/v1/chat/Send", json=body).status_code == 200
+        for i in range(n):
+            assert json.loads(ws.recv(timeout=5))["message"]["text"] == f"m{i}"
+        yield room_id
+
+
 def test_metrics_are_off_by_default(client: httpx.Client) -> None:
     r = client.get("/metrics")
     assert r.status_code == 404 and r.json()["detail"] == "No such API"
@@ -47,17 +67,7 @@ def test_metrics_count_what_the_server_did(live_server: Callable[..., LiveServer
     )
     auth = {"Authorization": "Bearer tok"}
     with httpx.Client(base_url=srv.url, headers=auth, timeout=10) as c:
-        room = c.post("/v1/chat/Create", json={"name": "m", "user_ids": ["a", "b"]})
-        room_id = room.json()["room"]["id"]
-        ws_url = srv.ws_url + "/v1/chat/Join"
-        with connect(ws_url, additional_headers=auth) as ws:
-            ws.send(json.dumps({"room_id": room_id, "user_id": "b"}))
-            wait_for(lambda: srv.app.state.hub.streams == 1, 5, "the stream to open")
-            for n in range(5):
-                body = {"room_id": room_id, "user_id": "a", "text": f"m{n}"}
-                assert c.post("/v1/chat/Send", json=body).status_code == 200
-            for n in range(5):
-                assert json.loads(ws.recv(timeout=5))["message"]["text"] == f"m{n}"
+        with delivered(srv, c, 5, auth) as room_id:
             assert c.post("/v1/chat/Send", content=b"{").status_code == 400
             quota_before = REFUSALS["quota"]
             over = {"room_id": room_id, "user_id": "a", "text": "x" * 200}
@@ -117,16 +127,8 @@ def test_a_postgres_replica_tells_its_listener_and_notification_lag(
     with postgres.fresh_database() as url:
         srv = live_server(db=url, metrics=True)
         with httpx.Client(base_url=srv.url, timeout=10) as c:
-            room_id = c.post("/v1/chat/Create", json={"name": "m", "user_ids": ["a", "b"]})
-            room_id = room_id.json()["room"]["id"]
-            with connect(srv.ws_url + "/v1/chat/Join") as ws:
-                ws.send(json.dumps({"room_id": room_id, "user_id": "b"}))
-                wait_for(lambda: srv.app.state.hub.streams == 1, 5, "the stream to open")
-                for n in range(3):
-                    body = {"room_id": room_id, "user_id": "a", "text": f"m{n}"}
-                    assert c.post("/v1/chat/Send", json=body).status_code == 200
-                for _ in range(3):
-                    assert "message" in json.loads(ws.recv(timeout=5))
+            with delivered(srv, c, 3):
+                pass  # the scrape below comes once the stream has ended
             found = samples(c)
             srv.stop()
     assert found[("chatctl_pg_listening", ())] == 1
