@@ -148,6 +148,12 @@ class SyncMode(enum.StrEnum):
 
 
 class NotifyMode(enum.StrEnum):
+    auto = "auto"
+    both = "both"
+    rooms = "rooms"
+
+
+class RecordedNotify(enum.StrEnum):
     both = "both"
     rooms = "rooms"
 
@@ -262,7 +268,9 @@ def serve(
             "listening to both, so this replica serves beside such a release during a "
             "rolling upgrade. rooms: only on the channels of the rooms with streams, so "
             "a replica pays nothing for rooms it has no stream of; once no older release "
-            "runs (see docs/deployment.md). Default: both.",
+            "runs (see docs/deployment.md). auto (the default): what the database records: "
+            "both after serve migrate upgraded one an older release made, until serve "
+            "migrate --notify rooms; rooms otherwise.",
             show_default=False,
         ),
     ] = None,
@@ -530,7 +538,7 @@ def serve(
         idle_exit=idle_exit,
         db_timeout=db_timeout,
         sync=(sync or SyncMode.full).value,
-        notify=(notify or NotifyMode.both).value,
+        notify=(notify or NotifyMode.auto).value,
         registry=registry,
         **per_token,
         replicas=replicas,
@@ -719,6 +727,15 @@ def migrate(
             metavar="SECONDS",
         ),
     ] = 5.0,
+    notify: Annotated[
+        RecordedNotify | None,
+        typer.Option(
+            help="PostgreSQL only: record where replicas started with --notify auto tell "
+            "each other of changes (serve --notify). rooms once no release before 0.2.0 "
+            "serves the database, then restart the replicas one at a time.",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Bring the database's schema up to this chatctl's, online.
 
@@ -737,7 +754,10 @@ def migrate(
     from chatctl.server.upgrade import upgrade
 
     line = upgrade(
-        db if db is not None else str(default_db_path()), check=check, timeout=db_timeout
+        db if db is not None else str(default_db_path()),
+        check=check,
+        timeout=db_timeout,
+        notify=None if notify is None else notify.value,
     )
     typer.echo(line, err=True)
 

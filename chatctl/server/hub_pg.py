@@ -25,7 +25,8 @@ such a stream of the user is open here; heard there, they only let the user's st
 into the room (``Fanout.let_in``), never reach a room's streams.
 
 Rolling upgrades (``NOTIFY_MODES``): a release before per-room channels LISTENs and
-NOTIFYs on one channel every replica shares (``CHANNEL``). In mode ``both`` (the default)
+NOTIFYs on one channel every replica shares (``CHANNEL``). In mode ``both`` (what
+``--notify auto`` takes on a database upgraded from such a release: ``store_pg.recorded_notify``)
 a replica also publishes every notification there, after its room's (and user's) copy,
 and listens there as well as on its rooms' channels, so it serves beside such a release
 and beside replicas in mode ``rooms``; the twin a notification has on the shared channel

@@ -72,6 +72,7 @@ from chatctl.server.domain import (
     Unavailable,
 )
 from chatctl.server.hub_pg import (
+    NOTIFY_MODES,
     Listener,
     message_notify,
     note_frame,
@@ -214,6 +215,17 @@ MIGRATIONS: tuple[str, ...] = (
         number     integer PRIMARY KEY,
         release    text NOT NULL,
         applied_at timestamptz NOT NULL DEFAULT now()
+    );
+    """,
+    # v8: settings the replicas share. ``notify``: where a replica started with ``--notify
+    # auto`` (the default) tells the others of changes (``recorded_notify``): ``both``
+    # once ``migrate`` upgraded a database a release before 0.2.0 made (its replicas may
+    # still be serving), ``rooms`` when none is recorded; ``serve migrate --notify``
+    # records the switch.
+    """
+    CREATE TABLE chatctl_settings (
+        name  text PRIMARY KEY,
+        value text NOT NULL
     );
     """,
 )
@@ -643,6 +655,10 @@ def migrate(
             return state
         if policy == "new" and not state.empty:
             raise too_old(state, len(MIGRATIONS), where)
+        # A database an older release made: its replicas may still serve it, and hear
+        # others only on the shared channel, so replicas started with --notify auto take
+        # "both" until the operator records "rooms" (serve migrate --notify rooms).
+        legacy = not state.empty and state.applied <= LEGACY
         for number in range(state.applied, len(MIGRATIONS)):
             with conn.transaction():  # a savepoint each: one failed step leaves no half
                 conn.execute(MIGRATIONS[number].encode())
@@ -657,7 +673,30 @@ def migrate(
                     "UPDATE chatctl_schema SET version = %s, applied = %s",
                     (floor(MIGRATIONS, number + 1, LEGACY), number + 1),
                 )
+        if legacy:
+            record_notify(conn, "both", replace=False)
     return schema_state(conn)
+
+
+def recorded_notify(conn: psycopg.Connection[Any]) -> str:
+    """The notification mode replicas started with ``--notify auto`` take: the one
+    recorded (``chatctl_settings``), else ``rooms``."""
+    if not _has_table(conn, "chatctl_settings"):
+        return "both"  # migrated by an older 0.2 build, before the setting: the safe one
+    row = conn.execute("SELECT value FROM chatctl_settings WHERE name = 'notify'").fetchone()
+    return str(row[0]) if row is not None else "rooms"
+
+
+def record_notify(conn: psycopg.Connection[Any], mode: str, *, replace: bool = True) -> None:
+    """Record the notification mode for ``--notify auto`` replicas (``NOTIFY_MODES``)."""
+    if mode not in NOTIFY_MODES:
+        raise ValueError(f"unknown notification mode {mode!r}")
+    conflict = "DO UPDATE SET value = excluded.value" if replace else "DO NOTHING"
+    conn.execute(
+        "INSERT INTO chatctl_settings (name, value) VALUES ('notify', %s)"
+        f" ON CONFLICT (name) {conflict}",
+        (mode,),
+    )
 
 
 class PostgresStore:
@@ -675,10 +714,6 @@ class PostgresStore:
         notify: str = "both",
     ) -> None:
         self.url = url
-        #: where notifications go and are heard (``hub_pg.NOTIFY_MODES``, ``--notify``).
-        self.notify = notify
-        #: notifications go on the shared channel too (mode ``both``).
-        self.shared = notify == "both"
         self.application_name = application_name
         self.timeout = timeout
         self.fanout = fanout
@@ -696,6 +731,14 @@ class PostgresStore:
         #: why the pool's last attempt to connect failed; None once one succeeds.
         self._unreachable: str | None = None
         self._migrate(migrate)
+        if notify == "auto":
+            with psycopg.connect(self.url, **self._options) as conn:
+                notify = recorded_notify(conn)
+        #: where notifications go and are heard (``hub_pg.NOTIFY_MODES``, ``--notify``:
+        #: ``auto`` takes the database's ``recorded_notify``).
+        self.notify = notify
+        #: notifications go on the shared channel too (mode ``both``).
+        self.shared = notify == "both"
 
     @classmethod
     def open(

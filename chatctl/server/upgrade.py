@@ -10,15 +10,24 @@ from chatctl.server.migrations import SchemaState, judge, too_old
 __all__ = ["upgrade"]
 
 
-def upgrade(db: str, *, check: bool = False, timeout: float = 5.0) -> str:
+def upgrade(
+    db: str, *, check: bool = False, timeout: float = 5.0, notify: str | None = None
+) -> str:
     """``chatctl serve migrate``: bring ``db`` (a SQLite path or a PostgreSQL URL) up to
     this release's schema, or with ``check`` only say whether it is (``SchemaTooOld``
     when not). Returns the line to show; ``SchemaTooNew`` when a newer, incompatible
-    release migrated it."""
+    release migrated it. ``notify`` (PostgreSQL): the notification mode to record for
+    ``--notify auto`` replicas (``store_pg.record_notify``)."""
     from chatctl.server.store import is_postgres_url
 
     if is_postgres_url(db):
-        return _upgrade_pg(db, check, timeout)
+        return _upgrade_pg(db, check, timeout, notify)
+    if notify is not None:
+        from chatctl.errors import UsageError
+
+        raise UsageError(
+            "--notify is for a PostgreSQL database, where replicas tell each other of changes"
+        )
     return _upgrade_sqlite(db, check, timeout)
 
 
@@ -62,7 +71,7 @@ def _upgrade_sqlite(path: str, check: bool, timeout: float) -> str:
     return _said(path, before, after, known)
 
 
-def _upgrade_pg(url: str, check: bool, timeout: float) -> str:
+def _upgrade_pg(url: str, check: bool, timeout: float, notify: str | None) -> str:
     try:
         import psycopg
 
@@ -78,13 +87,18 @@ def _upgrade_pg(url: str, check: bool, timeout: float) -> str:
         with psycopg.connect(url, **options) as conn:
             before = store_pg.schema_state(conn)
             if judge(before, known, where) != "older":
-                return _said(where, before, before, known)
-            if check:
+                said = _said(where, before, before, known)
+            elif check:
                 raise too_old(before, known, where)
-            after = store_pg.migrate(conn)
+            else:
+                after = store_pg.migrate(conn)
+                said = _said(where, before, after, known)
+            if notify is not None and not check:
+                store_pg.record_notify(conn, notify)
+                said += f"; replicas started with --notify auto now use --notify {notify}"
+            return said
     except psycopg.OperationalError as exc:
         raise ChatctlError(
             f"cannot migrate PostgreSQL at {where}: "
             + store_pg.failure(exc)
         ) from None
-    return _said(where, before, after, known)

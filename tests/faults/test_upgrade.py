@@ -234,6 +234,27 @@ def test_the_previous_release_serves_a_sqlite_file_this_one_migrated(
         assert texts(old, room_id) == ["before", "after"]
 
 
+def _auto_notify(url: str) -> str:
+    """The notification mode a replica started with ``--notify auto`` takes on ``url``."""
+    from chatctl.server.store_pg import PostgresStore
+
+    store = PostgresStore.open(
+        url,
+        None,  # type: ignore[arg-type]
+        timeout=5,
+        migrate="new",
+        notify="auto",
+    )
+    return store.notify
+
+
+@pytest.mark.postgres
+def test_a_new_postgres_database_notifies_by_room_by_default() -> None:
+    """No release before per-room channels can be serving a database this one made."""
+    with postgres.fresh_database() as url:
+        assert _auto_notify(url) == "rooms"
+
+
 @pytest.mark.postgres
 def test_a_rolling_upgrade_and_rollback_on_postgres(
     tmp_path: Path, previous_release: dict[str, str], capsys: pytest.CaptureFixture[str]
@@ -264,6 +285,9 @@ def test_a_rolling_upgrade_and_rollback_on_postgres(
             code, err = migrate(capsys, "--db", url)
             assert code == 0 and f"to {len(PG_MIGRATIONS)}" in err, err
             assert migrate(capsys, "--check", "--db", url)[0] == 0
+            # The previous release may still serve it: a replica started with the default
+            # --notify auto also uses the shared channel that release hears (below: "new").
+            assert _auto_notify(url) == "both"
             call(old, "Send", {"room_id": room_id, "user_id": "a", "text": "during"})
 
             with new:
@@ -282,6 +306,11 @@ def test_a_rolling_upgrade_and_rollback_on_postgres(
             call(old, "Send", {"room_id": room_id, "user_id": "a", "text": "rolled back"})
             assert texts(old, room_id) == ["before", "during", "x1", "x2", "restarted",
                                            "rolled back"]  # fmt: skip
+
+        # Once no replica of the previous release is left, the operator records "rooms".
+        code, err = migrate(capsys, "--notify", "rooms", "--db", url)
+        assert code == 0 and "now use --notify rooms" in err, err
+        assert _auto_notify(url) == "rooms"
 
         import psycopg
 
