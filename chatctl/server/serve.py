@@ -36,6 +36,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import errno
 import ipaddress
 import json
 import logging
@@ -290,7 +291,7 @@ def run_server(
         sockets = [_bind_unix(uds)]
         bound = os.stat(uds)
     else:
-        sockets = [_bind_tcp(host, port)]
+        sockets = _bind_tcp(host, port)
         port = sockets[0].getsockname()[1]
     try:
         listening = uds if uds is not None else f"{host}:{port}"
@@ -416,21 +417,44 @@ def _bind_unix(path: str) -> socket.socket:
     return sock
 
 
-def _bind_tcp(host: str, port: int) -> socket.socket:
-    """A TCP socket bound to ``host``:``port`` (not listening yet: uvicorn listens once the
-    app has started), or a ChatctlError saying why it cannot be."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+def _bind_tcp(host: str, port: int) -> list[socket.socket]:
+    """TCP sockets bound to every address ``host`` names, on ``port`` (not listening yet:
+    uvicorn listens once the app has started), as asyncio's ``create_server`` binds them:
+    ``localhost`` is 127.0.0.1 and ::1, since a client may try either first. An address
+    this machine does not have (::1 without IPv6) is skipped while another one binds; any
+    other failure is a ChatctlError saying why."""
     try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((host.strip("[]"), port))
-    except OSError as exc:
-        sock.close()
-        raise ChatctlError(
-            f"cannot listen on {host}:{port}: {exc.strerror or exc}",
-            hint="is another server on that port? choose another with --port",
-        ) from None
-    return sock
+        infos = socket.getaddrinfo(
+            host.strip("[]") or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
+    except socket.gaierror as exc:
+        raise ChatctlError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+    sockets: list[socket.socket] = []
+    unavailable: OSError | None = None
+    for family, kind, proto, _, address in dict.fromkeys(infos):
+        sock = socket.socket(family, kind, proto)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:  # its own address only, as asyncio does
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            # A port the first socket was given (--port 0) is the port of them all.
+            sock.bind((address[0], sockets[0].getsockname()[1] if sockets else port, *address[2:]))
+        except OSError as exc:
+            sock.close()
+            if exc.errno == errno.EADDRNOTAVAIL:
+                unavailable = exc
+                continue
+            for bound in sockets:
+                bound.close()
+            raise ChatctlError(
+                f"cannot listen on {host}:{port}: {exc.strerror or exc}",
+                hint="is another server on that port? choose another with --port",
+            ) from None
+        sockets.append(sock)
+    if not sockets:
+        why = unavailable.strerror if unavailable is not None else "no address"
+        raise ChatctlError(f"cannot listen on {host}:{port}: {why}")
+    return sockets
 
 
 def _application_name(host: str, port: int, uds: str | None) -> str:

@@ -266,3 +266,24 @@ def test_the_database_password_comes_from_libpqs_own_places(
         assert taker.passwords == [secret, secret]
     finally:
         taker.close()
+
+
+def test_localhost_is_bound_on_every_loopback_address_a_client_may_try() -> None:
+    """``--host localhost`` listens where ``localhost`` resolves (127.0.0.1 and, with IPv6,
+    ::1), on one port: a client that tries ::1 first must reach this server, not find the
+    port refused or, worse, another program listening on ::1 alone."""
+    from chatctl.server.serve import _bind_tcp
+
+    wanted = {info[4][0] for info in socket.getaddrinfo("localhost", 0, type=socket.SOCK_STREAM)}
+    sockets = _bind_tcp("localhost", 0)
+    try:
+        bound = {s.getsockname()[0] for s in sockets}
+        assert "127.0.0.1" in bound
+        assert bound <= wanted and (bound == wanted or "::1" not in bound), (bound, wanted)
+        assert len({s.getsockname()[1] for s in sockets}) == 1  # one port for them all
+        if "::1" in bound:
+            v6 = next(s for s in sockets if s.family == socket.AF_INET6)
+            assert v6.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY) == 1
+    finally:
+        for s in sockets:
+            s.close()
