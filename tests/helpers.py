@@ -44,6 +44,14 @@ def wait_for(
         time.sleep(interval)
 
 
+def untraced_env(**extra: str) -> dict[str, str]:
+    """This process's environment without coverage.py's subprocess measurement (CI runs
+    pytest --cov): for a process whose speed, memory or imports a test measures, which
+    line tracing would change."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("COVERAGE_PROCESS_")}
+    return {**env, **extra}
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import importlib
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import free_port
+from tests.helpers import free_port, untraced_env
 
 PROBE = """
 import sys
@@ -69,13 +68,6 @@ print(json.dumps({{
 """
 
 
-def _probe_env(**extra: str) -> dict[str, str]:
-    """The environment of a process whose imports are counted: without coverage.py's
-    subprocess measurement (CI runs pytest --cov), which would add its own (tomllib)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("COVERAGE_PROCESS_")}
-    return {**env, **extra}
-
-
 def test_a_one_shot_call_in_a_pipe_skips_rich_and_httpx_own_cli() -> None:
     """httpx imports its command-line client (rich, pygments) when they are installed, as
     typer's dependencies are: the console script keeps it out."""
@@ -83,7 +75,7 @@ def test_a_one_shot_call_in_a_pipe_skips_rich_and_httpx_own_cli() -> None:
         [sys.executable, "-c", ENTRY_PROBE.format(args=["list", "-o", "json"])],
         capture_output=True,
         text=True,
-        env=_probe_env(CHATCTL_URL=f"http://127.0.0.1:{free_port()}"),
+        env=untraced_env(CHATCTL_URL=f"http://127.0.0.1:{free_port()}"),
     ).stdout
     result = json.loads(out.strip().splitlines()[-1])
     assert result["code"] == 3  # nothing listens there: the call was really made
@@ -98,7 +90,7 @@ def test_jq_is_loaded_only_when_the_flag_is_given() -> None:
         [sys.executable, "-c", ENTRY_PROBE.format(args=["list", "--jq", ".rooms[].name"])],
         capture_output=True,
         text=True,
-        env=_probe_env(CHATCTL_URL=f"http://127.0.0.1:{free_port()}"),
+        env=untraced_env(CHATCTL_URL=f"http://127.0.0.1:{free_port()}"),
     ).stdout
     result = json.loads(out.strip().splitlines()[-1])
     assert result["code"] == 3  # the call was made, with the expression compiled
@@ -110,7 +102,7 @@ def test_a_token_argument_loads_setproctitle_and_nothing_else_heavy() -> None:
         [sys.executable, "-c", ENTRY_PROBE.format(args=["list", "--token", "T", "-o", "json"])],
         capture_output=True,
         text=True,
-        env=_probe_env(CHATCTL_URL=f"http://127.0.0.1:{free_port()}"),
+        env=untraced_env(CHATCTL_URL=f"http://127.0.0.1:{free_port()}"),
     ).stdout
     result = json.loads(out.strip().splitlines()[-1])
     assert result["code"] == 3
@@ -252,7 +244,7 @@ def test_a_one_shot_send_imports_no_other_family_and_no_server(tmp_path: Path) -
         [sys.executable, "-c", probe.format(args=["send", "R", "hi", "-u", "u", "-o", "id"])],
         capture_output=True,
         text=True,
-        env=_probe_env(
+        env=untraced_env(
             CHATCTL_URL=f"http://127.0.0.1:{free_port()}",
             CHATCTL_CONFIG=str(tmp_path / "none.toml"),
         ),

@@ -35,7 +35,7 @@ from chatctl.cli import serve as serve_cli
 from chatctl.server import config as server_config
 from tests.faults.drill import report, rss_kib
 from tests.faults.test_hostile import ws_handshake, ws_read_all
-from tests.helpers import ServerProcess, wait_for
+from tests.helpers import ServerProcess, untraced_env, wait_for
 
 TOKEN = "heads-drill-token"
 #: the drill's shape (the issue's): connections, seconds, probes per second.
@@ -63,7 +63,8 @@ def percentile(values: list[float], pct: float) -> float:
 
 
 def test_a_flood_of_endless_heads_leaves_memory_flat_and_health_fast(tmp_path: Path) -> None:
-    with ServerProcess(tmp_path, tcp=True, tokens=[TOKEN]) as server:
+    # Untraced: the drill measures the server's speed and memory as users run it.
+    with ServerProcess(tmp_path, tcp=True, tokens=[TOKEN], env=untraced_env()) as server:
         assert server.proc is not None and server.port is not None
         pid, port = server.proc.pid, server.port
         for _ in range(20):  # warm: the first answers import and allocate what they need
@@ -76,6 +77,7 @@ def test_a_flood_of_endless_heads_leaves_memory_flat_and_health_fast(tmp_path: P
             ],
             stdout=subprocess.PIPE,
             text=True,
+            env=untraced_env(),
         )
         probes: list[float] = []
         try:
@@ -408,7 +410,8 @@ def test_pipelined_requests_are_parsed_one_answer_ahead(tmp_path: Path) -> None:
     # 20 connections each send 256 KiB of tiny pipelined requests (7,000 each) and read
     # nothing: parsed all at once they would cost ~1 KiB of memory each (190 MB here).
     request = b"GET /v1/chat/List HTTP/1.1\r\nHost: x\r\n\r\n"
-    with ServerProcess(tmp_path, tcp=True, tokens=[TOKEN]) as server:
+    # Untraced: the drill measures the server's speed and memory as users run it.
+    with ServerProcess(tmp_path, tcp=True, tokens=[TOKEN], env=untraced_env()) as server:
         assert server.proc is not None and server.port is not None
         address = ("127.0.0.1", server.port)
         probe_health(server.port)
