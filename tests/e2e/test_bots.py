@@ -155,7 +155,8 @@ def test_a_failing_cmd_is_reported_and_stop_on_error_ends_the_tail_before_its_me
     # Ctrl-C while CMD runs: CMD gets it too, chatctl exits 130 once CMD has ended, and
     # the message stays ahead of the cursor.
     saved = (tmp_path / "part").read_text()
-    slow = "echo $$ > pid; trap 'echo interrupted > got; exit 130' INT; sleep 30 & wait"
+    # The trap is set before the pid is written: the pid says CMD is ready for SIGINT.
+    slow = "trap 'echo interrupted > got; exit 130' INT; echo $$ > pid; sleep 30 & wait"
     proc = subprocess.Popen(
         [*CHATCTL, *base, "--exec", slow, "--cursor", "part"],
         cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
