@@ -8,6 +8,7 @@ deadline, never blind sleeps.
 from __future__ import annotations
 
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -52,10 +53,34 @@ def untraced_env(**extra: str) -> dict[str, str]:
     return {**env, **extra}
 
 
+#: Ports free_port hands out: below the kernel's ephemeral range (32768-60999 on Linux),
+#: where bind(0) and outgoing connections take theirs, split between the xdist workers.
+_PORTS = range(10000, 32000)
+_next_port: list[int] = []
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A TCP port on 127.0.0.1 nothing listens on, for a server a test starts. Each xdist
+    worker takes ports from its own slice, in turn: with bind(0) two workers could be given
+    the same port between its check here and the server's bind (and the test then talk to
+    the other worker's server)."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1)
+    index = int(worker[2:]) if worker[2:].isdigit() else 0
+    size = len(_PORTS) // max(count, 1)
+    first = _PORTS.start + (index % max(count, 1)) * size
+    if not _next_port:
+        _next_port.append(random.randrange(size))
+    for _ in range(size):
+        port = first + _next_port[0] % size
+        _next_port[0] += 1
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port in {first}-{first + size - 1}")
 
 
 class ServerProcess:
